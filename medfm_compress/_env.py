@@ -1,0 +1,90 @@
+"""Hardware and software fingerprint recorded with every artifact and report.
+
+Reads only what is cheap and side-effect free: it never initialises CUDA (GPU names come from
+``nvidia-smi`` when present) and reports versions of backends only if they are installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+
+__all__ = ["fingerprint", "package_versions"]
+
+_PACKAGES = (
+    "medfm-compress",
+    "torch",
+    "timm",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxslim",
+    "tensorrt",
+    "tensorrt-rtx-cu13",
+    "nvidia-modelopt",
+    "openvino",
+    "nncf",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that influence results, for those that are installed."""
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpu_info() -> tuple[str | None, str | None]:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None, None
+    try:
+        res = subprocess.run(
+            [smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    line = res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else ""
+    if not line:
+        return None, None
+    name, _, driver = line.partition(",")
+    return name.strip(), driver.strip() or None
+
+
+@functools.lru_cache(maxsize=1)
+def fingerprint() -> dict:
+    """Machine fingerprint: CPU model, cores, GPU name and driver, OS, Python and package versions."""
+    gpu, driver = _gpu_info()
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "gpu": gpu,
+        "driver": driver,
+        "versions": package_versions(),
+    }

@@ -1,0 +1,1 @@
+"""Benchmark harness: metrics and parity comparisons, latency measurement, reports."""

@@ -1,0 +1,89 @@
+"""``medfm-compress distill``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ._common import csv_option
+
+@click.command(name="distill")
+@click.option("--data", default="synthetic", show_default=True,
+              help="Data spec: medmnist:FILE.npz, folder:DIR, dicom:DIR or synthetic (the embedded default).")
+@click.option("--teacher", default=None, help="Teacher model spec: timm:NAME or python:pkg.module:factory. "
+              "Default on synthetic data: timm:resnet18, trained on the full labels and cached.")
+@click.option("--teacher-weights", default=None, type=click.Path(dir_okay=False),
+              help="Teacher weights (.safetensors, or .pt/.pth loaded with weights_only).")
+@click.option("--student", default=None, help="Student model spec (default timm:medfm_resnet10_w24).")
+@click.option("--student-weights", default=None, type=click.Path(dir_okay=False), help="Initial student weights.")
+@click.option("--out", default="runs/distill", show_default=True, type=click.Path(file_okay=False),
+              help="Run directory to write.")
+@click.option("--loss", "losses", default=None,
+              help="Comma-separated losses: kd (logit KD), feat (embedding KD), ce (hard labels). "
+              "Default kd,ce; feat with --labels none.")
+@click.option("--temperature", default=4.0, show_default=True, type=float, help="KD temperature.")
+@click.option("--feat-loss", type=click.Choice(["cosine", "mse"]), default="cosine", show_default=True)
+@click.option("--labels", type=click.Choice(["full", "none"]), default="full", show_default=True,
+              help="'none': distill embeddings from unlabeled images, then fit the head on the labeled subset.")
+@click.option("--label-fraction", default=1.0, show_default=True, type=float,
+              help="Fraction of training labels used (stratified, seeded).")
+@click.option("--epochs", default=6, show_default=True, type=int)
+@click.option("--teacher-epochs", default=None, type=int, help="Epochs for the default teacher (synthetic data).")
+@click.option("--head-epochs", default=30, show_default=True, type=int, help="Head-fitting epochs (--labels none).")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--lr", default=3e-3, show_default=True, type=float)
+@click.option("--baseline", is_flag=True, help="Also train the student on labels alone with the same budget.")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Small affine + intensity augmentation (off: teacher outputs are cached).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON on stdout.")
+def command(data, teacher, teacher_weights, student, student_weights, out, losses, temperature, feat_loss, labels,
+            label_fraction, epochs, teacher_epochs, head_epochs, batch_size, lr, baseline, augment, seed, resume,
+            device, quiet, as_json):
+    """Distill a teacher into a small task-specific student.
+
+    With no --data, --teacher and --student it runs on the embedded synthetic radiograph task.
+    """
+    from .compress.distill import DistillConfig
+    from .compress.distill import distill as run
+
+    cfg = DistillConfig(
+        data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, student=student,
+        student_weights=student_weights, losses=csv_option(losses), temperature=temperature, feat_loss=feat_loss,
+        labels=labels, label_fraction=label_fraction, epochs=epochs, teacher_epochs=teacher_epochs,
+        head_epochs=head_epochs, batch_size=batch_size, lr=lr, baseline=baseline, augment=augment, seed=seed,
+        resume=resume, device=device, progress=not quiet,
+    )
+    result = run(cfg)
+    m = result.metrics
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))
+        return
+    click.echo(_distill_summary(m))
+    click.echo(f"artifacts in {result.out}")
+
+
+def _distill_summary(m: dict) -> str:
+    rows = [("model", "arch", "params", "accuracy", "macro AUC")]
+    for role in ("teacher", "student", "baseline"):
+        if role in m:
+            r = m[role]
+            acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
+            auc = f"{r['macro_auc']:.4f}" if "macro_auc" in r else "-"
+            rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M", acc, auc))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    extra = [f"params ratio teacher/student: {m['param_ratio']:.1f}x"]
+    if m.get("auc_retention") is not None:
+        extra.append(f"student keeps {100 * m['auc_retention']:.1f}% of the teacher's macro AUC")
+    if "student_teacher_agreement" in m:
+        extra.append(f"student-teacher top-1 agreement: {m['student_teacher_agreement']:.4f}")
+    if "distill_gain_auc" in m:
+        extra.append(f"distilled - baseline macro AUC: {m['distill_gain_auc']:+.4f}")
+    return "\n".join(lines + extra)
+
+

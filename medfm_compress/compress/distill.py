@@ -1,0 +1,683 @@
+"""Knowledge distillation: a large teacher into a small task-specific student.
+
+``distill(DistillConfig(...))`` writes into ``config.out``: ``student.safetensors`` + ``student.json`` (model
+card), ``teacher.json`` (+ weights), ``baseline.*`` with ``baseline=True``, ``metrics.json``,
+``manifest.json`` and ``train.log``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .. import __version__
+from .._cache import cache_dir
+from .._io import atomic_path, atomic_write_json, ensure_dir, sha256_file
+from ..config import config_to_dict
+from ..errors import ConfigError, ModelError
+from ..manifest import Manifest
+
+__all__ = ["DistillConfig", "DistillResult", "distill", "DEFAULT_TEACHER", "DEFAULT_STUDENT", "TEACHER_EPOCHS"]
+
+DEFAULT_TEACHER = "timm:resnet18"
+DEFAULT_STUDENT = "timm:medfm_resnet10_w24"
+TEACHER_EPOCHS = 4
+TEACHER_LR = 2e-3
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything that defines a distillation run. ``None`` means "use the default"."""
+
+    data: str = "synthetic"
+    out: str = "runs/distill"
+    teacher: str | None = None
+    teacher_weights: str | None = None
+    student: str | None = None
+    student_weights: str | None = None
+    losses: tuple[str, ...] | None = None
+    temperature: float = 4.0
+    kd_weight: float = 1.0
+    feat_weight: float = 1.0
+    ce_weight: float = 1.0
+    feat_loss: Literal["cosine", "mse"] = "cosine"
+    labels: Literal["full", "none"] = "full"
+    label_fraction: float = 1.0
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.02
+    head_epochs: int = 30
+    teacher_epochs: int | None = None
+    augment: bool = True
+    baseline: bool = False
+    seed: int = 0
+    resume: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    progress: bool = True
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        from ..compress.losses import LOSS_NAMES
+
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"distill config version {self.version} is not supported (expected {CONFIG_VERSION})")
+        for name in ("epochs", "batch_size", "head_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.teacher_epochs is not None and self.teacher_epochs < 1:
+            raise ConfigError(f"teacher-epochs must be >= 1, got {self.teacher_epochs}")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ConfigError(f"label-fraction must be in (0, 1], got {self.label_fraction}")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.losses is not None:
+            bad = [x for x in self.losses if x not in LOSS_NAMES]
+            if bad or not self.losses:
+                raise ConfigError(f"unknown loss(es) {bad or '(none)'}; choose from {', '.join(LOSS_NAMES)}")
+            if self.labels == "none" and set(self.losses) != {"feat"}:
+                raise ConfigError("--labels none distills embeddings only; use --loss feat (or leave --loss unset)")
+        if self.teacher_weights and not self.teacher:
+            raise ConfigError("--teacher-weights needs --teacher naming its architecture (e.g. timm:vit_small_patch16_224)")
+        if self.teacher is None and not self.data.startswith("synthetic"):
+            raise ConfigError(
+                "no --teacher given: the default teacher is only trained for the embedded synthetic data; "
+                "for real data pass --teacher ARCH --teacher-weights FILE"
+            )
+        if self.student_weights and not self.student:
+            raise ConfigError("--student-weights needs --student naming its architecture")
+
+    def resolved_losses(self) -> tuple[str, ...]:
+        if self.losses is not None:
+            return tuple(self.losses)
+        return ("feat",) if self.labels == "none" else ("kd", "ce")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclass
+class DistillResult:
+    out: Path
+    metrics: dict[str, Any]
+    artifacts: dict[str, Path]
+
+
+class _Log:
+    """Writes progress lines to ``train.log`` and, on rank 0, to stderr."""
+
+    def __init__(self, path: Path, echo: bool):
+        self.path = path
+        self.echo = echo
+
+    def __call__(self, line: str) -> None:
+        import click
+
+        stamp = time.strftime("%H:%M:%S")
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(f"{stamp} {line}\n")
+        if self.echo:
+            click.echo(line, err=True)
+
+
+def _select_device(pref: str):
+    import torch
+
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _init_distributed(device) -> bool:
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return True
+
+
+def _labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int) -> np.ndarray:
+    """A seeded subset of ``fraction`` of the training indices, stratified by class, >= 1 per class."""
+    n = len(labels)
+    if fraction >= 1.0:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, 31337])
+    strat = labels if task != "multilabel" else labels.argmax(1)
+    picked = []
+    for c in np.unique(strat):
+        idx = np.flatnonzero(strat == c)
+        k = max(1, int(round(fraction * len(idx))))
+        picked.append(rng.choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def _preprocess_spec(task, train_images: np.ndarray, input_size=None):
+    from ..data.preprocess import PreprocessSpec, raw_to_unit, to_nchw
+
+    unit = to_nchw(raw_to_unit(train_images[:2048], task.window), task.channels)
+    mean = tuple(float(v) for v in unit.mean(axis=(0, 2, 3)))
+    std = tuple(max(float(v), 1e-3) for v in unit.std(axis=(0, 2, 3)))
+    size = tuple(input_size) if input_size else task.image_size
+    return PreprocessSpec(input_size=size, channels=task.channels, mean=mean, std=std, window=task.window)
+
+
+def _adapt(x, src, dst):
+    """Re-express a batch preprocessed with ``src`` as if preprocessed with ``dst`` (size, mean/std)."""
+    import torch
+    import torch.nn.functional as F
+
+    if src == dst:
+        return x
+    if src.channels != dst.channels:
+        if src.channels == 1 and dst.channels == 3:
+            x = x.repeat(1, 3, 1, 1)
+        else:
+            raise ModelError(f"the teacher expects {dst.channels} channel(s) but the data has {src.channels}")
+    smean = torch.tensor(src.mean if len(src.mean) == x.shape[1] else src.mean * x.shape[1], device=x.device).view(1, -1, 1, 1)
+    sstd = torch.tensor(src.std if len(src.std) == x.shape[1] else src.std * x.shape[1], device=x.device).view(1, -1, 1, 1)
+    unit = x * sstd + smean
+    if tuple(dst.input_size) != tuple(x.shape[-2:]):
+        unit = F.interpolate(unit, size=tuple(dst.input_size), mode="bilinear", align_corners=False)
+    dmean = torch.tensor(dst.mean, device=x.device).view(1, -1, 1, 1)
+    dstd = torch.tensor(dst.std, device=x.device).view(1, -1, 1, 1)
+    return (unit - dmean) / dstd
+
+
+def _evaluate(model, x, labels, task, batch_size=256) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    from ..bench.metrics import task_metrics
+    from .train import predict
+
+    logits, emb = predict(model, x, batch_size, embeddings=True)
+    return task_metrics(logits, labels, task), logits, emb
+
+
+class _Teacher:
+    """A frozen teacher with its own preprocessing."""
+
+    def __init__(self, model, card, source: str):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.card = card
+        self.source = source
+
+    def outputs(self, x, student_pre, batch_size=128):
+        import torch
+
+        from ..models.features import FeatureTap
+
+        logits, embs = [], []
+        with torch.no_grad(), FeatureTap(self.model) as tap:
+            for i in range(0, len(x), batch_size):
+                lo, em = tap.run(_adapt(x[i : i + batch_size], student_pre, self.card.preprocess))
+                if lo is not None:
+                    logits.append(lo.float())
+                embs.append(em.float())
+        return (torch.cat(logits) if logits else None), torch.cat(embs)
+
+
+def _teacher_cache_key(cfg: DistillConfig, task, arch: str, epochs: int, data_digest: str) -> str:
+    blob = json.dumps(
+        {
+            "data": data_digest,
+            "arch": arch,
+            "epochs": epochs,
+            "seed": cfg.seed,
+            "batch_size": cfg.batch_size,
+            "augment": cfg.augment,
+            "labels": task.label_names,
+            "v": CONFIG_VERSION,
+            "tool": "teacher-ce-1",
+        },
+        sort_keys=True,
+    ).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _data_digest(cfg: DistillConfig, task) -> str:
+    from ..data.spec import parse_data_spec
+
+    kind, path, _ = parse_data_spec(cfg.data)
+    if kind == "medmnist":
+        return sha256_file(path)
+    # Generated and folder data: hash the arrays themselves, so a change of generator or files shows.
+    h = hashlib.sha256()
+    for name in ("train", "val", "test"):
+        if name in task.splits:
+            h.update(np.ascontiguousarray(task.splits[name].images).tobytes())
+            h.update(np.ascontiguousarray(task.splits[name].labels).tobytes())
+    return h.hexdigest()
+
+
+def _write_model(model, card, out: Path, name: str) -> tuple[Path, Path]:
+    from ..models.weights import save_state_dict
+
+    w = save_state_dict(model, out / f"{name}.safetensors", metadata={"arch": card.arch, "tool": f"medfm-compress {__version__}"})
+    c = card.save(out / f"{name}.json")
+    return w, c
+
+
+def _train_supervised(name, model, x, y, idx, task, cfg, steps_per_epoch, epochs, lr, ckpt, log, device, wrap):
+    """Label-only training (default teacher and the baseline)."""
+    import torch
+
+    from .losses import hard_label_loss
+    from .train import LoopConfig, augment_batch, run_loop
+
+    net = wrap(model)
+
+    def step(batch_idx, epoch):
+        xb = x[torch.as_tensor(batch_idx, device=x.device)]
+        if cfg.augment:
+            xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
+        yb = y[torch.as_tensor(batch_idx, device=y.device)]
+        with _autocast(device):
+            logits = net(xb)
+            loss = hard_label_loss(logits.float(), yb, task.task)
+        return loss, {"loss": float(loss.detach())}
+
+    loop = LoopConfig(name, steps_per_epoch, epochs, lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
+    return run_loop(loop, {"model": model}, step, idx, ckpt, cfg.resume, log, progress=cfg.progress)
+
+
+def _autocast(device):
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def distill(cfg: DistillConfig) -> DistillResult:
+    """Run distillation as configured; see the module docstring for what is written."""
+    import torch
+    import torch.distributed as dist
+
+    from ..data import load_data
+    from ..data.synthetic import LABEL_NAMES as _SYN_LABELS  # noqa: F401  (documented default task)
+    from ..models.card import ModelCard
+    from ..models.factory import count_params, create_model
+    from ..models.features import FeatureTap, macs_of
+    from ..models.weights import load_weights
+    from .losses import Projector, feature_kd_loss, hard_label_loss, logit_kd_loss
+    from .train import LoopConfig, augment_batch, dist_info, run_loop
+
+    t_start = time.time()
+    device = _select_device(cfg.device)
+    distributed = _init_distributed(device)
+    rank, world = dist_info()
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    out = ensure_dir(cfg.out)
+    log = _Log(out / "train.log", echo=cfg.progress and rank == 0)
+    if rank == 0 and not cfg.resume:
+        # A fresh run must not mix with an older one's checkpoints or outputs.
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    ckpt_dir = ensure_dir(out / "checkpoints")
+    manifest = Manifest(out)
+    if cfg.resume:
+        for name in ("student.safetensors", "student.json"):
+            if (out / name).exists():
+                manifest.check_input(out / name)
+
+    task = load_data(cfg.data, seed=cfg.seed)
+    train, test = task.split("train"), task.split("test")
+    val = task.split("val") if "val" in task.splits and len(task.splits["val"]) else None
+    if len(train) < cfg.batch_size * world:
+        raise ConfigError(
+            f"the train split has {len(train)} images, fewer than one batch ({cfg.batch_size} x {world} ranks); "
+            "lower --batch-size"
+        )
+    log(f"data {task.source}: task={task.task} classes={task.num_classes} channels={task.channels} "
+        f"size={task.image_size} train/val/test={len(train)}/{len(val) if val else 0}/{len(test)}")
+
+    student_pre = _preprocess_spec(task, train.images)
+    x_train = torch.from_numpy(student_pre(train.images)).to(device)
+    x_test = torch.from_numpy(student_pre(test.images)).to(device)
+    x_val = torch.from_numpy(student_pre(val.images)).to(device) if val is not None else None
+    label_dtype = torch.float32 if task.task == "multilabel" else torch.int64
+    y_train = torch.from_numpy(np.asarray(train.labels)).to(device=device, dtype=label_dtype)
+    labeled = _labeled_subset(np.asarray(train.labels), task.task, cfg.label_fraction, cfg.seed)
+    labeled_mask = torch.zeros(len(train), dtype=torch.bool, device=device)
+    labeled_mask[torch.as_tensor(labeled, device=device)] = True
+    all_idx = np.arange(len(train))
+    log(f"labels: {cfg.labels}; labeled subset {len(labeled)}/{len(train)} (fraction {cfg.label_fraction})")
+
+    def wrap(m):
+        m.to(device)
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            return DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
+        return m
+
+    # ----- teacher -----
+    teacher_arch = cfg.teacher or DEFAULT_TEACHER
+    teacher_pre = student_pre
+    teacher_card_path = None
+    if cfg.teacher_weights:
+        cand = Path(cfg.teacher_weights).with_suffix(".json")
+        if cand.is_file():
+            teacher_card_path = cand
+    if teacher_card_path is not None:
+        tcard = ModelCard.load(teacher_card_path)
+        teacher_pre = tcard.preprocess
+        if tcard.arch != teacher_arch:
+            raise ModelError(f"{teacher_card_path} describes {tcard.arch}, but --teacher is {teacher_arch}")
+        if task.task != "multilabel" and tcard.num_classes not in (0, task.num_classes):
+            raise ModelError(
+                f"the teacher predicts {tcard.num_classes} classes but the data has {task.num_classes}; "
+                "use a teacher trained on this label set, or --labels none for embedding distillation"
+            )
+        teacher_model = tcard.build()
+    else:
+        teacher_model = create_model(teacher_arch, task.num_classes, task.channels, student_pre.input_size[0])
+        tcard = ModelCard(
+            arch=teacher_arch,
+            num_classes=task.num_classes,
+            in_chans=task.channels,
+            img_size=student_pre.input_size[0] if "img_size" in _accepted(teacher_model) else None,
+            task=task.task,
+            label_names=task.label_names,
+            preprocess=student_pre,
+            role="teacher",
+        )
+    teacher_source = ""
+    teacher_weights_path: Path | None = None
+    if cfg.teacher_weights:
+        load_weights(teacher_model, cfg.teacher_weights, what=f"teacher {teacher_arch}")
+        teacher_source = f"weights {cfg.teacher_weights}"
+        teacher_weights_path = Path(cfg.teacher_weights)
+    elif teacher_arch.startswith("python:"):
+        teacher_source = f"factory {teacher_arch} (loads its own weights)"
+    elif cfg.data.startswith("synthetic"):
+        epochs = cfg.teacher_epochs or TEACHER_EPOCHS
+        key = _teacher_cache_key(cfg, task, teacher_arch, epochs, _data_digest(cfg, task))
+        tdir = cache_dir() / "teachers" / key
+        tw = tdir / "teacher.safetensors"
+        if tw.exists():
+            load_weights(teacher_model, tw, what=f"cached teacher {teacher_arch}")
+            log(f"teacher: no --teacher-weights; using the default teacher {teacher_arch} trained on the full labels, "
+                f"cached at {tdir}")
+        else:
+            if rank == 0:
+                log(f"teacher: no --teacher-weights; training {teacher_arch} on the full labels of {task.source} "
+                    f"({epochs} epochs), cached by config hash at {tdir}")
+            ensure_dir(tdir)
+            spe = len(train) // (cfg.batch_size * world)
+            _train_supervised("teacher", teacher_model, x_train, y_train, all_idx, task, cfg, spe, epochs, TEACHER_LR,
+                              tdir / "teacher-checkpoint.pt", log, device, wrap)
+            teacher_model = teacher_model.to(device)
+            if rank == 0:
+                tcard.num_params = count_params(teacher_model)
+                tcard.provenance = {"trained_on": task.source, "epochs": epochs, "cache_key": key}
+                _write_model(teacher_model, tcard, tdir, "teacher")
+                (tdir / "teacher-checkpoint.pt").unlink(missing_ok=True)
+            if distributed:
+                dist.barrier()
+        teacher_source = f"default teacher trained on full labels, cached at {tdir}"
+        teacher_weights_path = tw
+    else:
+        raise ModelError(
+            f"teacher {teacher_arch} has no weights; pass --teacher-weights FILE (.safetensors or .pt) — a real "
+            "teacher needs trained weights"
+        )
+    teacher = _Teacher(teacher_model.to(device), tcard, teacher_source)
+    t_metrics, t_test_logits, _ = (
+        _evaluate(teacher.model, _adapt(x_test, student_pre, teacher_pre), test.labels, task.task)
+        if classifier_present(teacher.model)
+        else ({}, None, None)
+    )
+    if t_metrics:
+        log(f"teacher test: accuracy={t_metrics['accuracy']:.4f} macro_auc={t_metrics['macro_auc']:.4f}")
+
+    # ----- student -----
+    student_arch = cfg.student or DEFAULT_STUDENT
+    torch.manual_seed(cfg.seed)
+    student = create_model(student_arch, task.num_classes, task.channels, student_pre.input_size[0]).to(device)
+    if cfg.student_weights:
+        load_weights(student, cfg.student_weights, what=f"student {student_arch}")
+    losses = cfg.resolved_losses()
+    if "kd" in losses and t_test_logits is None:
+        raise ConfigError("the teacher has no classifier head, so logit KD ('kd') is impossible; use --loss feat")
+    if "kd" in losses and task.task != "multilabel" and teacher.card.num_classes != task.num_classes:
+        raise ConfigError(f"teacher predicts {teacher.card.num_classes} classes, data has {task.num_classes}")
+    with torch.no_grad(), FeatureTap(student) as tap:
+        student.eval()
+        _, s_emb = tap.run(x_train[:2])
+    _, t_emb = teacher.outputs(x_train[:2], student_pre)
+    projector = Projector(s_emb.shape[1], t_emb.shape[1]).to(device) if "feat" in losses else None
+
+    # Teacher outputs are fixed when nothing changes the inputs: compute them once.
+    cached_t_logits = cached_t_emb = None
+    if not cfg.augment:
+        log("teacher outputs cached for the training set (augmentation off, teacher frozen)")
+        cached_t_logits, cached_t_emb = teacher.outputs(x_train, student_pre)
+
+    class _Pair(torch.nn.Module):
+        def __init__(self, s, p):
+            super().__init__()
+            self.student = s
+            self.projector = p
+            self._tap = FeatureTap(s)
+
+        def forward(self, x):
+            with self._tap:
+                logits, emb = self._tap.run(x)
+            return logits, (self.projector(emb) if self.projector is not None else emb)
+
+    pair = _Pair(student, projector)
+    net = wrap(pair)
+    spe = len(train) // (cfg.batch_size * world)
+    phase_losses = losses
+
+    def student_step(batch_idx, epoch):
+        bi = torch.as_tensor(batch_idx, device=device)
+        xb = x_train[bi]
+        if cfg.augment:
+            xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
+            with torch.no_grad():
+                t_logits, t_e = teacher.outputs(xb, student_pre, batch_size=len(xb))
+        else:
+            t_logits = cached_t_logits[bi] if cached_t_logits is not None else None
+            t_e = cached_t_emb[bi]
+        with _autocast(device):
+            s_logits, s_proj = net(xb)
+        s_logits = s_logits.float()
+        total = torch.zeros((), device=device)
+        shown = {}
+        if "kd" in phase_losses:
+            kd = logit_kd_loss(s_logits, t_logits, cfg.temperature, task.task)
+            total = total + cfg.kd_weight * kd
+            shown["kd"] = float(kd.detach())
+        if "feat" in phase_losses:
+            fe = feature_kd_loss(s_proj.float(), t_e, cfg.feat_loss)
+            total = total + cfg.feat_weight * fe
+            shown["feat"] = float(fe.detach())
+        if "ce" in phase_losses:
+            m = labeled_mask[bi]
+            if bool(m.any()):
+                ce = hard_label_loss(s_logits[m], y_train[bi][m], task.task) * (m.float().mean())
+            else:
+                ce = s_logits.sum() * 0.0
+            total = total + cfg.ce_weight * ce
+            shown["ce"] = float(ce.detach())
+        return total, shown
+
+    def val_metrics(_epoch):
+        # In label-free mode the head is fitted afterwards, so a validation AUC would mean nothing yet.
+        if x_val is None or cfg.labels == "none":
+            return {}
+        from ..bench.metrics import macro_auc
+
+        lo, _ = predict_logits(student, x_val)
+        return {"val_auc": round(macro_auc(lo, val.labels, task.task), 4)}
+
+    log(f"student {student_arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={spe}")
+    loop = LoopConfig("student", spe, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
+    modules = {"student": student} | ({"projector": projector} if projector is not None else {})
+    s_hist = run_loop(loop, modules, student_step, all_idx, ckpt_dir / "student.pt", cfg.resume, log, val_metrics, cfg.progress)
+
+    if cfg.labels == "none":
+        s_hist["head"] = _fit_head(student, x_train, y_train, labeled, task, cfg, ckpt_dir / "head.pt", log, device)
+
+    # ----- baseline -----
+    b_metrics = None
+    baseline = None
+    if cfg.baseline:
+        torch.manual_seed(cfg.seed)
+        baseline = create_model(student_arch, task.num_classes, task.channels, student_pre.input_size[0]).to(device)
+        if cfg.student_weights:
+            load_weights(baseline, cfg.student_weights, what=f"baseline {student_arch}")
+        log(f"baseline {student_arch}: labels only, {len(labeled)} labeled images, same budget ({cfg.epochs} x {spe} steps)")
+        _train_supervised("baseline", baseline, x_train, y_train, labeled, task, cfg, spe, cfg.epochs, cfg.lr,
+                          ckpt_dir / "baseline.pt", log, device, wrap)
+
+    if distributed:
+        dist.barrier()
+    # ----- evaluation and artifacts (rank 0) -----
+    s_metrics, s_logits, _ = _evaluate(student, x_test, test.labels, task.task)
+    example = x_test[:1]
+    metrics: dict[str, Any] = {
+        "task": task.task,
+        "test_size": len(test),
+        "student": {**s_metrics, "params": count_params(student), "macs": macs_of(student, example), "arch": student_arch},
+        "teacher": {
+            **t_metrics,
+            "params": count_params(teacher.model),
+            "macs": macs_of(teacher.model, _adapt(example, student_pre, teacher_pre)),
+            "arch": teacher_arch,
+            "source": teacher.source,
+        },
+    }
+    from ..bench.metrics import top1_agreement
+
+    if t_test_logits is not None:
+        metrics["student_teacher_agreement"] = top1_agreement(s_logits, t_test_logits, task.task)
+        metrics["auc_retention"] = s_metrics["macro_auc"] / t_metrics["macro_auc"] if t_metrics["macro_auc"] else None
+    metrics["param_ratio"] = metrics["teacher"]["params"] / metrics["student"]["params"]
+    if baseline is not None:
+        b_metrics, _, _ = _evaluate(baseline, x_test, test.labels, task.task)
+        metrics["baseline"] = {**b_metrics, "params": count_params(baseline), "arch": student_arch}
+        metrics["distill_gain_auc"] = s_metrics["macro_auc"] - b_metrics["macro_auc"]
+    metrics["seconds"] = round(time.time() - t_start, 1)
+    metrics["history"] = s_hist
+
+    artifacts: dict[str, Path] = {}
+    if rank == 0:
+        provenance = {
+            "tool": f"medfm-compress {__version__}",
+            "data": task.source,
+            "teacher": teacher_arch,
+            "teacher_source": teacher.source,
+            "losses": list(losses),
+            "seed": cfg.seed,
+        }
+        scard = ModelCard(
+            arch=student_arch, num_classes=task.num_classes, in_chans=task.channels,
+            img_size=student_pre.input_size[0] if "img_size" in _accepted(student) else None,
+            task=task.task, label_names=task.label_names, preprocess=student_pre,
+            num_params=count_params(student), embedding_dim=int(s_emb.shape[1]), role="student", provenance=provenance,
+        )
+        artifacts["student_weights"], artifacts["student_card"] = _write_model(student, scard, out, "student")
+        tcard_out = dataclasses.replace(teacher.card, num_params=count_params(teacher.model), role="teacher",
+                                        provenance={**teacher.card.provenance, "source": teacher.source})
+        artifacts["teacher_card"] = tcard_out.save(out / "teacher.json")
+        if teacher_weights_path is not None and teacher_weights_path.suffix == ".safetensors":
+            artifacts["teacher_weights"] = _link_or_copy(teacher_weights_path, out / "teacher.safetensors")
+        else:
+            from ..models.weights import save_state_dict
+
+            artifacts["teacher_weights"] = save_state_dict(teacher.model, out / "teacher.safetensors")
+        if baseline is not None:
+            bcard = dataclasses.replace(scard, role="baseline", provenance={**provenance, "losses": ["ce"],
+                                        "labeled_images": int(len(labeled))})
+            artifacts["baseline_weights"], artifacts["baseline_card"] = _write_model(baseline, bcard, out, "baseline")
+        artifacts["metrics"] = atomic_write_json(out / "metrics.json", metrics)
+        rec = manifest.start("distill", {**cfg.to_dict(), "resolved_losses": list(losses)},
+                             {"data": cfg.data} | ({"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights else {}))
+        manifest.finish(rec, artifacts, {k: v for k, v in metrics.items() if k != "history"})
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return DistillResult(out=out, metrics=metrics, artifacts=artifacts)
+
+
+def _fit_head(student, x_train, y_train, labeled, task, cfg, ckpt, log, device):
+    """Label-free mode, second step: fit the classifier on frozen embeddings of the labeled subset."""
+    import torch
+
+    from ..models.features import classifier_of
+    from .losses import hard_label_loss
+    from .train import LoopConfig, predict, run_loop
+
+    head = classifier_of(student)
+    if head is None:
+        raise ModelError("the student has no classifier head to fit")
+    _, emb = predict(student, x_train[torch.as_tensor(labeled, device=x_train.device)], embeddings=True)
+    emb_t = torch.from_numpy(emb).to(device)
+    y = y_train[torch.as_tensor(labeled, device=device)]
+    for p in head.parameters():
+        p.requires_grad_(True)
+    bs = min(cfg.batch_size, len(labeled))
+
+    def step(batch_idx, _epoch):
+        bi = torch.as_tensor(batch_idx, device=device)
+        loss = hard_label_loss(head(emb_t[bi]), y[bi], task.task)
+        return loss, {"ce": float(loss.detach())}
+
+    spe = max(1, len(labeled) // bs)
+    loop = LoopConfig("head", spe, cfg.head_epochs, 1e-2, 1e-4, bs, cfg.seed, False)
+    log(f"head: fitting the classifier on frozen embeddings of {len(labeled)} labeled images")
+    return run_loop(loop, {"head": head}, step, np.arange(len(labeled)), ckpt, cfg.resume, log, progress=cfg.progress)
+
+
+def predict_logits(model, x):
+    from .train import predict
+
+    return predict(model, x)
+
+
+def classifier_present(model) -> bool:
+    from ..models.features import classifier_of
+
+    return classifier_of(model) is not None
+
+
+def _accepted(model) -> set[str]:
+    """Keywords the architecture was built with (timm keeps them in pretrained_cfg / default_cfg)."""
+    return {"img_size"} if hasattr(model, "patch_embed") else set()
+
+
+def _link_or_copy(src: Path, dst: Path) -> Path:
+    if src.resolve() == dst.resolve():
+        return dst
+    with atomic_path(dst, suffix=".safetensors") as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return dst

@@ -1,0 +1,19 @@
+"""Datasets: spec strings, readers, preprocessing and the embedded synthetic default."""
+
+from __future__ import annotations
+
+from .dataset import SPLITS, TASKS, Split, TaskData
+from .preprocess import PreprocessSpec
+from .spec import DATA_KINDS, DEFAULT_DATA_SPEC, load_data, parse_data_spec
+
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "Split",
+    "TaskData",
+    "PreprocessSpec",
+    "DATA_KINDS",
+    "DEFAULT_DATA_SPEC",
+    "load_data",
+    "parse_data_spec",
+]

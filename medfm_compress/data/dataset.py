@@ -1,0 +1,151 @@
+"""In-memory task datasets in the MedMNIST layout, shared by every reader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["Split", "TaskData", "TASKS", "SPLITS"]
+
+TASKS = ("multiclass", "binary", "multilabel")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """Raw images and labels of one split.
+
+    ``images`` is ``(N,H,W)`` or ``(N,H,W,C)`` in its raw dtype; ``labels`` is ``(N,)`` int64 class indices
+    (multi-class, binary) or ``(N,K)`` float32 0/1 (multi-label).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, index: np.ndarray) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class TaskData:
+    """A classification task: its splits, label names and what the images look like."""
+
+    source: str
+    task: str
+    label_names: list[str]
+    splits: dict[str, Split]
+    window: tuple[float, float] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise DataError(f"unknown task type {self.task!r}; expected one of {', '.join(TASKS)}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def channels(self) -> int:
+        imgs = self.any_split().images
+        return 1 if imgs.ndim == 3 else int(imgs.shape[-1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        imgs = self.any_split().images
+        return int(imgs.shape[1]), int(imgs.shape[2])
+
+    def any_split(self) -> Split:
+        for s in self.splits.values():
+            return s
+        raise DataError(f"{self.source} has no splits")
+
+    def split(self, name: str) -> Split:
+        """Return split ``name``; a missing or empty split is a user error."""
+        if name not in self.splits:
+            raise DataError(f"{self.source} has no '{name}' split (has: {', '.join(self.splits) or 'none'})")
+        s = self.splits[name]
+        if len(s) == 0:
+            raise DataError(f"the '{name}' split of {self.source} is empty; provide at least one image")
+        return s
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "task": self.task,
+            "label_names": list(self.label_names),
+            "channels": self.channels,
+            "image_size": list(self.image_size),
+            "sizes": {k: len(v) for k, v in self.splits.items()},
+            "window": list(self.window) if self.window else None,
+        }
+
+    def class_counts(self, split: str) -> np.ndarray:
+        labels = self.split(split).labels
+        if self.task == "multilabel":
+            return labels.sum(axis=0)
+        return np.bincount(labels, minlength=self.num_classes)
+
+
+def validate_split(name: str, images: Any, labels: Any, source: str) -> Split:
+    """Check shapes, dtypes and values of one split and return it in canonical form."""
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim not in (3, 4):
+        raise DataError(
+            f"{source}: {name}_images must be (N,H,W) or (N,H,W,C), got shape {images.shape}; "
+            "check the array layout"
+        )
+    if images.ndim == 4 and images.shape[-1] not in (1, 3):
+        raise DataError(f"{source}: {name}_images has {images.shape[-1]} channels; expected 1 or 3 (N,H,W,C)")
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim not in (1, 2):
+        raise DataError(f"{source}: {name}_labels must be (N,), (N,1) or (N,K), got shape {labels.shape}")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"{source}: {name}_images has {images.shape[0]} images but {name}_labels has {labels.shape[0]} labels"
+        )
+    if np.issubdtype(images.dtype, np.floating) and images.size and not np.isfinite(images).all():
+        bad = int((~np.isfinite(images.reshape(images.shape[0], -1))).any(axis=1).sum())
+        raise DataError(f"{source}: {name}_images contains NaN/Inf in {bad} image(s); clean or drop them")
+    if labels.size and np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
+        raise DataError(f"{source}: {name}_labels contains NaN/Inf")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{source}: {name}_labels has negative values; labels must be class indices >= 0")
+    return Split(images, labels)
+
+
+def infer_task(splits: dict[str, Split], source: str, num_classes: int | None = None) -> tuple[str, int]:
+    """Infer the task type and class count from label arrays."""
+    lab = [s.labels for s in splits.values() if len(s)]
+    if not lab:
+        raise DataError(f"{source}: every split is empty")
+    if lab[0].ndim == 2:
+        k = lab[0].shape[1]
+        for x in lab:
+            if x.ndim != 2 or x.shape[1] != k:
+                raise DataError(f"{source}: multi-label splits disagree on the label count")
+            if not np.isin(x, (0, 1)).all():
+                raise DataError(f"{source}: multi-label labels must be 0/1")
+        return "multilabel", k
+    for x in lab:
+        if x.ndim != 1:
+            raise DataError(f"{source}: splits mix single-label and multi-label arrays")
+        if np.issubdtype(x.dtype, np.floating) and not np.all(x == np.round(x)):
+            raise DataError(f"{source}: class labels must be integers")
+    k = int(max(int(x.max()) for x in lab)) + 1
+    if num_classes is not None:
+        if k > num_classes:
+            raise DataError(f"{source}: labels go up to {k - 1} but only {num_classes} label names were given")
+        k = num_classes
+    return ("binary" if k == 2 else "multiclass"), max(k, 2)

@@ -1,0 +1,149 @@
+"""Preprocessing spec: how raw images become model input tensors.
+
+The spec travels with every artifact (``student.json``, ONNX ``metadata_props``) so that a runtime needs
+nothing else to feed a model correctly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+__all__ = ["PreprocessSpec", "raw_to_unit", "resize_batch"]
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Raw image -> normalised NCHW float32.
+
+    Attributes:
+        input_size: (height, width) the model expects.
+        channels: channels the model expects (1 grayscale, 3 RGB).
+        mean: per-channel mean subtracted after scaling to [0, 1].
+        std: per-channel standard deviation divided after subtracting the mean.
+        window: optional (low, high) intensity window applied to raw values (e.g. HU); values are clipped
+            to it and mapped to [0, 1]. When None, integer images are divided by their dtype's maximum and
+            float images are taken as already in [0, 1].
+    """
+
+    input_size: tuple[int, int]
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    window: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise DataError(f"channels must be 1 or 3, got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise DataError(
+                f"mean/std need {self.channels} values (one per channel), got {len(self.mean)} and {len(self.std)}"
+            )
+        if any(s <= 0 for s in self.std):
+            raise DataError(f"std values must be positive, got {self.std}")
+        if len(self.input_size) != 2 or min(self.input_size) <= 0:
+            raise DataError(f"input_size must be (height, width) > 0, got {self.input_size}")
+        if self.window is not None and not self.window[1] > self.window[0]:
+            raise DataError(f"intensity window must be (low, high) with high > low, got {self.window}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        d["window"] = list(self.window) if self.window is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        try:
+            return cls(
+                input_size=tuple(int(v) for v in d["input_size"]),
+                channels=int(d["channels"]),
+                mean=tuple(float(v) for v in d["mean"]),
+                std=tuple(float(v) for v in d["std"]),
+                window=tuple(float(v) for v in d["window"]) if d.get("window") is not None else None,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"invalid preprocessing spec {d!r}: {e}") from None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Preprocess raw images ``(N,H,W)``, ``(N,H,W,C)`` or ``(N,C,H,W)`` into ``(N,C,H,W)`` float32."""
+        x = raw_to_unit(images, self.window)
+        x = to_nchw(x, self.channels)
+        x = resize_batch(x, self.input_size)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return ((x - mean) / std).astype(np.float32, copy=False)
+
+
+def raw_to_unit(images: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """Scale raw pixel values to float32 in [0, 1] (window, or dtype range for integer images)."""
+    x = np.asarray(images)
+    if x.size == 0:
+        raise DataError("no images to preprocess (empty array)")
+    if window is not None:
+        lo, hi = window
+        xf = x.astype(np.float32)
+        if not np.isfinite(xf).all():
+            raise DataError("images contain NaN or Inf values; clean the data or drop those images")
+        return (np.clip(xf, lo, hi) - lo) / (hi - lo)
+    if np.issubdtype(x.dtype, np.integer):
+        if x.dtype == np.uint8:
+            return x.astype(np.float32) / 255.0
+        info = np.iinfo(x.dtype)
+        lo, hi = float(x.min()), float(x.max())
+        if lo >= 0 and hi <= 255 and x.dtype != np.uint16:
+            return x.astype(np.float32) / 255.0
+        if x.dtype == np.uint16:
+            return x.astype(np.float32) / float(info.max)
+        raise DataError(
+            f"integer images of dtype {x.dtype} with range [{lo}, {hi}] need an intensity window; "
+            "set window=(low, high) (e.g. HU for CT)"
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"unsupported image dtype {x.dtype}; use uint8, uint16 or float")
+    xf = x.astype(np.float32)
+    if not np.isfinite(xf).all():
+        raise DataError("images contain NaN or Inf values; clean the data or drop those images")
+    lo, hi = float(xf.min()), float(xf.max())
+    if lo < -1e-3 or hi > 1.0 + 1e-3:
+        raise DataError(
+            f"float images must lie in [0, 1] (found [{lo:.3g}, {hi:.3g}]); rescale them or set an intensity window"
+        )
+    return np.clip(xf, 0.0, 1.0)
+
+
+def to_nchw(x: np.ndarray, channels: int) -> np.ndarray:
+    """Arrange ``(N,H,W)``, ``(N,H,W,C)`` or ``(N,C,H,W)`` as ``(N,channels,H,W)``."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+            x = np.transpose(x, (0, 3, 1, 2))
+        elif x.shape[1] not in (1, 3):
+            raise DataError(f"cannot tell the channel axis of images with shape {x.shape}; use (N,H,W,C) with C=1 or 3")
+    else:
+        raise DataError(f"images must have 3 or 4 dimensions (N,H,W[,C]), got shape {x.shape}")
+    c = x.shape[1]
+    if c == channels:
+        return np.ascontiguousarray(x)
+    if c == 1 and channels == 3:
+        return np.ascontiguousarray(np.repeat(x, 3, axis=1))
+    raise DataError(f"images have {c} channel(s) but the model expects {channels}; convert the images or the model")
+
+
+def resize_batch(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear (antialiased) resize of an NCHW float batch; a no-op when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return out.numpy()

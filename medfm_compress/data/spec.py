@@ -1,0 +1,102 @@
+"""Data spec strings: ``KIND:PATH?key=value&key=value``.
+
+Kinds: ``medmnist:FILE.npz``, ``folder:DIR``, ``dicom:DIR`` and ``synthetic`` (the embedded default;
+``synthetic?seed=1&n_train=500`` changes its size and seed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from .._cache import cache_dir
+from ..errors import DataError
+from .dataset import TaskData
+
+__all__ = ["DATA_KINDS", "DEFAULT_DATA_SPEC", "parse_data_spec", "load_data"]
+
+DATA_KINDS = ("medmnist", "folder", "dicom", "synthetic")
+DEFAULT_DATA_SPEC = "synthetic"
+
+_OPTIONS = {
+    "medmnist": set(),
+    "folder": {"size", "seed"},
+    "dicom": {"size", "seed", "window"},
+    "synthetic": {"seed", "size", "n_train", "n_val", "n_test"},
+}
+
+
+def parse_data_spec(spec: str) -> tuple[str, str, dict[str, str]]:
+    """Split ``KIND:PATH?opts`` into (kind, path, options); unknown kinds and options are errors."""
+    if not spec or not isinstance(spec, str):
+        raise DataError("empty data spec; use e.g. medmnist:FILE.npz, folder:DIR, dicom:DIR or synthetic")
+    head, _, query = spec.partition("?")
+    kind, sep, path = head.partition(":")
+    if not sep and kind != "synthetic":
+        if head.endswith(".npz"):
+            kind, path = "medmnist", head
+        else:
+            raise DataError(f"data spec {spec!r} has no kind; write KIND:PATH with KIND one of {', '.join(DATA_KINDS)}")
+    if kind not in DATA_KINDS:
+        raise DataError(f"unknown data kind {kind!r} in {spec!r}; use one of {', '.join(DATA_KINDS)}")
+    opts = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = set(opts) - _OPTIONS[kind]
+    if unknown:
+        allowed = ", ".join(sorted(_OPTIONS[kind])) or "none"
+        raise DataError(f"unknown option(s) {', '.join(sorted(unknown))} for {kind}: data (allowed: {allowed})")
+    if kind != "synthetic" and not path:
+        raise DataError(f"data spec {spec!r} has no path; write {kind}:PATH")
+    return kind, path, opts
+
+
+def _int_opt(opts: dict[str, str], key: str, spec: str) -> int | None:
+    if key not in opts:
+        return None
+    try:
+        v = int(opts[key])
+    except ValueError:
+        raise DataError(f"option {key}={opts[key]!r} in {spec!r} must be an integer") from None
+    if v < 0 or (key != "seed" and v == 0):
+        raise DataError(f"option {key}={v} in {spec!r} must be positive")
+    return v
+
+
+def load_data(spec: str, *, require_labels: bool = True, seed: int = 0) -> TaskData:
+    """Load the task named by ``spec`` into memory.
+
+    Args:
+        spec: a data spec string (see module docstring).
+        require_labels: when False, image folders without ``labels.csv`` are accepted (calibration).
+        seed: seed of the split drawn for folders without a split column.
+    """
+    kind, path, opts = parse_data_spec(spec)
+    if kind == "medmnist":
+        from .medmnist import read_medmnist
+
+        return read_medmnist(Path(path))
+    if kind == "synthetic":
+        from .medmnist import read_medmnist
+        from .synthetic import SyntheticConfig, synthetic_npz
+
+        kw = {k: _int_opt(opts, k, spec) for k in opts}
+        cfg = SyntheticConfig(**{k: v for k, v in kw.items() if v is not None})
+        task = read_medmnist(synthetic_npz(cfg, cache_dir()))
+        task.source = spec
+        return task
+    size = _int_opt(opts, "size", spec)
+    split_seed = _int_opt(opts, "seed", spec)
+    split_seed = seed if split_seed is None else split_seed
+    if kind == "folder":
+        from .folder import read_folder
+
+        return read_folder(Path(path), size=size, seed=split_seed, require_labels=require_labels)
+    from .folder import read_dicom_folder
+
+    window = None
+    if "window" in opts:
+        try:
+            lo, hi = (float(v) for v in opts["window"].split(","))
+        except ValueError:
+            raise DataError(f"window={opts['window']!r} in {spec!r} must be LOW,HIGH (e.g. -1000,400)") from None
+        window = (lo, hi)
+    return read_dicom_folder(Path(path), size=size or 224, seed=split_seed, require_labels=require_labels, window=window)

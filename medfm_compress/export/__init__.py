@@ -1,0 +1,1 @@
+"""Export: ONNX (checked, cleaned, metadata inside) and TensorRT engines."""

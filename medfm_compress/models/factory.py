@@ -1,0 +1,85 @@
+"""Model specs: ``timm:NAME`` (any timm architecture) or ``python:pkg.module:factory`` (a user's own).
+
+A timm model gets ``in_chans`` and ``num_classes`` from the data, and ``img_size`` when the architecture
+takes one (ViTs). A ``python:`` factory is called with whichever of ``num_classes``, ``in_chans`` and
+``img_size`` it accepts and must return a ``torch.nn.Module``; it may load its own weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from ..errors import ModelError
+
+__all__ = ["create_model", "parse_model_spec", "count_params", "MODEL_KINDS"]
+
+MODEL_KINDS = ("timm", "python")
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """Split ``KIND:NAME``; unknown kinds are errors."""
+    kind, sep, name = (spec or "").partition(":")
+    if not sep or not name:
+        raise ModelError(f"model spec {spec!r} must be KIND:NAME, e.g. timm:resnet18 or python:pkg.module:factory")
+    if kind not in MODEL_KINDS:
+        raise ModelError(f"unknown model kind {kind!r} in {spec!r}; use one of {', '.join(MODEL_KINDS)}")
+    return kind, name
+
+
+def _timm_accepts_img_size(name: str) -> bool:
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name, allow_unregistered=True) if hasattr(timm, "get_pretrained_cfg") else None
+    arch = name.split(".")[0]
+    # Transformers with a patch embedding take img_size; conv nets would reject the keyword.
+    return any(t in arch for t in ("vit", "deit", "beit", "eva", "swin", "dino", "cait", "xcit")) or bool(
+        cfg and getattr(cfg, "fixed_input_size", False)
+    )
+
+
+def create_model(spec: str, num_classes: int, in_chans: int, img_size: int | None = None, **kwargs: Any):
+    """Build the module named by ``spec`` with random weights (load weights separately)."""
+    import torch
+
+    from . import zoo  # noqa: F401  (registers the medfm_* architectures)
+
+    kind, name = parse_model_spec(spec)
+    if kind == "timm":
+        import timm
+
+        if not timm.is_model(name.split(".")[0]):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+            hint = f" (similar: {', '.join(close)})" if close else ""
+            raise ModelError(f"unknown timm architecture {name!r}{hint}; see timm.list_models()")
+        args: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **kwargs}
+        if img_size is not None and _timm_accepts_img_size(name):
+            args["img_size"] = img_size
+        try:
+            return timm.create_model(name, pretrained=False, **args)
+        except (TypeError, ValueError, RuntimeError, AssertionError) as e:
+            raise ModelError(f"timm could not build {name!r} with {args}: {e}") from None
+    module_name, sep, fn_name = name.rpartition(":")
+    if not sep:
+        raise ModelError(f"python model spec {spec!r} must be python:package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(f"cannot import {module_name!r} for {spec!r} ({e}); check PYTHONPATH") from None
+    factory = getattr(module, fn_name, None)
+    if not callable(factory):
+        raise ModelError(f"{module_name} has no callable {fn_name!r}")
+    params = inspect.signature(factory).parameters
+    offered = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size, **kwargs}
+    takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    call = {k: v for k, v in offered.items() if v is not None and (takes_all or k in params)}
+    model = factory(**call)
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def count_params(model) -> int:
+    """Number of parameters."""
+    return int(sum(p.numel() for p in model.parameters()))

@@ -1,0 +1,104 @@
+"""Loading weights without executing code from the file.
+
+``.safetensors`` is read with safetensors; ``.pt``/``.pth``/``.bin`` with ``torch.load(weights_only=True)``,
+whose unpickler only builds tensors and plain containers and refuses anything that would run code.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+from ..errors import ModelError
+
+__all__ = ["read_state_dict", "load_weights", "save_state_dict"]
+
+_TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """Read a flat ``name -> tensor`` mapping from a weight file, never executing code from it."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"weight file {p} does not exist; check the --*-weights path")
+    suffix = p.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(p))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise ModelError(f"{p} is not a valid safetensors file ({e}); re-export the weights") from None
+    elif suffix in _TORCH_SUFFIXES:
+        try:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(
+                f"{p} was refused: it contains pickled objects beyond plain tensors (would execute code: {first}); "
+                "convert it to .safetensors from a trusted environment"
+            ) from None
+        except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+            raise ModelError(f"{p} is not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+                sd = sd[key]
+                break
+    else:
+        raise ModelError(f"unsupported weight file {p.name}; use .safetensors (preferred) or .pt/.pth")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelError(f"{p} does not hold a flat mapping of parameter names to tensors")
+    # DDP and torch.compile prefixes are artefacts of how the model was trained, not of its weights.
+    for prefix in ("module.", "_orig_mod."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_weights(model, path: str | Path, what: str = "model") -> None:
+    """Load ``path`` into ``model`` strictly; a mismatch names the missing, unexpected or mis-shaped keys."""
+    import torch
+
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_head(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_head(unexpected)}")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"shape mismatch at {_head(shapes)} (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
+        raise ModelError(
+            f"{path} does not match the {what} architecture: {'; '.join(parts)}; "
+            "check the architecture name, --in-chans/num_classes, or the weight file"
+        )
+    for k, v in sd.items():
+        if v.dtype.is_floating_point != own[k].dtype.is_floating_point and own[k].dtype != torch.bool:
+            raise ModelError(f"{path}: tensor {k} has dtype {v.dtype} but the {what} expects {own[k].dtype}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def _head(keys: list[str], n: int = 4) -> str:
+    shown = ", ".join(keys[:n])
+    return f"[{shown}{', ...' if len(keys) > n else ''}] ({len(keys)})"
+
+
+def save_state_dict(model, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``model``'s weights as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    from .._io import atomic_path
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(sd, str(tmp), metadata=metadata)
+    return Path(path)

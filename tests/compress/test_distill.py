@@ -1,0 +1,141 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+from safetensors.torch import load_file
+
+from medfm_compress.compress.distill import DistillConfig, distill
+from medfm_compress.compress.losses import feature_kd_loss, hard_label_loss, logit_kd_loss
+from medfm_compress.compress.train import batches
+from medfm_compress.errors import ConfigError, ModelError
+from medfm_compress.models import load_model
+
+
+def _cfg(out, **kw):
+    base = dict(data=TINY_DATA, out=str(out), teacher=TINY_TEACHER, student=TINY_STUDENT, teacher_epochs=1, epochs=1,
+                batch_size=32, progress=False)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def test_run_directory_contents(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"student.safetensors", "student.json", "teacher.json", "teacher.safetensors", "baseline.safetensors",
+            "metrics.json", "manifest.json", "train.log"} <= names
+    assert "checkpoints" not in names
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for role in ("teacher", "student", "baseline"):
+        assert 0.0 <= metrics[role]["macro_auc"] <= 1.0 and metrics[role]["params"] > 0
+    assert metrics["student"]["macs"] > 0
+    assert 0.0 <= metrics["student_teacher_agreement"] <= 1.0
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    rec = manifest["stages"][-1]
+    assert rec["stage"] == "distill" and len(rec["outputs"]["student_weights"]["sha256"]) == 64
+    assert manifest["fingerprint"]["cores"] >= 1
+    model, card = load_model(tiny_run)
+    assert card.task == "multiclass" and card.label_names[0] == "normal"
+    x = torch.from_numpy(card.preprocess(np.zeros((2, 32, 32), dtype=np.uint8)))
+    assert model(x).shape == (2, 4)
+
+
+def test_default_teacher_is_cached(tmp_path, tiny_run):
+    log1 = (tiny_run / "train.log").read_text()
+    distill(_cfg(tmp_path / "again", baseline=False))
+    log2 = (tmp_path / "again" / "train.log").read_text()
+    assert "training timm:medfm_resnet10_w16 on the full labels" in log1 or "using the default teacher" in log1
+    assert "using the default teacher" in log2
+
+
+def test_cpu_runs_are_deterministic(tmp_path):
+    a = distill(_cfg(tmp_path / "a", augment=True))
+    b = distill(_cfg(tmp_path / "b", augment=True))
+    wa, wb = load_file(str(a.out / "student.safetensors")), load_file(str(b.out / "student.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_label_free_and_feature_loss(tmp_path):
+    r = distill(_cfg(tmp_path / "lf", labels="none", label_fraction=0.25, head_epochs=3))
+    assert r.metrics["student"]["macro_auc"] > 0
+    assert "head" in r.metrics["history"]
+    r = distill(_cfg(tmp_path / "mix", losses=("kd", "feat", "ce"), feat_loss="mse", augment=False))
+    assert "cached" in (tmp_path / "mix" / "train.log").read_text()
+
+
+def test_label_fraction_baseline_same_budget():
+    idx = np.arange(10)
+    b = batches(idx, 4, seed=0, epoch=0, n_batches=7)
+    assert len(b) == 7 and all(len(x) == 4 for x in b)
+    # Two ranks split each global batch without overlap.
+    r0 = batches(np.arange(32), 4, 0, 0, rank=0, world=2)
+    r1 = batches(np.arange(32), 4, 0, 0, rank=1, world=2)
+    assert len(r0) == len(r1) == 4 and not set(np.concatenate(r0)) & set(np.concatenate(r1))
+
+
+def test_losses_behave():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    assert logit_kd_loss(logits, logits, 4.0, "multiclass").abs() < 1e-6
+    assert logit_kd_loss(logits, -logits, 4.0, "multiclass") > 0
+    e = torch.randn(4, 8)
+    assert feature_kd_loss(e, e, "cosine").abs() < 1e-6
+    assert hard_label_loss(torch.tensor([[5.0, -5.0]]), torch.tensor([[1.0, 0.0]]), "multilabel") < 0.01
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="label-fraction"):
+        _cfg(tmp_path, label_fraction=0)
+    with pytest.raises(ConfigError, match="unknown loss"):
+        _cfg(tmp_path, losses=("kd", "dice"))
+    with pytest.raises(ConfigError, match="--teacher"):
+        DistillConfig(teacher_weights="x.safetensors")
+    with pytest.raises(ConfigError, match="default teacher is only"):
+        distill(DistillConfig(data="medmnist:/nonexistent.npz", out=str(tmp_path / "o"), progress=False))
+    with pytest.raises(ModelError, match="has no weights"):
+        np.savez(tmp_path / "d.npz", train_images=np.zeros((40, 16, 16), np.uint8), train_labels=np.arange(40) % 2,
+                 test_images=np.zeros((8, 16, 16), np.uint8), test_labels=np.arange(8) % 2)
+        distill(DistillConfig(data=f"medmnist:{tmp_path / 'd.npz'}", teacher="timm:medfm_resnet10_w16",
+                              out=str(tmp_path / "o2"), batch_size=8, progress=False))
+
+
+def test_teacher_weights_class_mismatch(tmp_path, tiny_run):
+    # The tiny run's teacher has 4 classes; a 2-class dataset must be refused with a clear message.
+    np.savez(tmp_path / "d.npz", train_images=np.zeros((40, 32, 32), np.uint8), train_labels=np.arange(40) % 2,
+             test_images=np.zeros((8, 32, 32), np.uint8), test_labels=np.arange(8) % 2)
+    with pytest.raises(ModelError, match="4 classes but the data has 2"):
+        distill(DistillConfig(data=f"medmnist:{tmp_path / 'd.npz'}", teacher=TINY_TEACHER,
+                              teacher_weights=str(tiny_run / "teacher.safetensors"), out=str(tmp_path / "o"),
+                              batch_size=8, progress=False))
+
+
+def test_sigint_then_resume_is_bitwise_equal(tmp_path):
+    """Interrupt a distillation mid-run with SIGINT, resume it, compare with an uninterrupted run."""
+    common = ["--data", TINY_DATA, "--teacher", TINY_TEACHER, "--student", TINY_STUDENT, "--teacher-epochs", "1",
+              "--epochs", "3", "--batch-size", "16", "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-m", "medfm_compress", "distill", *common, "--out", str(ref)], check=True, env=env)
+    out = tmp_path / "int"
+    proc = subprocess.Popen([sys.executable, "-m", "medfm_compress", "distill", *common, "--out", str(out)],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    ckpt = out / "checkpoints" / "student.pt"
+    import time
+
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("run finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert not (out / "student.safetensors").exists()
+    subprocess.run([sys.executable, "-m", "medfm_compress", "distill", *common, "--out", str(out), "--resume"],
+                   check=True, env=env)
+    a, b = load_file(str(ref / "student.safetensors")), load_file(str(out / "student.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,87 @@
+"""Shared fixtures; the one place that skips slow/gpu/trt tests, with the reason."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
+
+
+def _gpu_reason() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU on this machine (nvidia-smi not found)"
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "torch reports no usable CUDA device"
+    except ImportError:
+        return "torch is not installed"
+    return None
+
+
+def _trt_reason() -> str | None:
+    reason = _gpu_reason()
+    if reason:
+        return reason
+    import importlib.util
+
+    if not (importlib.util.find_spec("tensorrt") or importlib.util.find_spec("tensorrt_rtx")):
+        return "TensorRT is not installed (pip install 'medfm-compress[trt]')"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = None if config.getoption("--run-slow") else "slow test: run with --run-slow"
+    gpu = _gpu_reason() if any("gpu" in i.keywords for i in items) else None
+    trt = _trt_reason() if any("trt" in i.keywords for i in items) else None
+    for item in items:
+        if "slow" in item.keywords and slow:
+            item.add_marker(pytest.mark.skip(reason=slow))
+        if "gpu" in item.keywords and gpu:
+            item.add_marker(pytest.mark.skip(reason=gpu))
+        if "trt" in item.keywords and trt:
+            item.add_marker(pytest.mark.skip(reason=trt))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Generated data and trained default teachers go to a per-session cache, never the user's."""
+    path = tmp_path_factory.mktemp("medfm-cache")
+    old = os.environ.get("MEDFM_CACHE_DIR")
+    os.environ["MEDFM_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MEDFM_CACHE_DIR", None)
+    else:
+        os.environ["MEDFM_CACHE_DIR"] = old
+
+
+# A small synthetic task: 32x32 images, a few hundred cases; enough to train tiny models in seconds.
+TINY_DATA = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
+TINY_TEACHER = "timm:medfm_resnet10_w16"
+TINY_STUDENT = "timm:medfm_resnet10_w16"
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> str:
+    return TINY_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished distillation run directory on the tiny task (teacher, student, baseline)."""
+    from medfm_compress.compress.distill import DistillConfig, distill
+
+    out = tmp_path_factory.mktemp("tiny-run")
+    cfg = DistillConfig(
+        data=TINY_DATA, out=str(out), teacher=TINY_TEACHER, student=TINY_STUDENT, teacher_epochs=1, epochs=1,
+        batch_size=32, baseline=True, progress=False,
+    )
+    distill(cfg)
+    return out
