@@ -21,6 +21,7 @@ __all__ = ["main", "cli"]
 # They are imported only when used, so `medfm-compress --help` and `import medfm_compress.cli` stay light.
 COMMANDS: dict[str, str] = {
     "distill": "distill",
+    "export": "export",
     "verify": "verify",
 }
 

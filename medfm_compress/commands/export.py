@@ -1,0 +1,98 @@
+"""``medfm-compress export``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+# Output formats this command can write. Only ONNX exists so far; the TensorRT engine builder adds
+# "tensorrt" here (and a branch in `command`) when it lands.
+FORMATS = ("onnx",)
+
+
+@click.command(name="export")
+@click.argument("source", type=click.Path())
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Output file (default: SOURCE/<model>.onnx for a run directory).",
+)
+@click.option(
+    "--model",
+    "model_name",
+    type=click.Choice(["student", "teacher", "baseline"]),
+    default="student",
+    show_default=True,
+    help="Which model of a run directory to export.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="onnx",
+    show_default=True,
+    help="Output format (only onnx for now).",
+)
+@click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (>= 17).")
+@click.option(
+    "--atol",
+    default=1e-4,
+    show_default=True,
+    type=float,
+    help="Largest allowed |ONNX Runtime - torch| on the check inputs.",
+)
+@click.option(
+    "--data", default=None, help="Data spec for the self-check (default: the data the model was trained on)."
+)
+@click.option(
+    "--num-check", default=64, show_default=True, type=int, help="Real images used by the self-check."
+)
+@click.option(
+    "--dynamo", is_flag=True, help="Use torch's dynamo exporter instead of the (faster) classic one."
+)
+@click.option("--no-simplify", is_flag=True, help="Skip the onnxslim graph clean-up.")
+@click.option("--force", is_flag=True, help="Use weights whose hash differs from the run manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(source, out, model_name, fmt, opset, atol, data, num_check, dynamo, no_simplify, force, as_json):
+    """Export a trained model (run directory, .json card or .safetensors) to a checked ONNX file.
+
+    The ONNX file carries the preprocessing, labels and provenance; ONNX Runtime's outputs are compared
+    with torch's on real task images and random tensors before anything is written.
+    """
+    from ..export.onnx import ExportConfig, export_onnx
+
+    cfg = ExportConfig(
+        source=source,
+        out=out,
+        model=model_name,
+        format=fmt,
+        opset=opset,
+        atol=atol,
+        data=data,
+        num_check=num_check,
+        dynamo=dynamo,
+        simplify=not no_simplify,
+        force=force,
+    )
+    res = export_onnx(cfg)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "path": str(res.path),
+                    "size_bytes": res.size_bytes,
+                    "seconds": res.seconds,
+                    "check": res.check,
+                },
+                indent=2,
+            )
+        )
+        return
+    c = res.check
+    click.echo(f"wrote {res.path} ({res.size_bytes / 1e6:.2f} MB, {res.seconds:.1f} s)")
+    click.echo(
+        f"self-check vs torch: {c.get('real_n', 0)} real + {c.get('random_n', 0)} random inputs, "
+        f"max-abs {c['max_abs']:.3g}, cosine {c['cosine']:.7f}"
+    )

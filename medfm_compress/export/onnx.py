@@ -1,0 +1,461 @@
+"""ONNX export that checks itself: classic torch exporter, onnxslim clean-up, metadata inside, parity self-check.
+
+``export_model_to_onnx`` turns any torch model (including modelopt fake-quant models, which only export with
+the classic exporter) into a checked ONNX file. ``export_onnx(ExportConfig(...))`` is the stage behind
+``medfm-compress export``: it loads a model from a run directory or a card + safetensors pair, exports it,
+compares ONNX Runtime against torch on real task images and random tensors, and only then writes the file.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._io import atomic_path, sha256_file
+from ..config import config_to_dict
+from ..errors import ConfigError, DataError, ExportError, ModelError
+from .metadata import ModelMeta, decode_metadata, encode_metadata
+
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "BATCH_AXIS",
+    "ExportConfig",
+    "ExportResult",
+    "export_model_to_onnx",
+    "build_onnx",
+    "save_onnx",
+    "load_onnx_checked",
+    "read_meta",
+    "set_meta",
+    "export_onnx",
+    "ort_session",
+    "run_onnx",
+    "parity_check",
+]
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+BATCH_AXIS = "batch"
+CONFIG_VERSION = 1
+# Protobuf cannot serialise a model above 2 GiB in one message.
+_PROTO_LIMIT = 2**31 - 1
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building and saving
+
+
+def build_onnx(model, meta: ModelMeta, example, opset: int = 17, dynamo: bool = False, simplify: bool = True):
+    """Export ``model`` to an in-memory, checked ``onnx.ModelProto`` with ``meta`` in ``metadata_props``.
+
+    Args:
+        model: a torch module (put in eval mode here).
+        meta: what the model needs to be fed and read (stored as ``medfm.*`` metadata).
+        example: an example input tensor ``(N, C, H, W)``; its spatial size becomes static, the batch dynamic.
+        opset: ONNX opset (>= 17).
+        dynamo: use the dynamo exporter (slower; the classic one is the default because it is 5-10x faster
+            here and is the only one modelopt fake-quant models export with).
+        simplify: clean the graph with onnxslim (constant folding, dead-node removal, fusions).
+    """
+    import onnx
+    import torch
+
+    if opset < 17:
+        raise ConfigError(f"opset {opset} is too old; use --opset 17 or newer")
+    if not isinstance(example, torch.Tensor) or example.ndim != 4:
+        raise ModelError("the example input must be a 4-D (N, C, H, W) tensor")
+    model.eval()
+    buf = io.BytesIO()
+    kwargs: dict[str, Any] = {}
+    if dynamo:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    else:
+        kwargs["dynamic_axes"] = {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The classic exporter warns about its own deprecation and about traced control flow; neither is
+            # actionable for a user here, and parity is checked numerically afterwards.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                buf,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=dynamo,
+                **kwargs,
+            )
+    except Exception as e:  # torch raises many unrelated types for unexportable models
+        raise ExportError(
+            f"torch.onnx.export failed for {meta.arch or type(model).__name__}: {type(e).__name__}: {_first_line(e)}"
+        ) from None
+    proto = onnx.load_from_string(buf.getvalue())
+    if dynamo:
+        proto = _rename_io(proto)
+    if simplify:
+        proto = _slim(proto)
+    _force_batch_axis(proto)
+    set_meta(proto, meta)
+    _check(proto, full=True)
+    return proto
+
+
+def export_model_to_onnx(
+    model, meta: ModelMeta, path, example, opset: int = 17, dynamo: bool = False, simplify: bool = True
+) -> Path:
+    """Export ``model`` to ``path`` (atomically): checked, cleaned, dynamic batch axis, ``meta`` inside.
+
+    See :func:`build_onnx` for the arguments. Returns the written path.
+    """
+    proto = build_onnx(model, meta, example, opset=opset, dynamo=dynamo, simplify=simplify)
+    return save_onnx(proto, path)
+
+
+def save_onnx(proto, path) -> Path:
+    """Write ``proto`` to ``path`` atomically (a failure leaves no file and any earlier file intact)."""
+    if proto.ByteSize() > _PROTO_LIMIT:
+        raise ExportError(
+            f"model is {proto.ByteSize() / 2**30:.1f} GiB, above ONNX's 2 GiB single-file limit; "
+            "external-data export is not supported yet"
+        )
+    dest = Path(path)
+    with atomic_path(dest, suffix=".onnx.tmp") as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    return dest
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def _slim(proto):
+    import onnxslim
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            slimmed = onnxslim.slim(proto)
+    except Exception as e:  # onnxslim is a clean-up: a failure in it must not lose the export
+        warnings.warn(
+            f"onnxslim could not clean the graph ({_first_line(e)}); keeping the unslimmed model",
+            stacklevel=2,
+        )
+        return proto
+    return slimmed if slimmed is not None else proto
+
+
+def _rename_io(proto):
+    """The dynamo exporter names I/O after the Python arguments; give them our fixed names."""
+    old_in, old_out = proto.graph.input[0].name, proto.graph.output[0].name
+    for node in proto.graph.node:
+        node.input[:] = [INPUT_NAME if n == old_in else n for n in node.input]
+        node.output[:] = [OUTPUT_NAME if n == old_out else n for n in node.output]
+    proto.graph.input[0].name = INPUT_NAME
+    proto.graph.output[0].name = OUTPUT_NAME
+    return proto
+
+
+def _force_batch_axis(proto) -> None:
+    """Name the leading dimension of the input and output ``batch`` (simplifiers may rename or fix it)."""
+    for vi in (proto.graph.input[0], proto.graph.output[0]):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = BATCH_AXIS
+
+
+def _check(proto, full: bool) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"onnx.checker rejected the exported model: {_first_line(e)}") from None
+
+
+def set_meta(proto, meta: ModelMeta) -> None:
+    """Replace the ``medfm.*`` entries of ``proto.metadata_props`` with ``meta`` (other keys are kept)."""
+    keep = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("medfm.")]
+    del proto.metadata_props[:]
+    for k, v in keep + list(encode_metadata(meta).items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.producer_name = "medfm-compress"
+    proto.producer_version = __version__
+
+
+def read_meta(path_or_model) -> ModelMeta:
+    """The :class:`ModelMeta` stored in an ONNX file or ``ModelProto``; a model without it is an error."""
+    if isinstance(path_or_model, str | Path):
+        proto, source = load_onnx_checked(path_or_model), str(path_or_model)
+    else:
+        proto, source = path_or_model, "the ONNX model"
+    return decode_metadata({p.key: p.value for p in proto.metadata_props}, source)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading untrusted files
+
+
+def load_onnx_checked(path) -> Any:
+    """Load an ONNX file with one-line errors for anything a user can get wrong.
+
+    External data is loaded only when every referenced file resolves inside the model's own directory:
+    absolute locations, ``..`` traversal and symlinks that lead outside are refused.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p} does not exist; give the path of an .onnx file")
+    if p.is_dir():
+        raise ModelError(f"{p} is a directory; give the path of an .onnx file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{p} is not a valid ONNX model ({type(e).__name__}); re-export it") from None
+    # Arbitrary bytes can decode as a protobuf with nothing in it; a real model has a graph and an IR version.
+    if proto.ir_version <= 0 or not proto.graph.node or not proto.graph.input or not proto.graph.output:
+        raise ModelError(f"{p} is not an ONNX model (no graph, inputs or outputs); re-export it")
+    _load_external_data_safely(proto, p)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise ModelError(f"{p} fails onnx.checker: {_first_line(e)}") from None
+    return proto
+
+
+def _load_external_data_safely(proto, path: Path) -> None:
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    base = path.parent.resolve()
+    external = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+    if not external:
+        return
+    for t in external:
+        loc = ExternalDataInfo(t).location
+        if not loc or Path(loc).is_absolute() or loc.startswith(("/", "\\")):
+            raise ModelError(
+                f"{path}: tensor {t.name!r} points at external data {loc!r} with an absolute path; "
+                "external data must sit beside the model"
+            )
+        target = (base / loc).resolve()
+        if not target.is_relative_to(base):
+            raise ModelError(
+                f"{path}: tensor {t.name!r} points at external data {loc!r} outside the model's "
+                "directory; refused (move the data beside the model)"
+            )
+        if not target.is_file():
+            raise ModelError(f"{path}: external data file {loc!r} for tensor {t.name!r} is missing")
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        load_external_data_for_model(proto, str(base))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read its external data ({_first_line(e)})") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running and comparing
+
+
+def ort_session(model, threads: int | None = None):
+    """An ONNX Runtime CPU session for a ``ModelProto``, bytes or path; a model ORT cannot load is an error."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    try:
+        return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NotImplemented, ...)
+        raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(e)}") from None
+
+
+def run_onnx(session, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Run ``session`` over ``x`` (NCHW float32) in batches; returns the first output, concatenated."""
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]
+    if isinstance(fixed, int) and fixed > 0:
+        batch_size = fixed
+    outs = [
+        session.run(None, {name: np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)})[0]
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
+
+
+def parity_check(model, proto, real: np.ndarray | None, n_random: int = 8, seed: int = 0) -> dict[str, float]:
+    """Compare ONNX Runtime with the torch model on ``real`` inputs and ``n_random`` random tensors."""
+    import torch
+
+    from ..bench.metrics import cosine_similarity, max_abs_error, top1_agreement
+
+    shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][1:]
+    rng = np.random.default_rng(seed)
+    random = rng.standard_normal((n_random, *shape)).astype(np.float32)
+    sess = ort_session(proto)
+    report: dict[str, float] = {}
+    for kind, x in (("real", real), ("random", random)):
+        if x is None or not len(x):
+            continue
+        with torch.no_grad():
+            ref = np.concatenate(
+                [model(torch.from_numpy(x[i : i + 32])).float().numpy() for i in range(0, len(x), 32)]
+            )
+        got = run_onnx(sess, x, batch_size=16)
+        report[f"{kind}_n"] = len(x)
+        report[f"{kind}_max_abs"] = max_abs_error(ref, got)
+        report[f"{kind}_cosine"] = cosine_similarity(ref, got)
+        if kind == "real":
+            report["real_top1_agreement"] = top1_agreement(ref, got)
+    report["max_abs"] = max(v for k, v in report.items() if k.endswith("_max_abs"))
+    report["cosine"] = min(v for k, v in report.items() if k.endswith("_cosine"))
+    return report
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The export stage
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``medfm-compress export``. ``None`` means "use the default"."""
+
+    source: str
+    out: str | None = None
+    model: str = "student"
+    format: str = "onnx"
+    opset: int = 17
+    atol: float = 1e-4
+    data: str | None = None
+    num_check: int = 64
+    dynamo: bool = False
+    simplify: bool = True
+    force: bool = False
+    seed: int = 0
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(
+                f"export config version {self.version} is not supported (expected {CONFIG_VERSION})"
+            )
+        if self.format != "onnx":
+            raise ConfigError(f"export format {self.format!r} is not available here; only 'onnx' is")
+        if self.model not in ("student", "teacher", "baseline"):
+            raise ConfigError(f"--model must be student, teacher or baseline, got {self.model!r}")
+        if self.atol <= 0:
+            raise ConfigError(f"--atol must be > 0, got {self.atol}")
+        if self.num_check < 1:
+            raise ConfigError(f"num-check must be >= 1, got {self.num_check}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    meta: ModelMeta
+    check: dict[str, float]
+    seconds: float
+    size_bytes: int
+
+
+def check_images(data_spec: str, pre, n: int, seed: int = 0) -> np.ndarray:
+    """Up to ``n`` preprocessed real images from ``data_spec`` (test split first), drawn with ``seed``."""
+    from ..data import load_data
+
+    task = load_data(data_spec, require_labels=False, seed=seed)
+    split = next(
+        (task.splits[s] for s in ("test", "val", "train") if s in task.splits and len(task.splits[s])), None
+    )
+    if split is None:
+        raise DataError(f"{data_spec} holds no images to check the export with")
+    idx = np.random.default_rng(seed).permutation(len(split))[:n]
+    x = pre(split.images[np.sort(idx)])
+    if not np.isfinite(x).all():
+        raise DataError(f"{data_spec}: preprocessed images contain NaN/Inf")
+    return x
+
+
+def _training_data(card, run_dir: Path | None) -> str | None:
+    """The data spec a model was trained on: its card, else (teacher of a run) the run's student card."""
+    spec = card.provenance.get("data") or card.provenance.get("trained_on")
+    if not spec and run_dir is not None and (run_dir / "student.json").is_file():
+        from ..models.card import ModelCard
+
+        spec = ModelCard.load(run_dir / "student.json").provenance.get("data")
+    return spec
+
+
+def export_onnx(cfg: ExportConfig) -> ExportResult:
+    """Export a trained model to ONNX, check it against torch on real data, then write it atomically."""
+    import torch
+
+    from ..manifest import Manifest
+    from ..models.card import load_model, resolve_model_files
+
+    t0 = time.time()
+    src = Path(cfg.source)
+    card_path, weights_path = resolve_model_files(src, cfg.model)
+    run_dir = src if src.is_dir() else None
+    manifest = Manifest(run_dir) if run_dir is not None and (run_dir / "manifest.json").exists() else None
+    if manifest is not None:
+        manifest.check_input(weights_path, cfg.force)
+    model, card = load_model(src, cfg.model)
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else (run_dir or weights_path.parent) / f"{cfg.model if run_dir else weights_path.stem}.onnx"
+    )
+
+    data_spec = cfg.data or _training_data(card, run_dir)
+    if not data_spec:
+        raise ConfigError(
+            f"{card_path} names no training data; pass --data SPEC so the export is checked on real images"
+        )
+    real = check_images(data_spec, card.preprocess, cfg.num_check, cfg.seed)
+
+    provenance = {
+        "tool": f"medfm-compress {__version__}",
+        "source_weights": weights_path.name,
+        "source_weights_sha256": sha256_file(weights_path),
+        "role": card.role,
+        "opset": cfg.opset,
+        "exporter": "dynamo" if cfg.dynamo else "torchscript",
+        "check_data": data_spec,
+    }
+    meta = ModelMeta.from_card(card, "fp32", provenance)
+    example = torch.from_numpy(real[:1].copy())
+    rec = (
+        manifest.start("export", cfg.to_dict(), {"weights": weights_path, "card": card_path})
+        if manifest
+        else None
+    )
+    proto = build_onnx(model, meta, example, opset=cfg.opset, dynamo=cfg.dynamo, simplify=cfg.simplify)
+    check = parity_check(model, proto, real, seed=cfg.seed)
+    if not check["max_abs"] <= cfg.atol:
+        raise ExportError(
+            f"ONNX Runtime differs from torch by max-abs {check['max_abs']:.3g} (cosine {check['cosine']:.6f}) "
+            f"> --atol {cfg.atol:g}; nothing written (raise --atol if this is expected)"
+        )
+    save_onnx(proto, out)
+    if manifest is not None and rec is not None:
+        manifest.finish(rec, {"onnx": out}, {"check": check})
+    return ExportResult(out, meta, check, round(time.time() - t0, 2), out.stat().st_size)
