@@ -48,8 +48,8 @@ def command(data, teacher, teacher_weights, student, student_weights, out, losse
 
     With no --data, --teacher and --student it runs on the embedded synthetic radiograph task.
     """
-    from .compress.distill import DistillConfig
-    from .compress.distill import distill as run
+    from ..compress.distill import DistillConfig
+    from ..compress.distill import distill as run
 
     cfg = DistillConfig(
         data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, student=student,
