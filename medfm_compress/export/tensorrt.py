@@ -1,0 +1,567 @@
+"""TensorRT engine building behind one interface for two flavours.
+
+* ``classic``: NVIDIA TensorRT (``import tensorrt``): data-centre GPUs and Jetson. Builds on (and for) the GPU
+  it runs on; honours a timing cache file.
+* ``rtx``: TensorRT for RTX (``import tensorrt_rtx``, PyPI ``tensorrt-rtx-cu13``): RTX-class GPUs. Builds
+  ahead of time without any GPU for a list of compute capabilities; kernels are specialised at load time
+  (its timing cache is a no-op; the runtime backend's ``runtime_cache`` option plays that role).
+
+Both take our ONNX (dynamic batch axis, ``medfm.*`` metadata) and write ``<engine>`` atomically plus a sidecar
+``<engine>.json`` holding the flavour and version, compute-capability targets, the optimization profile, the
+precision, the source ONNX's sha256, the engine's sha256 and the model's metadata (the
+:func:`~medfm_compress.export.metadata.encode_metadata` dict), so a runtime needs nothing else.
+
+Precisions: ``fp32``; ``fp16`` (RTX networks are strongly typed, so the ONNX is converted to fp16 with fp32
+I/O before parsing; classic sets its FP16 builder flag); ``int8`` and ``fp8`` need explicit symmetric QDQ
+nodes in the ONNX (``medfm-compress quantize --target tensorrt``); ONNX Runtime's U8S8 QDQ is refused.
+
+:func:`check_engine` decides, BEFORE deserializing, whether an engine can run here (sidecar, hash, installed
+version, the RTX engine-validity API or the classic device's compute capability) and says to rebuild if not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
+from ..config import config_to_dict
+from ..errors import BackendMissingError, ConfigError, ExportError, IntegrityError, ModelError
+
+__all__ = [
+    "TensorRTConfig",
+    "EngineResult",
+    "FLAVOURS",
+    "PRECISIONS",
+    "SIDECAR_FORMAT",
+    "import_flavour",
+    "resolve_flavour",
+    "build_engine",
+    "sidecar_path",
+    "read_sidecar",
+    "check_engine",
+    "profile_from_batch_sizes",
+    "qdq_kind",
+]
+
+log = logging.getLogger(__name__)
+
+CONFIG_VERSION = 1
+SIDECAR_FORMAT = "medfm-compress/tensorrt-engine"
+SIDECAR_VERSION = 1
+# flavour -> python module
+FLAVOURS = {"rtx": "tensorrt_rtx", "classic": "tensorrt"}
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+_FLAVOUR_NAMES = {"rtx": "TensorRT-RTX", "classic": "TensorRT"}
+# Compute capabilities TensorRT-RTX can target ahead of time, by our spelling -> its enum member name.
+_RTX_TARGETS = {"sm75": "SM75", "sm80": "SM80", "sm86": "SM86", "sm89": "SM89", "sm120": "SM120", "sm121": "SM121",
+                "current": "CURRENT"}
+# What an RTX build without explicit targets runs on (TensorRT-RTX documentation: 8.0, 8.6, 8.9, 12.0+).
+RTX_DEFAULT_TARGETS = ("sm80", "sm86", "sm89", "sm120")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Flavours
+
+
+def import_flavour(flavour: str):
+    """Import the module of ``flavour`` (``rtx`` or ``classic``); missing -> BackendMissingError naming ``trt``."""
+    import importlib
+
+    if flavour not in FLAVOURS:
+        raise ConfigError(f"TensorRT flavour must be auto, rtx or classic, got {flavour!r}")
+    try:
+        return importlib.import_module(FLAVOURS[flavour])
+    except ImportError as e:
+        detail = f"import {FLAVOURS[flavour]} failed: {e}"
+        if flavour == "classic":
+            detail += "; classic TensorRT's libraries come from NVIDIA's index (pip install tensorrt)"
+        raise BackendMissingError(_FLAVOUR_NAMES[flavour], "trt", detail=detail) from None
+
+
+def resolve_flavour(flavour: str = "auto") -> tuple[str, Any]:
+    """``(flavour, module)``. ``auto`` prefers TensorRT-RTX (it builds without a GPU), then classic."""
+    if flavour != "auto":
+        return flavour, import_flavour(flavour)
+    errors = []
+    for name in ("rtx", "classic"):
+        try:
+            return name, import_flavour(name)
+        except BackendMissingError as e:
+            errors.append(str(e))
+    raise BackendMissingError("TensorRT (tensorrt_rtx or tensorrt)", "trt")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Config and result
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    """One engine build. ``None`` means "use the default".
+
+    Attributes:
+        onnx: source ONNX file (ours: dynamic batch axis and medfm metadata).
+        out: engine path (``.engine`` or ``.plan``); the sidecar is ``<out>.json``.
+        flavour: ``auto`` (RTX if installed, else classic), ``rtx`` or ``classic``.
+        precision: ``fp32`` | ``fp16`` | ``int8`` | ``fp8`` (int8/fp8 need QDQ from ``--target tensorrt``).
+        batch_sizes: batch sizes the engine must accept; the profile is min / middle / max of them.
+        workspace_mb: builder workspace limit in MiB (None: TensorRT's default, the device memory).
+        timing_cache: classic only: a timing-cache file read before and written after the build.
+        targets: RTX only: compute capabilities (``sm75 sm80 sm86 sm89 sm120 sm121`` or ``current``);
+            None: TensorRT-RTX's default portable set.
+    """
+
+    onnx: str
+    out: str
+    flavour: str = "auto"
+    precision: str = "fp32"
+    batch_sizes: tuple[int, ...] = (1,)
+    workspace_mb: int | None = None
+    timing_cache: str | None = None
+    targets: tuple[str, ...] | None = None
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(f"tensorrt config version {self.version} is not supported (expected {CONFIG_VERSION})")
+        if self.flavour not in ("auto", *FLAVOURS):
+            raise ConfigError(f"--flavour must be auto, rtx or classic, got {self.flavour!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision for a TensorRT engine must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
+        bs = tuple(self.batch_sizes)
+        if not bs or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in bs):
+            raise ConfigError(f"--batch-sizes must be positive integers, got {self.batch_sizes!r}")
+        object.__setattr__(self, "batch_sizes", tuple(sorted(set(bs))))
+        if self.workspace_mb is not None and self.workspace_mb < 1:
+            raise ConfigError(f"--workspace-mb must be >= 1, got {self.workspace_mb}")
+        if self.targets is not None:
+            t = tuple(s.strip().lower().replace(".", "").replace("sm_", "sm") for s in self.targets)
+            bad = [s for s in t if s not in _RTX_TARGETS]
+            if bad or not t:
+                raise ConfigError(f"unknown compute-capability target(s) {', '.join(bad) or '(none)'}; "
+                                  f"choose from {', '.join(_RTX_TARGETS)}")
+            if "current" in t and len(t) > 1:
+                raise ConfigError("target 'current' (the GPU building the engine) cannot be combined with others")
+            object.__setattr__(self, "targets", t)
+        if Path(self.out).suffix.lower() not in (".engine", ".plan"):
+            raise ConfigError(f"engine path {self.out} must end in .engine or .plan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclass
+class EngineResult:
+    path: Path
+    sidecar: Path
+    flavour: str
+    trt_version: str
+    precision: str
+    profile: dict[str, Any]
+    targets: list[str]
+    build_seconds: float
+    size_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+
+def sidecar_path(engine_path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+def profile_from_batch_sizes(batch_sizes, chw) -> dict[str, list[int]]:
+    """One optimization profile covering ``batch_sizes``: min, the middle one as opt, max."""
+    bs = sorted(set(int(b) for b in batch_sizes))
+    c, h, w = (int(v) for v in chw)
+    return {"min": [bs[0], c, h, w], "opt": [bs[len(bs) // 2], c, h, w], "max": [bs[-1], c, h, w]}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ONNX inspection
+
+
+def qdq_kind(proto) -> str | None:
+    """``None`` (no QDQ), ``int8``, ``uint8``, ``fp8`` or ``mixed``: the zero-point type of QuantizeLinear nodes."""
+    import onnx
+
+    inits = {t.name: t.data_type for t in proto.graph.initializer}
+    consts = {}
+    for n in proto.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    consts[n.output[0]] = a.t.data_type
+    kinds = set()
+    T = onnx.TensorProto
+    names = {T.INT8: "int8", T.UINT8: "uint8", T.FLOAT8E4M3FN: "fp8", T.INT16: "int16", T.UINT16: "uint16",
+             T.INT4: "int4", T.UINT4: "uint4"}
+    for n in proto.graph.node:
+        if n.op_type != "QuantizeLinear":
+            continue
+        if len(n.input) >= 3 and n.input[2]:
+            dt = inits.get(n.input[2], consts.get(n.input[2]))
+            kinds.add(names.get(dt, f"type{dt}"))
+        else:
+            # No zero point: output_dtype attribute (opset 21) or the default uint8.
+            out_dt = next((a.i for a in n.attribute if a.name == "output_dtype"), 0)
+            kinds.add(names.get(out_dt, "uint8") if out_dt else "uint8")
+    if not kinds:
+        return None
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def _input_chw(proto) -> tuple[str, tuple[int, int, int]]:
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ExportError(f"the ONNX model has {len(inputs)} inputs; medfm engines take one image tensor")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ExportError(f"ONNX input {inputs[0].name!r} has rank {len(dims)}; expected NCHW")
+    if dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        raise ExportError(f"ONNX input {inputs[0].name!r} has a fixed batch size {dims[0].dim_value}; re-export it "
+                          "with a dynamic batch axis (medfm-compress export does)")
+    chw = []
+    for d in dims[1:]:
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            raise ExportError(f"ONNX input {inputs[0].name!r} has a dynamic channel/spatial size; export with a fixed "
+                              "input size")
+        chw.append(int(d.dim_value))
+    return inputs[0].name, tuple(chw)
+
+
+def _to_fp16(proto):
+    """fp32 ONNX -> fp16 weights and activations with fp32 inputs/outputs (for strongly typed builds)."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError as e:
+        raise BackendMissingError("onnxconverter-common (fp16 conversion)", "trt", detail=str(e)) from None
+    import warnings
+
+    with warnings.catch_warnings():
+        # It warns about every value it clamps to the fp16 range; the parity check is the judge.
+        warnings.simplefilter("ignore")
+        return float16.convert_float_to_float16(proto, keep_io_types=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Build
+
+
+def _make_logger(trt):
+    class _Logger(trt.ILogger):
+        """Routes TensorRT messages to logging and keeps errors for the one-line message."""
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                self.errors.append(msg)
+                log.debug("TensorRT error: %s", msg)
+            elif severity == trt.ILogger.Severity.WARNING:
+                log.debug("TensorRT: %s", msg)
+
+    return _Logger()
+
+
+def _parser_errors(parser) -> list[str]:
+    out = []
+    for i in range(parser.num_errors):
+        e = parser.get_error(i)
+        name, op = e.node_name() or "?", e.node_operator() or "?"
+        out.append(f"node {name!r} ({op}): {' '.join(str(e.desc()).split())}")
+    return out
+
+
+def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
+    """Parse ``cfg.onnx``, build a serialized engine, write it and its sidecar atomically."""
+    import onnx
+
+    from .metadata import encode_metadata
+    from .onnx import load_onnx_checked, read_meta
+
+    t0 = time.time()
+    flavour, trt = resolve_flavour(cfg.flavour)
+    notes: list[str] = []
+    src = Path(cfg.onnx)
+    proto = load_onnx_checked(src)
+    meta = read_meta(proto)
+    input_name, chw = _input_chw(proto)
+    if tuple(chw) != (meta.preprocess.channels, *meta.preprocess.input_size):
+        raise ExportError(f"{src}: input shape {chw} disagrees with its metadata "
+                          f"({meta.preprocess.channels}, {meta.preprocess.input_size}); re-export it")
+    kind = qdq_kind(proto)
+    _check_precision(cfg.precision, kind, src, flavour, trt)
+    if cfg.targets is not None and flavour != "rtx":
+        raise ConfigError("--targets (compute capabilities) applies to TensorRT-RTX ahead-of-time builds; classic "
+                          "TensorRT builds for the GPU it runs on")
+
+    if cfg.precision == "fp16" and flavour == "rtx":
+        # TensorRT-RTX networks are strongly typed: the precision comes from the ONNX types.
+        proto = _to_fp16(proto)
+    onnx_bytes = proto.SerializeToString()
+
+    logger = _make_logger(trt)
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise ExportError(f"{_FLAVOUR_NAMES[flavour]} could not create a builder: {'; '.join(logger.errors) or 'no GPU?'}")
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes, str(src.resolve())):
+        errs = _parser_errors(parser)
+        hint = ""
+        if kind == "uint8":
+            hint = (" -- this is ONNX Runtime's U8S8 QDQ (quantize --target cpu); TensorRT needs symmetric int8 QDQ: "
+                    "quantize with --target tensorrt")
+        raise ExportError(f"{_FLAVOUR_NAMES[flavour]} parser rejected {src.name} ({len(errs)} error(s)): "
+                          + "; ".join(errs[:5]) + (f"; ... {len(errs) - 5} more" if len(errs) > 5 else "") + hint)
+
+    config = builder.create_builder_config()
+    if cfg.workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(cfg.workspace_mb) << 20)
+    prof_dims = profile_from_batch_sizes(cfg.batch_sizes, chw)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, prof_dims["min"], prof_dims["opt"], prof_dims["max"])
+    config.add_optimization_profile(profile)
+
+    targets: list[str]
+    device: dict[str, Any] = {}
+    if flavour == "rtx":
+        if cfg.targets:
+            config.num_compute_capabilities = len(cfg.targets)
+            for i, t in enumerate(cfg.targets):
+                if not config.set_compute_capability(getattr(trt.ComputeCapability, _RTX_TARGETS[t]), i):
+                    raise ConfigError(f"TensorRT-RTX {trt.__version__} refused target {t}")
+            targets = list(cfg.targets)
+        else:
+            targets = list(RTX_DEFAULT_TARGETS)
+        if cfg.timing_cache:
+            notes.append("timing cache ignored: TensorRT-RTX has none (use the runtime backend's runtime_cache)")
+    else:
+        _set_classic_precision_flags(trt, config, cfg.precision)
+        device = _cuda_device()
+        targets = [f"sm{device['cc'][0]}{device['cc'][1]}"] if device else []
+        cache = _load_timing_cache(config, cfg.timing_cache)
+
+    stop_spinner = _progress(f"building {_FLAVOUR_NAMES[flavour]} {cfg.precision} engine for {src.name}", progress)
+    try:
+        tb = time.time()
+        serialized = builder.build_serialized_network(network, config)
+        build_s = time.time() - tb
+    finally:
+        stop_spinner()
+    if serialized is None:
+        raise ExportError(f"{_FLAVOUR_NAMES[flavour]} failed to build {src.name}: "
+                          f"{'; '.join(logger.errors[-3:]) or 'no reason given'}")
+    if flavour == "classic" and cfg.timing_cache:
+        atomic_write_bytes(cfg.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        notes.append(f"timing cache {'updated' if cache else 'written'}: {cfg.timing_cache}")
+
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out, suffix=".engine.tmp") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(memoryview(serialized))
+    meta.precision = cfg.precision
+    meta.provenance = {**meta.provenance, "engine_source_onnx": src.name}
+    side = {
+        "format": SIDECAR_FORMAT,
+        "version": SIDECAR_VERSION,
+        "flavour": flavour,
+        "tensorrt_module": FLAVOURS[flavour],
+        "tensorrt_version": str(trt.__version__),
+        "targets": targets,
+        "targets_explicit": cfg.targets is not None,
+        "device": device,
+        "precision": cfg.precision,
+        "onnx_qdq": kind,
+        "input": input_name,
+        "output": [network.get_output(i).name for i in range(network.num_outputs)],
+        "batch_sizes": list(cfg.batch_sizes),
+        "profiles": [{"input": input_name, **prof_dims}],
+        "workspace_mb": cfg.workspace_mb,
+        "source_onnx": str(src),
+        "source_onnx_sha256": sha256_file(src),
+        "engine_sha256": sha256_file(out),
+        "engine_bytes": out.stat().st_size,
+        "build_seconds": round(build_s, 3),
+        "metadata": encode_metadata(meta),
+        "config": cfg.to_dict(),
+    }
+    side_path = sidecar_path(out)
+    atomic_write_json(side_path, side)
+    total = time.time() - t0
+    if progress:
+        print(f"built {out} ({_FLAVOUR_NAMES[flavour]} {trt.__version__}, {cfg.precision}, batch "
+              f"{prof_dims['min'][0]}..{prof_dims['max'][0]}, targets {','.join(targets) or '-'}): "
+              f"build {build_s:.2f} s, total {total:.2f} s, {side['engine_bytes'] / 1e6:.2f} MB", flush=True)
+    return EngineResult(out, side_path, flavour, str(trt.__version__), cfg.precision, side["profiles"][0], targets,
+                        round(build_s, 3), side["engine_bytes"], notes)
+
+
+def _check_precision(precision: str, kind: str | None, src: Path, flavour: str, trt) -> None:
+    name = _FLAVOUR_NAMES[flavour]
+    if kind == "mixed":
+        raise ExportError(f"{src.name} mixes QDQ types; quantize it again with --target tensorrt")
+    if precision in ("fp32", "fp16") and kind is not None:
+        raise ConfigError(f"{src.name} holds {kind} QDQ nodes; build it with --precision "
+                          f"{'fp8' if kind == 'fp8' else 'int8'}, or give the unquantized ONNX for {precision}")
+    if precision == "int8" and kind is None:
+        raise ConfigError(f"--precision int8 needs explicit QDQ nodes; {src.name} has none: quantize it first with "
+                          "medfm-compress quantize --target tensorrt --precision int8")
+    if precision == "int8" and kind not in ("int8", "uint8"):
+        raise ConfigError(f"--precision int8 needs int8 QDQ; {src.name} holds {kind} QDQ")
+    if precision == "fp8":
+        if kind != "fp8":
+            raise ConfigError(f"--precision fp8 needs FP8 QDQ nodes; quantize with --target tensorrt --precision fp8 "
+                              f"({src.name} has {kind or 'none'})")
+        if not hasattr(trt, "fp8") and not hasattr(getattr(trt, "DataType", None), "FP8"):
+            raise ConfigError(f"{name} {trt.__version__} does not support FP8")
+    if precision == "fp16" and flavour == "classic" and not hasattr(trt.BuilderFlag, "FP16"):
+        raise ConfigError(f"{name} {trt.__version__} has no FP16 builder flag; give an fp16 ONNX with --precision fp32")
+
+
+def _set_classic_precision_flags(trt, config, precision: str) -> None:
+    # Weakly typed classic networks pick kernels per layer among the enabled precisions.
+    flags = {"fp16": ["FP16"], "int8": ["INT8", "FP16"], "fp8": ["FP8", "FP16"]}.get(precision, [])
+    for f in flags:
+        if hasattr(trt.BuilderFlag, f):
+            config.set_flag(getattr(trt.BuilderFlag, f))
+
+
+def _load_timing_cache(config, path: str | None) -> bool:
+    if not path:
+        return False
+    p = Path(path)
+    data = p.read_bytes() if p.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, False):
+        raise ExportError(f"timing cache {p} is not usable by this TensorRT; delete it to start a new one")
+    return bool(data)
+
+
+def _cuda_device() -> dict[str, Any]:
+    """Name and compute capability of CUDA device 0 via torch (which the runtime needs anyway), or {}."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return {"name": torch.cuda.get_device_name(0), "cc": list(torch.cuda.get_device_capability(0))}
+    except Exception:  # torch without CUDA support raises various errors; "no device" is the answer
+        pass
+    return {}
+
+
+def _progress(label: str, enabled: bool):
+    """Log a start line; return a callable that ends it (a build has no fine-grained progress to show)."""
+    if enabled:
+        print(f"{label} ...", flush=True)
+    return lambda: None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading checks (before deserializing)
+
+
+def read_sidecar(engine_path) -> dict[str, Any]:
+    """The sidecar of ``engine_path``; missing or malformed -> one-line error saying to rebuild."""
+    p = Path(engine_path)
+    if not p.is_file():
+        raise ModelError(f"{p} does not exist")
+    sp = sidecar_path(p)
+    if not sp.is_file():
+        raise ModelError(f"{p} has no sidecar {sp.name}; rebuild it with medfm-compress export --format tensorrt")
+    try:
+        side = json.loads(sp.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelError(f"{sp} is not valid JSON ({e}); rebuild the engine") from None
+    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
+        raise ModelError(f"{sp} is not a medfm-compress engine sidecar; rebuild the engine")
+    if side.get("version") != SIDECAR_VERSION:
+        raise ModelError(f"{sp} has sidecar version {side.get('version')!r}; this tool reads {SIDECAR_VERSION}: "
+                         "rebuild the engine")
+    missing = [k for k in ("flavour", "tensorrt_version", "engine_sha256", "profiles", "metadata", "input")
+               if k not in side]
+    if missing or side["flavour"] not in FLAVOURS:
+        raise ModelError(f"{sp} lacks {', '.join(missing) or 'a known flavour'}; rebuild the engine")
+    return side
+
+
+_DIAG_WORDS = {
+    "VERSION_MISMATCH": "built by another TensorRT-RTX version",
+    "UNSUPPORTED_CC": "built for other compute capabilities than this GPU's",
+    "OLD_CUDA_DRIVER": "the CUDA driver is too old",
+    "OLD_CUDA_RUNTIME": "the CUDA runtime is too old",
+    "INSUFFICIENT_GPU_MEMORY": "not enough GPU memory",
+    "MALFORMED_ENGINE": "not a TensorRT-RTX engine, or corrupted",
+    "CUDA_ERROR": "CUDA error while checking (is there a GPU?)",
+}
+
+
+def check_engine(engine_path, verify_hash: bool = True) -> dict[str, Any]:
+    """Decide whether ``engine_path`` can run here, without deserializing it.
+
+    Checks, in order: the sidecar; the engine bytes against the sidecar's sha256; the flavour is installed at
+    the version that built it; then RTX's engine-validity API on the engine header (version, compute
+    capability, driver, memory, malformed) or, for classic, this GPU's compute capability against the one the
+    engine was built on. Returns the sidecar dict (plus ``validity``); refuses with a one-line
+    :class:`ModelError` that says to rebuild.
+    """
+    p = Path(engine_path)
+    side = read_sidecar(p)
+    if verify_hash and sha256_file(p) != side["engine_sha256"]:
+        raise IntegrityError(f"{p} does not match the sha256 in {sidecar_path(p).name} (changed since it was built); "
+                             "rebuild it with medfm-compress export --format tensorrt")
+    flavour = side["flavour"]
+    trt = import_flavour(flavour)
+    name = _FLAVOUR_NAMES[flavour]
+    if str(trt.__version__) != side["tensorrt_version"]:
+        raise ModelError(f"{p} was built with {name} {side['tensorrt_version']} but {trt.__version__} is installed; "
+                         "engines are version-specific: rebuild it with medfm-compress export --format tensorrt")
+    if flavour == "rtx":
+        runtime = trt.Runtime(_make_logger(trt))
+        with open(p, "rb") as f:
+            header = f.read(int(runtime.engine_header_size))
+        validity, diag = runtime.get_engine_validity(header)
+        diag = int(diag)
+        words = [w for k, w in _DIAG_WORDS.items() if diag & int(getattr(trt.EngineInvalidityDiagnostics, k))]
+        side["validity"] = {"status": validity.name, "diagnostics": words}
+        if validity == trt.EngineValidity.INVALID:
+            if "not a TensorRT-RTX engine, or corrupted" in words:
+                raise ModelError(f"{p} is refused by TensorRT-RTX {trt.__version__}: not a TensorRT-RTX engine, or "
+                                 "corrupted; rebuild it with medfm-compress export --format tensorrt")
+            if not words or words == [_DIAG_WORDS["CUDA_ERROR"]]:
+                if not _cuda_device():
+                    raise ModelError(f"{p}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
+                                     "onnxruntime or torch backend on this machine)")
+            raise ModelError(f"{p} cannot run on this machine ({'; '.join(words) or 'invalid'}); rebuild it here with "
+                             f"medfm-compress export --format tensorrt{_target_hint()}")
+    else:
+        dev = _cuda_device()
+        if not dev:
+            raise ModelError(f"{p}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
+                             "onnxruntime or torch backend on this machine)")
+        built = side.get("device", {}).get("cc")
+        if built and list(built) != list(dev["cc"]):
+            raise ModelError(f"{p} was built on compute capability {built[0]}.{built[1]} "
+                             f"({side['device'].get('name', '?')}) but this GPU ({dev['name']}) is "
+                             f"{dev['cc'][0]}.{dev['cc'][1]}; rebuild it on this GPU")
+        side["validity"] = {"status": "VALID", "diagnostics": []}
+    return side
+
+
+def _target_hint() -> str:
+    dev = _cuda_device()
+    return f" (this GPU is sm{dev['cc'][0]}{dev['cc'][1]}; add --targets current)" if dev else ""
+
+
+def engine_input_chw(side: dict[str, Any]) -> tuple[int, int, int]:
+    return tuple(side["profiles"][0]["max"][1:])
