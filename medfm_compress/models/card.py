@@ -106,6 +106,9 @@ def resolve_model_files(path: str | Path, name: str = "student") -> tuple[Path, 
         card, weights = p, p.with_suffix(".safetensors")
     elif p.suffix == ".safetensors":
         card, weights = p.with_suffix(".json"), p
+    elif not p.exists() and (p.parent / f"{p.name}.json").is_file():
+        # A stem such as runs/p/teacher names teacher.json + teacher.safetensors in a run directory.
+        card, weights = p.parent / f"{p.name}.json", p.parent / f"{p.name}.safetensors"
     elif not p.exists():
         raise ModelError(f"{p} does not exist; give a run directory, a model .json card or a .safetensors file")
     else:

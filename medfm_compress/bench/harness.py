@@ -1,0 +1,262 @@
+"""``run_bench``: artifacts x batch sizes -> latency, accuracy parity against a reference, gates, reports."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import config_to_dict
+from ..errors import ConfigError, DataError
+from .latency import LatencyConfig, measure_end_to_end, measure_engine
+
+__all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts"]
+
+
+def parse_artifacts(items: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
+    """``["name=path", ...]`` -> ``(("name", "path"), ...)``; a bare path is named after its file stem."""
+    out: list[tuple[str, str]] = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).stem or item, item
+        if not name or not path:
+            raise ConfigError(f"artifact {item!r} must be NAME=PATH (e.g. int8=runs/p/student.int8.onnx)")
+        out.append((name, path))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to benchmark and which gates to apply.
+
+    Attributes:
+        artifacts: ``(name, path)`` pairs; a path is a run directory or stem (torch), card, .safetensors,
+            .onnx or TensorRT plan.
+        reference: name of the artifact the others are compared with (default: the first).
+        data: data spec whose ``split`` holds the held-out cases (real labels).
+        split: split to evaluate on.
+        batch_sizes: batch sizes to time engine-only; end-to-end is timed per case (batch 1).
+        iterations, warmup, warmup_s, duration_s: see :class:`~medfm_compress.bench.latency.LatencyConfig`.
+        threads: intra-op threads for every engine (None: all cores).
+        device: engine device (None: each backend's default, CPU).
+        backend: force one backend for every artifact (None: chosen from each path).
+        eval_batch_size: batch size used to compute logits on the split.
+        n_resamples, seed: paired bootstrap settings.
+        max_auc_drop: non-inferiority margin in AUC percentage points: the upper 95% CI bound of the
+            reference-minus-artifact macro AUC drop must be below it.
+        min_agreement: minimum top-1 agreement with the reference (0-1).
+        min_speedup: minimum reference p50 / artifact p50, engine-only at batch 1 (or the smallest batch).
+        max_p50_ms: maximum engine-only p50 at that batch.
+        max_size_mb: maximum artifact size in MB (1e6 bytes).
+        out: directory to write report.json/report.md/junit.xml/pareto.png (None: write nothing).
+        progress: show a progress bar.
+    """
+
+    artifacts: tuple[tuple[str, str], ...]
+    reference: str | None = None
+    data: str = "synthetic"
+    split: str = "test"
+    batch_sizes: tuple[int, ...] = (1,)
+    iterations: int = 100
+    warmup: int = 10
+    warmup_s: float = 0.0
+    duration_s: float | None = None
+    threads: int | None = None
+    device: str | None = None
+    backend: str | None = None
+    eval_batch_size: int = 32
+    n_resamples: int = 1000
+    seed: int = 0
+    max_auc_drop: float | None = None
+    min_agreement: float | None = None
+    min_speedup: float | None = None
+    max_p50_ms: float | None = None
+    max_size_mb: float | None = None
+    out: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if not self.artifacts:
+            raise ConfigError("give at least one artifact as NAME=PATH")
+        names = [n for n, _ in self.artifacts]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"artifact name(s) {', '.join(dup)} given twice; names must be unique")
+        if self.reference is not None and self.reference not in names:
+            raise ConfigError(f"--reference {self.reference!r} is not one of the artifacts ({', '.join(names)})")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"batch sizes must be >= 1, got {self.batch_sizes}")
+        if self.eval_batch_size < 1 or self.n_resamples < 1:
+            raise ConfigError("eval batch size and bootstrap resamples must be >= 1")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"--min-agreement is a fraction in [0, 1], got {self.min_agreement}")
+        LatencyConfig(self.iterations, self.warmup, self.warmup_s, self.duration_s)  # validates
+
+    @property
+    def reference_name(self) -> str:
+        return self.reference or self.artifacts[0][0]
+
+    @property
+    def latency(self) -> LatencyConfig:
+        return LatencyConfig(self.iterations, self.warmup, self.warmup_s, self.duration_s)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="bench", unit="step", disable=not enabled, leave=False)
+
+
+def _latency_inputs(engine, images: np.ndarray, batch: int) -> np.ndarray:
+    """A preprocessed batch of real cases (repeated when the split is smaller than the batch)."""
+    idx = np.arange(batch) % len(images)
+    return engine.preprocess(images[idx])
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Benchmark every artifact, compare each with the reference, evaluate the gates, write the reports.
+
+    Returns the report dict (see :mod:`medfm_compress.bench.report`); ``report["passed"]`` says whether every
+    gate held. Raises :class:`~medfm_compress.errors.MedfmError` for bad input (nothing is written then).
+    """
+    from ..data import load_data
+    from ..runtime import Engine
+    from .parity import check_data_matches, evaluate, parity, predict_logits, reference_thresholds
+    from .report import SCHEMA_VERSION, write_reports
+
+    task_data = load_data(cfg.data)
+    split = task_data.split(cfg.split)
+    if task_data.task != "multilabel" and split.labels.ndim != 1:
+        raise DataError(f"{cfg.data}: the {cfg.split} split has no class labels to score against")
+    ref_name = cfg.reference_name
+    order = [(n, p) for n, p in cfg.artifacts if n == ref_name] + [(n, p) for n, p in cfg.artifacts if n != ref_name]
+    steps_per = 1 + len(cfg.batch_sizes) + 1
+    bar = _progress(len(order) * steps_per, cfg.progress)
+    lat_cfg = cfg.latency
+    entries: list[dict[str, Any]] = []
+    ref_logits = thresholds = None
+    try:
+        for name, path in order:
+            bar.set_postfix_str(name)
+            with Engine.load(path, backend=cfg.backend, device=cfg.device, threads=cfg.threads) as eng:
+                check_data_matches(name, eng, task_data.task, task_data.num_classes, task_data.channels)
+                logits = predict_logits(eng, split.images, cfg.eval_batch_size)
+                bar.update(1)
+                if ref_logits is None:
+                    ref_logits = logits
+                    thresholds = reference_thresholds(logits, split.labels, task_data.task)
+                metrics = evaluate(logits, split.labels, task_data.task, task_data.label_names, thresholds)
+                par = parity(ref_logits, logits, split.labels, task_data.task, thresholds, cfg.n_resamples, cfg.seed)
+                for m, d in par["deltas"].items():
+                    if m in metrics:
+                        metrics[f"{m}_ci"] = [d["test_ci_low"], d["test_ci_high"]]
+                latency: dict[str, Any] = {}
+                for b in cfg.batch_sizes:
+                    bar.set_postfix_str(f"{name} bs{b}")
+                    if eng.fixed_batch is not None and b != eng.fixed_batch:
+                        latency[str(b)] = {"skipped": f"artifact has a static batch of {eng.fixed_batch}"}
+                    else:
+                        latency[str(b)] = {"engine": measure_engine(eng, _latency_inputs(eng, split.images, b),
+                                                                    lat_cfg)}
+                    bar.update(1)
+                e2e = None
+                if eng.fixed_batch in (None, 1):
+                    e2e = measure_end_to_end(eng, split.images, lat_cfg)
+                bar.update(1)
+                info = eng.info
+                entries.append({
+                    "name": name,
+                    "path": str(path),
+                    "reference": name == ref_name,
+                    **{k: info.get(k) for k in ("sha256", "backend", "precision", "device", "threads", "params",
+                                                "size_bytes")},
+                    "file": info.get("path"),
+                    "backend_info": {k: v for k, v in info.items()
+                                     if k not in ("sha256", "backend", "precision", "device", "threads", "params",
+                                                  "size_bytes", "path")},
+                    "latency": latency,
+                    "end_to_end": e2e,
+                    "metrics": metrics,
+                    "parity": None if name == ref_name else par,
+                    "self_check": par["deltas"] if name == ref_name else None,
+                })
+    finally:
+        bar.close()
+    entries.sort(key=lambda e: [n for n, _ in cfg.artifacts].index(e["name"]))
+    gates = evaluate_gates(cfg, entries)
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": "medfm-compress bench",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": _fingerprint(),
+        "config": config_to_dict(cfg) | {"artifacts": [list(a) for a in cfg.artifacts]},
+        "data": {"spec": cfg.data, "split": cfg.split, "n": len(split), "task": task_data.task,
+                 "label_names": list(task_data.label_names)},
+        "reference": ref_name,
+        "artifacts": entries,
+        "gates": gates,
+        "passed": all(g["passed"] for g in gates),
+    }
+    if cfg.out:
+        write_reports(report, cfg.out)
+    return report
+
+
+def _fingerprint() -> dict[str, Any]:
+    from .._env import fingerprint
+
+    return dict(fingerprint())
+
+
+def _gate_batch(entry: dict) -> str | None:
+    """The batch size gates use: 1 if measured, else the smallest measured batch."""
+    measured = sorted((int(b) for b, v in entry["latency"].items() if "engine" in v))
+    return str(measured[0]) if measured else None
+
+
+def _p50(entry: dict, batch: str | None) -> float | None:
+    if batch is None or "engine" not in entry["latency"].get(batch, {}):
+        return None
+    return entry["latency"][batch]["engine"]["p50_ms"]
+
+
+def evaluate_gates(cfg: BenchConfig, entries: list[dict]) -> list[dict]:
+    """One record per (gate, non-reference artifact): name, artifact, value, threshold, passed."""
+    ref = next(e for e in entries if e["reference"])
+    gates: list[dict] = []
+
+    def add(kind: str, entry: dict, value, threshold, passed: bool, detail: str):
+        gates.append({"name": f"{kind}[{entry['name']}]", "gate": kind, "artifact": entry["name"],
+                      "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail})
+
+    for e in entries:
+        if e["reference"]:
+            continue
+        if cfg.max_auc_drop is not None:
+            d = e["parity"]["deltas"]["macro_auc"]
+            # Drop = reference - artifact, in AUC percentage points; its upper CI bound is -(lower bound of delta).
+            upper = None if d["ci_low"] is None else -100.0 * d["ci_low"]
+            ok = upper is not None and upper < cfg.max_auc_drop
+            add("max_auc_drop", e, upper, cfg.max_auc_drop, ok,
+                "upper 95% CI bound of the macro AUC drop vs the reference (percentage points)")
+        if cfg.min_agreement is not None:
+            v = e["parity"]["top1_agreement"]
+            add("min_agreement", e, v, cfg.min_agreement, v >= cfg.min_agreement, "top-1 agreement with the reference")
+        b = _gate_batch(e)
+        if cfg.min_speedup is not None:
+            rp, ep = _p50(ref, b), _p50(e, b)
+            v = rp / ep if rp and ep else None
+            add("min_speedup", e, v, cfg.min_speedup, v is not None and v >= cfg.min_speedup,
+                f"reference p50 / artifact p50, engine-only, batch {b}")
+        if cfg.max_p50_ms is not None:
+            v = _p50(e, b)
+            add("max_p50_ms", e, v, cfg.max_p50_ms, v is not None and v <= cfg.max_p50_ms,
+                f"engine-only p50 at batch {b} (ms)")
+        if cfg.max_size_mb is not None:
+            v = e["size_bytes"] / 1e6
+            add("max_size_mb", e, v, cfg.max_size_mb, v <= cfg.max_size_mb, "artifact size (MB)")
+    return gates

@@ -1,0 +1,93 @@
+"""Accuracy parity: each artifact against the reference on real held-out data.
+
+Logits are computed batch by batch from the raw split (each artifact preprocesses with its own metadata), so a
+large test set never exists as a full preprocessed copy. Every number comes from :mod:`.metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import DataError
+from . import metrics as M
+
+__all__ = ["iter_batches", "predict_logits", "check_data_matches", "evaluate", "parity"]
+
+
+def iter_batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def check_data_matches(name: str, engine, task: str, num_classes: int, channels: int) -> None:
+    """One-line error when the data cannot feed this artifact or its outputs cannot be scored on the labels."""
+    meta = engine.meta
+    want = meta.preprocess.channels
+    if channels != want and not (channels == 1 and want == 3):
+        raise DataError(f"artifact '{name}' expects {want}-channel images but the data has {channels} channels; "
+                        "use data matching the model's input spec")
+    if meta.task != task:
+        raise DataError(f"artifact '{name}' is a {meta.task} model but the data is a {task} task")
+    if len(meta.label_names) != num_classes:
+        raise DataError(f"artifact '{name}' predicts {len(meta.label_names)} classes but the data has {num_classes} "
+                        "labels; use the data the model was trained for")
+
+
+def predict_logits(engine, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Logits for raw ``images``, preprocessed and run one batch at a time.
+
+    An artifact with a static batch dimension gets full batches only: the last one is padded by repeating
+    its final image and the padding's outputs are dropped.
+    """
+    fixed = engine.fixed_batch
+    bs = fixed or batch_size
+    out = []
+    for sl in iter_batches(len(images), bs):
+        x = engine.preprocess(images[sl])
+        n = x.shape[0]
+        if fixed and n < fixed:
+            x = np.concatenate([x, np.repeat(x[-1:], fixed - n, axis=0)])
+        out.append(np.asarray(engine.run(x), dtype=np.float32)[:n])
+    return np.concatenate(out)
+
+
+def evaluate(logits: np.ndarray, labels: np.ndarray, task: str, label_names: list[str],
+             thresholds: np.ndarray | None) -> dict:
+    """Task metrics of one model at the reference's operating point, with the per-class breakdown."""
+    n_cls = logits.shape[1]
+    decisions = M.predicted_positive(logits, task, thresholds)
+    sens, spec = M.sensitivity_specificity(decisions, M.positive_targets(labels, task, n_cls))
+    return {
+        "accuracy": M.accuracy(logits, labels, task),
+        "macro_auc": _finite_or_none(M.macro_auc(logits, labels, task)),
+        "sensitivity": _finite_or_none(sens),
+        "specificity": _finite_or_none(spec),
+        "per_class": M.per_class_metrics(logits, labels, task, label_names, thresholds),
+    }
+
+
+def reference_thresholds(reference_logits: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray | None:
+    """The reference's operating point: Youden-optimal thresholds (binary, multi-label); argmax (multi-class)."""
+    if task == "multiclass":
+        return None
+    n_cls = reference_logits.shape[1]
+    return M.youden_thresholds(M.positive_scores(reference_logits, task), M.positive_targets(labels, task, n_cls))
+
+
+def parity(reference_logits: np.ndarray, test_logits: np.ndarray, labels: np.ndarray, task: str,
+           thresholds: np.ndarray | None, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Output agreement and paired-bootstrap deltas of a test model against the reference."""
+    if len(reference_logits) == 0:
+        raise DataError("no held-out cases to compare on; the test split is empty")
+    out = M.parity_metrics(reference_logits, test_logits, task)
+    out["deltas"] = M.paired_bootstrap(reference_logits, test_logits, labels, task, thresholds,
+                                       n_resamples=n_resamples, seed=seed)
+    out["n_resamples"] = n_resamples
+    out["seed"] = seed
+    return out
+
+
+def _finite_or_none(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)

@@ -1,0 +1,322 @@
+"""Benchmark reports (``report.json``, ``report.md``, ``junit.xml``, ``pareto.png``) and report comparison.
+
+``report.json`` is the one structured record; the other files are views of it. Its schema is versioned by
+``schema_version``; a reader refuses other versions instead of guessing. Non-finite numbers are written as
+strings (``"inf"``, ``"-inf"``) or null (NaN) so the file is strict JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from .._io import atomic_path, atomic_write_json, atomic_write_text, ensure_dir
+from ..errors import ConfigError, GateFailure
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "write_reports",
+    "load_report",
+    "to_markdown",
+    "to_junit",
+    "plot_pareto",
+    "compare_reports",
+    "compare_to_markdown",
+    "parse_regression",
+    "FINGERPRINT_KEYS",
+]
+
+SCHEMA_VERSION = 1
+
+# What makes latency numbers comparable: the same processor, core count and GPU.
+FINGERPRINT_KEYS = ("cpu", "cores", "gpu")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return _jsonable(obj.item())
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
+    """Write report.json, report.md, junit.xml and pareto.png into ``out`` (each atomically)."""
+    out_dir = ensure_dir(out)
+    clean = _jsonable(report)
+    paths = {
+        "json": atomic_write_json(out_dir / "report.json", clean),
+        "markdown": atomic_write_text(out_dir / "report.md", to_markdown(clean)),
+        "junit": atomic_write_text(out_dir / "junit.xml", to_junit(clean)),
+        "pareto": plot_pareto(clean, out_dir / "pareto.png"),
+    }
+    return paths
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    """Read a report.json (or a directory holding one); another schema version is a one-line error."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    try:
+        report = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"report {p} does not exist; give a report.json written by 'medfm-compress bench'") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"report {p} is not valid JSON ({e})") from None
+    if not isinstance(report, dict) or "schema_version" not in report:
+        raise ConfigError(f"{p} is not a medfm-compress bench report (no schema_version)")
+    if report["schema_version"] != SCHEMA_VERSION:
+        raise ConfigError(f"{p} has report schema version {report['schema_version']!r}; this tool reads version "
+                          f"{SCHEMA_VERSION}; re-run 'medfm-compress bench' with this version to regenerate it")
+    return report
+
+
+# ----- views --------------------------------------------------------------------------------------------
+
+
+def _f(v: Any, fmt: str = ".4f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    return format(v, fmt)
+
+
+def _ci(d: dict | None, scale: float = 1.0, fmt: str = "+.4f") -> str:
+    if not d or d.get("delta") is None:
+        return "-"
+    lo = "-" if d["ci_low"] is None else format(scale * d["ci_low"], fmt)
+    hi = "-" if d["ci_high"] is None else format(scale * d["ci_high"], fmt)
+    return f"{format(scale * d['delta'], fmt)} [{lo}, {hi}]"
+
+
+def to_markdown(report: dict) -> str:
+    """Markdown tables a reviewer reads in a pull request."""
+    fp = report["fingerprint"]
+    status = "PASSED" if report["passed"] else "FAILED"
+    lines = [
+        f"# Benchmark report: {status}",
+        "",
+        f"Data `{report['data']['spec']}` ({report['data']['split']} split, {report['data']['n']} cases, "
+        f"{report['data']['task']}); reference **{report['reference']}**.",
+        f"Machine: {fp.get('cpu')} ({fp.get('cores')} cores), GPU {fp.get('gpu') or 'none'}; "
+        + ", ".join(f"{k} {v}" for k, v in sorted(fp.get("versions", {}).items())),
+        "",
+        "## Accuracy and parity",
+        "",
+        "| artifact | backend | precision | accuracy | macro AUC [95% CI] | sensitivity | ΔAUC vs ref [95% CI] "
+        "| top-1 agreement | cosine | max-abs | SQNR dB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in report["artifacts"]:
+        m, p = a["metrics"], a["parity"] or {}
+        auc_ci = m.get("macro_auc_ci") or [None, None]
+        lines.append(
+            f"| {a['name']}{' (ref)' if a['reference'] else ''} | {a['backend']} | {a['precision']} "
+            f"| {_f(m['accuracy'])} | {_f(m['macro_auc'])} [{_f(auc_ci[0])}, {_f(auc_ci[1])}] "
+            f"| {_f(m.get('sensitivity'))} | {_ci((p.get('deltas') or {}).get('macro_auc'))} "
+            f"| {_f(p.get('top1_agreement'))} | {_f(p.get('cosine'), '.6f')} | {_f(p.get('max_abs'), '.3g')} "
+            f"| {_f(p.get('sqnr_db'), '.1f')} |"
+        )
+    lines += ["", "## Latency (engine-only, ms)", "",
+              "| artifact | batch | p50 | p90 | p99 | mean | std | min | throughput/s | threads |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for a in report["artifacts"]:
+        for b, v in a["latency"].items():
+            if "engine" not in v:
+                lines.append(f"| {a['name']} | {b} | {v.get('skipped', '-')} | | | | | | | |")
+                continue
+            s = v["engine"]
+            lines.append(f"| {a['name']} | {b} | {_f(s['p50_ms'], '.3f')} | {_f(s['p90_ms'], '.3f')} "
+                         f"| {_f(s['p99_ms'], '.3f')} | {_f(s['mean_ms'], '.3f')} | {_f(s['std_ms'], '.3f')} "
+                         f"| {_f(s['min_ms'], '.3f')} | {_f(s['throughput_per_s'], '.1f')} | {s.get('threads')} |")
+    lines += ["", "## End-to-end per case (raw image -> preprocessing -> engine -> probabilities), ms", "",
+              "| artifact | p50 | p90 | p99 | size MB | params | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    for a in report["artifacts"]:
+        s = a.get("end_to_end") or {}
+        params = f"{a['params'] / 1e6:.2f}M" if a.get("params") else "-"
+        rss = f"{s['peak_rss_bytes'] / 1e6:.0f}" if s.get("peak_rss_bytes") else "-"
+        lines.append(f"| {a['name']} | {_f(s.get('p50_ms'), '.3f')} | {_f(s.get('p90_ms'), '.3f')} "
+                     f"| {_f(s.get('p99_ms'), '.3f')} | {a['size_bytes'] / 1e6:.2f} | {params} | {rss} |")
+    lines += ["", "## Per-class sensitivity / AUC", ""]
+    labels = [c["label"] for c in report["artifacts"][0]["metrics"]["per_class"]]
+    lines += ["| artifact | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    for a in report["artifacts"]:
+        cells = [f"{_f(c['sensitivity'], '.3f')} / {_f(c['auc'], '.3f')}" for c in a["metrics"]["per_class"]]
+        lines.append(f"| {a['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Gates", ""]
+    if report["gates"]:
+        lines += ["| gate | value | threshold | result |", "|---|---|---|---|"]
+        for g in report["gates"]:
+            lines.append(f"| {g['name']} | {_f(g['value'])} | {_f(g['threshold'])} | "
+                         f"{'pass' if g['passed'] else '**FAIL**'} |")
+    else:
+        lines.append("No gates were set.")
+    return "\n".join(lines) + "\n"
+
+
+def to_junit(report: dict) -> str:
+    """JUnit XML: one test case per gate, a failure element for each failed gate."""
+    gates = report["gates"]
+    failures = sum(not g["passed"] for g in gates)
+    suite = ET.Element("testsuite", name="medfm-compress bench", tests=str(len(gates)), failures=str(failures),
+                       errors="0", skipped="0", timestamp=str(report.get("created", "")))
+    for g in gates:
+        case = ET.SubElement(suite, "testcase", classname=f"bench.{g['gate']}", name=g["name"])
+        if not g["passed"]:
+            f = ET.SubElement(case, "failure", message=f"{g['name']}: value {g['value']} vs threshold {g['threshold']}")
+            f.text = g.get("detail", "")
+    suites = ET.Element("testsuites", tests=str(len(gates)), failures=str(failures))
+    suites.append(suite)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def plot_pareto(report: dict, path: str | os.PathLike) -> Path:
+    """Latency (engine-only p50, smallest batch) vs macro AUC, one point per artifact, with AUC CI bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for a in report["artifacts"]:
+        measured = sorted((int(b), v["engine"]["p50_ms"]) for b, v in a["latency"].items() if "engine" in v)
+        auc = a["metrics"].get("macro_auc")
+        if not measured or auc is None:
+            continue
+        x = measured[0][1]
+        lo, hi = a["metrics"].get("macro_auc_ci") or [None, None]
+        yerr = [[auc - lo], [hi - auc]] if lo is not None and hi is not None else None
+        ax.errorbar([x], [auc], yerr=yerr, fmt="o", capsize=4, label=a["name"])
+        ax.annotate(a["name"], (x, auc), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("engine-only p50 latency (ms, log scale, smallest batch)")
+    ax.set_ylabel("macro AUC (95% bootstrap CI)")
+    ax.set_title("latency vs accuracy")
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    dest = Path(path)
+    with atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return dest
+
+
+# ----- comparison ---------------------------------------------------------------------------------------
+
+
+def parse_regression(value: str | float) -> float:
+    """``"10%"`` or ``"0.1"`` -> 0.1."""
+    s = str(value).strip()
+    try:
+        v = float(s[:-1]) / 100.0 if s.endswith("%") else float(s)
+    except ValueError:
+        raise ConfigError(f"--max-regression must be a percentage like 10% or a fraction like 0.1, got {value!r}") \
+            from None
+    if v < 0:
+        raise ConfigError(f"--max-regression must be >= 0, got {value!r}")
+    return v
+
+
+_HIGHER_IS_BETTER = ("accuracy", "macro_auc", "sensitivity", "top1_agreement")
+
+
+def compare_reports(base: dict, new: dict, max_regression: float = 0.10, allow_fingerprint_mismatch: bool = False,
+                    max_metric_drop: float | None = None) -> dict[str, Any]:
+    """Per artifact and batch size, latency and metric deltas of ``new`` against ``base``.
+
+    Args:
+        base, new: report dicts (``load_report``).
+        max_regression: allowed relative p50 increase (0.10 = 10%).
+        allow_fingerprint_mismatch: compare latency across different machines anyway.
+        max_metric_drop: allowed absolute drop of accuracy / macro AUC / sensitivity / agreement
+            (default: ``max_regression`` relative to the base value).
+
+    Returns:
+        ``{"rows": [...], "regressions": [...], "missing": [...], "fingerprint_match": bool, "passed": bool}``.
+        Raises :class:`ConfigError` when the fingerprints differ and mismatches are not allowed.
+    """
+    for r, what in ((base, "base"), (new, "new")):
+        if r.get("schema_version") != SCHEMA_VERSION:
+            raise ConfigError(f"{what} report has schema version {r.get('schema_version')!r}; this tool reads "
+                              f"{SCHEMA_VERSION}")
+    fb, fn = base.get("fingerprint", {}), new.get("fingerprint", {})
+    diffs = {k: (fb.get(k), fn.get(k)) for k in FINGERPRINT_KEYS if fb.get(k) != fn.get(k)}
+    if diffs and not allow_fingerprint_mismatch:
+        detail = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diffs.items())
+        raise ConfigError(f"the reports come from different machines ({detail}); latency is not comparable: rerun "
+                          "the baseline on this machine or pass --allow-fingerprint-mismatch")
+    rows: list[dict] = []
+    regressions: list[dict] = []
+    base_by_name = {a["name"]: a for a in base["artifacts"]}
+    new_by_name = {a["name"]: a for a in new["artifacts"]}
+    missing = sorted(set(base_by_name) - set(new_by_name))
+    for name, b in base_by_name.items():
+        n = new_by_name.get(name)
+        if n is None:
+            continue
+        for bs, bv in b["latency"].items():
+            nv = n["latency"].get(bs, {})
+            if "engine" not in bv or "engine" not in nv:
+                continue
+            p_b, p_n = bv["engine"]["p50_ms"], nv["engine"]["p50_ms"]
+            rel = (p_n - p_b) / p_b if p_b else None
+            row = {"artifact": name, "batch": bs, "quantity": "p50_ms", "base": p_b, "new": p_n, "delta": p_n - p_b,
+                   "relative": rel, "regression": rel is not None and rel > max_regression}
+            rows.append(row)
+        metric_pairs = [(m, b["metrics"].get(m), n["metrics"].get(m)) for m in ("accuracy", "macro_auc", "sensitivity")]
+        if b.get("parity") and n.get("parity"):
+            metric_pairs.append(("top1_agreement", b["parity"]["top1_agreement"], n["parity"]["top1_agreement"]))
+        for m, vb, vn in metric_pairs:
+            if not isinstance(vb, int | float) or not isinstance(vn, int | float):
+                continue
+            allowed = max_metric_drop if max_metric_drop is not None else max_regression * abs(vb)
+            rows.append({"artifact": name, "batch": None, "quantity": m, "base": vb, "new": vn, "delta": vn - vb,
+                         "relative": (vn - vb) / vb if vb else None, "regression": (vb - vn) > allowed + 1e-12})
+    regressions = [r for r in rows if r["regression"]]
+    return {"rows": rows, "regressions": regressions, "missing": missing, "fingerprint_match": not diffs,
+            "fingerprint_differences": {k: list(v) for k, v in diffs.items()}, "max_regression": max_regression,
+            "passed": not regressions and not missing}
+
+
+def compare_to_markdown(result: dict) -> str:
+    """A table of the comparison, regressions marked."""
+    lines = ["| artifact | batch | quantity | base | new | change | verdict |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        change = f"{100 * r['relative']:+.1f}%" if r["relative"] is not None else f"{r['delta']:+.4g}"
+        lines.append(f"| {r['artifact']} | {r['batch'] or '-'} | {r['quantity']} | {r['base']:.4g} | {r['new']:.4g} "
+                     f"| {change} | {'**REGRESSION**' if r['regression'] else 'ok'} |")
+    for m in result["missing"]:
+        lines.append(f"| {m} | - | - | present | **missing** | - | **REGRESSION** |")
+    if not result["fingerprint_match"]:
+        lines.append("")
+        lines.append("Warning: reports come from different machines; latency deltas are not like for like.")
+    return "\n".join(lines)
+
+
+def raise_on_regression(result: dict) -> None:
+    """Raise :class:`GateFailure` (exit 3) when ``result`` holds a regression."""
+    if not result["passed"]:
+        worst = [f"{r['artifact']} {r['quantity']}" + (f"@bs{r['batch']}" if r["batch"] else "")
+                 for r in result["regressions"]] + [f"{m} missing" for m in result["missing"]]
+        raise GateFailure(f"regression beyond {100 * result['max_regression']:.1f}%: {', '.join(worst)}")

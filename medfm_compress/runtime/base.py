@@ -1,0 +1,291 @@
+"""The one inference interface every backend implements.
+
+An :class:`Engine` loads a model artifact (a run directory or model card for torch, an ``.onnx`` file for ONNX
+Runtime, a TensorRT plan, ...), checks its inputs against the model's metadata, and runs it. Backends are
+subclasses registered with :func:`register_backend`; they implement three hooks (``_load_impl``,
+``_run_impl``, ``_close_impl``) and leave input checks, preprocessing and bookkeeping to this base class,
+so each backend stays small (the Polygraphy runner pattern).
+
+Backend modules import their heavy package (torch, onnxruntime, tensorrt, openvino) only inside
+``_load_impl``; a missing package raises :class:`~medfm_compress.errors.BackendMissingError` naming the
+extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._io import sha256_file
+from ..errors import BackendMissingError, ConfigError, DataError, ModelError
+
+__all__ = [
+    "Engine",
+    "register_backend",
+    "available_backends",
+    "backend_for_path",
+    "get_backend",
+    "require_module",
+]
+
+# Backend modules in this package. A module that is not present (a backend still to be written) is skipped,
+# so adding a backend is: create runtime/<name>_backend.py with a class decorated by @register_backend.
+_BACKEND_MODULES = ("torch_backend", "onnxruntime_backend", "tensorrt_backend", "openvino_backend")
+
+# Suffixes of artifacts whose backend may not be available yet; used only to make the error message exact.
+_SUFFIX_HINTS = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".xml": "openvino"}
+
+_REGISTRY: dict[str, type[Engine]] = {}
+_modules_loaded = False
+
+
+def register_backend(name: str):
+    """Class decorator registering an :class:`Engine` subclass under ``name``; a duplicate name is an error."""
+
+    def wrap(cls: type[Engine]) -> type[Engine]:
+        if name in _REGISTRY:
+            raise ValueError(
+                f"runtime backend {name!r} is already registered by {_REGISTRY[name].__module__}."
+                f"{_REGISTRY[name].__qualname__}"
+            )
+        if not (isinstance(cls, type) and issubclass(cls, Engine)):
+            raise TypeError(f"@register_backend({name!r}) must decorate an Engine subclass, got {cls!r}")
+        cls.backend_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def _load_backend_modules() -> None:
+    global _modules_loaded
+    if _modules_loaded:
+        return
+    _modules_loaded = True
+    for mod in _BACKEND_MODULES:
+        full = f"{__package__}.{mod}"
+        if importlib.util.find_spec(full) is not None:
+            importlib.import_module(full)
+
+
+def available_backends() -> list[str]:
+    """Names of the registered backends (whether or not their package is installed)."""
+    _load_backend_modules()
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str) -> type[Engine]:
+    """The backend class called ``name``; an unknown name is a one-line error listing the backends."""
+    _load_backend_modules()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown runtime backend {name!r}; available backends: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def backend_for_path(path: str | os.PathLike) -> str:
+    """Pick the backend for an artifact from its path (directory, suffix, or run-directory stem)."""
+    _load_backend_modules()
+    p = Path(path)
+    for name in sorted(_REGISTRY, key=lambda n: _REGISTRY[n].priority):
+        if _REGISTRY[name].accepts(p):
+            return name
+    hint = _SUFFIX_HINTS.get(p.suffix.lower())
+    if hint and hint not in _REGISTRY:
+        raise ConfigError(f"{p}: the {hint} runtime backend is not available in this version of medfm-compress")
+    if not p.exists() and not p.parent.joinpath(f"{p.name}.json").exists():
+        raise ModelError(f"{p} does not exist; give a run directory, a model card (.json), .safetensors or .onnx file")
+    raise ConfigError(
+        f"cannot tell which runtime backend runs {p}; pass backend= one of {', '.join(sorted(_REGISTRY))}"
+    )
+
+
+def require_module(module: str, backend: str, extra: str | None = None):
+    """Import ``module`` or raise :class:`BackendMissingError` naming the extra that installs it.
+
+    ``extra=None`` marks a core dependency (torch, onnxruntime): the fix is to reinstall the package.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if extra is None:
+            raise ModelError(f"{backend} backend: import {module} failed ({e}); it is a core dependency of "
+                             "medfm-compress: reinstall with pip install medfm-compress") from None
+        raise BackendMissingError(backend, extra, detail=f"import {module} failed: {e}") from None
+
+
+class Engine:
+    """A loaded model that turns preprocessed NCHW float32 tensors into logits.
+
+    Use :meth:`Engine.load`; engines are context managers (``with Engine.load(path) as eng: ...``).
+
+    Subclasses implement:
+
+    * ``_load_impl()``: open the artifact; set ``self._meta`` (a :class:`ModelMeta`), and optionally
+      ``self._fixed_batch`` (an int for a static batch dimension), ``self._max_batch`` and ``self._info``
+      entries (``precision``, ``params``, ``device``, ``threads``).
+    * ``_run_impl(x)``: run a checked, C-contiguous float32 batch; return logits as a numpy array. Keep it a
+      thin direct call: the latency harness times it.
+    * ``_close_impl()``: release the session/context.
+    """
+
+    backend_name: ClassVar[str] = ""
+    # Lower priority is asked first in backend_for_path.
+    priority: ClassVar[int] = 50
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: str | os.PathLike, device: str | None = None, threads: int | None = None,
+                 **options: Any):
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.path = Path(path)
+        self.device = device
+        self.threads = threads
+        self.options = options
+        self._meta = None
+        self._fixed_batch: int | None = None
+        self._max_batch: int | None = None
+        self._info: dict[str, Any] = {}
+        self._loaded = False
+        self._sha256: str | None = None
+
+    # ----- construction -----
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        """Whether this backend runs the artifact at ``path`` (by suffix by default)."""
+        return path.suffix.lower() in cls.suffixes
+
+    @staticmethod
+    def load(path: str | os.PathLike, backend: str | None = None, device: str | None = None,
+             threads: int | None = None, **options: Any) -> Engine:
+        """Open ``path`` with ``backend`` (default: chosen from the path) and return the loaded engine.
+
+        Args:
+            path: run directory (or a run-directory stem such as ``runs/p/teacher``), model card (.json),
+                .safetensors, .onnx, TensorRT plan (.engine/.plan).
+            backend: backend name (``torch``, ``onnxruntime``, ...); None picks it from ``path``.
+            device: ``cpu`` or ``cuda[:N]`` (backend-specific values allowed); None is the backend default.
+            threads: intra-op CPU threads; None uses every core of the machine.
+            **options: backend options (e.g. ``name="teacher"`` for torch run directories, ``providers`` and
+                ``provider_options`` for ONNX Runtime).
+        """
+        cls = get_backend(backend) if backend is not None else get_backend(backend_for_path(path))
+        eng = cls(path, device=device, threads=threads, **options)
+        eng._load_impl()
+        if eng._meta is None:
+            raise ModelError(f"{path}: the {cls.backend_name} backend did not read the model's metadata")
+        eng._loaded = True
+        return eng
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the backend's resources; idempotent."""
+        if self._loaded:
+            self._loaded = False
+            self._close_impl()
+
+    # ----- properties -----
+    @property
+    def meta(self):
+        """The :class:`~medfm_compress.export.metadata.ModelMeta` of the loaded model."""
+        return self._meta
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` the model expects."""
+        pre = self._meta.preprocess
+        return (pre.channels, int(pre.input_size[0]), int(pre.input_size[1]))
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The only batch size the artifact accepts, or None when its batch dimension is dynamic."""
+        return self._fixed_batch
+
+    def weight_files(self) -> list[Path]:
+        """Files whose bytes make up the artifact (for size and hash)."""
+        return [self.path] if self.path.is_file() else []
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Backend, precision, device, threads, params (if known), size_bytes, path and sha256."""
+        files = self.weight_files()
+        if self._sha256 is None and files:
+            # One hash over the main file: it identifies the artifact in reports and manifests.
+            self._sha256 = sha256_file(files[0])
+        return {
+            "backend": self.backend_name,
+            "precision": self._info.get("precision", self._meta.precision if self._meta else None),
+            "device": self._info.get("device", self.device or "cpu"),
+            "threads": self._info.get("threads", self.threads),
+            "params": self._info.get("params"),
+            "size_bytes": sum(f.stat().st_size for f in files),
+            "path": str(files[0] if files else self.path),
+            "sha256": self._sha256,
+            **{k: v for k, v in self._info.items() if k not in ("precision", "device", "threads", "params")},
+        }
+
+    # ----- inference -----
+    def check_input(self, tensors: Any) -> np.ndarray:
+        """Validate a preprocessed batch against the model's input spec; returns it as a contiguous array."""
+        if not isinstance(tensors, np.ndarray):
+            raise DataError(f"engine input must be a numpy array, got {type(tensors).__name__}")
+        if tensors.dtype != np.float32:
+            raise DataError(f"engine input must be float32 (preprocessed), got {tensors.dtype}; use engine.predict "
+                            "for raw images")
+        if tensors.ndim != 4 or tensors.shape[1:] != self.input_shape:
+            raise DataError(
+                f"engine input must have shape (N, {', '.join(map(str, self.input_shape))}), got {tensors.shape}; "
+                "preprocess with the model's PreprocessSpec (engine.predict does it)"
+            )
+        n = tensors.shape[0]
+        if n < 1:
+            raise DataError("engine input has an empty batch")
+        if self._fixed_batch is not None and n != self._fixed_batch:
+            raise DataError(f"{self.path.name} was built for batch size {self._fixed_batch}, got a batch of {n}")
+        if self._max_batch is not None and n > self._max_batch:
+            raise DataError(f"{self.path.name} accepts batches up to {self._max_batch}, got {n}")
+        if not tensors.flags.c_contiguous:
+            tensors = np.ascontiguousarray(tensors)
+        return tensors
+
+    def run(self, tensors: np.ndarray) -> np.ndarray:
+        """Logits for a preprocessed ``(N, C, H, W)`` float32 batch."""
+        if not self._loaded:
+            raise ModelError(f"engine for {self.path} is closed")
+        return self._run_impl(self.check_input(tensors))
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """Raw images -> the model's input tensors (from the model's metadata)."""
+        return self._meta.preprocess(images)
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits, probabilities)`` for raw images (preprocessing from the model's metadata)."""
+        from ..bench.metrics import probabilities
+
+        logits = self.run(self.preprocess(images))
+        return logits, probabilities(logits, self._meta.task).astype(np.float32)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (no-op on CPU backends; GPU backends override)."""
+
+    # ----- hooks -----
+    def _load_impl(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run_impl(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _close_impl(self) -> None:
+        """Default: nothing to release."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend_name} path={self.path} loaded={self._loaded}>"
