@@ -20,8 +20,10 @@ __all__ = ["main", "cli"]
 # Subcommands live in medfm_compress/commands/<module>.py, each exposing a click command named `command`.
 # They are imported only when used, so `medfm-compress --help` and `import medfm_compress.cli` stay light.
 COMMANDS: dict[str, str] = {
+    "bench": "bench",
     "distill": "distill",
     "export": "export",
+    "report": "report",
     "verify": "verify",
 }
 
