@@ -69,7 +69,9 @@ class DistillConfig:
 
     def __post_init__(self):
         from ..compress.losses import LOSS_NAMES
+        from ..data.spec import parse_data_spec
 
+        parse_data_spec(self.data)  # a malformed spec is reported before anything else
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"distill config version {self.version} is not supported (expected {CONFIG_VERSION})")
         for name in ("epochs", "batch_size", "head_epochs"):

@@ -1,0 +1,377 @@
+"""The bad-input corpus: every case is generated here (no committed binaries).
+
+Each case names a command line and a ``make(dir)`` that writes the broken input files into ``dir``. The test
+(``tests/bad_inputs/test_bad_inputs.py``) materialises each case in a fresh directory, runs the command and
+requires: exit status 1 (2 for click usage errors), exactly one line on stderr naming the problem, no
+traceback, and no output file left behind.
+
+Run ``python tests/bad_inputs/corpus.py --out DIR`` to write the corpus to DIR for manual inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TINY = "synthetic?size=32&n_train=64&n_val=16&n_test=32&seed=3"
+W16 = "timm:medfm_resnet10_w16"
+
+
+@dataclass
+class Case:
+    name: str
+    args: list[str]  # "{d}" is replaced by the case directory
+    make: Callable[[Path], None] = lambda d: None
+    expect: str = ""  # a fragment the error line must contain (case-insensitive)
+    exit_code: int = 1
+    outputs: list[str] = field(default_factory=lambda: ["out"])  # paths under {d} that must not appear
+
+
+CASES: list[Case] = []
+
+
+def case(name: str, args: list[str], expect: str, exit_code: int = 1, outputs: list[str] | None = None):
+    def deco(fn: Callable[[Path], None]):
+        CASES.append(Case(name, args, fn, expect, exit_code, outputs if outputs is not None else ["out"]))
+        return fn
+
+    return deco
+
+
+def simple(name: str, args: list[str], expect: str, exit_code: int = 1) -> None:
+    CASES.append(Case(name, args, lambda d: None, expect, exit_code))
+
+
+def _npz(path: Path, **arrays) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _good_arrays(n=40, shape=(16, 16), dtype=np.uint8):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (n, *shape)).astype(dtype)
+    return {"train_images": imgs, "train_labels": (np.arange(n) % 2)[:, None],
+            "test_images": imgs[:8], "test_labels": (np.arange(8) % 2)[:, None]}
+
+
+def _distill(data: str, *extra: str) -> list[str]:
+    return ["distill", "--data", data, "--teacher", W16, "--teacher-weights", "{d}/teacher.safetensors",
+            "--student", W16, "--epochs", "1", "--batch-size", "8", "--out", "{d}/out", "--quiet", *extra]
+
+
+def _teacher(d: Path, num_classes=2, in_chans=1) -> None:
+    from medfm_compress.models import create_model, save_state_dict
+
+    save_state_dict(create_model(W16, num_classes, in_chans), d / "teacher.safetensors")
+
+
+# ---------------- data ----------------
+@case("npz_missing_file", _distill("medmnist:{d}/nope.npz"), "does not exist")
+def _(d):
+    _teacher(d)
+
+
+@case("npz_not_a_zip", _distill("medmnist:{d}/x.npz"), "not a readable .npz")
+def _(d):
+    _teacher(d)
+    (d / "x.npz").write_bytes(b"this is not a zip archive")
+
+
+@case("npz_empty_file", _distill("medmnist:{d}/x.npz"), "not a readable .npz")
+def _(d):
+    _teacher(d)
+    (d / "x.npz").write_bytes(b"")
+
+
+@case("npz_truncated", _distill("medmnist:{d}/x.npz"), "npz")
+def _(d):
+    _teacher(d)
+    _npz(d / "full.npz", **_good_arrays())
+    data = (d / "full.npz").read_bytes()
+    (d / "x.npz").write_bytes(data[: len(data) // 2])
+
+
+@case("npz_missing_train_labels", _distill("medmnist:{d}/x.npz"), "train_labels")
+def _(d):
+    _teacher(d)
+    a = _good_arrays()
+    del a["train_labels"]
+    _npz(d / "x.npz", **a)
+
+
+@case("npz_no_test_split", _distill("medmnist:{d}/x.npz"), "train/test")
+def _(d):
+    _teacher(d)
+    a = _good_arrays()
+    _npz(d / "x.npz", train_images=a["train_images"], train_labels=a["train_labels"])
+
+
+@case("npz_images_wrong_rank", _distill("medmnist:{d}/x.npz"), "shape")
+def _(d):
+    _teacher(d)
+    a = _good_arrays()
+    a["train_images"] = a["train_images"].reshape(40, -1)
+    _npz(d / "x.npz", **a)
+
+
+@case("npz_images_5d", _distill("medmnist:{d}/x.npz"), "shape")
+def _(d):
+    _teacher(d)
+    a = _good_arrays()
+    a["train_images"] = a["train_images"][:, None, :, :, None]
+    _npz(d / "x.npz", **a)
+
+
+@case("npz_label_count_mismatch", _distill("medmnist:{d}/x.npz"), "labels")
+def _(d):
+    _teacher(d)
+    a = _good_arrays()
+    a["train_labels"] = a["train_labels"][:-3]
+    _npz(d / "x.npz", **a)
+
+
+@case("npz_nan_images", _distill("medmnist:{d}/x.npz"), "nan")
+def _(d):
+    _teacher(d)
+    a = _good_arrays(dtype=np.float32)
+    a["train_images"] = a["train_images"] / 255.0
+    a["train_images"][5, 3, 3] = np.nan
+    _npz(d / "x.npz", **a)
+
+
+@case("npz_inf_images", _distill("medmnist:{d}/x.npz"), "inf")
+def _(d):
+    _teacher(d)
+    a = _good_arrays(dtype=np.float32)
+    a["train_images"] = a["train_images"] / 255.0
+    a["test_images"] = a["test_images"] / 255.0
+    a["test_images"][0, 0, 0] = np.inf
+    _npz(d / "x.npz", **a)
+
+
+@case("npz_negative_labels", _distill("medmnist:{d}/x.npz"), "negative")
+def _(d):
+    _teacher(d)
+    a = _good_arrays()
+    a["train_labels"][0] = -1
+    _npz(d / "x.npz", **a)
+
+
+@case("npz_wrong_channel_count", _distill("medmnist:{d}/x.npz"), "channels")
+def _(d):
+    _teacher(d)
+    a = _good_arrays(shape=(16, 16, 5))
+    a["test_images"] = a["train_images"][:8]
+    _npz(d / "x.npz", **a)
+
+
+@case("npz_empty_split", _distill("medmnist:{d}/x.npz"), "empty")
+def _(d):
+    _teacher(d)
+    a = _good_arrays()
+    a["test_images"], a["test_labels"] = a["test_images"][:0], a["test_labels"][:0]
+    _npz(d / "x.npz", **a)
+
+
+@case("npz_class_count_mismatch_with_teacher", _distill("medmnist:{d}/x.npz"), "does not match")
+def _(d):
+    _teacher(d, num_classes=5)
+    _npz(d / "x.npz", **_good_arrays())
+
+
+@case("folder_zero_byte_image", _distill("folder:{d}/imgs"), "not a readable image")
+def _(d):
+    from PIL import Image
+
+    _teacher(d)
+    (d / "imgs").mkdir()
+    rows = ["file,label"]
+    for i in range(12):
+        Image.fromarray(np.full((16, 16), i * 10, np.uint8)).save(d / "imgs" / f"{i}.png")
+        rows.append(f"{i}.png,{i % 2}")
+    (d / "imgs" / "3.png").write_bytes(b"")
+    (d / "imgs" / "labels.csv").write_text("\n".join(rows))
+
+
+@case("folder_csv_unknown_file", _distill("folder:{d}/imgs"), "does not exist")
+def _(d):
+    from PIL import Image
+
+    _teacher(d)
+    (d / "imgs").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(d / "imgs" / "a.png")
+    (d / "imgs" / "labels.csv").write_text("file,label\na.png,0\nghost.png,1\n")
+
+
+@case("folder_csv_path_escape", _distill("folder:{d}/imgs"), "outside")
+def _(d):
+    from PIL import Image
+
+    _teacher(d)
+    (d / "imgs").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(d / "secret.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(d / "imgs" / "a.png")
+    (d / "imgs" / "labels.csv").write_text("file,label\na.png,0\n../secret.png,1\n")
+
+
+@case("folder_no_labels_csv", _distill("folder:{d}/imgs"), "labels.csv")
+def _(d):
+    _teacher(d)
+    (d / "imgs").mkdir()
+
+
+@case("folder_csv_missing_columns", _distill("folder:{d}/imgs"), "columns")
+def _(d):
+    _teacher(d)
+    (d / "imgs").mkdir()
+    (d / "imgs" / "labels.csv").write_text("name,class\na.png,0\n")
+
+
+@case("dicom_not_dicom", _distill("dicom:{d}/dcm"), "not a readable DICOM")
+def _(d):
+    _teacher(d)
+    (d / "dcm").mkdir()
+    (d / "dcm" / "a.dcm").write_bytes(b"\x00" * 300)
+    (d / "dcm" / "labels.csv").write_text("file,label\na.dcm,0\n")
+
+
+simple("data_unknown_kind", ["distill", "--data", "hdf5:/x", "--out", "{d}/out", "--quiet"], "unknown data kind")
+simple("data_unknown_option", ["distill", "--data", "synthetic?colour=red", "--out", "{d}/out", "--quiet"], "unknown option")
+simple("data_synthetic_zero_size", ["distill", "--data", "synthetic?n_train=0", "--out", "{d}/out", "--quiet"], "positive")
+
+# ---------------- models and weights ----------------
+simple("model_unknown_timm", ["distill", "--data", TINY, "--student", "timm:resnet_nope", "--out", "{d}/out", "--quiet"],
+       "unknown timm architecture")
+simple("model_spec_without_kind", ["distill", "--data", TINY, "--student", "resnet18", "--out", "{d}/out", "--quiet"], "KIND:NAME")
+simple("model_python_factory_missing", ["distill", "--data", TINY, "--teacher", "python:no_such_pkg_zz:make", "--out",
+                                        "{d}/out", "--quiet"], "cannot import")
+
+
+@case("weights_missing_file", ["distill", "--data", TINY, "--teacher", W16, "--teacher-weights", "{d}/none.safetensors",
+                                "--out", "{d}/out", "--quiet"], "does not exist")
+def _(d):
+    pass
+
+
+@case("weights_corrupt_safetensors", ["distill", "--data", TINY, "--teacher", W16, "--teacher-weights",
+                                       "{d}/t.safetensors", "--out", "{d}/out", "--quiet"], "safetensors")
+def _(d):
+    (d / "t.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{bad json")
+
+
+@case("weights_wrong_shapes", ["distill", "--data", TINY, "--teacher", W16, "--teacher-weights", "{d}/t.safetensors",
+                                "--out", "{d}/out", "--quiet"], "shape mismatch")
+def _(d):
+    from medfm_compress.models import create_model, save_state_dict
+
+    save_state_dict(create_model(W16, 7, 1), d / "t.safetensors")
+
+
+@case("weights_wrong_dtype", ["distill", "--data", TINY, "--teacher", W16, "--teacher-weights", "{d}/t.safetensors",
+                               "--out", "{d}/out", "--quiet"], "dtype")
+def _(d):
+    import torch
+    from safetensors.torch import save_file
+
+    from medfm_compress.models import create_model
+
+    sd = {k: (v.to(torch.int32) if v.is_floating_point() else v) for k, v in create_model(W16, 4, 1).state_dict().items()}
+    save_file(sd, str(d / "t.safetensors"))
+
+
+@case("weights_wrong_architecture", ["distill", "--data", TINY, "--teacher", W16, "--teacher-weights",
+                                      "{d}/t.safetensors", "--out", "{d}/out", "--quiet"], "does not match")
+def _(d):
+    from medfm_compress.models import create_model, save_state_dict
+
+    save_state_dict(create_model("timm:medfm_resnet10_w32", 4, 1), d / "t.safetensors")
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+@case("weights_pickle_payload", ["distill", "--data", TINY, "--teacher", W16, "--teacher-weights", "{d}/evil.pt",
+                                  "--out", "{d}/out", "--quiet"], "refused", outputs=["out", "PWNED"])
+def _(d):
+    with open(d / "evil.pt", "wb") as fh:
+        pickle.dump({"w": _Payload(str(d / "PWNED"))}, fh)
+
+
+@case("weights_unsupported_suffix", ["distill", "--data", TINY, "--teacher", W16, "--teacher-weights", "{d}/t.h5",
+                                      "--out", "{d}/out", "--quiet"], "unsupported weight file")
+def _(d):
+    (d / "t.h5").write_bytes(b"\x89HDF")
+
+
+# ---------------- options ----------------
+simple("option_zero_batch_size", ["distill", "--data", TINY, "--batch-size", "0", "--out", "{d}/out", "--quiet"], "batch-size")
+simple("option_negative_epochs", ["distill", "--data", TINY, "--epochs", "-2", "--out", "{d}/out", "--quiet"], "epochs")
+simple("option_label_fraction_too_big", ["distill", "--data", TINY, "--label-fraction", "2", "--out", "{d}/out", "--quiet"],
+       "label-fraction")
+simple("option_unknown_loss", ["distill", "--data", TINY, "--loss", "dice", "--out", "{d}/out", "--quiet"], "unknown loss")
+simple("option_not_a_number", ["distill", "--data", TINY, "--epochs", "many", "--out", "{d}/out", "--quiet"], "epochs", 2)
+simple("option_unknown_flag", ["distill", "--colour", "--out", "{d}/out"], "no such option", 2)
+simple("option_batch_larger_than_data", ["distill", "--data", TINY, "--teacher", W16, "--student", W16, "--batch-size",
+                                          "4096", "--out", "{d}/out", "--quiet"], "fewer than one batch")
+
+
+@case("output_dir_unwritable", ["distill", "--data", TINY, "--out", "{d}/ro/out", "--quiet"], "writable", outputs=[])
+def _(d):
+    (d / "ro").mkdir()
+    os.chmod(d / "ro", stat.S_IRUSR | stat.S_IXUSR)
+
+
+simple("output_dir_uncreatable", ["distill", "--data", TINY, "--out", "/proc/medfm-compress-out", "--quiet"],
+       "cannot create output directory")
+
+
+@case("output_is_a_file", ["distill", "--data", TINY, "--out", "{d}/out", "--quiet"], "", exit_code=2, outputs=[])
+def _(d):
+    (d / "out").write_text("I am a file")
+
+
+# ---------------- verify ----------------
+simple("verify_not_a_run_dir", ["verify", "{d}"], "no manifest.json")
+
+
+@case("verify_corrupt_manifest", ["verify", "{d}/run"], "not valid JSON", outputs=[])
+def _(d):
+    (d / "run").mkdir()
+    (d / "run" / "manifest.json").write_text("{ not json")
+
+
+@case("verify_other_manifest_version", ["verify", "{d}/run"], "manifest_version", outputs=[])
+def _(d):
+    (d / "run").mkdir()
+    (d / "run" / "manifest.json").write_text(json.dumps({"manifest_version": 99, "stages": []}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Write the bad-input corpus to a directory.")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    root = Path(args.out)
+    for c in CASES:
+        d = root / c.name
+        d.mkdir(parents=True, exist_ok=True)
+        c.make(d)
+        (d / "command.json").write_text(json.dumps({"args": [a.replace("{d}", str(d)) for a in c.args],
+                                                    "expect": c.expect, "exit_code": c.exit_code}))
+    print(f"{len(CASES)} cases written to {root}")
+
+
+if __name__ == "__main__":
+    main()
