@@ -1,0 +1,395 @@
+"""Quantization for the TensorRT target with NVIDIA ModelOpt: PTQ and quantization-aware distillation.
+
+TensorRT wants explicit, *symmetric* QDQ (int8 zero points of 0, or FP8): ONNX Runtime's U8S8 QDQ is refused
+by its parser. ModelOpt inserts fake quantizers into the torch model (``mtq.quantize`` with a calibration
+forward loop), and the classic torch exporter (``dynamo=False``: the only one that handles them) writes them
+as ``QuantizeLinear``/``DequantizeLinear`` pairs with int8 zero points, which both TensorRT flavours accept.
+
+``method="qat"`` fine-tunes the fake-quant student against the teacher's logits (the distillation KD loss)
+for a few epochs, so the student learns weights that survive quantization.
+
+nvidia-modelopt is optional (``pip install 'medfm-compress[modelopt]'``) and imported lazily.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import config_to_dict
+from ..errors import BackendMissingError, ConfigError, DataError
+
+__all__ = [
+    "TRT_QUANT_PRECISIONS",
+    "QATConfig",
+    "import_mtq",
+    "preset_config",
+    "quantize_torch",
+    "qat_distill",
+    "export_quantized_onnx",
+    "stratified_indices",
+    "TrtQuantizeConfig",
+    "TrtQuantizeResult",
+    "quantize_run_for_tensorrt",
+]
+
+# precision -> ModelOpt preset name (constants in modelopt.torch.quantization).
+_PRESETS = {"int8": "INT8_DEFAULT_CFG", "fp8": "FP8_DEFAULT_CFG"}
+TRT_QUANT_PRECISIONS = tuple(_PRESETS)
+
+
+def import_mtq():
+    """``modelopt.torch.quantization``; missing -> BackendMissingError naming the ``modelopt`` extra."""
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as e:
+        raise BackendMissingError("nvidia-modelopt", "modelopt", detail=f"import modelopt failed: {e}") from None
+    return mtq
+
+
+def preset_config(precision: str, weight_bits: int | None = None, act_bits: int | None = None) -> dict:
+    """The ModelOpt quantization config for ``precision`` (a deep copy of its preset).
+
+    ``weight_bits``/``act_bits`` override the integer bit widths (e.g. 4) for studies of harder settings;
+    such models are fake-quant only: TensorRT deploys int8 and fp8.
+    """
+    mtq = import_mtq()
+    if precision not in _PRESETS:
+        raise ConfigError(f"--precision for --target tensorrt quantization must be one of "
+                          f"{', '.join(_PRESETS)} (fp16 needs no quantization: build the fp32 ONNX with "
+                          "--precision fp16), got {precision!r}")
+    cfg = copy.deepcopy(getattr(mtq, _PRESETS[precision]))
+    if weight_bits is not None or act_bits is not None:
+        if precision != "int8":
+            raise ConfigError("bit-width overrides apply to int8 only")
+        qc = cfg["quant_cfg"]
+        for key, bits in (("*weight_quantizer", weight_bits), ("*input_quantizer", act_bits)):
+            if bits is not None:
+                if not 2 <= bits <= 8:
+                    raise ConfigError(f"bit width must be 2..8, got {bits}")
+                qc[key] = {**qc[key], "num_bits": int(bits)}
+    return cfg
+
+
+def stratified_indices(labels: np.ndarray | None, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` indices drawn round-robin over classes (seeded), so every class is in the calibration set."""
+    if labels is None:
+        raise DataError("calibration needs labels to stratify; pass labels or use random indices")
+    rng = np.random.default_rng(seed)
+    lab = np.asarray(labels)
+    keys = lab.argmax(1) if lab.ndim == 2 else lab.astype(np.int64)
+    per_class = [rng.permutation(np.flatnonzero(keys == c)).tolist() for c in np.unique(keys)]
+    out: list[int] = []
+    while len(out) < n and any(per_class):
+        for lst in per_class:
+            if lst and len(out) < n:
+                out.append(lst.pop())
+    return np.sort(np.asarray(out, dtype=np.int64))
+
+
+def quantize_torch(model, calibration: np.ndarray, precision: str = "int8", batch_size: int = 32,
+                   quant_cfg: dict | None = None):
+    """Fake-quantize a copy of ``model`` with ModelOpt, calibrated on preprocessed ``calibration`` images.
+
+    Args:
+        model: torch model (not modified).
+        calibration: ``(N, C, H, W)`` float32 preprocessed images (never random unless the caller says so).
+        precision: ``int8`` or ``fp8``.
+        batch_size: calibration batch size.
+        quant_cfg: a full ModelOpt config instead of the ``precision`` preset.
+
+    Returns:
+        The fake-quant model in eval mode.
+    """
+    import torch
+
+    mtq = import_mtq()
+    if calibration is None or len(calibration) == 0:
+        raise DataError("no calibration images: give --calib-data")
+    if not np.isfinite(calibration).all():
+        raise DataError("calibration images contain NaN/Inf")
+    cfg = quant_cfg if quant_cfg is not None else preset_config(precision)
+    qmodel = copy.deepcopy(model).eval()
+    x = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
+
+    def forward_loop(m) -> None:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                m(x[i : i + batch_size])
+
+    with _quiet():
+        qmodel = mtq.quantize(qmodel, cfg, forward_loop)
+    return qmodel.eval()
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware distillation of a fake-quant student. ``None`` means "use the default"."""
+
+    epochs: int = 3
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    temperature: float = 2.0
+    ce_weight: float = 0.0
+    seed: int = 0
+    augment: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"QAT epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"QAT lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"QAT batch size must be >= 1, got {self.batch_size}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclass
+class QATResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def qat_distill(qmodel, teacher_logits: np.ndarray, train_images: np.ndarray, task: str, cfg: QATConfig,
+                labels: np.ndarray | None = None, checkpoint: Path | None = None, log: Callable[[str], None] = print,
+                progress: bool = True) -> QATResult:
+    """Fine-tune fake-quant ``qmodel`` in place on the teacher's logits (KD loss, quantizers active).
+
+    Args:
+        qmodel: model returned by :func:`quantize_torch`.
+        teacher_logits: teacher logits for ``train_images`` (precomputed once: the teacher is frozen).
+        train_images: ``(N, C, H, W)`` float32 preprocessed training images.
+        task: ``multiclass`` | ``binary`` | ``multilabel`` (selects the KD form).
+        cfg: the fine-tuning schedule.
+        labels: hard labels, used only when ``cfg.ce_weight > 0``.
+        checkpoint: where the training loop writes its per-epoch checkpoint (default: a temp file).
+    """
+    import tempfile
+
+    import torch
+
+    from .losses import hard_label_loss, logit_kd_loss
+    from .train import LoopConfig, augment_batch, run_loop
+
+    if len(train_images) != len(teacher_logits):
+        raise DataError(f"{len(train_images)} training images but {len(teacher_logits)} teacher logits")
+    if cfg.ce_weight > 0 and labels is None:
+        raise DataError("ce_weight > 0 needs labels")
+    x_all = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32))
+    t_all = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))
+    y_all = torch.from_numpy(np.asarray(labels)) if labels is not None else None
+    loop = LoopConfig(name="qat", steps_per_epoch=max(1, len(x_all) // cfg.batch_size), epochs=cfg.epochs, lr=cfg.lr,
+                      weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment)
+
+    def step(idx: np.ndarray, epoch: int):
+        xb = x_all[idx]
+        if cfg.augment:
+            xb = augment_batch(xb, idx, cfg.seed, epoch)
+        out = qmodel(xb)
+        loss = logit_kd_loss(out, t_all[idx], cfg.temperature, task)
+        shown = {"kd": float(loss.detach())}
+        if cfg.ce_weight > 0:
+            ce = hard_label_loss(out, y_all[idx], task)
+            loss = loss + cfg.ce_weight * ce
+            shown["ce"] = float(ce.detach())
+        return loss, shown
+
+    with tempfile.TemporaryDirectory() as td:
+        ckpt = checkpoint or Path(td) / "qat.pt"
+        res = run_loop(loop, {"student": qmodel}, step, np.arange(len(x_all)), ckpt, resume=False, log=log,
+                       progress=progress)
+    qmodel.eval()
+    return QATResult(res["history"], res["seconds"])
+
+
+def export_quantized_onnx(qmodel, meta, path, example, opset: int = 17) -> Path:
+    """Export a fake-quant model to symmetric QDQ ONNX (classic exporter) with ``meta`` inside; returns ``path``.
+
+    onnxslim is skipped: its constant folding may fold the weight QDQ pairs TensorRT needs explicitly.
+    """
+    from ..errors import ExportError
+    from ..export.onnx import export_model_to_onnx
+    from ..export.tensorrt import qdq_kind
+
+    with _quiet():
+        out = export_model_to_onnx(qmodel, meta, path, example, opset=opset, dynamo=False, simplify=False)
+    import onnx
+
+    kind = qdq_kind(onnx.load(str(out), load_external_data=False))
+    if kind not in ("int8", "fp8") and not str(meta.precision).startswith("w"):
+        out.unlink(missing_ok=True)
+        raise ExportError(f"the quantized export holds {kind or 'no'} QDQ nodes, not symmetric int8/fp8; "
+                          "TensorRT cannot use it")
+    return out
+
+
+def _forward_all(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size]))).float().numpy())
+    return np.concatenate(outs)
+
+
+class _quiet:
+    """Silence ModelOpt's prints/warnings (quantizer counts, missing transformers) while it works."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        import warnings
+
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+        self._w = self._stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The stage: run directory -> QDQ ONNX for TensorRT
+
+
+@dataclass(frozen=True)
+class TrtQuantizeConfig:
+    """``medfm-compress quantize RUN_DIR --target tensorrt``. ``None`` means "use the default".
+
+    Attributes:
+        source: run directory (or card/safetensors) holding the torch model; ModelOpt quantizes torch modules.
+        out: output ONNX path (default ``<run>/<model>.trt-<precision>[-qat].onnx``).
+        precision: ``int8`` | ``fp8``.
+        method: ``ptq`` (calibrate only) | ``qat`` (calibrate, then distill from the teacher with quantizers on).
+        calib_data: data spec for calibration/QAT (default: the data the model was trained on).
+        num_calib: calibration images, drawn stratified by class from the train split.
+        teacher: where the QAT teacher comes from (default: the run directory's teacher).
+    """
+
+    source: str
+    out: str | None = None
+    model: str = "student"
+    precision: str = "int8"
+    method: str = "ptq"
+    calib_data: str | None = None
+    num_calib: int = 256
+    teacher: str | None = None
+    qat: QATConfig = field(default_factory=QATConfig)
+    seed: int = 0
+    version: int = 1
+
+    def __post_init__(self):
+        if self.version != 1:
+            raise ConfigError(f"tensorrt quantize config version {self.version} is not supported (expected 1)")
+        if self.precision not in TRT_QUANT_PRECISIONS:
+            raise ConfigError(f"--precision for --target tensorrt must be one of {', '.join(TRT_QUANT_PRECISIONS)} "
+                              "(fp16: export the fp32 ONNX and build with --precision fp16), got "
+                              f"{self.precision!r}")
+        if self.method not in ("ptq", "qat"):
+            raise ConfigError(f"--method must be ptq or qat, got {self.method!r}")
+        if self.num_calib < 1:
+            raise ConfigError(f"--num-calib must be >= 1, got {self.num_calib}")
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrtQuantizeResult:
+    path: Path
+    precision: str
+    method: str
+    metrics: dict[str, float]
+    qat_history: list[dict[str, float]]
+    seconds: float
+
+
+def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> TrtQuantizeResult:
+    """Quantize a trained model for TensorRT (PTQ or QAT) and write symmetric QDQ ONNX with our metadata.
+
+    Metrics on the test split (fp32 vs fake-quant torch): top-1 agreement and the task metric of each, so the
+    cost of quantization is printed next to the artifact.
+    """
+    import torch
+
+    from .. import __version__
+    from .._io import sha256_file
+    from ..bench.metrics import task_metrics, top1_agreement
+    from ..data import load_data
+    from ..export.metadata import ModelMeta
+    from ..manifest import Manifest
+    from ..models.card import load_model, resolve_model_files
+
+    t0 = time.time()
+    src = Path(cfg.source)
+    card_path, weights_path = resolve_model_files(src, cfg.model)
+    run_dir = src if src.is_dir() else None
+    model, card = load_model(src, cfg.model)
+    data_spec = cfg.calib_data or card.provenance.get("data")
+    if not data_spec:
+        raise ConfigError(f"{card_path} names no training data; pass --calib-data SPEC")
+    task_data = load_data(data_spec, require_labels=True, seed=cfg.seed)
+    train = task_data.splits.get("train")
+    if train is None or len(train) == 0:
+        raise DataError(f"{data_spec} has no train split to calibrate on")
+    pre = card.preprocess
+    calib_idx = stratified_indices(train.labels, cfg.num_calib, cfg.seed)
+    calib = pre(train.images[calib_idx])
+    if calib.shape[1] != card.in_chans:
+        raise DataError(f"calibration images have {calib.shape[1]} channels; the model takes {card.in_chans}")
+
+    qmodel = quantize_torch(model, calib, cfg.precision)
+    history: list[dict[str, float]] = []
+    if cfg.method == "qat":
+        teacher_src = cfg.teacher or str(src)
+        teacher, _ = load_model(teacher_src, "teacher")
+        x_train = pre(train.images)
+        t_logits = _forward_all(teacher.eval(), x_train)
+        history = qat_distill(qmodel, t_logits, x_train, card.task, cfg.qat, labels=train.labels,
+                              progress=progress).history
+
+    metrics: dict[str, float] = {}
+    test = task_data.splits.get("test")
+    if test is not None and len(test):
+        x_test = pre(test.images)
+        ref = _forward_all(model.eval(), x_test)
+        q = _forward_all(qmodel, x_test)
+        metrics["top1_agreement"] = float(top1_agreement(ref, q, card.task))
+        for k, v in task_metrics(ref, test.labels, card.task).items():
+            metrics[f"fp32_{k}"] = float(v)
+        for k, v in task_metrics(q, test.labels, card.task).items():
+            metrics[f"quant_{k}"] = float(v)
+
+    suffix = f"trt-{cfg.precision}{'-qat' if cfg.method == 'qat' else ''}"
+    out = Path(cfg.out) if cfg.out else (run_dir or weights_path.parent) / f"{cfg.model}.{suffix}.onnx"
+    provenance = {
+        "tool": f"medfm-compress {__version__}",
+        "source_weights": weights_path.name,
+        "source_weights_sha256": sha256_file(weights_path),
+        "quantization": {"target": "tensorrt", "backend": "nvidia-modelopt", "precision": cfg.precision,
+                         "method": cfg.method, "calib_data": data_spec, "num_calib": int(len(calib_idx)),
+                         **({"qat": cfg.qat.to_dict()} if cfg.method == "qat" else {})},
+    }
+    meta = ModelMeta.from_card(card, cfg.precision, provenance)
+    manifest = Manifest(run_dir) if run_dir is not None and (run_dir / "manifest.json").exists() else None
+    rec = manifest.start("quantize", cfg.to_dict(), {"weights": weights_path, "card": card_path}) if manifest else None
+    export_quantized_onnx(qmodel, meta, out, torch.from_numpy(calib[:1].copy()))
+    if manifest is not None and rec is not None:
+        manifest.finish(rec, {"onnx": out}, metrics)
+    return TrtQuantizeResult(out, cfg.precision, cfg.method, metrics, history, round(time.time() - t0, 2))
