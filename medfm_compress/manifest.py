@@ -90,15 +90,21 @@ class Manifest:
             rec.outputs[name] = _file_entry(Path(p), self.run_dir)
         rec.metrics.update(metrics or {})
         rec.finished = time.time()
-        stages = [s for s in self.data["stages"] if s.get("stage") != rec.stage]
+        # A re-run of a stage replaces its earlier record; variants of one stage (several quantized models)
+        # write different files and keep a record each.
+        paths = {o["path"] for o in rec.outputs.values()}
+        stages = [
+            s for s in self.data["stages"]
+            if not (s.get("stage") == rec.stage and (not paths or paths & {o["path"] for o in s.get("outputs", {}).values()}))
+        ]
         stages.append(rec.to_dict())
         self.data["stages"] = stages
         self.data["fingerprint"] = fingerprint()
         atomic_write_json(self.path, self.data)
 
     def stage(self, name: str) -> dict[str, Any] | None:
-        """The record of stage ``name``, or None."""
-        for s in self.data["stages"]:
+        """The latest record of stage ``name``, or None."""
+        for s in reversed(self.data["stages"]):
             if s.get("stage") == name:
                 return s
         return None
