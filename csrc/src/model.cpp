@@ -1,0 +1,184 @@
+// Model: metadata + an engine backend. The ONNX Runtime backend is the only file that includes its headers.
+//
+// ORT_API_MANUAL_INIT (set by CMake for this target) stops onnxruntime_cxx_api.h from fetching the API table
+// in a static initialiser, where a library older than the headers would give a null table and crash later;
+// ensure_ort_api() asks for it explicitly and turns that case into a medfm::Error.
+#include <onnxruntime_cxx_api.h>
+
+#include <algorithm>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "medfm/runtime.hpp"
+
+namespace medfm {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  /// Runs an NCHW float batch; returns the logits and sets num_classes.
+  virtual std::vector<float> infer(const float* input, int64_t batch, int64_t& num_classes) const = 0;
+};
+
+namespace {
+
+void ensure_ort_api() {
+  static std::once_flag once;
+  static const OrtApi* api = nullptr;
+  std::call_once(once, [] {
+    api = OrtGetApiBase()->GetApi(ORT_API_VERSION);
+    if (api != nullptr) Ort::InitApi(api);
+  });
+  if (api == nullptr) {
+    throw Error(std::string("the ONNX Runtime library loaded (") + OrtGetApiBase()->GetVersionString() +
+                ") is older than the headers this runtime was built with (API " + std::to_string(ORT_API_VERSION) +
+                "); rebuild against a matching onnxruntime");
+  }
+}
+
+Ort::Env& ort_env() {
+  ensure_ort_api();
+  // One environment per process (ONNX Runtime's rule); function-local static init is thread-safe.
+  static Ort::Env env(ORT_LOGGING_LEVEL_ERROR, "medfm_runtime");
+  return env;
+}
+
+class OrtBackend final : public Backend {
+ public:
+  OrtBackend(const std::string& path, const ModelOptions& options) {
+    Ort::Env& env = ort_env();
+    Ort::SessionOptions so;
+    if (options.intra_op_threads > 0) so.SetIntraOpNumThreads(options.intra_op_threads);
+    if (options.inter_op_threads > 0) so.SetInterOpNumThreads(options.inter_op_threads);
+    so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+    session_ = std::make_unique<Ort::Session>(env, path.c_str(), so);
+    if (session_->GetInputCount() != 1 || session_->GetOutputCount() < 1) {
+      throw Error(path + " has " + std::to_string(session_->GetInputCount()) +
+                  " inputs; a medfm model has exactly one image input");
+    }
+    Ort::AllocatorWithDefaultOptions alloc;
+    input_name_ = session_->GetInputNameAllocated(0, alloc).get();
+    output_name_ = session_->GetOutputNameAllocated(0, alloc).get();
+    // The shape info views into its TypeInfo, so the TypeInfo must outlive it.
+    Ort::TypeInfo in_type = session_->GetInputTypeInfo(0);
+    auto in_info = in_type.GetTensorTypeAndShapeInfo();
+    if (in_info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+      throw Error(path + " takes a non-float32 input; this runtime feeds float32 NCHW (export with fp32 I/O)");
+    }
+    input_shape_ = in_info.GetShape();
+    if (input_shape_.size() != 4) {
+      throw Error(path + " input has rank " + std::to_string(input_shape_.size()) + "; expected NCHW (rank 4)");
+    }
+    Ort::TypeInfo out_type = session_->GetOutputTypeInfo(0);
+    auto out_shape = out_type.GetTensorTypeAndShapeInfo().GetShape();
+    if (out_shape.size() == 2 && out_shape[1] > 0) static_classes_ = out_shape[1];
+    Ort::ModelMetadata md = session_->GetModelMetadata();
+    for (auto& key : md.GetCustomMetadataMapKeysAllocated(alloc)) {
+      props_[key.get()] = md.LookupCustomMetadataMapAllocated(key.get(), alloc).get();
+    }
+  }
+
+  const std::map<std::string, std::string>& props() const { return props_; }
+  const std::vector<int64_t>& input_shape() const { return input_shape_; }
+  int64_t static_classes() const { return static_classes_; }
+
+  std::vector<float> infer(const float* input, int64_t batch, int64_t& num_classes) const override {
+    std::vector<int64_t> shape = input_shape_;
+    if (shape[0] > 0 && shape[0] != batch) {
+      throw Error("this model was exported with a fixed batch of " + std::to_string(shape[0]) + ", got " +
+                  std::to_string(batch) + " images; re-export with a dynamic batch axis");
+    }
+    shape[0] = batch;
+    size_t count = 1;
+    for (int64_t d : shape) count *= static_cast<size_t>(d);
+    // No shared mutable state: Session::Run is thread-safe and every buffer here is per call.
+    Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    Ort::Value tensor = Ort::Value::CreateTensor<float>(mem, const_cast<float*>(input), count, shape.data(), shape.size());
+    const char* in_names[] = {input_name_.c_str()};
+    const char* out_names[] = {output_name_.c_str()};
+    auto outputs = session_->Run(Ort::RunOptions{nullptr}, in_names, &tensor, 1, out_names, 1);
+    auto info = outputs[0].GetTensorTypeAndShapeInfo();
+    if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+      throw Error("model output is not float32 logits");
+    }
+    auto out_shape = info.GetShape();
+    if (out_shape.size() != 2 || out_shape[0] != batch) {
+      throw Error("model output has shape rank " + std::to_string(out_shape.size()) +
+                  "; expected logits of shape (batch, classes)");
+    }
+    num_classes = out_shape[1];
+    const float* data = outputs[0].GetTensorData<float>();
+    return std::vector<float>(data, data + batch * num_classes);
+  }
+
+ private:
+  std::unique_ptr<Ort::Session> session_;
+  std::string input_name_, output_name_;
+  std::vector<int64_t> input_shape_;
+  int64_t static_classes_ = -1;
+  std::map<std::string, std::string> props_;
+};
+
+}  // namespace
+
+Model::Model(std::string path, ModelMeta meta, std::unique_ptr<Backend> backend)
+    : path_(std::move(path)), meta_(std::move(meta)), backend_(std::move(backend)) {}
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+Model::~Model() = default;
+
+std::string Model::runtime_version() { return OrtGetApiBase()->GetVersionString(); }
+
+Model Model::load(const std::string& path, const ModelOptions& options) {
+  if (!std::ifstream(path, std::ios::binary)) throw Error("cannot open model " + path + ": no such file or not readable");
+  std::unique_ptr<OrtBackend> backend;
+  try {
+    backend = std::make_unique<OrtBackend>(path, options);
+  } catch (const Ort::Exception& e) {
+    throw Error("cannot load model " + path + " with ONNX Runtime: " + e.what());
+  }
+  ModelMeta meta = parse_metadata(backend->props(), path);
+  const auto& shape = backend->input_shape();
+  const PreprocessSpec& pre = meta.preprocess;
+  const int64_t expect[3] = {pre.channels, pre.height, pre.width};
+  for (int k = 0; k < 3; ++k) {
+    if (shape[static_cast<size_t>(k + 1)] > 0 && shape[static_cast<size_t>(k + 1)] != expect[k]) {
+      throw Error(path + ": input shape does not match its metadata (channels " + std::to_string(pre.channels) +
+                  ", size " + std::to_string(pre.height) + "x" + std::to_string(pre.width) + "); re-export it");
+    }
+  }
+  if (backend->static_classes() > 0 && !meta.label_names.empty() &&
+      static_cast<int64_t>(meta.label_names.size()) != backend->static_classes()) {
+    throw Error(path + " has " + std::to_string(meta.label_names.size()) + " label names but " +
+                std::to_string(backend->static_classes()) + " outputs; re-export it");
+  }
+  return Model(path, std::move(meta), std::move(backend));
+}
+
+Result Model::run(const float* input, int64_t batch) const {
+  if (input == nullptr || batch <= 0) throw Error("run needs a non-empty batch (batch >= 1)");
+  Result r;
+  r.batch = batch;
+  try {
+    r.logits = backend_->infer(input, batch, r.num_classes);
+  } catch (const Ort::Exception& e) {
+    throw Error("inference failed on " + path_ + ": " + e.what());
+  }
+  r.probabilities = probabilities(r.logits, r.num_classes, meta_.task);
+  r.top1.resize(static_cast<size_t>(batch));
+  for (int64_t i = 0; i < batch; ++i) {
+    const float* row = r.logits.data() + i * r.num_classes;
+    r.top1[static_cast<size_t>(i)] = static_cast<int>(std::max_element(row, row + r.num_classes) - row);
+  }
+  return r;
+}
+
+Result Model::predict(const std::vector<ImageView>& images) const {
+  const std::vector<float> batch = preprocess_batch(images, meta_.preprocess);
+  return run(batch.data(), static_cast<int64_t>(images.size()));
+}
+
+}  // namespace medfm

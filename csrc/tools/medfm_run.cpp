@@ -1,0 +1,272 @@
+// medfm-run: predict on image files, or time a model, with the C++ runtime.
+//
+//   medfm-run predict MODEL.onnx IMG... [--batch N] [--threads N] [--json]
+//   medfm-run latency MODEL.onnx [--batch 1] [--iterations 100] [--warmup 10] [--threads N] [--json]
+//                     [--images IMG...]   (end to end: decode + preprocess + run per batch)
+//   medfm-run info MODEL.onnx
+//
+// Exit status: 0 success, 1 a medfm::Error (message on stderr as "error: ..."), 2 bad command line.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "medfm/runtime.hpp"
+
+namespace {
+
+const char* kUsage =
+    "usage:\n"
+    "  medfm-run predict MODEL.onnx IMAGE... [--batch N] [--threads N] [--json]\n"
+    "  medfm-run latency MODEL.onnx [--batch N] [--iterations N] [--warmup N] [--threads N] [--json]\n"
+    "                    [--images IMAGE...]\n"
+    "  medfm-run info MODEL.onnx\n"
+    "images: .pgm/.ppm (binary, 8/16-bit), .npy (uint8/uint16/float32/float64, HxW or HxWxC),\n"
+    "        .png (8/16-bit gray/RGB; builds with libpng)";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Args {
+  std::string command, model;
+  std::vector<std::string> images;
+  int batch = -1, iterations = 100, warmup = 10, threads = 0;
+  bool json = false;
+};
+
+int parse_positive(const std::string& flag, const char* value, int minimum) {
+  char* end = nullptr;
+  long v = std::strtol(value, &end, 10);
+  if (end == value || *end != '\0' || v < minimum || v > 1000000) {
+    throw UsageError(flag + " needs an integer >= " + std::to_string(minimum) + ", got '" + value + "'");
+  }
+  return static_cast<int>(v);
+}
+
+Args parse_args(int argc, char** argv) {
+  if (argc < 2) throw UsageError("no command given");
+  Args a;
+  a.command = argv[1];
+  if (a.command != "predict" && a.command != "latency" && a.command != "info") {
+    throw UsageError("unknown command '" + a.command + "'");
+  }
+  bool in_images = a.command == "predict";
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) throw UsageError(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--json") a.json = true;
+    else if (arg == "--batch") a.batch = parse_positive(arg, value(), 1);
+    else if (arg == "--iterations") a.iterations = parse_positive(arg, value(), 1);
+    else if (arg == "--warmup") a.warmup = parse_positive(arg, value(), 0);
+    else if (arg == "--threads") a.threads = parse_positive(arg, value(), 0);
+    else if (arg == "--images" && a.command == "latency") in_images = true;
+    else if (arg.rfind("--", 0) == 0) throw UsageError("unknown option " + arg);
+    else if (a.model.empty()) a.model = arg;
+    else if (in_images) a.images.push_back(arg);
+    else throw UsageError("unexpected argument '" + arg + "'");
+  }
+  if (a.model.empty()) throw UsageError("no model given");
+  if (a.command == "predict" && a.images.empty()) throw UsageError("predict needs at least one image");
+  return a;
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+// numpy.percentile's default (linear interpolation between closest ranks), as the Python harness uses.
+double percentile(std::vector<double> sorted, double q) {
+  std::sort(sorted.begin(), sorted.end());
+  const double pos = q / 100.0 * static_cast<double>(sorted.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, sorted.size() - 1);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - static_cast<double>(lo));
+}
+
+std::string label_of(const medfm::Model& model, int k) {
+  const auto& names = model.meta().label_names;
+  return k >= 0 && static_cast<size_t>(k) < names.size() ? names[static_cast<size_t>(k)] : std::to_string(k);
+}
+
+int cmd_predict(const Args& a) {
+  medfm::ModelOptions opts;
+  opts.intra_op_threads = a.threads;
+  const medfm::Model model = medfm::Model::load(a.model, opts);
+  const size_t batch = a.batch > 0 ? static_cast<size_t>(a.batch) : 16;
+  if (a.json) std::cout << "[";
+  bool first = true;
+  for (size_t start = 0; start < a.images.size(); start += batch) {
+    const size_t end = std::min(start + batch, a.images.size());
+    std::vector<medfm::Image> images;
+    std::vector<medfm::ImageView> views;
+    for (size_t i = start; i < end; ++i) images.push_back(medfm::read_image(a.images[i]));
+    for (const auto& img : images) views.push_back(img.view());
+    const medfm::Result r = model.predict(views);
+    for (int64_t i = 0; i < r.batch; ++i) {
+      const std::string& path = a.images[start + static_cast<size_t>(i)];
+      const int top = r.top1[static_cast<size_t>(i)];
+      if (a.json) {
+        std::cout << (first ? "\n" : ",\n") << "  {\"image\": " << json_string(path) << ", \"top1\": " << top
+                  << ", \"label\": " << json_string(label_of(model, top)) << ", \"logits\": [";
+        for (int64_t k = 0; k < r.num_classes; ++k) std::cout << (k ? ", " : "") << num(r.logit(i, k));
+        std::cout << "], \"probabilities\": [";
+        for (int64_t k = 0; k < r.num_classes; ++k) std::cout << (k ? ", " : "") << num(r.probability(i, k));
+        std::cout << "]}";
+        first = false;
+      } else {
+        std::cout << path << "\t" << label_of(model, top) << "\t";
+        for (int64_t k = 0; k < r.num_classes; ++k) {
+          char buf[64];
+          std::snprintf(buf, sizeof buf, "%s%s=%.4f", k ? " " : "", label_of(model, static_cast<int>(k)).c_str(),
+                        r.probability(i, k));
+          std::cout << buf;
+        }
+        std::cout << "\n";
+      }
+    }
+  }
+  if (a.json) std::cout << "\n]\n";
+  return 0;
+}
+
+int cmd_latency(const Args& a) {
+  medfm::ModelOptions opts;
+  opts.intra_op_threads = a.threads;
+  const medfm::Model model = medfm::Model::load(a.model, opts);
+  const auto& pre = model.meta().preprocess;
+  const int batch = a.batch > 0 ? a.batch : 1;
+  const bool end_to_end = !a.images.empty();
+  const size_t per_image = static_cast<size_t>(pre.channels) * static_cast<size_t>(pre.height) *
+                           static_cast<size_t>(pre.width);
+  // Engine-only input: fixed pseudo-random values in [-1, 1) (timing does not depend on them).
+  std::vector<float> input(per_image * static_cast<size_t>(batch));
+  uint32_t state = 12345u;
+  for (float& v : input) {
+    state = state * 1664525u + 1013904223u;
+    v = static_cast<float>(state >> 8) / 8388608.0f - 1.0f;
+  }
+  size_t cursor = 0;
+  auto one = [&]() {
+    if (!end_to_end) {
+      model.run(input.data(), batch);
+      return;
+    }
+    std::vector<medfm::Image> images;
+    std::vector<medfm::ImageView> views;
+    for (int i = 0; i < batch; ++i) images.push_back(medfm::read_image(a.images[cursor++ % a.images.size()]));
+    for (const auto& img : images) views.push_back(img.view());
+    model.predict(views);
+  };
+  for (int i = 0; i < a.warmup; ++i) one();
+  std::vector<double> ms;
+  ms.reserve(static_cast<size_t>(a.iterations));
+  for (int i = 0; i < a.iterations; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    one();
+    const auto t1 = std::chrono::steady_clock::now();
+    ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  double mean = 0.0;
+  for (double v : ms) mean += v;
+  mean /= static_cast<double>(ms.size());
+  const double p50 = percentile(ms, 50), p90 = percentile(ms, 90), p99 = percentile(ms, 99);
+  const double mn = *std::min_element(ms.begin(), ms.end()), mx = *std::max_element(ms.begin(), ms.end());
+  const double throughput = 1000.0 * batch / p50;
+  const char* mode = end_to_end ? "end_to_end" : "engine";
+  if (a.json) {
+    std::cout << "{\"model\": " << json_string(a.model) << ", \"mode\": \"" << mode << "\", \"backend\": \"onnxruntime\""
+              << ", \"onnxruntime_version\": " << json_string(medfm::Model::runtime_version()) << ", \"batch\": " << batch
+              << ", \"threads\": " << a.threads << ", \"warmup\": " << a.warmup << ", \"iterations\": " << a.iterations
+              << ", \"p50_ms\": " << num(p50) << ", \"p90_ms\": " << num(p90) << ", \"p99_ms\": " << num(p99)
+              << ", \"mean_ms\": " << num(mean) << ", \"min_ms\": " << num(mn) << ", \"max_ms\": " << num(mx)
+              << ", \"per_image_p50_ms\": " << num(p50 / batch) << ", \"throughput_per_s\": " << num(throughput)
+              << ", \"samples_ms\": [";
+    for (size_t i = 0; i < ms.size(); ++i) std::cout << (i ? ", " : "") << num(ms[i]);
+    std::cout << "]}\n";
+  } else {
+    char buf[512];
+    std::snprintf(buf, sizeof buf,
+                  "%s  %s  batch %d  threads %d  %d iterations (%d warm-up)\n"
+                  "p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  mean %.3f ms  (%.1f images/s)\n",
+                  a.model.c_str(), mode, batch, a.threads, a.iterations, a.warmup, p50, p90, p99, mean, throughput);
+    std::cout << buf;
+  }
+  return 0;
+}
+
+int cmd_info(const Args& a) {
+  const medfm::Model model = medfm::Model::load(a.model);
+  const auto& m = model.meta();
+  std::cout << "model        " << a.model << "\n"
+            << "task         " << medfm::task_name(m.task) << "\n"
+            << "labels       ";
+  for (size_t i = 0; i < m.label_names.size(); ++i) std::cout << (i ? ", " : "") << m.label_names[i];
+  std::cout << "\ninput        " << m.preprocess.channels << "x" << m.preprocess.height << "x" << m.preprocess.width
+            << "\nmean / std   ";
+  for (size_t i = 0; i < m.preprocess.mean.size(); ++i) std::cout << (i ? "," : "") << num(m.preprocess.mean[i]);
+  std::cout << " / ";
+  for (size_t i = 0; i < m.preprocess.std.size(); ++i) std::cout << (i ? "," : "") << num(m.preprocess.std[i]);
+  std::cout << "\nwindow       ";
+  if (m.preprocess.window) std::cout << num(m.preprocess.window->first) << "," << num(m.preprocess.window->second);
+  else std::cout << "none";
+  std::cout << "\narch         " << m.arch << "\nprecision    " << m.precision
+            << "\nonnxruntime  " << medfm::Model::runtime_version() << "\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  try {
+    if (argc >= 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+      std::cout << kUsage << "\n";
+      return 0;
+    }
+    args = parse_args(argc, argv);
+  } catch (const UsageError& e) {
+    std::cerr << "error: " << e.what() << "\n" << kUsage << "\n";
+    return 2;
+  }
+  try {
+    if (args.command == "predict") return cmd_predict(args);
+    if (args.command == "latency") return cmd_latency(args);
+    return cmd_info(args);
+  } catch (const medfm::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    // Anything else is a bug in this runtime, not a user error; still report instead of aborting.
+    std::cerr << "internal error: " << e.what() << "\n";
+    return 3;
+  }
+}
