@@ -33,7 +33,6 @@ __all__ = [
     "quantize_torch",
     "qat_distill",
     "export_quantized_onnx",
-    "stratified_indices",
     "TrtQuantizeConfig",
     "TrtQuantizeResult",
     "quantize_run_for_tensorrt",
@@ -75,22 +74,6 @@ def preset_config(precision: str, weight_bits: int | None = None, act_bits: int 
                     raise ConfigError(f"bit width must be 2..8, got {bits}")
                 qc[key] = {**qc[key], "num_bits": int(bits)}
     return cfg
-
-
-def stratified_indices(labels: np.ndarray | None, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` indices drawn round-robin over classes (seeded), so every class is in the calibration set."""
-    if labels is None:
-        raise DataError("calibration needs labels to stratify; pass labels or use random indices")
-    rng = np.random.default_rng(seed)
-    lab = np.asarray(labels)
-    keys = lab.argmax(1) if lab.ndim == 2 else lab.astype(np.int64)
-    per_class = [rng.permutation(np.flatnonzero(keys == c)).tolist() for c in np.unique(keys)]
-    out: list[int] = []
-    while len(out) < n and any(per_class):
-        for lst in per_class:
-            if lst and len(out) < n:
-                out.append(lst.pop())
-    return np.sort(np.asarray(out, dtype=np.int64))
 
 
 def quantize_torch(model, calibration: np.ndarray, precision: str = "int8", batch_size: int = 32,
@@ -335,6 +318,7 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
     from ..export.metadata import ModelMeta
     from ..manifest import Manifest
     from ..models.card import load_model, resolve_model_files
+    from .calibration import stratified_indices
 
     t0 = time.time()
     src = Path(cfg.source)
@@ -349,7 +333,7 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
     if train is None or len(train) == 0:
         raise DataError(f"{data_spec} has no train split to calibrate on")
     pre = card.preprocess
-    calib_idx = stratified_indices(train.labels, cfg.num_calib, cfg.seed)
+    calib_idx = stratified_indices(train.labels, cfg.num_calib, cfg.seed, card.task)
     calib = pre(train.images[calib_idx])
     if calib.shape[1] != card.in_chans:
         raise DataError(f"calibration images have {calib.shape[1]} channels; the model takes {card.in_chans}")
@@ -393,3 +377,100 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
     if manifest is not None and rec is not None:
         manifest.finish(rec, {"onnx": out}, metrics)
     return TrtQuantizeResult(out, cfg.precision, cfg.method, metrics, history, round(time.time() - t0, 2))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ``medfm-compress quantize --target tensorrt`` (the quantize stage's registry)
+
+from .quantize import QuantizeContext, QuantizedModel, parity_report, register_target  # noqa: E402
+
+
+@register_target("tensorrt", precisions=("int8", "fp8", "fp16"), methods=("ptq", "qat"))
+def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
+    """Symmetric QDQ ONNX for TensorRT.
+
+    From a run directory: ModelOpt on the torch model (PTQ, or QAT distilled from the teacher), exported with
+    the classic exporter. From a bare ONNX file: ModelOpt's ONNX PTQ (``modelopt.onnx.quantization``).
+    ``fp16``: the ONNX converted to fp16 weights/activations with fp32 I/O (the engine builder's fp16 path
+    does the same; TensorRT-RTX builds it as is).
+    """
+    cfg = ctx.cfg
+    ref = _run_proto(ctx.fp32_proto, ctx.calib.holdout) if len(ctx.calib.holdout) else None
+    if cfg.precision == "fp16":
+        from ..export.tensorrt import _to_fp16
+
+        proto = _to_fp16(ctx.fp32_proto)
+        prov = {"backend": "onnxruntime.transformers.float16", "io": "fp32"}
+    elif Path(cfg.input).is_dir() and ctx.run_dir is not None:
+        # A run directory: quantize its torch model (ModelOpt's torch path, the only one that can do QAT).
+        proto, prov = _torch_path(ctx)
+    else:
+        if cfg.method == "qat":
+            raise ConfigError("--method qat trains the torch model: give the run directory, not an ONNX file")
+        # A bare ONNX file (ours or not): ModelOpt's ONNX PTQ.
+        proto, prov = _onnx_path(ctx)
+    report: dict[str, Any] = {}
+    if ref is not None:
+        report["parity"] = parity_report(ref, _run_proto(proto, ctx.calib.holdout), ctx.meta.task)
+        ctx.log("parity vs fp32 on held-out images: " + ", ".join(f"{k} {v:.4g}" for k, v in report["parity"].items()))
+    report["engine_hint"] = f"medfm-compress export OUT.onnx --format tensorrt --precision {cfg.precision}"
+    return QuantizedModel(proto, cfg.precision, prov, report)
+
+
+def _torch_path(ctx: QuantizeContext):
+    import torch
+
+    from ..data import load_data
+    from ..export.onnx import build_onnx
+    from ..models.card import load_model
+
+    cfg = ctx.cfg
+    model, card = load_model(ctx.run_dir, cfg.model)
+    ctx.log(f"ModelOpt {cfg.precision} PTQ on the torch {cfg.model} ({len(ctx.calib.images)} calibration images)")
+    qmodel = quantize_torch(model, ctx.calib.images, cfg.precision)
+    prov: dict[str, Any] = {"backend": "nvidia-modelopt (torch)", "preset": _PRESETS[cfg.precision]}
+    if cfg.method == "qat":
+        spec = cfg.calib_data or card.provenance.get("data")
+        train = load_data(spec, require_labels=True, seed=cfg.seed).splits.get("train")
+        if train is None or len(train) == 0:
+            raise DataError(f"{spec} has no train split for QAT")
+        x_train = card.preprocess(train.images)
+        teacher, _ = load_model(cfg.teacher or ctx.run_dir, "teacher")
+        qcfg = QATConfig(seed=cfg.seed)
+        ctx.log(f"QAT: {qcfg.epochs} epochs of KD from the teacher on {len(x_train)} images")
+        hist = qat_distill(qmodel, _forward_all(teacher.eval(), x_train), x_train, card.task, qcfg,
+                           log=ctx.log, progress=cfg.progress).history
+        prov["qat"] = {**qcfg.to_dict(), "history": hist}
+    with _quiet():
+        proto = build_onnx(qmodel, ctx.meta, torch.from_numpy(ctx.calib.images[:1].copy()), dynamo=False,
+                           simplify=False)
+    return proto, prov
+
+
+def _onnx_path(ctx: QuantizeContext):
+    import onnx
+
+    try:
+        from modelopt.onnx.quantization import quantize as mo_quantize
+    except ImportError as e:
+        raise BackendMissingError("nvidia-modelopt ONNX quantization", "modelopt", detail=str(e)) from None
+    src = ctx.workdir / "fp32_for_modelopt.onnx"
+    onnx.save(ctx.fp32_proto, str(src))
+    out = ctx.workdir / "modelopt_qdq.onnx"
+    ctx.log(f"ModelOpt ONNX {ctx.cfg.precision} PTQ ({len(ctx.calib.images)} calibration images)")
+    with _quiet():
+        mo_quantize(str(src), quantize_mode=ctx.cfg.precision, calibration_data=ctx.calib.images,
+                    calibration_method="max", output_path=str(out))
+    if not out.is_file():
+        raise DataError("ModelOpt ONNX quantization wrote no model")
+    return onnx.load(str(out)), {"backend": "nvidia-modelopt (onnx)", "calibration_method": "max"}
+
+
+def _run_proto(proto, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + 64]})[0] for i in range(0, len(x), 64)])

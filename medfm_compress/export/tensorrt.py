@@ -238,16 +238,43 @@ def _input_chw(proto) -> tuple[str, tuple[int, int, int]]:
 
 def _to_fp16(proto):
     """fp32 ONNX -> fp16 weights and activations with fp32 inputs/outputs (for strongly typed builds)."""
-    try:
-        from onnxconverter_common import float16
-    except ImportError as e:
-        raise BackendMissingError("onnxconverter-common (fp16 conversion)", "trt", detail=str(e)) from None
     import warnings
+
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with warnings.catch_warnings():
         # It warns about every value it clamps to the fp16 range; the parity check is the judge.
         warnings.simplefilter("ignore")
-        return float16.convert_float_to_float16(proto, keep_io_types=True)
+        try:
+            out = convert_float_to_float16(proto, keep_io_types=True)
+        except Exception as e:  # the converter raises assorted types for graphs it cannot handle
+            raise ExportError(f"fp16 conversion failed: {str(e).strip().splitlines()[0][:300]}") from None
+    # The converter appends the input Casts at the end of the node list; onnx.checker wants topological order.
+    _toposort(out.graph)
+    return out
+
+
+def _toposort(graph) -> None:
+    """Reorder ``graph.node`` topologically in place (stable: keeps the original order where it is valid)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ExportError("fp16 conversion produced a graph with a cycle or a dangling input")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -283,7 +310,6 @@ def _parser_errors(parser) -> list[str]:
 
 def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     """Parse ``cfg.onnx``, build a serialized engine, write it and its sidecar atomically."""
-    import onnx
 
     from .metadata import encode_metadata
     from .onnx import load_onnx_checked, read_meta
@@ -304,7 +330,9 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
         raise ConfigError("--targets (compute capabilities) applies to TensorRT-RTX ahead-of-time builds; classic "
                           "TensorRT builds for the GPU it runs on")
 
-    if cfg.precision == "fp16" and flavour == "rtx":
+    if meta.precision == "fp16" and cfg.precision != "fp16":
+        raise ConfigError(f"{src.name} is an fp16 ONNX; build it with --precision fp16")
+    if cfg.precision == "fp16" and flavour == "rtx" and meta.precision != "fp16":
         # TensorRT-RTX networks are strongly typed: the precision comes from the ONNX types.
         proto = _to_fp16(proto)
     onnx_bytes = proto.SerializeToString()
