@@ -229,6 +229,8 @@ def _weighted_auc(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) 
     scores grouped, so the result is the exact Mann-Whitney AUC (ties count half) of each resample, and
     with all weights 1 it equals :func:`binary_auc`.
     """
+    if scores.size == 0:
+        return np.full(weights.shape[0], np.nan)
     order = np.argsort(scores, kind="mergesort")
     s, t, w = scores[order], targets[order], weights[:, order].astype(np.float64)
     starts = np.concatenate(([0], np.flatnonzero(np.diff(s)) + 1))

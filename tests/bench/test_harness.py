@@ -1,0 +1,197 @@
+"""Latency statistics, the paired bootstrap, and `medfm-compress bench` gates and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medfm_compress.bench import metrics as M
+from medfm_compress.bench.latency import LatencyConfig, measure_end_to_end, measure_engine, summarize
+from medfm_compress.cli import cli
+from medfm_compress.errors import ConfigError
+
+TINY_DATA = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
+FAST = ["--iterations", "5", "--warmup", "1", "--bootstrap", "200", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def student_onnx(tiny_run, tmp_path_factory):
+    import torch
+
+    from medfm_compress.export.metadata import ModelMeta
+    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.models import load_model
+
+    model, card = load_model(tiny_run)
+    dest = tmp_path_factory.mktemp("onnx") / "student.onnx"
+    return export_model_to_onnx(model, ModelMeta.from_card(card), dest,
+                                torch.zeros(1, card.in_chans, *card.preprocess.input_size))
+
+
+# ----- latency -----
+
+
+def test_summarize_known_values():
+    s = summarize([0.001, 0.002, 0.003, 0.004, 0.010], batch_size=2)
+    assert s["n"] == 5 and s["p50_ms"] == pytest.approx(3.0) and s["min_ms"] == pytest.approx(1.0)
+    assert s["mean_ms"] == pytest.approx(4.0) and s["max_ms"] == pytest.approx(10.0)
+    assert s["p99_ms"] == pytest.approx(np.percentile([1, 2, 3, 4, 10], 99))
+    assert s["throughput_per_s"] == pytest.approx(2 * 1000 / 4.0)
+    assert s["std_ms"] == pytest.approx(np.std([1, 2, 3, 4, 10]))
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_latency_config_checks():
+    with pytest.raises(ConfigError, match="iterations"):
+        LatencyConfig(iterations=0)
+    with pytest.raises(ConfigError, match="duration"):
+        LatencyConfig(duration_s=0)
+
+
+def test_measure_engine_and_end_to_end(student_onnx):
+    from medfm_compress.data import load_data
+    from medfm_compress.runtime import Engine
+
+    images = load_data(TINY_DATA).split("test").images
+    with Engine.load(student_onnx, threads=1) as eng:
+        x = eng.preprocess(images[:4])
+        s = measure_engine(eng, x, LatencyConfig(iterations=7, warmup=2))
+        assert s["n"] == 7 and s["batch_size"] == 4 and s["threads"] == 1 and s["clock"] == "perf_counter"
+        assert 0 < s["min_ms"] <= s["p50_ms"] <= s["p99_ms"] and s["peak_rss_bytes"] > 0
+        d = measure_engine(eng, x[:1], LatencyConfig(iterations=3, warmup=0, warmup_s=0.05, duration_s=0.1))
+        assert d["n"] >= 3 and d["n"] * d["mean_ms"] >= 0.1 * 1e3 * 0.9
+        e = measure_end_to_end(eng, images, LatencyConfig(iterations=5, warmup=1))
+        assert e["n"] == 5 and e["batch_size"] == 1
+
+
+# ----- paired bootstrap -----
+
+
+def _random_case(seed: int, n: int, task: str, k: int = 3):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, k))
+    if task == "multilabel":
+        labels = (rng.random((n, k)) > 0.5).astype(np.float32)
+    else:
+        labels = rng.integers(0, k, n)
+    return logits, labels
+
+
+@pytest.mark.parametrize("task,k", [("multiclass", 4), ("binary", 2), ("multilabel", 3)])
+def test_bootstrap_of_a_model_against_itself_is_exactly_zero(task, k):
+    logits, labels = _random_case(1, 150, task, k)
+    th = None if task == "multiclass" else M.youden_thresholds(M.positive_scores(logits, task),
+                                                               M.positive_targets(labels, task, k))
+    res = M.paired_bootstrap(logits, logits.copy(), labels, task, th, n_resamples=300, seed=5)
+    for m in M.BOOTSTRAP_METRICS:
+        assert res[m]["delta"] == 0.0 and res[m]["ci_low"] == 0.0 and res[m]["ci_high"] == 0.0, m
+    assert res["macro_auc"]["reference"] == pytest.approx(M.macro_auc(logits, labels, task))
+    assert res["accuracy"]["reference"] == pytest.approx(M.accuracy(logits, labels, task))
+
+
+def test_bootstrap_is_seeded_and_detects_a_worse_model():
+    logits, labels = _random_case(2, 300, "multiclass", 3)
+    good = logits.copy()
+    good[np.arange(300), labels] += 3.0  # a model that is mostly right
+    a = M.paired_bootstrap(good, logits, labels, "multiclass", n_resamples=200, seed=0)
+    b = M.paired_bootstrap(good, logits, labels, "multiclass", n_resamples=200, seed=0)
+    assert a == b
+    assert a["macro_auc"]["ci_high"] < 0 and a["accuracy"]["ci_high"] < 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(20, 80), noise=st.floats(0.0, 2.0),
+       task=st.sampled_from(["multiclass", "binary", "multilabel"]))
+def test_bootstrap_ci_contains_the_point_estimate(seed, n, noise, task):
+    k = 2 if task == "binary" else 3
+    logits, labels = _random_case(seed, n, task, k)
+    other = logits + np.random.default_rng(seed + 1).normal(scale=noise, size=logits.shape)
+    res = M.paired_bootstrap(logits, other, labels, task, None if task == "multiclass" else np.full(
+        1 if task == "binary" else k, 0.5), n_resamples=200, seed=seed)
+    for m in ("accuracy", "macro_auc"):
+        r = res[m]
+        if r["delta"] is None or r["ci_low"] is None:
+            continue
+        assert r["ci_low"] - 1e-12 <= r["ci_high"]
+        # the percentile interval of a paired difference brackets the observed difference (with a small slack
+        # for the discreteness of accuracy on tiny sets)
+        assert r["ci_low"] - 1e-9 <= r["delta"] + 1.0 / n and r["delta"] - 1.0 / n <= r["ci_high"] + 1e-9
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 60), ties=st.booleans())
+def test_weighted_auc_equals_rank_auc_with_unit_weights(seed, n, ties):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, n).astype(float) if ties else rng.normal(size=n)
+    targets = rng.random(n) > 0.5
+    got = M._weighted_auc(scores, targets, np.ones((1, n)))[0]
+    want = M.binary_auc(scores, targets)
+    assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want)
+    # integer weights = repeating cases
+    w = rng.integers(0, 3, n)
+    rep = M._weighted_auc(np.repeat(scores, w), np.repeat(targets, w), np.ones((1, int(w.sum()))))[0]
+    got_w = M._weighted_auc(scores, targets, w[None, :])[0]
+    assert (np.isnan(rep) and np.isnan(got_w)) or got_w == pytest.approx(rep)
+
+
+# ----- CLI gates -----
+
+
+def _bench(args):
+    return CliRunner().invoke(cli, ["bench", *args], catch_exceptions=False)
+
+
+def test_bench_gates_pass_exit_0(tiny_run, student_onnx, tmp_path):
+    out = tmp_path / "rep"
+    res = _bench([f"teacher={tiny_run / 'teacher'}", f"student={student_onnx}", "--reference", "teacher",
+                  "--data", TINY_DATA, "--batch-sizes", "1,4", *FAST, "--min-agreement", "0", "--max-size-mb", "100",
+                  "--max-p50-ms", "10000", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["passed"] and {g["gate"] for g in report["gates"]} == {"min_agreement", "max_size_mb", "max_p50_ms"}
+    assert set(report["artifacts"][1]["latency"]) == {"1", "4"}
+    assert report["artifacts"][0]["self_check"]["macro_auc"]["ci_low"] == 0.0
+    assert (out / "report.json").is_file() and (out / "junit.xml").is_file()
+
+
+def test_bench_failed_gate_exit_3_after_writing_reports(tiny_run, student_onnx, tmp_path):
+    out = tmp_path / "rep"
+    res = _bench([f"student_torch={tiny_run}", f"student={student_onnx}", "--data", TINY_DATA, *FAST,
+                  "--max-size-mb", "0.001", "--max-auc-drop", "1.0", "--out", str(out)])
+    assert res.exit_code == 3, res.output
+    assert "max_size_mb[student]" in res.output
+    report = json.loads((out / "report.json").read_text())
+    gates = {g["name"]: g for g in report["gates"]}
+    assert not report["passed"] and not gates["max_size_mb[student]"]["passed"]
+    # torch and ONNX of the same weights: the AUC drop CI is ~[0, 0], inside the 1-point margin
+    assert gates["max_auc_drop[student]"]["passed"] and abs(gates["max_auc_drop[student]"]["value"]) < 0.5
+
+
+def test_bench_user_errors_exit_1(tiny_run, student_onnx, tmp_path):
+    res = _bench([f"a={student_onnx}", "--reference", "b", "--data", TINY_DATA, *FAST])
+    assert res.exit_code == 1 and "--reference 'b' is not one of the artifacts" in res.output
+    res = _bench([f"a={student_onnx}", "--backend", "nope", "--data", TINY_DATA, *FAST])
+    assert res.exit_code == 1 and "unknown runtime backend 'nope'" in res.output
+    # data whose label set does not match the model
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "six.npz"
+    arrays = {}
+    for s, n in (("train", 12), ("val", 6), ("test", 12)):
+        arrays[f"{s}_images"] = rng.integers(0, 255, (n, 32, 32), dtype=np.uint8)
+        arrays[f"{s}_labels"] = (np.arange(n) % 6)[:, None]
+    np.savez(npz, **arrays)
+    res = _bench([f"a={student_onnx}", "--data", f"medmnist:{npz}", *FAST])
+    assert res.exit_code == 1 and "predicts 4 classes but the data has 6" in res.output
+    # 3-channel data for a 1-channel model
+    for s in ("train", "val", "test"):
+        arrays[f"{s}_images"] = np.repeat(arrays[f"{s}_images"][..., None], 3, axis=-1)
+        arrays[f"{s}_labels"] = (np.arange(len(arrays[f"{s}_labels"])) % 4)[:, None]
+    np.savez(npz, **arrays)
+    res = _bench([f"a={student_onnx}", "--data", f"medmnist:{npz}", *FAST])
+    assert res.exit_code == 1 and "expects 1-channel images but the data has 3" in res.output
