@@ -22,6 +22,8 @@ __all__ = ["main", "cli"]
 COMMANDS: dict[str, str] = {
     "bench": "bench",
     "distill": "distill",
+    "run": "run",
+    "demo": "demo",
     "export": "export",
     "report": "report",
     "verify": "verify",

@@ -1,0 +1,62 @@
+"""``medfm-compress run RECIPE.yaml`` and ``medfm-compress demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _finish(result) -> None:
+    from ..errors import GateFailure
+
+    click.echo(f"stages run: {', '.join(result.ran) or 'none'}; cached: {', '.join(result.cached) or 'none'} "
+               f"({result.seconds:.0f} s)")
+    if result.report is not None:
+        md = result.report_files.get("report.md")
+        if md is not None:
+            click.echo("")
+            click.echo(md.read_text(encoding="utf-8"))
+        for name in ("report.json", "report.md", "junit.xml", "pareto.png"):
+            if name in result.report_files:
+                click.echo(f"{name}: {result.report_files[name]}")
+        if not result.report.get("passed", False):
+            failed = [g["name"] for g in result.report.get("gates", []) if not g.get("passed")]
+            raise GateFailure(f"benchmark gates failed: {', '.join(failed)}; see {result.report_files.get('report.md')}")
+    click.echo(f"run directory: {result.run_dir}")
+
+
+@click.command(name="run")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from", "from_stage", default=None, help="Re-run this stage (e.g. quantize or quantize:int8) and later ones.")
+@click.option("--only", default=None, help="Run only this stage (its inputs must exist).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Override the recipe's run directory.")
+@click.option("--print-config", is_flag=True, help="Print the fully resolved recipe (YAML) and exit.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def command(recipe, from_stage, only, out, print_config, quiet):
+    """Run the whole chain described by RECIPE (YAML); unchanged stages are taken from the cache."""
+    from ..pipeline import dump_recipe, load_recipe, run_pipeline
+
+    rec = load_recipe(recipe)
+    if out:
+        rec.out = out
+    if print_config:
+        click.echo(dump_recipe(rec), nl=False)
+        return
+    _finish(run_pipeline(rec, from_stage=from_stage, only=only, progress=not quiet))
+
+
+@click.command(name="demo")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--print-config", is_flag=True, help="Print the demo recipe (YAML) and exit.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def demo_command(out, print_config, quiet):
+    """The whole chain on the embedded synthetic default, offline: teacher, distilled student, baseline,
+    INT8/FP16 variants, TensorRT engines, benchmark with gates."""
+    from ..pipeline import DEMO_RECIPE, dump_recipe, resolve_recipe, run_pipeline
+
+    rec = resolve_recipe({**DEMO_RECIPE, "out": out}, where="demo recipe")
+    if print_config:
+        click.echo(dump_recipe(rec), nl=False)
+        return
+    _finish(run_pipeline(rec, progress=not quiet))

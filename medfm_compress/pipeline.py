@@ -1,0 +1,458 @@
+"""The whole chain from one recipe: distill -> export -> quantize -> TensorRT engines -> benchmark.
+
+A recipe (YAML, parsed with the safe loader) names the data, the distillation, the quantized variants, the
+engines and the benchmark gates. Each stage's outputs are cached by the hash of its config and of the files it
+reads: a re-run skips what has not changed and says so; a stage interrupted (even by ``kill -9``) has no
+cache entry and is redone. ``pipeline.json`` in the run directory holds the cache entries; ``manifest.json``
+holds every stage's record.
+
+Recipe keys (see ``recipes/*.yaml``)::
+
+    version: 1
+    name: demo
+    out: runs/demo            # run directory
+    data: synthetic           # data spec for training, calibration and the benchmark
+    seed: 0
+    distill: {...}            # DistillConfig fields (not data/out/seed)
+    export: {...}             # ExportConfig fields (not source/out); null skips export and everything after
+    quantize: [{name, ...}]   # QuantizeConfig fields per variant (not input/out); calib_data defaults to data
+    tensorrt: [{name, source, ...}]  # TensorRTConfig fields per engine; source: 'fp32' or a quantize variant
+    bench: {...}              # BenchConfig fields (not artifacts/data/out); null skips the benchmark
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._io import atomic_write_json, ensure_dir, sha256_file
+from .errors import ConfigError, MedfmError
+
+__all__ = ["Recipe", "load_recipe", "resolve_recipe", "run_pipeline", "DEMO_RECIPE", "STAGES", "PipelineResult"]
+
+RECIPE_VERSION = 1
+STAGES = ("distill", "export", "quantize", "tensorrt", "bench")
+_TOP_KEYS = ("version", "name", "out", "data", "seed", *STAGES)
+# Fields the pipeline sets itself; a recipe must not set them.
+_OWNED = {
+    "distill": {"data", "out", "seed", "resume", "progress", "version"},
+    "export": {"source", "out", "force", "version"},
+    "quantize": {"input", "out", "progress", "force"},
+    "tensorrt": {"onnx", "out", "version"},
+    "bench": {"artifacts", "data", "out", "progress"},
+}
+# Typical stage durations on a 2-core CPU, for the ETA before a run has its own history.
+_TYPICAL_S = {"distill": 300.0, "export": 10.0, "quantize": 20.0, "tensorrt": 10.0, "bench": 60.0}
+
+DEMO_RECIPE: dict[str, Any] = {
+    "version": 1,
+    "name": "demo",
+    "out": "runs/demo",
+    "data": "synthetic",
+    "seed": 0,
+    "distill": {"epochs": 6, "baseline": True, "augment": False},
+    "export": {"opset": 17},
+    "quantize": [
+        {"name": "int8", "target": "cpu", "precision": "int8"},
+        {"name": "fp16", "target": "cpu", "precision": "fp16"},
+        {"name": "trt-int8", "target": "tensorrt", "precision": "int8"},
+    ],
+    "tensorrt": [
+        {"name": "trt-fp16", "source": "fp32", "precision": "fp16", "batch_sizes": [1, 8]},
+        {"name": "trt-int8", "source": "trt-int8", "precision": "int8", "batch_sizes": [1, 8]},
+    ],
+    "bench": {"reference": "teacher", "batch_sizes": [1], "iterations": 200, "warmup": 20, "max_auc_drop": 1.0,
+              "min_speedup": 30.0, "max_size_mb": 5.0},
+}
+
+
+def _config_classes() -> dict[str, type]:
+    from .bench.harness import BenchConfig
+    from .compress.distill import DistillConfig
+    from .compress.quantize import QuantizeConfig
+    from .export.onnx import ExportConfig
+    from .export.tensorrt import TensorRTConfig
+
+    return {"distill": DistillConfig, "export": ExportConfig, "quantize": QuantizeConfig, "tensorrt": TensorRTConfig,
+            "bench": BenchConfig}
+
+
+@dataclass
+class Recipe:
+    """A resolved recipe: every stage section holds every field of its config."""
+
+    name: str
+    out: str
+    data: str
+    seed: int
+    distill: dict[str, Any]
+    export: dict[str, Any] | None
+    quantize: list[dict[str, Any]]
+    tensorrt: list[dict[str, Any]]
+    bench: dict[str, Any] | None
+    version: int = RECIPE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "name": self.name, "out": self.out, "data": self.data, "seed": self.seed,
+                "distill": self.distill, "export": self.export, "quantize": self.quantize, "tensorrt": self.tensorrt,
+                "bench": self.bench}
+
+
+def _unknown(key: str, valid, where: str) -> ConfigError:
+    near = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key '{key}' in {where}{hint}")
+
+
+def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: bool = False) -> dict[str, Any]:
+    """Validate one stage section against its config class; return all its fields (defaults filled)."""
+    from .config import config_from_dict, config_to_dict
+
+    cls = _config_classes()[stage]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    name = None
+    source = None
+    if named:
+        name = raw.pop("name", None)
+        if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{where} needs a 'name' made of letters, digits, '-' and '_'")
+        if stage == "tensorrt":
+            source = raw.pop("source", "fp32")
+            if not isinstance(source, str):
+                raise ConfigError(f"{where}.source must be 'fp32' or the name of a quantize variant")
+    owned = _OWNED[stage]
+    valid = [f.name for f in dataclasses.fields(cls) if f.name not in owned]
+    for key in raw:
+        if key in owned:
+            raise ConfigError(f"{where}.{key} is set by the pipeline; remove it from the recipe")
+        if key not in valid:
+            raise _unknown(key, valid + (["name"] if named else []) + (["source"] if stage == "tensorrt" else []), where)
+    cfg = config_from_dict(cls, {**extra, **raw}, where)
+    out = {k: v for k, v in config_to_dict(cfg).items() if k not in owned}
+    if named:
+        out = {"name": name, **({"source": source} if stage == "tensorrt" else {}), **out}
+    return out
+
+
+def resolve_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
+    """Check a recipe mapping and fill every default; unknown keys are errors naming the nearest valid key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a YAML mapping")
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise _unknown(key, _TOP_KEYS, where)
+    if raw.get("version", RECIPE_VERSION) != RECIPE_VERSION:
+        raise ConfigError(f"{where} has version {raw.get('version')!r}; this tool reads version {RECIPE_VERSION}")
+    for key, typ in (("name", str), ("out", str), ("data", str), ("seed", int)):
+        if key in raw and (not isinstance(raw[key], typ) or isinstance(raw[key], bool)):
+            raise ConfigError(f"{where}.{key} must be a {typ.__name__}, got {raw[key]!r}")
+    data = raw.get("data", "synthetic")
+    seed = raw.get("seed", 0)
+    out = raw.get("out") or f"runs/{raw.get('name', 'recipe')}"
+    placeholder = {"source": out, "input": out, "onnx": "x.onnx"}
+    distill = _section("distill", raw.get("distill") or {}, f"{where}.distill", {"data": data, "out": out, "seed": seed})
+    export = (None if "export" in raw and raw["export"] is None
+              else _section("export", raw.get("export") or {}, f"{where}.export", {"source": placeholder["source"]}))
+    variants = raw.get("quantize") or []
+    if not isinstance(variants, list):
+        raise ConfigError(f"{where}.quantize must be a list of variants")
+    quantize = [_section("quantize", v, f"{where}.quantize[{i}]", {"input": placeholder["input"]}, named=True)
+                for i, v in enumerate(variants)]
+    for q in quantize:
+        if q.get("calib_data") is None:
+            q["calib_data"] = data
+    engines = raw.get("tensorrt") or []
+    if not isinstance(engines, list):
+        raise ConfigError(f"{where}.tensorrt must be a list of engines")
+    tensorrt = [_section("tensorrt", v, f"{where}.tensorrt[{i}]", {"onnx": placeholder["onnx"], "out": "x.engine"},
+                         named=True) for i, v in enumerate(engines)]
+    names = [v["name"] for v in quantize] + [e["name"] for e in tensorrt]
+    dup = {n for n in names if names.count(n) > 1 and [v["name"] for v in quantize].count(n) > 1}
+    if dup:
+        raise ConfigError(f"{where}: quantize variant names must be unique (repeated: {', '.join(sorted(dup))})")
+    qnames = {v["name"] for v in quantize}
+    for e in tensorrt:
+        if e["source"] != "fp32" and e["source"] not in qnames:
+            raise ConfigError(f"{where}.tensorrt '{e['name']}': source '{e['source']}' is neither 'fp32' nor a quantize "
+                              f"variant ({', '.join(sorted(qnames)) or 'none defined'})")
+    if (quantize or tensorrt) and export is None:
+        raise ConfigError(f"{where}: quantize/tensorrt need the exported ONNX; do not set export: null")
+    bench = None
+    if not ("bench" in raw and raw["bench"] is None):
+        braw = raw.get("bench") or {}
+        ref = braw.get("reference") if isinstance(braw, dict) and isinstance(braw.get("reference"), str) else "teacher"
+        # The artifacts are only known at run time; validate against a stand-in that holds the reference name.
+        bench = _section("bench", braw, f"{where}.bench", {"artifacts": ((ref, "x"),), "data": data})
+    return Recipe(name=raw.get("name", "recipe"), out=out, data=data, seed=seed, distill=distill, export=export,
+                  quantize=quantize, tensorrt=tensorrt, bench=bench)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and resolve a YAML recipe (safe loader: no Python objects)."""
+    import yaml
+
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"recipe {p} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"recipe {p} cannot be read ({e})") from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"recipe {p} is not valid YAML ({first})") from None
+    return resolve_recipe(raw if raw is not None else {}, where=str(p))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class StageSpec:
+    """One unit of work: an id, the stage kind, its config, the files it reads and will write."""
+
+    id: str
+    kind: str
+    config: dict[str, Any]
+    reads: list[Path]
+    writes: dict[str, Path]
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    ran: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+    report_files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
+    out: list[StageSpec] = []
+    distill_writes = {"student_weights": run_dir / "student.safetensors", "student_card": run_dir / "student.json",
+                      "teacher_weights": run_dir / "teacher.safetensors", "teacher_card": run_dir / "teacher.json",
+                      "metrics": run_dir / "metrics.json"}
+    if recipe.distill.get("baseline"):
+        distill_writes |= {"baseline_weights": run_dir / "baseline.safetensors", "baseline_card": run_dir / "baseline.json"}
+    d_reads = [Path(recipe.distill["teacher_weights"])] if recipe.distill.get("teacher_weights") else []
+    out.append(StageSpec("distill", "distill", {"data": recipe.data, "seed": recipe.seed, **recipe.distill}, d_reads,
+                         distill_writes))
+    if recipe.export is None:
+        return out
+    fp32 = run_dir / "student.onnx"
+    out.append(StageSpec("export", "export", recipe.export, [distill_writes["student_weights"],
+                                                              distill_writes["student_card"]], {"onnx": fp32}))
+    qpaths = {}
+    for q in recipe.quantize:
+        path = run_dir / f"student.{q['name']}.onnx"
+        qpaths[q["name"]] = path
+        reads = [fp32]
+        if q.get("method") == "qat":
+            reads = [fp32, distill_writes["student_weights"], distill_writes["teacher_weights"]]
+        out.append(StageSpec(f"quantize:{q['name']}", "quantize", q, reads, {"onnx": path}))
+    for e in recipe.tensorrt:
+        src = fp32 if e["source"] == "fp32" else qpaths[e["source"]]
+        path = run_dir / f"student.{e['name']}.engine"
+        out.append(StageSpec(f"tensorrt:{e['name']}", "tensorrt", e, [src],
+                             {"engine": path, "sidecar": path.with_name(path.name + ".json")}))
+    if recipe.bench is not None:
+        reads = [distill_writes["teacher_weights"], fp32, *qpaths.values()]
+        if recipe.distill.get("baseline"):
+            reads.append(distill_writes["baseline_weights"])
+        out.append(StageSpec("bench", "bench", recipe.bench, reads,
+                             {"report": run_dir / "report" / "report.json"}))
+    return out
+
+
+def _cache_key(spec: StageSpec) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"id": spec.id, "config": spec.config, "tool": __version__}, sort_keys=True, default=str).encode())
+    for p in spec.reads:
+        h.update(str(p.name).encode())
+        h.update(sha256_file(p).encode() if p.is_file() else b"missing")
+    return h.hexdigest()
+
+
+def _cached(state: dict, spec: StageSpec, key: str) -> bool:
+    entry = state.get(spec.id)
+    if not entry or entry.get("key") != key:
+        return False
+    for name, path in spec.writes.items():
+        rec = entry.get("outputs", {}).get(name)
+        if rec is None or not path.is_file() or sha256_file(path) != rec:
+            return False
+    return True
+
+
+def _gpu_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path]) -> Any:
+    from .config import config_from_dict
+
+    cls = _config_classes()[spec.kind]
+    cfg_dict = {k: v for k, v in spec.config.items() if k not in ("name", "source")}
+    if spec.kind == "distill":
+        from .compress.distill import distill
+
+        cfg = config_from_dict(cls, {**cfg_dict, "out": str(run_dir), "progress": progress}, spec.id)
+        return distill(cfg)
+    if spec.kind == "export":
+        from .export.onnx import export_onnx
+
+        cfg = config_from_dict(cls, {**cfg_dict, "source": str(run_dir), "out": str(spec.writes["onnx"]),
+                                     "force": True}, spec.id)
+        return export_onnx(cfg)
+    if spec.kind == "quantize":
+        from .compress.quantize import quantize
+
+        src = str(run_dir) if spec.config.get("method") == "qat" else str(spec.reads[0])
+        cfg = config_from_dict(cls, {**cfg_dict, "input": src, "out": str(spec.writes["onnx"]), "progress": progress},
+                               spec.id)
+        return quantize(cfg)
+    if spec.kind == "tensorrt":
+        from .export.tensorrt import build_engine
+
+        cfg = config_from_dict(cls, {**cfg_dict, "onnx": str(spec.reads[0]), "out": str(spec.writes["engine"])}, spec.id)
+        return build_engine(cfg, progress=progress)
+    if spec.kind == "bench":
+        from .bench.harness import run_bench
+        from .bench.report import write_reports
+
+        artifacts = [("teacher", str(run_dir / "teacher"))]
+        if recipe.distill.get("baseline"):
+            artifacts.append(("baseline", str(run_dir / "baseline")))
+        artifacts.append(("student-fp32", str(run_dir / "student.onnx")))
+        for q in recipe.quantize:
+            # QDQ models made for TensorRT are not meant for the CPU runtime; their engines are benched on GPUs.
+            if q["target"] != "tensorrt":
+                artifacts.append((f"student-{q['name']}", str(run_dir / f"student.{q['name']}.onnx")))
+        if _gpu_available():
+            artifacts += [(f"student-{name}", str(path)) for name, path in engines.items()]
+        cfg = config_from_dict(cls, {**cfg_dict, "artifacts": artifacts, "data": recipe.data,
+                                     "out": str(spec.writes["report"].parent), "progress": progress}, spec.id)
+        report = run_bench(cfg)
+        write_reports(report, spec.writes["report"].parent)
+        return report
+    raise AssertionError(spec.kind)  # unreachable: _plan only makes the kinds above
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def run_pipeline(recipe: Recipe, from_stage: str | None = None, only: str | None = None, progress: bool = True,
+                 echo=None) -> PipelineResult:
+    """Run ``recipe``'s stages in order, skipping those whose cache entry is still valid.
+
+    Args:
+        from_stage: re-run this stage (a kind like ``quantize`` or an id like ``quantize:int8``) and all later ones.
+        only: run just this stage (kind or id); its inputs must exist.
+        progress: show stage and per-step progress on stderr.
+        echo: callable for progress lines (default: click.echo to stderr).
+    """
+    import click
+
+    say = echo or (lambda line: click.echo(line, err=True))
+    run_dir = ensure_dir(recipe.out)
+    plan = _plan(recipe, run_dir)
+    ids = [s.id for s in plan]
+    kinds = [s.kind for s in plan]
+
+    def match(name: str | None, what: str) -> int | None:
+        if name is None:
+            return None
+        if name in ids:
+            return ids.index(name)
+        if name in kinds:
+            return kinds.index(name)
+        valid = sorted(set(ids) | set(kinds))
+        near = difflib.get_close_matches(name, valid, n=1)
+        raise ConfigError(f"{what} '{name}' is not a stage of this recipe ({', '.join(valid)})"
+                          + (f"; did you mean '{near[0]}'?" if near else ""))
+
+    start = match(from_stage, "--from")
+    only_idx = match(only, "--only")
+    state_path = run_dir / "pipeline.json"
+    try:
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    except ValueError:
+        state = {}  # a damaged cache index only costs a re-run
+    result = PipelineResult(run_dir=run_dir)
+    t0 = time.time()
+    engines: dict[str, Path] = {}
+    if only_idx is None:
+        selected = list(range(len(plan)))
+    elif only in ids:
+        selected = [only_idx]
+    else:  # a stage kind: every variant of it
+        selected = [i for i, s in enumerate(plan) if s.kind == only]
+    durations = {s.id: state.get(s.id, {}).get("seconds", _TYPICAL_S[s.kind]) for s in plan}
+    for n, i in enumerate(selected, start=1):
+        spec = plan[i]
+        missing = [p for p in spec.reads if not p.is_file()]
+        if missing:
+            raise MedfmError(f"stage {spec.id} needs {missing[0]}, which does not exist; run the earlier stages first "
+                             "(drop --only)")
+        key = _cache_key(spec)
+        forced = (start is not None and i >= start) or only_idx is not None
+        remaining = sum(durations[plan[j].id] for j in selected[n - 1 :])
+        if not forced and _cached(state, spec, key):
+            result.cached.append(spec.id)
+            if progress:
+                say(f"[{n}/{len(selected)}] {spec.id}: cached (inputs and config unchanged)")
+            if spec.kind == "tensorrt":
+                engines[spec.id.split(":", 1)[1]] = spec.writes["engine"]
+            if spec.kind == "bench":
+                from .bench.report import load_report
+
+                result.report = load_report(spec.writes["report"])
+            continue
+        if progress:
+            say(f"[{n}/{len(selected)}] {spec.id}: running  (elapsed {_fmt_s(time.time() - t0)}, "
+                f"ETA ~{_fmt_s(remaining)})")
+        # Forget the entry first: an interrupted stage must be redone next time.
+        state.pop(spec.id, None)
+        atomic_write_json(state_path, state)
+        t_stage = time.time()
+        out = _run_stage(spec, recipe, run_dir, progress, engines)
+        if spec.kind == "tensorrt":
+            engines[spec.id.split(":", 1)[1]] = spec.writes["engine"]
+        if spec.kind == "bench":
+            result.report = out
+        state[spec.id] = {"key": key, "seconds": round(time.time() - t_stage, 1),
+                          "outputs": {k: sha256_file(p) for k, p in spec.writes.items() if p.is_file()}}
+        atomic_write_json(state_path, state)
+        result.ran.append(spec.id)
+    if recipe.bench is not None:
+        rdir = run_dir / "report"
+        result.report_files = {n: rdir / n for n in ("report.json", "report.md", "junit.xml", "pareto.png")
+                               if (rdir / n).exists()}
+    result.seconds = round(time.time() - t0, 1)
+    return result
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML; loading it back gives the same recipe."""
+    import yaml
+
+    return yaml.safe_dump(copy.deepcopy(recipe.to_dict()), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,162 @@
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+
+from medfm_compress.cli import cli
+from medfm_compress.errors import ConfigError
+from medfm_compress.pipeline import DEMO_RECIPE, load_recipe, resolve_recipe, run_pipeline
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+FAST_BENCH = {"iterations": 5, "warmup": 1, "n_resamples": 100}
+
+
+def _tiny_recipe(out, **over):
+    raw = {
+        "version": 1, "name": "tiny", "out": str(out), "data": TINY_DATA,
+        "distill": {"teacher": TINY_TEACHER, "student": TINY_STUDENT, "teacher_epochs": 1, "epochs": 1,
+                    "batch_size": 32, "baseline": True, "augment": False},
+        "export": {"num_check": 8},
+        "quantize": [{"name": "int8", "target": "cpu", "precision": "int8", "num_calib": 32, "num_holdout": 32,
+                      "min_agreement": 0.0}],
+        "tensorrt": [{"name": "trt-fp32", "source": "fp32", "precision": "fp32", "batch_sizes": [1, 4]}],
+        "bench": {"reference": "teacher", **FAST_BENCH, "max_size_mb": 100.0},
+    }
+    raw.update(over)
+    return raw
+
+
+def test_recipe_runs_caches_and_reruns_from_a_stage(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    rec = resolve_recipe(_tiny_recipe(tmp_path / "run"))
+    r1 = run_pipeline(rec, progress=False)
+    assert r1.ran == ["distill", "export", "quantize:int8", "tensorrt:trt-fp32", "bench"] and not r1.cached
+    run = tmp_path / "run"
+    for name in ("student.onnx", "student.int8.onnx", "student.trt-fp32.engine", "manifest.json", "pipeline.json"):
+        assert (run / name).is_file(), name
+    report = r1.report
+    names = {a["name"] for a in report["artifacts"]}
+    assert {"teacher", "baseline", "student-fp32", "student-int8"} <= names
+    assert set(r1.report_files) == {"report.json", "report.md", "junit.xml", "pareto.png"}
+    r2 = run_pipeline(rec, progress=False)
+    assert r2.ran == [] and r2.cached == r1.ran
+    r3 = run_pipeline(rec, from_stage="quantize", progress=False)
+    assert r3.cached == ["distill", "export"] and r3.ran == ["quantize:int8", "tensorrt:trt-fp32", "bench"]
+    # A changed input invalidates the stages that read it, and only those.
+    with open(run / "student.int8.onnx", "ab") as fh:
+        fh.write(b"\0")
+    r4 = run_pipeline(rec, progress=False)
+    assert "quantize:int8" in r4.ran and "export" in r4.cached
+
+
+def test_print_config_reproduces_the_run(tmp_path):
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(yaml.safe_dump(_tiny_recipe(tmp_path / "run", tensorrt=[], quantize=[])))
+    r = CliRunner().invoke(cli, ["run", str(recipe_file), "--print-config"])
+    assert r.exit_code == 0, r.output
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(r.stdout)
+    assert load_recipe(printed) == load_recipe(recipe_file)
+    r = CliRunner().invoke(cli, ["run", str(printed), "--quiet"])
+    assert r.exit_code in (0, 3), r.output
+    r = CliRunner().invoke(cli, ["run", str(recipe_file), "--quiet"])
+    assert "cached: distill, export, bench" in r.output
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r.update(distil={}), "did you mean 'distill'"),
+        (lambda r: r["distill"].update(epoch=3), "did you mean 'epochs'"),
+        (lambda r: r["quantize"][0].update(precison="int8"), "did you mean 'precision'"),
+        (lambda r: r["bench"].update(max_auc_drp=1), "did you mean 'max_auc_drop'"),
+        (lambda r: r["distill"].update(epochs="ten"), "must be an integer"),
+        (lambda r: r["distill"].update(out="x"), "set by the pipeline"),
+        (lambda r: r["tensorrt"][0].update(source="nope"), "neither 'fp32' nor a quantize variant"),
+        (lambda r: r.update(version=7), "version"),
+    ],
+)
+def test_recipe_errors_name_the_key(tmp_path, mutate, message):
+    raw = _tiny_recipe(tmp_path)
+    mutate(raw)
+    with pytest.raises(ConfigError, match=message):
+        resolve_recipe(raw)
+
+
+def test_bad_yaml_and_unknown_stage(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distill: [unclosed")
+    r = CliRunner().invoke(cli, ["run", str(bad)])
+    assert r.exit_code == 1 and "not valid YAML" in r.stderr
+    bad.write_text("!!python/object/apply:os.system ['touch PWNED']\n")
+    r = CliRunner().invoke(cli, ["run", str(bad)])
+    assert r.exit_code == 1 and not os.path.exists("PWNED")
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(_tiny_recipe(tmp_path / "run", tensorrt=[], quantize=[])))
+    r = CliRunner().invoke(cli, ["run", str(good), "--from", "quantise"])
+    assert r.exit_code == 1 and "not a stage" in r.stderr
+
+
+def test_demo_recipe_file_matches_the_builtin():
+    assert yaml.safe_load((RECIPES / "demo.yaml").read_text()) == DEMO_RECIPE
+    resolve_recipe(DEMO_RECIPE)
+
+
+def _shrink(raw, out, data, teacher_weights):
+    raw["out"] = str(out)
+    raw["data"] = data
+    raw["distill"].update(teacher=TINY_TEACHER, teacher_weights=str(teacher_weights), student=TINY_STUDENT, epochs=1,
+                          batch_size=8)
+    raw["bench"].update(FAST_BENCH)
+    raw["bench"].pop("min_speedup", None)
+    for q in raw.get("quantize", []):
+        q.update(num_calib=16, num_holdout=16, min_agreement=0.0)
+        if q["precision"] == "auto":
+            q.update(latency_runs=3)
+    return raw
+
+
+def _teacher(path, num_classes):
+    from medfm_compress.models import create_model, save_state_dict
+
+    save_state_dict(create_model(TINY_TEACHER, num_classes, 1), path)
+
+
+def test_medmnist_example_recipe_on_small_data(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (60, 32, 32), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", train_images=imgs[:40], train_labels=(np.arange(40) % 2)[:, None],
+             val_images=imgs[40:44], val_labels=(np.arange(4) % 2)[:, None],
+             test_images=imgs[44:], test_labels=(np.arange(16) % 2)[:, None])
+    _teacher(tmp_path / "t.safetensors", 2)
+    raw = _shrink(yaml.safe_load((RECIPES / "pneumonia-medmnist.yaml").read_text()), tmp_path / "run",
+                  f"medmnist:{tmp_path / 'd.npz'}", tmp_path / "t.safetensors")
+    res = run_pipeline(resolve_recipe(raw), progress=False)
+    assert "bench" in res.ran and (tmp_path / "run" / "student.trt-int8.engine").is_file()
+
+
+def test_dicom_example_recipe_on_small_data(tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    import pydicom
+
+    ct = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
+    if not ct.exists():
+        pytest.skip("pydicom's CT_small.dcm is not shipped with this pydicom")
+    d = tmp_path / "dcm"
+    d.mkdir()
+    rows = ["file,label,split"]
+    for i in range(24):
+        shutil.copy(ct, d / f"s{i}.dcm")
+        rows.append(f"s{i}.dcm,{i % 2},{'train' if i < 16 else 'test'}")
+    (d / "labels.csv").write_text("\n".join(rows))
+    _teacher(tmp_path / "t.safetensors", 2)
+    raw = _shrink(yaml.safe_load((RECIPES / "chest-dicom.yaml").read_text()), tmp_path / "run",
+                  f"dicom:{d}?size=32", tmp_path / "t.safetensors")
+    res = run_pipeline(resolve_recipe(raw), progress=False)
+    assert "bench" in res.ran and res.report is not None
