@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "run": "run",
     "demo": "demo",
     "export": "export",
+    "quantize": "quantize",
     "report": "report",
     "verify": "verify",
 }

@@ -1,0 +1,181 @@
+"""``medfm-compress quantize``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ._common import csv_option
+
+
+@click.command(name="quantize")
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Output ONNX (default: next to the input, <name>.<precision>.onnx).",
+)
+@click.option("--calib-data", default=None, help="Calibration data spec (folder:DIR needs no labels.csv).")
+@click.option(
+    "--target",
+    default="cpu",
+    show_default=True,
+    help="Deployment target: cpu (ONNX Runtime); others when their backend is installed.",
+)
+@click.option(
+    "--precision",
+    default="int8",
+    show_default=True,
+    help="cpu: int8 (static QDQ U8S8), int8-dynamic, fp16, auto (fastest that passes the gate).",
+)
+@click.option("--method", default="ptq", show_default=True, help="ptq (post-training).")
+@click.option(
+    "--calibrator",
+    type=click.Choice(["minmax", "percentile", "entropy"]),
+    default="minmax",
+    show_default=True,
+)
+@click.option(
+    "--num-calib", default=256, show_default=True, type=int, help="Calibration images (stratified)."
+)
+@click.option(
+    "--num-holdout", default=256, show_default=True, type=int, help="Held-out images for the parity gate."
+)
+@click.option(
+    "--num-bins", default=2048, show_default=True, type=int, help="Histogram bins (percentile, entropy)."
+)
+@click.option("--percentile", default=99.999, show_default=True, type=float)
+@click.option("--per-tensor", is_flag=True, help="Per-tensor instead of per-channel weight scales.")
+@click.option(
+    "--auto-exclude", is_flag=True, help="Keep the most damaging nodes in fp32 until the gate holds."
+)
+@click.option("--exclude", default=None, help="Comma-separated node names to keep in fp32.")
+@click.option(
+    "--min-agreement",
+    default=0.99,
+    show_default=True,
+    type=float,
+    help="Gate: top-1 agreement with fp32 on held-out data.",
+)
+@click.option("--min-cosine", default=None, type=float, help="Gate: mean logit cosine with fp32.")
+@click.option("--fp16-io", is_flag=True, help="With fp16: float16 input and output too.")
+@click.option(
+    "--allow-random-calibration", is_flag=True, help="Calibrate on random tensors (recorded in metadata)."
+)
+@click.option("--input-size", default=None, type=int, help="For an ONNX without medfm metadata: input size.")
+@click.option("--channels", default=None, type=int, help="For an ONNX without medfm metadata: channels.")
+@click.option(
+    "--mean",
+    default=None,
+    help="For an ONNX without medfm metadata: per-channel mean, e.g. 0.485,0.456,0.406.",
+)
+@click.option("--std", default=None, help="For an ONNX without medfm metadata: per-channel std.")
+@click.option(
+    "--model",
+    "model_name",
+    type=click.Choice(["student", "teacher", "baseline"]),
+    default="student",
+    show_default=True,
+    help="Which model of a run directory.",
+)
+@click.option("--teacher", default=None, help="Teacher for methods that need one (qat).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Use an input whose hash differs from the run manifest.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(
+    input_path,
+    out,
+    calib_data,
+    target,
+    precision,
+    method,
+    calibrator,
+    num_calib,
+    num_holdout,
+    num_bins,
+    percentile,
+    per_tensor,
+    auto_exclude,
+    exclude,
+    min_agreement,
+    min_cosine,
+    fp16_io,
+    allow_random_calibration,
+    input_size,
+    channels,
+    mean,
+    std,
+    model_name,
+    teacher,
+    seed,
+    force,
+    quiet,
+    as_json,
+):
+    """Quantize INPUT (an ONNX file or a run directory) for a deployment target.
+
+    The output keeps the model's metadata with the new precision and the calibration provenance; a model that
+    fails the parity gate on held-out data is not written.
+    """
+    from ..compress.quantize import QuantizeConfig, quantize
+
+    cfg = QuantizeConfig(
+        input=input_path,
+        out=out,
+        calib_data=calib_data,
+        target=target,
+        precision=precision,
+        method=method,
+        calibrator=calibrator,
+        num_calib=num_calib,
+        num_holdout=num_holdout,
+        num_bins=num_bins,
+        percentile=percentile,
+        per_channel=not per_tensor,
+        auto_exclude=auto_exclude,
+        exclude_nodes=csv_option(exclude),
+        min_agreement=min_agreement,
+        min_cosine=min_cosine,
+        fp16_io=fp16_io,
+        allow_random_calibration=allow_random_calibration,
+        input_size=input_size,
+        channels=channels,
+        mean=csv_option(mean, float),
+        std=csv_option(std, float),
+        model=model_name,
+        teacher=teacher,
+        seed=seed,
+        force=force,
+        progress=not quiet and not as_json,
+    )
+    res = quantize(cfg)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "path": str(res.path),
+                    "precision": res.precision,
+                    "size_bytes": res.size_bytes,
+                    "seconds": res.seconds,
+                    "report": res.report,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    p = res.report.get("parity", {})
+    click.echo(
+        f"wrote {res.path} ({res.precision}, {res.size_bytes / 1e6:.2f} MB, "
+        f"{res.input_size_bytes / max(res.size_bytes, 1):.2f}x smaller, {res.seconds:.1f} s)"
+    )
+    if p:
+        click.echo(
+            f"held-out parity vs fp32: top-1 agreement {p['top1_agreement']:.4f}, cosine {p['cosine']:.5f}, "
+            f"SQNR {p['sqnr_db']:.1f} dB"
+        )
+    if "auto_exclude" in res.report:
+        click.echo(f"auto-exclude kept {len(res.report['auto_exclude']['excluded'])} node(s) in fp32")

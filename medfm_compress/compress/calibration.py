@@ -1,0 +1,184 @@
+"""Calibration and held-out sets for post-training quantization.
+
+Images come from a data spec, drawn stratified by class with a seed and preprocessed exactly as the model's
+metadata says. Held-out images (for the parity gate) never overlap the calibration images. Random
+calibration exists only behind an explicit flag, and the set says so, so that the output's metadata can too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+
+__all__ = [
+    "CalibrationSet",
+    "stratified_indices",
+    "build_calibration",
+    "validate_inputs",
+    "random_calibration",
+]
+
+
+@dataclass
+class CalibrationSet:
+    """Preprocessed NCHW float32 calibration and held-out images plus where they came from."""
+
+    images: np.ndarray
+    holdout: np.ndarray
+    source: str
+    random: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "data": self.source,
+            "random": self.random,
+            "num_calibration": len(self.images),
+            "num_holdout": len(self.holdout),
+            **self.info,
+        }
+
+
+def _strata(labels: np.ndarray, task: str) -> np.ndarray:
+    """One group id per image: the class (multi-class, binary) or the first positive label (multi-label)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        has = labels.any(axis=1)
+        return np.where(has, labels.argmax(axis=1), -1)
+    return labels.astype(np.int64)
+
+
+def stratified_indices(labels: np.ndarray, n: int, seed: int = 0, task: str = "multiclass") -> np.ndarray:
+    """``n`` indices (or all, if fewer) drawn so each class keeps its share, every present class at least once.
+
+    Deterministic for a given ``seed``; the result is sorted.
+    """
+    groups = _strata(labels, task)
+    total = len(groups)
+    if n >= total:
+        return np.arange(total)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(groups, return_counts=True)
+    quota = np.maximum(1, np.floor(counts * n / total).astype(int))
+    quota = np.minimum(quota, counts)
+    # Hand out what rounding left over to the largest classes first (or take back from them).
+    order = np.argsort(-counts, kind="stable")
+    i = 0
+    while quota.sum() < n:
+        k = order[i % len(order)]
+        if quota[k] < counts[k]:
+            quota[k] += 1
+        i += 1
+    while quota.sum() > n:
+        k = order[i % len(order)]
+        if quota[k] > 1:
+            quota[k] -= 1
+        i += 1
+    picked = [
+        rng.choice(np.flatnonzero(groups == c), size=q, replace=False)
+        for c, q in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+def validate_inputs(x: np.ndarray, shape: tuple[int, int, int], source: str) -> np.ndarray:
+    """Check preprocessed images against the model's ``(C, H, W)``; NaN/Inf and mismatches are errors."""
+    if x.ndim != 4:
+        raise DataError(f"{source}: calibration images must be NCHW, got shape {x.shape}")
+    c, h, w = shape
+    if x.shape[1] != c:
+        raise DataError(
+            f"{source}: calibration images have {x.shape[1]} channel(s) but the model expects {c}; "
+            "check --channels or the data"
+        )
+    if tuple(x.shape[2:]) != (h, w):
+        raise DataError(
+            f"{source}: calibration images are {x.shape[2]}x{x.shape[3]} but the model expects {h}x{w}; "
+            "check --input-size"
+        )
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
+        raise DataError(
+            f"{source}: {bad} calibration image(s) contain NaN/Inf after preprocessing; clean the data"
+        )
+    return x
+
+
+def random_calibration(shape: tuple[int, int, int], n: int, n_holdout: int, seed: int = 0) -> CalibrationSet:
+    """Standard-normal tensors in the model's normalised input space (only with --allow-random-calibration)."""
+    rng = np.random.default_rng(seed)
+    cal = rng.standard_normal((n, *shape)).astype(np.float32)
+    hold = rng.standard_normal((n_holdout, *shape)).astype(np.float32)
+    return CalibrationSet(cal, hold, "random", random=True)
+
+
+def build_calibration(
+    spec: str | None,
+    pre,
+    shape: tuple[int, int, int],
+    n: int,
+    n_holdout: int,
+    seed: int = 0,
+    allow_random: bool = False,
+) -> CalibrationSet:
+    """Load ``spec``, draw ``n`` stratified calibration images and up to ``n_holdout`` disjoint held-out images.
+
+    Calibration comes from the ``train`` split (else ``val``, else ``test``); held-out images from ``test``
+    (else ``val``), or, for a single-split source such as an unlabeled folder, from the images not drawn
+    for calibration.
+
+    Args:
+        spec: data spec; None needs ``allow_random``.
+        pre: the model's :class:`~medfm_compress.data.PreprocessSpec`.
+        shape: the model's ``(C, H, W)``.
+        n: calibration images.
+        n_holdout: held-out images for the parity gate.
+        seed: sampling seed.
+        allow_random: with no ``spec``, use random tensors instead of failing.
+    """
+    if n < 1:
+        raise ConfigError(f"--num-calib must be >= 1, got {n}")
+    if not spec:
+        if allow_random:
+            return random_calibration(shape, n, n_holdout, seed)
+        raise ConfigError(
+            "no calibration data: pass --calib-data SPEC (e.g. folder:DIR or medmnist:FILE.npz); "
+            "random calibration needs --allow-random-calibration"
+        )
+    from ..data import load_data
+
+    task = load_data(spec, require_labels=False, seed=seed)
+    nonempty = [s for s in ("train", "val", "test") if s in task.splits and len(task.splits[s])]
+    if not nonempty:
+        raise DataError(f"{spec} holds no images to calibrate with")
+    cal_split = nonempty[0]
+    pool = task.splits[cal_split]
+    cal_idx = stratified_indices(pool.labels, n, seed, task.task)
+    hold_split = next((s for s in ("test", "val") if s in nonempty and s != cal_split), None)
+    if hold_split is not None:
+        hs = task.splits[hold_split]
+        hold_idx = stratified_indices(hs.labels, n_holdout, seed + 1, task.task)
+        hold_raw = hs.images[hold_idx]
+    else:
+        rest = np.setdiff1d(np.arange(len(pool)), cal_idx)
+        hold_idx = (
+            rest[stratified_indices(pool.labels[rest], n_holdout, seed + 1, task.task)] if len(rest) else rest
+        )
+        hold_raw = pool.images[hold_idx]
+    try:
+        images = pre(pool.images[cal_idx])
+        holdout = pre(hold_raw) if len(hold_raw) else images[:0]
+    except DataError as e:
+        raise DataError(f"{spec}: {e}") from None
+    validate_inputs(images, shape, spec)
+    if len(holdout):
+        validate_inputs(holdout, shape, spec)
+    info = {"calibration_split": cal_split, "holdout_split": hold_split or f"{cal_split} (rest)"}
+    if not len(holdout):
+        # A tiny single-split folder: the gate can only be judged on the calibration images; say so.
+        holdout, info["holdout_split"] = images, f"{cal_split} (same as calibration: too few images)"
+    return CalibrationSet(images, holdout, spec, random=False, info=info)

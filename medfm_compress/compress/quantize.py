@@ -1,0 +1,472 @@
+"""Post-training quantization of ONNX models, dispatched to a per-target backend.
+
+``quantize(QuantizeConfig(...))`` takes any ONNX file (ours, or any other with its preprocessing given by
+flags) or a run directory (exported first), builds a calibration set, hands both to the backend registered
+for ``cfg.target`` and writes the backend's model atomically with updated ``medfm.*`` metadata.
+
+Backends register themselves with :func:`register_target`; modules named ``medfm_compress.compress.quantize_*``
+are imported on first use, so a new target (e.g. ``tensorrt``) needs a new module only::
+
+    @register_target("tensorrt", precisions=("int8", "fp8"), methods=("ptq", "qat"))
+    def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._io import sha256_file
+from ..config import config_to_dict
+from ..errors import ConfigError, ExportError, ModelError
+from .calibration import CalibrationSet, build_calibration
+
+__all__ = [
+    "QuantizeConfig",
+    "QuantizeResult",
+    "QuantizeContext",
+    "QuantizedModel",
+    "QuantTarget",
+    "register_target",
+    "get_target",
+    "available_targets",
+    "quantize",
+    "CALIBRATORS",
+]
+
+CONFIG_VERSION = 1
+CALIBRATORS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """``medfm-compress quantize``. ``None`` means "use the default".
+
+    Attributes:
+        input: an ONNX file or a run directory (its ``model`` is exported first).
+        out: output ONNX path (default: next to the input, ``<stem>.<precision>.onnx``).
+        calib_data: data spec of the calibration images (any spec; folders need no labels).
+        target: deployment target, a registered backend name (``cpu``: ONNX Runtime).
+        precision: what the target should produce (``int8``, ``int8-dynamic``, ``fp16``, ``auto`` on cpu).
+        method: ``ptq`` (post-training); targets may register more (``qat``).
+        calibrator: ``minmax`` | ``percentile`` | ``entropy``.
+        num_calib: calibration images, drawn stratified by class.
+        num_holdout: held-out images for the parity gate.
+        num_bins: histogram bins of the percentile/entropy calibrators (ORT would silently use 128).
+        percentile: percentile of the percentile calibrator.
+        per_channel: per-channel weight scales.
+        auto_exclude: keep the most damaging nodes in fp32 until the parity gate holds.
+        exclude_nodes: node names always kept in fp32.
+        min_agreement: parity gate, top-1 agreement with fp32 on held-out data (0 disables).
+        min_cosine: parity gate, mean logit cosine with fp32 on held-out data (None disables).
+        fp16_io: with ``fp16``, make the model's input and output float16 too.
+        allow_random_calibration: calibrate on random tensors when no data is given (recorded in metadata).
+        input_size, channels, mean, std: preprocessing of an ONNX without medfm metadata.
+        model: which model of a run directory (student, teacher, baseline).
+        teacher: teacher for methods that need one (qat).
+        latency_runs: timed runs per candidate when latency decides (auto, auto-exclude).
+        seed: sampling seed.
+        force: use an input whose hash differs from the run manifest.
+        progress: print progress lines.
+    """
+
+    input: str
+    out: str | None = None
+    calib_data: str | None = None
+    target: str = "cpu"
+    precision: str = "int8"
+    method: str = "ptq"
+    calibrator: str = "minmax"
+    num_calib: int = 256
+    num_holdout: int = 256
+    num_bins: int = 2048
+    percentile: float = 99.999
+    per_channel: bool = True
+    auto_exclude: bool = False
+    exclude_nodes: tuple[str, ...] | None = None
+    min_agreement: float = 0.99
+    min_cosine: float | None = None
+    fp16_io: bool = False
+    allow_random_calibration: bool = False
+    input_size: int | None = None
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    model: str = "student"
+    teacher: str | None = None
+    latency_runs: int = 50
+    seed: int = 0
+    force: bool = False
+    progress: bool = True
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self):
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(
+                f"quantize config version {self.version} is not supported (expected {CONFIG_VERSION})"
+            )
+        if self.calibrator not in CALIBRATORS:
+            raise ConfigError(
+                f"--calibrator must be one of {', '.join(CALIBRATORS)}, got {self.calibrator!r}"
+            )
+        for name in ("num_calib", "num_holdout", "num_bins", "latency_runs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ConfigError(f"--min-agreement must be in [0, 1], got {self.min_agreement}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise ConfigError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile}")
+        if self.model not in ("student", "teacher", "baseline"):
+            raise ConfigError(f"--model must be student, teacher or baseline, got {self.model!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclass
+class QuantizeContext:
+    """What a target backend gets: the fp32 model (file and proto), its metadata and the calibration set."""
+
+    cfg: QuantizeConfig
+    fp32_path: Path
+    fp32_proto: Any
+    meta: Any
+    calib: CalibrationSet
+    input_shape: tuple[int, int, int]
+    workdir: Path
+    run_dir: Path | None = None
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class QuantizedModel:
+    """A backend's output: the model, the precision it ended up in, provenance and a report (parity, timing)."""
+
+    proto: Any
+    precision: str
+    provenance: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    precision: str
+    meta: Any
+    report: dict[str, Any]
+    seconds: float
+    size_bytes: int
+    input_size_bytes: int
+
+
+@dataclass(frozen=True)
+class QuantTarget:
+    name: str
+    fn: Callable[[QuantizeContext], QuantizedModel]
+    precisions: tuple[str, ...]
+    methods: tuple[str, ...]
+    check: Callable[[Any, QuantizeConfig], None] | None = None
+
+
+_TARGETS: dict[str, QuantTarget] = {}
+_DISCOVERED = False
+
+
+def register_target(
+    name: str,
+    precisions: tuple[str, ...],
+    methods: tuple[str, ...] = ("ptq",),
+    check: Callable[[Any, QuantizeConfig], None] | None = None,
+):
+    """Decorator registering a quantization backend for ``--target name``; a duplicate name is an error.
+
+    ``check(fp32_proto, cfg)``, when given, runs before calibration data is loaded and raises a
+    :class:`~medfm_compress.errors.MedfmError` for a model the target cannot handle (e.g. an unsupported op).
+    """
+
+    def deco(fn: Callable[[QuantizeContext], QuantizedModel]):
+        if name in _TARGETS:
+            raise ValueError(
+                f"quantization target {name!r} is already registered by {_TARGETS[name].fn.__module__}"
+            )
+        _TARGETS[name] = QuantTarget(name, fn, tuple(precisions), tuple(methods), check)
+        return fn
+
+    return deco
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    from .. import compress
+
+    for mod in pkgutil.iter_modules(compress.__path__):
+        if mod.name.startswith("quantize_"):
+            importlib.import_module(f"{compress.__name__}.{mod.name}")
+
+
+def available_targets() -> dict[str, QuantTarget]:
+    _discover()
+    return dict(_TARGETS)
+
+
+def get_target(name: str) -> QuantTarget:
+    targets = available_targets()
+    if name not in targets:
+        raise ConfigError(f"unknown --target {name!r}; available: {', '.join(sorted(targets)) or 'none'}")
+    return targets[name]
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _meta_from_flags(cfg: QuantizeConfig, shape: tuple[int, int, int], source: str):
+    from ..data.preprocess import PreprocessSpec
+    from ..export.metadata import ModelMeta
+
+    missing = [
+        flag
+        for flag, v in (
+            ("--input-size", cfg.input_size),
+            ("--channels", cfg.channels),
+            ("--mean", cfg.mean),
+            ("--std", cfg.std),
+        )
+        if v is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"{source} carries no medfm-compress metadata; give its preprocessing with "
+            f"{', '.join(missing)} (missing)"
+        )
+    pre = PreprocessSpec(
+        input_size=(cfg.input_size, cfg.input_size),
+        channels=cfg.channels,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+    )
+    return ModelMeta(
+        preprocess=pre,
+        task="multiclass",
+        label_names=[],
+        arch="",
+        precision="fp32",
+        provenance={"source": Path(source).name},
+    )
+
+
+def _input_shape(proto, source: str) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the model's single image input; no batch axis or a dynamic spatial size is an error."""
+    init = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in init]
+    if len(inputs) != 1:
+        raise ModelError(f"{source} has {len(inputs)} inputs; quantization needs a single image input")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ModelError(
+            f"{source}: input {inputs[0].name!r} has rank {len(dims)}; expected NCHW with a batch axis "
+            "(re-export with a dynamic batch dimension)"
+        )
+    if dims[0].HasField("dim_value") and dims[0].dim_value != 1:
+        raise ModelError(
+            f"{source}: input {inputs[0].name!r} has a fixed batch of {dims[0].dim_value}; "
+            "re-export with a dynamic batch axis"
+        )
+    if dims[0].HasField("dim_value") and dims[0].dim_value == 1 and not dims[0].dim_param:
+        # Batch fixed at 1 is a model with no batch axis to speak of: ORT's calibration feeds batches.
+        raise ModelError(
+            f"{source}: input {inputs[0].name!r} has no batch axis (batch fixed at 1); "
+            "re-export with a dynamic batch dimension (medfm-compress export does)"
+        )
+    chw = []
+    for d in dims[1:]:
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            raise ModelError(
+                f"{source}: input {inputs[0].name!r} has a dynamic C/H/W dimension; re-export with a "
+                "static spatial size"
+            )
+        chw.append(int(d.dim_value))
+    return tuple(chw)  # type: ignore[return-value]
+
+
+def _check_meta_matches(meta, shape: tuple[int, int, int], source: str) -> None:
+    pre = meta.preprocess
+    if pre.channels != shape[0]:
+        raise ModelError(
+            f"{source}: preprocessing says {pre.channels} channel(s) but the model input has {shape[0]}; "
+            "fix --channels"
+        )
+    if tuple(pre.input_size) != shape[1:]:
+        raise ModelError(
+            f"{source}: preprocessing says {pre.input_size[0]}x{pre.input_size[1]} but the model input "
+            f"is {shape[1]}x{shape[2]}; fix --input-size"
+        )
+
+
+def _resolve_input(cfg: QuantizeConfig, workdir: Path, log) -> tuple[Path, Any, Path | None]:
+    """(fp32 ONNX path, proto, run dir or None). A run directory is exported first."""
+    from ..export.onnx import ExportConfig, export_onnx, load_onnx_checked
+
+    src = Path(cfg.input)
+    if src.is_dir():
+        if not (src / f"{cfg.model}.json").is_file():
+            raise ModelError(
+                f"{src} is a directory without {cfg.model}.json; give an .onnx file or a run directory"
+            )
+        out = src / f"{cfg.model}.onnx"
+        log(f"exporting {cfg.model} of {src} to {out}")
+        res = export_onnx(ExportConfig(source=str(src), out=str(out), model=cfg.model, force=cfg.force))
+        return res.path, load_onnx_checked(res.path), src
+    proto = load_onnx_checked(src)
+    run_dir = src.parent if (src.parent / "manifest.json").is_file() else None
+    return src, proto, run_dir
+
+
+def _default_out(cfg: QuantizeConfig, fp32_path: Path, precision: str) -> Path:
+    stem = fp32_path.name[: -len(".onnx")] if fp32_path.name.endswith(".onnx") else fp32_path.stem
+    return fp32_path.with_name(f"{stem}.{precision}.onnx")
+
+
+def quantize(cfg: QuantizeConfig) -> QuantizeResult:
+    """Quantize ``cfg.input`` for ``cfg.target``; writes nothing unless every check passes."""
+    from ..export.metadata import decode_metadata
+    from ..export.onnx import save_onnx, set_meta
+    from ..manifest import Manifest
+
+    t0 = time.time()
+    log = (lambda s: print(s, file=sys.stderr, flush=True)) if cfg.progress else (lambda s: None)
+    target = get_target(cfg.target)
+    if cfg.precision not in target.precisions:
+        raise ConfigError(
+            f"--target {cfg.target} supports --precision {', '.join(target.precisions)}; "
+            f"got {cfg.precision!r}"
+        )
+    if cfg.method not in target.methods:
+        raise ConfigError(
+            f"--target {cfg.target} supports --method {', '.join(target.methods)}; got {cfg.method!r}"
+        )
+    if cfg.out and Path(cfg.out).resolve() == Path(cfg.input).resolve():
+        raise ConfigError("--out must differ from the input model")
+
+    with tempfile.TemporaryDirectory(prefix="medfm-quant-") as tmp:
+        workdir = Path(tmp)
+        fp32_path, proto, run_dir = _resolve_input(cfg, workdir, log)
+        manifest = (
+            Manifest(run_dir) if run_dir is not None and (run_dir / "manifest.json").is_file() else None
+        )
+        if manifest is not None:
+            manifest.check_input(fp32_path, cfg.force)
+        shape = _input_shape(proto, str(fp32_path))
+        props = {p.key: p.value for p in proto.metadata_props}
+        ours = props.get("medfm.format") is not None
+        meta = (
+            decode_metadata(props, str(fp32_path)) if ours else _meta_from_flags(cfg, shape, str(fp32_path))
+        )
+        _check_meta_matches(meta, shape, str(fp32_path))
+        if ours and meta.precision != "fp32":
+            raise ModelError(f"{fp32_path} is already {meta.precision}; quantize the fp32 model instead")
+        if target.check is not None:
+            target.check(proto, cfg)
+        calib = build_calibration(
+            cfg.calib_data,
+            meta.preprocess,
+            shape,
+            cfg.num_calib,
+            cfg.num_holdout,
+            cfg.seed,
+            cfg.allow_random_calibration,
+        )
+        log(
+            f"calibration: {len(calib.images)} images, held-out: {len(calib.holdout)} images ({calib.source})"
+        )
+        ctx = QuantizeContext(
+            cfg=cfg,
+            fp32_path=fp32_path,
+            fp32_proto=proto,
+            meta=meta,
+            calib=calib,
+            input_shape=shape,
+            workdir=workdir,
+            run_dir=run_dir,
+            log=log,
+        )
+        out = Path(cfg.out) if cfg.out else None
+        rec = (
+            manifest.start("quantize", cfg.to_dict(), {"model": fp32_path, "calibration": calib.source})
+            if manifest is not None
+            else None
+        )
+        qm = target.fn(ctx)
+
+        provenance = {
+            **meta.provenance,
+            "quantization": {
+                "tool": f"medfm-compress {__version__}",
+                "target": cfg.target,
+                "method": cfg.method,
+                "requested_precision": cfg.precision,
+                "precision": qm.precision,
+                "source_model": fp32_path.name,
+                "source_model_sha256": sha256_file(fp32_path),
+                "calibration": calib.provenance(),
+                **qm.provenance,
+            },
+        }
+        new_meta = dataclasses.replace(meta, precision=qm.precision, provenance=provenance)
+        set_meta(qm.proto, new_meta)
+        _check_output(qm.proto, cfg)
+        out = out or _default_out(cfg, fp32_path, qm.precision)
+        save_onnx(qm.proto, out)
+        report = {**qm.report, "calibration": calib.provenance()}
+        if manifest is not None and rec is not None:
+            manifest.finish(rec, {"onnx": out}, {k: v for k, v in report.items() if k != "calibration"})
+        size_in = fp32_path.stat().st_size
+    return QuantizeResult(
+        out, qm.precision, new_meta, report, round(time.time() - t0, 2), out.stat().st_size, size_in
+    )
+
+
+def _check_output(proto, cfg: QuantizeConfig) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(
+            f"the {cfg.precision} model for --target {cfg.target} fails onnx.checker "
+            f"({str(e).strip().splitlines()[0][:200]}); nothing written"
+        ) from None
+
+
+def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, float]:
+    """Parity of a quantized model's logits against fp32 on the same inputs."""
+    from ..bench.metrics import cosine_similarity, max_abs_error, sqnr_db, top1_agreement
+
+    return {
+        "top1_agreement": top1_agreement(ref, got, task),
+        "cosine": cosine_similarity(ref, got),
+        "max_abs": max_abs_error(ref, got),
+        "sqnr_db": sqnr_db(ref, got),
+    }
+
+
+def gate_passes(parity: dict[str, float], cfg: QuantizeConfig) -> bool:
+    """The parity gate: top-1 agreement and (when set) cosine on held-out data."""
+    if parity["top1_agreement"] < cfg.min_agreement:
+        return False
+    return cfg.min_cosine is None or parity["cosine"] >= cfg.min_cosine

@@ -1,0 +1,118 @@
+"""Per-node quantization sensitivity and automatic exclusion of the most damaging nodes.
+
+Each quantizable node is quantized alone (every other node fp32) and the model's logits on calibration
+images are compared with fp32: the SQNR of that comparison is the node's error contribution. Auto-exclusion
+then keeps the worst nodes in fp32, growing the set geometrically, until the parity gate holds on held-out
+data; the result must still be faster than fp32, or it is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import GateFailure
+from .quantize import QuantizeContext, gate_passes, parity_report
+
+__all__ = ["NodeSensitivity", "AutoExcludeResult", "node_sensitivity", "auto_exclude", "exclusion_schedule"]
+
+# Images used to rank nodes: enough to order them, small enough to quantize every node once.
+SENSITIVITY_IMAGES = 32
+
+
+@dataclass
+class NodeSensitivity:
+    name: str
+    op_type: str
+    sqnr_db: float
+    cosine: float
+    top1_agreement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "op_type": self.op_type,
+            "sqnr_db": self.sqnr_db,
+            "cosine": self.cosine,
+            "top1_agreement": self.top1_agreement,
+        }
+
+
+@dataclass
+class AutoExcludeResult:
+    proto: Any
+    parity: dict[str, float]
+    excluded: list[str]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    ranking: list[dict[str, Any]] = field(default_factory=list)
+    latency_ms: float | None = None
+    fp32_latency_ms: float | None = None
+
+
+def node_sensitivity(
+    sq, nodes, x: np.ndarray, ref: np.ndarray, task: str, progress: bool = True
+) -> list[NodeSensitivity]:
+    """Quantize each node of ``nodes`` alone and measure the logits' SQNR against fp32 on ``x``; worst first."""
+    from tqdm.auto import tqdm
+
+    from .quantize_ort import _run
+
+    out = []
+    for node in tqdm(nodes, desc="sensitivity", disable=not progress, leave=False):
+        got = _run(sq.quantize(only=[node.name]), x)
+        p = parity_report(ref, got, task)
+        out.append(NodeSensitivity(node.name, node.op_type, p["sqnr_db"], p["cosine"], p["top1_agreement"]))
+    return sorted(out, key=lambda s: s.sqnr_db)
+
+
+def exclusion_schedule(n: int) -> list[int]:
+    """How many of the worst nodes to try excluding: 1, 2, 3, 4, 6, 8, 11, 16, ... up to ``n``."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k = max(k + 1, int(round(k * 1.4)))
+    ks.append(n)
+    return ks
+
+
+def auto_exclude(
+    ctx: QuantizeContext, sq, ref: np.ndarray, fp32_ms: float | None, base_exclude: list[str]
+) -> AutoExcludeResult:
+    """Exclude the most damaging nodes until the parity gate holds on held-out data, staying faster than fp32."""
+    from .quantize_ort import _run, latency_ms
+
+    cfg = ctx.cfg
+    full = sq.quantize(exclude=base_exclude)
+    nodes = [n for n in sq.quantizable_nodes(full) if n.name not in set(base_exclude)]
+    x = ctx.calib.images[:SENSITIVITY_IMAGES]
+    ctx.log(f"sensitivity: quantizing {len(nodes)} nodes one at a time on {len(x)} calibration images")
+    ranking = node_sensitivity(sq, nodes, x, _run(ctx.fp32_proto, x), ctx.meta.task, cfg.progress)
+    shape = (1, *ctx.input_shape)
+    fp32_ms = fp32_ms if fp32_ms is not None else latency_ms(ctx.fp32_proto, shape, cfg.latency_runs)
+    steps: list[dict[str, Any]] = []
+    for k in exclusion_schedule(len(ranking)):
+        excluded = [s.name for s in ranking[:k]]
+        proto = sq.quantize(exclude=base_exclude + excluded)
+        parity = parity_report(ref, _run(proto, ctx.calib.holdout), ctx.meta.task)
+        step = {"excluded": k, "top1_agreement": parity["top1_agreement"], "cosine": parity["cosine"]}
+        steps.append(step)
+        ctx.log(
+            f"auto-exclude: {k:3d} node(s) fp32 -> agreement {parity['top1_agreement']:.4f} "
+            f"cosine {parity['cosine']:.5f}"
+        )
+        if not gate_passes(parity, cfg):
+            continue
+        ms = latency_ms(proto, shape, cfg.latency_runs)
+        step["latency_ms"] = ms
+        if ms >= fp32_ms:
+            raise GateFailure(
+                f"auto-exclude reaches the parity gate only with {k} of {len(ranking)} nodes in fp32, and that model "
+                f"is not faster than fp32 ({ms:.2f} vs {fp32_ms:.2f} ms); use --precision auto or fp32"
+            )
+        return AutoExcludeResult(proto, parity, excluded, steps, [s.to_dict() for s in ranking], ms, fp32_ms)
+    raise GateFailure(
+        f"auto-exclude could not reach the parity gate (min agreement {cfg.min_agreement}) even with all "
+        f"{len(ranking)} nodes in fp32; nothing written"
+    )

@@ -1,0 +1,495 @@
+"""ONNX Runtime quantization: each precision on a tiny model, calibration sampling, the gate, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from medfm_compress.cli import cli
+from medfm_compress.compress import quantize_ort, sensitivity
+from medfm_compress.compress.calibration import build_calibration, stratified_indices, validate_inputs
+from medfm_compress.compress.quantize import QuantizeConfig, available_targets, quantize, register_target
+from medfm_compress.data import PreprocessSpec
+from medfm_compress.errors import ConfigError, DataError, GateFailure, ModelError
+from medfm_compress.export.metadata import ModelMeta
+from medfm_compress.export.onnx import export_model_to_onnx, ort_session, read_meta
+
+TINY = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
+FAST = {"num_calib": 32, "num_holdout": 32, "latency_runs": 5, "progress": False}
+
+
+def _tiny_model(channels=1, size=32):
+    from medfm_compress.models import create_model
+
+    torch.manual_seed(0)
+    m = create_model("timm:medfm_resnet10_w16", 4, channels, size).eval()
+    # timm zero-initialises the last BN of each block; randomise so quantization error is not hidden.
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+            mod.running_var.data.uniform_(0.5, 2.0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    d = tmp_path_factory.mktemp("q")
+    pre = PreprocessSpec((32, 32), 1, (0.5,), (0.25,))
+    meta = ModelMeta(pre, "multiclass", ["a", "b", "c", "d"], "timm:medfm_resnet10_w16")
+    return export_model_to_onnx(_tiny_model(), meta, d / "tiny.onnx", torch.zeros(1, 1, 32, 32))
+
+
+def _ops(proto):
+    return [n.op_type for n in proto.graph.node]
+
+
+def test_int8_static_is_u8s8_per_channel_qdq(tiny_onnx, tmp_path):
+    out = tmp_path / "q.onnx"
+    res = quantize(
+        QuantizeConfig(input=str(tiny_onnx), out=str(out), calib_data=TINY, min_agreement=0.9, **FAST)
+    )
+    proto = onnx.load(str(out))
+    ops = _ops(proto)
+    assert ops.count("QuantizeLinear") > 5 and ops.count("DequantizeLinear") > 5
+    inits = {i.name: i for i in proto.graph.initializer}
+    zp_types = {
+        inits[n.input[2]].data_type
+        for n in proto.graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits
+    }
+    assert TensorProto.UINT8 in zp_types  # activations
+    weights = [i for i in proto.graph.initializer if i.data_type == TensorProto.INT8 and len(i.dims) == 4]
+    assert weights  # int8 conv weights stored quantized
+    scales = [
+        inits[n.input[1]]
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in {w.name for w in weights}
+    ]
+    assert any(len(s.dims) == 1 and s.dims[0] > 1 for s in scales)  # per-channel
+    meta = read_meta(out)
+    assert meta.precision == "int8" and meta.preprocess.channels == 1
+    q = meta.provenance["quantization"]
+    assert q["calibration"]["num_calibration"] == 32 and q["calibration"]["random"] is False
+    assert len(q["source_model_sha256"]) == 64 and q["calibrator"] == "minmax"
+    assert res.report["parity"]["top1_agreement"] >= 0.9
+    assert res.size_bytes * 3 < res.input_size_bytes
+    ort_session(proto)
+
+
+def test_entropy_records_bins(tiny_onnx, tmp_path):
+    res = quantize(
+        QuantizeConfig(
+            input=str(tiny_onnx),
+            out=str(tmp_path / "e.onnx"),
+            calib_data=TINY,
+            calibrator="entropy",
+            num_bins=256,
+            min_agreement=0.0,
+            **FAST,
+        )
+    )
+    assert res.meta.provenance["quantization"]["num_bins"] == 256
+
+
+def test_dynamic_and_fp16(tiny_onnx, tmp_path):
+    dyn = quantize(
+        QuantizeConfig(
+            input=str(tiny_onnx),
+            out=str(tmp_path / "d.onnx"),
+            calib_data=TINY,
+            precision="int8-dynamic",
+            **FAST,
+        )
+    )
+    assert (
+        dyn.precision == "int8-dynamic"
+        and "MatMulInteger" in _ops(onnx.load(str(dyn.path)))
+        or "DynamicQuantizeLinear" in _ops(onnx.load(str(dyn.path)))
+    )
+    fp16 = quantize(
+        QuantizeConfig(
+            input=str(tiny_onnx), out=str(tmp_path / "h.onnx"), calib_data=TINY, precision="fp16", **FAST
+        )
+    )
+    sess = ort_session(fp16.path)
+    assert sess.get_inputs()[0].type == "tensor(float)" and fp16.report["parity"]["cosine"] > 0.999
+    assert fp16.size_bytes < 0.6 * fp16.input_size_bytes
+    io16 = quantize(
+        QuantizeConfig(
+            input=str(tiny_onnx),
+            out=str(tmp_path / "h2.onnx"),
+            calib_data=TINY,
+            precision="fp16",
+            fp16_io=True,
+            **FAST,
+        )
+    )
+    assert ort_session(io16.path).get_inputs()[0].type == "tensor(float16)"
+
+
+def test_auto_never_slower_than_fp32(tiny_onnx, tmp_path):
+    res = quantize(
+        QuantizeConfig(
+            input=str(tiny_onnx),
+            out=str(tmp_path / "a.onnx"),
+            calib_data=TINY,
+            precision="auto",
+            min_agreement=0.9,
+            **FAST,
+        )
+    )
+    table = res.report["auto_table"]
+    assert {r["precision"] for r in table} == {"fp32", "int8", "int8-dynamic", "fp16"}
+    chosen = next(r for r in table if r["chosen"])
+    fp32 = next(r for r in table if r["precision"] == "fp32")
+    assert chosen["passes"] and chosen["latency_ms"] <= fp32["latency_ms"]
+    assert res.precision == chosen["precision"] == read_meta(res.path).precision
+    assert read_meta(res.path).provenance["quantization"]["auto"]["chosen"] == chosen["precision"]
+
+
+def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
+    # Latency on a 32x32 model is overhead-dominated and noisy; count QDQ pairs instead so the test judges
+    # the exclusion logic, not this machine's timer.
+    def fake_latency(proto_or_path, shape, runs=50, warmup=5, threads=None, input_dtype=np.float32):
+        proto = proto_or_path if hasattr(proto_or_path, "graph") else onnx.load(str(proto_or_path))
+        return 10.0 - 0.1 * _ops(proto).count("QuantizeLinear")
+
+    monkeypatch.setattr(quantize_ort, "latency_ms", fake_latency)
+    monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
+    cfg = QuantizeConfig(
+        input=str(tiny_onnx),
+        out=str(tmp_path / "x.onnx"),
+        calib_data=TINY,
+        min_agreement=0.0,
+        min_cosine=0.99995,
+        auto_exclude=True,
+        **FAST,
+    )
+    try:
+        res = quantize(cfg)
+    except GateFailure as e:  # possible only if every node had to stay fp32
+        assert "fp32" in str(e)
+        return
+    ae = res.report["auto_exclude"]
+    assert ae["excluded"] and res.report["parity"]["cosine"] >= 0.99995
+    assert res.report["parity_naive"]["cosine"] < 0.99995
+    ranking = res.report["sensitivity"]
+    assert [r["sqnr_db"] for r in ranking] == sorted(r["sqnr_db"] for r in ranking)
+    assert ae["excluded"] == [r["name"] for r in ranking[: len(ae["excluded"])]]
+    assert set(ae["excluded"]) <= set(read_meta(res.path).provenance["quantization"]["excluded_nodes"])
+
+
+def test_exclusion_schedule():
+    assert sensitivity.exclusion_schedule(1) == [1]
+    s = sensitivity.exclusion_schedule(50)
+    assert s[0] == 1 and s[-1] == 50 and s == sorted(set(s))
+
+
+def test_gate_failure_writes_nothing(tiny_onnx, tmp_path):
+    out = tmp_path / "g.onnx"
+    with pytest.raises(GateFailure, match="parity gate"):
+        quantize(
+            QuantizeConfig(input=str(tiny_onnx), out=str(out), calib_data=TINY, min_cosine=0.9999999, **FAST)
+        )
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_random_calibration_needs_flag_and_is_recorded(tiny_onnx, tmp_path):
+    with pytest.raises(ConfigError, match="--calib-data"):
+        quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "r.onnx"), **FAST))
+    res = quantize(
+        QuantizeConfig(
+            input=str(tiny_onnx),
+            out=str(tmp_path / "r.onnx"),
+            allow_random_calibration=True,
+            min_agreement=0.0,
+            **FAST,
+        )
+    )
+    assert read_meta(res.path).provenance["quantization"]["calibration"]["random"] is True
+
+
+# ----- calibration sampling -----------------------------------------------------------------------------------
+
+
+def test_stratified_indices_keep_class_shares_and_seed():
+    labels = np.array([0] * 80 + [1] * 15 + [2] * 5)
+    idx = stratified_indices(labels, 20, seed=1)
+    assert len(idx) == 20 and len(set(idx)) == 20
+    counts = np.bincount(labels[idx], minlength=3)
+    assert counts.tolist() == [16, 3, 1]
+    assert (stratified_indices(labels, 20, seed=1) == idx).all()
+    assert not (stratified_indices(labels, 20, seed=2) == idx).all()
+    assert len(stratified_indices(labels, 500)) == 100
+    rare = np.array([0] * 99 + [1])
+    assert 1 in rare[stratified_indices(rare, 10)]  # every present class at least once
+
+
+def test_calibration_from_unlabeled_folder_has_disjoint_holdout(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 255, (20, 24), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
+    pre = PreprocessSpec((32, 32), 1, (0.5,), (0.25,))
+    cal = build_calibration(f"folder:{tmp_path}", pre, (1, 32, 32), n=8, n_holdout=8)
+    assert cal.images.shape == (8, 1, 32, 32) and cal.holdout.shape == (4, 1, 32, 32)
+    flat = {a.tobytes() for a in cal.images}
+    assert not any(h.tobytes() in flat for h in cal.holdout)
+
+
+def test_validate_inputs_errors():
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    with pytest.raises(DataError, match="channel"):
+        validate_inputs(x, (3, 8, 8), "d")
+    with pytest.raises(DataError, match="--input-size"):
+        validate_inputs(x, (1, 16, 16), "d")
+    x[1, 0, 0, 0] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        validate_inputs(x, (1, 8, 8), "d")
+
+
+def test_target_registry():
+    assert "cpu" in available_targets()
+    with pytest.raises(ValueError, match="already registered"):
+        register_target("cpu", precisions=("int8",))(lambda ctx: None)
+    with pytest.raises(ConfigError, match="unknown --target"):
+        quantize(QuantizeConfig(input="x.onnx", target="nosuch"))
+    with pytest.raises(ConfigError, match="supports --precision"):
+        quantize(QuantizeConfig(input="x.onnx", precision="int4"))
+
+
+# ----- run directory ------------------------------------------------------------------------------------------
+
+
+def test_quantize_run_dir_exports_first_and_records_manifest(tiny_run):
+    res = quantize(QuantizeConfig(input=str(tiny_run), calib_data=TINY, min_agreement=0.0, **FAST))
+    assert res.path == tiny_run / "student.int8.onnx" and (tiny_run / "student.onnx").is_file()
+    stages = {s["stage"]: s for s in json.loads((tiny_run / "manifest.json").read_text())["stages"]}
+    assert "export" in stages and stages["quantize"]["outputs"]["onnx"]["path"] == "student.int8.onnx"
+    assert read_meta(res.path).label_names == read_meta(tiny_run / "student.onnx").label_names
+
+
+# ----- bad input through the CLI: one line, exit 1, nothing written ----------------------------------------
+
+
+def _cli(args):
+    return CliRunner().invoke(cli, ["quantize", *args])
+
+
+def _assert_one_line_error(r, out, code=1):
+    assert r.exit_code == code, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert not out.exists()
+
+
+def _write(model, path):
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _conv_model(batch_dim, channels=1, op="Conv", domain=""):
+    w = helper.make_tensor("w", TensorProto.FLOAT, [2, channels, 3, 3], np.ones(2 * channels * 9, np.float32))
+    node = (
+        helper.make_node(op, ["input", "w"], ["logits"], domain=domain)
+        if op != "Conv"
+        else helper.make_node("Conv", ["input", "w"], ["logits"], pads=[1, 1, 1, 1])
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch_dim, channels, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch_dim, 2, 8, 8])],
+        [w],
+    )
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def test_cli_corrupt_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage\xff" * 10)
+    out = tmp_path / "o.onnx"
+    _assert_one_line_error(_cli([str(bad), "--calib-data", TINY, "--out", str(out)]), out)
+
+
+def test_cli_foreign_onnx_needs_flags(tmp_path):
+    m = _write(_conv_model("N"), tmp_path / "foreign.onnx")
+    out = tmp_path / "o.onnx"
+    r = _cli([str(m), "--calib-data", TINY, "--out", str(out), "--input-size", "8", "--channels", "1"])
+    _assert_one_line_error(r, out)
+    assert "--mean" in r.output and "--std" in r.output and "--channels" not in r.output
+
+
+def test_cli_foreign_onnx_with_flags_works(tmp_path):
+    m = _write(_conv_model("N"), tmp_path / "foreign.onnx")
+    out = tmp_path / "o.onnx"
+    r = _cli(
+        [
+            str(m),
+            "--calib-data",
+            TINY,
+            "--out",
+            str(out),
+            "--input-size",
+            "8",
+            "--channels",
+            "1",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.25",
+            "--num-calib",
+            "16",
+            "--num-holdout",
+            "16",
+            "--min-agreement",
+            "0",
+            "--quiet",
+        ]
+    )
+    assert r.exit_code == 0, r.output
+    assert read_meta(out).precision == "int8"
+
+
+def test_cli_wrong_channels(tmp_path):
+    m = _write(_conv_model("N", channels=3), tmp_path / "c3.onnx")
+    out = tmp_path / "o.onnx"
+    r = _cli(
+        [
+            str(m),
+            "--calib-data",
+            TINY,
+            "--out",
+            str(out),
+            "--input-size",
+            "8",
+            "--channels",
+            "1",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.25",
+        ]
+    )
+    _assert_one_line_error(r, out)
+    assert "--channels" in r.output
+
+
+def test_cli_no_batch_axis(tmp_path):
+    m = _write(_conv_model(1), tmp_path / "fixed.onnx")
+    out = tmp_path / "o.onnx"
+    r = _cli(
+        [
+            str(m),
+            "--calib-data",
+            TINY,
+            "--out",
+            str(out),
+            "--input-size",
+            "8",
+            "--channels",
+            "1",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.25",
+        ]
+    )
+    _assert_one_line_error(r, out)
+    assert "batch" in r.output
+
+
+def test_cli_unsupported_op(tmp_path):
+    m = _write(_conv_model("N", op="FancyConv", domain="com.example"), tmp_path / "custom.onnx")
+    out = tmp_path / "o.onnx"
+    r = _cli(
+        [
+            str(m),
+            "--calib-data",
+            TINY,
+            "--out",
+            str(out),
+            "--input-size",
+            "8",
+            "--channels",
+            "1",
+            "--mean",
+            "0.5",
+            "--std",
+            "0.25",
+        ]
+    )
+    _assert_one_line_error(r, out)
+
+
+def test_cli_nan_calibration(tiny_onnx, tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.random((20, 32, 32)).astype(np.float32)
+    imgs[3, 4, 4] = np.nan
+    np.savez(
+        tmp_path / "nan.npz",
+        train_images=imgs,
+        train_labels=np.arange(20) % 2,
+        test_images=imgs,
+        test_labels=np.arange(20) % 2,
+    )
+    out = tmp_path / "o.onnx"
+    r = _cli([str(tiny_onnx), "--calib-data", f"medmnist:{tmp_path / 'nan.npz'}", "--out", str(out)])
+    _assert_one_line_error(r, out)
+    assert "NaN" in r.output
+
+
+def test_cli_wrong_calibration_channels(tiny_onnx, tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
+    np.savez(
+        tmp_path / "rgb.npz",
+        train_images=imgs,
+        train_labels=np.arange(20) % 2,
+        test_images=imgs,
+        test_labels=np.arange(20) % 2,
+    )
+    out = tmp_path / "o.onnx"
+    r = _cli([str(tiny_onnx), "--calib-data", f"medmnist:{tmp_path / 'rgb.npz'}", "--out", str(out)])
+    _assert_one_line_error(r, out)
+    assert "channel" in r.output
+
+
+def test_cli_gate_failure_exit_3(tiny_onnx, tmp_path):
+    out = tmp_path / "o.onnx"
+    r = _cli(
+        [
+            str(tiny_onnx),
+            "--calib-data",
+            TINY,
+            "--out",
+            str(out),
+            "--min-cosine",
+            "0.9999999",
+            "--num-calib",
+            "16",
+            "--num-holdout",
+            "16",
+            "--quiet",
+        ]
+    )
+    _assert_one_line_error(r, out, code=3)
+
+
+def test_precision_mismatch_is_model_error(tmp_path, tiny_onnx):
+    res = quantize(
+        QuantizeConfig(
+            input=str(tiny_onnx), out=str(tmp_path / "f.onnx"), calib_data=TINY, precision="fp16", **FAST
+        )
+    )
+    with pytest.raises(ModelError, match="already fp16"):
+        quantize(QuantizeConfig(input=str(res.path), out=str(tmp_path / "g.onnx"), calib_data=TINY, **FAST))
