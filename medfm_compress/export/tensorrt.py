@@ -46,6 +46,7 @@ __all__ = [
     "check_engine",
     "profile_from_batch_sizes",
     "qdq_kind",
+    "export_tensorrt",
 ]
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ def _toposort(graph) -> None:
             raise ExportError("fp16 conversion produced a graph with a cycle or a dangling input")
         pending = rest
     copies = [type(n)() for n in ordered]
-    for c, n in zip(copies, ordered):
+    for c, n in zip(copies, ordered, strict=True):
         c.CopyFrom(n)
     del graph.node[:]
     graph.node.extend(copies)
@@ -593,3 +594,45 @@ def _target_hint() -> str:
 
 def engine_input_chw(side: dict[str, Any]) -> tuple[int, int, int]:
     return tuple(side["profiles"][0]["max"][1:])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ``medfm-compress export SOURCE --format tensorrt``
+
+
+def export_tensorrt(source: str, out: str | None = None, model: str = "student", precision: str = "fp32",
+                    batch_sizes: tuple[int, ...] = (1,), flavour: str = "auto", workspace_mb: int | None = None,
+                    timing_cache: str | None = None, targets: tuple[str, ...] | None = None,
+                    calib_data: str | None = None, force: bool = False, progress: bool = True) -> EngineResult:
+    """Engine from an ONNX file, or from a run directory (exported to ONNX first; for int8/fp8 quantized with
+    the ``tensorrt`` target, i.e. ModelOpt symmetric QDQ) -- the engine input is always our ONNX."""
+    src = Path(source)
+    if src.is_dir():
+        stem = model
+        base = Path(out).parent if out else src
+        engine = Path(out) if out else src / f"{model}.{precision}.engine"
+        if precision in ("int8", "fp8"):
+            from ..compress.quantize import QuantizeConfig, quantize
+            from ..models.card import ModelCard
+
+            if calib_data is None and (src / f"{model}.json").is_file():
+                # Calibrate on the data the model was trained on unless told otherwise.
+                calib_data = ModelCard.load(src / f"{model}.json").provenance.get("data")
+
+            onnx_path = base / f"{stem}.trt-{precision}.onnx"
+            quantize(QuantizeConfig(input=str(src), out=str(onnx_path), calib_data=calib_data, target="tensorrt",
+                                    precision=precision, model=model, force=force, progress=progress))
+        else:
+            from .onnx import ExportConfig, export_onnx
+
+            onnx_path = base / f"{stem}.onnx"
+            export_onnx(ExportConfig(source=str(src), out=str(onnx_path), model=model, data=calib_data, force=force))
+    elif src.suffix.lower() == ".onnx":
+        onnx_path = src
+        engine = Path(out) if out else src.with_suffix(".engine")
+    else:
+        raise ConfigError(f"{src}: give a run directory or an .onnx file to build a TensorRT engine from")
+    cfg = TensorRTConfig(onnx=str(onnx_path), out=str(engine), flavour=flavour, precision=precision,
+                         batch_sizes=tuple(batch_sizes), workspace_mb=workspace_mb, timing_cache=timing_cache,
+                         targets=tuple(targets) if targets else None)
+    return build_engine(cfg, progress=progress)
