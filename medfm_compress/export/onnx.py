@@ -196,7 +196,12 @@ def set_meta(proto, meta: ModelMeta) -> None:
 
 
 def read_meta(path_or_model) -> ModelMeta:
-    """The :class:`ModelMeta` stored in an ONNX file or ``ModelProto``; a model without it is an error."""
+    """The :class:`ModelMeta` stored in an ONNX file or ``ModelProto`` (or an OpenVINO ``.xml`` IR); a model
+    without it is an error."""
+    if isinstance(path_or_model, str | Path) and Path(path_or_model).suffix.lower() == ".xml":
+        from .openvino import read_ir_meta
+
+        return read_ir_meta(path_or_model)
     if isinstance(path_or_model, str | Path):
         proto, source = load_onnx_checked(path_or_model), str(path_or_model)
     else:

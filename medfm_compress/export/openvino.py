@@ -1,0 +1,305 @@
+"""OpenVINO IR (``.xml`` + ``.bin``): conversion from ONNX, metadata in the IR's runtime info, safe load/save.
+
+The IR keeps the same ``medfm.*`` keys as an ONNX file's ``metadata_props`` (see
+:mod:`medfm_compress.export.metadata`), stored as top-level ``rt_info`` entries, so ``read_meta`` works on
+``.xml`` files and a runtime needs nothing else to feed the model.
+
+An IR is two files. :func:`save_ir` writes both into a temporary folder beside the destination and then
+renames them (``.bin`` first, ``.xml`` last), so an interrupted save never leaves an ``.xml`` that points at a
+half-written ``.bin``; :func:`load_ir_checked` refuses an ``.xml`` whose ``.bin`` is missing or shorter than
+the weights it references, with one line instead of OpenVINO's stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendMissingError, ConfigError, ExportError, ModelError
+from .metadata import ModelMeta, decode_metadata, encode_metadata
+
+__all__ = [
+    "require_openvino",
+    "ov_core",
+    "onnx_to_ov",
+    "set_ov_meta",
+    "ov_meta_props",
+    "save_ir",
+    "check_ir_files",
+    "load_ir_checked",
+    "read_ir_meta",
+    "ir_size_bytes",
+    "compile_ov",
+    "OpenVINOExportResult",
+    "export_openvino",
+]
+
+
+def require_openvino():
+    """``import openvino`` or a :class:`BackendMissingError` naming the extra."""
+    try:
+        import openvino
+
+        return openvino
+    except ImportError as e:
+        raise BackendMissingError("openvino", "openvino", detail=f"import openvino failed: {e}") from None
+
+
+_CORE = None
+
+
+def ov_core():
+    """One shared ``openvino.Core`` (creating one costs ~50 ms and loads the device plugins)."""
+    global _CORE
+    if _CORE is None:
+        _CORE = require_openvino().Core()
+    return _CORE
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(e).__name__
+
+
+def onnx_to_ov(model: Any, source: str = "the ONNX model"):
+    """Convert an ONNX file path or ``ModelProto`` to an ``openvino.Model``; unconvertible ops are named."""
+    ov = require_openvino()
+    arg = model
+    if not isinstance(model, str | os.PathLike):
+        # convert_model takes a path; a proto goes through a temporary file (it may hold > 2 GB otherwise).
+        tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
+        try:
+            tmp.write(model.SerializeToString())
+        finally:
+            tmp.close()
+        arg = tmp.name
+    try:
+        return ov.convert_model(str(arg))
+    except Exception as e:  # OpConversionFailure, GeneralFailure, ...
+        msg = str(e)
+        m = re.search(r"No conversion rule found for operations?:\s*([^\n]+)", msg)
+        if m:
+            raise ExportError(
+                f"OpenVINO cannot convert {source}: no conversion rule for operation(s) {m.group(1).strip()}; "
+                "replace the op(s) before export or use --target cpu (ONNX Runtime)"
+            ) from None
+        m = re.search(r"(?:Error|failed)[^\n]*", msg)
+        raise ExportError(
+            f"OpenVINO cannot convert {source}: {(m.group(0) if m else _first_line(e))[:300]}"
+        ) from None
+    finally:
+        if arg is not model:
+            Path(arg).unlink(missing_ok=True)
+
+
+def set_ov_meta(ov_model, meta: ModelMeta) -> None:
+    """Store ``meta`` as ``medfm.*`` entries of the model's runtime info (replacing earlier ones)."""
+    for key, value in encode_metadata(meta).items():
+        ov_model.set_rt_info(value, key)
+
+
+def ov_meta_props(ov_model) -> dict[str, str]:
+    """The ``medfm.*`` runtime-info entries of an ``openvino.Model`` as strings."""
+    props = {}
+    for key in _META_KEYS:
+        if ov_model.has_rt_info(key):
+            props[key] = ov_model.get_rt_info(key).astype(str)
+    return props
+
+
+# The keys encode_metadata writes (derived once so that the two never drift apart).
+def _meta_keys() -> tuple[str, ...]:
+    from ..data.preprocess import PreprocessSpec
+
+    probe = ModelMeta(PreprocessSpec(input_size=(1, 1), channels=1, mean=(0.0,), std=(1.0,)), "multiclass", [])
+    return tuple(encode_metadata(probe))
+
+
+_META_KEYS = _meta_keys()
+
+
+def ir_size_bytes(xml: Path) -> int:
+    xml = Path(xml)
+    return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+
+
+def save_ir(ov_model, out, compress_to_fp16: bool = True) -> Path:
+    """Write ``ov_model`` to ``out`` (``.xml``) and its ``.bin`` atomically as a pair.
+
+    Args:
+        ov_model: the ``openvino.Model``.
+        out: destination ``.xml`` path.
+        compress_to_fp16: store fp32 weights as fp16 in the ``.bin`` (OpenVINO decompresses them at load).
+    """
+    ov = require_openvino()
+    out = Path(out)
+    if out.suffix.lower() != ".xml":
+        raise ConfigError(f"an OpenVINO IR is written as .xml (+ .bin); got --out {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bin_dest = out.with_suffix(".bin")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", suffix=".irtmp", dir=out.parent))
+    try:
+        tmp_xml = tmp / out.name
+        try:
+            ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=compress_to_fp16)
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno == 28:
+                raise ExportError(f"no space left on the device writing {out}; free space and retry") from None
+            raise ExportError(f"OpenVINO could not write {out}: {_first_line(e)}") from None
+        tmp_bin = tmp_xml.with_suffix(".bin")
+        check_ir_files(tmp_xml)
+        # .bin first, .xml last: the .xml is what readers open, so it appears only once its weights are there.
+        os.replace(tmp_bin, bin_dest)
+        try:
+            os.replace(tmp_xml, out)
+        except BaseException:
+            bin_dest.unlink(missing_ok=True)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def check_ir_files(xml) -> None:
+    """Refuse an IR whose ``.xml`` is unreadable or whose ``.bin`` is missing or shorter than it references."""
+    xml = Path(xml)
+    if not xml.is_file():
+        raise ModelError(f"{xml} does not exist")
+    bin_path = xml.with_suffix(".bin")
+    try:
+        root = ET.parse(xml).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise ModelError(f"{xml} is not a readable OpenVINO IR ({e}); re-export it") from None
+    if root.tag != "net":
+        raise ModelError(f"{xml} is not an OpenVINO IR (root element <{root.tag}>, expected <net>)")
+    needed = 0
+    for data in root.iter("data"):
+        off, size = data.get("offset"), data.get("size")
+        if off is not None and size is not None:
+            try:
+                needed = max(needed, int(off) + int(size))
+            except ValueError:
+                raise ModelError(f"{xml} has a malformed weight offset/size; re-export it") from None
+    if needed == 0:
+        return
+    if not bin_path.is_file():
+        raise ModelError(
+            f"{xml}: its weights file {bin_path.name} is missing; copy the .xml and .bin together"
+        )
+    have = bin_path.stat().st_size
+    if have < needed:
+        raise ModelError(
+            f"{xml}: its weights file {bin_path.name} is truncated ({have} of {needed} bytes); "
+            "copy it again or re-export"
+        )
+
+
+def load_ir_checked(xml):
+    """Read an IR after :func:`check_ir_files`; OpenVINO's own failures become one-line errors."""
+    check_ir_files(xml)
+    try:
+        return ov_core().read_model(str(xml))
+    except (BackendMissingError, ModelError):
+        raise
+    except Exception as e:
+        raise ModelError(f"OpenVINO cannot read {xml}: {_first_line(e)}") from None
+
+
+def read_ir_meta(xml_or_model, source: str | None = None) -> ModelMeta:
+    """The :class:`ModelMeta` kept in an IR's runtime info (a path or an ``openvino.Model``)."""
+    if isinstance(xml_or_model, str | os.PathLike):
+        model, source = load_ir_checked(xml_or_model), source or str(xml_or_model)
+    else:
+        model, source = xml_or_model, source or "the OpenVINO model"
+    return decode_metadata(ov_meta_props(model), source)
+
+
+def compile_ov(model, device: str | None = None, threads: int | None = None, hint: str | None = None,
+               source: str = "model"):
+    """``Core.compile_model`` with thread count and performance hint; an unknown device is a one-line error.
+
+    Args:
+        model: ``openvino.Model`` or a path OpenVINO reads (.xml, .onnx).
+        device: OpenVINO device name (``CPU``, ``GPU``, ``NPU``, ``AUTO``...; default ``CPU``).
+        threads: ``INFERENCE_NUM_THREADS`` (None: every core).
+        hint: ``latency`` | ``throughput`` | ``cumulative_throughput`` (default ``latency``).
+    """
+    core = ov_core()
+    dev = (device or "CPU").upper()
+    hints = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
+    hint_name = (hint or "latency").lower()
+    if hint_name not in hints:
+        raise ConfigError(f"OpenVINO performance hint must be one of {', '.join(hints)}, got {hint!r}")
+    base = dev.split(":", 1)[0].split(".", 1)[0]
+    available = core.available_devices
+    if base not in ("AUTO", "MULTI", "HETERO", "BATCH") and not any(
+        d == dev or d.split(".", 1)[0] == base for d in available
+    ):
+        raise ConfigError(
+            f"OpenVINO device {device!r} is not present on this machine (available: {', '.join(available)}); "
+            "use --device CPU"
+        )
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hints[hint_name]}
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        return core.compile_model(model if not isinstance(model, Path) else str(model), dev, config)
+    except Exception as e:
+        raise ModelError(f"OpenVINO cannot compile {source} for {dev}: {_first_line(e)}") from None
+
+
+@dataclass
+class OpenVINOExportResult:
+    path: Path
+    size_bytes: int
+    seconds: float
+    check: dict[str, float]
+
+
+def export_openvino(source: str, out: str | None = None, model: str = "student", compress_to_fp16: bool = True,
+                    force: bool = False, num_check: int = 8, seed: int = 0) -> OpenVINOExportResult:
+    """Export a run directory, card, ``.safetensors`` or ONNX file to an fp32 OpenVINO IR with metadata.
+
+    A non-ONNX source is exported to a checked ONNX first. The IR's outputs are compared with ONNX Runtime's
+    on random inputs before anything is written (cosine >= 0.9999).
+    """
+    from ..bench.metrics import cosine_similarity, max_abs_error
+    from .onnx import ExportConfig, export_onnx, load_onnx_checked, ort_session, run_onnx
+
+    t0 = time.time()
+    src = Path(source)
+    with tempfile.TemporaryDirectory(prefix="medfm-ov-") as tmp:
+        if src.suffix.lower() == ".onnx":
+            onnx_path = src
+        else:
+            onnx_path = export_onnx(ExportConfig(source=str(src), out=str(Path(tmp) / "model.onnx"), model=model,
+                                                 force=force)).path
+        proto = load_onnx_checked(onnx_path)
+        meta = decode_metadata({p.key: p.value for p in proto.metadata_props}, str(onnx_path))
+        ov_model = onnx_to_ov(onnx_path, str(onnx_path))
+        set_ov_meta(ov_model, meta)
+        pre = meta.preprocess
+        x = np.random.default_rng(seed).standard_normal(
+            (num_check, pre.channels, *pre.input_size)).astype(np.float32)
+        ref = run_onnx(ort_session(proto), x)
+        got = compile_ov(ov_model, source=str(onnx_path))(x)[0]
+        check = {"cosine": cosine_similarity(ref, got), "max_abs": max_abs_error(ref, got), "n": num_check}
+        if not check["cosine"] >= 0.9999:
+            raise ExportError(
+                f"the OpenVINO IR disagrees with ONNX Runtime (cosine {check['cosine']:.6f}); nothing written"
+            )
+        dest = Path(out) if out else onnx_path.with_suffix(".xml") if src.suffix.lower() == ".onnx" else (
+            (src if src.is_dir() else src.parent) / f"{model}.xml")
+        save_ir(ov_model, dest, compress_to_fp16=compress_to_fp16)
+    return OpenVINOExportResult(dest, ir_size_bytes(dest), round(time.time() - t0, 2), check)
