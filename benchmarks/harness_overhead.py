@@ -1,0 +1,154 @@
+"""The benchmark harness measured against itself and against a bare ONNX Runtime loop, in one run.
+
+1. Overhead: the harness's engine-only p50 (``measure_engine`` on the ONNX Runtime backend) vs a bare
+   ``InferenceSession.run`` loop on the same model, inputs and thread count. The two are interleaved in
+   rounds so machine load drifts hit both alike. Target: within 5%.
+2. Repeatability: two ``run_bench`` runs of the same artifacts agree within 10% at p50 (per artifact and
+   batch size). Meaningful on an idle machine only.
+3. Self-parity: the paired bootstrap CI of a model against itself is exactly [0, 0] (the reference's self
+   check, and the same ONNX file benchmarked under a second name).
+
+The model is ``timm:medfm_resnet10_w24`` (the default student, random weights) at 64x64 on the embedded
+synthetic task. Writes benchmarks/results/harness_overhead.json and prints the figures. Usage:
+    python benchmarks/harness_overhead.py [--iterations 300] [--rounds 5] [--threads 2] [--out runs/bench-harness]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medfm_compress._env import fingerprint
+from medfm_compress._io import atomic_write_json
+
+DATA = "synthetic?size=64&n_train=64&n_val=16&n_test=200&seed=7"
+ARCH = "timm:medfm_resnet10_w24"
+
+
+def make_artifacts(out: Path) -> tuple[Path, Path]:
+    """A model card + weights (torch) and its ONNX export with metadata."""
+    import torch
+
+    from medfm_compress.data import PreprocessSpec, load_data
+    from medfm_compress.export.metadata import ModelMeta
+    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.models import ModelCard, count_params, create_model, save_state_dict
+
+    task = load_data(DATA)
+    torch.manual_seed(0)
+    model = create_model(ARCH, task.num_classes, task.channels).eval()
+    pre = PreprocessSpec(input_size=task.image_size, channels=task.channels, mean=(0.5,), std=(0.25,))
+    card = ModelCard(arch=ARCH, num_classes=task.num_classes, in_chans=task.channels, task=task.task,
+                     label_names=list(task.label_names), preprocess=pre, num_params=count_params(model))
+    out.mkdir(parents=True, exist_ok=True)
+    save_state_dict(model, out / "student.safetensors")
+    card.save(out / "student.json")
+    onnx_path = export_model_to_onnx(model, ModelMeta.from_card(card), out / "student.onnx",
+                                     torch.zeros(1, task.channels, *task.image_size))
+    return out / "student", onnx_path
+
+
+def overhead(onnx_path: Path, threads: int, iterations: int, rounds: int, warmup: int) -> dict:
+    import onnxruntime as ort
+
+    from medfm_compress.bench.latency import LatencyConfig, measure_engine
+    from medfm_compress.data import load_data
+    from medfm_compress.runtime import Engine
+
+    images = load_data(DATA).split("test").images
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    bare = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    name = bare.get_inputs()[0].name
+    harness_p50, bare_p50 = [], []
+    with Engine.load(onnx_path, threads=threads) as eng:
+        x = eng.preprocess(images[:1])
+        feed = {name: x}
+        perf = time.perf_counter
+        for _ in range(rounds):
+            s = measure_engine(eng, x, LatencyConfig(iterations=iterations, warmup=warmup))
+            harness_p50.append(s["p50_ms"])
+            for _ in range(warmup):
+                bare.run(None, feed)
+            times = []
+            for _ in range(iterations):
+                t0 = perf()
+                bare.run(None, feed)
+                times.append(perf() - t0)
+            bare_p50.append(float(np.percentile(times, 50)) * 1e3)
+    h, b = float(np.median(harness_p50)), float(np.median(bare_p50))
+    return {"threads": threads, "iterations_per_round": iterations, "rounds": rounds,
+            "harness_p50_ms_per_round": harness_p50, "bare_p50_ms_per_round": bare_p50,
+            "harness_p50_ms": h, "bare_p50_ms": b, "overhead_pct": 100.0 * (h - b) / b,
+            "within_5pct": abs(h - b) / b <= 0.05}
+
+
+def repeatability(torch_stem: Path, onnx_path: Path, threads: int, iterations: int, out: Path) -> dict:
+    from medfm_compress.bench.harness import BenchConfig, run_bench
+
+    def once(tag: str) -> dict:
+        cfg = BenchConfig(artifacts=(("torch", str(torch_stem)), ("onnx", str(onnx_path)),
+                                     ("onnx_again", str(onnx_path))),
+                          reference="onnx", data=DATA, batch_sizes=(1, 8), iterations=iterations, warmup=10,
+                          threads=threads, n_resamples=1000, out=str(out / tag), progress=False)
+        return run_bench(cfg)
+
+    r1, r2 = once("run1"), once("run2")
+    rows = []
+    for a1, a2 in zip(r1["artifacts"], r2["artifacts"], strict=True):
+        for bs in a1["latency"]:
+            p1, p2 = a1["latency"][bs]["engine"]["p50_ms"], a2["latency"][bs]["engine"]["p50_ms"]
+            rows.append({"artifact": a1["name"], "batch": int(bs), "run1_p50_ms": p1, "run2_p50_ms": p2,
+                         "diff_pct": 100.0 * abs(p2 - p1) / min(p1, p2)})
+    ref = next(a for a in r1["artifacts"] if a["name"] == "onnx")
+    again = next(a for a in r1["artifacts"] if a["name"] == "onnx_again")
+    self_ci = {
+        "reference_self_check": {m: [d["ci_low"], d["ci_high"]] for m, d in ref["self_check"].items()},
+        "same_file_second_name": {m: [d["ci_low"], d["ci_high"]] for m, d in again["parity"]["deltas"].items()},
+    }
+    zero = all(v == [0.0, 0.0] for group in self_ci.values() for k, v in group.items() if v[0] is not None)
+    return {"rows": rows, "max_diff_pct": max(r["diff_pct"] for r in rows),
+            "within_10pct": all(r["diff_pct"] <= 10.0 for r in rows), "self_ci": self_ci, "self_ci_exactly_zero": zero}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=None, help="default: all cores")
+    ap.add_argument("--out", default="runs/bench-harness")
+    args = ap.parse_args()
+
+    import os
+
+    threads = args.threads or os.cpu_count() or 1
+    out = Path(args.out)
+    t0 = time.time()
+    torch_stem, onnx_path = make_artifacts(out / "model")
+    ov = overhead(onnx_path, threads, args.iterations, args.rounds, args.warmup)
+    rep = repeatability(torch_stem, onnx_path, threads, args.iterations, out)
+    result = {"benchmark": "harness_overhead", "arch": ARCH, "data": DATA, "overhead": ov, "repeatability": rep,
+              "wall_s": time.time() - t0, "fingerprint": fingerprint()}
+    dest = Path(__file__).parent / "results" / "harness_overhead.json"
+    atomic_write_json(dest, result)
+    print(f"overhead ({threads} threads, {args.rounds} rounds x {args.iterations} iterations, batch 1):")
+    print(f"  harness engine-only p50 {ov['harness_p50_ms']:.4f} ms vs bare InferenceSession.run p50 "
+          f"{ov['bare_p50_ms']:.4f} ms -> {ov['overhead_pct']:+.2f}% (target within 5%: "
+          f"{'yes' if ov['within_5pct'] else 'NO'})")
+    print("repeatability of two bench runs (p50, engine-only):")
+    for r in rep["rows"]:
+        print(f"  {r['artifact']:<11} bs{r['batch']:<3} {r['run1_p50_ms']:.4f} vs {r['run2_p50_ms']:.4f} ms "
+              f"({r['diff_pct']:.1f}%)")
+    print(f"  max difference {rep['max_diff_pct']:.1f}% (target within 10%: {'yes' if rep['within_10pct'] else 'NO'})")
+    print(f"self-parity bootstrap CIs exactly [0, 0]: {'yes' if rep['self_ci_exactly_zero'] else 'NO'} "
+          f"{rep['self_ci']['same_file_second_name']}")
+    print(f"wrote {dest} ({result['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
