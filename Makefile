@@ -7,7 +7,7 @@ STAMP := $(VENV)/.medfm-installed
 EXTRAS ?= dev,trt,modelopt,openvino
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint clean cpp
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The C++ runtime (csrc/): library medfm_runtime + CLI build/cpp/medfm-run; `make test` builds and tests it too.
+cpp: venv
+	PYTHON=$(BIN)/python scripts/build_cpp_runtime.sh build/cpp
 
 lint: venv
 	$(BIN)/ruff check medfm_compress tests benchmarks

@@ -120,6 +120,7 @@ std::string label_of(const medfm::Model& model, int k) {
 int cmd_predict(const Args& a) {
   medfm::ModelOptions opts;
   opts.intra_op_threads = a.threads;
+  opts.inter_op_threads = 1;  // as the Python runtime: one graph at a time, parallel inside each operator
   const medfm::Model model = medfm::Model::load(a.model, opts);
   const size_t batch = a.batch > 0 ? static_cast<size_t>(a.batch) : 16;
   if (a.json) std::cout << "[";
@@ -161,6 +162,7 @@ int cmd_predict(const Args& a) {
 int cmd_latency(const Args& a) {
   medfm::ModelOptions opts;
   opts.intra_op_threads = a.threads;
+  opts.inter_op_threads = 1;  // as the Python runtime: one graph at a time, parallel inside each operator
   const medfm::Model model = medfm::Model::load(a.model, opts);
   const auto& pre = model.meta().preprocess;
   const int batch = a.batch > 0 ? a.batch : 1;

@@ -42,7 +42,9 @@ def cpp_build() -> Path:
         proc = subprocess.run(
             ["bash", str(REPO / "scripts" / "build_cpp_runtime.sh"), str(build)],
             env={**_env(), "PYTHON": sys.executable, "JOBS": "2"},
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     if proc.returncode != 0:
         pytest.fail(f"C++ runtime build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -89,8 +91,9 @@ def student_onnx(tiny_run, tmp_path_factory) -> Path:
 
     model, card = load_model(tiny_run, name="student")
     example = torch.zeros(2, card.in_chans, *card.preprocess.input_size)
-    return export_model_to_onnx(model, ModelMeta.from_card(card), tmp_path_factory.mktemp("cpp") / "student.onnx",
-                                example)
+    return export_model_to_onnx(
+        model, ModelMeta.from_card(card), tmp_path_factory.mktemp("cpp") / "student.onnx", example
+    )
 
 
 def python_predict(model: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,16 +104,24 @@ def python_predict(model: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def cpp_predict(build: Path, model: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    out = _medfm_run(build, "predict", str(model), *map(str, files), "--threads", "1", "--batch", "8", "--json")
+    out = _medfm_run(
+        build, "predict", str(model), *map(str, files), "--threads", "1", "--batch", "8", "--json"
+    )
     rows = json.loads(out.stdout)
     assert [r["image"] for r in rows] == [str(f) for f in files]
-    return (np.asarray([r["logits"] for r in rows], dtype=np.float32),
-            np.asarray([r["probabilities"] for r in rows], dtype=np.float32))
+    return (
+        np.asarray([r["logits"] for r in rows], dtype=np.float32),
+        np.asarray([r["probabilities"] for r in rows], dtype=np.float32),
+    )
 
 
 def test_ctest_suite_passes(cpp_build):
-    proc = subprocess.run(["ctest", "--test-dir", str(cpp_build), "--output-on-failure"], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        ["ctest", "--test-dir", str(cpp_build), "--output-on-failure"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "100% tests passed" in proc.stdout
 
@@ -198,13 +209,33 @@ def test_cli_user_errors_exit_1_with_message(cpp_build, student_onnx, tmp_path):
 
 
 def test_latency_json_reports_percentiles(cpp_build, student_onnx, test_images, tmp_path):
-    out = _medfm_run(cpp_build, "latency", str(student_onnx), "--iterations", "20", "--warmup", "2",
-                     "--threads", "1", "--json")
+    out = _medfm_run(
+        cpp_build,
+        "latency",
+        str(student_onnx),
+        "--iterations",
+        "20",
+        "--warmup",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+    )
     rec = json.loads(out.stdout)
     assert rec["mode"] == "engine" and rec["batch"] == 1 and len(rec["samples_ms"]) == 20
     assert 0 < rec["min_ms"] <= rec["p50_ms"] <= rec["p90_ms"] <= rec["p99_ms"] <= rec["max_ms"]
     assert rec["p50_ms"] == pytest.approx(float(np.percentile(rec["samples_ms"], 50)), rel=1e-6)
     np.save(tmp_path / "a.npy", test_images[0])
-    out = _medfm_run(cpp_build, "latency", str(student_onnx), "--iterations", "5", "--warmup", "1", "--json",
-                     "--images", str(tmp_path / "a.npy"))
+    out = _medfm_run(
+        cpp_build,
+        "latency",
+        str(student_onnx),
+        "--iterations",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+        "--images",
+        str(tmp_path / "a.npy"),
+    )
     assert json.loads(out.stdout)["mode"] == "end_to_end"
