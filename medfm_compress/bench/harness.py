@@ -157,14 +157,15 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 latency: dict[str, Any] = {}
                 for b in cfg.batch_sizes:
                     bar.set_postfix_str(f"{name} bs{b}")
-                    if eng.fixed_batch is not None and b != eng.fixed_batch:
-                        latency[str(b)] = {"skipped": f"artifact has a static batch of {eng.fixed_batch}"}
+                    lo, hi = eng.batch_range
+                    if b < lo or (hi is not None and b > hi):
+                        latency[str(b)] = {"skipped": f"artifact accepts batch sizes {lo}..{hi}"}
                     else:
                         latency[str(b)] = {"engine": measure_engine(eng, _latency_inputs(eng, split.images, b),
                                                                     lat_cfg)}
                     bar.update(1)
                 e2e = None
-                if eng.fixed_batch in (None, 1):
+                if eng.batch_range[0] == 1:
                     e2e = measure_end_to_end(eng, split.images, lat_cfg)
                 bar.update(1)
                 info = eng.info

@@ -38,17 +38,17 @@ def check_data_matches(name: str, engine, task: str, num_classes: int, channels:
 def predict_logits(engine, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Logits for raw ``images``, preprocessed and run one batch at a time.
 
-    An artifact with a static batch dimension gets full batches only: the last one is padded by repeating
-    its final image and the padding's outputs are dropped.
+    Batches respect the artifact's accepted batch range (a static batch, a TensorRT profile): a last batch
+    below the minimum is padded by repeating its final image and the padding's outputs are dropped.
     """
-    fixed = engine.fixed_batch
-    bs = fixed or batch_size
+    lo, hi = engine.batch_range
+    bs = max(lo, min(batch_size, hi or batch_size))
     out = []
     for sl in iter_batches(len(images), bs):
         x = engine.preprocess(images[sl])
         n = x.shape[0]
-        if fixed and n < fixed:
-            x = np.concatenate([x, np.repeat(x[-1:], fixed - n, axis=0)])
+        if n < lo:
+            x = np.concatenate([x, np.repeat(x[-1:], lo - n, axis=0)])
         out.append(np.asarray(engine.run(x), dtype=np.float32)[:n])
     return np.concatenate(out)
 

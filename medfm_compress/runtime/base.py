@@ -210,6 +210,13 @@ class Engine:
         """The only batch size the artifact accepts, or None when its batch dimension is dynamic."""
         return self._fixed_batch
 
+    @property
+    def batch_range(self) -> tuple[int, int | None]:
+        """``(min, max)`` batch sizes the artifact accepts (max None: unbounded)."""
+        if self._fixed_batch is not None:
+            return self._fixed_batch, self._fixed_batch
+        return int(getattr(self, "_min_batch", 1) or 1), self._max_batch
+
     def weight_files(self) -> list[Path]:
         """Files whose bytes make up the artifact (for size and hash)."""
         return [self.path] if self.path.is_file() else []

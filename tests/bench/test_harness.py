@@ -195,3 +195,21 @@ def test_bench_user_errors_exit_1(tiny_run, student_onnx, tmp_path):
     np.savez(npz, **arrays)
     res = _bench([f"a={student_onnx}", "--data", f"medmnist:{npz}", *FAST])
     assert res.exit_code == 1 and "expects 1-channel images but the data has 3" in res.output
+
+
+def test_bench_skips_batch_sizes_a_static_artifact_cannot_take(student_onnx, tmp_path):
+    import onnx
+
+    proto = onnx.load(str(student_onnx))
+    for v in (*proto.graph.input, *proto.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = 2
+    fixed = tmp_path / "fixed2.onnx"
+    onnx.save(proto, str(fixed))
+    res = _bench([f"dyn={student_onnx}", f"fixed={fixed}", "--data", TINY_DATA, "--batch-sizes", "1,2", *FAST,
+                  "--min-agreement", "0.99", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    lat = report["artifacts"][1]["latency"]
+    assert "skipped" in lat["1"] and lat["2"]["engine"]["batch_size"] == 2
+    assert report["artifacts"][1]["end_to_end"] is None
+    assert report["artifacts"][1]["parity"]["top1_agreement"] == 1.0  # padded batches give the same outputs

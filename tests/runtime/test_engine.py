@@ -104,7 +104,7 @@ def test_static_batch_artifact(tiny_run, tmp_path, test_images):
 
     path = export_onnx(tiny_run, tmp_path / "fixed.onnx", fixed_batch=4)
     with Engine.load(path) as eng, Engine.load(tiny_run) as ref:
-        assert eng.fixed_batch == 4
+        assert eng.fixed_batch == 4 and eng.batch_range == (4, 4)
         with pytest.raises(DataError, match="batch size 4"):
             eng.run(eng.preprocess(test_images[:3]))
         # 12 cases in padded batches of 4 and a ragged set of 10: outputs match the dynamic reference
