@@ -159,6 +159,10 @@ class QuantizedModel:
     precision: str
     provenance: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    # A model that is not an ONNX proto (an OpenVINO IR) brings its own writer ``save(meta, out_path)`` (which
+    # stores ``meta`` and writes atomically) and the output suffix used for the default name.
+    save: Callable[[Any, Path], Any] | None = None
+    suffix: str = ".onnx"
 
 
 @dataclass
@@ -428,16 +432,24 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
             },
         }
         new_meta = dataclasses.replace(meta, precision=qm.precision, provenance=provenance)
-        set_meta(qm.proto, new_meta)
-        _check_output(qm.proto, cfg)
-        out = out or _default_out(cfg, fp32_path, qm.precision)
-        save_onnx(qm.proto, out)
+        if qm.save is not None:
+            out = out or _default_out(cfg, fp32_path, qm.precision).with_suffix(qm.suffix)
+            qm.save(new_meta, out)
+            # An IR is an .xml + .bin pair: both count towards its size and both go in the manifest.
+            written = {"model": out, **({"weights": out.with_suffix(".bin")} if qm.suffix == ".xml" else {})}
+        else:
+            set_meta(qm.proto, new_meta)
+            _check_output(qm.proto, cfg)
+            out = out or _default_out(cfg, fp32_path, qm.precision)
+            save_onnx(qm.proto, out)
+            written = {"onnx": out}
         report = {**qm.report, "calibration": calib.provenance()}
         if manifest is not None and rec is not None:
-            manifest.finish(rec, {"onnx": out}, {k: v for k, v in report.items() if k != "calibration"})
+            manifest.finish(rec, written, {k: v for k, v in report.items() if k != "calibration"})
         size_in = fp32_path.stat().st_size
     return QuantizeResult(
-        out, qm.precision, new_meta, report, round(time.time() - t0, 2), out.stat().st_size, size_in
+        out, qm.precision, new_meta, report, round(time.time() - t0, 2),
+        sum(p.stat().st_size for p in written.values()), size_in
     )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ExportError, GateFailure, ModelError
 from .quantize import QuantizeContext, QuantizedModel, gate_passes, parity_report, register_target
 
-__all__ = ["quantize_cpu", "StaticQuantizer", "latency_ms", "CPU_PRECISIONS"]
+__all__ = ["quantize_cpu", "StaticQuantizer", "latency_ms", "CPU_PRECISIONS", "register_auto_candidates"]
 
 CPU_PRECISIONS = ("int8", "int8-dynamic", "fp16", "auto")
 # Dynamic quantization only pays off for matrix products; dynamic Conv (ConvInteger) measured 115 ms vs
@@ -367,6 +367,18 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
     return qm
 
 
+# Providers of extra ``--precision auto`` candidates from other CPU engines (OpenVINO registers one):
+# ``fn(ctx, ref) -> [(row, QuantizedModel | None), ...]``, each row as in the auto table plus ``engine``.
+_AUTO_CANDIDATES: list[Any] = []
+
+
+def register_auto_candidates(fn):
+    """Add ``fn`` as a source of ``--target cpu --precision auto`` candidates (rows timed on this machine)."""
+    if fn not in _AUTO_CANDIDATES:
+        _AUTO_CANDIDATES.append(fn)
+    return fn
+
+
 def _auto(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     """Build fp32, int8 static, int8 dynamic and fp16; keep the fastest that passes the gate (fp32 always does)."""
     cfg = ctx.cfg
@@ -429,9 +441,24 @@ def _auto(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
             }
         )
         candidates[name] = qm
+    for r in table:
+        r.setdefault("engine", "onnxruntime")
+    for provider in _AUTO_CANDIDATES:
+        for row, qm in provider(ctx, ref):
+            table.append(row)
+            if qm is not None:
+                candidates[row["precision"]] = qm
     # Re-time fp32 last as well, so background load drifting during the build does not favour a candidate.
     table[0]["latency_ms"] = min(fp32_ms, latency_ms(ctx.fp32_proto, shape, cfg.latency_runs))
-    passing = [r for r in table if r["passes"] and "latency_ms" in r]
+    # --out fixes the artifact kind: an .xml keeps only IR candidates, an .onnx only ONNX ones.
+    want_ir = bool(cfg.out) and str(cfg.out).lower().endswith(".xml")
+    passing = [
+        r
+        for r in table
+        if r["passes"] and "latency_ms" in r and (not cfg.out or (r["engine"] == "openvino") == want_ir)
+    ]
+    if not passing:
+        raise ModelError(f"--precision auto: no candidate can be written as {cfg.out}; give another --out")
     best = min(passing, key=lambda r: r["latency_ms"])
     for r in table:
         r["chosen"] = r is best
@@ -445,9 +472,15 @@ def _auto(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
             )
         )
     chosen = candidates[best["precision"]]
-    prov = {**chosen.provenance, "auto": {"chosen": best["precision"], "table": table}}
-    report = {**chosen.report, "auto_table": table, "chosen": best["precision"]}
+    reason = (
+        f"{best['precision']} ({best['engine']}) is the fastest at batch 1 of {len(passing)} candidate(s) that "
+        f"pass the parity gate (top-1 agreement >= {cfg.min_agreement}) on this machine"
+    )
+    prov = {**chosen.provenance, "auto": {"chosen": best["precision"], "reason": reason, "table": table}}
+    report = {**chosen.report, "auto_table": table, "chosen": best["precision"], "auto_reason": reason}
     report.setdefault(
         "parity", {"top1_agreement": 1.0, "cosine": 1.0, "max_abs": 0.0, "sqnr_db": float("inf")}
     )
-    return QuantizedModel(chosen.proto, best["precision"], prov, report)
+    return QuantizedModel(
+        chosen.proto, chosen.precision, prov, report, save=chosen.save, suffix=chosen.suffix
+    )
