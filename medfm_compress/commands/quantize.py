@@ -15,20 +15,22 @@ from ._common import csv_option
     "--out",
     default=None,
     type=click.Path(dir_okay=False),
-    help="Output ONNX (default: next to the input, <name>.<precision>.onnx).",
+    help="Output ONNX, or .xml for an OpenVINO IR (default: next to the input, <name>.<precision>.onnx|.xml; "
+    "with --precision auto the suffix limits the candidates to that kind).",
 )
 @click.option("--calib-data", default=None, help="Calibration data spec (folder:DIR needs no labels.csv).")
 @click.option(
     "--target",
     default="cpu",
     show_default=True,
-    help="Deployment target: cpu (ONNX Runtime); others when their backend is installed.",
+    help="Deployment target: cpu (ONNX Runtime; auto also tries OpenVINO), openvino (IR + NNCF), tensorrt.",
 )
 @click.option(
     "--precision",
     default="int8",
     show_default=True,
-    help="cpu: int8 (static QDQ U8S8), int8-dynamic, fp16, auto (fastest that passes the gate).",
+    help="cpu: int8 (static QDQ U8S8), int8-dynamic, fp16, auto (fastest that passes the gate); "
+    "openvino: int8, fp32.",
 )
 @click.option("--method", default="ptq", show_default=True, help="ptq (post-training).")
 @click.option(
@@ -177,5 +179,11 @@ def command(
             f"held-out parity vs fp32: top-1 agreement {p['top1_agreement']:.4f}, cosine {p['cosine']:.5f}, "
             f"SQNR {p['sqnr_db']:.1f} dB"
         )
+    if "auto_table" in res.report:
+        for r in res.report["auto_table"]:
+            state = (f"{r['latency_ms']:8.3f} ms  agreement {r['top1_agreement']:.4f}  "
+                     f"{'pass' if r['passes'] else 'FAIL'}") if "latency_ms" in r else r.get("error", "")
+            click.echo(f"  {'*' if r.get('chosen') else ' '} {r.get('engine', ''):<12} {r['precision']:<14} {state}")
+        click.echo(f"chosen: {res.report.get('auto_reason', res.report.get('chosen'))}")
     if "auto_exclude" in res.report:
         click.echo(f"auto-exclude kept {len(res.report['auto_exclude']['excluded'])} node(s) in fp32")
