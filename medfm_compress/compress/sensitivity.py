@@ -104,6 +104,27 @@ def auto_exclude(
         )
         if not gate_passes(parity, cfg):
             continue
+        # The geometric schedule may overshoot and sensitivity is measured node by node: give back to int8
+        # every excluded node (least damaging first) whose return keeps the gate, since each fp32 island
+        # costs speed.
+        for name in reversed(list(excluded)):
+            if len(excluded) == 1:
+                break
+            trial = [e for e in excluded if e != name]
+            trial_proto = sq.quantize(exclude=base_exclude + trial)
+            trial_parity = parity_report(ref, _run(trial_proto, ctx.calib.holdout), ctx.meta.task)
+            if gate_passes(trial_parity, cfg):
+                excluded, proto, parity = trial, trial_proto, trial_parity
+                steps.append(
+                    {
+                        "excluded": len(excluded),
+                        "returned_to_int8": name,
+                        "top1_agreement": parity["top1_agreement"],
+                        "cosine": parity["cosine"],
+                    }
+                )
+                ctx.log(f"auto-exclude: {name} back to int8 -> agreement {parity['top1_agreement']:.4f}")
+        k = len(excluded)
         ms = latency_ms(proto, shape, cfg.latency_runs)
         step["latency_ms"] = ms
         if ms >= fp32_ms:

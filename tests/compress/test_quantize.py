@@ -182,7 +182,9 @@ def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
     assert res.report["parity_naive"]["cosine"] < 0.99995
     ranking = res.report["sensitivity"]
     assert [r["sqnr_db"] for r in ranking] == sorted(r["sqnr_db"] for r in ranking)
-    assert ae["excluded"] == [r["name"] for r in ranking[: len(ae["excluded"])]]
+    # Excluded nodes come from the worst of the ranking (some may have been given back to int8 afterwards).
+    tried = max(s["excluded"] for s in ae["steps"])
+    assert set(ae["excluded"]) <= {r["name"] for r in ranking[:tried]}
     assert set(ae["excluded"]) <= set(read_meta(res.path).provenance["quantization"]["excluded_nodes"])
 
 

