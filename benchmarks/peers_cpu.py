@@ -1,0 +1,278 @@
+"""Ours (``quantize --target cpu --precision auto``) vs the CPU tools a user would pick by hand, side by side.
+
+For each student (trained by a short distillation on the embedded synthetic data; run dirs are reused) and the
+same calibration and test images, one process measures:
+
+* ours: ``QuantizeConfig(target="cpu", precision="auto")``, the artifact it writes (ONNX or OpenVINO IR), run
+  through our ``Engine`` (the path our users take);
+* ``ort-static-defaults``: ``onnxruntime.quantization.quantize_static`` with its defaults (QDQ, S8S8, MinMax)
+  on the same calibration images, run in a default ``InferenceSession``;
+* ``ort-fp32``: the fp32 ONNX in a default ``InferenceSession``;
+* ``openvino-nncf-defaults``: ``openvino.convert_model`` + ``nncf.quantize`` with defaults, default
+  ``compile_model(..., "CPU")``;
+* ``openvino-fp32``: the converted fp32 model, default ``compile_model``;
+* ``torch-eager-fp32``: the trained torch model under ``torch.inference_mode``;
+* ``torch-ao-dynamic-int8``: ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear`` (torchao itself is not
+  installed here; its int8 paths target GPUs).
+
+Latency is p50 over interleaved rounds (every artifact timed in each round, so background load hits all of them
+alike), at batch 1 and 8, with every runtime at its default thread count. Agreement is top-1 agreement with
+the fp32 model's logits on the test split; AUC is macro AUC against the labels. Writes
+``benchmarks/results/peers_cpu.json`` and ``.md``. Usage::
+
+    python benchmarks/peers_cpu.py [--students resnet18,mobilenetv3_small_100,vit_tiny_patch16_224] [--runs 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medfm_compress._env import fingerprint
+from medfm_compress._io import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parent
+OURS = "ours-auto"
+
+
+def _ensure_run(student: str, runs: Path, data: str, epochs: int) -> Path:
+    from medfm_compress.compress.distill import DistillConfig, distill
+
+    run = runs / student
+    if not (run / "student.json").is_file():
+        distill(DistillConfig(data=data, out=str(run), student=f"timm:{student}", epochs=epochs, progress=False))
+    return run
+
+
+def _p50_interleaved(fns: dict[str, callable], x: np.ndarray, runs: int, rounds: int = 5, warmup: int = 5):
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(x)
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    per = max(1, runs // rounds)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per):
+                t = time.perf_counter()
+                fn(x)
+                samples[name].append(time.perf_counter() - t)
+    return {k: float(np.percentile(v, 50) * 1000.0) for k, v in samples.items()}
+
+
+def _batched(fn, x: np.ndarray, bs: int = 32) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(x[i : i + bs]), dtype=np.float32) for i in range(0, len(x), bs)])
+
+
+def bench_student(student: str, args) -> dict:
+    import nncf
+    import onnxruntime as ort
+    import openvino as ov
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    from medfm_compress.bench.metrics import macro_auc, top1_agreement
+    from medfm_compress.compress.calibration import stratified_indices
+    from medfm_compress.compress.quantize import QuantizeConfig, quantize
+    from medfm_compress.data import load_data
+    from medfm_compress.export.onnx import ExportConfig, export_onnx
+    from medfm_compress.models import load_model
+    from medfm_compress.runtime import Engine
+
+    t0 = time.time()
+    run = _ensure_run(student, Path(args.runs_dir), args.data, args.epochs)
+    onnx_path = run / "student.onnx"
+    if not onnx_path.is_file():
+        export_onnx(ExportConfig(source=str(run), out=str(onnx_path)))
+    model, card = load_model(run)
+    task = load_data(args.data, seed=0)
+    pre = card.preprocess
+    test = task.split("test")
+    x_test = pre(test.images)
+    train = task.split("train")
+    calib = pre(train.images[stratified_indices(train.labels, args.num_calib, 0, task.task)])
+
+    work = Path(tempfile.mkdtemp(prefix=f"peers-{student}-"))
+    # --- ours -------------------------------------------------------------------------------------------
+    tq = time.time()
+    res = quantize(QuantizeConfig(input=str(onnx_path), calib_data=args.data, target="cpu", precision="auto",
+                                  num_calib=args.num_calib, latency_runs=args.runs, progress=False,
+                                  out=None))
+    ours_seconds = time.time() - tq
+    ours_eng = Engine.load(res.path)
+
+    # --- peers, as users run them by hand -------------------------------------------------------------------
+    sess_fp32 = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    in_name = sess_fp32.get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {in_name: x[None]}
+
+    ort_q = work / "ort_static.onnx"
+    quantize_static(str(onnx_path), str(ort_q), Reader())
+    sess_q = ort.InferenceSession(str(ort_q), providers=["CPUExecutionProvider"])
+
+    core = ov.Core()
+    ov_fp32 = ov.convert_model(str(onnx_path))
+    ov_q = nncf.quantize(ov_fp32, nncf.Dataset(list(calib), lambda x: x[None]))
+    ov.save_model(ov_q, str(work / "ov_nncf.xml"))
+    ov.save_model(ov_fp32, str(work / "ov_fp32.xml"))
+    c_fp32, c_q = core.compile_model(ov_fp32, "CPU"), core.compile_model(ov_q, "CPU")
+    r_fp32, r_q = c_fp32.create_infer_request(), c_q.create_infer_request()
+
+    torch_dyn = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+    def torch_fn(m):
+        def f(x):
+            with torch.inference_mode():
+                return m(torch.from_numpy(x)).numpy()
+
+        return f
+
+    def ov_fn(req):
+        def f(x):
+            req.infer(x)
+            return req.get_output_tensor(0).data.copy()
+
+        return f
+
+    fns = {
+        OURS: ours_eng.run,
+        "ort-fp32": lambda x: sess_fp32.run(None, {in_name: x})[0],
+        "ort-static-defaults": lambda x: sess_q.run(None, {in_name: x})[0],
+        "openvino-fp32": ov_fn(r_fp32),
+        "openvino-nncf-defaults": ov_fn(r_q),
+        "torch-eager-fp32": torch_fn(model),
+        "torch-ao-dynamic-int8": torch_fn(torch_dyn),
+    }
+    buf = io.BytesIO()
+    torch.save(torch_dyn.state_dict(), buf)
+    sizes = {
+        OURS: res.size_bytes,
+        "ort-fp32": onnx_path.stat().st_size,
+        "ort-static-defaults": ort_q.stat().st_size,
+        "openvino-fp32": sum((work / f"ov_fp32.{s}").stat().st_size for s in ("xml", "bin")),
+        "openvino-nncf-defaults": sum((work / f"ov_nncf.{s}").stat().st_size for s in ("xml", "bin")),
+        "torch-eager-fp32": (run / "student.safetensors").stat().st_size,
+        "torch-ao-dynamic-int8": buf.tell(),
+    }
+    ref = _batched(fns["torch-eager-fp32"], x_test)
+    rows = {}
+    for name, fn in fns.items():
+        logits = _batched(fn, x_test, 32 if name != OURS else 32)
+        rows[name] = {
+            "top1_agreement": top1_agreement(ref, logits, task.task),
+            "macro_auc": macro_auc(logits, test.labels, task.task),
+            "size_bytes": sizes[name],
+        }
+    shape = x_test.shape[1:]
+    for bs in (1, 8):
+        x = np.random.default_rng(bs).standard_normal((bs, *shape)).astype(np.float32)
+        for name, ms in _p50_interleaved(fns, x, args.runs).items():
+            rows[name][f"p50_ms_bs{bs}"] = ms
+    ours_eng.close()
+    return {
+        "student": student,
+        "input_shape": list(shape),
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "n_test": len(x_test),
+        "n_calib": len(calib),
+        "ours": {"path": str(res.path), "precision": res.precision, "chosen": res.report.get("chosen"),
+                 "reason": res.report.get("auto_reason"), "auto_table": res.report.get("auto_table"),
+                 "quantize_seconds": round(ours_seconds, 1)},
+        "rows": rows,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def figure(rec: dict) -> dict:
+    """The issue's figure for one student: ours vs the fastest peer at batch 1."""
+    rows = rec["rows"]
+    ours = rows[OURS]
+    peers = {k: v for k, v in rows.items() if k != OURS}
+    fastest = min(peers, key=lambda k: peers[k]["p50_ms_bs1"])
+    f = peers[fastest]
+    return {
+        "fastest_peer": fastest,
+        "peer_p50_ms_bs1": f["p50_ms_bs1"],
+        "ours_p50_ms_bs1": ours["p50_ms_bs1"],
+        "ratio": ours["p50_ms_bs1"] / f["p50_ms_bs1"],
+        "within_5pct": ours["p50_ms_bs1"] <= 1.05 * f["p50_ms_bs1"],
+        "agreement_not_lower": ours["top1_agreement"] >= f["top1_agreement"],
+        "faster": ours["p50_ms_bs1"] < f["p50_ms_bs1"],
+    }
+
+
+def markdown(records: list[dict], fp: dict) -> str:
+    out = [f"# CPU peers benchmark\n\nMachine: {fp.get('cpu', '?')}, {fp.get('cores', '?')} cores; "
+           "every runtime at its default thread count. p50 latency in ms over interleaved rounds.\n"]
+    for rec in records:
+        o = rec["ours"]
+        out.append(f"\n## {rec['student']} ({rec['params'] / 1e6:.2f}M params, input {rec['input_shape']}, "
+                   f"{rec['n_test']} test images)\n")
+        out.append(f"ours chose **{o['chosen']}** ({o['precision']}): {o['reason']}\n")
+        out.append("| tool | p50 bs1 | p50 bs8 | size MB | top-1 agreement | macro AUC |\n|---|---|---|---|---|---|")
+        for name, r in rec["rows"].items():
+            out.append(f"| {name} | {r['p50_ms_bs1']:.3f} | {r['p50_ms_bs8']:.3f} | {r['size_bytes'] / 1e6:.2f} | "
+                       f"{r['top1_agreement']:.4f} | {r['macro_auc']:.4f} |")
+        f = rec["figure"]
+        out.append(f"\nfastest peer at bs1: {f['fastest_peer']} {f['peer_p50_ms_bs1']:.3f} ms; ours "
+                   f"{f['ours_p50_ms_bs1']:.3f} ms (x{f['ratio']:.2f}); within 5%: {f['within_5pct']}, agreement "
+                   f"not lower: {f['agreement_not_lower']}, faster: {f['faster']}\n")
+        out.append("\nauto candidates (ours):\n\n| engine | candidate | p50 ms | agreement | passes | chosen |\n"
+                   "|---|---|---|---|---|---|")
+        for r in o["auto_table"] or []:
+            if "latency_ms" in r:
+                out.append(f"| {r.get('engine')} | {r['precision']} | {r['latency_ms']:.3f} | "
+                           f"{r['top1_agreement']:.4f} | {r['passes']} | {r.get('chosen', False)} |")
+            else:
+                out.append(f"| {r.get('engine')} | {r['precision']} | - | - | error: {r.get('error', '')[:80]} | |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--students", default="resnet18,mobilenetv3_small_100,vit_tiny_patch16_224")
+    ap.add_argument("--data", default="synthetic")
+    ap.add_argument("--runs-dir", default="runs/peers")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--num-calib", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=60, help="timed calls per artifact and batch size")
+    ap.add_argument("--out", default=str(ROOT / "results" / "peers_cpu"))
+    args = ap.parse_args()
+    t0 = time.time()
+    records = []
+    for s in args.students.split(","):
+        print(f"== {s}", file=sys.stderr, flush=True)
+        rec = bench_student(s.strip(), args)
+        rec["figure"] = figure(rec)
+        records.append(rec)
+    fp = fingerprint()
+    summary = {
+        "all_within_5pct_at_no_lower_agreement": all(
+            r["figure"]["within_5pct"] and r["figure"]["agreement_not_lower"] for r in records),
+        "faster_on_at_least_one": any(r["figure"]["faster"] for r in records),
+    }
+    record = {"benchmark": "peers_cpu", "args": vars(args), "fingerprint": fp, "started_utc":
+              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "seconds": round(time.time() - t0, 1),
+              "summary": summary, "students": records}
+    md = markdown(records, fp) + f"\nsummary: {json.dumps(summary)}\n"
+    atomic_write_json(Path(args.out + ".json"), record)
+    atomic_write_text(Path(args.out + ".md"), md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""OpenVINO IR export, metadata in rt_info, the ``openvino`` runtime backend and its refusals (tiny models)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from medfm_compress.errors import ConfigError, ExportError, ModelError  # noqa: E402
+
+
+def tiny_onnx(path, custom_op: str | None = None):
+    """A 1x32x32 -> 4 class conv net with medfm metadata (optionally with an op OpenVINO cannot convert)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from medfm_compress.data.preprocess import PreprocessSpec
+    from medfm_compress.export.metadata import ModelMeta, encode_metadata
+
+    rng = np.random.default_rng(0)
+    inits = [
+        onnx.numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.5, "w1"),
+        onnx.numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "w2"),
+        onnx.numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, "b2"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+    ]
+    last = "r1"
+    opsets = [helper.make_opsetid("", 17)]
+    if custom_op:
+        nodes.append(helper.make_node(custom_op, ["r1"], ["cu"], name="custom", domain="com.example"))
+        opsets.append(helper.make_opsetid("com.example", 1))
+        last = "cu"
+    nodes += [
+        helper.make_node("GlobalAveragePool", [last], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    meta = ModelMeta(PreprocessSpec(input_size=(32, 32), channels=1, mean=(0.5,), std=(0.25,)), "multiclass",
+                     ["a", "b", "c", "d"], arch="test:tiny", provenance={"note": 'quotes " and <xml> & stuff'})
+    for k, v in encode_metadata(meta).items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ir(tmp_path_factory):
+    from medfm_compress.export.openvino import export_openvino
+
+    d = tmp_path_factory.mktemp("ov")
+    onnx_path = tiny_onnx(d / "tiny.onnx")
+    res = export_openvino(str(onnx_path), out=str(d / "tiny.xml"))
+    return onnx_path, res
+
+
+def _x(n=5):
+    return np.random.default_rng(1).standard_normal((n, 1, 32, 32)).astype(np.float32)
+
+
+def test_export_writes_pair_with_metadata(ir):
+    from medfm_compress.export.onnx import read_meta
+
+    onnx_path, res = ir
+    assert res.path.suffix == ".xml" and res.path.with_suffix(".bin").is_file()
+    assert res.size_bytes == res.path.stat().st_size + res.path.with_suffix(".bin").stat().st_size
+    assert res.check["cosine"] > 0.9999
+    assert read_meta(res.path) == read_meta(onnx_path)  # same medfm.* keys, round-tripped through rt_info
+    assert not [p for p in res.path.parent.iterdir() if p.name.endswith(".irtmp")]
+
+
+def test_engine_runs_ir_and_onnx(ir):
+    from medfm_compress.runtime import Engine, backend_for_path
+
+    onnx_path, res = ir
+    assert backend_for_path(res.path) == "openvino"
+    x = _x()
+    with Engine.load(onnx_path) as ref, Engine.load(res.path, threads=1) as eng:
+        want = ref.run(x)
+        got = eng.run(x)
+        # fp16-compressed weights in the IR: close, not bit-equal.
+        np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
+        assert eng.info["threads"] == 1 and eng.info["hint"] == "LATENCY"
+        assert eng.info["size_bytes"] == res.size_bytes
+        first = eng.run(x[:1]).copy()
+        eng.run(x[1:2])  # the returned logits must not be overwritten by the next call
+        np.testing.assert_array_equal(first, eng.run(x[:1]))
+        assert np.array_equal(eng.run(x[:1]), first)
+    with Engine.load(onnx_path, backend="openvino", hint="throughput", threads=2) as eng:
+        np.testing.assert_allclose(eng.run(x), want, atol=1e-4)
+        assert eng.info["hint"] == "THROUGHPUT" and eng.info["threads"] == 2
+        _, probs = eng.predict(np.random.default_rng(0).integers(0, 255, (2, 32, 32)).astype(np.uint8))
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_engine_refusals(ir, tmp_path):
+    from medfm_compress.runtime import Engine
+
+    _, res = ir
+    with pytest.raises(ConfigError, match="not present on this machine"):
+        Engine.load(res.path, device="NPU")
+    with pytest.raises(ConfigError, match="hint"):
+        Engine.load(res.path, hint="fastest")
+    with pytest.raises(ConfigError, match="unknown openvino option"):
+        Engine.load(res.path, streams=2)
+    with pytest.raises(ConfigError, match="threads"):
+        Engine.load(res.path, threads=0)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_bin_missing_or_truncated(ir, tmp_path, damage):
+    from medfm_compress.runtime import Engine
+
+    _, res = ir
+    xml = tmp_path / "m.xml"
+    xml.write_bytes(res.path.read_bytes())
+    if damage == "truncated":
+        (tmp_path / "m.bin").write_bytes(res.path.with_suffix(".bin").read_bytes()[:100])
+    with pytest.raises(ModelError, match=damage):
+        Engine.load(xml)
+
+
+def test_not_an_ir(tmp_path):
+    from medfm_compress.export.openvino import load_ir_checked
+
+    (tmp_path / "a.xml").write_text("<config><x/></config>")
+    with pytest.raises(ModelError, match="not an OpenVINO IR"):
+        load_ir_checked(tmp_path / "a.xml")
+    (tmp_path / "b.xml").write_text("<net")
+    with pytest.raises(ModelError, match="not a readable"):
+        load_ir_checked(tmp_path / "b.xml")
+
+
+def test_unconvertible_op_is_named(tmp_path):
+    from medfm_compress.export.openvino import export_openvino
+
+    bad = tiny_onnx(tmp_path / "bad.onnx", custom_op="FooBarOp")
+    with pytest.raises(ExportError, match="FooBarOp"):
+        export_openvino(str(bad), out=str(tmp_path / "bad.xml"))
+    assert not list(tmp_path.glob("bad.xml")) and not list(tmp_path.glob("bad.bin"))
+
+
+def test_save_ir_is_all_or_nothing(ir, tmp_path, monkeypatch):
+    from medfm_compress.export import openvino as ovx
+
+    model = ovx.load_ir_checked(ir[1].path)
+    with pytest.raises(ConfigError, match=".xml"):
+        ovx.save_ir(model, tmp_path / "m.onnx")
+    real = os.replace
+
+    def fail_on_xml(src, dst):
+        if str(dst).endswith(".xml"):
+            raise OSError("disk gone")
+        return real(src, dst)
+
+    monkeypatch.setattr(ovx.os, "replace", fail_on_xml)
+    with pytest.raises(OSError):
+        ovx.save_ir(model, tmp_path / "m.xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_bench_measures_openvino(ir, tmp_path):
+    from click.testing import CliRunner
+
+    from medfm_compress.cli import cli
+
+    onnx_path, res = ir
+    xml = tmp_path / "tiny_ov.xml"
+    xml.write_bytes(res.path.read_bytes())
+    xml.with_suffix(".bin").write_bytes(res.path.with_suffix(".bin").read_bytes())
+    r = CliRunner().invoke(cli, ["bench", str(onnx_path), str(xml), "--data",
+                                  "synthetic?size=32&n_train=16&n_val=8&n_test=16&seed=3", "--iterations", "5",
+                                  "--warmup", "1", "--bootstrap", "10", "--out", str(tmp_path / "rep"), "--quiet",
+                                  "--json"])
+    assert r.exit_code in (0, 3), r.output
+    assert "openvino" in r.output
