@@ -187,6 +187,7 @@ class QuantTarget:
 
 _TARGETS: dict[str, QuantTarget] = {}
 _DISCOVERED = False
+_BROKEN: dict[str, str] = {}
 
 
 def register_target(
@@ -221,7 +222,11 @@ def _discover() -> None:
 
     for mod in pkgutil.iter_modules(compress.__path__):
         if mod.name.startswith("quantize_"):
-            importlib.import_module(f"{compress.__name__}.{mod.name}")
+            try:
+                importlib.import_module(f"{compress.__name__}.{mod.name}")
+            except ImportError as e:
+                # A backend whose optional dependency is missing must not take the other targets down.
+                _BROKEN[mod.name] = f"{type(e).__name__}: {e}"
 
 
 def available_targets() -> dict[str, QuantTarget]:
@@ -232,7 +237,8 @@ def available_targets() -> dict[str, QuantTarget]:
 def get_target(name: str) -> QuantTarget:
     targets = available_targets()
     if name not in targets:
-        raise ConfigError(f"unknown --target {name!r}; available: {', '.join(sorted(targets)) or 'none'}")
+        broken = f" (backend modules that failed to import: {', '.join(sorted(_BROKEN))})" if _BROKEN else ""
+        raise ConfigError(f"unknown --target {name!r}; available: {', '.join(sorted(targets)) or 'none'}{broken}")
     return targets[name]
 
 
