@@ -69,10 +69,17 @@ def preset_config(precision: str, weight_bits: int | None = None, act_bits: int 
             raise ConfigError("bit-width overrides apply to int8 only")
         qc = cfg["quant_cfg"]
         for key, bits in (("*weight_quantizer", weight_bits), ("*input_quantizer", act_bits)):
-            if bits is not None:
-                if not 2 <= bits <= 8:
-                    raise ConfigError(f"bit width must be 2..8, got {bits}")
+            if bits is None:
+                continue
+            if not 2 <= bits <= 8:
+                raise ConfigError(f"bit width must be 2..8, got {bits}")
+            # ModelOpt >= 0.4x holds a list of {"quantizer_name", "cfg"} entries; older ones a dict by pattern.
+            if isinstance(qc, dict):
                 qc[key] = {**qc[key], "num_bits": int(bits)}
+            else:
+                for entry in qc:
+                    if entry.get("quantizer_name") == key and "cfg" in entry:
+                        entry["cfg"] = {**entry["cfg"], "num_bits": int(bits)}
     return cfg
 
 
