@@ -86,6 +86,12 @@ def _is_cuda(engine) -> bool:
     return str(engine.info.get("device") or "cpu").startswith("cuda")
 
 
+def _cuda_events_apply(engine) -> bool:
+    """CUDA events only measure engines that queue work on torch's current stream; others use the host clock
+    (their run() returns host arrays, so it is synchronous anyway)."""
+    return bool(getattr(engine, "supports_cuda_events", False)) and _is_cuda(engine)
+
+
 def _timed_loop(call, cfg: LatencyConfig) -> list[float]:
     """Warm up, then time ``call()`` with the host clock; the loop body is just the call and two clock reads."""
     perf = time.perf_counter
@@ -137,7 +143,9 @@ def measure_engine(engine, tensors: np.ndarray, cfg: LatencyConfig | None = None
     # backend, not the checks (the public run() adds only those checks).
     run = engine._run_impl
     peak_dev = None
-    if cfg.cuda_events and _is_cuda(engine) and cfg.duration_s is None:
+    if _is_cuda(engine) and not _cuda_events_apply(engine):
+        engine.synchronize()
+    if cfg.cuda_events and _cuda_events_apply(engine) and cfg.duration_s is None:
         times, peak_dev = _cuda_event_loop(engine, lambda: run(x), cfg)
         clock = "cuda_events"
     else:

@@ -137,6 +137,9 @@ class Engine:
     # Lower priority is asked first in backend_for_path.
     priority: ClassVar[int] = 50
     suffixes: ClassVar[tuple[str, ...]] = ()
+    # True when the backend queues its GPU work on torch's current CUDA stream, so CUDA events recorded there
+    # bracket the engine's device time (the latency harness then times with events).
+    supports_cuda_events: ClassVar[bool] = False
 
     def __init__(self, path: str | os.PathLike, device: str | None = None, threads: int | None = None,
                  **options: Any):

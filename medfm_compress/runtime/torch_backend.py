@@ -24,6 +24,7 @@ class TorchEngine(Engine):
 
     priority = 10
     suffixes = (".safetensors", ".json")
+    supports_cuda_events = True
 
     @classmethod
     def accepts(cls, path: Path) -> bool:

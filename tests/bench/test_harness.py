@@ -213,3 +213,15 @@ def test_bench_skips_batch_sizes_a_static_artifact_cannot_take(student_onnx, tmp
     assert "skipped" in lat["1"] and lat["2"]["engine"]["batch_size"] == 2
     assert report["artifacts"][1]["end_to_end"] is None
     assert report["artifacts"][1]["parity"]["top1_agreement"] == 1.0  # padded batches give the same outputs
+
+
+@pytest.mark.gpu
+def test_cuda_latency_uses_events_and_records_device_memory(tiny_run):
+    from medfm_compress.data import load_data
+    from medfm_compress.runtime import Engine
+
+    images = load_data(TINY_DATA).split("test").images
+    for graphs in (False, True):
+        with Engine.load(tiny_run, device="cuda", cuda_graphs=graphs) as eng:
+            s = measure_engine(eng, eng.preprocess(images[:4]), LatencyConfig(iterations=10, warmup=3))
+            assert s["clock"] == "cuda_events" and s["peak_device_memory_bytes"] > 0 and s["p50_ms"] > 0
