@@ -28,7 +28,7 @@ from ._common import csv_option
               help="Paired bootstrap resamples for the confidence intervals.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-auc-drop", default=None, type=float,
-              help="Gate: upper 95%% CI bound of the macro AUC drop vs the reference, in AUC points (1.0 = 0.01).")
+              help="Gate: upper 95% CI bound of the macro AUC drop vs the reference, in AUC points (1.0 = 0.01).")
 @click.option("--min-agreement", default=None, type=float, help="Gate: minimum top-1 agreement with the reference.")
 @click.option("--min-speedup", default=None, type=float, help="Gate: minimum reference p50 / artifact p50 (batch 1).")
 @click.option("--max-p50-ms", default=None, type=float, help="Gate: maximum engine-only p50 at batch 1 (ms).")
