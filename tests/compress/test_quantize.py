@@ -146,7 +146,8 @@ def test_auto_never_slower_than_fp32(tiny_onnx, tmp_path):
         )
     )
     table = res.report["auto_table"]
-    assert {r["precision"] for r in table} == {"fp32", "int8", "int8-dynamic", "fp16"}
+    # Other CPU engines (OpenVINO) may add rows; the ONNX Runtime candidates are always there.
+    assert {"fp32", "int8", "int8-dynamic", "fp16"} <= {r["precision"] for r in table}
     chosen = next(r for r in table if r["chosen"])
     fp32 = next(r for r in table if r["precision"] == "fp32")
     assert chosen["passes"] and chosen["latency_ms"] <= fp32["latency_ms"]
