@@ -172,7 +172,9 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
             # Our parity metric, per image: NNCF ranks layers by how much reverting them restores it.
             got = np.concatenate([compiled(x)[0] for x, _ in items])
             idx = np.concatenate([i for _, i in items])
-            per_item = [top1_agreement(ref_top[i], g[None], ctx.meta.task) for g, i in zip(got, idx, strict=True)]
+            per_item = [
+                top1_agreement(ref_top[i][None], g[None], ctx.meta.task) for g, i in zip(got, idx, strict=True)
+            ]
             return top1_agreement(ref_top[idx], got, ctx.meta.task), per_item
 
         holdout = [(ctx.calib.holdout[i : i + 1], np.array([i])) for i in range(len(ctx.calib.holdout))]

@@ -1,0 +1,183 @@
+"""``quantize --target openvino`` and the OpenVINO candidates of ``--target cpu --precision auto`` (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from medfm_compress.errors import ConfigError, ExportError, GateFailure  # noqa: E402
+
+DATA = "synthetic?size=32&n_train=64&n_val=16&n_test=48&seed=3"
+
+
+def tiny_onnx(path, custom_op: str | None = None, tied: bool = False):
+    """A 1x32x32 -> 4 class conv net with medfm metadata (optionally with an op OpenVINO cannot convert, or
+    with classes 0 and 1 nearly tied so that int8 noise flips the top-1 class)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from medfm_compress.data.preprocess import PreprocessSpec
+    from medfm_compress.export.metadata import ModelMeta, encode_metadata
+
+    rng = np.random.default_rng(0)
+    inits = [
+        onnx.numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.5, "w1"),
+        onnx.numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "w2"),
+        onnx.numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, "b2"),
+    ]
+    if tied:
+        # Conv channels 0 and 1 nearly equal; class k reads channel k: the top-1 between classes 0 and 1
+        # hangs on a difference below one int8 activation step. Classes 2 and 3 never win.
+        w1 = onnx.numpy_helper.to_array(inits[0]).copy()
+        w1[1] = w1[0] + 0.003 * rng.standard_normal((1, 3, 3)).astype(np.float32)
+        b1 = onnx.numpy_helper.to_array(inits[1]).copy()
+        b1[:2] = 1.0
+        w2 = np.zeros((4, 8), np.float32)
+        w2[0, 0] = w2[1, 1] = 1.0
+        w2[2:] = -10.0
+        inits[:] = [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(b1, "b1"),
+                    onnx.numpy_helper.from_array(w2, "w2"), onnx.numpy_helper.from_array(np.zeros(4, np.float32), "b2")]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+    ]
+    last, opsets = "r1", [helper.make_opsetid("", 17)]
+    if custom_op:
+        nodes.append(helper.make_node(custom_op, ["r1"], ["cu"], name="custom", domain="com.example"))
+        opsets.append(helper.make_opsetid("com.example", 1))
+        last = "cu"
+    nodes += [
+        helper.make_node("GlobalAveragePool", [last], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    meta = ModelMeta(PreprocessSpec(input_size=(32, 32), channels=1, mean=(0.5,), std=(0.25,)), "multiclass",
+                     ["a", "b", "c", "d"], arch="test:tiny")
+    for k, v in encode_metadata(meta).items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    return tiny_onnx(tmp_path_factory.mktemp("qov") / "tiny.onnx")
+
+
+def _cfg(fp32, **kw):
+    from medfm_compress.compress.quantize import QuantizeConfig
+
+    base = dict(input=str(fp32), calib_data=DATA, num_calib=32, num_holdout=32, min_agreement=0.5,
+                latency_runs=5, progress=False)
+    return QuantizeConfig(**{**base, **kw})
+
+
+def test_int8_ir_with_metadata(fp32, tmp_path):
+    from medfm_compress.compress.quantize import quantize
+    from medfm_compress.export.onnx import read_meta
+    from medfm_compress.runtime import Engine
+
+    res = quantize(_cfg(fp32, target="openvino", precision="int8", out=str(tmp_path / "q.xml")))
+    assert res.path == tmp_path / "q.xml" and (tmp_path / "q.bin").is_file()
+    assert res.size_bytes == (tmp_path / "q.xml").stat().st_size + (tmp_path / "q.bin").stat().st_size
+    meta = read_meta(res.path)
+    q = meta.provenance["quantization"]
+    assert meta.precision == "int8" and meta.label_names == ["a", "b", "c", "d"]
+    assert q["target"] == "openvino" and q["model_type"] == "default" and q["calibration"]["num_calibration"] == 32
+    assert 0.0 <= res.report["parity"]["top1_agreement"] <= 1.0
+    with Engine.load(res.path) as eng:
+        assert eng.info["precision"] == "int8"
+        x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
+        assert eng.run(x).shape == (3, 4)
+        # NNCF inserted FakeQuantize ops: the IR really is quantized.
+        from medfm_compress.export.openvino import load_ir_checked
+
+        assert any(op.get_type_name() == "FakeQuantize" for op in load_ir_checked(res.path).get_ops())
+
+
+def test_fp32_default_name_and_refusals(fp32, tmp_path):
+    from medfm_compress.compress.quantize import quantize
+
+    res = quantize(_cfg(fp32, target="openvino", precision="fp32"))
+    assert res.path.name == "tiny.fp32.xml" and res.report["parity"]["top1_agreement"] == 1.0
+    with pytest.raises(ConfigError, match=".xml"):
+        quantize(_cfg(fp32, target="openvino", out=str(tmp_path / "q.onnx")))
+    with pytest.raises(ConfigError, match="entropy"):
+        quantize(_cfg(fp32, target="openvino", calibrator="entropy"))
+    with pytest.raises(ConfigError, match="--precision"):
+        quantize(_cfg(fp32, target="openvino", precision="fp16"))
+    with pytest.raises(GateFailure, match="--auto-exclude"):
+        # An agreement above what plain PTQ reaches on this random-weight net (checked below) fails the gate.
+        quantize(_cfg(fp32, target="openvino", min_agreement=1.0, min_cosine=0.999999))
+    assert not list(tmp_path.iterdir())
+
+
+def test_unconvertible_op_fails_before_calibration(tmp_path):
+    from medfm_compress.compress.quantize import quantize
+
+    bad = tiny_onnx(tmp_path / "bad.onnx", custom_op="FooBarOp")
+    # No calibration data given: the op error must come first.
+    with pytest.raises(ExportError, match="FooBarOp"):
+        quantize(_cfg(bad, target="openvino", calib_data=None, out=str(tmp_path / "o.xml")))
+
+
+def test_accuracy_control_is_the_auto_exclude(tmp_path):
+    from medfm_compress.compress.quantize import quantize
+
+    tied = tiny_onnx(tmp_path / "tied.onnx", tied=True)
+    res = quantize(_cfg(tied, target="openvino", min_agreement=1.0, auto_exclude=True, out=str(tmp_path / "a.xml")))
+    # Plain PTQ flips near-tied classes; accuracy control reverted layers until top-1 agreement with fp32 held
+    # on every held-out image.
+    assert res.report["parity_naive"]["top1_agreement"] < 1.0
+    assert res.report["parity"]["top1_agreement"] == 1.0
+    assert res.report["auto_exclude"]["method"] == "nncf.quantize_with_accuracy_control"
+    assert res.meta.provenance["quantization"]["accuracy_control"]["metric"] == "top1_agreement"
+
+
+def test_is_transformer():
+    import onnx
+    from onnx import helper
+
+    from medfm_compress.compress.quantize_openvino import is_transformer
+
+    empty = helper.make_model(helper.make_graph([], "g", [], []))
+    assert is_transformer(empty, "timm:vit_tiny_patch16_224")
+    assert not is_transformer(empty, "timm:resnet18")
+    g = helper.make_graph([helper.make_node(op, [], []) for op in ("LayerNormalization", "MatMul", "Softmax")],
+                          "g", [], [])
+    assert is_transformer(onnx.helper.make_model(g), "")
+
+
+def test_cpu_auto_considers_openvino(fp32, tmp_path):
+    from click.testing import CliRunner
+
+    from medfm_compress.cli import cli
+
+    out = tmp_path / "auto.xml"
+    r = CliRunner().invoke(cli, ["quantize", str(fp32), "--target", "cpu", "--precision", "auto", "--calib-data",
+                                 DATA, "--num-calib", "32", "--num-holdout", "32", "--min-agreement", "0.5",
+                                 "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)["report"]
+    engines = {row["engine"] for row in rep["auto_table"]}
+    assert engines == {"onnxruntime", "openvino"}
+    chosen = [row for row in rep["auto_table"] if row["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["engine"] == "openvino"  # --out .xml keeps IR candidates only
+    assert "fastest" in rep["auto_reason"] and out.is_file() and out.with_suffix(".bin").is_file()
+    # --out .onnx: OpenVINO is skipped with a row saying why, and the artifact is ONNX.
+    res_onnx = tmp_path / "auto.onnx"
+    r = CliRunner().invoke(cli, ["quantize", str(fp32), "--precision", "auto", "--calib-data", DATA, "--num-calib",
+                                 "32", "--num-holdout", "32", "--min-agreement", "0.5", "--out", str(res_onnx)])
+    assert r.exit_code == 0, r.output
+    assert "skipped: --out names an .onnx" in r.output and res_onnx.is_file()
