@@ -84,3 +84,19 @@ def test_trt_quantize_config_rejects_bad_values(kwargs, match):
 
     with pytest.raises(ConfigError, match=match):
         TrtQuantizeConfig("run", **kwargs)
+
+
+def test_export_cli_int8_engine_from_run_dir(tiny_run, tmp_path):
+    from click.testing import CliRunner
+
+    from medfm_compress.cli import cli
+    from medfm_compress.export.tensorrt import read_sidecar
+
+    out = tmp_path / "student.engine"
+    r = CliRunner().invoke(cli, ["export", str(tiny_run), "--format", "tensorrt", "--precision", "int8",
+                                  "--batch-sizes", "1,4,16", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    side = read_sidecar(out)
+    assert side["precision"] == "int8" and side["onnx_qdq"] == "int8"
+    assert side["metadata"]["medfm.precision"] == "int8"
+    assert (tmp_path / "student.trt-int8.onnx").is_file()  # the QDQ ONNX the engine was built from

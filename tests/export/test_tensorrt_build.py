@@ -258,3 +258,25 @@ def test_classic_flavour_missing_names_the_extra(onnx_files, tmp_path):
     with pytest.raises(BackendMissingError, match=r"medfm-compress\[trt\]"):
         build_engine(TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / "c.engine"),
                                     flavour="classic"), progress=False)
+
+
+def test_export_cli_builds_engine_from_onnx(onnx_files, tmp_path):
+    from click.testing import CliRunner
+
+    from medfm_compress.cli import cli
+
+    src = onnx_files["timm:medfm_resnet10_w16"]["fp32"]
+    out = tmp_path / "cli.engine"
+    r = CliRunner().invoke(cli, ["export", str(src), "--format", "tensorrt", "--batch-sizes", "1,4,16",
+                                  "--precision", "fp16", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.output)
+    assert rec["precision"] == "fp16" and rec["profile"]["max"][0] == 16 and out.is_file()
+    assert read_sidecar(out)["precision"] == "fp16"
+
+    r = CliRunner().invoke(cli, ["export", str(src), "--format", "tensorrt", "--precision", "int8",
+                                  "--out", str(tmp_path / "bad.engine")])
+    assert r.exit_code == 1 and "error: --precision int8 needs explicit QDQ" in r.output
+    assert not (tmp_path / "bad.engine").exists()
+    r = CliRunner().invoke(cli, ["export", str(src), "--format", "tensorrt", "--batch-sizes", "1,x"])
+    assert r.exit_code == 1 and "--batch-sizes" in r.output
