@@ -53,9 +53,17 @@ def main() -> None:
         ptq_drop, qat_drop = 100 * (fp32_auc - ptq_auc), 100 * (fp32_auc - qat_auc)
         applies = ptq_drop > 0.5
         recovered = (ptq_drop - qat_drop) / ptq_drop if ptq_drop > 0 else None
-        row = {"bits": bits, "fp32_auc": fp32_auc, "ptq_auc": ptq_auc, "qat_auc": qat_auc, "ptq_drop_pt": ptq_drop,
-               "qat_drop_pt": qat_drop, "recovered_fraction": recovered, "criterion_applies": applies,
-               "criterion_met": (recovered is not None and recovered >= 0.5) if applies else None}
+        row = {
+            "bits": bits,
+            "fp32_auc": fp32_auc,
+            "ptq_auc": ptq_auc,
+            "qat_auc": qat_auc,
+            "ptq_drop_pt": ptq_drop,
+            "qat_drop_pt": qat_drop,
+            "recovered_fraction": recovered,
+            "criterion_applies": applies,
+            "criterion_met": (recovered is not None and recovered >= 0.5) if applies else None,
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = Path(__file__).parent / "results"

@@ -26,7 +26,12 @@ from medfm_compress.export.onnx import export_model_to_onnx
 from medfm_compress.export.tensorrt import TensorRTConfig, build_engine
 from medfm_compress.models import create_model
 
-CASES = [("timm:medfm_resnet10_w16", 32), ("timm:medfm_resnet10_w24", 32), ("timm:resnet18", 32), ("timm:resnet18", 224)]
+CASES = [
+    ("timm:medfm_resnet10_w16", 32),
+    ("timm:medfm_resnet10_w24", 32),
+    ("timm:resnet18", 32),
+    ("timm:resnet18", 224),
+]
 
 
 def main() -> None:
@@ -45,18 +50,40 @@ def main() -> None:
             int8 = export_quantized_onnx(quantize_torch(m, calib, "int8"), qmeta, d / "m.int8.onnx", ex)
             for prec, src in (("fp32", fp32), ("fp16", fp32), ("int8", int8)):
                 c0, w0 = time.process_time(), time.time()
-                res = build_engine(TensorRTConfig(str(src), str(d / f"{prec}.engine"), precision=prec,
-                                                  batch_sizes=(1, 4, 16)), progress=False)
-                row = {"arch": arch, "input": size, "precision": prec, "wall_s": round(time.time() - w0, 2),
-                       "cpu_s": round(time.process_time() - c0, 2), "builder_s": res.build_seconds,
-                       "engine_mb": round(res.size_bytes / 1e6, 2), "flavour": res.flavour,
-                       "tensorrt_version": res.trt_version, "targets": res.targets}
+                res = build_engine(
+                    TensorRTConfig(
+                        str(src), str(d / f"{prec}.engine"), precision=prec, batch_sizes=(1, 4, 16)
+                    ),
+                    progress=False,
+                )
+                row = {
+                    "arch": arch,
+                    "input": size,
+                    "precision": prec,
+                    "wall_s": round(time.time() - w0, 2),
+                    "cpu_s": round(time.process_time() - c0, 2),
+                    "builder_s": res.build_seconds,
+                    "engine_mb": round(res.size_bytes / 1e6, 2),
+                    "flavour": res.flavour,
+                    "tensorrt_version": res.trt_version,
+                    "targets": res.targets,
+                }
                 rows.append(row)
-                print(f"{arch:28s} {size:4d} {prec:5s} wall {row['wall_s']:6.2f} s  cpu {row['cpu_s']:6.2f} s  "
-                      f"builder {row['builder_s']:6.2f} s  {row['engine_mb']:6.2f} MB", flush=True)
-    record = {"benchmark": "trt_build", "rows": rows, "env": fingerprint(),
-              "all_under_10s_wall": all(r["wall_s"] < 10 for r in rows)}
-    for out in [Path(__file__).parent / "results", Path(os.environ["OUT"]) if os.environ.get("OUT") else None]:
+                print(
+                    f"{arch:28s} {size:4d} {prec:5s} wall {row['wall_s']:6.2f} s  cpu {row['cpu_s']:6.2f} s  "
+                    f"builder {row['builder_s']:6.2f} s  {row['engine_mb']:6.2f} MB",
+                    flush=True,
+                )
+    record = {
+        "benchmark": "trt_build",
+        "rows": rows,
+        "env": fingerprint(),
+        "all_under_10s_wall": all(r["wall_s"] < 10 for r in rows),
+    }
+    for out in [
+        Path(__file__).parent / "results",
+        Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
+    ]:
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "trt_build.json").write_text(json.dumps(record, indent=2, default=str))

@@ -36,15 +36,33 @@ FORMATS = ("onnx", "tensorrt")
     help="Output format: onnx, or tensorrt (an engine; see --precision, --batch-sizes).",
 )
 # TensorRT engine options (used with --format tensorrt; medfm_compress.export.tensorrt).
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8", "fp8"]),
-              help="tensorrt: engine precision (int8/fp8 quantize a run directory with --target tensorrt first).")
-@click.option("--batch-sizes", default="1", show_default=True, help="tensorrt: batch sizes, e.g. 1,4,16 (profile).")
-@click.option("--flavour", default="auto", show_default=True, type=click.Choice(["auto", "rtx", "classic"]),
-              help="tensorrt: TensorRT-RTX (builds without a GPU) or classic TensorRT.")
-@click.option("--targets", default=None, help="tensorrt (RTX): compute capabilities, e.g. sm86,sm89 or current.")
+@click.option(
+    "--precision",
+    default="fp32",
+    show_default=True,
+    type=click.Choice(["fp32", "fp16", "int8", "fp8"]),
+    help="tensorrt: engine precision (int8/fp8 quantize a run directory with --target tensorrt first).",
+)
+@click.option(
+    "--batch-sizes", default="1", show_default=True, help="tensorrt: batch sizes, e.g. 1,4,16 (profile)."
+)
+@click.option(
+    "--flavour",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "rtx", "classic"]),
+    help="tensorrt: TensorRT-RTX (builds without a GPU) or classic TensorRT.",
+)
+@click.option(
+    "--targets", default=None, help="tensorrt (RTX): compute capabilities, e.g. sm86,sm89 or current."
+)
 @click.option("--workspace-mb", default=None, type=int, help="tensorrt: builder workspace limit in MiB.")
-@click.option("--timing-cache", default=None, type=click.Path(dir_okay=False),
-              help="tensorrt (classic): timing cache file reused across builds.")
+@click.option(
+    "--timing-cache",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="tensorrt (classic): timing cache file reused across builds.",
+)
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (>= 17).")
 @click.option(
     "--atol",
@@ -65,16 +83,46 @@ FORMATS = ("onnx", "tensorrt")
 @click.option("--no-simplify", is_flag=True, help="Skip the onnxslim graph clean-up.")
 @click.option("--force", is_flag=True, help="Use weights whose hash differs from the run manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(source, out, model_name, fmt, precision, batch_sizes, flavour, targets, workspace_mb, timing_cache,
-            opset, atol, data, num_check, dynamo, no_simplify, force, as_json):
+def command(
+    source,
+    out,
+    model_name,
+    fmt,
+    precision,
+    batch_sizes,
+    flavour,
+    targets,
+    workspace_mb,
+    timing_cache,
+    opset,
+    atol,
+    data,
+    num_check,
+    dynamo,
+    no_simplify,
+    force,
+    as_json,
+):
     """Export a trained model (run directory, .json card or .safetensors) to a checked ONNX file.
 
     The ONNX file carries the preprocessing, labels and provenance; ONNX Runtime's outputs are compared
     with torch's on real task images and random tensors before anything is written.
     """
     if fmt == "tensorrt":
-        return _tensorrt(source, out, model_name, precision, batch_sizes, flavour, targets, workspace_mb,
-                         timing_cache, data, force, as_json)
+        return _tensorrt(
+            source,
+            out,
+            model_name,
+            precision,
+            batch_sizes,
+            flavour,
+            targets,
+            workspace_mb,
+            timing_cache,
+            data,
+            force,
+            as_json,
+        )
     from ..export.onnx import ExportConfig, export_onnx
 
     cfg = ExportConfig(
@@ -112,8 +160,20 @@ def command(source, out, model_name, fmt, precision, batch_sizes, flavour, targe
     )
 
 
-def _tensorrt(source, out, model_name, precision, batch_sizes, flavour, targets, workspace_mb, timing_cache, data,
-              force, as_json):
+def _tensorrt(
+    source,
+    out,
+    model_name,
+    precision,
+    batch_sizes,
+    flavour,
+    targets,
+    workspace_mb,
+    timing_cache,
+    data,
+    force,
+    as_json,
+):
     from ..errors import ConfigError
     from ..export.tensorrt import export_tensorrt
 
@@ -121,15 +181,38 @@ def _tensorrt(source, out, model_name, precision, batch_sizes, flavour, targets,
         sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
     except ValueError:
         raise ConfigError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
-    res = export_tensorrt(source, out=out, model=model_name, precision=precision, batch_sizes=sizes,
-                          flavour=flavour, workspace_mb=workspace_mb, timing_cache=timing_cache,
-                          targets=tuple(t for t in targets.split(",") if t.strip()) if targets else None,
-                          calib_data=data, force=force, progress=not as_json)
+    res = export_tensorrt(
+        source,
+        out=out,
+        model=model_name,
+        precision=precision,
+        batch_sizes=sizes,
+        flavour=flavour,
+        workspace_mb=workspace_mb,
+        timing_cache=timing_cache,
+        targets=tuple(t for t in targets.split(",") if t.strip()) if targets else None,
+        calib_data=data,
+        force=force,
+        progress=not as_json,
+    )
     if as_json:
-        click.echo(json.dumps({"path": str(res.path), "sidecar": str(res.sidecar), "flavour": res.flavour,
-                               "tensorrt_version": res.trt_version, "precision": res.precision,
-                               "profile": res.profile, "targets": res.targets, "build_seconds": res.build_seconds,
-                               "size_bytes": res.size_bytes, "notes": res.notes}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "path": str(res.path),
+                    "sidecar": str(res.sidecar),
+                    "flavour": res.flavour,
+                    "tensorrt_version": res.trt_version,
+                    "precision": res.precision,
+                    "profile": res.profile,
+                    "targets": res.targets,
+                    "build_seconds": res.build_seconds,
+                    "size_bytes": res.size_bytes,
+                    "notes": res.notes,
+                },
+                indent=2,
+            )
+        )
         return
     for note in res.notes:
         click.echo(f"note: {note}")

@@ -48,7 +48,9 @@ def import_mtq():
     try:
         import modelopt.torch.quantization as mtq
     except ImportError as e:
-        raise BackendMissingError("nvidia-modelopt", "modelopt", detail=f"import modelopt failed: {e}") from None
+        raise BackendMissingError(
+            "nvidia-modelopt", "modelopt", detail=f"import modelopt failed: {e}"
+        ) from None
     return mtq
 
 
@@ -60,9 +62,11 @@ def preset_config(precision: str, weight_bits: int | None = None, act_bits: int 
     """
     mtq = import_mtq()
     if precision not in _PRESETS:
-        raise ConfigError(f"--precision for --target tensorrt quantization must be one of "
-                          f"{', '.join(_PRESETS)} (fp16 needs no quantization: build the fp32 ONNX with "
-                          "--precision fp16), got {precision!r}")
+        raise ConfigError(
+            f"--precision for --target tensorrt quantization must be one of "
+            f"{', '.join(_PRESETS)} (fp16 needs no quantization: build the fp32 ONNX with "
+            "--precision fp16), got {precision!r}"
+        )
     cfg = copy.deepcopy(getattr(mtq, _PRESETS[precision]))
     if weight_bits is not None or act_bits is not None:
         if precision != "int8":
@@ -83,8 +87,13 @@ def preset_config(precision: str, weight_bits: int | None = None, act_bits: int 
     return cfg
 
 
-def quantize_torch(model, calibration: np.ndarray, precision: str = "int8", batch_size: int = 32,
-                   quant_cfg: dict | None = None):
+def quantize_torch(
+    model,
+    calibration: np.ndarray,
+    precision: str = "int8",
+    batch_size: int = 32,
+    quant_cfg: dict | None = None,
+):
     """Fake-quantize a copy of ``model`` with ModelOpt, calibrated on preprocessed ``calibration`` images.
 
     Args:
@@ -151,9 +160,17 @@ class QATResult:
     seconds: float = 0.0
 
 
-def qat_distill(qmodel, teacher_logits: np.ndarray, train_images: np.ndarray, task: str, cfg: QATConfig,
-                labels: np.ndarray | None = None, checkpoint: Path | None = None, log: Callable[[str], None] = print,
-                progress: bool = True) -> QATResult:
+def qat_distill(
+    qmodel,
+    teacher_logits: np.ndarray,
+    train_images: np.ndarray,
+    task: str,
+    cfg: QATConfig,
+    labels: np.ndarray | None = None,
+    checkpoint: Path | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> QATResult:
     """Fine-tune fake-quant ``qmodel`` in place on the teacher's logits (KD loss, quantizers active).
 
     Args:
@@ -179,8 +196,16 @@ def qat_distill(qmodel, teacher_logits: np.ndarray, train_images: np.ndarray, ta
     x_all = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32))
     t_all = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels)) if labels is not None else None
-    loop = LoopConfig(name="qat", steps_per_epoch=max(1, len(x_all) // cfg.batch_size), epochs=cfg.epochs, lr=cfg.lr,
-                      weight_decay=cfg.weight_decay, batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment)
+    loop = LoopConfig(
+        name="qat",
+        steps_per_epoch=max(1, len(x_all) // cfg.batch_size),
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        augment=cfg.augment,
+    )
 
     def step(idx: np.ndarray, epoch: int):
         xb = x_all[idx]
@@ -197,8 +222,16 @@ def qat_distill(qmodel, teacher_logits: np.ndarray, train_images: np.ndarray, ta
 
     with tempfile.TemporaryDirectory() as td:
         ckpt = checkpoint or Path(td) / "qat.pt"
-        res = run_loop(loop, {"student": qmodel}, step, np.arange(len(x_all)), ckpt, resume=False, log=log,
-                       progress=progress)
+        res = run_loop(
+            loop,
+            {"student": qmodel},
+            step,
+            np.arange(len(x_all)),
+            ckpt,
+            resume=False,
+            log=log,
+            progress=progress,
+        )
     qmodel.eval()
     return QATResult(res["history"], res["seconds"])
 
@@ -219,8 +252,10 @@ def export_quantized_onnx(qmodel, meta, path, example, opset: int = 17) -> Path:
     kind = qdq_kind(onnx.load(str(out), load_external_data=False))
     if kind not in ("int8", "fp8") and not str(meta.precision).startswith("w"):
         out.unlink(missing_ok=True)
-        raise ExportError(f"the quantized export holds {kind or 'no'} QDQ nodes, not symmetric int8/fp8; "
-                          "TensorRT cannot use it")
+        raise ExportError(
+            f"the quantized export holds {kind or 'no'} QDQ nodes, not symmetric int8/fp8; "
+            "TensorRT cannot use it"
+        )
     return out
 
 
@@ -284,11 +319,15 @@ class TrtQuantizeConfig:
 
     def __post_init__(self):
         if self.version != 1:
-            raise ConfigError(f"tensorrt quantize config version {self.version} is not supported (expected 1)")
+            raise ConfigError(
+                f"tensorrt quantize config version {self.version} is not supported (expected 1)"
+            )
         if self.precision not in TRT_QUANT_PRECISIONS:
-            raise ConfigError(f"--precision for --target tensorrt must be one of {', '.join(TRT_QUANT_PRECISIONS)} "
-                              "(fp16: export the fp32 ONNX and build with --precision fp16), got "
-                              f"{self.precision!r}")
+            raise ConfigError(
+                f"--precision for --target tensorrt must be one of {', '.join(TRT_QUANT_PRECISIONS)} "
+                "(fp16: export the fp32 ONNX and build with --precision fp16), got "
+                f"{self.precision!r}"
+            )
         if self.method not in ("ptq", "qat"):
             raise ConfigError(f"--method must be ptq or qat, got {self.method!r}")
         if self.num_calib < 1:
@@ -352,8 +391,9 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
         teacher, _ = load_model(teacher_src, "teacher")
         x_train = pre(train.images)
         t_logits = _forward_all(teacher.eval(), x_train)
-        history = qat_distill(qmodel, t_logits, x_train, card.task, cfg.qat, labels=train.labels,
-                              progress=progress).history
+        history = qat_distill(
+            qmodel, t_logits, x_train, card.task, cfg.qat, labels=train.labels, progress=progress
+        ).history
 
     metrics: dict[str, float] = {}
     test = task_data.splits.get("test")
@@ -373,13 +413,23 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
         "tool": f"medfm-compress {__version__}",
         "source_weights": weights_path.name,
         "source_weights_sha256": sha256_file(weights_path),
-        "quantization": {"target": "tensorrt", "backend": "nvidia-modelopt", "precision": cfg.precision,
-                         "method": cfg.method, "calib_data": data_spec, "num_calib": int(len(calib_idx)),
-                         **({"qat": cfg.qat.to_dict()} if cfg.method == "qat" else {})},
+        "quantization": {
+            "target": "tensorrt",
+            "backend": "nvidia-modelopt",
+            "precision": cfg.precision,
+            "method": cfg.method,
+            "calib_data": data_spec,
+            "num_calib": int(len(calib_idx)),
+            **({"qat": cfg.qat.to_dict()} if cfg.method == "qat" else {}),
+        },
     }
     meta = ModelMeta.from_card(card, cfg.precision, provenance)
     manifest = Manifest(run_dir) if run_dir is not None and (run_dir / "manifest.json").exists() else None
-    rec = manifest.start("quantize", cfg.to_dict(), {"weights": weights_path, "card": card_path}) if manifest else None
+    rec = (
+        manifest.start("quantize", cfg.to_dict(), {"weights": weights_path, "card": card_path})
+        if manifest
+        else None
+    )
     export_quantized_onnx(qmodel, meta, out, torch.from_numpy(calib[:1].copy()))
     if manifest is not None and rec is not None:
         manifest.finish(rec, {"onnx": out}, metrics)
@@ -419,7 +469,10 @@ def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
     report: dict[str, Any] = {}
     if ref is not None:
         report["parity"] = parity_report(ref, _run_proto(proto, ctx.calib.holdout), ctx.meta.task)
-        ctx.log("parity vs fp32 on held-out images: " + ", ".join(f"{k} {v:.4g}" for k, v in report["parity"].items()))
+        ctx.log(
+            "parity vs fp32 on held-out images: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in report["parity"].items())
+        )
     report["engine_hint"] = f"medfm-compress export OUT.onnx --format tensorrt --precision {cfg.precision}"
     return QuantizedModel(proto, cfg.precision, prov, report)
 
@@ -433,7 +486,9 @@ def _torch_path(ctx: QuantizeContext):
 
     cfg = ctx.cfg
     model, card = load_model(ctx.run_dir, cfg.model)
-    ctx.log(f"ModelOpt {cfg.precision} PTQ on the torch {cfg.model} ({len(ctx.calib.images)} calibration images)")
+    ctx.log(
+        f"ModelOpt {cfg.precision} PTQ on the torch {cfg.model} ({len(ctx.calib.images)} calibration images)"
+    )
     qmodel = quantize_torch(model, ctx.calib.images, cfg.precision)
     prov: dict[str, Any] = {"backend": "nvidia-modelopt (torch)", "preset": _PRESETS[cfg.precision]}
     if cfg.method == "qat":
@@ -445,12 +500,20 @@ def _torch_path(ctx: QuantizeContext):
         teacher, _ = load_model(cfg.teacher or ctx.run_dir, "teacher")
         qcfg = QATConfig(seed=cfg.seed)
         ctx.log(f"QAT: {qcfg.epochs} epochs of KD from the teacher on {len(x_train)} images")
-        hist = qat_distill(qmodel, _forward_all(teacher.eval(), x_train), x_train, card.task, qcfg,
-                           log=ctx.log, progress=cfg.progress).history
+        hist = qat_distill(
+            qmodel,
+            _forward_all(teacher.eval(), x_train),
+            x_train,
+            card.task,
+            qcfg,
+            log=ctx.log,
+            progress=cfg.progress,
+        ).history
         prov["qat"] = {**qcfg.to_dict(), "history": hist}
     with _quiet():
-        proto = build_onnx(qmodel, ctx.meta, torch.from_numpy(ctx.calib.images[:1].copy()), dynamo=False,
-                           simplify=False)
+        proto = build_onnx(
+            qmodel, ctx.meta, torch.from_numpy(ctx.calib.images[:1].copy()), dynamo=False, simplify=False
+        )
     return proto, prov
 
 
@@ -466,8 +529,13 @@ def _onnx_path(ctx: QuantizeContext):
     out = ctx.workdir / "modelopt_qdq.onnx"
     ctx.log(f"ModelOpt ONNX {ctx.cfg.precision} PTQ ({len(ctx.calib.images)} calibration images)")
     with _quiet():
-        mo_quantize(str(src), quantize_mode=ctx.cfg.precision, calibration_data=ctx.calib.images,
-                    calibration_method="max", output_path=str(out))
+        mo_quantize(
+            str(src),
+            quantize_mode=ctx.cfg.precision,
+            calibration_data=ctx.calib.images,
+            calibration_method="max",
+            output_path=str(out),
+        )
     if not out.is_file():
         raise DataError("ModelOpt ONNX quantization wrote no model")
     return onnx.load(str(out)), {"backend": "nvidia-modelopt (onnx)", "calibration_method": "max"}

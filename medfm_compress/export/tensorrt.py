@@ -59,8 +59,15 @@ FLAVOURS = {"rtx": "tensorrt_rtx", "classic": "tensorrt"}
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 _FLAVOUR_NAMES = {"rtx": "TensorRT-RTX", "classic": "TensorRT"}
 # Compute capabilities TensorRT-RTX can target ahead of time, by our spelling -> its enum member name.
-_RTX_TARGETS = {"sm75": "SM75", "sm80": "SM80", "sm86": "SM86", "sm89": "SM89", "sm120": "SM120", "sm121": "SM121",
-                "current": "CURRENT"}
+_RTX_TARGETS = {
+    "sm75": "SM75",
+    "sm80": "SM80",
+    "sm86": "SM86",
+    "sm89": "SM89",
+    "sm120": "SM120",
+    "sm121": "SM121",
+    "current": "CURRENT",
+}
 # What an RTX build without explicit targets runs on (TensorRT-RTX documentation: 8.0, 8.6, 8.9, 12.0+).
 RTX_DEFAULT_TARGETS = ("sm80", "sm86", "sm89", "sm120")
 
@@ -88,12 +95,11 @@ def resolve_flavour(flavour: str = "auto") -> tuple[str, Any]:
     """``(flavour, module)``. ``auto`` prefers TensorRT-RTX (it builds without a GPU), then classic."""
     if flavour != "auto":
         return flavour, import_flavour(flavour)
-    errors = []
     for name in ("rtx", "classic"):
         try:
             return name, import_flavour(name)
-        except BackendMissingError as e:
-            errors.append(str(e))
+        except BackendMissingError:
+            continue
     raise BackendMissingError("TensorRT (tensorrt_rtx or tensorrt)", "trt")
 
 
@@ -129,12 +135,16 @@ class TensorRTConfig:
 
     def __post_init__(self):
         if self.version != CONFIG_VERSION:
-            raise ConfigError(f"tensorrt config version {self.version} is not supported (expected {CONFIG_VERSION})")
+            raise ConfigError(
+                f"tensorrt config version {self.version} is not supported (expected {CONFIG_VERSION})"
+            )
         if self.flavour not in ("auto", *FLAVOURS):
             raise ConfigError(f"--flavour must be auto, rtx or classic, got {self.flavour!r}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision for a TensorRT engine must be one of {', '.join(PRECISIONS)}, "
-                              f"got {self.precision!r}")
+            raise ConfigError(
+                f"--precision for a TensorRT engine must be one of {', '.join(PRECISIONS)}, "
+                f"got {self.precision!r}"
+            )
         bs = tuple(self.batch_sizes)
         if not bs or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in bs):
             raise ConfigError(f"--batch-sizes must be positive integers, got {self.batch_sizes!r}")
@@ -145,10 +155,14 @@ class TensorRTConfig:
             t = tuple(s.strip().lower().replace(".", "").replace("sm_", "sm") for s in self.targets)
             bad = [s for s in t if s not in _RTX_TARGETS]
             if bad or not t:
-                raise ConfigError(f"unknown compute-capability target(s) {', '.join(bad) or '(none)'}; "
-                                  f"choose from {', '.join(_RTX_TARGETS)}")
+                raise ConfigError(
+                    f"unknown compute-capability target(s) {', '.join(bad) or '(none)'}; "
+                    f"choose from {', '.join(_RTX_TARGETS)}"
+                )
             if "current" in t and len(t) > 1:
-                raise ConfigError("target 'current' (the GPU building the engine) cannot be combined with others")
+                raise ConfigError(
+                    "target 'current' (the GPU building the engine) cannot be combined with others"
+                )
             object.__setattr__(self, "targets", t)
         if Path(self.out).suffix.lower() not in (".engine", ".plan"):
             raise ConfigError(f"engine path {self.out} must end in .engine or .plan")
@@ -200,8 +214,15 @@ def qdq_kind(proto) -> str | None:
                     consts[n.output[0]] = a.t.data_type
     kinds = set()
     T = onnx.TensorProto
-    names = {T.INT8: "int8", T.UINT8: "uint8", T.FLOAT8E4M3FN: "fp8", T.INT16: "int16", T.UINT16: "uint16",
-             T.INT4: "int4", T.UINT4: "uint4"}
+    names = {
+        T.INT8: "int8",
+        T.UINT8: "uint8",
+        T.FLOAT8E4M3FN: "fp8",
+        T.INT16: "int16",
+        T.UINT16: "uint16",
+        T.INT4: "int4",
+        T.UINT4: "uint4",
+    }
     for n in proto.graph.node:
         if n.op_type != "QuantizeLinear":
             continue
@@ -226,13 +247,17 @@ def _input_chw(proto) -> tuple[str, tuple[int, int, int]]:
     if len(dims) != 4:
         raise ExportError(f"ONNX input {inputs[0].name!r} has rank {len(dims)}; expected NCHW")
     if dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-        raise ExportError(f"ONNX input {inputs[0].name!r} has a fixed batch size {dims[0].dim_value}; re-export it "
-                          "with a dynamic batch axis (medfm-compress export does)")
+        raise ExportError(
+            f"ONNX input {inputs[0].name!r} has a fixed batch size {dims[0].dim_value}; re-export it "
+            "with a dynamic batch axis (medfm-compress export does)"
+        )
     chw = []
     for d in dims[1:]:
         if not d.HasField("dim_value") or d.dim_value <= 0:
-            raise ExportError(f"ONNX input {inputs[0].name!r} has a dynamic channel/spatial size; export with a fixed "
-                              "input size")
+            raise ExportError(
+                f"ONNX input {inputs[0].name!r} has a dynamic channel/spatial size; export with a fixed "
+                "input size"
+            )
         chw.append(int(d.dim_value))
     return inputs[0].name, tuple(chw)
 
@@ -323,13 +348,17 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     meta = read_meta(proto)
     input_name, chw = _input_chw(proto)
     if tuple(chw) != (meta.preprocess.channels, *meta.preprocess.input_size):
-        raise ExportError(f"{src}: input shape {chw} disagrees with its metadata "
-                          f"({meta.preprocess.channels}, {meta.preprocess.input_size}); re-export it")
+        raise ExportError(
+            f"{src}: input shape {chw} disagrees with its metadata "
+            f"({meta.preprocess.channels}, {meta.preprocess.input_size}); re-export it"
+        )
     kind = qdq_kind(proto)
     _check_precision(cfg.precision, kind, src, flavour, trt)
     if cfg.targets is not None and flavour != "rtx":
-        raise ConfigError("--targets (compute capabilities) applies to TensorRT-RTX ahead-of-time builds; classic "
-                          "TensorRT builds for the GPU it runs on")
+        raise ConfigError(
+            "--targets (compute capabilities) applies to TensorRT-RTX ahead-of-time builds; classic "
+            "TensorRT builds for the GPU it runs on"
+        )
 
     if meta.precision == "fp16" and cfg.precision != "fp16":
         raise ConfigError(f"{src.name} is an fp16 ONNX; build it with --precision fp16")
@@ -341,17 +370,25 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     logger = _make_logger(trt)
     builder = trt.Builder(logger)
     if builder is None:
-        raise ExportError(f"{_FLAVOUR_NAMES[flavour]} could not create a builder: {'; '.join(logger.errors) or 'no GPU?'}")
+        raise ExportError(
+            f"{_FLAVOUR_NAMES[flavour]} could not create a builder: {'; '.join(logger.errors) or 'no GPU?'}"
+        )
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_bytes, str(src.resolve())):
         errs = _parser_errors(parser)
         hint = ""
         if kind == "uint8":
-            hint = (" -- this is ONNX Runtime's U8S8 QDQ (quantize --target cpu); TensorRT needs symmetric int8 QDQ: "
-                    "quantize with --target tensorrt")
-        raise ExportError(f"{_FLAVOUR_NAMES[flavour]} parser rejected {src.name} ({len(errs)} error(s)): "
-                          + "; ".join(errs[:5]) + (f"; ... {len(errs) - 5} more" if len(errs) > 5 else "") + hint)
+            hint = (
+                " -- this is ONNX Runtime's U8S8 QDQ (quantize --target cpu); TensorRT needs symmetric int8 QDQ: "
+                "quantize with --target tensorrt"
+            )
+        raise ExportError(
+            f"{_FLAVOUR_NAMES[flavour]} parser rejected {src.name} ({len(errs)} error(s)): "
+            + "; ".join(errs[:5])
+            + (f"; ... {len(errs) - 5} more" if len(errs) > 5 else "")
+            + hint
+        )
 
     config = builder.create_builder_config()
     if cfg.workspace_mb is not None:
@@ -373,14 +410,18 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
         else:
             targets = list(RTX_DEFAULT_TARGETS)
         if cfg.timing_cache:
-            notes.append("timing cache ignored: TensorRT-RTX has none (use the runtime backend's runtime_cache)")
+            notes.append(
+                "timing cache ignored: TensorRT-RTX has none (use the runtime backend's runtime_cache)"
+            )
     else:
         _set_classic_precision_flags(trt, config, cfg.precision)
         device = _cuda_device()
         targets = [f"sm{device['cc'][0]}{device['cc'][1]}"] if device else []
         cache = _load_timing_cache(config, cfg.timing_cache)
 
-    stop_spinner = _progress(f"building {_FLAVOUR_NAMES[flavour]} {cfg.precision} engine for {src.name}", progress)
+    stop_spinner = _progress(
+        f"building {_FLAVOUR_NAMES[flavour]} {cfg.precision} engine for {src.name}", progress
+    )
     try:
         tb = time.time()
         serialized = builder.build_serialized_network(network, config)
@@ -388,8 +429,10 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     finally:
         stop_spinner()
     if serialized is None:
-        raise ExportError(f"{_FLAVOUR_NAMES[flavour]} failed to build {src.name}: "
-                          f"{'; '.join(logger.errors[-3:]) or 'no reason given'}")
+        raise ExportError(
+            f"{_FLAVOUR_NAMES[flavour]} failed to build {src.name}: "
+            f"{'; '.join(logger.errors[-3:]) or 'no reason given'}"
+        )
     if flavour == "classic" and cfg.timing_cache:
         atomic_write_bytes(cfg.timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
         notes.append(f"timing cache {'updated' if cache else 'written'}: {cfg.timing_cache}")
@@ -429,11 +472,24 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     atomic_write_json(side_path, side)
     total = time.time() - t0
     if progress:
-        print(f"built {out} ({_FLAVOUR_NAMES[flavour]} {trt.__version__}, {cfg.precision}, batch "
-              f"{prof_dims['min'][0]}..{prof_dims['max'][0]}, targets {','.join(targets) or '-'}): "
-              f"build {build_s:.2f} s, total {total:.2f} s, {side['engine_bytes'] / 1e6:.2f} MB", flush=True)
-    return EngineResult(out, side_path, flavour, str(trt.__version__), cfg.precision, side["profiles"][0], targets,
-                        round(build_s, 3), side["engine_bytes"], notes)
+        print(
+            f"built {out} ({_FLAVOUR_NAMES[flavour]} {trt.__version__}, {cfg.precision}, batch "
+            f"{prof_dims['min'][0]}..{prof_dims['max'][0]}, targets {','.join(targets) or '-'}): "
+            f"build {build_s:.2f} s, total {total:.2f} s, {side['engine_bytes'] / 1e6:.2f} MB",
+            flush=True,
+        )
+    return EngineResult(
+        out,
+        side_path,
+        flavour,
+        str(trt.__version__),
+        cfg.precision,
+        side["profiles"][0],
+        targets,
+        round(build_s, 3),
+        side["engine_bytes"],
+        notes,
+    )
 
 
 def _check_precision(precision: str, kind: str | None, src: Path, flavour: str, trt) -> None:
@@ -441,21 +497,29 @@ def _check_precision(precision: str, kind: str | None, src: Path, flavour: str, 
     if kind == "mixed":
         raise ExportError(f"{src.name} mixes QDQ types; quantize it again with --target tensorrt")
     if precision in ("fp32", "fp16") and kind is not None:
-        raise ConfigError(f"{src.name} holds {kind} QDQ nodes; build it with --precision "
-                          f"{'fp8' if kind == 'fp8' else 'int8'}, or give the unquantized ONNX for {precision}")
+        raise ConfigError(
+            f"{src.name} holds {kind} QDQ nodes; build it with --precision "
+            f"{'fp8' if kind == 'fp8' else 'int8'}, or give the unquantized ONNX for {precision}"
+        )
     if precision == "int8" and kind is None:
-        raise ConfigError(f"--precision int8 needs explicit QDQ nodes; {src.name} has none: quantize it first with "
-                          "medfm-compress quantize --target tensorrt --precision int8")
+        raise ConfigError(
+            f"--precision int8 needs explicit QDQ nodes; {src.name} has none: quantize it first with "
+            "medfm-compress quantize --target tensorrt --precision int8"
+        )
     if precision == "int8" and kind not in ("int8", "uint8"):
         raise ConfigError(f"--precision int8 needs int8 QDQ; {src.name} holds {kind} QDQ")
     if precision == "fp8":
         if kind != "fp8":
-            raise ConfigError(f"--precision fp8 needs FP8 QDQ nodes; quantize with --target tensorrt --precision fp8 "
-                              f"({src.name} has {kind or 'none'})")
+            raise ConfigError(
+                f"--precision fp8 needs FP8 QDQ nodes; quantize with --target tensorrt --precision fp8 "
+                f"({src.name} has {kind or 'none'})"
+            )
         if not hasattr(trt, "fp8") and not hasattr(getattr(trt, "DataType", None), "FP8"):
             raise ConfigError(f"{name} {trt.__version__} does not support FP8")
     if precision == "fp16" and flavour == "classic" and not hasattr(trt.BuilderFlag, "FP16"):
-        raise ConfigError(f"{name} {trt.__version__} has no FP16 builder flag; give an fp16 ONNX with --precision fp32")
+        raise ConfigError(
+            f"{name} {trt.__version__} has no FP16 builder flag; give an fp16 ONNX with --precision fp32"
+        )
 
 
 def _set_classic_precision_flags(trt, config, precision: str) -> None:
@@ -507,7 +571,9 @@ def read_sidecar(engine_path) -> dict[str, Any]:
         raise ModelError(f"{p} does not exist")
     sp = sidecar_path(p)
     if not sp.is_file():
-        raise ModelError(f"{p} has no sidecar {sp.name}; rebuild it with medfm-compress export --format tensorrt")
+        raise ModelError(
+            f"{p} has no sidecar {sp.name}; rebuild it with medfm-compress export --format tensorrt"
+        )
     try:
         side = json.loads(sp.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -515,10 +581,15 @@ def read_sidecar(engine_path) -> dict[str, Any]:
     if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
         raise ModelError(f"{sp} is not a medfm-compress engine sidecar; rebuild the engine")
     if side.get("version") != SIDECAR_VERSION:
-        raise ModelError(f"{sp} has sidecar version {side.get('version')!r}; this tool reads {SIDECAR_VERSION}: "
-                         "rebuild the engine")
-    missing = [k for k in ("flavour", "tensorrt_version", "engine_sha256", "profiles", "metadata", "input")
-               if k not in side]
+        raise ModelError(
+            f"{sp} has sidecar version {side.get('version')!r}; this tool reads {SIDECAR_VERSION}: "
+            "rebuild the engine"
+        )
+    missing = [
+        k
+        for k in ("flavour", "tensorrt_version", "engine_sha256", "profiles", "metadata", "input")
+        if k not in side
+    ]
     if missing or side["flavour"] not in FLAVOURS:
         raise ModelError(f"{sp} lacks {', '.join(missing) or 'a known flavour'}; rebuild the engine")
     return side
@@ -547,14 +618,18 @@ def check_engine(engine_path, verify_hash: bool = True) -> dict[str, Any]:
     p = Path(engine_path)
     side = read_sidecar(p)
     if verify_hash and sha256_file(p) != side["engine_sha256"]:
-        raise IntegrityError(f"{p} does not match the sha256 in {sidecar_path(p).name} (changed since it was built); "
-                             "rebuild it with medfm-compress export --format tensorrt")
+        raise IntegrityError(
+            f"{p} does not match the sha256 in {sidecar_path(p).name} (changed since it was built); "
+            "rebuild it with medfm-compress export --format tensorrt"
+        )
     flavour = side["flavour"]
     trt = import_flavour(flavour)
     name = _FLAVOUR_NAMES[flavour]
     if str(trt.__version__) != side["tensorrt_version"]:
-        raise ModelError(f"{p} was built with {name} {side['tensorrt_version']} but {trt.__version__} is installed; "
-                         "engines are version-specific: rebuild it with medfm-compress export --format tensorrt")
+        raise ModelError(
+            f"{p} was built with {name} {side['tensorrt_version']} but {trt.__version__} is installed; "
+            "engines are version-specific: rebuild it with medfm-compress export --format tensorrt"
+        )
     if flavour == "rtx":
         runtime = trt.Runtime(_make_logger(trt))
         with open(p, "rb") as f:
@@ -565,24 +640,34 @@ def check_engine(engine_path, verify_hash: bool = True) -> dict[str, Any]:
         side["validity"] = {"status": validity.name, "diagnostics": words}
         if validity == trt.EngineValidity.INVALID:
             if "not a TensorRT-RTX engine, or corrupted" in words:
-                raise ModelError(f"{p} is refused by TensorRT-RTX {trt.__version__}: not a TensorRT-RTX engine, or "
-                                 "corrupted; rebuild it with medfm-compress export --format tensorrt")
+                raise ModelError(
+                    f"{p} is refused by TensorRT-RTX {trt.__version__}: not a TensorRT-RTX engine, or "
+                    "corrupted; rebuild it with medfm-compress export --format tensorrt"
+                )
             if not words or words == [_DIAG_WORDS["CUDA_ERROR"]]:
                 if not _cuda_device():
-                    raise ModelError(f"{p}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
-                                     "onnxruntime or torch backend on this machine)")
-            raise ModelError(f"{p} cannot run on this machine ({'; '.join(words) or 'invalid'}); rebuild it here with "
-                             f"medfm-compress export --format tensorrt{_target_hint()}")
+                    raise ModelError(
+                        f"{p}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
+                        "onnxruntime or torch backend on this machine)"
+                    )
+            raise ModelError(
+                f"{p} cannot run on this machine ({'; '.join(words) or 'invalid'}); rebuild it here with "
+                f"medfm-compress export --format tensorrt{_target_hint()}"
+            )
     else:
         dev = _cuda_device()
         if not dev:
-            raise ModelError(f"{p}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
-                             "onnxruntime or torch backend on this machine)")
+            raise ModelError(
+                f"{p}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
+                "onnxruntime or torch backend on this machine)"
+            )
         built = side.get("device", {}).get("cc")
         if built and list(built) != list(dev["cc"]):
-            raise ModelError(f"{p} was built on compute capability {built[0]}.{built[1]} "
-                             f"({side['device'].get('name', '?')}) but this GPU ({dev['name']}) is "
-                             f"{dev['cc'][0]}.{dev['cc'][1]}; rebuild it on this GPU")
+            raise ModelError(
+                f"{p} was built on compute capability {built[0]}.{built[1]} "
+                f"({side['device'].get('name', '?')}) but this GPU ({dev['name']}) is "
+                f"{dev['cc'][0]}.{dev['cc'][1]}; rebuild it on this GPU"
+            )
         side["validity"] = {"status": "VALID", "diagnostics": []}
     return side
 
@@ -600,10 +685,20 @@ def engine_input_chw(side: dict[str, Any]) -> tuple[int, int, int]:
 # ``medfm-compress export SOURCE --format tensorrt``
 
 
-def export_tensorrt(source: str, out: str | None = None, model: str = "student", precision: str = "fp32",
-                    batch_sizes: tuple[int, ...] = (1,), flavour: str = "auto", workspace_mb: int | None = None,
-                    timing_cache: str | None = None, targets: tuple[str, ...] | None = None,
-                    calib_data: str | None = None, force: bool = False, progress: bool = True) -> EngineResult:
+def export_tensorrt(
+    source: str,
+    out: str | None = None,
+    model: str = "student",
+    precision: str = "fp32",
+    batch_sizes: tuple[int, ...] = (1,),
+    flavour: str = "auto",
+    workspace_mb: int | None = None,
+    timing_cache: str | None = None,
+    targets: tuple[str, ...] | None = None,
+    calib_data: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> EngineResult:
     """Engine from an ONNX file, or from a run directory (exported to ONNX first; for int8/fp8 quantized with
     the ``tensorrt`` target, i.e. ModelOpt symmetric QDQ) -- the engine input is always our ONNX."""
     src = Path(source)
@@ -620,19 +715,38 @@ def export_tensorrt(source: str, out: str | None = None, model: str = "student",
                 calib_data = ModelCard.load(src / f"{model}.json").provenance.get("data")
 
             onnx_path = base / f"{stem}.trt-{precision}.onnx"
-            quantize(QuantizeConfig(input=str(src), out=str(onnx_path), calib_data=calib_data, target="tensorrt",
-                                    precision=precision, model=model, force=force, progress=progress))
+            quantize(
+                QuantizeConfig(
+                    input=str(src),
+                    out=str(onnx_path),
+                    calib_data=calib_data,
+                    target="tensorrt",
+                    precision=precision,
+                    model=model,
+                    force=force,
+                    progress=progress,
+                )
+            )
         else:
             from .onnx import ExportConfig, export_onnx
 
             onnx_path = base / f"{stem}.onnx"
-            export_onnx(ExportConfig(source=str(src), out=str(onnx_path), model=model, data=calib_data, force=force))
+            export_onnx(
+                ExportConfig(source=str(src), out=str(onnx_path), model=model, data=calib_data, force=force)
+            )
     elif src.suffix.lower() == ".onnx":
         onnx_path = src
         engine = Path(out) if out else src.with_suffix(".engine")
     else:
         raise ConfigError(f"{src}: give a run directory or an .onnx file to build a TensorRT engine from")
-    cfg = TensorRTConfig(onnx=str(onnx_path), out=str(engine), flavour=flavour, precision=precision,
-                         batch_sizes=tuple(batch_sizes), workspace_mb=workspace_mb, timing_cache=timing_cache,
-                         targets=tuple(targets) if targets else None)
+    cfg = TensorRTConfig(
+        onnx=str(onnx_path),
+        out=str(engine),
+        flavour=flavour,
+        precision=precision,
+        batch_sizes=tuple(batch_sizes),
+        workspace_mb=workspace_mb,
+        timing_cache=timing_cache,
+        targets=tuple(targets) if targets else None,
+    )
     return build_engine(cfg, progress=progress)

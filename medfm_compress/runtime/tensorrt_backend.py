@@ -43,7 +43,9 @@ class TensorRTEngine(Engine):
 
         unknown = set(self.options) - set(_OPTIONS)
         if unknown:
-            raise ConfigError(f"unknown tensorrt option(s) {', '.join(sorted(unknown))}; known: {', '.join(_OPTIONS)}")
+            raise ConfigError(
+                f"unknown tensorrt option(s) {', '.join(sorted(unknown))}; known: {', '.join(_OPTIONS)}"
+            )
         side = check_engine(self.path, verify_hash=bool(self.options.get("verify_hash", True)))
         self._side = side
         self._meta = decode_metadata(side["metadata"], str(self.path))
@@ -62,8 +64,10 @@ class TensorRTEngine(Engine):
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(Path(self.path).read_bytes())
         if engine is None:
-            raise ModelError(f"{self.path} could not be deserialized ({'; '.join(self._logger.errors[-2:]) or '?'}); "
-                             "rebuild it with medfm-compress export --format tensorrt")
+            raise ModelError(
+                f"{self.path} could not be deserialized ({'; '.join(self._logger.errors[-2:]) or '?'}); "
+                "rebuild it with medfm-compress export --format tensorrt"
+            )
         self._engine = engine
         self._runtime_cache = None
         if side["flavour"] == "rtx":
@@ -71,8 +75,10 @@ class TensorRTEngine(Engine):
         else:
             self._context = engine.create_execution_context()
         if self._context is None:
-            raise ModelError(f"{self.path}: TensorRT could not create an execution context "
-                             f"({'; '.join(self._logger.errors[-2:]) or 'out of GPU memory?'})")
+            raise ModelError(
+                f"{self.path}: TensorRT could not create an execution context "
+                f"({'; '.join(self._logger.errors[-2:]) or 'out of GPU memory?'})"
+            )
         prof = side["profiles"][0]
         self._input = side["input"]
         self._min_batch, self._max_batch = int(prof["min"][0]), int(prof["max"][0])
@@ -83,18 +89,28 @@ class TensorRTEngine(Engine):
         self._output = outs[0]
         self._stream = torch.cuda.Stream(device=dev)
         chw = tuple(prof["max"][1:])
-        self._in_buf = torch.empty((self._max_batch, *chw), dtype=_torch_dtype(torch, trt, engine.get_tensor_dtype(
-            self._input)), device=dev)
+        self._in_buf = torch.empty(
+            (self._max_batch, *chw),
+            dtype=_torch_dtype(torch, trt, engine.get_tensor_dtype(self._input)),
+            device=dev,
+        )
         self._context.set_input_shape(self._input, (self._max_batch, *chw))
         out_shape = tuple(self._context.get_tensor_shape(self._output))
-        self._out_buf = torch.empty(out_shape, dtype=_torch_dtype(torch, trt, engine.get_tensor_dtype(self._output)),
-                                    device=dev)
+        self._out_buf = torch.empty(
+            out_shape, dtype=_torch_dtype(torch, trt, engine.get_tensor_dtype(self._output)), device=dev
+        )
         self._graphs: dict[int, Any] = {}
         self._use_graph = bool(self.options.get("cuda_graph", False))
-        self._info.update(precision=side["precision"], device=str(dev), flavour=side["flavour"],
-                          tensorrt_version=side["tensorrt_version"], gpu=torch.cuda.get_device_name(dev),
-                          batch_range=[self._min_batch, self._max_batch], cuda_graph=self._use_graph,
-                          validity=side.get("validity", {}).get("status"))
+        self._info.update(
+            precision=side["precision"],
+            device=str(dev),
+            flavour=side["flavour"],
+            tensorrt_version=side["tensorrt_version"],
+            gpu=torch.cuda.get_device_name(dev),
+            batch_range=[self._min_batch, self._max_batch],
+            cuda_graph=self._use_graph,
+            validity=side.get("validity", {}).get("status"),
+        )
 
     def _rtx_context(self, trt, engine):
         cfg = engine.create_runtime_config()
@@ -112,8 +128,10 @@ class TensorRTEngine(Engine):
         x = super().check_input(tensors)
         n = x.shape[0]
         if not self._min_batch <= n <= self._max_batch:
-            raise DataError(f"{self.path.name} accepts batch sizes {self._min_batch}..{self._max_batch} (its "
-                            f"optimization profile), got {n}; rebuild it with --batch-sizes covering {n}")
+            raise DataError(
+                f"{self.path.name} accepts batch sizes {self._min_batch}..{self._max_batch} (its "
+                f"optimization profile), got {n}; rebuild it with --batch-sizes covering {n}"
+            )
         return x
 
     def _enqueue(self, n: int) -> None:
@@ -122,7 +140,9 @@ class TensorRTEngine(Engine):
         ctx.set_tensor_address(self._input, self._in_buf.data_ptr())
         ctx.set_tensor_address(self._output, self._out_buf.data_ptr())
         if not ctx.execute_async_v3(self._stream.cuda_stream):
-            raise ModelError(f"{self.path}: TensorRT execution failed ({'; '.join(self._logger.errors[-2:]) or '?'})")
+            raise ModelError(
+                f"{self.path}: TensorRT execution failed ({'; '.join(self._logger.errors[-2:]) or '?'})"
+            )
 
     def _run_impl(self, x: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -169,18 +189,29 @@ def _torch_cuda(path):
     try:
         import torch
     except ImportError:
-        raise ModelError("the tensorrt backend needs torch (for CUDA buffers); reinstall medfm-compress") from None
+        raise ModelError(
+            "the tensorrt backend needs torch (for CUDA buffers); reinstall medfm-compress"
+        ) from None
     if not torch.cuda.is_available():
-        raise ModelError(f"{path}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
-                         "onnxruntime or torch backend on this machine)")
+        raise ModelError(
+            f"{path}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
+            "onnxruntime or torch backend on this machine)"
+        )
     return torch
 
 
 def _torch_dtype(torch, trt, dt):
-    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-             trt.DataType.INT8: torch.int8, trt.DataType.BOOL: torch.bool}
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT8: torch.int8,
+        trt.DataType.BOOL: torch.bool,
+    }
     if hasattr(trt.DataType, "BF16"):
         table[trt.DataType.BF16] = torch.bfloat16
     if dt not in table:
-        raise ModelError(f"engine I/O type {dt} is not supported by the tensorrt backend; rebuild with fp32 I/O")
+        raise ModelError(
+            f"engine I/O type {dt} is not supported by the tensorrt backend; rebuild with fp32 I/O"
+        )
     return table[dt]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("modelopt", reason="nvidia-modelopt is not installed (pip install 'medfm-compress[modelopt]')")
-pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'medfm-compress[trt]')")
+pytest.importorskip(
+    "modelopt", reason="nvidia-modelopt is not installed (pip install 'medfm-compress[modelopt]')"
+)
+pytest.importorskip(
+    "tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'medfm-compress[trt]')"
+)
 
 from conftest import TINY_DATA  # noqa: E402
 
@@ -15,8 +19,12 @@ from medfm_compress.errors import ConfigError  # noqa: E402
 def _build(onnx_path, tmp_path, precision):
     from medfm_compress.export.tensorrt import TensorRTConfig, build_engine
 
-    return build_engine(TensorRTConfig(str(onnx_path), str(tmp_path / f"{precision}.engine"), precision=precision,
-                                       batch_sizes=(1, 8)), progress=False)
+    return build_engine(
+        TensorRTConfig(
+            str(onnx_path), str(tmp_path / f"{precision}.engine"), precision=precision, batch_sizes=(1, 8)
+        ),
+        progress=False,
+    )
 
 
 def _qdq(path):
@@ -30,8 +38,18 @@ def _qdq(path):
 def test_run_dir_int8_ptq_builds_an_rtx_engine(tiny_run, tmp_path):
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
 
-    res = quantize(QuantizeConfig(input=str(tiny_run), out=str(tmp_path / "s.int8.onnx"), calib_data=TINY_DATA,
-                                  target="tensorrt", precision="int8", num_calib=64, num_holdout=64, progress=False))
+    res = quantize(
+        QuantizeConfig(
+            input=str(tiny_run),
+            out=str(tmp_path / "s.int8.onnx"),
+            calib_data=TINY_DATA,
+            target="tensorrt",
+            precision="int8",
+            num_calib=64,
+            num_holdout=64,
+            progress=False,
+        )
+    )
     assert res.precision == "int8" and res.meta.precision == "int8"
     assert res.meta.provenance["quantization"]["target"] == "tensorrt"
     assert _qdq(res.path) == "int8"  # symmetric: int8 zero points, which TensorRT accepts
@@ -45,40 +63,77 @@ def test_onnx_file_int8_ptq_via_modelopt_onnx(tiny_run, tmp_path):
     from medfm_compress.export.onnx import ExportConfig, export_onnx
 
     fp32 = export_onnx(ExportConfig(source=str(tiny_run), out=str(tmp_path / "s.onnx"), data=TINY_DATA)).path
-    res = quantize(QuantizeConfig(input=str(fp32), calib_data=TINY_DATA, target="tensorrt", precision="int8",
-                                  num_calib=32, num_holdout=32, progress=False))
+    res = quantize(
+        QuantizeConfig(
+            input=str(fp32),
+            calib_data=TINY_DATA,
+            target="tensorrt",
+            precision="int8",
+            num_calib=32,
+            num_holdout=32,
+            progress=False,
+        )
+    )
     assert res.meta.provenance["quantization"]["backend"] == "nvidia-modelopt (onnx)"
     assert _qdq(res.path) == "int8"
     _build(res.path, tmp_path, "int8")
 
-    h = quantize(QuantizeConfig(input=str(fp32), calib_data=TINY_DATA, target="tensorrt", precision="fp16",
-                                num_calib=8, num_holdout=32, progress=False))
+    h = quantize(
+        QuantizeConfig(
+            input=str(fp32),
+            calib_data=TINY_DATA,
+            target="tensorrt",
+            precision="fp16",
+            num_calib=8,
+            num_holdout=32,
+            progress=False,
+        )
+    )
     assert h.precision == "fp16" and _qdq(h.path) is None
     assert h.report["parity"]["top1_agreement"] >= 0.95
     _build(h.path, tmp_path, "fp16")
 
     with pytest.raises(ConfigError, match="run directory"):
-        quantize(QuantizeConfig(input=str(fp32), calib_data=TINY_DATA, target="tensorrt", method="qat",
-                                num_calib=8, num_holdout=8, progress=False))
+        quantize(
+            QuantizeConfig(
+                input=str(fp32),
+                calib_data=TINY_DATA,
+                target="tensorrt",
+                method="qat",
+                num_calib=8,
+                num_holdout=8,
+                progress=False,
+            )
+        )
 
 
 def test_qat_distillation_writes_a_buildable_qdq_model(tiny_run, tmp_path):
     from medfm_compress.compress.quantize_trt import QATConfig, TrtQuantizeConfig, quantize_run_for_tensorrt
 
-    res = quantize_run_for_tensorrt(TrtQuantizeConfig(str(tiny_run), out=str(tmp_path / "qat.onnx"), method="qat",
-                                                      num_calib=64, qat=QATConfig(epochs=1, batch_size=32)),
-                                    progress=False)
+    res = quantize_run_for_tensorrt(
+        TrtQuantizeConfig(
+            str(tiny_run),
+            out=str(tmp_path / "qat.onnx"),
+            method="qat",
+            num_calib=64,
+            qat=QATConfig(epochs=1, batch_size=32),
+        ),
+        progress=False,
+    )
     assert len(res.qat_history) == 1 and res.qat_history[0]["kd"] >= 0
     assert 0.0 <= res.metrics["top1_agreement"] <= 1.0 and "quant_macro_auc" in res.metrics
     assert _qdq(res.path) == "int8"
     _build(res.path, tmp_path, "int8")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"precision": "int4"}, "precision"),
-    ({"method": "awq"}, "method"),
-    ({"num_calib": 0}, "num-calib"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"precision": "int4"}, "precision"),
+        ({"method": "awq"}, "method"),
+        ({"num_calib": 0}, "num-calib"),
+    ],
+)
 def test_trt_quantize_config_rejects_bad_values(kwargs, match):
     from medfm_compress.compress.quantize_trt import TrtQuantizeConfig
 
@@ -93,8 +148,21 @@ def test_export_cli_int8_engine_from_run_dir(tiny_run, tmp_path):
     from medfm_compress.export.tensorrt import read_sidecar
 
     out = tmp_path / "student.engine"
-    r = CliRunner().invoke(cli, ["export", str(tiny_run), "--format", "tensorrt", "--precision", "int8",
-                                  "--batch-sizes", "1,4,16", "--out", str(out)])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(tiny_run),
+            "--format",
+            "tensorrt",
+            "--precision",
+            "int8",
+            "--batch-sizes",
+            "1,4,16",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     side = read_sidecar(out)
     assert side["precision"] == "int8" and side["onnx_qdq"] == "int8"

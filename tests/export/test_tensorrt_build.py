@@ -8,7 +8,9 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'medfm-compress[trt]')")
+pytest.importorskip(
+    "tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'medfm-compress[trt]')"
+)
 
 from medfm_compress.errors import ConfigError, ExportError, IntegrityError, ModelError  # noqa: E402
 from medfm_compress.export.tensorrt import (  # noqa: E402
@@ -71,8 +73,12 @@ def test_rtx_engine_builds_under_10s(onnx_files, tmp_path, arch, precision):
     # CPU time of this process, not wall time: the 2-core CI machine is shared, and another job's load must
     # not fail this test (benchmarks/trt_build.py reports wall times).
     t0, w0 = time.process_time(), time.time()
-    res = build_engine(TensorRTConfig(str(src), str(tmp_path / "m.engine"), flavour="rtx", precision=precision,
-                                      batch_sizes=(1, 4, 16)), progress=False)
+    res = build_engine(
+        TensorRTConfig(
+            str(src), str(tmp_path / "m.engine"), flavour="rtx", precision=precision, batch_sizes=(1, 4, 16)
+        ),
+        progress=False,
+    )
     cpu_s, wall_s = time.process_time() - t0, time.time() - w0
     assert cpu_s < 10, f"{arch} {precision} engine took {cpu_s:.1f} s CPU ({wall_s:.1f} s wall)"
     assert res.path.is_file() and res.size_bytes == res.path.stat().st_size > 10_000
@@ -84,8 +90,17 @@ def test_sidecar_records_everything(onnx_files, tmp_path):
     from medfm_compress.export.metadata import decode_metadata
 
     src = onnx_files["timm:medfm_resnet10_w16"]["int8"]
-    res = build_engine(TensorRTConfig(str(src), str(tmp_path / "s.plan"), precision="int8", batch_sizes=(16, 1, 4),
-                                      workspace_mb=256, targets=("sm86", "sm89")), progress=False)
+    res = build_engine(
+        TensorRTConfig(
+            str(src),
+            str(tmp_path / "s.plan"),
+            precision="int8",
+            batch_sizes=(16, 1, 4),
+            workspace_mb=256,
+            targets=("sm86", "sm89"),
+        ),
+        progress=False,
+    )
     side = json.loads(sidecar_path(res.path).read_text())
     assert side == read_sidecar(res.path)
     assert side["flavour"] == "rtx" and side["tensorrt_module"] == "tensorrt_rtx"
@@ -93,8 +108,9 @@ def test_sidecar_records_everything(onnx_files, tmp_path):
 
     assert side["tensorrt_version"] == tensorrt_rtx.__version__
     assert side["targets"] == ["sm86", "sm89"] and side["targets_explicit"] is True
-    assert side["profiles"] == [{"input": "input", "min": [1, 3, 32, 32], "opt": [4, 3, 32, 32],
-                                 "max": [16, 3, 32, 32]}]
+    assert side["profiles"] == [
+        {"input": "input", "min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [16, 3, 32, 32]}
+    ]
     assert side["batch_sizes"] == [1, 4, 16]
     assert side["precision"] == "int8" and side["onnx_qdq"] == "int8" and side["workspace_mb"] == 256
     assert side["source_onnx_sha256"] == sha256_file(src)
@@ -105,17 +121,25 @@ def test_sidecar_records_everything(onnx_files, tmp_path):
 
 
 def test_fp16_engine_from_fp32_onnx(onnx_files, tmp_path):
-    res = build_engine(TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / "h.engine"),
-                                      precision="fp16"), progress=False)
-    fp32 = build_engine(TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]),
-                                       str(tmp_path / "f.engine")), progress=False)
+    res = build_engine(
+        TensorRTConfig(
+            str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / "h.engine"), precision="fp16"
+        ),
+        progress=False,
+    )
+    fp32 = build_engine(
+        TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / "f.engine")),
+        progress=False,
+    )
     # fp16 weights: the engine is clearly smaller than the fp32 one.
     assert res.size_bytes < 0.8 * fp32.size_bytes
 
 
 def _built(onnx_files, tmp_path, name="e.engine"):
-    return build_engine(TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / name)),
-                        progress=False).path
+    return build_engine(
+        TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / name)),
+        progress=False,
+    ).path
 
 
 def _rehash(engine):
@@ -201,8 +225,15 @@ def test_ort_u8s8_qdq_is_rejected_with_a_clear_message(onnx_files, tmp_path):
             return next(self.items, None)
 
     u8 = tmp_path / "u8s8.onnx"
-    quantize_static(str(src), str(u8), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, per_channel=True)
+    quantize_static(
+        str(src),
+        str(u8),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
     import onnx
 
     from medfm_compress.export.onnx import set_meta
@@ -221,27 +252,48 @@ def test_ort_u8s8_qdq_is_rejected_with_a_clear_message(onnx_files, tmp_path):
 
 def test_precision_must_match_the_onnx(onnx_files, tmp_path):
     with pytest.raises(ConfigError, match="quantize --target tensorrt"):
-        build_engine(TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / "a.engine"),
-                                    precision="int8"), progress=False)
+        build_engine(
+            TensorRTConfig(
+                str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]),
+                str(tmp_path / "a.engine"),
+                precision="int8",
+            ),
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="--precision int8"):
-        build_engine(TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["int8"]), str(tmp_path / "b.engine"),
-                                    precision="fp32"), progress=False)
+        build_engine(
+            TensorRTConfig(
+                str(onnx_files["timm:medfm_resnet10_w16"]["int8"]),
+                str(tmp_path / "b.engine"),
+                precision="fp32",
+            ),
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="fp8"):
-        build_engine(TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["int8"]), str(tmp_path / "c.engine"),
-                                    precision="fp8"), progress=False)
+        build_engine(
+            TensorRTConfig(
+                str(onnx_files["timm:medfm_resnet10_w16"]["int8"]),
+                str(tmp_path / "c.engine"),
+                precision="fp8",
+            ),
+            progress=False,
+        )
     assert not list(tmp_path.glob("*.engine*"))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"batch_sizes": ()}, "batch-sizes"),
-    ({"batch_sizes": (0, 4)}, "batch-sizes"),
-    ({"precision": "int4"}, "precision"),
-    ({"flavour": "tensorrt-llm"}, "flavour"),
-    ({"targets": ("sm90x",)}, "target"),
-    ({"targets": ("current", "sm86")}, "current"),
-    ({"workspace_mb": 0}, "workspace"),
-    ({"out": "model.onnx"}, r"\.engine or \.plan"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"batch_sizes": ()}, "batch-sizes"),
+        ({"batch_sizes": (0, 4)}, "batch-sizes"),
+        ({"precision": "int4"}, "precision"),
+        ({"flavour": "tensorrt-llm"}, "flavour"),
+        ({"targets": ("sm90x",)}, "target"),
+        ({"targets": ("current", "sm86")}, "current"),
+        ({"workspace_mb": 0}, "workspace"),
+        ({"out": "model.onnx"}, r"\.engine or \.plan"),
+    ],
+)
 def test_config_rejects_bad_values(kwargs, match):
     args = {"onnx": "m.onnx", "out": "m.engine", **kwargs}
     with pytest.raises(ConfigError, match=match):
@@ -256,8 +308,14 @@ def test_classic_flavour_missing_names_the_extra(onnx_files, tmp_path):
     from medfm_compress.errors import BackendMissingError
 
     with pytest.raises(BackendMissingError, match=r"medfm-compress\[trt\]"):
-        build_engine(TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / "c.engine"),
-                                    flavour="classic"), progress=False)
+        build_engine(
+            TensorRTConfig(
+                str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]),
+                str(tmp_path / "c.engine"),
+                flavour="classic",
+            ),
+            progress=False,
+        )
 
 
 def test_export_cli_builds_engine_from_onnx(onnx_files, tmp_path):
@@ -267,15 +325,40 @@ def test_export_cli_builds_engine_from_onnx(onnx_files, tmp_path):
 
     src = onnx_files["timm:medfm_resnet10_w16"]["fp32"]
     out = tmp_path / "cli.engine"
-    r = CliRunner().invoke(cli, ["export", str(src), "--format", "tensorrt", "--batch-sizes", "1,4,16",
-                                  "--precision", "fp16", "--out", str(out), "--json"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(src),
+            "--format",
+            "tensorrt",
+            "--batch-sizes",
+            "1,4,16",
+            "--precision",
+            "fp16",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rec = json.loads(r.output)
     assert rec["precision"] == "fp16" and rec["profile"]["max"][0] == 16 and out.is_file()
     assert read_sidecar(out)["precision"] == "fp16"
 
-    r = CliRunner().invoke(cli, ["export", str(src), "--format", "tensorrt", "--precision", "int8",
-                                  "--out", str(tmp_path / "bad.engine")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(src),
+            "--format",
+            "tensorrt",
+            "--precision",
+            "int8",
+            "--out",
+            str(tmp_path / "bad.engine"),
+        ],
+    )
     assert r.exit_code == 1 and "error: --precision int8 needs explicit QDQ" in r.output
     assert not (tmp_path / "bad.engine").exists()
     r = CliRunner().invoke(cli, ["export", str(src), "--format", "tensorrt", "--batch-sizes", "1,x"])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'medfm-compress[trt]')")
+pytest.importorskip(
+    "tensorrt_rtx", reason="TensorRT-RTX is not installed (pip install 'medfm-compress[trt]')"
+)
 
 from medfm_compress.errors import DataError, ModelError  # noqa: E402
 from medfm_compress.runtime.base import Engine, backend_for_path  # noqa: E402
@@ -25,14 +27,20 @@ def built(tmp_path_factory):
     d = tmp_path_factory.mktemp("trt-rt")
     torch.manual_seed(0)
     m = create_model("timm:medfm_resnet10_w16", 4, 3, 32).eval()
-    meta = ModelMeta(PreprocessSpec(input_size=(32, 32), channels=3, mean=(0.5,) * 3, std=(0.25,) * 3),
-                     "multiclass", list("abcd"), "timm:medfm_resnet10_w16")
+    meta = ModelMeta(
+        PreprocessSpec(input_size=(32, 32), channels=3, mean=(0.5,) * 3, std=(0.25,) * 3),
+        "multiclass",
+        list("abcd"),
+        "timm:medfm_resnet10_w16",
+    )
     x = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
     onnx_path = export_model_to_onnx(m, meta, d / "m.onnx", torch.from_numpy(x[:1]))
     # "current" targets the GPU that builds it where one exists; the portable default otherwise.
     targets = ("current",) if torch.cuda.is_available() else None
-    eng = build_engine(TensorRTConfig(str(onnx_path), str(d / "m.engine"), batch_sizes=(1, 4, 8), targets=targets),
-                       progress=False).path
+    eng = build_engine(
+        TensorRTConfig(str(onnx_path), str(d / "m.engine"), batch_sizes=(1, 4, 8), targets=targets),
+        progress=False,
+    ).path
     return eng, onnx_path, x
 
 
