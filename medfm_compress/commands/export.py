@@ -8,7 +8,7 @@ import click
 
 # Output formats this command can write. Only ONNX exists so far; the TensorRT engine builder adds
 # "tensorrt" here (and a branch in `command`) when it lands.
-FORMATS = ("onnx", "tensorrt")
+FORMATS = ("onnx", "tensorrt", "openvino")
 
 
 @click.command(name="export")
@@ -33,7 +33,7 @@ FORMATS = ("onnx", "tensorrt")
     type=click.Choice(FORMATS),
     default="onnx",
     show_default=True,
-    help="Output format: onnx, or tensorrt (an engine; see --precision, --batch-sizes).",
+    help="Output format: onnx, tensorrt (an engine; see --precision, --batch-sizes) or openvino (.xml + .bin IR).",
 )
 # TensorRT engine options (used with --format tensorrt; medfm_compress.export.tensorrt).
 @click.option(
@@ -108,6 +108,8 @@ def command(
     The ONNX file carries the preprocessing, labels and provenance; ONNX Runtime's outputs are compared
     with torch's on real task images and random tensors before anything is written.
     """
+    if fmt == "openvino":
+        return _openvino(source, out, model_name, force, as_json)
     if fmt == "tensorrt":
         return _tensorrt(
             source,
@@ -216,3 +218,15 @@ def _tensorrt(
         return
     for note in res.notes:
         click.echo(f"note: {note}")
+
+
+def _openvino(source, out, model_name, force, as_json):
+    from ..export.openvino import export_openvino
+
+    res = export_openvino(source, out=out, model=model_name, force=force)
+    if as_json:
+        click.echo(json.dumps({"path": str(res.path), "weights": str(res.path.with_suffix(".bin")),
+                               "size_bytes": res.size_bytes, "seconds": res.seconds, "check": res.check}, indent=2))
+        return
+    click.echo(f"wrote {res.path} + {res.path.with_suffix('.bin').name} ({res.size_bytes / 1e6:.2f} MB, "
+               f"{res.seconds:.1f} s); OpenVINO vs ONNX Runtime cosine {res.check['cosine']:.7f}")

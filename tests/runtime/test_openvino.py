@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -189,3 +190,15 @@ def test_bench_measures_openvino(ir, tmp_path):
                                   "--json"])
     assert r.exit_code in (0, 3), r.output
     assert "openvino" in r.output
+
+
+def test_export_cli_format_openvino(ir, tmp_path):
+    from click.testing import CliRunner
+
+    from medfm_compress.cli import cli
+
+    onnx_path, _ = ir
+    out = tmp_path / "cli.xml"
+    r = CliRunner().invoke(cli, ["export", str(onnx_path), "--format", "openvino", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["path"] == str(out) and out.with_suffix(".bin").is_file()
