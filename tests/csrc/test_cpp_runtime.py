@@ -178,7 +178,7 @@ def test_parity_npy_uint16_float_and_window(cpp_build, student_onnx, test_images
 
 def test_resize_matches_torch_antialiased_bilinear(cpp_build, student_onnx, test_images, tmp_path):
     """Images of another size are resized like Python (torch bilinear, antialias=True): same top-1, logits
-    within float rounding of the filter weights."""
+    within 1e-5 (measured ~3e-8 on a 64 px model)."""
     from medfm_compress.bench.metrics import max_abs_error
 
     rng = np.random.default_rng(0)
@@ -190,7 +190,7 @@ def test_resize_matches_torch_antialiased_bilinear(cpp_build, student_onnx, test
         py_logits, _ = python_predict(student_onnx, batch)
         cpp_logits, _ = cpp_predict(cpp_build, student_onnx, files)
         np.testing.assert_array_equal(cpp_logits.argmax(1), py_logits.argmax(1))
-        assert max_abs_error(py_logits, cpp_logits) <= 1e-4, name
+        assert max_abs_error(py_logits, cpp_logits) <= 1e-5, name
 
 
 def test_cli_user_errors_exit_1_with_message(cpp_build, student_onnx, tmp_path):
