@@ -15,6 +15,7 @@ Without --run it distills ``timm:medfm_resnet18_w32`` on the embedded default in
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from medfm_compress._env import fingerprint  # noqa: E402
 from medfm_compress._io import atomic_write_json  # noqa: E402
 from medfm_compress.bench.metrics import task_metrics, top1_agreement  # noqa: E402
 from medfm_compress.compress.quantize import QuantizeConfig, quantize  # noqa: E402
+from medfm_compress.errors import MedfmError  # noqa: E402
 from medfm_compress.export.onnx import ExportConfig, export_onnx, ort_session, run_onnx  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quantize_cpu.json"
@@ -85,7 +87,34 @@ def bench_student(run: Path) -> dict:
     c, h, w = x.shape[1:]
     lat1 = paired_latency({"fp32": fp32.path, "int8": q.path}, (1, c, h, w))
     lat32 = paired_latency({"fp32": fp32.path, "int8": q.path}, (32, c, h, w), rounds=4, per_round=5)
+    # The same model with --auto-exclude at the CLI's default gate (99% top-1 agreement on held-out images).
+    try:
+        qa = quantize(
+            QuantizeConfig(
+                input=str(fp32.path),
+                out=str(run / "student.int8-ae.onnx"),
+                calib_data=data_spec,
+                auto_exclude=True,
+                min_agreement=0.99,
+                progress=False,
+            )
+        )
+        la = run_onnx(ort_session(qa.path), x, 64)
+        lat_a = paired_latency({"fp32": fp32.path, "int8_ae": qa.path}, (1, c, h, w))
+        ae = {
+            "excluded_nodes": len(qa.report.get("auto_exclude", {}).get("excluded", [])),
+            "top1_agreement": top1_agreement(lf, la, task.task),
+            "auc_drop_points": 100
+            * (mf["macro_auc"] - task_metrics(la, test.labels, task.task)["macro_auc"]),
+            "fp32_ms_bs1": lat_a["fp32"],
+            "int8_ms_bs1": lat_a["int8_ae"],
+            "speedup_bs1": lat_a["fp32"] / lat_a["int8_ae"],
+            "size_ratio": fp32.size_bytes / qa.size_bytes,
+        }
+    except MedfmError as e:
+        ae = {"error": str(e)}
     return {
+        "auto_exclude_0.99": ae,
         "run": str(run),
         "arch": meta.arch,
         "input": [int(c), int(h), int(w)],
@@ -226,10 +255,23 @@ def main() -> None:
     for run in student_run(args):
         record["students"].append(bench_student(run))
     photos = f"folder:{photo_folder(work / 'photos')}"
-    if not args.skip_auto:
-        record["auto_mobilenetv3"] = bench_auto(work, photos)
-    if not args.skip_real:
-        record["real_efficientnet_lite0"] = bench_real(work, photos, args.real_min_agreement)
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for key, skip, fn in (
+        ("auto_mobilenetv3", args.skip_auto, lambda: bench_auto(work, photos)),
+        (
+            "real_efficientnet_lite0",
+            args.skip_real,
+            lambda: bench_real(work, photos, args.real_min_agreement),
+        ),
+    ):
+        if not skip:
+            record[key] = fn()
+        elif key in previous:
+            # Keep the last measured section, marked as such, so a partial re-run does not lose it.
+            record[key] = {
+                **previous[key],
+                "carried_over_from": previous.get("finished_at", "an earlier run"),
+            }
 
     checks = {}
     print(
@@ -246,6 +288,15 @@ def main() -> None:
         checks[f"{s['arch']}: top-1 agreement >= 0.99"] = (s["top1_agreement"], s["top1_agreement"] >= 0.99)
         checks[f"{s['arch']}: macro-AUC drop <= 0.5 pt"] = (s["auc_drop_points"], s["auc_drop_points"] <= 0.5)
         checks[f"{s['arch']}: file >= 3.5x smaller"] = (s["size_ratio"], s["size_ratio"] >= 3.5)
+        a = s["auto_exclude_0.99"]
+        if "error" in a:
+            print(f"| {s['arch']} --auto-exclude (gate 0.99) | {a['error']} |")
+        else:
+            print(
+                f"| {s['arch']} --auto-exclude, gate 0.99 ({a['excluded_nodes']} fp32 nodes) | | "
+                f"{a['fp32_ms_bs1']:.3f} | {a['int8_ms_bs1']:.3f} | {a['speedup_bs1']:.2f}x | | "
+                f"{a['top1_agreement']:.4f} | {a['auc_drop_points']:+.3f} | {a['size_ratio']:.2f}x |"
+            )
     if "auto_mobilenetv3" in record:
         a = record["auto_mobilenetv3"]
         print(
@@ -284,6 +335,7 @@ def main() -> None:
         print(f"{'PASS' if ok else 'MISS'}  {name}: {value:.4f}")
     record["checks"] = {k: {"value": v, "met": ok} for k, (v, ok) in checks.items()}
     record["seconds"] = round(time.time() - t0, 1)
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     atomic_write_json(RESULTS, record)
     print(f"\nwrote {RESULTS} ({record['seconds']} s)")
 
