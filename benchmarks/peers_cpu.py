@@ -250,7 +250,12 @@ def figure(rec: dict) -> dict:
     peers = {k: v for k, v in rows.items() if k != OURS}
     fastest = min(peers, key=lambda k: peers[k]["p50_ms_bs1"])
     f = peers[fastest]
+    gated = {k: v for k, v in peers.items() if v["top1_agreement"] >= 0.99}
+    fastest_gated = min(gated, key=lambda k: gated[k]["p50_ms_bs1"]) if gated else None
     return {
+        "fastest_peer_at_agreement_0.99": fastest_gated,
+        "ratio_vs_fastest_peer_at_agreement_0.99": (
+            ours["p50_ms_bs1"] / gated[fastest_gated]["p50_ms_bs1"] if gated else None),
         "fastest_peer": fastest,
         "peer_p50_ms_bs1": f["p50_ms_bs1"],
         "ours_p50_ms_bs1": ours["p50_ms_bs1"],
@@ -276,7 +281,8 @@ def markdown(records: list[dict], fp: dict) -> str:
         f = rec["figure"]
         out.append(f"\nfastest peer at bs1: {f['fastest_peer']} {f['peer_p50_ms_bs1']:.3f} ms; ours "
                    f"{f['ours_p50_ms_bs1']:.3f} ms (x{f['ratio']:.2f}); within 5%: {f['within_5pct']}, agreement "
-                   f"not lower: {f['agreement_not_lower']}, faster: {f['faster']}\n")
+                   f"not lower: {f['agreement_not_lower']}, faster: {f['faster']}; fastest peer with agreement >= 0.99: "
+                   f"{f['fastest_peer_at_agreement_0.99']} (ours x{f['ratio_vs_fastest_peer_at_agreement_0.99'] or 0:.2f})\n")
         out.append("\nauto candidates (ours):\n\n| engine | candidate | p50 ms | agreement | passes | chosen |\n"
                    "|---|---|---|---|---|---|")
         for r in o["auto_table"] or []:

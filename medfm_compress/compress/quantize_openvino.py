@@ -15,7 +15,10 @@ fp32 7.6 ms / NNCF int8 3.35 ms, so on Intel CPUs OpenVINO usually wins.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import sys
 import time
 from typing import Any
 
@@ -156,8 +159,11 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
         "excluded_nodes": sorted(cfg.exclude_nodes or []),
     }
     report: dict[str, Any] = {}
+    # NNCF draws its progress bars on stdout, which must stay clean for --json: send them to stderr (or nowhere).
+    quiet = lambda: contextlib.redirect_stdout(sys.stderr if cfg.progress else io.StringIO())  # noqa: E731
     try:
-        q = nncf.quantize(fp32_model, calib, **kwargs)
+        with quiet():
+            q = nncf.quantize(fp32_model, calib, **kwargs)
     except nncf.ValidationError as e:
         raise ConfigError(f"NNCF rejected the quantization settings: {str(e).splitlines()[0][:300]}") from None
     except Exception as e:
@@ -181,16 +187,17 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
         val = nncf.Dataset(holdout, lambda item: item[0])
         ac_kwargs = {k: v for k, v in kwargs.items() if k != "subset_size"}
         try:
-            q = nncf.quantize_with_accuracy_control(
-                fp32_model,
-                calib,
-                val,
-                validate,
-                max_drop=1.0 - cfg.min_agreement,
-                drop_type=nncf.DropType.ABSOLUTE,
-                subset_size=len(ctx.calib.images),
-                **ac_kwargs,
-            )
+            with quiet():
+                q = nncf.quantize_with_accuracy_control(
+                    fp32_model,
+                    calib,
+                    val,
+                    validate,
+                    max_drop=1.0 - cfg.min_agreement,
+                    drop_type=nncf.DropType.ABSOLUTE,
+                    subset_size=len(ctx.calib.images),
+                    **ac_kwargs,
+                )
         except Exception as e:
             raise ModelError(
                 f"NNCF accuracy-controlled quantization failed: {str(e).strip().splitlines()[0][:300]}"
