@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("run_dir")
     ap.add_argument("--bits", type=int, nargs="+", default=[8, 4])
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--ce-weight", type=float, default=0.0, help="add hard-label CE to the KD loss")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
     a = ap.parse_args()
     student, card = load_model(a.run_dir, "student")
     teacher, _ = load_model(a.run_dir, "teacher")
@@ -48,7 +51,15 @@ def main() -> None:
         ptq = quantize_torch(student, calib, quant_cfg=qcfg)
         ptq_auc = macro_auc(_forward_all(ptq, x_test), test.labels, card.task)
         qat = quantize_torch(student, calib, quant_cfg=qcfg)
-        qat_distill(qat, t_logits, x_train, card.task, QATConfig(epochs=a.epochs), progress=False)
+        qat_distill(
+            qat,
+            t_logits,
+            x_train,
+            card.task,
+            QATConfig(epochs=a.epochs, lr=a.lr, ce_weight=a.ce_weight),
+            labels=train.labels,
+            progress=False,
+        )
         qat_auc = macro_auc(_forward_all(qat, x_test), test.labels, card.task)
         ptq_drop, qat_drop = 100 * (fp32_auc - ptq_auc), 100 * (fp32_auc - qat_auc)
         applies = ptq_drop > 0.5
@@ -68,7 +79,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "qat_recovery.json").write_text(json.dumps({"run_dir": a.run_dir, "rows": rows}, indent=2))
+    name = f"qat_recovery{'-' + a.tag if a.tag else ''}.json"
+    settings = {"epochs": a.epochs, "lr": a.lr, "ce_weight": a.ce_weight, "data": card.provenance["data"]}
+    (out / name).write_text(json.dumps({"run_dir": a.run_dir, "settings": settings, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
