@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..config import config_to_dict
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, MedfmError
 from .latency import LatencyConfig, measure_end_to_end, measure_engine
 
 __all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts"]
@@ -134,6 +134,15 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         raise DataError(f"{cfg.data}: the {cfg.split} split has no class labels to score against")
     ref_name = cfg.reference_name
     order = [(n, p) for n, p in cfg.artifacts if n == ref_name] + [(n, p) for n, p in cfg.artifacts if n != ref_name]
+    # Cheap checks first, so a bad invocation fails before any progress output or model loading.
+    if cfg.backend is not None:
+        from ..runtime import get_backend
+
+        get_backend(cfg.backend)
+    for name, path in order:
+        p = Path(path)
+        if not p.exists() and not p.with_suffix(".json").exists():
+            raise MedfmError(f"artifact '{name}': {p} does not exist; check the NAME=PATH argument")
     steps_per = 1 + len(cfg.batch_sizes) + 1
     bar = _progress(len(order) * steps_per, cfg.progress)
     lat_cfg = cfg.latency

@@ -423,6 +423,132 @@ def _(d):
     _tiny_onnx(d / "bad.onnx", custom_op="FooBarOp")
 
 
+# ---------------- export / quantize / bench / report / run ----------------
+def _onnx(path: Path, with_meta: bool = True, in_chans: int = 1, size: int = 32) -> None:
+    import torch
+
+    from medfm_compress.data.preprocess import PreprocessSpec
+    from medfm_compress.export.metadata import ModelMeta
+    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.models import create_model
+
+    model = create_model(W16, 4, in_chans).eval()
+    pre = PreprocessSpec((size, size), in_chans, (0.5,) * in_chans, (0.25,) * in_chans)
+    meta = ModelMeta(pre, "multiclass", ["a", "b", "c", "d"], W16)
+    export_model_to_onnx(model, meta, path, torch.zeros(1, in_chans, size, size))
+    if not with_meta:
+        import onnx
+
+        proto = onnx.load(str(path))
+        del proto.metadata_props[:]
+        onnx.save(proto, str(path))
+
+
+_Q = ["--calib-data", TINY, "--target", "cpu", "--precision", "int8", "--num-calib", "16", "--num-holdout", "16",
+      "--out", "{d}/out/q.onnx"]
+
+simple("export_source_missing", ["export", "{d}/nothing", "--out", "{d}/out/m.onnx"], "does not exist")
+
+
+@case("export_card_not_json", ["export", "{d}/run", "--out", "{d}/out/m.onnx"], "not valid JSON")
+def _(d):
+    (d / "run").mkdir()
+    (d / "run" / "student.json").write_text("{not json")
+    (d / "run" / "student.safetensors").write_bytes(b"")
+
+
+@case("quantize_corrupt_onnx", ["quantize", "{d}/m.onnx", *_Q], "onnx")
+def _(d):
+    (d / "m.onnx").write_bytes(b"\x08\x07garbage that is not a protobuf model" * 10)
+
+
+@case("quantize_empty_onnx", ["quantize", "{d}/m.onnx", *_Q], "onnx")
+def _(d):
+    (d / "m.onnx").write_bytes(b"")
+
+
+@case("quantize_no_calibration_data", ["quantize", "{d}/m.onnx", "--target", "cpu", "--precision", "int8", "--out",
+                                        "{d}/out/q.onnx"], "calib")
+def _(d):
+    _onnx(d / "m.onnx")
+
+
+@case("quantize_foreign_onnx_without_flags", ["quantize", "{d}/m.onnx", *_Q], "--input-size")
+def _(d):
+    _onnx(d / "m.onnx", with_meta=False)
+
+
+def _rgb_npz(path: Path) -> str:
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 255, (48, 32, 32, 3), dtype=np.uint8)
+    _npz(path, train_images=imgs[:32], train_labels=(np.arange(32) % 4)[:, None], test_images=imgs[32:],
+         test_labels=(np.arange(16) % 4)[:, None])
+    return f"medmnist:{path}"
+
+
+@case("quantize_calibration_wrong_channels", ["quantize", "{d}/m.onnx", "--calib-data", "medmnist:{d}/rgb.npz",
+                                               "--target", "cpu", "--precision", "int8", "--out", "{d}/out/q.onnx"],
+      "channel")
+def _(d):
+    _onnx(d / "m.onnx")
+    _rgb_npz(d / "rgb.npz")
+
+
+@case("quantize_unknown_target", ["quantize", "{d}/m.onnx", "--calib-data", TINY, "--target", "fpga", "--out",
+                                   "{d}/out/q.onnx"], "fpga")
+def _(d):
+    _onnx(d / "m.onnx")
+
+
+@case("bench_unknown_backend", ["bench", "m={d}/m.onnx", "--backend", "tpu", "--data", TINY, "--out", "{d}/out"],
+      "tpu")
+def _(d):
+    _onnx(d / "m.onnx")
+
+
+simple("bench_artifact_missing", ["bench", "m={d}/none.onnx", "--data", TINY, "--out", "{d}/out"], "does not exist")
+simple("bench_artifact_without_name", ["bench", "{d}/none.onnx", "--data", TINY, "--out", "{d}/out"], "NAME=PATH")
+simple("bench_zero_batch_size", ["bench", "m={d}/none.onnx", "--batch-sizes", "0", "--data", TINY, "--out", "{d}/out"],
+       "batch")
+
+
+@case("bench_input_spec_mismatch", ["bench", "m={d}/m.onnx", "--data", "medmnist:{d}/rgb.npz", "--out", "{d}/out"],
+      "channel")
+def _(d):
+    _onnx(d / "m.onnx")
+    _rgb_npz(d / "rgb.npz")
+
+
+@case("report_other_schema_version", ["report", "compare", "{d}/a.json", "{d}/a.json"], "schema", outputs=[])
+def _(d):
+    (d / "a.json").write_text(json.dumps({"schema_version": 42, "artifacts": []}))
+
+
+@case("report_not_json", ["report", "compare", "{d}/a.json", "{d}/a.json"], "", outputs=[])
+def _(d):
+    (d / "a.json").write_text("<html>")
+
+
+@case("recipe_unknown_key", ["run", "{d}/r.yaml", "--out", "{d}/out"], "did you mean 'distill'")
+def _(d):
+    (d / "r.yaml").write_text("version: 1\ndistil:\n  epochs: 1\n")
+
+
+@case("recipe_wrong_type", ["run", "{d}/r.yaml", "--out", "{d}/out"], "must be an integer")
+def _(d):
+    (d / "r.yaml").write_text("version: 1\ndistill:\n  epochs: ten\n")
+
+
+@case("recipe_not_yaml", ["run", "{d}/r.yaml", "--out", "{d}/out"], "not valid YAML")
+def _(d):
+    (d / "r.yaml").write_text("distill: [unclosed\n")
+
+
+@case("recipe_python_object", ["run", "{d}/r.yaml", "--out", "{d}/out"], "YAML", outputs=["out", "PWNED"])
+def _(d):
+    (d / "r.yaml").write_text(f"!!python/object/apply:os.system ['touch {d}/PWNED']\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Write the bad-input corpus to a directory.")
     ap.add_argument("--out", required=True)
