@@ -1,0 +1,40 @@
+"""Every ```bash block of README.md is executed, in order, in one scratch directory.
+
+The README's tour uses small data so this stays quick. ```sh blocks are the two set-up commands
+(`make demo`, `make test`): CI itself runs `make test`, and `make demo` is the demo test's job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def bash_blocks(text: str) -> list[str]:
+    return re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_readme_has_the_two_setup_commands():
+    text = README.read_text()
+    assert "make demo" in text and "make test" in text
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "make test" in ci
+
+
+@pytest.mark.skipif(not README.exists(), reason="no README")
+def test_readme_bash_blocks_run(tmp_path):
+    blocks = bash_blocks(README.read_text())
+    assert blocks, "README has no executable bash blocks"
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    for i, block in enumerate(blocks):
+        res = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=900)
+        assert res.returncode == 0, f"README bash block {i} failed ({res.returncode}):\n{block}\n{res.stderr[-3000:]}"
