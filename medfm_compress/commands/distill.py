@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -59,6 +60,8 @@ def command(data, teacher, teacher_weights, student, student_weights, out, losse
         resume=resume, device=device, progress=not quiet,
     )
     result = run(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 reports
     m = result.metrics
     if as_json:
         click.echo(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))
