@@ -13,6 +13,7 @@ nvidia-modelopt is optional (``pip install 'medfm-compress[modelopt]'``) and imp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -521,6 +522,44 @@ def _torch_path(ctx: QuantizeContext):
     return proto, prov
 
 
+# ModelOpt's ONNX PTQ monkey-patches ONNX Runtime's calibrators and quantizers for the whole process
+# (modelopt/onnx/quantization/ort_patching.py) and never undoes it; ORT's own static quantization run later in
+# the same process (the cpu target, a recipe with several variants) then fails. Save and restore them.
+_ORT_PATCHED = {
+    "onnxruntime.quantization.calibrate": {
+        None: ("create_calibrator",),
+        "CalibraterBase": ("__init__", "create_inference_session", "select_tensors_to_calibrate"),
+        "MinMaxCalibrater": ("augment_graph", "collect_data", "compute_data", "merge_range"),
+        "HistogramCalibrater": ("augment_graph", "collect_data"),
+        "HistogramCollector": ("collect", "collect_value", "collect_absolute_value"),
+    },
+    "onnxruntime.quantization.qdq_quantizer": {"QDQQuantizer": ("check_opset_version",)},
+    "onnxruntime.quantization.base_quantizer": {"BaseQuantizer": ("adjust_tensor_ranges",)},
+}
+
+
+@contextlib.contextmanager
+def _ort_patches_undone():
+    import importlib
+
+    saved = []
+    for mod_name, owners in _ORT_PATCHED.items():
+        mod = importlib.import_module(mod_name)
+        for owner_name, attrs in owners.items():
+            owner = mod if owner_name is None else getattr(mod, owner_name)
+            for attr in attrs:
+                own = vars(owner)
+                saved.append((owner, attr, attr in own, own.get(attr)))
+    try:
+        yield
+    finally:
+        for owner, attr, had, value in saved:
+            if had:
+                setattr(owner, attr, value)
+            elif attr in vars(owner):
+                delattr(owner, attr)
+
+
 def _onnx_path(ctx: QuantizeContext):
     import onnx
 
@@ -532,7 +571,7 @@ def _onnx_path(ctx: QuantizeContext):
     onnx.save(ctx.fp32_proto, str(src))
     out = ctx.workdir / "modelopt_qdq.onnx"
     ctx.log(f"ModelOpt ONNX {ctx.cfg.precision} PTQ ({len(ctx.calib.images)} calibration images)")
-    with _quiet():
+    with _quiet(), _ort_patches_undone():
         mo_quantize(
             str(src),
             quantize_mode=ctx.cfg.precision,
