@@ -11,7 +11,6 @@ Writes benchmarks/results/distill_gain.json and prints a table. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def main() -> None:
         (f"student, distilled ({args.label_fraction:.0%} labels)", f["student"]["arch"], f["student"]["params"], f["student"]["macro_auc"], f["student"]["accuracy"]),
         (f"student, labels only ({args.label_fraction:.0%} labels)", f["baseline"]["arch"], f["baseline"]["params"], f["baseline"]["macro_auc"], f["baseline"]["accuracy"]),
     ]
-    print(f"\n| model | arch | params | macro AUC | accuracy |\n|---|---|---|---|---|")
+    print("\n| model | arch | params | macro AUC | accuracy |\n|---|---|---|---|---|")
     for name, arch, params, auc, acc in rows:
         print(f"| {name} | {arch} | {params / 1e6:.2f}M | {auc:.4f} | {acc:.4f} |")
     checks = {

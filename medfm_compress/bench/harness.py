@@ -52,6 +52,8 @@ class BenchConfig:
         min_speedup: minimum reference p50 / artifact p50, engine-only at batch 1 (or the smallest batch).
         max_p50_ms: maximum engine-only p50 at that batch.
         max_size_mb: maximum artifact size in MB (1e6 bytes).
+        gate_on: names of the artifacts the gates judge (None: every artifact but the reference); the others
+            are measured and reported only.
         out: directory to write report.json/report.md/junit.xml/pareto.png (None: write nothing).
         progress: show a progress bar.
     """
@@ -76,6 +78,7 @@ class BenchConfig:
     min_speedup: float | None = None
     max_p50_ms: float | None = None
     max_size_mb: float | None = None
+    gate_on: tuple[str, ...] | None = None
     out: str | None = None
     progress: bool = True
 
@@ -88,6 +91,9 @@ class BenchConfig:
             raise ConfigError(f"artifact name(s) {', '.join(dup)} given twice; names must be unique")
         if self.reference is not None and self.reference not in names:
             raise ConfigError(f"--reference {self.reference!r} is not one of the artifacts ({', '.join(names)})")
+        unknown = sorted(set(self.gate_on or ()) - set(names))
+        if unknown:
+            raise ConfigError(f"--gate-on names {', '.join(unknown)}, which are not artifacts ({', '.join(names)})")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch sizes must be >= 1, got {self.batch_sizes}")
         if self.eval_batch_size < 1 or self.n_resamples < 1:
@@ -244,7 +250,7 @@ def evaluate_gates(cfg: BenchConfig, entries: list[dict]) -> list[dict]:
                       "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail})
 
     for e in entries:
-        if e["reference"]:
+        if e["reference"] or (cfg.gate_on is not None and e["name"] not in cfg.gate_on):
             continue
         if cfg.max_auc_drop is not None:
             d = e["parity"]["deltas"]["macro_auc"]

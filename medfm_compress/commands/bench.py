@@ -33,12 +33,13 @@ from ._common import csv_option
 @click.option("--min-speedup", default=None, type=float, help="Gate: minimum reference p50 / artifact p50 (batch 1).")
 @click.option("--max-p50-ms", default=None, type=float, help="Gate: maximum engine-only p50 at batch 1 (ms).")
 @click.option("--max-size-mb", default=None, type=float, help="Gate: maximum artifact size (MB).")
+@click.option("--gate-on", default=None, help="Comma-separated artifact names the gates judge (default: all but the reference).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Directory for report.json, report.md, junit.xml and pareto.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, warmup_s, duration_s, threads, device,
-            backend, n_resamples, seed, max_auc_drop, min_agreement, min_speedup, max_p50_ms, max_size_mb, out, quiet,
+            backend, n_resamples, seed, max_auc_drop, min_agreement, min_speedup, max_p50_ms, max_size_mb, gate_on, out, quiet,
             as_json):
     """Benchmark ARTIFACTS (NAME=PATH ...): latency, accuracy parity against --reference, gates.
 
@@ -57,7 +58,7 @@ def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, 
         batch_sizes=csv_option(batch_sizes, int), iterations=iterations, warmup=warmup, warmup_s=warmup_s,
         duration_s=duration_s, threads=threads, device=device, backend=backend, n_resamples=n_resamples, seed=seed,
         max_auc_drop=max_auc_drop, min_agreement=min_agreement, min_speedup=min_speedup, max_p50_ms=max_p50_ms,
-        max_size_mb=max_size_mb, out=out, progress=not quiet and not as_json,
+        max_size_mb=max_size_mb, gate_on=csv_option(gate_on), out=out, progress=not quiet and not as_json,
     )
     report = run_bench(cfg)
     if as_json:

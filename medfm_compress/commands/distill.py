@@ -9,6 +9,7 @@ import click
 
 from ._common import csv_option
 
+
 @click.command(name="distill")
 @click.option("--data", default="synthetic", show_default=True,
               help="Data spec: medmnist:FILE.npz, folder:DIR, dicom:DIR or synthetic (the embedded default).")

@@ -258,38 +258,9 @@ def _dynamic(ctx: QuantizeContext):
 
 
 def _fp16(ctx: QuantizeContext):
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from ..export.onnx import to_fp16
 
-    try:
-        proto = convert_float_to_float16(_copy(ctx.fp32_proto), keep_io_types=not ctx.cfg.fp16_io)
-    except Exception as e:
-        raise ModelError(f"fp16 conversion failed: {str(e).strip().splitlines()[0][:300]}") from None
-    # The converter appends its I/O Cast nodes at the end of the node list; ONNX requires topological order.
-    toposort(proto.graph)
-    return proto
-
-
-def toposort(graph) -> None:
-    """Reorder ``graph.node`` topologically in place (stable for nodes that are already in order)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        rest = []
-        for node in pending:
-            if all(i in available for i in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                rest.append(node)
-        if len(rest) == len(pending):
-            raise ModelError("the converted graph has a cycle or a dangling input; cannot order it")
-        pending = rest
-    copies = [type(n)() for n in ordered]
-    for c, n in zip(copies, ordered, strict=True):
-        c.CopyFrom(n)
-    del graph.node[:]
-    graph.node.extend(copies)
+    return to_fp16(ctx.fp32_proto, keep_io_types=not ctx.cfg.fp16_io)
 
 
 def _copy(proto):

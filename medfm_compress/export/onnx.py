@@ -464,3 +464,48 @@ def export_onnx(cfg: ExportConfig) -> ExportResult:
     if manifest is not None and rec is not None:
         manifest.finish(rec, {"onnx": out}, {"check": check})
     return ExportResult(out, meta, check, round(time.time() - t0, 2), out.stat().st_size)
+
+
+def to_fp16(proto, keep_io_types: bool = True):
+    """A copy of an fp32 ONNX model with fp16 weights and activations (fp32 inputs/outputs unless
+    ``keep_io_types`` is False), in topological order."""
+    import warnings
+
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    with warnings.catch_warnings():
+        # It warns about every value it clamps to the fp16 range; the parity checks are the judge.
+        warnings.simplefilter("ignore")
+        try:
+            out = convert_float_to_float16(copy, keep_io_types=keep_io_types)
+        except Exception as e:  # the converter raises assorted types for graphs it cannot handle
+            raise ExportError(f"fp16 conversion failed: {str(e).strip().splitlines()[0][:300]}") from None
+    # The converter appends its I/O Cast nodes at the end of the node list; ONNX requires topological order.
+    toposort(out.graph)
+    return out
+
+
+def toposort(graph) -> None:
+    """Reorder ``graph.node`` topologically in place (stable: keeps the original order where it is valid)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ExportError("the converted graph has a cycle or a dangling input; cannot order it")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered, strict=True):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)

@@ -264,43 +264,9 @@ def _input_chw(proto) -> tuple[str, tuple[int, int, int]]:
 
 def _to_fp16(proto):
     """fp32 ONNX -> fp16 weights and activations with fp32 inputs/outputs (for strongly typed builds)."""
-    import warnings
+    from .onnx import to_fp16
 
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    with warnings.catch_warnings():
-        # It warns about every value it clamps to the fp16 range; the parity check is the judge.
-        warnings.simplefilter("ignore")
-        try:
-            out = convert_float_to_float16(proto, keep_io_types=True)
-        except Exception as e:  # the converter raises assorted types for graphs it cannot handle
-            raise ExportError(f"fp16 conversion failed: {str(e).strip().splitlines()[0][:300]}") from None
-    # The converter appends the input Casts at the end of the node list; onnx.checker wants topological order.
-    _toposort(out.graph)
-    return out
-
-
-def _toposort(graph) -> None:
-    """Reorder ``graph.node`` topologically in place (stable: keeps the original order where it is valid)."""
-    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        rest = []
-        for n in pending:
-            if all(i in known for i in n.input):
-                ordered.append(n)
-                known.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(pending):
-            raise ExportError("fp16 conversion produced a graph with a cycle or a dangling input")
-        pending = rest
-    copies = [type(n)() for n in ordered]
-    for c, n in zip(copies, ordered, strict=True):
-        c.CopyFrom(n)
-    del graph.node[:]
-    graph.node.extend(copies)
+    return to_fp16(proto, keep_io_types=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
