@@ -6,6 +6,8 @@ import json
 
 import click
 
+from ..models.card import MODEL_ROLES
+
 # Output formats this command can write. Only ONNX exists so far; the TensorRT engine builder adds
 # "tensorrt" here (and a branch in `command`) when it lands.
 FORMATS = ("onnx", "tensorrt", "openvino")
@@ -22,7 +24,7 @@ FORMATS = ("onnx", "tensorrt", "openvino")
 @click.option(
     "--model",
     "model_name",
-    type=click.Choice(["student", "teacher", "baseline"]),
+    type=click.Choice(MODEL_ROLES),
     default="student",
     show_default=True,
     help="Which model of a run directory to export.",

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..models.card import MODEL_ROLES
 from ._common import csv_option
 
 
@@ -77,7 +78,7 @@ from ._common import csv_option
 @click.option(
     "--model",
     "model_name",
-    type=click.Choice(["student", "teacher", "baseline"]),
+    type=click.Choice(MODEL_ROLES),
     default="student",
     show_default=True,
     help="Which model of a run directory.",

@@ -30,6 +30,7 @@ from .. import __version__
 from .._io import sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ExportError, ModelError
+from ..models.card import MODEL_ROLES
 from .calibration import CalibrationSet, build_calibration
 
 __all__ = [
@@ -129,7 +130,7 @@ class QuantizeConfig:
             raise ConfigError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile}")
-        if self.model not in ("student", "teacher", "baseline"):
+        if self.model not in MODEL_ROLES:
             raise ConfigError(f"--model must be student, teacher or baseline, got {self.model!r}")
 
     def to_dict(self) -> dict[str, Any]:

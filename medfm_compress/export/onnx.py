@@ -21,6 +21,7 @@ from .. import __version__
 from .._io import atomic_path, sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, DataError, ExportError, ModelError
+from ..models.card import MODEL_ROLES
 from .metadata import ModelMeta, decode_metadata, encode_metadata
 
 __all__ = [
@@ -362,7 +363,7 @@ class ExportConfig:
             )
         if self.format != "onnx":
             raise ConfigError(f"export format {self.format!r} is not available here; only 'onnx' is")
-        if self.model not in ("student", "teacher", "baseline"):
+        if self.model not in MODEL_ROLES:
             raise ConfigError(f"--model must be student, teacher or baseline, got {self.model!r}")
         if self.atol <= 0:
             raise ConfigError(f"--atol must be > 0, got {self.atol}")

@@ -11,10 +11,12 @@ from .._io import atomic_write_json
 from ..data.preprocess import PreprocessSpec
 from ..errors import ModelError
 
-__all__ = ["ModelCard", "load_model", "resolve_model_files", "CARD_FORMAT", "CARD_VERSION"]
+__all__ = ["ModelCard", "load_model", "resolve_model_files", "CARD_FORMAT", "CARD_VERSION", "MODEL_ROLES"]
 
 CARD_FORMAT = "medfm-compress/model"
 CARD_VERSION = 1
+# The models a run directory can hold (``<role>.json`` + ``<role>.safetensors``).
+MODEL_ROLES = ("student", "teacher", "baseline")
 
 
 @dataclass
