@@ -13,20 +13,57 @@ from ..config import config_to_dict
 from ..errors import ConfigError, DataError, MedfmError
 from .latency import LatencyConfig, measure_end_to_end, measure_engine
 
-__all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts"]
+__all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts", "split_artifact_options"]
 
 
 def parse_artifacts(items: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
-    """``["name=path", ...]`` -> ``(("name", "path"), ...)``; a bare path is named after its file stem."""
+    """``["name=path", ...]`` -> ``(("name", "path"), ...)``; a bare path is named after its file stem.
+
+    A path may end in ``?key=value&...``: backend options for that artifact (see :func:`split_artifact_options`).
+    """
     out: list[tuple[str, str]] = []
     for item in items:
         name, sep, path = item.partition("=")
-        if not sep:
-            name, path = Path(item).stem or item, item
+        if not sep or "?" in name:
+            name, path = Path(item.partition("?")[0]).stem or item, item
         if not name or not path:
             raise ConfigError(f"artifact {item!r} must be NAME=PATH (e.g. int8=runs/p/student.int8.onnx)")
+        split_artifact_options(path)  # a malformed option fails here, before anything loads
         out.append((name, path))
     return tuple(out)
+
+
+def _option_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def split_artifact_options(path: str) -> tuple[str, dict[str, Any]]:
+    """``"runs/p?name=teacher&precision=fp16"`` -> ``("runs/p", {"name": "teacher", "precision": "fp16"})``.
+
+    Values ``true/false/yes/no/on/off`` become booleans and numbers become int or float; the backend checks
+    the option names (an unknown one is an error naming those it knows).
+    """
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path, {}
+    opts: dict[str, Any] = {}
+    for kv in query.split("&"):
+        key, eq, value = kv.partition("=")
+        if not key or not eq:
+            raise ConfigError(f"artifact option {kv!r} in {path!r} must be KEY=VALUE "
+                              "(e.g. runs/p?name=teacher&cuda_graphs=true)")
+        opts[key] = _option_value(value)
+    return base, opts
 
 
 @dataclass(frozen=True)
@@ -146,7 +183,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
         get_backend(cfg.backend)
     for name, path in order:
-        p = Path(path)
+        p = Path(split_artifact_options(path)[0])
         if not p.exists() and not p.with_suffix(".json").exists():
             raise MedfmError(f"artifact '{name}': {p} does not exist; check the NAME=PATH argument")
     steps_per = 1 + len(cfg.batch_sizes) + 1
@@ -157,7 +194,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     try:
         for name, path in order:
             bar.set_postfix_str(name)
-            with Engine.load(path, backend=cfg.backend, device=cfg.device, threads=cfg.threads) as eng:
+            file, options = split_artifact_options(path)
+            with Engine.load(file, backend=cfg.backend, device=cfg.device, threads=cfg.threads, **options) as eng:
                 check_data_matches(name, eng, task_data.task, task_data.num_classes, task_data.channels)
                 logits = predict_logits(eng, split.images, cfg.eval_batch_size)
                 bar.update(1)
@@ -186,7 +224,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 info = eng.info
                 entries.append({
                     "name": name,
-                    "path": str(path),
+                    "path": file,
+                    "options": options,
                     "reference": name == ref_name,
                     **{k: info.get(k) for k in ("sha256", "backend", "precision", "device", "threads", "params",
                                                 "size_bytes")},

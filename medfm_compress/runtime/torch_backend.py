@@ -12,6 +12,10 @@ from .base import Engine, register_backend, require_module
 
 __all__ = ["TorchEngine"]
 
+_OPTIONS = ("name", "cuda_graphs", "precision", "channels_last", "compile")
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @register_backend("torch")
 class TorchEngine(Engine):
@@ -20,6 +24,12 @@ class TorchEngine(Engine):
     Options:
         name: which model of a run directory (``student``, ``teacher``, ``baseline``); default ``student``.
         cuda_graphs: on CUDA, capture one CUDA graph per input shape and replay it (lower launch overhead).
+        precision: ``fp32`` (default), ``fp16`` or ``bf16``: weights and activations cast to that type
+            (inputs are cast on the device; outputs are returned as float32).
+        channels_last: run in NHWC memory layout (faster convolutions with fp16/bf16 on tensor cores).
+        compile: ``torch.compile`` the model with this mode (``default``, ``reduce-overhead``,
+            ``max-autotune``, ``max-autotune-no-cudagraphs``; ``true`` means ``default``). Each new input
+            shape compiles once, on first use (the harness's warm-up absorbs it).
     """
 
     priority = 10
@@ -39,9 +49,19 @@ class TorchEngine(Engine):
         from ..models.card import load_model, resolve_model_files
         from ..models.factory import count_params
 
-        unknown = set(self.options) - {"name", "cuda_graphs"}
+        unknown = set(self.options) - set(_OPTIONS)
         if unknown:
-            raise ConfigError(f"unknown torch backend option(s) {', '.join(sorted(unknown))}; known: name, cuda_graphs")
+            raise ConfigError(f"unknown torch backend option(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(_OPTIONS)}")
+        precision = str(self.options.get("precision", "fp32"))
+        if precision not in _DTYPES:
+            raise ConfigError(f"torch backend precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
+        compile_mode = self.options.get("compile", False)
+        if compile_mode is True:
+            compile_mode = "default"
+        if compile_mode not in (False, *_COMPILE_MODES):
+            raise ConfigError(f"torch backend compile must be one of {', '.join(_COMPILE_MODES)} (or false), "
+                              f"got {compile_mode!r}")
         name = self.options.get("name", "student")
         self._card_path, self._weights_path = resolve_model_files(self.path, name)
         device = self.device or "cpu"
@@ -55,12 +75,22 @@ class TorchEngine(Engine):
         model, card = load_model(self._card_path)
         self._torch = torch
         self._device = torch.device(device)
-        self._model = model.to(self._device).eval()
-        self._meta = ModelMeta.from_card(card, precision="fp32")
+        self._dtype = getattr(torch, _DTYPES[precision])
+        self._memory_format = torch.channels_last if self.options.get("channels_last") else torch.contiguous_format
+        params = count_params(model)
+        model = model.to(self._device, dtype=self._dtype, memory_format=self._memory_format).eval()
+        if compile_mode:
+            model = torch.compile(model, mode=compile_mode, dynamic=False)
+        self._model = model
+        self._meta = ModelMeta.from_card(card, precision=precision)
         self._cuda_graphs = bool(self.options.get("cuda_graphs")) and self._device.type == "cuda"
+        if self._cuda_graphs and compile_mode in ("reduce-overhead", "max-autotune"):
+            raise ConfigError(f"compile={compile_mode} already captures CUDA graphs; drop cuda_graphs or use "
+                              "compile=max-autotune-no-cudagraphs")
         self._graphs: dict[tuple, tuple] = {}
-        self._info.update(precision="fp32", device=device, threads=threads, params=count_params(model),
-                          arch=card.arch, cuda_graphs=self._cuda_graphs)
+        self._info.update(precision=precision, device=device, threads=threads, params=params,
+                          arch=card.arch, cuda_graphs=self._cuda_graphs, compile=compile_mode or None,
+                          channels_last=self._memory_format is torch.channels_last)
 
     def weight_files(self) -> list[Path]:
         return [self._weights_path]
@@ -71,7 +101,7 @@ class TorchEngine(Engine):
             if self._cuda_graphs:
                 out = self._run_graph(x)
             else:
-                out = self._model(torch.from_numpy(x).to(self._device, non_blocking=True))
+                out = self._model(self._to_device(torch.from_numpy(x)))
             if isinstance(out, tuple | list):
                 out = out[0]
             return out.float().cpu().numpy()
@@ -81,8 +111,7 @@ class TorchEngine(Engine):
         torch = self._torch
         key = x.shape
         if key not in self._graphs:
-            static_in = torch.empty(key, dtype=torch.float32, device=self._device)
-            static_in.copy_(torch.from_numpy(x))
+            static_in = self._to_device(torch.from_numpy(x)).clone()
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -97,6 +126,10 @@ class TorchEngine(Engine):
         static_in.copy_(torch.from_numpy(x), non_blocking=True)
         graph.replay()
         return static_out
+
+    def _to_device(self, t):
+        t = t.to(self._device, non_blocking=True).to(self._dtype)
+        return t.contiguous(memory_format=self._memory_format) if t.dim() == 4 else t
 
     def synchronize(self) -> None:
         if self._device.type == "cuda":

@@ -225,3 +225,21 @@ def test_cuda_latency_uses_events_and_records_device_memory(tiny_run):
         with Engine.load(tiny_run, device="cuda", cuda_graphs=graphs) as eng:
             s = measure_engine(eng, eng.preprocess(images[:4]), LatencyConfig(iterations=10, warmup=3))
             assert s["clock"] == "cuda_events" and s["peak_device_memory_bytes"] > 0 and s["p50_ms"] > 0
+
+
+def test_artifact_options_parse_and_reach_the_backend(tiny_run):
+    from medfm_compress.bench.harness import parse_artifacts, split_artifact_options
+    from medfm_compress.errors import ConfigError
+
+    assert split_artifact_options(f"{tiny_run}?name=teacher&cuda_graphs=true&precision=bf16&n=3") == (
+        str(tiny_run), {"name": "teacher", "cuda_graphs": True, "precision": "bf16", "n": 3})
+    assert parse_artifacts([f"{tiny_run}/student.json?precision=bf16"])[0][0] == "student"
+    with pytest.raises(ConfigError, match="must be KEY=VALUE"):
+        parse_artifacts([f"t={tiny_run}?teacher"])
+    res = _bench([f"fp32={tiny_run}", f"bf16={tiny_run}?precision=bf16", "--data", TINY_DATA, *FAST, "--json"])
+    assert res.exit_code == 0, res.output
+    bf16 = json.loads(res.stdout)["artifacts"][1]
+    assert bf16["options"] == {"precision": "bf16"} and bf16["precision"] == "bf16" and bf16["path"] == str(tiny_run)
+    res = _bench([f"fp32={tiny_run}", f"x={tiny_run}?precison=bf16", "--data", TINY_DATA, *FAST])
+    assert res.exit_code == 1 and "unknown torch backend option(s) precison" in res.output
+

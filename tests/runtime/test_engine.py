@@ -169,6 +169,39 @@ def test_torch_backend_rejects_bad_options(tiny_run):
         Engine.load(tiny_run, threads=0)
 
 
+def test_torch_backend_precision_and_layout_options(tiny_run, test_images):
+    with Engine.load(tiny_run) as ref, Engine.load(tiny_run, precision="bf16", channels_last=True) as low:
+        x = ref.preprocess(test_images)
+        want, got = ref.run(x), low.run(x)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert low.info["precision"] == "bf16" and low.info["channels_last"] is True
+        assert low.meta.precision == "bf16" and low.info["params"] == ref.info["params"]
+        # bf16 keeps 8 mantissa bits: close to fp32 but not equal (so the cast really happened).
+        assert 0 < np.abs(got - want).max() < 0.25 * max(1.0, np.abs(want).max())
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+
+
+def test_torch_backend_rejects_bad_precision_and_compile_mode(tiny_run):
+    with pytest.raises(ConfigError, match="precision must be one of fp32, fp16, bf16"):
+        Engine.load(tiny_run, precision="int4")
+    with pytest.raises(ConfigError, match="compile must be one of"):
+        Engine.load(tiny_run, compile="fastest")
+
+
+@pytest.mark.gpu
+def test_torch_cuda_fp16_graphs_and_compile(tiny_run, test_images):
+    with Engine.load(tiny_run, device="cpu") as cpu:
+        x = cpu.preprocess(test_images[:4])
+        want = cpu.run(x)
+    for opts in ({"precision": "fp16", "channels_last": True, "cuda_graphs": True},
+                 {"compile": "max-autotune-no-cudagraphs", "cuda_graphs": True}):
+        with Engine.load(tiny_run, device="cuda", **opts) as gpu:
+            np.testing.assert_allclose(gpu.run(x), want, atol=5e-2)
+            np.testing.assert_allclose(gpu.run(x), want, atol=5e-2)  # graph replay
+    with pytest.raises(ConfigError, match="already captures CUDA graphs"):
+        Engine.load(tiny_run, device="cuda", compile="reduce-overhead", cuda_graphs=True)
+
+
 @pytest.mark.gpu
 def test_torch_cuda_engine_with_cuda_graphs(tiny_run, test_images):
     with Engine.load(tiny_run, device="cpu") as cpu, Engine.load(tiny_run, device="cuda", cuda_graphs=True) as gpu:
