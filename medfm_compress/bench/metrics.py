@@ -17,6 +17,7 @@ __all__ = [
     "macro_auc",
     "top1_agreement",
     "cosine_similarity",
+    "centered_cosine_similarity",
     "max_abs_error",
     "sqnr_db",
     "task_metrics",
@@ -109,6 +110,17 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(np.abs(a - b).max(1) == 0, 1.0, 0.0))
     return float(cos.mean())
+
+
+def centered_cosine_similarity(a: np.ndarray, b: np.ndarray, center: np.ndarray) -> float:
+    """:func:`cosine_similarity` after subtracting ``center`` (e.g. the mean teacher embedding) from both.
+
+    Embeddings of a ReLU encoder share a large common component, so their plain cosine is high even for a
+    constant prediction; centring scores only what differs between inputs.
+    """
+    c = np.asarray(center, dtype=np.float64).reshape(1, -1)
+    return cosine_similarity(np.asarray(a, dtype=np.float64).reshape(len(a), -1) - c,
+                             np.asarray(b, dtype=np.float64).reshape(len(b), -1) - c)
 
 
 def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:

@@ -86,19 +86,21 @@ def stratified_indices(labels: np.ndarray, n: int, seed: int = 0, task: str = "m
 
 
 def validate_inputs(x: np.ndarray, shape: tuple[int, int, int], source: str) -> np.ndarray:
-    """Check preprocessed images against the model's ``(C, H, W)``; NaN/Inf and mismatches are errors."""
-    if x.ndim != 4:
-        raise DataError(f"{source}: calibration images must be NCHW, got shape {x.shape}")
-    c, h, w = shape
+    """Check preprocessed images against the model's ``(C, H, W)`` (or ``(C, X, Y, Z)``); NaN/Inf and
+    mismatches are errors."""
+    if x.ndim != 1 + len(shape):
+        layout = "NCHW" if len(shape) == 3 else "NCXYZ"
+        raise DataError(f"{source}: calibration images must be {layout}, got shape {x.shape}")
+    c, spatial = shape[0], tuple(shape[1:])
     if x.shape[1] != c:
         raise DataError(
             f"{source}: calibration images have {x.shape[1]} channel(s) but the model expects {c}; "
             "check --channels or the data"
         )
-    if tuple(x.shape[2:]) != (h, w):
+    if tuple(x.shape[2:]) != spatial:
         raise DataError(
-            f"{source}: calibration images are {x.shape[2]}x{x.shape[3]} but the model expects {h}x{w}; "
-            "check --input-size"
+            f"{source}: calibration images are {'x'.join(map(str, x.shape[2:]))} but the model expects "
+            f"{'x'.join(map(str, spatial))}; check --input-size"
         )
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())

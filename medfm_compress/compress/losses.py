@@ -43,11 +43,13 @@ def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> to
 
 
 class Projector(nn.Module):
-    """Maps student embeddings to the teacher's embedding width (trained with the student, then dropped)."""
+    """Maps student embeddings to the teacher's embedding width (trained with the student, then dropped; a
+    volume student keeps it as its head). ``hidden`` defaults to ``out_dim``."""
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+        hidden = hidden or out_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -282,15 +282,16 @@ def _meta_from_flags(cfg: QuantizeConfig, shape: tuple[int, int, int], source: s
 
 
 def _input_shape(proto, source: str) -> tuple[int, int, int]:
-    """``(C, H, W)`` of the model's single image input; no batch axis or a dynamic spatial size is an error."""
+    """``(C, H, W)`` (or ``(C, X, Y, Z)`` for a volume model) of the model's single input; no batch axis or a
+    dynamic spatial size is an error."""
     init = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in init]
     if len(inputs) != 1:
         raise ModelError(f"{source} has {len(inputs)} inputs; quantization needs a single image input")
     dims = inputs[0].type.tensor_type.shape.dim
-    if len(dims) != 4:
+    if len(dims) not in (4, 5):
         raise ModelError(
-            f"{source}: input {inputs[0].name!r} has rank {len(dims)}; expected NCHW with a batch axis "
+            f"{source}: input {inputs[0].name!r} has rank {len(dims)}; expected NCHW (or NCXYZ) with a batch axis "
             "(re-export with a dynamic batch dimension)"
         )
     if dims[0].HasField("dim_value") and dims[0].dim_value != 1:
@@ -322,10 +323,10 @@ def _check_meta_matches(meta, shape: tuple[int, int, int], source: str) -> None:
             f"{source}: preprocessing says {pre.channels} channel(s) but the model input has {shape[0]}; "
             "fix --channels"
         )
-    if tuple(pre.input_size) != shape[1:]:
+    if tuple(pre.input_size) != tuple(shape[1:]):
         raise ModelError(
-            f"{source}: preprocessing says {pre.input_size[0]}x{pre.input_size[1]} but the model input "
-            f"is {shape[1]}x{shape[2]}; fix --input-size"
+            f"{source}: preprocessing says {'x'.join(map(str, pre.input_size))} but the model input "
+            f"is {'x'.join(map(str, shape[1:]))}; fix --input-size"
         )
 
 

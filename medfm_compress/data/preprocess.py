@@ -18,10 +18,10 @@ __all__ = ["PreprocessSpec", "raw_to_unit", "resize_batch"]
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """Raw image -> normalised NCHW float32.
+    """Raw image -> normalised NCHW float32 (or NCXYZ float32 for volumes).
 
     Attributes:
-        input_size: (height, width) the model expects.
+        input_size: (height, width) the model expects, or (x, y, z) for a volume model (5-D input).
         channels: channels the model expects (1 grayscale, 3 RGB).
         mean: per-channel mean subtracted after scaling to [0, 1].
         std: per-channel standard deviation divided after subtracting the mean.
@@ -45,8 +45,8 @@ class PreprocessSpec:
             )
         if any(s <= 0 for s in self.std):
             raise DataError(f"std values must be positive, got {self.std}")
-        if len(self.input_size) != 2 or min(self.input_size) <= 0:
-            raise DataError(f"input_size must be (height, width) > 0, got {self.input_size}")
+        if len(self.input_size) not in (2, 3) or min(self.input_size) <= 0:
+            raise DataError(f"input_size must be (height, width) or (x, y, z), all > 0, got {self.input_size}")
         if self.window is not None and not self.window[1] > self.window[0]:
             raise DataError(f"intensity window must be (low, high) with high > low, got {self.window}")
 
@@ -71,13 +71,43 @@ class PreprocessSpec:
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"invalid preprocessing spec {d!r}: {e}") from None
 
+    @property
+    def is_volume(self) -> bool:
+        """True for a 3-D model whose input is ``(N, C, X, Y, Z)``."""
+        return len(self.input_size) == 3
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Preprocess raw images ``(N,H,W)``, ``(N,H,W,C)`` or ``(N,C,H,W)`` into ``(N,C,H,W)`` float32."""
+        """Preprocess raw images ``(N,H,W)``, ``(N,H,W,C)`` or ``(N,C,H,W)`` into ``(N,C,H,W)`` float32.
+
+        For a volume spec, raw crops ``(N,X,Y,Z)`` (or ``(N,X,Y,Z,1)``) become ``(N,1,X,Y,Z)``.
+        """
+        if self.is_volume:
+            return self._volume(images)
         x = raw_to_unit(images, self.window)
         x = to_nchw(x, self.channels)
         x = resize_batch(x, self.input_size)
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return ((x - mean) / std).astype(np.float32, copy=False)
+
+
+    def _volume(self, volumes: np.ndarray) -> np.ndarray:
+        x = np.asarray(volumes)
+        if x.ndim == 5 and x.shape[-1] == 1:
+            x = x[..., 0]
+        if x.ndim != 4:
+            raise DataError(f"volume crops must be (N,X,Y,Z), got shape {x.shape}")
+        if self.channels != 1:
+            raise DataError(f"volume models take 1 channel, the spec says {self.channels}")
+        x = raw_to_unit(x, self.window)[:, None]
+        if tuple(x.shape[2:]) != tuple(self.input_size):
+            import torch
+            import torch.nn.functional as F
+
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            x = F.interpolate(t, size=tuple(self.input_size), mode="trilinear", align_corners=False).numpy()
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1, 1)
         return ((x - mean) / std).astype(np.float32, copy=False)
 
 

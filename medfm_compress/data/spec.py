@@ -1,7 +1,8 @@
 """Data spec strings: ``KIND:PATH?key=value&key=value``.
 
 Kinds: ``medmnist:FILE.npz``, ``folder:DIR``, ``dicom:DIR`` and ``synthetic`` (the embedded default;
-``synthetic?seed=1&n_train=500`` changes its size and seed).
+``synthetic?seed=1&n_train=500`` changes its size and seed); volume crops from ``nifti:FILE``,
+``dicom-series:DIR`` and ``inv3:FILE.inv3`` (see :func:`medfm_compress.data.volume.volume_task`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from .dataset import TaskData
 
 __all__ = ["DATA_KINDS", "DEFAULT_DATA_SPEC", "parse_data_spec", "load_data"]
 
-DATA_KINDS = ("medmnist", "folder", "dicom", "synthetic")
+DATA_KINDS = ("medmnist", "folder", "dicom", "synthetic", "nifti", "dicom-series", "inv3")
 DEFAULT_DATA_SPEC = "synthetic"
 
 _OPTIONS = {
@@ -23,6 +24,7 @@ _OPTIONS = {
     "folder": {"size", "seed"},
     "dicom": {"size", "seed", "window"},
     "synthetic": {"seed", "size", "n_train", "n_val", "n_test"},
+    **{k: {"crop", "n", "sampling", "z", "min_fg", "seed"} for k in ("nifti", "dicom-series", "inv3")},
 }
 
 
@@ -83,6 +85,10 @@ def load_data(spec: str, *, require_labels: bool = True, seed: int = 0) -> TaskD
         task = read_medmnist(synthetic_npz(cfg, cache_dir()))
         task.source = spec
         return task
+    if kind in ("nifti", "dicom-series", "inv3"):
+        from .volume import volume_task
+
+        return volume_task(kind, path, opts, spec, seed=seed)
     size = _int_opt(opts, "size", spec)
     split_seed = _int_opt(opts, "seed", spec)
     split_seed = seed if split_seed is None else split_seed

@@ -10,7 +10,7 @@ medfm.format           ``medfm-compress/onnx``
 medfm.version          metadata version (``1``)
 medfm.task             ``multiclass`` | ``binary`` | ``multilabel``
 medfm.label_names      JSON array of strings
-medfm.input_size       ``H,W``
+medfm.input_size       ``H,W`` (images) or ``X,Y,Z`` (volumes)
 medfm.channels         ``1`` or ``3``
 medfm.mean             comma-separated floats, one per channel (applied after scaling to [0, 1])
 medfm.std              comma-separated floats, one per channel
@@ -65,7 +65,7 @@ def encode_metadata(meta: ModelMeta) -> dict[str, str]:
         "medfm.version": str(META_VERSION),
         "medfm.task": meta.task,
         "medfm.label_names": json.dumps(list(meta.label_names)),
-        "medfm.input_size": f"{pre.input_size[0]},{pre.input_size[1]}",
+        "medfm.input_size": ",".join(str(int(v)) for v in pre.input_size),
         "medfm.channels": str(pre.channels),
         "medfm.mean": _floats(pre.mean),
         "medfm.std": _floats(pre.std),
@@ -87,11 +87,11 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMeta:
     if props.get("medfm.version") != str(META_VERSION):
         raise ModelError(f"{source} has metadata version {props.get('medfm.version')!r}; this tool reads {META_VERSION}")
     try:
-        h, w = (int(v) for v in props["medfm.input_size"].split(","))
+        size = tuple(int(v) for v in props["medfm.input_size"].split(","))
         mean = tuple(float(v) for v in props["medfm.mean"].split(","))
         std = tuple(float(v) for v in props["medfm.std"].split(","))
         window = tuple(float(v) for v in props["medfm.window"].split(",")) if props.get("medfm.window") else None
-        pre = PreprocessSpec(input_size=(h, w), channels=int(props["medfm.channels"]), mean=mean, std=std, window=window)
+        pre = PreprocessSpec(input_size=size, channels=int(props["medfm.channels"]), mean=mean, std=std, window=window)
         return ModelMeta(
             preprocess=pre,
             task=props["medfm.task"],

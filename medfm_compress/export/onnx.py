@@ -60,7 +60,8 @@ def build_onnx(model, meta: ModelMeta, example, opset: int = 17, dynamo: bool = 
     Args:
         model: a torch module (put in eval mode here).
         meta: what the model needs to be fed and read (stored as ``medfm.*`` metadata).
-        example: an example input tensor ``(N, C, H, W)``; its spatial size becomes static, the batch dynamic.
+        example: an example input tensor ``(N, C, H, W)`` (or ``(N, C, X, Y, Z)`` for a volume model); its
+            spatial size becomes static, the batch dynamic.
         opset: ONNX opset (>= 17).
         dynamo: use the dynamo exporter (slower; the classic one is the default because it is 5-10x faster
             here and is the only one modelopt fake-quant models export with).
@@ -71,8 +72,8 @@ def build_onnx(model, meta: ModelMeta, example, opset: int = 17, dynamo: bool = 
 
     if opset < 17:
         raise ConfigError(f"opset {opset} is too old; use --opset 17 or newer")
-    if not isinstance(example, torch.Tensor) or example.ndim != 4:
-        raise ModelError("the example input must be a 4-D (N, C, H, W) tensor")
+    if not isinstance(example, torch.Tensor) or example.ndim not in (4, 5):
+        raise ModelError("the example input must be a 4-D (N, C, H, W) or 5-D (N, C, X, Y, Z) tensor")
     model.eval()
     buf = io.BytesIO()
     kwargs: dict[str, Any] = {}

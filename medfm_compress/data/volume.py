@@ -1,0 +1,552 @@
+"""CT volumes: readers (NIfTI, DICOM series, InVesalius ``.inv3``), HU windowing, seeded crops and an on-disk
+cache of teacher embeddings per crop.
+
+A :class:`Volume` holds Hounsfield units as float32 in ``(X, Y, Z)`` order (Z = slice axis), the order the
+CT encoders in :mod:`medfm_compress.models.foundation` take (``[B, 1, X, Y, Z]``). Crops are
+:class:`CropBox` es in voxel indices; sampling is seeded, so the same spec gives the same crops on every run.
+
+Data specs (``load_data``): ``nifti:FILE.nii[.gz]``, ``dicom-series:DIR``, ``inv3:FILE.inv3``, each with
+``?crop=X,Y,Z&n=N&sampling=random|grid&z=LO,HI&min_fg=F&seed=S`` (see :func:`volume_task`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import plistlib
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendMissingError, DataError
+
+__all__ = [
+    "Volume",
+    "CropBox",
+    "VOLUME_KINDS",
+    "read_nifti",
+    "read_dicom_series",
+    "read_inv3",
+    "read_volume",
+    "hu_window",
+    "random_crops",
+    "grid_crops",
+    "z_split",
+    "extract_crops",
+    "EmbeddingCache",
+    "volume_task",
+    "fetch_invesalius_example",
+]
+
+VOLUME_KINDS = ("nifti", "dicom-series", "inv3")
+# Voxels above this HU count as tissue for the foreground filter (air is about -1000).
+FOREGROUND_HU = -500.0
+_INV3_DTYPES = {"int16", "uint16", "int8", "uint8", "int32", "float32", "float64"}
+
+
+@dataclass
+class Volume:
+    """A CT volume in HU, ``(X, Y, Z)`` float32, with voxel spacing in mm."""
+
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    source: str
+    info: dict[str, Any] = field(default_factory=dict)
+    _sha: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the HU array and spacing: the identity of the volume for caches, whatever file it came from."""
+        if self._sha is None:
+            h = hashlib.sha256()
+            h.update(
+                json.dumps(
+                    {"shape": list(self.shape), "spacing": [round(s, 6) for s in self.spacing]}
+                ).encode()
+            )
+            h.update(np.ascontiguousarray(self.hu, dtype=np.float32).tobytes())
+            self._sha = h.hexdigest()
+        return self._sha
+
+
+def _check_volume(hu: np.ndarray, source: str) -> np.ndarray:
+    if hu.ndim != 3 or min(hu.shape) < 1:
+        raise DataError(f"{source}: expected a 3-D volume, got shape {hu.shape}")
+    hu = np.ascontiguousarray(hu, dtype=np.float32)
+    if not np.isfinite(hu).all():
+        raise DataError(f"{source}: the volume contains NaN/Inf voxels")
+    return hu
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Readers
+
+
+def read_nifti(path: str | Path) -> Volume:
+    """A NIfTI file, reoriented to the closest canonical (RAS+) axes; scale slope/intercept applied."""
+    try:
+        import nibabel as nib
+    except ImportError:
+        raise BackendMissingError("nibabel", "nifti") from None
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"NIfTI file {p} does not exist")
+    try:
+        img = nib.as_closest_canonical(nib.load(str(p)))
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for broken files
+        raise DataError(f"{p} is not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(f"{p}: expected a 3-D volume, got shape {data.shape} (pick one time point first)")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return Volume(_check_volume(data, str(p)), zooms, f"nifti:{p}", {"format": "nifti"})
+
+
+def read_dicom_series(directory: str | Path) -> Volume:
+    """One DICOM series from a folder: slices sorted by ImagePositionPatient along the slice normal,
+    RescaleSlope/RescaleIntercept applied (HU). Files that are not image slices (no pixel data or no
+    position) are skipped; mixed orientations or sizes are an error."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(f"DICOM series folder {d} does not exist")
+    slices = []
+    for f in sorted(x for x in d.rglob("*") if x.is_file()):
+        try:
+            ds = pydicom.dcmread(str(f))
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        if "PixelData" not in ds or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            continue
+        slices.append((f, ds))
+    if len(slices) < 2:
+        raise DataError(
+            f"{d} holds {len(slices)} DICOM image slice(s) with a position; a series needs at least 2"
+        )
+    iop = np.array([float(v) for v in slices[0][1].ImageOrientationPatient])
+    size = (int(slices[0][1].Rows), int(slices[0][1].Columns))
+    for f, ds in slices:
+        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-3):
+            raise DataError(
+                f"{f}: orientation differs from the rest of the series; keep one series per folder"
+            )
+        if (int(ds.Rows), int(ds.Columns)) != size:
+            raise DataError(f"{f}: slice size {ds.Rows}x{ds.Columns} differs from {size[0]}x{size[1]}")
+    normal = np.cross(iop[:3], iop[3:])
+    pos = np.array([np.dot([float(v) for v in ds.ImagePositionPatient], normal) for _, ds in slices])
+    order = np.argsort(pos, kind="stable")
+    pos = pos[order]
+    if np.any(np.diff(pos) < 1e-4):
+        raise DataError(f"{d}: two slices share a position; the folder mixes series or holds duplicates")
+    hu = np.empty((len(slices), *size), dtype=np.float32)  # (Z, rows, cols)
+    for z, i in enumerate(order):
+        ds = slices[i][1]
+        try:
+            arr = ds.pixel_array.astype(np.float32)
+        except Exception as e:  # noqa: BLE001 - pixel decoding raises many types
+            raise DataError(
+                f"{slices[i][0]}: pixel data cannot be decoded ({type(e).__name__}: {e})"
+            ) from None
+        hu[z] = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
+            getattr(ds, "RescaleIntercept", 0) or 0
+        )
+    ps = getattr(slices[0][1], "PixelSpacing", None) or [1.0, 1.0]
+    dz = float(np.median(np.diff(pos)))
+    # (Z, rows, cols) -> (X = columns, Y = rows, Z)
+    vol = np.transpose(hu, (2, 1, 0))
+    return Volume(
+        _check_volume(vol, str(d)),
+        (float(ps[1]), float(ps[0]), dz),
+        f"dicom-series:{d}",
+        {"format": "dicom", "slices": len(slices)},
+    )
+
+
+def read_inv3(path: str | Path) -> Volume:
+    """An InVesalius 3 project (``.inv3``: a gzip tar holding ``main.plist`` and the raw ``matrix.dat``).
+
+    The plist's ``matrix`` entry gives dtype and shape ``(Z, Y, X)``; ``spacing`` is ``(x, y, z)`` in mm.
+    Members are read from the archive in memory; nothing is extracted to disk.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"InVesalius project {p} does not exist")
+    try:
+        with tarfile.open(str(p), "r:gz") as tar:
+            members = {m.name: m for m in tar.getmembers() if m.isfile()}
+            mains = [n for n in members if Path(n).name == "main.plist"]
+            if len(mains) != 1:
+                raise DataError(f"{p}: expected one main.plist in the archive, found {len(mains)}")
+            main = plistlib.loads(tar.extractfile(members[mains[0]]).read())
+            matrix = main.get("matrix") or {}
+            shape = tuple(int(v) for v in matrix.get("shape", ()))
+            dtype = str(matrix.get("dtype", ""))
+            fname = str(matrix.get("filename", ""))
+            spacing = tuple(float(v) for v in main.get("spacing", ()))
+            if len(shape) != 3 or dtype not in _INV3_DTYPES or len(spacing) != 3 or not fname:
+                raise DataError(f"{p}: main.plist lacks a usable matrix shape/dtype/filename or spacing")
+            name = str(Path(mains[0]).parent / fname) if Path(mains[0]).parent != Path(".") else fname
+            if name not in members:
+                raise DataError(f"{p}: the archive has no {fname} next to main.plist")
+            want = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            if members[name].size != want:
+                raise DataError(
+                    f"{p}: {fname} holds {members[name].size} bytes, the plist's shape needs {want}"
+                )
+            raw = tar.extractfile(members[name]).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{p} is not a readable .inv3 archive ({type(e).__name__}: {e})") from None
+    except plistlib.InvalidFileException as e:
+        raise DataError(f"{p}: main.plist is not a valid plist ({e})") from None
+    arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)  # (Z, Y, X)
+    vol = np.transpose(arr, (2, 1, 0)).astype(np.float32)
+    info = {"format": "inv3", "name": main.get("name"), "modality": main.get("modality")}
+    return Volume(_check_volume(vol, str(p)), spacing, f"inv3:{p}", info)  # type: ignore[arg-type]
+
+
+def read_volume(kind: str, path: str | Path) -> Volume:
+    """Read a volume of ``kind`` (one of :data:`VOLUME_KINDS`)."""
+    if kind == "nifti":
+        return read_nifti(path)
+    if kind == "dicom-series":
+        return read_dicom_series(path)
+    if kind == "inv3":
+        return read_inv3(path)
+    raise DataError(f"unknown volume kind {kind!r}; use one of {', '.join(VOLUME_KINDS)}")
+
+
+def fetch_invesalius_example(cache: str | Path, name: str = "Cranium.inv3") -> Path:
+    """Debian's ``invesalius-examples`` (GPL-2, real head CT) unpacked into ``cache`` at run time.
+
+    Uses ``apt-get download`` + ``dpkg -x`` (no root needed); the file is never part of this repository.
+    """
+    import shutil
+    import subprocess
+
+    from .._io import ensure_dir
+
+    root = ensure_dir(Path(cache) / "invesalius-examples")
+    found = list(root.rglob(name))
+    if found:
+        return found[0]
+    if not shutil.which("apt-get") or not shutil.which("dpkg"):
+        raise DataError(
+            "apt-get/dpkg are not available to fetch invesalius-examples; pass a volume spec instead"
+        )
+    try:
+        subprocess.run(
+            ["apt-get", "download", "invesalius-examples"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        debs = sorted(root.glob("invesalius-examples*.deb"))
+        if not debs:
+            raise DataError("apt-get download produced no invesalius-examples .deb")
+        subprocess.run(
+            ["dpkg", "-x", str(debs[-1]), str(root / "x")], check=True, capture_output=True, timeout=300
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        raise DataError(
+            f"could not fetch invesalius-examples ({detail.decode(errors='replace').strip().splitlines()[-1:]}); "
+            "is the Debian mirror reachable?"
+        ) from None
+    found = list(root.rglob(name))
+    if not found:
+        raise DataError(f"invesalius-examples holds no {name}")
+    return found[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Windowing and crops
+
+
+def hu_window(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """HU -> [0, 1]: clip to ``window`` and scale (the same mapping the export metadata records)."""
+    from .preprocess import raw_to_unit
+
+    return raw_to_unit(hu, window)
+
+
+@dataclass(frozen=True, order=True)
+class CropBox:
+    """A crop in voxel indices: start ``(x, y, z)`` and size ``(sx, sy, sz)``."""
+
+    x: int
+    y: int
+    z: int
+    sx: int
+    sy: int
+    sz: int
+
+    def as_list(self) -> list[int]:
+        return [self.x, self.y, self.z, self.sx, self.sy, self.sz]
+
+    def slices(self) -> tuple[slice, slice, slice]:
+        return (
+            slice(self.x, self.x + self.sx),
+            slice(self.y, self.y + self.sy),
+            slice(self.z, self.z + self.sz),
+        )
+
+
+def _z_bounds(shape, size, z_range) -> tuple[int, int]:
+    lo, hi = (0, shape[2]) if z_range is None else (int(z_range[0]), int(z_range[1]))
+    if not 0 <= lo < hi <= shape[2]:
+        raise DataError(f"z range {lo}..{hi} is outside the volume's {shape[2]} slices")
+    if hi - lo < size[2]:
+        raise DataError(f"z range {lo}..{hi} ({hi - lo} slices) is thinner than the crop depth {size[2]}")
+    return lo, hi
+
+
+def _check_size(shape, size) -> tuple[int, int, int]:
+    size = tuple(int(v) for v in size)
+    if len(size) != 3 or min(size) < 1:
+        raise DataError(f"crop size must be three positive integers X,Y,Z, got {size}")
+    if any(s > d for s, d in zip(size, shape, strict=True)):
+        raise DataError(f"crop {size} does not fit in the volume {tuple(shape)}")
+    return size  # type: ignore[return-value]
+
+
+def _foreground(hu: np.ndarray, box: CropBox) -> float:
+    return float((hu[box.slices()] > FOREGROUND_HU).mean())
+
+
+def random_crops(
+    volume: Volume,
+    size,
+    n: int,
+    seed: int = 0,
+    z_range: tuple[int, int] | None = None,
+    min_foreground: float = 0.0,
+) -> list[CropBox]:
+    """``n`` crops at seeded random positions inside ``z_range`` (slice indices, half-open), each with at least
+    ``min_foreground`` of its voxels above -500 HU. The same arguments give the same crops."""
+    size = _check_size(volume.shape, size)
+    zlo, zhi = _z_bounds(volume.shape, size, z_range)
+    rng = np.random.default_rng([seed, 1299709])
+    boxes: list[CropBox] = []
+    tries = 0
+    while len(boxes) < n:
+        tries += 1
+        if tries > 200 * max(n, 1):
+            raise DataError(
+                f"found only {len(boxes)} of {n} crops with >= {min_foreground:.0%} foreground in z {zlo}..{zhi}; "
+                "lower min_fg or the crop count"
+            )
+        x = int(rng.integers(0, volume.shape[0] - size[0] + 1))
+        y = int(rng.integers(0, volume.shape[1] - size[1] + 1))
+        z = int(rng.integers(zlo, zhi - size[2] + 1))
+        box = CropBox(x, y, z, *size)
+        if min_foreground > 0 and _foreground(volume.hu, box) < min_foreground:
+            continue
+        boxes.append(box)
+    return boxes
+
+
+def grid_crops(
+    volume: Volume,
+    size,
+    stride=None,
+    z_range: tuple[int, int] | None = None,
+    min_foreground: float = 0.0,
+) -> list[CropBox]:
+    """Crops on a regular grid (``stride`` defaults to the crop size: no overlap) inside ``z_range``."""
+    size = _check_size(volume.shape, size)
+    stride = tuple(int(v) for v in (stride or size))
+    if len(stride) != 3 or min(stride) < 1:
+        raise DataError(f"grid stride must be three positive integers, got {stride}")
+    zlo, zhi = _z_bounds(volume.shape, size, z_range)
+    boxes = []
+    for x in range(0, volume.shape[0] - size[0] + 1, stride[0]):
+        for y in range(0, volume.shape[1] - size[1] + 1, stride[1]):
+            for z in range(zlo, zhi - size[2] + 1, stride[2]):
+                box = CropBox(x, y, z, *size)
+                if min_foreground <= 0 or _foreground(volume.hu, box) >= min_foreground:
+                    boxes.append(box)
+    return boxes
+
+
+def z_split(
+    depth: int, crop_depth: int, margin: int, first_fraction: float = 0.5
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Two z regions ``[0, a)`` and ``[a + margin, depth)`` that no crop of ``crop_depth`` can share.
+
+    ``first_fraction`` of the slices not taken by the margin go to the first region.
+    """
+    usable = depth - margin
+    a = int(round(usable * first_fraction))
+    first, second = (0, a), (a + margin, depth)
+    for name, (lo, hi) in (("first", first), ("second", second)):
+        if hi - lo < crop_depth:
+            raise DataError(
+                f"the {name} z region {lo}..{hi} is thinner than the crop depth {crop_depth} "
+                f"(volume depth {depth}, margin {margin}); use thinner crops or a smaller margin"
+            )
+    return first, second
+
+
+def extract_crops(volume: Volume, boxes: list[CropBox]) -> np.ndarray:
+    """Raw HU crops ``(N, X, Y, Z)`` float32."""
+    if not boxes:
+        raise DataError("no crops to extract")
+    return np.stack([volume.hu[b.slices()] for b in boxes]).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Teacher embeddings cached on disk
+
+
+class EmbeddingCache:
+    """Teacher embeddings per crop in ``directory``, one ``.npy`` per (volume sha256, crop box, window,
+    teacher id), written atomically. The teacher is the slow part; a rerun reads every embedding back."""
+
+    def __init__(self, directory: str | Path):
+        from .._io import ensure_dir
+
+        self.directory = ensure_dir(directory)
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(volume_sha256: str, box: CropBox, teacher_id: str, window: tuple[float, float]) -> str:
+        blob = json.dumps(
+            {
+                "volume": volume_sha256,
+                "box": box.as_list(),
+                "teacher": teacher_id,
+                "window": list(window),
+                "v": 1,
+            },
+            sort_keys=True,
+        ).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.npy"
+
+    def embeddings(
+        self, volume: Volume, boxes: list[CropBox], teacher, batch_size: int = 1, progress: bool = True
+    ) -> np.ndarray:
+        """``(N, D)`` float32 teacher embeddings of ``boxes``; computed (and stored) only where missing."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from .._io import atomic_path, ensure_dir
+
+        keys = [self.key(volume.sha256, b, teacher.teacher_id, teacher.window) for b in boxes]
+        out: list[np.ndarray | None] = [None] * len(boxes)
+        todo = []
+        for i, k in enumerate(keys):
+            p = self.path(k)
+            if p.is_file():
+                try:
+                    out[i] = np.load(p, allow_pickle=False)
+                    self.hits += 1
+                    continue
+                except (OSError, ValueError):
+                    pass  # a damaged entry is recomputed and overwritten
+            todo.append(i)
+        self.misses += len(todo)
+        bar = tqdm(
+            total=len(todo),
+            desc=f"teacher {teacher.spec}",
+            unit="crop",
+            disable=not progress or not todo,
+            leave=False,
+        )
+        for s in range(0, len(todo), batch_size):
+            idx = todo[s : s + batch_size]
+            x = hu_window(extract_crops(volume, [boxes[i] for i in idx]), teacher.window)[:, None]
+            emb = teacher.embed(torch.from_numpy(np.ascontiguousarray(x))).cpu().numpy().astype(np.float32)
+            for j, i in enumerate(idx):
+                p = self.path(keys[i])
+                ensure_dir(p.parent)
+                with atomic_path(p, suffix=".npy") as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, emb[j], allow_pickle=False)
+                out[i] = emb[j]
+            bar.update(len(idx))
+        bar.close()
+        return np.stack(out).astype(np.float32)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data spec -> TaskData of crops
+
+
+def _triple(text: str, what: str, spec: str) -> tuple[int, int, int]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise DataError(f"{what}={text!r} in {spec!r} must be three integers X,Y,Z") from None
+    if len(vals) != 3 or min(vals) < 1:
+        raise DataError(f"{what}={text!r} in {spec!r} must be three positive integers X,Y,Z")
+    return vals  # type: ignore[return-value]
+
+
+def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int = 0):
+    """A :class:`~medfm_compress.data.dataset.TaskData` of raw HU crops (one ``train`` split, no labels).
+
+    Options: ``crop=X,Y,Z`` (default 96,96,64), ``n`` (random crops, default 16), ``sampling`` (``random`` or
+    ``grid``), ``z=LO,HI`` (slice range, half-open), ``min_fg`` (minimum tissue fraction, default 0.3),
+    ``seed``. ``info`` records the volume hash and the crop boxes, so embeddings can be cached per crop.
+    """
+    from .dataset import Split, TaskData
+
+    vol = read_volume(kind, path)
+    size = _triple(opts.get("crop", "96,96,64"), "crop", spec)
+    try:
+        n = int(opts.get("n", "16"))
+        min_fg = float(opts.get("min_fg", "0.3"))
+        crop_seed = int(opts.get("seed", seed))
+        z_range = tuple(int(v) for v in opts["z"].split(",")) if "z" in opts else None
+    except ValueError:
+        raise DataError(
+            f"{spec!r}: n and seed must be integers, min_fg a number, z two integers LO,HI"
+        ) from None
+    if z_range is not None and len(z_range) != 2:
+        raise DataError(f"z={opts['z']!r} in {spec!r} must be LO,HI slice indices")
+    sampling = opts.get("sampling", "random")
+    if sampling == "random":
+        if n < 1:
+            raise DataError(f"n={n} in {spec!r} must be >= 1")
+        boxes = random_crops(vol, size, n, crop_seed, z_range, min_fg)
+    elif sampling == "grid":
+        boxes = grid_crops(vol, size, None, z_range, min_fg)
+        if not boxes:
+            raise DataError(f"{spec!r}: no grid crop has >= {min_fg:.0%} foreground; lower min_fg")
+    else:
+        raise DataError(f"sampling={sampling!r} in {spec!r} must be random or grid")
+    crops = extract_crops(vol, boxes)
+    info = {
+        "volume": True,
+        "volume_sha256": vol.sha256,
+        "volume_shape": list(vol.shape),
+        "spacing_mm": list(vol.spacing),
+        "boxes": [b.as_list() for b in boxes],
+        "z_range": list(z_range) if z_range else [0, vol.shape[2]],
+        "crop": list(size),
+        "_volume": vol,
+    }
+    return TaskData(
+        source=spec,
+        task="embedding",
+        label_names=[],
+        splits={"train": Split(crops, np.zeros(len(crops), np.int64))},
+        window=None,
+        info=info,
+    )
