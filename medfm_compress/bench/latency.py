@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["LatencyConfig", "measure_engine", "measure_end_to_end", "summarize", "peak_rss_bytes"]
+__all__ = ["LatencyConfig", "measure_engine", "measure_callable", "measure_end_to_end", "summarize", "peak_rss_bytes"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,15 @@ def _cuda_event_loop(engine, call, cfg: LatencyConfig) -> tuple[list[float], int
     torch.cuda.synchronize()
     times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
     return times, int(torch.cuda.max_memory_allocated())
+
+
+def measure_callable(call, batch_size: int = 1, cfg: LatencyConfig | None = None) -> dict:
+    """Host-clock latency of ``call()`` (e.g. a torch model that is not an exported artifact), same statistics
+    as :func:`measure_engine`."""
+    cfg = cfg or LatencyConfig()
+    stats = summarize(_timed_loop(call, cfg), batch_size)
+    stats.update(clock="perf_counter", peak_rss_bytes=peak_rss_bytes())
+    return stats
 
 
 def measure_engine(engine, tensors: np.ndarray, cfg: LatencyConfig | None = None) -> dict:

@@ -44,8 +44,10 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def probabilities(logits: np.ndarray, task: str) -> np.ndarray:
-    """Class probabilities: sigmoid for multi-label, softmax otherwise."""
+    """Class probabilities: sigmoid for multi-label, softmax otherwise; an embedding model's output as is."""
     logits = np.asarray(logits, dtype=np.float64)
+    if task == "embedding":
+        return logits
     return sigmoid(logits) if task == "multilabel" else softmax(logits)
 
 

@@ -55,7 +55,12 @@ def predict_logits(engine, images: np.ndarray, batch_size: int = 32) -> np.ndarr
 
 def evaluate(logits: np.ndarray, labels: np.ndarray, task: str, label_names: list[str],
              thresholds: np.ndarray | None) -> dict:
-    """Task metrics of one model at the reference's operating point, with the per-class breakdown."""
+    """Task metrics of one model at the reference's operating point, with the per-class breakdown.
+
+    An embedding model has no labels to score: its metrics are empty and its parity (cosine) says everything.
+    """
+    if task == "embedding":
+        return {"accuracy": None, "macro_auc": None, "sensitivity": None, "specificity": None, "per_class": []}
     n_cls = logits.shape[1]
     decisions = M.predicted_positive(logits, task, thresholds)
     sens, spec = M.sensitivity_specificity(decisions, M.positive_targets(labels, task, n_cls))
@@ -70,7 +75,7 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, task: str, label_names: lis
 
 def reference_thresholds(reference_logits: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray | None:
     """The reference's operating point: Youden-optimal thresholds (binary, multi-label); argmax (multi-class)."""
-    if task == "multiclass":
+    if task in ("multiclass", "embedding"):
         return None
     n_cls = reference_logits.shape[1]
     return M.youden_thresholds(M.positive_scores(reference_logits, task), M.positive_targets(labels, task, n_cls))
@@ -82,6 +87,11 @@ def parity(reference_logits: np.ndarray, test_logits: np.ndarray, labels: np.nda
     if len(reference_logits) == 0:
         raise DataError("no held-out cases to compare on; the test split is empty")
     out = M.parity_metrics(reference_logits, test_logits, task)
+    if task == "embedding":
+        # Embeddings have no classes: agreement is their cosine with the reference, no label deltas.
+        out["top1_agreement"] = None
+        out.update(deltas={}, n_resamples=0, seed=seed)
+        return out
     out["deltas"] = M.paired_bootstrap(reference_logits, test_logits, labels, task, thresholds,
                                        n_resamples=n_resamples, seed=seed)
     out["n_resamples"] = n_resamples

@@ -203,10 +203,10 @@ class Engine:
         return self._meta
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(channels, height, width)`` the model expects."""
+    def input_shape(self) -> tuple[int, ...]:
+        """``(channels, height, width)`` the model expects (``(channels, x, y, z)`` for a volume model)."""
         pre = self._meta.preprocess
-        return (pre.channels, int(pre.input_size[0]), int(pre.input_size[1]))
+        return (pre.channels, *(int(v) for v in pre.input_size))
 
     @property
     def fixed_batch(self) -> int | None:
@@ -251,7 +251,7 @@ class Engine:
         if tensors.dtype != np.float32:
             raise DataError(f"engine input must be float32 (preprocessed), got {tensors.dtype}; use engine.predict "
                             "for raw images")
-        if tensors.ndim != 4 or tensors.shape[1:] != self.input_shape:
+        if tensors.ndim != 1 + len(self.input_shape) or tensors.shape[1:] != self.input_shape:
             raise DataError(
                 f"engine input must have shape (N, {', '.join(map(str, self.input_shape))}), got {tensors.shape}; "
                 "preprocess with the model's PreprocessSpec (engine.predict does it)"
