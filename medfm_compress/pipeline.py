@@ -13,7 +13,8 @@ Recipe keys (see ``recipes/*.yaml``)::
     out: runs/demo            # run directory
     data: synthetic           # data spec for training, calibration and the benchmark
     seed: 0
-    distill: {...}            # DistillConfig fields (not data/out/seed)
+    distill: {...}            # DistillConfig fields (not data/out/seed); with a volume teacher (teacher: astra-ct)
+                              # VolumeDistillConfig fields: the run has no teacher artifact to bench
     export: {...}             # ExportConfig fields (not source/out); null skips export and everything after
     quantize: [{name, ...}]   # QuantizeConfig fields per variant (not input/out); calib_data defaults to data
     tensorrt: [{name, source, ...}]  # TensorRTConfig fields per engine; source: 'fp32' or a quantize variant
@@ -101,10 +102,22 @@ class Recipe:
     bench: dict[str, Any] | None
     version: int = RECIPE_VERSION
 
+    @property
+    def volume(self) -> bool:
+        """True when the distill stage is volume distillation from a CT foundation teacher."""
+        return _is_volume_distill(self.distill)
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "name": self.name, "out": self.out, "data": self.data, "seed": self.seed,
                 "distill": self.distill, "export": self.export, "quantize": self.quantize, "tensorrt": self.tensorrt,
                 "bench": self.bench}
+
+
+def _is_volume_distill(raw_distill: Any) -> bool:
+    """A distill section naming a volume foundation teacher (``astra-ct``...) runs volume distillation."""
+    from .models.foundation import is_teacher_spec
+
+    return isinstance(raw_distill, dict) and is_teacher_spec(str(raw_distill.get("teacher") or ""))
 
 
 def _unknown(key: str, valid, where: str) -> ConfigError:
@@ -118,6 +131,10 @@ def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: boo
     from .config import config_from_dict, config_to_dict
 
     cls = _config_classes()[stage]
+    if stage == "distill" and _is_volume_distill(raw):
+        from .compress.distill_volume import VolumeDistillConfig
+
+        cls = VolumeDistillConfig
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
     raw = dict(raw)
@@ -192,7 +209,8 @@ def resolve_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     if not ("bench" in raw and raw["bench"] is None):
         braw = raw.get("bench") or {}
         # Validate against the names the bench stage will give its artifacts (engines only run on GPUs).
-        names = ["teacher", *(["baseline"] if distill.get("baseline") else []), "student-fp32",
+        volume = _is_volume_distill(distill)
+        names = [*([] if volume else ["teacher"]), *(["baseline"] if distill.get("baseline") else []), "student-fp32",
                  *(f"student-{q['name']}" for q in quantize if q["target"] != "tensorrt"),
                  *(f"student-{e['name']}" for e in tensorrt)]
         bench = _section("bench", braw, f"{where}.bench", {"artifacts": tuple((n, "x") for n in dict.fromkeys(names)),
@@ -248,6 +266,9 @@ def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
     distill_writes = {"student_weights": run_dir / "student.safetensors", "student_card": run_dir / "student.json",
                       "teacher_weights": run_dir / "teacher.safetensors", "teacher_card": run_dir / "teacher.json",
                       "metrics": run_dir / "metrics.json"}
+    if recipe.volume:
+        # The volume teacher is a pip-installed package, not an artifact of the run.
+        del distill_writes["teacher_weights"], distill_writes["teacher_card"]
     if recipe.distill.get("baseline"):
         distill_writes |= {"baseline_weights": run_dir / "baseline.safetensors", "baseline_card": run_dir / "baseline.json"}
     d_reads = [Path(recipe.distill["teacher_weights"])] if recipe.distill.get("teacher_weights") else []
@@ -263,7 +284,7 @@ def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
         path = run_dir / f"student.{q['name']}.onnx"
         qpaths[q["name"]] = path
         reads = [fp32]
-        if q.get("method") == "qat":
+        if q.get("method") == "qat" and not recipe.volume:
             reads = [fp32, distill_writes["student_weights"], distill_writes["teacher_weights"]]
         out.append(StageSpec(f"quantize:{q['name']}", "quantize", q, reads, {"onnx": path}))
     for e in recipe.tensorrt:
@@ -272,7 +293,7 @@ def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
         out.append(StageSpec(f"tensorrt:{e['name']}", "tensorrt", e, [src],
                              {"engine": path, "sidecar": path.with_name(path.name + ".json")}))
     if recipe.bench is not None:
-        reads = [distill_writes["teacher_weights"], fp32, *qpaths.values()]
+        reads = [*([] if recipe.volume else [distill_writes["teacher_weights"]]), fp32, *qpaths.values()]
         if recipe.distill.get("baseline"):
             reads.append(distill_writes["baseline_weights"])
         out.append(StageSpec("bench", "bench", recipe.bench, reads,
@@ -315,6 +336,12 @@ def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
     cls = _config_classes()[spec.kind]
     cfg_dict = {k: v for k, v in spec.config.items() if k not in ("name", "source")}
     if spec.kind == "distill":
+        if recipe.volume:
+            from .compress.distill_volume import VolumeDistillConfig, distill_volume
+
+            cfg = config_from_dict(VolumeDistillConfig, {**cfg_dict, "out": str(run_dir), "progress": progress},
+                                   spec.id)
+            return distill_volume(cfg)
         from .compress.distill import distill
 
         cfg = config_from_dict(cls, {**cfg_dict, "out": str(run_dir), "progress": progress}, spec.id)
@@ -341,7 +368,7 @@ def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
         from .bench.harness import run_bench
         from .bench.report import write_reports
 
-        artifacts = [("teacher", str(run_dir / "teacher"))]
+        artifacts = [] if recipe.volume else [("teacher", str(run_dir / "teacher"))]
         if recipe.distill.get("baseline"):
             artifacts.append(("baseline", str(run_dir / "baseline")))
         artifacts.append(("student-fp32", str(run_dir / "student.onnx")))
@@ -354,7 +381,9 @@ def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
         if cfg_dict.get("gate_on") is not None:
             present = {n for n, _ in artifacts}
             cfg_dict["gate_on"] = [n for n in cfg_dict["gate_on"] if n in present]
-        cfg = config_from_dict(cls, {**cfg_dict, "artifacts": artifacts, "data": recipe.data,
+        # A volume run is benchmarked on its held-out crops when it has them.
+        bench_data = (recipe.distill.get("eval_data") or recipe.data) if recipe.volume else recipe.data
+        cfg = config_from_dict(cls, {**cfg_dict, "artifacts": artifacts, "data": bench_data,
                                      "out": str(spec.writes["report"].parent), "progress": progress}, spec.id)
         report = run_bench(cfg)
         write_reports(report, spec.writes["report"].parent)

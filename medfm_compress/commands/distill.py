@@ -12,9 +12,13 @@ from ._common import csv_option
 
 @click.command(name="distill")
 @click.option("--data", default="synthetic", show_default=True,
-              help="Data spec: medmnist:FILE.npz, folder:DIR, dicom:DIR or synthetic (the embedded default).")
+              help="Data spec: medmnist:FILE.npz, folder:DIR, dicom:DIR or synthetic (the embedded default); "
+              "volume crops: inv3:FILE, nifti:FILE, dicom-series:DIR with ?crop=X,Y,Z&n=N&z=LO,HI.")
 @click.option("--teacher", default=None, help="Teacher model spec: timm:NAME or python:pkg.module:factory. "
-              "Default on synthetic data: timm:resnet18, trained on the full labels and cached.")
+              "Default on synthetic data: timm:resnet18, trained on the full labels and cached. "
+              "A CT foundation teacher (astra-ct, astra-ct-tiny) with volume --data distills a 3-D student.")
+@click.option("--eval-data", default=None,
+              help="Volume teachers: crop spec of held-out crops scored after every epoch (cosine).")
 @click.option("--teacher-weights", default=None, type=click.Path(dir_okay=False),
               help="Teacher weights (.safetensors, or .pt/.pth loaded with weights_only).")
 @click.option("--student", default=None, help="Student model spec (default timm:medfm_resnet10_w24).")
@@ -43,13 +47,21 @@ from ._common import csv_option
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON on stdout.")
-def command(data, teacher, teacher_weights, student, student_weights, out, losses, temperature, feat_loss, labels,
+def command(data, eval_data, teacher, teacher_weights, student, student_weights, out, losses, temperature, feat_loss, labels,
             label_fraction, epochs, teacher_epochs, head_epochs, batch_size, lr, baseline, augment, seed, resume,
             device, quiet, as_json):
     """Distill a teacher into a small task-specific student.
 
     With no --data, --teacher and --student it runs on the embedded synthetic radiograph task.
     """
+    from ..models.foundation import is_teacher_spec
+
+    if is_teacher_spec(teacher or ""):
+        return _volume(data, eval_data, teacher, out, epochs, batch_size, lr, seed, resume, quiet, as_json)
+    if eval_data is not None:
+        from ..errors import ConfigError
+
+        raise ConfigError("--eval-data is for volume teachers (astra-ct); 2-D runs score their data's test split")
     from ..compress.distill import DistillConfig
     from ..compress.distill import distill as run
 
@@ -69,6 +81,25 @@ def command(data, teacher, teacher_weights, student, student_weights, out, losse
         return
     click.echo(_distill_summary(m))
     click.echo(f"artifacts in {result.out}")
+
+
+def _volume(data, eval_data, teacher, out, epochs, batch_size, lr, seed, resume, quiet, as_json):
+    from ..compress.distill_volume import VolumeDistillConfig, distill_volume
+
+    cfg = VolumeDistillConfig(data=data, eval_data=eval_data, teacher=teacher, out=out, epochs=epochs,
+                              batch_size=batch_size, lr=lr, seed=seed, resume=resume, progress=not quiet)
+    m = distill_volume(cfg).metrics
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))
+        return
+    click.echo(f"teacher {m['teacher']['spec']}: {m['teacher']['params'] / 1e6:.1f}M params; "
+               f"student {m['student']['params'] / 1e6:.2f}M params ({m['param_ratio']:.1f}x fewer)")
+    click.echo(f"train crops z {m['train']['z_range']}: student-teacher cosine {m['train']['cosine']:.4f}")
+    if "eval" in m:
+        e = m["eval"]
+        click.echo(f"held-out crops z {e['z_range']}: cosine {e['cosine']:.4f} (centered {e['centered_cosine']:.4f}; "
+                   f"mean-embedding floor {e['mean_embedding_cosine']:.4f})")
+    click.echo(f"artifacts in {out}")
 
 
 def _distill_summary(m: dict) -> str:

@@ -392,6 +392,11 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
         _check_meta_matches(meta, shape, str(fp32_path))
         if ours and meta.precision != "fp32":
             raise ModelError(f"{fp32_path} is already {meta.precision}; quantize the fp32 model instead")
+        if meta.task == "embedding":
+            # An embedding has no classes: its parity gate is the cosine to fp32 (default 0.99), not top-1.
+            cfg = dataclasses.replace(cfg, min_agreement=0.0,
+                                      min_cosine=0.99 if cfg.min_cosine is None else cfg.min_cosine)
+            log(f"embedding model: parity gate is cosine >= {cfg.min_cosine} on held-out crops")
         if target.check is not None:
             target.check(proto, cfg)
         calib = build_calibration(

@@ -24,7 +24,7 @@ _OPTIONS = {
     "folder": {"size", "seed"},
     "dicom": {"size", "seed", "window"},
     "synthetic": {"seed", "size", "n_train", "n_val", "n_test"},
-    **{k: {"crop", "n", "sampling", "z", "min_fg", "seed"} for k in ("nifti", "dicom-series", "inv3")},
+    **{k: {"crop", "n", "sampling", "z", "min_fg", "seed", "spacing"} for k in ("nifti", "dicom-series", "inv3")},
 }
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "read_dicom_series",
     "read_inv3",
     "read_volume",
+    "resample",
     "hu_window",
     "random_crops",
     "grid_crops",
@@ -215,6 +216,21 @@ def read_inv3(path: str | Path) -> Volume:
     return Volume(_check_volume(vol, str(p)), spacing, f"inv3:{p}", info)  # type: ignore[arg-type]
 
 
+def resample(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
+    """Trilinear resampling to ``spacing`` (mm); e.g. isotropic voxels so thick-slice scans give deep crops."""
+    import torch
+    import torch.nn.functional as F
+
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise DataError(f"spacing must be three positive numbers in mm, got {spacing}")
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(volume.shape, volume.spacing, spacing, strict=True)]
+    t = torch.from_numpy(np.ascontiguousarray(volume.hu))[None, None]
+    out = F.interpolate(t, size=size, mode="trilinear", align_corners=True)[0, 0].numpy()
+    info = {**volume.info, "resampled_from": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing)}}
+    return Volume(np.ascontiguousarray(out, dtype=np.float32), spacing, volume.source, info)  # type: ignore[arg-type]
+
+
 def read_volume(kind: str, path: str | Path) -> Volume:
     """Read a volume of ``kind`` (one of :data:`VOLUME_KINDS`)."""
     if kind == "nifti":
@@ -227,47 +243,54 @@ def read_volume(kind: str, path: str | Path) -> Volume:
 
 
 def fetch_invesalius_example(cache: str | Path, name: str = "Cranium.inv3") -> Path:
-    """Debian's ``invesalius-examples`` (GPL-2, real head CT) unpacked into ``cache`` at run time.
+    """Debian's ``invesalius-examples`` (GPL-2, a real head CT) fetched at run time: returns ``cache/name``.
 
-    Uses ``apt-get download`` + ``dpkg -x`` (no root needed); the file is never part of this repository.
+    Uses ``apt-get download`` + ``dpkg -x`` into a temporary folder (no root needed) and keeps only ``name``;
+    the file is never part of this repository.
     """
     import shutil
     import subprocess
+    import tempfile
 
-    from .._io import ensure_dir
+    from .._io import atomic_path, ensure_dir
 
-    root = ensure_dir(Path(cache) / "invesalius-examples")
-    found = list(root.rglob(name))
-    if found:
-        return found[0]
+    dest = ensure_dir(cache) / name
+    if dest.is_file():
+        return dest
     if not shutil.which("apt-get") or not shutil.which("dpkg"):
         raise DataError(
             "apt-get/dpkg are not available to fetch invesalius-examples; pass a volume spec instead"
         )
-    try:
-        subprocess.run(
-            ["apt-get", "download", "invesalius-examples"],
-            cwd=root,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        debs = sorted(root.glob("invesalius-examples*.deb"))
-        if not debs:
-            raise DataError("apt-get download produced no invesalius-examples .deb")
-        subprocess.run(
-            ["dpkg", "-x", str(debs[-1]), str(root / "x")], check=True, capture_output=True, timeout=300
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        raise DataError(
-            f"could not fetch invesalius-examples ({detail.decode(errors='replace').strip().splitlines()[-1:]}); "
-            "is the Debian mirror reachable?"
-        ) from None
-    found = list(root.rglob(name))
-    if not found:
-        raise DataError(f"invesalius-examples holds no {name}")
-    return found[0]
+    with tempfile.TemporaryDirectory(prefix="medfm-invesalius-") as tmp:
+        try:
+            subprocess.run(
+                ["apt-get", "download", "invesalius-examples"],
+                cwd=tmp,
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+            debs = sorted(Path(tmp).glob("invesalius-examples*.deb"))
+            if not debs:
+                raise DataError("apt-get download produced no invesalius-examples .deb")
+            subprocess.run(
+                ["dpkg", "-x", str(debs[-1]), str(Path(tmp) / "x")],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            detail = (getattr(e, "stderr", b"") or b"").decode(errors="replace").strip().splitlines()
+            raise DataError(
+                f"could not fetch invesalius-examples ({detail[-1] if detail else type(e).__name__}); "
+                "is the Debian mirror reachable?"
+            ) from None
+        found = sorted((Path(tmp) / "x").rglob(name))
+        if not found:
+            raise DataError(f"invesalius-examples holds no {name}")
+        with atomic_path(dest, suffix=Path(name).suffix) as out:
+            shutil.copyfile(found[0], out)
+    return dest
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -502,12 +525,20 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
     """A :class:`~medfm_compress.data.dataset.TaskData` of raw HU crops (one ``train`` split, no labels).
 
     Options: ``crop=X,Y,Z`` (default 96,96,64), ``n`` (random crops, default 16), ``sampling`` (``random`` or
-    ``grid``), ``z=LO,HI`` (slice range, half-open), ``min_fg`` (minimum tissue fraction, default 0.3),
-    ``seed``. ``info`` records the volume hash and the crop boxes, so embeddings can be cached per crop.
+    ``grid``), ``z=LO,HI`` (slice range, half-open, after resampling), ``min_fg`` (minimum tissue fraction,
+    default 0.3), ``spacing=SX,SY,SZ`` (resample to this voxel spacing in mm first), ``seed``. ``info`` records the volume hash and the crop boxes, so embeddings can be cached per crop.
     """
     from .dataset import Split, TaskData
 
     vol = read_volume(kind, path)
+    if "spacing" in opts:
+        try:
+            target = tuple(float(v) for v in opts["spacing"].split(","))
+        except ValueError:
+            raise DataError(f"spacing={opts['spacing']!r} in {spec!r} must be three numbers SX,SY,SZ (mm)") from None
+        if len(target) != 3:
+            raise DataError(f"spacing={opts['spacing']!r} in {spec!r} must be three numbers SX,SY,SZ (mm)")
+        vol = resample(vol, target)  # type: ignore[arg-type]
     size = _triple(opts.get("crop", "96,96,64"), "crop", spec)
     try:
         n = int(opts.get("n", "16"))
