@@ -88,7 +88,7 @@ tail -25 "$RES/bench.txt"
 
 echo "== bench on cuda: torch.compile"
 timeout 300 "$PY" -m medfm_compress bench "$REF" \
-  "student_compiled_fp16_graphs=$RUN?$FAST16&compile=max-autotune-no-cudagraphs&cuda_graphs=true" \
+  "student_compiled_fp16_graphs=$RUN?$FAST16&compile=default&cuda_graphs=true" \
   --device cuda --batch-sizes 1,64 --iterations 300 --warmup 30 --quiet --out "$RES/bench_compile" \
   > "$RES/bench_compile.txt" 2>&1
 echo "bench (compile) exit $?" | tee -a "$RES/bench_compile.txt"
