@@ -1,0 +1,85 @@
+"""Small synthetic CT volumes written in the real file formats (InVesalius .inv3, NIfTI, DICOM series)."""
+
+from __future__ import annotations
+
+import io
+import plistlib
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+
+def head_like(shape_zyx=(40, 48, 48), seed: int = 0) -> np.ndarray:
+    """int16 HU ``(Z, Y, X)``: air around an ellipsoid of soft tissue with a bright 'bone' shell and noise."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape_zyx], indexing="ij")
+    r = np.sqrt((x / 0.8) ** 2 + (y / 0.8) ** 2 + (z / 0.95) ** 2)
+    hu = np.full(shape_zyx, -1000.0)
+    hu[r < 0.9] = 40.0 + 30.0 * np.sin(6 * x[r < 0.9]) * np.cos(5 * z[r < 0.9])
+    hu[(r >= 0.8) & (r < 0.9)] = 900.0
+    hu += rng.normal(0, 15, shape_zyx)
+    return np.clip(hu, -1024, 3000).astype(np.int16)
+
+
+def write_inv3(
+    path: Path, matrix_zyx: np.ndarray, spacing_xyz=(0.9, 0.9, 1.5), folder: str = "tmpabc"
+) -> Path:
+    """An InVesalius 3 project: gzip tar with ``folder/main.plist`` and the raw ``folder/matrix.dat``."""
+    main = {
+        "format_version": 1,
+        "modality": "CT",
+        "name": "synthetic",
+        "matrix": {"dtype": str(matrix_zyx.dtype), "filename": "matrix.dat", "shape": list(matrix_zyx.shape)},
+        "spacing": [float(s) for s in spacing_xyz],
+    }
+    members = {
+        f"{folder}/main.plist": plistlib.dumps(main),
+        f"{folder}/matrix.dat": matrix_zyx.astype("<" + matrix_zyx.dtype.str[1:]).tobytes(),
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def write_dicom_series(
+    folder: Path, hu_zyx: np.ndarray, spacing_xyz=(0.8, 0.7, 2.0), slope=1.0, intercept=-1024.0, order=None
+) -> Path:
+    """One CT series, one file per slice, written in ``order`` (default reversed) so the reader must sort."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series = generate_uid()
+    nz = hu_zyx.shape[0]
+    stored = np.round((hu_zyx.astype(np.float64) - intercept) / slope).astype(np.uint16)
+    for k in order if order is not None else range(nz - 1, -1, -1):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.SeriesInstanceUID = series
+        ds.Modality = "CT"
+        ds.Rows, ds.Columns = hu_zyx.shape[1], hu_zyx.shape[2]
+        ds.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]  # row spacing (y), column spacing (x)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0.0, 0.0, -50.0 + k * spacing_xyz[2]]
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.PixelData = stored[k].tobytes()
+        ds.save_as(folder / f"slice_{(k * 7919) % 1000:04d}_{k}.dcm", enforce_file_format=True)
+    (folder / "README.txt").write_text("not a DICOM file")
+    return folder
