@@ -91,13 +91,15 @@ def overhead(onnx_path: Path, threads: int, iterations: int, rounds: int, warmup
             "within_5pct": abs(h - b) / b <= 0.05}
 
 
-def repeatability(torch_stem: Path, onnx_path: Path, threads: int, iterations: int, out: Path) -> dict:
+def repeatability(torch_stem: Path, onnx_path: Path, threads: int, iterations: int, duration_s: float | None,
+                  out: Path) -> dict:
     from medfm_compress.bench.harness import BenchConfig, run_bench
 
     def once(tag: str) -> dict:
         cfg = BenchConfig(artifacts=(("torch", str(torch_stem)), ("onnx", str(onnx_path)),
                                      ("onnx_again", str(onnx_path))),
                           reference="onnx", data=DATA, batch_sizes=(1, 8), iterations=iterations, warmup=10,
+                          warmup_s=0.5, duration_s=duration_s,
                           threads=threads, n_resamples=1000, out=str(out / tag), progress=False)
         return run_bench(cfg)
 
@@ -125,6 +127,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30, help="short interleaved rounds; the median round counts")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--bench-iterations", type=int, default=300, help="iterations of each of the two bench runs")
+    ap.add_argument("--bench-duration", type=float, default=2.0,
+                    help="each bench measurement runs at least this long (s); 0: iterations only")
     ap.add_argument("--threads", type=int, default=None, help="default: all cores")
     ap.add_argument("--out", default="runs/bench-harness")
     args = ap.parse_args()
@@ -136,7 +140,7 @@ def main() -> None:
     t0 = time.time()
     torch_stem, onnx_path = make_artifacts(out / "model")
     ov = overhead(onnx_path, threads, args.iterations, args.rounds, args.warmup)
-    rep = repeatability(torch_stem, onnx_path, threads, args.bench_iterations, out)
+    rep = repeatability(torch_stem, onnx_path, threads, args.bench_iterations, args.bench_duration or None, out)
     result = {"benchmark": "harness_overhead", "arch": ARCH, "data": DATA, "overhead": ov, "repeatability": rep,
               "wall_s": time.time() - t0, "fingerprint": fingerprint()}
     dest = Path(__file__).parent / "results" / "harness_overhead.json"
@@ -146,7 +150,8 @@ def main() -> None:
           f"{ov['bare_p50_ms']:.4f} ms -> {ov['overhead_pct']:+.2f}% (target within 5%: "
           f"{'yes' if ov['within_5pct'] else 'NO'}); min {ov['harness_min_ms']:.4f} vs {ov['bare_min_ms']:.4f} ms "
           f"({ov['overhead_min_pct']:+.2f}%)")
-    print("repeatability of two bench runs (p50, engine-only):")
+    print(f"repeatability of two bench runs (p50, engine-only; >= {args.bench_iterations} iterations and "
+          f">= {args.bench_duration:g} s per measurement):")
     for r in rep["rows"]:
         print(f"  {r['artifact']:<11} bs{r['batch']:<3} {r['run1_p50_ms']:.4f} vs {r['run2_p50_ms']:.4f} ms "
               f"({r['diff_pct']:.1f}%)")

@@ -14,6 +14,8 @@ microseconds of a bare backend loop (see ``benchmarks/harness_overhead.py``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import resource
 import sys
 import time
@@ -92,8 +94,27 @@ def _cuda_events_apply(engine) -> bool:
     return bool(getattr(engine, "supports_cuda_events", False)) and _is_cuda(engine)
 
 
+@contextlib.contextmanager
+def _no_gc():
+    """Keep Python's cyclic garbage collector out of the timed region (as ``timeit`` does): a collection
+    landing inside one timed call is noise from the harness, not a cost of the engine."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _timed_loop(call, cfg: LatencyConfig) -> list[float]:
     """Warm up, then time ``call()`` with the host clock; the loop body is just the call and two clock reads."""
+    with _no_gc():
+        return _timed_loop_impl(call, cfg)
+
+
+def _timed_loop_impl(call, cfg: LatencyConfig) -> list[float]:
     perf = time.perf_counter
     start = perf()
     i = 0
@@ -120,18 +141,25 @@ def _cuda_event_loop(engine, call, cfg: LatencyConfig) -> tuple[list[float], int
     """Warm up, then time each call between CUDA events (synchronised); returns times and peak device memory."""
     import torch
 
-    for _ in range(cfg.warmup):
+    perf = time.perf_counter
+    start = perf()
+    i = 0
+    while i < cfg.warmup or perf() - start < cfg.warmup_s:
         call()
+        i += 1
     engine.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(cfg.iterations)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(cfg.iterations)]
-    for s, e in zip(starts, ends, strict=True):
-        s.record()
-        call()
-        e.record()
-    torch.cuda.synchronize()
-    times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
+    pairs = []
+    end = perf() + (cfg.duration_s or 0.0)
+    with _no_gc():
+        while len(pairs) < cfg.iterations or perf() < end:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            call()
+            e.record()
+            pairs.append((s, e))
+        torch.cuda.synchronize()
+    times = [s.elapsed_time(e) / 1e3 for s, e in pairs]
     return times, int(torch.cuda.max_memory_allocated())
 
 
@@ -154,7 +182,7 @@ def measure_engine(engine, tensors: np.ndarray, cfg: LatencyConfig | None = None
     peak_dev = None
     if _is_cuda(engine) and not _cuda_events_apply(engine):
         engine.synchronize()
-    if cfg.cuda_events and _cuda_events_apply(engine) and cfg.duration_s is None:
+    if cfg.cuda_events and _cuda_events_apply(engine):
         times, peak_dev = _cuda_event_loop(engine, lambda: run(x), cfg)
         clock = "cuda_events"
     else:
