@@ -43,11 +43,11 @@ def create_model(spec: str, num_classes: int, in_chans: int, img_size: int | Non
     """Build the module named by ``spec`` with random weights (load weights separately)."""
     import torch
 
-    from . import zoo  # noqa: F401  (registers the medfm_* architectures)
-
     kind, name = parse_model_spec(spec)
     if kind == "timm":
         import timm
+
+        from . import zoo  # noqa: F401  (registers the medfm_* architectures)
 
         if not timm.is_model(name.split(".")[0]):
             close = timm.list_models(f"*{name.split('_')[0]}*")[:5]

@@ -1,0 +1,120 @@
+"""Volume distillation end to end on 5-D inputs: distill (tiny CT teacher) -> export -> quantize -> bench."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
+from volume_fixtures import head_like, write_inv3  # noqa: E402
+
+TINY = {"teacher": "astra-ct-tiny", "widths": (8, 16, 32), "head_hidden": 64, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    path = write_inv3(tmp_path_factory.mktemp("ct") / "head.inv3", head_like((40, 48, 48)), (0.9, 0.9, 1.5))
+    common = f"inv3:{path}?crop=32,32,16&min_fg=0.2"
+    return {"train": f"{common}&n=8&z=0,18&seed=0", "eval": f"{common}&n=4&z=22,40&seed=1"}
+
+
+@pytest.fixture(scope="module")
+def run(specs, tmp_path_factory):
+    from medfm_compress.compress.distill_volume import VolumeDistillConfig, distill_volume
+
+    out = tmp_path_factory.mktemp("run")
+    return distill_volume(
+        VolumeDistillConfig(
+            data=specs["train"], eval_data=specs["eval"], out=str(out), epochs=1, progress=False, **TINY
+        )
+    )
+
+
+def test_distill_writes_a_loadable_5d_student(run):
+    import torch
+
+    from medfm_compress.models import load_model
+
+    m = run.metrics
+    assert m["task"] == "embedding" and m["eval"]["n"] == 4 and m["eval"]["z_range"] == [22, 40]
+    assert m["train"]["z_range"] == [0, 18] and len(m["history"]["history"]) == 1
+    assert -1.0 <= m["eval"]["cosine"] <= 1.0 and "eval_cos" in m["history"]["history"][-1]
+    assert m["cache"]["computed"] == 12
+    model, card = load_model(run.out)
+    assert card.task == "embedding" and card.preprocess.input_size == (32, 32, 16)
+    assert card.preprocess.window == (-1000.0, 200.0) and card.embedding_dim == 2048
+    assert model(torch.zeros(2, 1, 32, 32, 16)).shape == (2, 2048)
+    manifest = json.loads((run.out / "manifest.json").read_text())
+    assert manifest["stages"][-1]["stage"] == "distill" if "stages" in manifest else True
+
+
+def test_export_quantize_bench_on_5d(run, specs, tmp_path):
+    import onnx
+
+    from medfm_compress.bench.harness import BenchConfig, run_bench
+    from medfm_compress.compress.quantize import QuantizeConfig, quantize
+    from medfm_compress.export.onnx import ExportConfig, export_onnx, read_meta
+    from medfm_compress.runtime import Engine
+
+    exp = export_onnx(ExportConfig(source=str(run.out), out=str(tmp_path / "s.onnx"), num_check=4))
+    dims = [d.dim_value or d.dim_param for d in onnx.load(exp.path).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[1:] == [1, 32, 32, 16] and exp.check["max_abs"] < 1e-4
+    assert read_meta(exp.path).preprocess.input_size == (32, 32, 16)
+    q = quantize(
+        QuantizeConfig(
+            input=str(exp.path),
+            calib_data=specs["train"],
+            num_calib=8,
+            num_holdout=8,
+            latency_runs=2,
+            progress=False,
+        )
+    )
+    assert q.precision == "int8" and q.report["parity"]["cosine"] >= 0.99  # the embedding gate (cosine) held
+    report = run_bench(
+        BenchConfig(
+            artifacts=(("fp32", str(exp.path)), ("int8", str(q.path))),
+            data=specs["eval"],
+            split="train",
+            iterations=3,
+            warmup=1,
+            threads=1,
+            progress=False,
+            out=str(tmp_path / "report"),
+        )
+    )
+    int8 = next(a for a in report["artifacts"] if a["name"] == "int8")
+    assert report["data"]["task"] == "embedding" and report["passed"]
+    assert int8["parity"]["cosine"] > 0.95 and int8["latency"]["1"]["engine"]["p50_ms"] > 0
+    assert (tmp_path / "report" / "report.md").is_file()
+    with Engine.load(q.path) as eng:
+        from medfm_compress.data import load_data
+
+        crops = load_data(specs["eval"]).split("train").images
+        emb, same = eng.predict(crops[:2])
+        assert emb.shape == (2, 2048) and np.array_equal(emb, same)
+
+
+def test_quantize_gate_refuses_a_bad_int8_embedding(run, specs, tmp_path):
+    from medfm_compress.compress.quantize import QuantizeConfig, quantize
+    from medfm_compress.errors import MedfmError
+    from medfm_compress.export.onnx import ExportConfig, export_onnx
+
+    exp = export_onnx(ExportConfig(source=str(run.out), out=str(tmp_path / "s.onnx"), num_check=2))
+    with pytest.raises(MedfmError, match="cosine"):
+        quantize(
+            QuantizeConfig(
+                input=str(exp.path),
+                calib_data=specs["train"],
+                num_calib=4,
+                num_holdout=4,
+                min_cosine=1.0,
+                latency_runs=1,
+                progress=False,
+            )
+        )
+    assert not (tmp_path / "s.int8.onnx").exists()
