@@ -101,6 +101,22 @@ def _student(student: str, task, n_fit: int, out_dir: Path):
     return model, meta, onnx_path, macro_auc(logits, test.labels[:256], task.task)
 
 
+def _distilled_student(run_dir: Path, task, out_dir: Path):
+    """(torch model, ModelMeta, fp32 ONNX path, test AUC) of a student distilled by ``medfm-compress distill``."""
+    import torch
+
+    from medfm_compress.bench.metrics import macro_auc
+    from medfm_compress.export.onnx import ExportConfig, export_onnx
+    from medfm_compress.models import load_model
+
+    model, _card = load_model(run_dir, name="student")
+    exported = export_onnx(ExportConfig(source=str(run_dir), out=str(out_dir / "student.onnx")))
+    test = exported.meta.preprocess(task.split("test").images[:256])
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(test)).numpy()
+    return model, exported.meta, exported.path, macro_auc(logits, task.split("test").labels[:256], task.task)
+
+
 def _p50_interleaved(fns: dict[str, callable], x: np.ndarray, runs: int, rounds: int = 5, warmup: int = 5):
     for fn in fns.values():
         for _ in range(warmup):
@@ -136,8 +152,13 @@ def bench_student(student: str, args) -> dict:
     t0 = time.time()
     task = load_data(args.data, seed=0)
     work = Path(tempfile.mkdtemp(prefix=f"peers-{student}-"))
-    model, meta, onnx_path, fit_auc = _student(student, task, args.num_fit, work)
-    print(f"   {student}: head fitted, fp32 test AUC {fit_auc:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr,
+    if student in args.student_runs:
+        model, meta, onnx_path, fit_auc = _distilled_student(Path(args.student_runs[student]), task, work)
+        origin = f"distilled student from {args.student_runs[student]}"
+    else:
+        model, meta, onnx_path, fit_auc = _student(student, task, args.num_fit, work)
+        origin = "random backbone (BN randomised) + ridge-fitted linear head"
+    print(f"   {student}: {origin}, fp32 test AUC {fit_auc:.3f} ({time.time() - t0:.0f} s)", file=sys.stderr,
           flush=True)
     pre = meta.preprocess
     test = task.split("test")
@@ -150,7 +171,7 @@ def bench_student(student: str, args) -> dict:
     tq = time.time()
     res = quantize(QuantizeConfig(input=str(onnx_path), calib_data=args.data, target="cpu", precision="auto",
                                   num_calib=args.num_calib, latency_runs=args.runs, progress=False,
-                                  out=None))
+                                  auto_exclude=args.auto_exclude, out=None))
     ours_seconds = time.time() - tq
     ours_eng = Engine.load(res.path)
 
@@ -231,6 +252,8 @@ def bench_student(student: str, args) -> dict:
     ours_eng.close()
     return {
         "student": student,
+        "origin": origin,
+        "fp32_test_auc": fit_auc,
         "input_shape": list(shape),
         "params": int(sum(p.numel() for p in model.parameters())),
         "n_test": len(x_test),
@@ -302,8 +325,20 @@ def main() -> int:
     ap.add_argument("--num-test", type=int, default=500, help="test images for agreement and AUC")
     ap.add_argument("--num-calib", type=int, default=256)
     ap.add_argument("--runs", type=int, default=60, help="timed calls per artifact and batch size")
+    ap.add_argument("--run", action="append", default=[], metavar="STUDENT=RUN_DIR",
+                    help="use the student distilled in RUN_DIR (medfm-compress distill --student timm:STUDENT) "
+                         "instead of a random backbone with a fitted head; repeatable")
+    ap.add_argument("--auto-exclude", action="store_true",
+                    help="ours: --precision auto --auto-exclude (INT8 candidates keep the most damaging layers "
+                         "in fp32, NNCF accuracy control for OpenVINO, until the parity gate holds)")
     ap.add_argument("--out", default=str(ROOT / "results" / "peers_cpu"))
     args = ap.parse_args()
+    args.student_runs = {}
+    for item in args.run:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path, "student.json").is_file():
+            ap.error(f"--run {item!r}: give STUDENT=RUN_DIR with a distilled student in RUN_DIR")
+        args.student_runs[name] = path
     t0 = time.time()
     records = []
     for s in args.students.split(","):

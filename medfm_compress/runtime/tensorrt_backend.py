@@ -9,7 +9,7 @@ The ONNX Runtime TensorRT execution provider is the other way to run on TensorRT
 ``Engine.load(path, backend="onnxruntime", device="tensorrt")``.
 
 Options:
-    cuda_graph: capture one CUDA graph per batch size and replay it (less launch overhead at batch 1).
+    cuda_graphs: capture one CUDA graph per batch size and replay it (less launch overhead at batch 1).
     runtime_cache: TensorRT-RTX only: a file holding JIT-compiled kernels, read at load and written at close,
         so the second load of an engine on the same GPU skips kernel compilation.
 """
@@ -27,7 +27,7 @@ from .base import Engine, register_backend
 
 __all__ = ["TensorRTEngine"]
 
-_OPTIONS = ("cuda_graph", "runtime_cache", "verify_hash")
+_OPTIONS = ("cuda_graphs", "runtime_cache", "verify_hash")
 
 
 @register_backend("tensorrt")
@@ -100,7 +100,7 @@ class TensorRTEngine(Engine):
             out_shape, dtype=_torch_dtype(torch, trt, engine.get_tensor_dtype(self._output)), device=dev
         )
         self._graphs: dict[int, Any] = {}
-        self._use_graph = bool(self.options.get("cuda_graph", False))
+        self._use_graph = bool(self.options.get("cuda_graphs", False))
         self._info.update(
             precision=side["precision"],
             device=str(dev),
@@ -108,7 +108,7 @@ class TensorRTEngine(Engine):
             tensorrt_version=side["tensorrt_version"],
             gpu=torch.cuda.get_device_name(dev),
             batch_range=[self._min_batch, self._max_batch],
-            cuda_graph=self._use_graph,
+            cuda_graphs=self._use_graph,
             validity=side.get("validity", {}).get("status"),
         )
 

@@ -63,7 +63,7 @@ def test_unknown_option_is_refused(built):
     from medfm_compress.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown tensorrt option"):
-        Engine.load(built[0], cuda_graphs=True)
+        Engine.load(built[0], cuda_graph=True)  # the option is cuda_graphs, as for torch
 
 
 def _ort_logits(onnx_path, x):
@@ -73,13 +73,13 @@ def _ort_logits(onnx_path, x):
 
 @pytest.mark.gpu
 @pytest.mark.trt
-@pytest.mark.parametrize("cuda_graph", [False, True])
-def test_engine_matches_onnxruntime_on_gpu(built, cuda_graph):
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_engine_matches_onnxruntime_on_gpu(built, cuda_graphs):
     from medfm_compress.bench.metrics import cosine_similarity, top1_agreement
 
     eng_path, onnx_path, x = built
     ref = _ort_logits(onnx_path, x[:8])
-    with Engine.load(eng_path, cuda_graph=cuda_graph) as eng:
+    with Engine.load(eng_path, cuda_graphs=cuda_graphs) as eng:
         assert eng.info["backend"] == "tensorrt" and eng.info["batch_range"] == [1, 8]
         for n in (1, 4, 8, 3):  # dynamic batch within the profile, repeated shapes reuse graphs
             got = eng.run(x[:n])
