@@ -98,7 +98,7 @@ def main() -> None:
                                 latency_runs=10, seed=args.seed))
     # 4. the bench harness on the held-out crops: latency and fp32 -> int8 parity (cosine)
     report = run_bench(BenchConfig(
-        artifacts=(("student-fp32", str(exp.path)), ("student-int8", str(q.path))), data=eval_spec, split="train",
+        artifacts=(("student-fp32", str(exp.path)), ("student-int8", str(q.path))), data=eval_spec,
         iterations=args.student_runs, warmup=10, threads=args.threads, out=f"{args.run_dir}/report", progress=False,
     ))
     by_name = {e["name"]: e for e in report["artifacts"]}
@@ -110,7 +110,7 @@ def main() -> None:
     t_eval = teacher_embeddings(eval_task, teacher, cache)
     train_task = load_data(train_spec)
     center = teacher_embeddings(train_task, teacher, cache).mean(0)
-    crops = eval_task.split("train").images
+    crops = eval_task.split("test").images
     held_out: dict[str, dict[str, float]] = {}
     for name, file in (("student-fp32", exp.path), ("student-int8", q.path)):
         with Engine.load(file, threads=args.threads) as eng:
@@ -137,7 +137,7 @@ def main() -> None:
     }
     print(f"\nteacher {args.teacher}: {m['teacher']['params'] / 1e6:.1f}M params; student {m['student']['params'] / 1e6:.2f}M "
           f"({m['param_ratio']:.1f}x fewer)")
-    print(f"crops {args.crop} voxels; train {len(train_task.split('train'))} crops from z {zlo_a}..{zhi_a}, held-out "
+    print(f"crops {args.crop} voxels; train {len(train_task.split('test'))} crops from z {zlo_a}..{zhi_a}, held-out "
           f"{len(crops)} crops from z {zlo_b}..{zhi_b}")
     print("\n| model | held-out cosine | centred cosine | p50 ms / crop (bs 1) | vs teacher |\n|---|---|---|---|---|")
     print(f"| teacher fp32 (torch) | 1 | 1 | {t_lat['p50_ms']:.1f} | 1x |")

@@ -118,7 +118,7 @@ def distill_volume(cfg: VolumeDistillConfig) -> VolumeDistillResult:
 
     from ..bench.metrics import cosine_similarity
     from ..data import PreprocessSpec, load_data
-    from ..data.volume import EmbeddingCache
+    from ..data.volume import CROP_SPLIT, EmbeddingCache
     from ..models.card import ModelCard
     from ..models.factory import count_params, create_model
     from ..models.features import macs_of
@@ -139,7 +139,7 @@ def distill_volume(cfg: VolumeDistillConfig) -> VolumeDistillResult:
 
     train_task = load_data(cfg.data, seed=cfg.seed)
     eval_task = load_data(cfg.eval_data, seed=cfg.seed) if cfg.eval_data else None
-    crops = train_task.split("train").images
+    crops = train_task.split(CROP_SPLIT).images
     if len(crops) < cfg.batch_size:
         raise ConfigError(
             f"{cfg.data} gives {len(crops)} crops, fewer than one batch ({cfg.batch_size}); raise n"
@@ -165,7 +165,7 @@ def distill_volume(cfg: VolumeDistillConfig) -> VolumeDistillResult:
         input_size=tuple(crops.shape[1:4]), channels=1, mean=(0.0,), std=(1.0,), window=teacher.window
     )
     x_train = torch.from_numpy(pre(crops))
-    x_eval = torch.from_numpy(pre(eval_task.split("train").images)) if eval_task else None
+    x_eval = torch.from_numpy(pre(eval_task.split(CROP_SPLIT).images)) if eval_task else None
     model_kwargs = {
         "widths": list(cfg.widths),
         "embed_dim": teacher.embedding_dim,

@@ -27,6 +27,7 @@ __all__ = [
     "Volume",
     "CropBox",
     "VOLUME_KINDS",
+    "CROP_SPLIT",
     "read_nifti",
     "read_dicom_series",
     "read_inv3",
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 VOLUME_KINDS = ("nifti", "dicom-series", "inv3")
+# A crop spec is one set of unlabeled crops. It is exposed as the "test" split, the split that export checks,
+# quantization (calibration + its held-out rest) and bench read by default, so their commands need no --split.
+CROP_SPLIT = "test"
 # Voxels above this HU count as tissue for the foreground filter (air is about -1000).
 FOREGROUND_HU = -500.0
 _INV3_DTYPES = {"int16", "uint16", "int8", "uint8", "int32", "float32", "float64"}
@@ -522,7 +526,7 @@ def _triple(text: str, what: str, spec: str) -> tuple[int, int, int]:
 
 
 def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int = 0):
-    """A :class:`~medfm_compress.data.dataset.TaskData` of raw HU crops (one ``train`` split, no labels).
+    """A :class:`~medfm_compress.data.dataset.TaskData` of raw HU crops (one split, :data:`CROP_SPLIT`, no labels).
 
     Options: ``crop=X,Y,Z`` (default 96,96,64), ``n`` (random crops, default 16), ``sampling`` (``random`` or
     ``grid``), ``z=LO,HI`` (slice range, half-open, after resampling), ``min_fg`` (minimum tissue fraction,
@@ -577,7 +581,7 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
         source=spec,
         task="embedding",
         label_names=[],
-        splits={"train": Split(crops, np.zeros(len(crops), np.int64))},
+        splits={CROP_SPLIT: Split(crops, np.zeros(len(crops), np.int64))},
         window=None,
         info=info,
     )

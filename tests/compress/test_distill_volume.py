@@ -79,7 +79,6 @@ def test_export_quantize_bench_on_5d(run, specs, tmp_path):
         BenchConfig(
             artifacts=(("fp32", str(exp.path)), ("int8", str(q.path))),
             data=specs["eval"],
-            split="train",
             iterations=3,
             warmup=1,
             threads=1,
@@ -94,7 +93,7 @@ def test_export_quantize_bench_on_5d(run, specs, tmp_path):
     with Engine.load(q.path) as eng:
         from medfm_compress.data import load_data
 
-        crops = load_data(specs["eval"]).split("train").images
+        crops = load_data(specs["eval"]).split("test").images
         emb, same = eng.predict(crops[:2])
         assert emb.shape == (2, 2048) and np.array_equal(emb, same)
 

@@ -86,7 +86,7 @@ def test_recipe_runs_the_volume_chain_and_caches(specs, tmp_path):
                 "latency_runs": 1,
             }
         ],
-        "bench": {"split": "train", "iterations": 2, "warmup": 1},
+        "bench": {"iterations": 2, "warmup": 1},
     }
     res = run_pipeline(resolve_recipe(raw), progress=False)
     assert res.ran == ["distill", "export", "quantize:int8", "bench"]

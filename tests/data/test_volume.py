@@ -138,12 +138,12 @@ def test_resample_to_isotropic(inv3):
 
 def test_volume_spec_through_load_data(inv3):
     task = load_data(f"inv3:{inv3}?crop=16,16,8&n=5&z=0,20&seed=1&min_fg=0.2")
-    split = task.split("train")
+    split = task.split("test")
     assert split.images.shape == (5, 16, 16, 8) and task.task == "embedding"
     assert task.channels == 1 and task.image_size == (16, 16, 8)
     assert len(task.info["boxes"]) == 5 and task.info["z_range"] == [0, 20]
     grid = load_data(f"inv3:{inv3}?crop=16,16,8&sampling=grid&min_fg=0")
-    assert len(grid.split("train")) == 3 * 3 * 5
+    assert len(grid.split("test")) == 3 * 3 * 5 and list(grid.splits) == ["test"]
     with pytest.raises(DataError, match="unknown option"):
         load_data(f"inv3:{inv3}?size=3")
     with pytest.raises(DataError, match="sampling"):
