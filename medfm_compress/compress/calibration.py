@@ -3,6 +3,11 @@
 Images come from a data spec, drawn stratified by class with a seed and preprocessed exactly as the model's
 metadata says. Held-out images (for the parity gate) never overlap the calibration images. Random
 calibration exists only behind an explicit flag, and the set says so, so that the output's metadata can too.
+
+A set whose preprocessed size exceeds the memory budget (see :mod:`medfm_compress.data.lazy`), drawn from data
+that is itself streamed, is never materialised: ``images`` and ``holdout`` are then lazy arrays that read,
+preprocess and check one batch at a time, and every consumer (ORT's calibration reader, ModelOpt's forward
+loop and ONNX calibration, NNCF's dataset, the parity gate) walks them in batches.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from ..data.lazy import LazyImages, is_lazy, iter_batches, memory_budget_bytes, take
 from ..errors import ConfigError, DataError
 
 __all__ = [
     "CalibrationSet",
+    "CalibrationReader",
     "stratified_indices",
     "build_calibration",
     "validate_inputs",
@@ -25,10 +32,14 @@ __all__ = [
 
 @dataclass
 class CalibrationSet:
-    """Preprocessed NCHW float32 calibration and held-out images plus where they came from."""
+    """Preprocessed NCHW float32 calibration and held-out images plus where they came from.
 
-    images: np.ndarray
-    holdout: np.ndarray
+    ``images`` and ``holdout`` are arrays, or :class:`~medfm_compress.data.LazyImages` for sets too large to
+    hold; index them by slices (``x[i:i + b]``) or :func:`~medfm_compress.data.iter_batches`, never whole.
+    """
+
+    images: np.ndarray | LazyImages
+    holdout: np.ndarray | LazyImages
     source: str
     random: bool = False
     info: dict[str, Any] = field(default_factory=dict)
@@ -39,8 +50,38 @@ class CalibrationSet:
             "random": self.random,
             "num_calibration": len(self.images),
             "num_holdout": len(self.holdout),
+            "streamed": is_lazy(self.images),
             **self.info,
         }
+
+
+class CalibrationReader:
+    """An ONNX Runtime ``CalibrationDataReader`` (also taken by ModelOpt's ONNX PTQ) over preprocessed images.
+
+    Each ``get_next`` reads one batch, so a lazy set is streamed; ``rewind`` starts over. ``stop`` ends the
+    pass early (at an image index), which lets a caller feed a large set in bounded chunks.
+    """
+
+    def __init__(self, name: str, images: np.ndarray | LazyImages, batch: int = 16, start: int = 0,
+                 stop: int | None = None):
+        self.name, self.images, self.batch = name, images, batch
+        self.start, self.stop = start, len(images) if stop is None else min(stop, len(images))
+        self.i = start
+
+    def get_next(self):
+        if self.i >= self.stop:
+            return None
+        b = self.images[self.i : min(self.i + self.batch, self.stop)]
+        self.i += self.batch
+        return {self.name: np.ascontiguousarray(b, dtype=np.float32)}
+
+    def get_first(self):
+        """The first batch, without advancing (ModelOpt test-runs its session with it)."""
+        b = self.images[self.start : min(self.start + self.batch, self.stop)]
+        return {self.name: np.ascontiguousarray(b, dtype=np.float32)}
+
+    def rewind(self):
+        self.i = self.start
 
 
 def _strata(labels: np.ndarray, task: str) -> np.ndarray:
@@ -110,6 +151,30 @@ def validate_inputs(x: np.ndarray, shape: tuple[int, int, int], source: str) -> 
     return x
 
 
+def preprocess_checked(raw: np.ndarray | LazyImages, pre, shape: tuple[int, int, int], source: str,
+                       batch_size: int = 16) -> np.ndarray | LazyImages:
+    """``pre(raw)`` checked against the model's ``(C, H, W)``.
+
+    In-memory ``raw`` is preprocessed at once, as always. Lazy ``raw`` is preprocessed batch by batch: into one
+    array when the result fits the memory budget, else into a lazy array that preprocesses and checks each
+    batch when it is read (the first image is checked now, so a wrong size or channel count fails early).
+    """
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        try:
+            return validate_inputs(pre(batch), shape, source)
+        except DataError as e:
+            msg = str(e)
+            raise DataError(msg if msg.startswith(source) else f"{source}: {msg}") from None
+
+    if not is_lazy(raw):
+        return run(raw)
+    run(raw[:1])
+    if len(raw) * int(np.prod(shape)) * 4 <= memory_budget_bytes():
+        return np.concatenate([run(b) for b in iter_batches(raw, batch_size)])
+    return raw.map(run, shape, np.float32, finite_checked=True)
+
+
 def random_calibration(shape: tuple[int, int, int], n: int, n_holdout: int, seed: int = 0) -> CalibrationSet:
     """Standard-normal tensors in the model's normalised input space (only with --allow-random-calibration)."""
     rng = np.random.default_rng(seed)
@@ -164,21 +229,15 @@ def build_calibration(
     if hold_split is not None:
         hs = task.splits[hold_split]
         hold_idx = stratified_indices(hs.labels, n_holdout, seed + 1, task.task)
-        hold_raw = hs.images[hold_idx]
+        hold_raw = take(hs.images, hold_idx)
     else:
         rest = np.setdiff1d(np.arange(len(pool)), cal_idx)
         hold_idx = (
             rest[stratified_indices(pool.labels[rest], n_holdout, seed + 1, task.task)] if len(rest) else rest
         )
-        hold_raw = pool.images[hold_idx]
-    try:
-        images = pre(pool.images[cal_idx])
-        holdout = pre(hold_raw) if len(hold_raw) else images[:0]
-    except DataError as e:
-        raise DataError(f"{spec}: {e}") from None
-    validate_inputs(images, shape, spec)
-    if len(holdout):
-        validate_inputs(holdout, shape, spec)
+        hold_raw = take(pool.images, hold_idx)
+    images = preprocess_checked(take(pool.images, cal_idx), pre, shape, spec)
+    holdout = preprocess_checked(hold_raw, pre, shape, spec) if len(hold_raw) else images[:0]
     info = {"calibration_split": cal_split, "holdout_split": hold_split or f"{cal_split} (rest)"}
     if not len(holdout):
         # A tiny single-split folder: the gate can only be judged on the calibration images; say so.

@@ -134,7 +134,10 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
 
     cfg = ctx.cfg
     transformer = is_transformer(ctx.fp32_proto, ctx.meta.arch)
-    calib = nncf.Dataset([x[None] for x in ctx.calib.images])
+    from ..data.lazy import BatchIterable
+
+    # Re-iterable single-image batches read on demand: a streamed set is never materialised for NNCF.
+    calib = nncf.Dataset(BatchIterable(ctx.calib.images, 1))
     kwargs: dict[str, Any] = {"subset_size": len(ctx.calib.images)}
     if transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
@@ -183,7 +186,7 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
             ]
             return top1_agreement(ref_top[idx], got, ctx.meta.task), per_item
 
-        holdout = [(ctx.calib.holdout[i : i + 1], np.array([i])) for i in range(len(ctx.calib.holdout))]
+        holdout = BatchIterable(ctx.calib.holdout, 1, lambda i, x: (x, np.array([i])))
         val = nncf.Dataset(holdout, lambda item: item[0])
         ac_kwargs = {k: v for k, v in kwargs.items() if k != "subset_size"}
         try:

@@ -99,7 +99,8 @@ def quantize_torch(
 
     Args:
         model: torch model (not modified).
-        calibration: ``(N, C, H, W)`` float32 preprocessed images (never random unless the caller says so).
+        calibration: ``(N, C, H, W)`` float32 preprocessed images (never random unless the caller says so), an
+            array or lazy images read one batch at a time.
         precision: ``int8`` or ``fp8``.
         batch_size: calibration batch size.
         quant_cfg: a full ModelOpt config instead of the ``precision`` preset.
@@ -109,19 +110,21 @@ def quantize_torch(
     """
     import torch
 
+    from ..data.lazy import is_lazy, iter_batches
+
     mtq = import_mtq()
     if calibration is None or len(calibration) == 0:
         raise DataError("no calibration images: give --calib-data")
-    if not np.isfinite(calibration).all():
+    # A lazy (streamed) set checks each batch for NaN/Inf as it is read; an array is checked here, up front.
+    if not is_lazy(calibration) and not np.isfinite(calibration).all():
         raise DataError("calibration images contain NaN/Inf")
     cfg = quant_cfg if quant_cfg is not None else preset_config(precision)
     qmodel = copy.deepcopy(model).eval()
-    x = torch.from_numpy(np.ascontiguousarray(calibration, dtype=np.float32))
 
     def forward_loop(m) -> None:
         with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                m(x[i : i + batch_size])
+            for batch in iter_batches(calibration, batch_size):
+                m(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
 
     with _quiet():
         qmodel = mtq.quantize(qmodel, cfg, forward_loop)
@@ -571,13 +574,19 @@ def _onnx_path(ctx: QuantizeContext):
     onnx.save(ctx.fp32_proto, str(src))
     out = ctx.workdir / "modelopt_qdq.onnx"
     ctx.log(f"ModelOpt ONNX {ctx.cfg.precision} PTQ ({len(ctx.calib.images)} calibration images)")
+    from ..data.lazy import is_lazy
+    from .calibration import CalibrationReader
+
+    # A streamed set goes through a reader (one batch read at a time); an array is handed over as before.
+    data = {"calibration_data_reader": CalibrationReader(ctx.fp32_proto.graph.input[0].name, ctx.calib.images)} \
+        if is_lazy(ctx.calib.images) else {"calibration_data": ctx.calib.images}
     with _quiet(), _ort_patches_undone():
         mo_quantize(
             str(src),
             quantize_mode=ctx.cfg.precision,
-            calibration_data=ctx.calib.images,
             calibration_method="max",
             output_path=str(out),
+            **data,
         )
     if not out.is_file():
         raise DataError("ModelOpt ONNX quantization wrote no model")

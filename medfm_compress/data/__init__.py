@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .dataset import SPLITS, TASKS, Split, TaskData
+from .lazy import LazyImages, iter_batches, memory_budget_bytes
 from .preprocess import PreprocessSpec
 from .spec import DATA_KINDS, DEFAULT_DATA_SPEC, load_data, parse_data_spec
 
@@ -11,6 +12,9 @@ __all__ = [
     "TASKS",
     "Split",
     "TaskData",
+    "LazyImages",
+    "iter_batches",
+    "memory_budget_bytes",
     "PreprocessSpec",
     "DATA_KINDS",
     "DEFAULT_DATA_SPEC",

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from .lazy import LazyImages, is_lazy, iter_batches, take
 
 __all__ = ["Split", "TaskData", "TASKS", "SPLITS"]
 
@@ -20,18 +21,24 @@ SPLITS = ("train", "val", "test")
 class Split:
     """Raw images and labels of one split.
 
-    ``images`` is ``(N,H,W)`` or ``(N,H,W,C)`` in its raw dtype; ``labels`` is ``(N,)`` int64 class indices
-    (multi-class, binary) or ``(N,K)`` float32 0/1 (multi-label).
+    ``images`` is ``(N,H,W)`` or ``(N,H,W,C)`` in its raw dtype, either an array or, for a split too large
+    for memory, a :class:`~medfm_compress.data.lazy.LazyImages` read batch by batch; ``labels`` is ``(N,)``
+    int64 class indices (multi-class, binary) or ``(N,K)`` float32 0/1 (multi-label), always in memory.
     """
 
-    images: np.ndarray
+    images: np.ndarray | LazyImages
     labels: np.ndarray
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def streamed(self) -> bool:
+        """True when the images are read on demand rather than held in memory."""
+        return is_lazy(self.images)
+
     def subset(self, index: np.ndarray) -> Split:
-        return Split(self.images[index], self.labels[index])
+        return Split(take(self.images, index), self.labels[index])
 
 
 @dataclass
@@ -101,8 +108,13 @@ class TaskData:
 
 
 def validate_split(name: str, images: Any, labels: Any, source: str) -> Split:
-    """Check shapes, dtypes and values of one split and return it in canonical form."""
-    images = np.asarray(images)
+    """Check shapes, dtypes and values of one split and return it in canonical form.
+
+    Lazy images are checked from their shape and dtype; their values are scanned batch by batch (never
+    loaded whole) unless their reader already refuses NaN/Inf.
+    """
+    if not is_lazy(images):
+        images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim not in (3, 4):
         raise DataError(
@@ -112,7 +124,8 @@ def validate_split(name: str, images: Any, labels: Any, source: str) -> Split:
     if images.ndim == 4 and images.shape[-1] not in (1, 3):
         raise DataError(f"{source}: {name}_images has {images.shape[-1]} channels; expected 1 or 3 (N,H,W,C)")
     if images.ndim == 4 and images.shape[-1] == 1:
-        images = images[..., 0]
+        images = images.map(lambda b: b[..., 0], images.item_shape[:-1], images.dtype) if is_lazy(images) \
+            else images[..., 0]
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim not in (1, 2):
@@ -121,14 +134,25 @@ def validate_split(name: str, images: Any, labels: Any, source: str) -> Split:
         raise DataError(
             f"{source}: {name}_images has {images.shape[0]} images but {name}_labels has {labels.shape[0]} labels"
         )
-    if np.issubdtype(images.dtype, np.floating) and images.size and not np.isfinite(images).all():
-        bad = int((~np.isfinite(images.reshape(images.shape[0], -1))).any(axis=1).sum())
-        raise DataError(f"{source}: {name}_images contains NaN/Inf in {bad} image(s); clean or drop them")
+    if np.issubdtype(images.dtype, np.floating) and images.size:
+        bad = _count_nonfinite(images)
+        if bad:
+            raise DataError(f"{source}: {name}_images contains NaN/Inf in {bad} image(s); clean or drop them")
     if labels.size and np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
         raise DataError(f"{source}: {name}_labels contains NaN/Inf")
     if labels.size and labels.min() < 0:
         raise DataError(f"{source}: {name}_labels has negative values; labels must be class indices >= 0")
     return Split(images, labels)
+
+
+def _count_nonfinite(images: np.ndarray | LazyImages) -> int:
+    if is_lazy(images):
+        if images.finite_checked:
+            return 0
+        return sum(_count_nonfinite(b) for b in iter_batches(images, 256))
+    if np.isfinite(images).all():
+        return 0
+    return int((~np.isfinite(images.reshape(images.shape[0], -1))).any(axis=1).sum())
 
 
 def infer_task(splits: dict[str, Split], source: str, num_classes: int | None = None) -> tuple[str, int]:

@@ -4,6 +4,10 @@
 or ``labels`` (``|``-separated class names, multi-label). An optional ``split`` column (train/val/test)
 assigns splits; otherwise a seeded, stratified 70/10/20 split is drawn. For calibration a folder needs no
 labels file: every image is read, labels are set to 0.
+
+A folder whose decoded images exceed :func:`~medfm_compress.data.lazy.memory_budget_bytes` (estimated from
+the first image), or read with ``stream=True``, is not loaded: its splits hold
+:class:`~medfm_compress.data.lazy.LazyImages` that decode each file when its batch is used.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 
 from ..errors import DataError
 from .dataset import SPLITS, Split, TaskData, infer_task, validate_split
+from .lazy import LazyImages, memory_budget_bytes, take
 
 __all__ = ["read_folder", "read_dicom_folder", "read_image_file", "read_dicom_file"]
 
@@ -123,15 +128,18 @@ def _read_labels_csv(root: Path, source: str, require: bool):
     return rows
 
 
-def _collect(root: Path, source: str, rows, reader, suffixes, require_labels: bool, seed: int):
+def _collect(root: Path, source: str, rows, reader, suffixes, require_labels: bool, seed: int, stream: bool | None,
+             finite_checked: bool):
     if rows is None:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and p.name != "labels.csv")
+        files = [str(p) for p in sorted(
+            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and p.name != "labels.csv"
+        )]
         if not files:
             raise DataError(f"{root} contains no images ({', '.join(sorted(s or '(no suffix)' for s in suffixes))})")
-        images = [reader(f) for f in files]
-        return _stack(images, source), np.zeros(len(images), dtype=np.int64), None, ["unlabeled"], "multiclass"
+        images = _load_images(files, reader, source, stream, finite_checked)
+        return images, np.zeros(len(files), dtype=np.int64), None, ["unlabeled"], "multiclass"
     multilabel = "labels" in rows[0] and "label" not in rows[0]
-    raw_labels, images, splits = [], [], []
+    raw_labels, paths, splits = [], [], []
     for i, row in enumerate(rows, start=2):
         rel = (row.get("file") or "").strip()
         path = (root / rel).resolve()
@@ -139,7 +147,7 @@ def _collect(root: Path, source: str, rows, reader, suffixes, require_labels: bo
             raise DataError(f"{root / 'labels.csv'} line {i}: file '{rel}' does not exist under {root}")
         if root.resolve() not in path.parents:
             raise DataError(f"{root / 'labels.csv'} line {i}: '{rel}' points outside {root}")
-        images.append(reader(path))
+        paths.append(str(path))  # a str costs a tenth of a resolved Path, per image of a large folder
         raw_labels.append((row.get("labels") if multilabel else row.get("label")) or "")
         splits.append((row.get("split") or "").strip().lower())
     if multilabel:
@@ -161,7 +169,34 @@ def _collect(root: Path, source: str, rows, reader, suffixes, require_labels: bo
             names = sorted(set(stripped))
             labels = np.array([names.index(s) for s in stripped], dtype=np.int64)
         task = None
-    return _stack(images, source), labels, splits, names, task
+    return _load_images(paths, reader, source, stream, finite_checked), labels, splits, names, task
+
+
+def _load_images(paths: list[str] | list[Path], reader, source: str, stream: bool | None, finite_checked: bool):
+    """All images stacked in memory, or, above the memory budget (or with ``stream``), read lazily.
+
+    The first image is always decoded: it gives the shape and dtype every other image must match.
+    """
+    first = reader(paths[0])
+    if stream is None:
+        stream = first.nbytes * len(paths) > memory_budget_bytes()
+    if not stream:
+        return _stack([first] + [reader(p) for p in paths[1:]], source)
+
+    def read(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), *first.shape), dtype=first.dtype)
+        for j, i in enumerate(idx):
+            im = reader(paths[i])
+            if im.shape != first.shape or im.dtype != first.dtype:
+                raise DataError(
+                    f"{paths[i]} is {'x'.join(map(str, im.shape))} {im.dtype} but {Path(paths[0]).name} is "
+                    f"{'x'.join(map(str, first.shape))} {first.dtype}; add ?size=N to the spec to resize, "
+                    "or convert the images to one bit depth"
+                )
+            out[j] = im
+        return out
+
+    return LazyImages(len(paths), first.shape, first.dtype, read, source, finite_checked=finite_checked)
 
 
 def _stack(images: list[np.ndarray], source: str) -> np.ndarray:
@@ -198,35 +233,41 @@ def _task_from(images, labels, splits_col, names, task, source, seed, labeled: b
     if not labeled:
         return TaskData(source=source, task="multiclass", label_names=names, splits={"train": Split(images, labels)})
     idx = _assign_splits(labels, splits_col, seed)
-    splits = {s: validate_split(s, images[i], labels[i], source) for s, i in idx.items()}
+    splits = {s: validate_split(s, take(images, i), labels[i], source) for s, i in idx.items()}
     if task is None:
         task, _ = infer_task(splits, source, len(names))
     return TaskData(source=source, task=task, label_names=names, splits=splits)
 
 
-def read_folder(root: str | Path, size: int | None = None, seed: int = 0, require_labels: bool = True) -> TaskData:
-    """Read ``folder:DIR`` (images + labels.csv)."""
+def read_folder(root: str | Path, size: int | None = None, seed: int = 0, require_labels: bool = True,
+                stream: bool | None = None) -> TaskData:
+    """Read ``folder:DIR`` (images + labels.csv); ``stream`` True/False forces lazy/in-memory (None: by size)."""
     root = Path(root)
     source = f"folder:{root}"
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; folder: expects a directory of images with labels.csv")
     rows = _read_labels_csv(root, source, require_labels)
     images, labels, split_col, names, task = _collect(
-        root, source, rows, lambda p: read_image_file(p, size), IMAGE_SUFFIXES, require_labels, seed
+        root, source, rows, lambda p: read_image_file(p, size), IMAGE_SUFFIXES, require_labels, seed, stream, True
     )
     return _task_from(images, labels, split_col, names, task, source, seed, rows is not None)
 
 
 def read_dicom_folder(
-    root: str | Path, size: int | None = 224, seed: int = 0, require_labels: bool = True, window: tuple[float, float] | None = None
+    root: str | Path, size: int | None = 224, seed: int = 0, require_labels: bool = True,
+    window: tuple[float, float] | None = None, stream: bool | None = None,
 ) -> TaskData:
-    """Read ``dicom:DIR`` (DICOM files + labels.csv) with modality LUT and windowing applied."""
+    """Read ``dicom:DIR`` (DICOM files + labels.csv) with modality LUT and windowing applied.
+
+    ``stream`` True/False forces lazy/in-memory reading (None: by decoded size).
+    """
     root = Path(root)
     source = f"dicom:{root}"
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; dicom: expects a directory of DICOM files with labels.csv")
     rows = _read_labels_csv(root, source, require_labels)
     images, labels, split_col, names, task = _collect(
-        root, source, rows, lambda p: read_dicom_file(p, size, window), DICOM_SUFFIXES | {".dcm"}, require_labels, seed
+        root, source, rows, lambda p: read_dicom_file(p, size, window), DICOM_SUFFIXES | {".dcm"}, require_labels, seed,
+        stream, True,
     )
     return _task_from(images, labels, split_col, names, task, source, seed, rows is not None)

@@ -1,8 +1,16 @@
-"""Reader for the MedMNIST ``.npz`` layout (``train_images``, ``train_labels``, ``val_*``, ``test_*``)."""
+"""Reader for the MedMNIST ``.npz`` layout (``train_images``, ``train_labels``, ``val_*``, ``test_*``).
+
+An archive whose image arrays exceed :func:`~medfm_compress.data.lazy.memory_budget_bytes` (or read with
+``stream=True``) is not loaded: ``np.load`` cannot memory-map a member of an ``.npz``, so each image array is
+memory-mapped where it lies when the archive stores it uncompressed (``np.savez``), or first extracted once to
+an ``.npy`` in the cache directory when it is compressed (``np.savez_compressed``), and read batch by batch.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -10,15 +18,17 @@ import numpy as np
 
 from ..errors import DataError
 from .dataset import SPLITS, TaskData, infer_task, validate_split
+from .lazy import LazyImages, memory_budget_bytes
 
 __all__ = ["read_medmnist"]
 
 
-def read_medmnist(path: str | Path, label_names: list[str] | None = None) -> TaskData:
+def read_medmnist(path: str | Path, label_names: list[str] | None = None, stream: bool | None = None) -> TaskData:
     """Read a MedMNIST-layout archive.
 
     Label names come from ``label_names`` if given, else from an optional ``label_names`` array in the file
-    (JSON string or array of strings), else ``class_0 ... class_{K-1}``.
+    (JSON string or array of strings), else ``class_0 ... class_{K-1}``. ``stream`` True/False forces lazy /
+    in-memory images (None: lazy when the image arrays exceed the memory budget).
     """
     p = Path(path)
     source = f"medmnist:{p}"
@@ -32,6 +42,8 @@ def read_medmnist(path: str | Path, label_names: list[str] | None = None) -> Tas
         raise DataError(f"{p} is not a readable .npz archive ({type(e).__name__}: {e}); re-download or regenerate it") from None
     with npz:
         keys = set(npz.files)
+        if stream is None:
+            stream = _images_nbytes(npz.zip, keys, p) > memory_budget_bytes()
         splits = {}
         for name in SPLITS:
             ik, lk = f"{name}_images", f"{name}_labels"
@@ -41,7 +53,8 @@ def read_medmnist(path: str | Path, label_names: list[str] | None = None) -> Tas
                 missing = ik if ik not in keys else lk
                 raise DataError(f"{p} has no '{missing}' array; a MedMNIST archive needs both {ik} and {lk}")
             try:
-                splits[name] = validate_split(name, npz[ik], npz[lk], source)
+                images = _lazy_member(p, npz.zip, ik, source) if stream else npz[ik]
+                splits[name] = validate_split(name, images, npz[lk], source)
             except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
                 raise DataError(f"{p}: cannot read '{ik}'/'{lk}' ({e}); the archive is corrupt") from None
         if "train" not in splits or "test" not in splits:
@@ -78,4 +91,70 @@ def _carve_val(splits: dict) -> dict:
     out = dict(splits)
     out["train"] = train.subset(np.sort(idx[n_val:]))
     out["val"] = train.subset(np.sort(idx[:n_val]))
+    return out
+
+
+def _member_header(zf: zipfile.ZipFile, key: str, p: Path) -> tuple[zipfile.ZipInfo, tuple, bool, np.dtype, int]:
+    """(zip entry, shape, fortran order, dtype, header length) of the ``.npy`` member ``key``."""
+    info = zf.getinfo(f"{key}.npy")
+    try:
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = reader(fh)
+            header_len = fh.tell()
+    except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise DataError(f"{p}: cannot read the header of '{key}' ({e}); the archive is corrupt") from None
+    if dtype.hasobject:
+        raise DataError(f"{p}: '{key}' holds Python objects, which are never loaded; store a numeric array")
+    return info, shape, fortran, dtype, header_len
+
+
+def _images_nbytes(zf: zipfile.ZipFile, keys: set[str], p: Path) -> int:
+    total = 0
+    for name in SPLITS:
+        if f"{name}_images" in keys:
+            _, shape, _, dtype, _ = _member_header(zf, f"{name}_images", p)
+            total += int(np.prod(shape)) * dtype.itemsize
+    return total
+
+
+def _lazy_member(p: Path, zf: zipfile.ZipFile, key: str, source: str) -> LazyImages:
+    """``key`` of the archive as lazily read images, memory-mapped in place or from a cached ``.npy``."""
+    info, shape, fortran, dtype, header_len = _member_header(zf, key, p)
+    order = "F" if fortran else "C"
+    if len(shape) == 0 or shape[0] == 0:
+        return LazyImages(0, shape[1:], dtype, lambda idx: np.empty((0, *shape[1:]), dtype), source)
+    if info.compress_type == zipfile.ZIP_STORED:
+        # The member's bytes lie uncompressed in the archive: map them where they are, after the local header.
+        with open(p, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise DataError(f"{p}: '{key}' has a damaged zip header; the archive is corrupt")
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        try:
+            mm = np.memmap(p, dtype=dtype, mode="r", offset=start + header_len, shape=shape, order=order)
+        except ValueError as e:
+            raise DataError(f"{p}: '{key}' is truncated ({e}); the archive is corrupt") from None
+    else:
+        mm = np.load(_extracted(p, zf, info), mmap_mode="r", allow_pickle=False)
+    return LazyImages(shape[0], shape[1:], dtype, lambda idx: np.asarray(mm[idx]), source)
+
+
+def _extracted(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Path:
+    """A compressed member decompressed once (streamed, never whole in memory) into the cache directory."""
+    from .._cache import cache_dir
+    from .._io import atomic_path
+
+    st = p.stat()
+    key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{info.filename}".encode()).hexdigest()[:32]
+    out = cache_dir() / "npz-members" / f"{key}.npy"
+    if not out.is_file():
+        with atomic_path(out) as tmp:
+            try:
+                with zf.open(info) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+            except (zipfile.BadZipFile, EOFError, ValueError) as e:
+                raise DataError(f"{p}: cannot decompress '{info.filename}' ({e}); the archive is corrupt") from None
     return out

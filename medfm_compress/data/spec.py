@@ -20,9 +20,9 @@ DATA_KINDS = ("medmnist", "folder", "dicom", "synthetic", "nifti", "dicom-series
 DEFAULT_DATA_SPEC = "synthetic"
 
 _OPTIONS = {
-    "medmnist": set(),
-    "folder": {"size", "seed"},
-    "dicom": {"size", "seed", "window"},
+    "medmnist": {"stream"},
+    "folder": {"size", "seed", "stream"},
+    "dicom": {"size", "seed", "window", "stream"},
     "synthetic": {"seed", "size", "n_train", "n_val", "n_test"},
     **{k: {"crop", "n", "sampling", "z", "min_fg", "seed", "spacing"} for k in ("nifti", "dicom-series", "inv3")},
 }
@@ -63,8 +63,16 @@ def _int_opt(opts: dict[str, str], key: str, spec: str) -> int | None:
     return v
 
 
+def _stream_opt(opts: dict[str, str], spec: str) -> bool | None:
+    raw = opts.get("stream", "auto").lower()
+    values = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "auto": None}
+    if raw not in values:
+        raise DataError(f"option stream={opts['stream']!r} in {spec!r} must be 1, 0 or auto")
+    return values[raw]
+
+
 def load_data(spec: str, *, require_labels: bool = True, seed: int = 0) -> TaskData:
-    """Load the task named by ``spec`` into memory.
+    """Load the task named by ``spec``: in memory, or streamed from disk when it is too large (see above).
 
     Args:
         spec: a data spec string (see module docstring).
@@ -72,10 +80,11 @@ def load_data(spec: str, *, require_labels: bool = True, seed: int = 0) -> TaskD
         seed: seed of the split drawn for folders without a split column.
     """
     kind, path, opts = parse_data_spec(spec)
+    stream = _stream_opt(opts, spec)
     if kind == "medmnist":
         from .medmnist import read_medmnist
 
-        return read_medmnist(Path(path))
+        return read_medmnist(Path(path), stream=stream)
     if kind == "synthetic":
         from .medmnist import read_medmnist
         from .synthetic import SyntheticConfig, synthetic_npz
@@ -95,7 +104,7 @@ def load_data(spec: str, *, require_labels: bool = True, seed: int = 0) -> TaskD
     if kind == "folder":
         from .folder import read_folder
 
-        return read_folder(Path(path), size=size, seed=split_seed, require_labels=require_labels)
+        return read_folder(Path(path), size=size, seed=split_seed, require_labels=require_labels, stream=stream)
     from .folder import read_dicom_folder
 
     window = None
@@ -105,4 +114,6 @@ def load_data(spec: str, *, require_labels: bool = True, seed: int = 0) -> TaskD
         except ValueError:
             raise DataError(f"window={opts['window']!r} in {spec!r} must be LOW,HIGH (e.g. -1000,400)") from None
         window = (lo, hi)
-    return read_dicom_folder(Path(path), size=size or 224, seed=split_seed, require_labels=require_labels, window=window)
+    return read_dicom_folder(
+        Path(path), size=size or 224, seed=split_seed, require_labels=require_labels, window=window, stream=stream
+    )
