@@ -35,8 +35,12 @@ def ensure_dir(path: str | os.PathLike) -> Path:
 
 
 def _os_error_message(path: Path, e: OSError) -> str:
-    if e.errno == errno.ENOSPC:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full while writing {path}; free space and retry (the previous file, if any, is intact)"
+    if e.errno == errno.EFBIG:
+        # A file-size limit (ulimit -f, RLIMIT_FSIZE) or the filesystem's largest file: to the user, a full disk.
+        return (f"disk full or file size limit reached while writing {path} (file too large); free space or raise "
+                "the limit (ulimit -f) and retry (the previous file, if any, is intact)")
     return f"cannot write {path}: {e.strerror or e}; check the directory exists and is writable"
 
 

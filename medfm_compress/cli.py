@@ -63,6 +63,12 @@ def cli():
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    import signal
+
+    # Past a file-size limit (ulimit -f) the kernel sends SIGXFSZ, which kills the process mid-write; ignored,
+    # the write fails with EFBIG instead and ends as a one-line error with the previous artifact intact.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     cli.main(args=argv, prog_name="medfm-compress", standalone_mode=True)
 
 
