@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from ._env import fingerprint
 from ._io import atomic_write_json, sha256_file
 from .errors import IntegrityError, MedfmError
 
-__all__ = ["Manifest", "StageRecord", "MANIFEST_NAME", "MANIFEST_VERSION"]
+__all__ = ["Manifest", "StageRecord", "MANIFEST_NAME", "MANIFEST_VERSION", "check_inputs"]
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -123,8 +124,12 @@ class Manifest:
                     problems.append(f"{s['stage']}/{name}: {path} changed since it was written (sha256 differs)")
         return problems
 
-    def check_input(self, path: str | os.PathLike, force: bool = False) -> None:
-        """Refuse an input file recorded as an output whose bytes changed since, unless ``force``."""
+    def check_input(self, path: str | os.PathLike, force: bool = False) -> bool:
+        """Refuse an input file recorded as an output whose bytes changed since, unless ``force``.
+
+        With ``force`` a changed file is used, and a one-line warning on stderr says so. Returns True when the
+        file differs from its record (and was let through by ``force``).
+        """
         p = Path(path).resolve()
         for s in self.data["stages"]:
             for entry in s.get("outputs", {}).values():
@@ -132,8 +137,22 @@ class Manifest:
                 q = (q if q.is_absolute() else self.run_dir / q).resolve()
                 if q == p and p.exists() and sha256_file(p) != entry["sha256"]:
                     if force:
-                        return
+                        print(f"warning: {p} differs from the sha256 recorded in {self.path}; "
+                              "using it anyway (--force)", file=sys.stderr, flush=True)
+                        return True
                     raise IntegrityError(
                         f"{p} differs from the sha256 recorded in {self.path}; re-run stage "
                         f"'{s['stage']}' or pass --force to use it anyway"
                     )
+        return False
+
+
+def check_inputs(paths, force: bool = False) -> None:
+    """:meth:`Manifest.check_input` for each existing file against the ``manifest.json`` beside it, if any.
+
+    For inputs given by path (a teacher's weights, a benchmarked artifact) that may live in some run directory.
+    """
+    for path in paths:
+        p = Path(path)
+        if p.is_file() and (p.parent / MANIFEST_NAME).is_file():
+            Manifest(p.parent).check_input(p, force)

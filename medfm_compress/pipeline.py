@@ -44,11 +44,11 @@ STAGES = ("distill", "export", "quantize", "tensorrt", "bench")
 _TOP_KEYS = ("version", "name", "out", "data", "seed", *STAGES)
 # Fields the pipeline sets itself; a recipe must not set them.
 _OWNED = {
-    "distill": {"data", "out", "seed", "resume", "progress", "version"},
+    "distill": {"data", "out", "seed", "resume", "progress", "version", "force"},
     "export": {"source", "out", "force", "version"},
     "quantize": {"input", "out", "progress", "force"},
-    "tensorrt": {"onnx", "out", "version"},
-    "bench": {"artifacts", "data", "out", "progress"},
+    "tensorrt": {"onnx", "out", "version", "force"},
+    "bench": {"artifacts", "data", "out", "progress", "force"},
 }
 # Typical stage durations on a 2-core CPU, for the ETA before a run has its own history.
 _TYPICAL_S = {"distill": 300.0, "export": 10.0, "quantize": 20.0, "tensorrt": 10.0, "bench": 60.0}
@@ -330,7 +330,8 @@ def _gpu_available() -> bool:
         return False
 
 
-def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path]) -> Any:
+def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
+               force: bool = False) -> Any:
     from .config import config_from_dict
 
     cls = _config_classes()[spec.kind]
@@ -344,25 +345,26 @@ def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
             return distill_volume(cfg)
         from .compress.distill import distill
 
-        cfg = config_from_dict(cls, {**cfg_dict, "out": str(run_dir), "progress": progress}, spec.id)
+        cfg = config_from_dict(cls, {**cfg_dict, "out": str(run_dir), "progress": progress, "force": force}, spec.id)
         return distill(cfg)
     if spec.kind == "export":
         from .export.onnx import export_onnx
 
         cfg = config_from_dict(cls, {**cfg_dict, "source": str(run_dir), "out": str(spec.writes["onnx"]),
-                                     "force": True}, spec.id)
+                                     "force": force}, spec.id)
         return export_onnx(cfg)
     if spec.kind == "quantize":
         from .compress.quantize import quantize
 
         src = str(run_dir) if spec.config.get("method") == "qat" else str(spec.reads[0])
-        cfg = config_from_dict(cls, {**cfg_dict, "input": src, "out": str(spec.writes["onnx"]), "progress": progress},
-                               spec.id)
+        cfg = config_from_dict(cls, {**cfg_dict, "input": src, "out": str(spec.writes["onnx"]), "progress": progress,
+                                     "force": force}, spec.id)
         return quantize(cfg)
     if spec.kind == "tensorrt":
         from .export.tensorrt import build_engine
 
-        cfg = config_from_dict(cls, {**cfg_dict, "onnx": str(spec.reads[0]), "out": str(spec.writes["engine"])}, spec.id)
+        cfg = config_from_dict(cls, {**cfg_dict, "onnx": str(spec.reads[0]), "out": str(spec.writes["engine"]),
+                                     "force": force}, spec.id)
         return build_engine(cfg, progress=progress)
     if spec.kind == "bench":
         from .bench.harness import run_bench
@@ -384,7 +386,8 @@ def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
         # A volume run is benchmarked on its held-out crops when it has them.
         bench_data = (recipe.distill.get("eval_data") or recipe.data) if recipe.volume else recipe.data
         cfg = config_from_dict(cls, {**cfg_dict, "artifacts": artifacts, "data": bench_data,
-                                     "out": str(spec.writes["report"].parent), "progress": progress}, spec.id)
+                                     "out": str(spec.writes["report"].parent), "progress": progress, "force": force},
+                               spec.id)
         report = run_bench(cfg)
         write_reports(report, spec.writes["report"].parent)
         return report
@@ -397,7 +400,7 @@ def _fmt_s(seconds: float) -> str:
 
 
 def run_pipeline(recipe: Recipe, from_stage: str | None = None, only: str | None = None, progress: bool = True,
-                 echo=None) -> PipelineResult:
+                 echo=None, force: bool = False) -> PipelineResult:
     """Run ``recipe``'s stages in order, skipping those whose cache entry is still valid.
 
     Args:
@@ -405,6 +408,8 @@ def run_pipeline(recipe: Recipe, from_stage: str | None = None, only: str | None
         only: run just this stage (kind or id); its inputs must exist.
         progress: show stage and per-step progress on stderr.
         echo: callable for progress lines (default: click.echo to stderr).
+        force: let stages use run-directory files whose hash differs from the manifest (each warns); without
+            it a stage refuses them.
     """
     import click
 
@@ -470,7 +475,7 @@ def run_pipeline(recipe: Recipe, from_stage: str | None = None, only: str | None
         state.pop(spec.id, None)
         atomic_write_json(state_path, state)
         t_stage = time.time()
-        out = _run_stage(spec, recipe, run_dir, progress, engines)
+        out = _run_stage(spec, recipe, run_dir, progress, engines, force)
         if spec.kind == "tensorrt":
             engines[spec.id.split(":", 1)[1]] = spec.writes["engine"]
         if spec.kind == "bench":

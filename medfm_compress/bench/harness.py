@@ -93,6 +93,7 @@ class BenchConfig:
             are measured and reported only.
         out: directory to write report.json/report.md/junit.xml/pareto.png (None: write nothing).
         progress: show a progress bar.
+        force: benchmark an artifact whose hash differs from its run directory's manifest (warns).
     """
 
     artifacts: tuple[tuple[str, str], ...]
@@ -118,6 +119,7 @@ class BenchConfig:
     gate_on: tuple[str, ...] | None = None
     out: str | None = None
     progress: bool = True
+    force: bool = False
 
     def __post_init__(self):
         if not self.artifacts:
@@ -160,6 +162,19 @@ def _latency_inputs(engine, images: np.ndarray, batch: int) -> np.ndarray:
     return engine.preprocess(images[idx])
 
 
+def _artifact_files(path: str, options: dict[str, Any]) -> list[Path]:
+    """The files an artifact path is read from (a run directory's model, a card's weights, an IR's .bin)."""
+    p = Path(path)
+    if p.is_dir():
+        name = options.get("name", "student")
+        return [p / f"{name}.safetensors", p / f"{name}.json"]
+    if not p.exists() or p.suffix.lower() == ".json":
+        return [p.with_suffix(".json"), p.with_suffix(".safetensors")]
+    if p.suffix.lower() == ".xml":
+        return [p, p.with_suffix(".bin")]
+    return [p]
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Benchmark every artifact, compare each with the reference, evaluate the gates, write the reports.
 
@@ -186,6 +201,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         p = Path(split_artifact_options(path)[0])
         if not p.exists() and not p.with_suffix(".json").exists():
             raise MedfmError(f"artifact '{name}': {p} does not exist; check the NAME=PATH argument")
+    from ..manifest import check_inputs
+
+    for _, path in order:
+        check_inputs(_artifact_files(*split_artifact_options(path)), cfg.force)
     steps_per = 1 + len(cfg.batch_sizes) + 1
     bar = _progress(len(order) * steps_per, cfg.progress)
     lat_cfg = cfg.latency

@@ -38,9 +38,10 @@ from ._common import csv_option
               help="Directory for report.json, report.md, junit.xml and pareto.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--force", is_flag=True, help="Benchmark artifacts whose hash differs from their run manifest.")
 def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, warmup_s, duration_s, threads, device,
             backend, n_resamples, seed, max_auc_drop, min_agreement, min_speedup, max_p50_ms, max_size_mb, gate_on, out, quiet,
-            as_json):
+            as_json, force):
     """Benchmark ARTIFACTS (NAME=PATH ...): latency, accuracy parity against --reference, gates.
 
     Exit status 0 when every gate holds, 3 when a gate fails (reports are written first), 1 for bad input.
@@ -58,7 +59,7 @@ def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, 
         batch_sizes=csv_option(batch_sizes, int), iterations=iterations, warmup=warmup, warmup_s=warmup_s,
         duration_s=duration_s, threads=threads, device=device, backend=backend, n_resamples=n_resamples, seed=seed,
         max_auc_drop=max_auc_drop, min_agreement=min_agreement, min_speedup=min_speedup, max_p50_ms=max_p50_ms,
-        max_size_mb=max_size_mb, gate_on=csv_option(gate_on), out=out, progress=not quiet and not as_json,
+        max_size_mb=max_size_mb, gate_on=csv_option(gate_on), out=out, progress=not quiet and not as_json, force=force,
     )
     report = run_bench(cfg)
     if as_json:

@@ -44,12 +44,14 @@ from ._common import csv_option
               help="Small affine + intensity augmentation (off: teacher outputs are cached).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--force", is_flag=True,
+              help="Use weights (--resume, --teacher-weights, --student-weights) whose hash differs from their manifest.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON on stdout.")
 def command(data, eval_data, teacher, teacher_weights, student, student_weights, out, losses, temperature, feat_loss, labels,
             label_fraction, epochs, teacher_epochs, head_epochs, batch_size, lr, baseline, augment, seed, resume,
-            device, quiet, as_json):
+            force, device, quiet, as_json):
     """Distill a teacher into a small task-specific student.
 
     With no --data, --teacher and --student it runs on the embedded synthetic radiograph task.
@@ -70,7 +72,7 @@ def command(data, eval_data, teacher, teacher_weights, student, student_weights,
         student_weights=student_weights, losses=csv_option(losses), temperature=temperature, feat_loss=feat_loss,
         labels=labels, label_fraction=label_fraction, epochs=epochs, teacher_epochs=teacher_epochs,
         head_epochs=head_epochs, batch_size=batch_size, lr=lr, baseline=baseline, augment=augment, seed=seed,
-        resume=resume, device=device, progress=not quiet,
+        resume=resume, force=force, device=device, progress=not quiet,
     )
     result = run(cfg)
     if int(os.environ.get("RANK", "0")) != 0:

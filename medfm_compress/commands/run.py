@@ -33,7 +33,8 @@ def _finish(result) -> None:
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Override the recipe's run directory.")
 @click.option("--print-config", is_flag=True, help="Print the fully resolved recipe (YAML) and exit.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def command(recipe, from_stage, only, out, print_config, quiet):
+@click.option("--force", is_flag=True, help="Let stages use run-directory files whose hash differs from the manifest.")
+def command(recipe, from_stage, only, out, print_config, quiet, force):
     """Run the whole chain described by RECIPE (YAML); unchanged stages are taken from the cache."""
     from ..pipeline import dump_recipe, load_recipe, run_pipeline
 
@@ -43,7 +44,7 @@ def command(recipe, from_stage, only, out, print_config, quiet):
     if print_config:
         click.echo(dump_recipe(rec), nl=False)
         return
-    _finish(run_pipeline(rec, from_stage=from_stage, only=only, progress=not quiet))
+    _finish(run_pipeline(rec, from_stage=from_stage, only=only, progress=not quiet, force=force))
 
 
 @click.command(name="demo")

@@ -24,7 +24,7 @@ from .._cache import cache_dir
 from .._io import atomic_path, atomic_write_json, ensure_dir, sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ModelError
-from ..manifest import Manifest
+from ..manifest import Manifest, check_inputs
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "DEFAULT_TEACHER", "DEFAULT_STUDENT", "TEACHER_EPOCHS"]
 
@@ -63,6 +63,7 @@ class DistillConfig:
     baseline: bool = False
     seed: int = 0
     resume: bool = False
+    force: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     progress: bool = True
     version: int = CONFIG_VERSION
@@ -341,7 +342,9 @@ def distill(cfg: DistillConfig) -> DistillResult:
     if cfg.resume:
         for name in ("student.safetensors", "student.json"):
             if (out / name).exists():
-                manifest.check_input(out / name)
+                manifest.check_input(out / name, cfg.force)
+    # Weights taken from another run directory must still be what its manifest recorded.
+    check_inputs([w for w in (cfg.teacher_weights, cfg.student_weights) if w], cfg.force)
 
     task = load_data(cfg.data, seed=cfg.seed)
     train, test = task.split("train"), task.split("test")

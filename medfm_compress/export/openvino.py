@@ -281,6 +281,9 @@ def export_openvino(source: str, out: str | None = None, model: str = "student",
     src = Path(source)
     with tempfile.TemporaryDirectory(prefix="medfm-ov-") as tmp:
         if src.suffix.lower() == ".onnx":
+            from ..manifest import check_inputs
+
+            check_inputs([src], force)
             onnx_path = src
         else:
             onnx_path = export_onnx(ExportConfig(source=str(src), out=str(Path(tmp) / "model.onnx"), model=model,

@@ -121,6 +121,7 @@ class TensorRTConfig:
         timing_cache: classic only: a timing-cache file read before and written after the build.
         targets: RTX only: compute capabilities (``sm75 sm80 sm86 sm89 sm120 sm121`` or ``current``);
             None: TensorRT-RTX's default portable set.
+        force: build from an ONNX whose hash differs from its run directory's manifest (warns).
     """
 
     onnx: str
@@ -131,6 +132,7 @@ class TensorRTConfig:
     workspace_mb: int | None = None
     timing_cache: str | None = None
     targets: tuple[str, ...] | None = None
+    force: bool = False
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
@@ -303,10 +305,12 @@ def _parser_errors(parser) -> list[str]:
 def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     """Parse ``cfg.onnx``, build a serialized engine, write it and its sidecar atomically."""
 
+    from ..manifest import check_inputs
     from .metadata import encode_metadata
     from .onnx import load_onnx_checked, read_meta
 
     t0 = time.time()
+    check_inputs([cfg.onnx], cfg.force)  # before TensorRT is even looked for: a refused input needs no GPU
     flavour, trt = resolve_flavour(cfg.flavour)
     notes: list[str] = []
     src = Path(cfg.onnx)
@@ -714,5 +718,6 @@ def export_tensorrt(
         workspace_mb=workspace_mb,
         timing_cache=timing_cache,
         targets=tuple(targets) if targets else None,
+        force=force,
     )
     return build_engine(cfg, progress=progress)
