@@ -549,6 +549,58 @@ def _(d):
     (d / "r.yaml").write_text(f"!!python/object/apply:os.system ['touch {d}/PWNED']\n")
 
 
+# ---------------- integrity (--force) and streaming ----------------
+def _tracked(run: Path, name: str) -> None:
+    """A manifest in ``run`` recording ``name`` with a sha256 its bytes no longer have (a tampered artifact)."""
+    (run / "manifest.json").write_text(json.dumps({"manifest_version": 1, "stages": [
+        {"stage": "export", "config": {}, "inputs": {}, "outputs": {"out": {"path": name, "sha256": "0" * 64}},
+         "metrics": {}}]}))
+
+
+@case("bench_artifact_hash_changed", ["bench", "m={d}/run/m.onnx", "--data", TINY, "--out", "{d}/out"],
+      "differs from the sha256")
+def _(d):
+    (d / "run").mkdir()
+    _onnx(d / "run" / "m.onnx")
+    _tracked(d / "run", "m.onnx")
+
+
+@case("export_tensorrt_onnx_hash_changed", ["export", "{d}/run/m.onnx", "--format", "tensorrt", "--out",
+                                            "{d}/out/m.engine"], "differs from the sha256")
+def _(d):
+    (d / "run").mkdir()
+    _onnx(d / "run" / "m.onnx")
+    _tracked(d / "run", "m.onnx")
+
+
+@case("distill_teacher_weights_hash_changed",
+      ["distill", "--data", TINY, "--teacher", W16, "--teacher-weights", "{d}/run/teacher.safetensors", "--student",
+       W16, "--epochs", "1", "--batch-size", "8", "--out", "{d}/out", "--quiet"], "differs from the sha256")
+def _(d):
+    (d / "run").mkdir()
+    _teacher(d / "run", num_classes=4)
+    _tracked(d / "run", "teacher.safetensors")
+
+
+@case("data_stream_option_invalid", _distill("folder:{d}/imgs?stream=maybe"), "stream=")
+def _(d):
+    _teacher(d)
+
+
+@case("quantize_streamed_folder_odd_image", ["quantize", "{d}/m.onnx", "--calib-data", "folder:{d}/imgs?stream=1",
+                                              "--target", "cpu", "--precision", "int8", "--out", "{d}/out/q.onnx"],
+      "?size=N")
+def _(d):
+    from PIL import Image
+
+    _onnx(d / "m.onnx")
+    (d / "imgs").mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((16, 16), i * 10, np.uint8)).save(d / "imgs" / f"{i}.png")
+    # Read lazily, the odd image is met only when its batch is used: still one clear line, nothing written.
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(d / "imgs" / "7.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Write the bad-input corpus to a directory.")
     ap.add_argument("--out", required=True)
