@@ -114,15 +114,21 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(cos.mean())
 
 
-def centered_cosine_similarity(a: np.ndarray, b: np.ndarray, center: np.ndarray) -> float:
-    """:func:`cosine_similarity` after subtracting ``center`` (e.g. the mean teacher embedding) from both.
+def centered_cosine_similarity(a: np.ndarray, b: np.ndarray, reference: np.ndarray) -> float:
+    """:func:`cosine_similarity` of unit-normalised ``a`` and ``b`` after subtracting the mean unit vector of
+    ``reference`` (e.g. the teacher's training embeddings) from both.
 
-    Embeddings of a ReLU encoder share a large common component, so their plain cosine is high even for a
-    constant prediction; centring scores only what differs between inputs.
+    Embeddings of a ReLU encoder share a large common direction, so their plain cosine is high even for a
+    constant prediction; centring scores only how each input's direction departs from the common one (0 for a
+    constant prediction, 1 for a perfect one). Normalising first keeps a change of norm from passing as one.
     """
-    c = np.asarray(center, dtype=np.float64).reshape(1, -1)
-    return cosine_similarity(np.asarray(a, dtype=np.float64).reshape(len(a), -1) - c,
-                             np.asarray(b, dtype=np.float64).reshape(len(b), -1) - c)
+
+    def unit(x):
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    c = unit(reference).mean(0, keepdims=True)
+    return cosine_similarity(unit(a) - c, unit(b) - c)
 
 
 def max_abs_error(a: np.ndarray, b: np.ndarray) -> float:

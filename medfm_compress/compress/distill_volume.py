@@ -240,7 +240,7 @@ def distill_volume(cfg: VolumeDistillConfig) -> VolumeDistillResult:
             "n": len(x_eval),
             "z_range": eval_task.info["z_range"],
             "cosine": cosine_similarity(s_eval, t_eval),
-            "centered_cosine": centered_cosine_similarity(s_eval, t_eval, center),
+            "centered_cosine": centered_cosine_similarity(s_eval, t_eval, t_train.numpy()),
             # What predicting the mean training embedding for every crop would score: the floor to beat.
             "mean_embedding_cosine": cosine_similarity(np.broadcast_to(center, t_eval.shape), t_eval),
         }
