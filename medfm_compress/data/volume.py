@@ -228,10 +228,15 @@ def resample(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or min(spacing) <= 0:
         raise DataError(f"spacing must be three positive numbers in mm, got {spacing}")
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(volume.shape, volume.spacing, spacing, strict=True)]
+    size = [
+        max(1, int(round(n * s / t))) for n, s, t in zip(volume.shape, volume.spacing, spacing, strict=True)
+    ]
     t = torch.from_numpy(np.ascontiguousarray(volume.hu))[None, None]
     out = F.interpolate(t, size=size, mode="trilinear", align_corners=True)[0, 0].numpy()
-    info = {**volume.info, "resampled_from": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing)}}
+    info = {
+        **volume.info,
+        "resampled_from": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing)},
+    }
     return Volume(np.ascontiguousarray(out, dtype=np.float32), spacing, volume.source, info)  # type: ignore[arg-type]
 
 
@@ -539,7 +544,9 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
         try:
             target = tuple(float(v) for v in opts["spacing"].split(","))
         except ValueError:
-            raise DataError(f"spacing={opts['spacing']!r} in {spec!r} must be three numbers SX,SY,SZ (mm)") from None
+            raise DataError(
+                f"spacing={opts['spacing']!r} in {spec!r} must be three numbers SX,SY,SZ (mm)"
+            ) from None
         if len(target) != 3:
             raise DataError(f"spacing={opts['spacing']!r} in {spec!r} must be three numbers SX,SY,SZ (mm)")
         vol = resample(vol, target)  # type: ignore[arg-type]
