@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -67,6 +68,26 @@ def test_streamed_folder_with_an_odd_image_fails_when_read_with_its_name(tmp_pat
         np.asarray(train.images)
     with pytest.raises(DataError, match="different sizes"):  # in memory: the old, eager message
         load_data(f"folder:{d}?stream=0")
+
+
+def test_dicom_streamed_equals_in_memory(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    src = os.path.join(os.path.dirname(pydicom.__file__), "data", "test_files")
+    names = [n for n in ("CT_small.dcm", "MR_small.dcm") if os.path.isfile(os.path.join(src, n))]
+    if not names:
+        pytest.skip("pydicom ships no CT_small.dcm / MR_small.dcm here")
+    rows = ["file,label,split"]
+    for i in range(6):
+        shutil.copy(os.path.join(src, names[i % len(names)]), tmp_path / f"{i}.dcm")
+        rows.append(f"{i}.dcm,{i % 2},{'test' if i < 2 else 'train'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    eager, lazy = (
+        load_data(f"dicom:{tmp_path}?size=24&stream=0"),
+        load_data(f"dicom:{tmp_path}?size=24&stream=1"),
+    )
+    for name in ("train", "test"):
+        assert lazy.splits[name].streamed and lazy.splits[name].images.dtype == np.float32
+        np.testing.assert_array_equal(np.asarray(lazy.splits[name].images), eager.splits[name].images)
 
 
 @pytest.mark.parametrize("compressed", [False, True])
