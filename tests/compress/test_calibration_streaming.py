@@ -154,3 +154,34 @@ def test_modelopt_onnx_calibration_streamed_equals_in_memory(small_folder, gray_
     assert models[0].keys() == models[1].keys()
     for k in models[0]:
         np.testing.assert_array_equal(models[0][k], models[1][k], err_msg=k)
+
+
+def test_distill_on_a_streamed_folder_trains_the_same_student(small_folder, tmp_path):
+    """Distillation needs the whole training split: a streamed split is read in full and gives the same run."""
+    from safetensors.numpy import load_file
+
+    from medfm_compress.compress.distill import DistillConfig, distill
+    from medfm_compress.models import create_model, save_state_dict
+
+    w16 = "timm:medfm_resnet10_w16"
+    save_state_dict(create_model(w16, 2, 1), tmp_path / "t.safetensors")
+    students = []
+    for streamed in (1, 0):
+        out = tmp_path / f"o{streamed}"
+        distill(
+            DistillConfig(
+                data=f"folder:{small_folder}?size=32&stream={streamed}",
+                out=str(out),
+                teacher=w16,
+                teacher_weights=str(tmp_path / "t.safetensors"),
+                student=w16,
+                epochs=1,
+                batch_size=16,
+                augment=False,
+                progress=False,
+            )
+        )
+        students.append(load_file(str(out / "student.safetensors")))
+    assert students[0].keys() == students[1].keys()
+    for k in students[0]:
+        np.testing.assert_array_equal(students[0][k], students[1][k], err_msg=k)
