@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from ..config import config_to_dict
 from ..errors import ConfigError, DataError, MedfmError
-from .latency import LatencyConfig, measure_end_to_end, measure_engine
+from .latency import LatencyConfig, measure_end_to_end, measure_engines
 
 __all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts", "split_artifact_options"]
 
@@ -77,7 +78,10 @@ class BenchConfig:
         data: data spec whose ``split`` holds the held-out cases (real labels).
         split: split to evaluate on.
         batch_sizes: batch sizes to time engine-only; end-to-end is timed per case (batch 1).
-        iterations, warmup, warmup_s, duration_s: see :class:`~medfm_compress.bench.latency.LatencyConfig`.
+        iterations, warmup, warmup_s, duration_s: see :class:`~medfm_compress.bench.latency.LatencyConfig`;
+            iterations and duration are totals per (artifact, batch size), split evenly over the rounds.
+        rounds: engine-only latency is measured in this many rounds, each timing every artifact and batch
+            size in turn (interleaved), so machine load that drifts during the run hits all of them alike.
         threads: intra-op threads for every engine (None: all cores).
         device: engine device (None: each backend's default, CPU).
         backend: force one backend for every artifact (None: chosen from each path).
@@ -105,6 +109,7 @@ class BenchConfig:
     warmup: int = 10
     warmup_s: float = 0.0
     duration_s: float | None = None
+    rounds: int = 5
     threads: int | None = None
     device: str | None = None
     backend: str | None = None
@@ -135,6 +140,8 @@ class BenchConfig:
             raise ConfigError(f"--gate-on names {', '.join(unknown)}, which are not artifacts ({', '.join(names)})")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise ConfigError(f"batch sizes must be >= 1, got {self.batch_sizes}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if self.eval_batch_size < 1 or self.n_resamples < 1:
             raise ConfigError("eval batch size and bootstrap resamples must be >= 1")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
@@ -211,10 +218,15 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     entries: list[dict[str, Any]] = []
     ref_logits = thresholds = None
     try:
-        for name, path in order:
-            bar.set_postfix_str(name)
-            file, options = split_artifact_options(path)
-            with Engine.load(file, backend=cfg.backend, device=cfg.device, threads=cfg.threads, **options) as eng:
+        with contextlib.ExitStack() as stack:
+            # Phase 1: load every artifact and score it on the split; the engines stay open for the timing.
+            engines: dict[str, Any] = {}
+            for name, path in order:
+                bar.set_postfix_str(name)
+                file, options = split_artifact_options(path)
+                eng = stack.enter_context(Engine.load(file, backend=cfg.backend, device=cfg.device,
+                                                      threads=cfg.threads, **options))
+                engines[name] = eng
                 check_data_matches(name, eng, task_data.task, task_data.num_classes, task_data.channels)
                 logits = predict_logits(eng, split.images, cfg.eval_batch_size)
                 bar.update(1)
@@ -226,20 +238,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 for m, d in par["deltas"].items():
                     if m in metrics:
                         metrics[f"{m}_ci"] = [d["test_ci_low"], d["test_ci_high"]]
-                latency: dict[str, Any] = {}
-                for b in cfg.batch_sizes:
-                    bar.set_postfix_str(f"{name} bs{b}")
-                    lo, hi = eng.batch_range
-                    if b < lo or (hi is not None and b > hi):
-                        latency[str(b)] = {"skipped": f"artifact accepts batch sizes {lo}..{hi}"}
-                    else:
-                        latency[str(b)] = {"engine": measure_engine(eng, _latency_inputs(eng, split.images, b),
-                                                                    lat_cfg)}
-                    bar.update(1)
-                e2e = None
-                if eng.batch_range[0] == 1:
-                    e2e = measure_end_to_end(eng, split.images, lat_cfg)
-                bar.update(1)
                 info = eng.info
                 entries.append({
                     "name": name,
@@ -252,12 +250,34 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     "backend_info": {k: v for k, v in info.items()
                                      if k not in ("sha256", "backend", "precision", "device", "threads", "params",
                                                   "size_bytes", "path")},
-                    "latency": latency,
-                    "end_to_end": e2e,
+                    "latency": {},
+                    "end_to_end": None,
                     "metrics": metrics,
                     "parity": None if name == ref_name else par,
                     "self_check": par["deltas"] if name == ref_name else None,
                 })
+            # Phase 2: engine-only latency, every (artifact, batch size) timed in turn in each of cfg.rounds
+            # rounds, so load that drifts over the run hits every artifact alike.
+            by_name = {e["name"]: e for e in entries}
+            timed: dict[tuple[str, int], tuple[Any, np.ndarray]] = {}
+            for name, eng in engines.items():
+                lo, hi = eng.batch_range
+                for b in cfg.batch_sizes:
+                    if b < lo or (hi is not None and b > hi):
+                        by_name[name]["latency"][str(b)] = {"skipped": f"artifact accepts batch sizes {lo}..{hi}"}
+                        bar.update(1)
+                    else:
+                        timed[(name, b)] = (eng, _latency_inputs(eng, split.images, b))
+            bar.set_postfix_str(f"latency, {cfg.rounds} round(s)")
+            for (name, b), stats in measure_engines(timed, lat_cfg, cfg.rounds,
+                                                    on_done=lambda _key: bar.update(1)).items():
+                by_name[name]["latency"][str(b)] = {"engine": stats}
+            # Phase 3: end-to-end per case (batch 1), artifact by artifact.
+            for name, eng in engines.items():
+                bar.set_postfix_str(f"{name} end-to-end")
+                if eng.batch_range[0] == 1:
+                    by_name[name]["end_to_end"] = measure_end_to_end(eng, split.images, lat_cfg)
+                bar.update(1)
     finally:
         bar.close()
     entries.sort(key=lambda e: [n for n, _ in cfg.artifacts].index(e["name"]))

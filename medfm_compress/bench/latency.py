@@ -25,7 +25,15 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["LatencyConfig", "measure_engine", "measure_callable", "measure_end_to_end", "summarize", "peak_rss_bytes"]
+__all__ = [
+    "LatencyConfig",
+    "measure_engine",
+    "measure_engines",
+    "measure_callable",
+    "measure_end_to_end",
+    "summarize",
+    "peak_rss_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -114,13 +122,19 @@ def _timed_loop(call, cfg: LatencyConfig) -> list[float]:
         return _timed_loop_impl(call, cfg)
 
 
-def _timed_loop_impl(call, cfg: LatencyConfig) -> list[float]:
+def _warm_up(call, cfg: LatencyConfig) -> None:
+    """Untimed calls: at least ``cfg.warmup`` of them, and for at least ``cfg.warmup_s`` seconds."""
     perf = time.perf_counter
     start = perf()
     i = 0
     while i < cfg.warmup or perf() - start < cfg.warmup_s:
         call()
         i += 1
+
+
+def _timed_loop_impl(call, cfg: LatencyConfig) -> list[float]:
+    perf = time.perf_counter
+    _warm_up(call, cfg)
     times: list[float] = []
     append = times.append
     if cfg.duration_s is None:
@@ -142,11 +156,7 @@ def _cuda_event_loop(engine, call, cfg: LatencyConfig) -> tuple[list[float], int
     import torch
 
     perf = time.perf_counter
-    start = perf()
-    i = 0
-    while i < cfg.warmup or perf() - start < cfg.warmup_s:
-        call()
-        i += 1
+    _warm_up(call, cfg)
     engine.synchronize()
     torch.cuda.reset_peak_memory_stats()
     pairs = []
@@ -192,6 +202,52 @@ def measure_engine(engine, tensors: np.ndarray, cfg: LatencyConfig | None = None
     stats.update(clock=clock, threads=engine.info.get("threads"), peak_rss_bytes=peak_rss_bytes(),
                  peak_device_memory_bytes=peak_dev)
     return stats
+
+
+def measure_engines(items: dict, cfg: LatencyConfig | None = None, rounds: int = 1, on_done=None) -> dict:
+    """Engine-only latency of several ``key -> (engine, preprocessed batch)`` items, interleaved.
+
+    Each item is warmed up, then the timed calls are split into ``rounds`` blocks and every round times each
+    item's block in turn, so load that drifts while the benchmark runs lands on all items alike (comparisons
+    between them stay fair, and two runs agree better than back-to-back measurement). ``cfg.iterations`` and
+    ``cfg.duration_s`` are totals per item. Returns ``key -> statistics`` as :func:`measure_engine` does.
+    ``on_done(key)`` is called once per item when its last round is timed.
+    """
+    cfg = cfg or LatencyConfig()
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    per_round = LatencyConfig(iterations=max(1, -(-cfg.iterations // rounds)), warmup=0, warmup_s=0.0,
+                              duration_s=cfg.duration_s / rounds if cfg.duration_s else None,
+                              cuda_events=cfg.cuda_events)
+    prepared = {}
+    for key, (engine, tensors) in items.items():
+        x = engine.check_input(tensors)
+        run = engine._run_impl  # as in measure_engine: the checks ran once above
+        if _is_cuda(engine):
+            engine.synchronize()
+        _warm_up(lambda r=run, x=x: r(x), cfg)
+        events = cfg.cuda_events and _cuda_events_apply(engine)
+        prepared[key] = (engine, x, run, events, [], [])
+    for r in range(rounds):
+        for key, (engine, x, run, events, times, peaks) in prepared.items():
+            if events:
+                t, peak = _cuda_event_loop(engine, lambda r=run, x=x: r(x), per_round)
+                peaks.append(peak)
+            else:
+                if _is_cuda(engine):
+                    engine.synchronize()
+                t = _timed_loop(lambda r=run, x=x: r(x), per_round)
+            times.extend(t)
+            if r == rounds - 1 and on_done is not None:
+                on_done(key)
+    out = {}
+    for key, (engine, x, _run, events, times, peaks) in prepared.items():
+        stats = summarize(times, x.shape[0])
+        stats.update(clock="cuda_events" if events else "perf_counter", threads=engine.info.get("threads"),
+                     peak_rss_bytes=peak_rss_bytes(), peak_device_memory_bytes=max(peaks) if peaks else None,
+                     rounds=rounds)
+        out[key] = stats
+    return out
 
 
 def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None = None) -> dict:

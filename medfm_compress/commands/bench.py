@@ -21,6 +21,9 @@ from ._common import csv_option
 @click.option("--warmup-s", default=0.0, show_default=True, type=float, help="Minimum warm-up time (s).")
 @click.option("--duration", "duration_s", default=None, type=float,
               help="Time for at least this many seconds per measurement (instead of --iterations alone).")
+@click.option("--rounds", default=5, show_default=True, type=int,
+              help="Interleaved timing rounds: each times every artifact and batch size in turn "
+                   "(--iterations and --duration are totals split over the rounds).")
 @click.option("--threads", default=None, type=int, help="Intra-op CPU threads (default: all cores).")
 @click.option("--device", default=None, help="cpu, cuda[:N] (default: cpu).")
 @click.option("--backend", default=None, help="Force one runtime backend for every artifact.")
@@ -39,8 +42,8 @@ from ._common import csv_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--force", is_flag=True, help="Benchmark artifacts whose hash differs from their run manifest.")
-def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, warmup_s, duration_s, threads, device,
-            backend, n_resamples, seed, max_auc_drop, min_agreement, min_speedup, max_p50_ms, max_size_mb, gate_on, out, quiet,
+def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, warmup_s, duration_s, rounds, threads,
+            device, backend, n_resamples, seed, max_auc_drop, min_agreement, min_speedup, max_p50_ms, max_size_mb, gate_on, out, quiet,
             as_json, force):
     """Benchmark ARTIFACTS (NAME=PATH ...): latency, accuracy parity against --reference, gates.
 
@@ -57,7 +60,8 @@ def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, 
     cfg = BenchConfig(
         artifacts=parse_artifacts(artifacts), reference=reference, data=data, split=split,
         batch_sizes=csv_option(batch_sizes, int), iterations=iterations, warmup=warmup, warmup_s=warmup_s,
-        duration_s=duration_s, threads=threads, device=device, backend=backend, n_resamples=n_resamples, seed=seed,
+        duration_s=duration_s, rounds=rounds, threads=threads, device=device, backend=backend,
+        n_resamples=n_resamples, seed=seed,
         max_auc_drop=max_auc_drop, min_agreement=min_agreement, min_speedup=min_speedup, max_p50_ms=max_p50_ms,
         max_size_mb=max_size_mb, gate_on=csv_option(gate_on), out=out, progress=not quiet and not as_json, force=force,
     )

@@ -243,3 +243,36 @@ def test_artifact_options_parse_and_reach_the_backend(tiny_run):
     res = _bench([f"fp32={tiny_run}", f"x={tiny_run}?precison=bf16", "--data", TINY_DATA, *FAST])
     assert res.exit_code == 1 and "unknown torch backend option(s) precison" in res.output
 
+
+
+class _RecordingEngine:
+    """Stands in for an Engine: records which item each timed call belongs to."""
+
+    def __init__(self, key, log):
+        self.key, self.log, self.info = key, log, {"device": "cpu", "threads": 1}
+
+    def check_input(self, x):
+        return x
+
+    def _run_impl(self, x):
+        self.log.append(self.key)
+        return x
+
+
+def test_measure_engines_interleaves_rounds_and_splits_iterations():
+    from medfm_compress.bench.latency import measure_engines
+    from medfm_compress.errors import ConfigError
+
+    log: list[str] = []
+    x = np.zeros((2, 1, 4, 4), np.float32)
+    items = {k: (_RecordingEngine(k, log), x) for k in ("a", "b")}
+    done: list[str] = []
+    stats = measure_engines(items, LatencyConfig(iterations=12, warmup=2), rounds=3, on_done=done.append)
+    assert log[:4] == ["a", "a", "b", "b"]  # warm-up of each
+    timed = log[4:]
+    # 3 rounds of 4 calls each, a then b in every round: the items alternate block by block.
+    assert timed == (["a"] * 4 + ["b"] * 4) * 3
+    assert stats["a"]["n"] == 12 and stats["a"]["batch_size"] == 2 and stats["b"]["rounds"] == 3
+    assert done == ["a", "b"]
+    with pytest.raises(ConfigError, match="rounds must be >= 1"):
+        measure_engines(items, rounds=0)
