@@ -16,6 +16,7 @@ synthetic task. Writes benchmarks/results/harness_overhead.json and prints the f
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from pathlib import Path
 
@@ -69,19 +70,32 @@ def overhead(onnx_path: Path, threads: int, iterations: int, rounds: int, warmup
         x = eng.preprocess(images[:1])
         feed = {name: x}
         perf = time.perf_counter
-        for _ in range(rounds):
+        def harness_block():
             s = measure_engine(eng, x, LatencyConfig(iterations=iterations, warmup=warmup))
             harness_p50.append(s["p50_ms"])
             harness_min.append(s["min_ms"])
-            for _ in range(warmup):
-                bare.run(None, feed)
-            times = []
-            for _ in range(iterations):
-                t0 = perf()
-                bare.run(None, feed)
-                times.append(perf() - t0)
+
+        def bare_block():
+            # Like timeit (and the harness), the bare loop runs without the cyclic garbage collector.
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(warmup):
+                    bare.run(None, feed)
+                times = []
+                for _ in range(iterations):
+                    t0 = perf()
+                    bare.run(None, feed)
+                    times.append(perf() - t0)
+            finally:
+                gc.enable()
             bare_p50.append(float(np.percentile(times, 50)) * 1e3)
             bare_min.append(float(np.min(times)) * 1e3)
+
+        for r in range(rounds):
+            # Alternate which loop goes first, so neither always follows the other's thread-pool state.
+            for block in (harness_block, bare_block) if r % 2 == 0 else (bare_block, harness_block):
+                block()
     h, b = float(np.median(harness_p50)), float(np.median(bare_p50))
     return {"threads": threads, "iterations_per_round": iterations, "rounds": rounds,
             "harness_p50_ms_per_round": harness_p50, "bare_p50_ms_per_round": bare_p50,
@@ -89,6 +103,36 @@ def overhead(onnx_path: Path, threads: int, iterations: int, rounds: int, warmup
             "harness_min_ms": min(harness_min), "bare_min_ms": min(bare_min),
             "overhead_min_pct": 100.0 * (min(harness_min) - min(bare_min)) / min(bare_min),
             "within_5pct": abs(h - b) / b <= 0.05}
+
+
+def noise_floor(onnx_path: Path, threads: int, blocks: int = 8, block_s: float = 1.0) -> dict:
+    """The machine's own drift: one bare session timed in back-to-back blocks; spread of the block p50s.
+
+    Two bench runs cannot agree more closely than the same loop agrees with itself a few seconds later.
+    """
+    import onnxruntime as ort
+
+    from medfm_compress.data import load_data
+    from medfm_compress.runtime import Engine
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    with Engine.load(onnx_path) as eng:
+        feed = {sess.get_inputs()[0].name: eng.preprocess(load_data(DATA).split("test").images[:1])}
+    for _ in range(50):
+        sess.run(None, feed)
+    p50s = []
+    perf = time.perf_counter
+    for _ in range(blocks):
+        times, end = [], perf() + block_s
+        while perf() < end:
+            t0 = perf()
+            sess.run(None, feed)
+            times.append(perf() - t0)
+        p50s.append(float(np.percentile(times, 50)) * 1e3)
+    return {"block_s": block_s, "block_p50_ms": p50s, "spread_pct": 100.0 * (max(p50s) / min(p50s) - 1.0)}
 
 
 def repeatability(torch_stem: Path, onnx_path: Path, threads: int, iterations: int, duration_s: float | None,
@@ -139,9 +183,11 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.time()
     torch_stem, onnx_path = make_artifacts(out / "model")
+    floor = noise_floor(onnx_path, threads)
     ov = overhead(onnx_path, threads, args.iterations, args.rounds, args.warmup)
     rep = repeatability(torch_stem, onnx_path, threads, args.bench_iterations, args.bench_duration or None, out)
     result = {"benchmark": "harness_overhead", "arch": ARCH, "data": DATA, "overhead": ov, "repeatability": rep,
+              "noise_floor": floor,
               "wall_s": time.time() - t0, "fingerprint": fingerprint()}
     dest = Path(__file__).parent / "results" / "harness_overhead.json"
     atomic_write_json(dest, result)
@@ -156,6 +202,8 @@ def main() -> None:
         print(f"  {r['artifact']:<11} bs{r['batch']:<3} {r['run1_p50_ms']:.4f} vs {r['run2_p50_ms']:.4f} ms "
               f"({r['diff_pct']:.1f}%)")
     print(f"  max difference {rep['max_diff_pct']:.1f}% (target within 10%: {'yes' if rep['within_10pct'] else 'NO'})")
+    print(f"noise floor: one bare session, {len(floor['block_p50_ms'])} back-to-back {floor['block_s']:g} s blocks: "
+          f"p50 {min(floor['block_p50_ms']):.4f}..{max(floor['block_p50_ms']):.4f} ms (spread {floor['spread_pct']:.1f}%)")
     print(f"self-parity bootstrap CIs exactly [0, 0]: {'yes' if rep['self_ci_exactly_zero'] else 'NO'} "
           f"{rep['self_ci']['same_file_second_name']}")
     print(f"wrote {dest} ({result['wall_s']:.0f} s)")
