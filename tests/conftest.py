@@ -85,3 +85,23 @@ def tiny_run(tmp_path_factory):
     )
     distill(cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def gray_onnx(tmp_path_factory):
+    """A 32x32 one-channel binary model (random weights) as ONNX with medfm metadata."""
+    import torch
+
+    from medfm_compress.data import PreprocessSpec
+    from medfm_compress.export.metadata import ModelMeta
+    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("timm:medfm_resnet10_w16", 2, 1, 32).eval()
+    meta = ModelMeta(
+        PreprocessSpec((32, 32), 1, (0.5,), (0.25,)), "binary", ["a", "b"], "timm:medfm_resnet10_w16"
+    )
+    return export_model_to_onnx(
+        model, meta, tmp_path_factory.mktemp("m") / "gray.onnx", torch.zeros(1, 1, 32, 32)
+    )

@@ -101,6 +101,8 @@ def test_run_refuses_a_changed_stage_input_unless_forced(run, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe))
     weights = (run / "student.safetensors").resolve()
+    # The shared tiny run may already hold an export written by other tests (quantize from a run dir does).
+    (run / "student.onnx").unlink(missing_ok=True)
     _tamper(weights)
     r = CliRunner().invoke(cli, ["run", str(path), "--only", "export", "--quiet"])
     _refused(r, weights)

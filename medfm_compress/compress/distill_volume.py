@@ -25,10 +25,10 @@ from .._io import atomic_write_json, ensure_dir
 from ..config import config_to_dict
 from ..errors import ConfigError, DataError
 from ..manifest import Manifest
+from .distill import DistillResult
 
 __all__ = [
     "VolumeDistillConfig",
-    "VolumeDistillResult",
     "distill_volume",
     "teacher_embeddings",
     "CONFIG_VERSION",
@@ -95,13 +95,6 @@ class VolumeDistillConfig:
         return config_to_dict(self)
 
 
-@dataclass
-class VolumeDistillResult:
-    out: Path
-    metrics: dict[str, Any]
-    artifacts: dict[str, Path]
-
-
 def teacher_embeddings(task, teacher, cache, batch_size: int = 1, progress: bool = True) -> np.ndarray:
     """Teacher embeddings of the crops of a volume ``task`` (from :func:`load_data`), through ``cache``."""
     from ..data.volume import CropBox
@@ -112,7 +105,7 @@ def teacher_embeddings(task, teacher, cache, batch_size: int = 1, progress: bool
     return cache.embeddings(task.info["_volume"], boxes, teacher, batch_size=batch_size, progress=progress)
 
 
-def distill_volume(cfg: VolumeDistillConfig) -> VolumeDistillResult:
+def distill_volume(cfg: VolumeDistillConfig) -> DistillResult:
     """Run the distillation as configured; see the module docstring for what is written."""
     import torch
 
@@ -277,4 +270,4 @@ def distill_volume(cfg: VolumeDistillConfig) -> VolumeDistillResult:
     )
     manifest.finish(rec, artifacts, {k: v for k, v in metrics.items() if k != "history"})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return VolumeDistillResult(out=out, metrics=metrics, artifacts=artifacts)
+    return DistillResult(out=out, metrics=metrics, artifacts=artifacts)

@@ -181,25 +181,6 @@ def big_folder(tmp_path_factory):
     return _folder(d / "big", n=N_IMAGES, size=SIDE), _folder(d / "small", n=48, size=SIDE)
 
 
-@pytest.fixture(scope="module")
-def gray_onnx(tmp_path_factory):
-    import torch
-
-    from medfm_compress.data import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta
-    from medfm_compress.export.onnx import export_model_to_onnx
-    from medfm_compress.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("timm:medfm_resnet10_w16", 2, 1, 32).eval()
-    meta = ModelMeta(
-        PreprocessSpec((32, 32), 1, (0.5,), (0.25,)), "binary", ["a", "b"], "timm:medfm_resnet10_w16"
-    )
-    return export_model_to_onnx(
-        model, meta, tmp_path_factory.mktemp("m") / "gray.onnx", torch.zeros(1, 1, 32, 32)
-    )
-
-
 def test_quantize_and_bench_stream_a_set_larger_than_the_allowed_memory(big_folder, gray_onnx, tmp_path):
     big, small = big_folder
     decoded_mb = N_IMAGES * SIDE * SIDE / 2**20
