@@ -35,6 +35,18 @@ def _calib(folder, onnx_path, streamed, monkeypatch):
     return cal
 
 
+def _context(cfg, onnx_path, cal, workdir):
+    """A QuantizeContext for the 32x32 one-channel test model (what quantize() builds before a target runs)."""
+    import onnx
+
+    from medfm_compress.compress.quantize import QuantizeContext
+    from medfm_compress.export.onnx import read_meta
+
+    return QuantizeContext(cfg=cfg, fp32_path=onnx_path, fp32_proto=onnx.load(str(onnx_path)),
+                           meta=read_meta(onnx_path), calib=cal, input_shape=(1, 32, 32), workdir=workdir,
+                           log=lambda msg: None)
+
+
 def test_streamed_calibration_set_equals_in_memory(small_folder, gray_onnx, monkeypatch):
     lazy, eager = (_calib(small_folder, gray_onnx, s, monkeypatch) for s in (True, False))
     np.testing.assert_array_equal(np.asarray(lazy.images), eager.images)
@@ -78,11 +90,9 @@ def test_modelopt_torch_calibration_streamed_equals_in_memory(small_folder, gray
 
 def test_nncf_calibration_streamed_equals_in_memory(small_folder, gray_onnx, monkeypatch):
     pytest.importorskip("nncf")
-    import onnx
 
-    from medfm_compress.compress.quantize import QuantizeConfig, QuantizeContext
+    from medfm_compress.compress.quantize import QuantizeConfig
     from medfm_compress.compress.quantize_openvino import _fp32_ov, _ptq, _ref, _run_ov
-    from medfm_compress.export.onnx import read_meta
     from medfm_compress.export.openvino import compile_ov
 
     outs = []
@@ -91,16 +101,7 @@ def test_nncf_calibration_streamed_equals_in_memory(small_folder, gray_onnx, mon
         cfg = QuantizeConfig(
             input=str(gray_onnx), target="openvino", calib_data="x", min_agreement=0.0, progress=False
         )
-        ctx = QuantizeContext(
-            cfg=cfg,
-            fp32_path=gray_onnx,
-            fp32_proto=onnx.load(str(gray_onnx)),
-            meta=read_meta(gray_onnx),
-            calib=cal,
-            input_shape=(1, 32, 32),
-            workdir=None,
-            log=lambda msg: None,
-        )
+        ctx = _context(cfg, gray_onnx, cal, None)
         q, _, _ = _ptq(ctx, _fp32_ov(ctx), _ref(ctx))
         outs.append(_run_ov(compile_ov(q, "CPU"), np.asarray(cal.holdout)))
     np.testing.assert_array_equal(outs[0], outs[1])
@@ -110,9 +111,8 @@ def test_modelopt_onnx_calibration_streamed_equals_in_memory(small_folder, gray_
     pytest.importorskip("modelopt.onnx.quantization")
     import onnx
 
-    from medfm_compress.compress.quantize import QuantizeConfig, QuantizeContext
+    from medfm_compress.compress.quantize import QuantizeConfig
     from medfm_compress.compress.quantize_trt import _onnx_path
-    from medfm_compress.export.onnx import read_meta
 
     models = []
     for streamed in (True, False):
@@ -120,16 +120,7 @@ def test_modelopt_onnx_calibration_streamed_equals_in_memory(small_folder, gray_
         work = tmp_path / str(streamed)
         work.mkdir()
         cfg = QuantizeConfig(input=str(gray_onnx), target="tensorrt", calib_data="x", progress=False)
-        ctx = QuantizeContext(
-            cfg=cfg,
-            fp32_path=gray_onnx,
-            fp32_proto=onnx.load(str(gray_onnx)),
-            meta=read_meta(gray_onnx),
-            calib=cal,
-            input_shape=(1, 32, 32),
-            workdir=work,
-            log=lambda msg: None,
-        )
+        ctx = _context(cfg, gray_onnx, cal, work)
         proto, _ = _onnx_path(ctx)
         models.append({i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer})
     assert models[0].keys() == models[1].keys()

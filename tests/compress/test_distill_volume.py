@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
-from volume_fixtures import head_like, write_inv3  # noqa: E402
-
-TINY = {"teacher": "astra-ct-tiny", "widths": (8, 16, 32), "head_hidden": 64, "batch_size": 4}
+from volume_fixtures import TINY, crop_specs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
-    path = write_inv3(tmp_path_factory.mktemp("ct") / "head.inv3", head_like((40, 48, 48)), (0.9, 0.9, 1.5))
-    common = f"inv3:{path}?crop=32,32,16&min_fg=0.2"
-    return {"train": f"{common}&n=8&z=0,18&seed=0", "eval": f"{common}&n=4&z=22,40&seed=1"}
+    return crop_specs(tmp_path_factory.mktemp("ct"))
 
 
 @pytest.fixture(scope="module")

@@ -83,3 +83,15 @@ def write_dicom_series(
         ds.save_as(folder / f"slice_{(k * 7919) % 1000:04d}_{k}.dcm", enforce_file_format=True)
     (folder / "README.txt").write_text("not a DICOM file")
     return folder
+
+
+# Settings of a tiny 3-D distillation that runs in seconds (random-weight teacher of the astra-ct interface).
+TINY = {"teacher": "astra-ct-tiny", "widths": (8, 16, 32), "head_hidden": 64, "batch_size": 4}
+
+
+def crop_specs(folder: Path) -> dict[str, str]:
+    """Train and held-out crop specs on a synthetic head volume written to ``folder``: disjoint z regions."""
+    path = write_inv3(folder / "head.inv3", head_like((40, 48, 48)), (0.9, 0.9, 1.5))
+    common = f"inv3:{path}?crop=32,32,16&min_fg=0.2"
+    return {"train": f"{common}&n=8&z=0,18&seed=0", "eval": f"{common}&n=4&z=22,40&seed=1"}
+
