@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medfm-installed
-EXTRAS ?= dev,trt,modelopt,openvino
+EXTRAS ?= dev,trt,modelopt,openvino,nifti
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint clean cpp
