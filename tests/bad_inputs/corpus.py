@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,35 +362,11 @@ def _(d):
 
 # ---------------- OpenVINO (the openvino extra; make test installs it) ----------------
 def _tiny_onnx(path: Path, custom_op: str | None = None) -> Path:
-    """A 1x32x32 -> 4 class conv net with medfm metadata, built with onnx.helper (no torch)."""
-    import onnx
-    from onnx import TensorProto, helper
+    """The shared tiny conv net (tests/onnx_fixtures.py) with the embedded default task's labels."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from onnx_fixtures import tiny_onnx
 
-    from medfm_compress.data.preprocess import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta, encode_metadata
-
-    rng = np.random.default_rng(0)
-    inits = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
-             for n, s in (("w1", (8, 1, 3, 3)), ("b1", (8,)), ("w2", (4, 8)), ("b2", (4,)))]
-    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c"], name="conv", pads=[1, 1, 1, 1])]
-    last, opsets = "c", [helper.make_opsetid("", 17)]
-    if custom_op:
-        nodes.append(helper.make_node(custom_op, ["c"], ["cu"], name="custom", domain="com.example"))
-        opsets.append(helper.make_opsetid("com.example", 1))
-        last = "cu"
-    nodes += [helper.make_node("GlobalAveragePool", [last], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
-              helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], transB=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                            ["batch", 1, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])], inits)
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    meta = ModelMeta(PreprocessSpec(input_size=(32, 32), channels=1, mean=(0.5,), std=(0.25,)), "multiclass",
-                     ["normal", "nodule", "consolidation", "effusion"], arch="test:tiny")
-    for k, v in encode_metadata(meta).items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.save(model, str(path))
-    return path
+    return tiny_onnx(path, custom_op, label_names=("normal", "nodule", "consolidation", "effusion"))
 
 
 def _tiny_ir(d: Path) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,52 +14,12 @@ pytest.importorskip("openvino")
 
 from medfm_compress.errors import ConfigError, ExportError, ModelError  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from onnx_fixtures import tiny_onnx as _tiny_onnx  # noqa: E402
+
 
 def tiny_onnx(path, custom_op: str | None = None):
-    """A 1x32x32 -> 4 class conv net with medfm metadata (optionally with an op OpenVINO cannot convert)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from medfm_compress.data.preprocess import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta, encode_metadata
-
-    rng = np.random.default_rng(0)
-    inits = [
-        onnx.numpy_helper.from_array(rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.5, "w1"),
-        onnx.numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b1"),
-        onnx.numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "w2"),
-        onnx.numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, "b2"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-    ]
-    last = "r1"
-    opsets = [helper.make_opsetid("", 17)]
-    if custom_op:
-        nodes.append(helper.make_node(custom_op, ["r1"], ["cu"], name="custom", domain="com.example"))
-        opsets.append(helper.make_opsetid("com.example", 1))
-        last = "cu"
-    nodes += [
-        helper.make_node("GlobalAveragePool", [last], ["p"], name="gap"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-        helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], name="fc", transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 32, 32])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    meta = ModelMeta(PreprocessSpec(input_size=(32, 32), channels=1, mean=(0.5,), std=(0.25,)), "multiclass",
-                     ["a", "b", "c", "d"], arch="test:tiny", provenance={"note": 'quotes " and <xml> & stuff'})
-    for k, v in encode_metadata(meta).items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.save(model, str(path))
-    return path
+    return _tiny_onnx(path, custom_op, provenance={"note": 'quotes " and <xml> & stuff'})
 
 
 @pytest.fixture(scope="module")
