@@ -184,24 +184,7 @@ def measure_callable(call, batch_size: int = 1, cfg: LatencyConfig | None = None
 
 def measure_engine(engine, tensors: np.ndarray, cfg: LatencyConfig | None = None) -> dict:
     """Engine-only latency of ``engine.run(tensors)`` (a preprocessed batch)."""
-    cfg = cfg or LatencyConfig()
-    x = engine.check_input(tensors)
-    # Call the backend hook directly: the input was checked once above, and the timed loop must measure the
-    # backend, not the checks (the public run() adds only those checks).
-    run = engine._run_impl
-    peak_dev = None
-    if _is_cuda(engine) and not _cuda_events_apply(engine):
-        engine.synchronize()
-    if cfg.cuda_events and _cuda_events_apply(engine):
-        times, peak_dev = _cuda_event_loop(engine, lambda: run(x), cfg)
-        clock = "cuda_events"
-    else:
-        times = _timed_loop(lambda: run(x), cfg)
-        clock = "perf_counter"
-    stats = summarize(times, x.shape[0])
-    stats.update(clock=clock, threads=engine.info.get("threads"), peak_rss_bytes=peak_rss_bytes(),
-                 peak_device_memory_bytes=peak_dev)
-    return stats
+    return measure_engines({0: (engine, tensors)}, cfg)[0]
 
 
 def measure_engines(items: dict, cfg: LatencyConfig | None = None, rounds: int = 1, on_done=None) -> dict:
@@ -210,7 +193,8 @@ def measure_engines(items: dict, cfg: LatencyConfig | None = None, rounds: int =
     Each item is warmed up, then the timed calls are split into ``rounds`` blocks and every round times each
     item's block in turn, so load that drifts while the benchmark runs lands on all items alike (comparisons
     between them stay fair, and two runs agree better than back-to-back measurement). ``cfg.iterations`` and
-    ``cfg.duration_s`` are totals per item. Returns ``key -> statistics`` as :func:`measure_engine` does.
+    ``cfg.duration_s`` are totals per item. Returns ``key -> statistics``: :func:`summarize`'s plus the clock,
+    threads, peak RSS, peak device memory (CUDA events) and the number of rounds.
     ``on_done(key)`` is called once per item when its last round is timed.
     """
     cfg = cfg or LatencyConfig()
@@ -222,7 +206,9 @@ def measure_engines(items: dict, cfg: LatencyConfig | None = None, rounds: int =
     prepared = {}
     for key, (engine, tensors) in items.items():
         x = engine.check_input(tensors)
-        run = engine._run_impl  # as in measure_engine: the checks ran once above
+        # Call the backend hook directly: the input was checked once above, and the timed loop must measure
+        # the backend, not the checks (the public run() adds only those checks).
+        run = engine._run_impl
         if _is_cuda(engine):
             engine.synchronize()
         _warm_up(lambda r=run, x=x: r(x), cfg)
