@@ -52,6 +52,12 @@ from ._common import csv_option
 @click.option("--percentile", default=99.999, show_default=True, type=float)
 @click.option("--per-tensor", is_flag=True, help="Per-tensor instead of per-channel weight scales.")
 @click.option(
+    "--full-range-weights",
+    is_flag=True,
+    help="cpu int8: full 8-bit weights instead of the 7-bit range that ONNX Runtime's U8S8 kernels need on x86 "
+    "without VNNI (they saturate otherwise); only for VNNI-only deployments.",
+)
+@click.option(
     "--auto-exclude", is_flag=True, help="Keep the most damaging nodes in fp32 until the gate holds."
 )
 @click.option("--exclude", default=None, help="Comma-separated node names to keep in fp32.")
@@ -101,6 +107,7 @@ def command(
     num_bins,
     percentile,
     per_tensor,
+    full_range_weights,
     auto_exclude,
     exclude,
     min_agreement,
@@ -138,6 +145,7 @@ def command(
         num_bins=num_bins,
         percentile=percentile,
         per_channel=not per_tensor,
+        reduce_range=not full_range_weights,
         auto_exclude=auto_exclude,
         exclude_nodes=csv_option(exclude),
         min_agreement=min_agreement,

@@ -225,7 +225,9 @@ def build_calibration(
     cal_split = nonempty[0]
     pool = task.splits[cal_split]
     cal_idx = stratified_indices(pool.labels, n, seed, task.task)
-    hold_split = next((s for s in ("test", "val") if s in nonempty and s != cal_split), None)
+    # The gate is a selection step (auto-exclude, --precision auto pick by it): judge it on the validation split
+    # when there is one, so the test split stays unseen for the figures reported on it.
+    hold_split = next((s for s in ("val", "test") if s in nonempty and s != cal_split), None)
     if hold_split is not None:
         hs = task.splits[hold_split]
         hold_idx = stratified_indices(hs.labels, n_holdout, seed + 1, task.task)

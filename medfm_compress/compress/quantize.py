@@ -67,6 +67,11 @@ class QuantizeConfig:
         num_bins: histogram bins of the percentile/entropy calibrators (ORT would silently use 128).
         percentile: percentile of the percentile calibrator.
         per_channel: per-channel weight scales.
+        reduce_range: 7-bit weights (range -64..64) for ONNX Runtime's int8 (cpu target). ORT's U8S8 kernels on
+            x86 without VNNI (AVX2, AVX-512 without VNNI) add pairs of uint8 x int8 products in 16 bits, which
+            saturates for full-range weights; measured on this AVX2 machine, a resnet18-class student's logits
+            came out at 22.3 dB SQNR fused vs 33.9 dB for the same QDQ model unfused, and 32.1 dB with 7-bit
+            weights at the same speed. Off (``--full-range-weights``) only for VNNI-only deployments.
         auto_exclude: keep the most damaging nodes in fp32 until the parity gate holds.
         exclude_nodes: node names always kept in fp32.
         min_agreement: parity gate, top-1 agreement with fp32 on held-out data (0 disables).
@@ -94,6 +99,7 @@ class QuantizeConfig:
     num_bins: int = 2048
     percentile: float = 99.999
     per_channel: bool = True
+    reduce_range: bool = True
     auto_exclude: bool = False
     exclude_nodes: tuple[str, ...] | None = None
     min_agreement: float = 0.99

@@ -95,6 +95,7 @@ class StaticQuantizer:
         per_channel: bool = True,
         num_bins: int = 2048,
         percentile: float = 99.999,
+        reduce_range: bool = True,
     ):
         from onnxruntime.quantization import CalibrationMethod
 
@@ -102,6 +103,7 @@ class StaticQuantizer:
         self.fp32_path = Path(fp32_path)
         self.workdir = Path(workdir)
         self.per_channel = per_channel
+        self.reduce_range = reduce_range
         self.method = {
             "minmax": CalibrationMethod.MinMax,
             "percentile": CalibrationMethod.Percentile,
@@ -160,6 +162,7 @@ class StaticQuantizer:
                 calibration_data_reader=None,
                 quant_format=QuantFormat.QDQ,
                 per_channel=self.per_channel,
+                reduce_range=self.reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 nodes_to_quantize=only,
@@ -205,8 +208,9 @@ def _static(
     prov: dict[str, Any] = {
         "calibrator": cfg.calibrator,
         "activations": "uint8",
-        "weights": "int8",
+        "weights": "int8 (7-bit range)" if cfg.reduce_range else "int8",
         "per_channel": cfg.per_channel,
+        "reduce_range": cfg.reduce_range,
         "format": "QDQ",
     }
     if cfg.calibrator != "minmax":
@@ -240,6 +244,7 @@ def _dynamic(ctx: QuantizeContext):
             str(out),
             op_types_to_quantize=DYNAMIC_OPS,
             per_channel=ctx.cfg.per_channel,
+            reduce_range=ctx.cfg.reduce_range,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(ctx.cfg.exclude_nodes or []) or None,
         )
@@ -299,6 +304,7 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
             cfg.per_channel,
             cfg.num_bins,
             cfg.percentile,
+            cfg.reduce_range,
         )
         qm = _static(ctx, sq, ref, None)
     elif precision == "int8-dynamic":
@@ -306,7 +312,8 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
         qm = QuantizedModel(
             proto,
             "int8-dynamic",
-            {"ops": DYNAMIC_OPS, "weights": "int8", "per_channel": cfg.per_channel},
+            {"ops": DYNAMIC_OPS, "weights": "int8", "per_channel": cfg.per_channel,
+             "reduce_range": cfg.reduce_range},
             {"parity": _parity(ctx, ref, proto)},
         )
     elif precision == "fp16":
@@ -370,6 +377,7 @@ def _auto(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
                 cfg.per_channel,
                 cfg.num_bins,
                 cfg.percentile,
+                cfg.reduce_range,
             ),
             ref,
             fp32_ms,

@@ -83,6 +83,42 @@ def test_int8_static_is_u8s8_per_channel_qdq(tiny_onnx, tmp_path):
     ort_session(proto)
 
 
+def _max_abs_int8_weight(proto) -> int:
+    from onnx import numpy_helper
+
+    return max(
+        int(np.abs(numpy_helper.to_array(i).astype(np.int32)).max())
+        for i in proto.graph.initializer
+        if i.data_type == TensorProto.INT8 and len(i.dims) == 4
+    )
+
+
+def test_weights_use_the_7bit_range_unless_asked(tiny_onnx, tmp_path):
+    """U8S8 kernels without VNNI saturate 16-bit pair sums of full-range weights: the default stays in -64..64."""
+    common = {"input": str(tiny_onnx), "calib_data": TINY, "min_agreement": 0.0, **FAST}
+    res = quantize(QuantizeConfig(out=str(tmp_path / "r.onnx"), **common))
+    assert _max_abs_int8_weight(onnx.load(str(res.path))) <= 64
+    q = res.meta.provenance["quantization"]
+    assert q["reduce_range"] is True and "7-bit" in q["weights"]
+    full = quantize(QuantizeConfig(out=str(tmp_path / "f.onnx"), reduce_range=False, **common))
+    assert _max_abs_int8_weight(onnx.load(str(full.path))) == 127
+    assert full.meta.provenance["quantization"]["reduce_range"] is False
+    r = CliRunner().invoke(
+        cli,
+        ["quantize", str(tiny_onnx), "--calib-data", TINY, "--num-calib", "32", "--num-holdout", "32",
+         "--min-agreement", "0", "--full-range-weights", "--out", str(tmp_path / "c.onnx"), "--quiet"],
+    )
+    assert r.exit_code == 0, r.output
+    assert read_meta(tmp_path / "c.onnx").provenance["quantization"]["reduce_range"] is False
+
+
+def test_gate_holdout_is_the_validation_split(tiny_onnx):
+    """Selection (auto, auto-exclude) is judged on val, so figures reported on test stay unseen."""
+    pre = PreprocessSpec((32, 32), 1, (0.5,), (0.25,))
+    cal = build_calibration(TINY, pre, (1, 32, 32), n=16, n_holdout=16)
+    assert cal.info == {"calibration_split": "train", "holdout_split": "val"}
+
+
 def test_entropy_records_bins(tiny_onnx, tmp_path):
     res = quantize(
         QuantizeConfig(
