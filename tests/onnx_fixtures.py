@@ -7,9 +7,10 @@ import numpy as np
 
 
 def tiny_onnx(path, custom_op: str | None = None, tied: bool = False, label_names=("a", "b", "c", "d"),
-              provenance: dict | None = None):
+              provenance: dict | None = None, tie_offset: float = 0.0):
     """A 1x32x32 -> 4 class conv net with medfm metadata (optionally with an op OpenVINO cannot convert, or
-    with classes 0 and 1 nearly tied so that int8 noise flips the top-1 class)."""
+    with classes 0 and 1 nearly tied so that int8 noise flips the top-1 class; ``tie_offset`` is added to class 1's
+    logit, e.g. the median logit gap on some images so that each class wins about half of them)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -34,7 +35,7 @@ def tiny_onnx(path, custom_op: str | None = None, tied: bool = False, label_name
         w2[0, 0] = w2[1, 1] = 1.0
         w2[2:] = -10.0
         inits[:] = [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(b1, "b1"),
-                    onnx.numpy_helper.from_array(w2, "w2"), onnx.numpy_helper.from_array(np.zeros(4, np.float32), "b2")]
+                    onnx.numpy_helper.from_array(w2, "w2"), onnx.numpy_helper.from_array(np.array([0.0, tie_offset, 0.0, 0.0], np.float32), "b2")]
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),

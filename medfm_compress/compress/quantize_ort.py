@@ -21,7 +21,14 @@ from ..errors import ExportError, GateFailure, ModelError
 from .calibration import CalibrationReader
 from .quantize import QuantizeContext, QuantizedModel, gate_passes, parity_report, register_target
 
-__all__ = ["quantize_cpu", "StaticQuantizer", "latency_ms", "CPU_PRECISIONS", "register_auto_candidates"]
+__all__ = [
+    "quantize_cpu",
+    "StaticQuantizer",
+    "latency_ms",
+    "interleaved_latency_ms",
+    "CPU_PRECISIONS",
+    "register_auto_candidates",
+]
 
 CPU_PRECISIONS = ("int8", "int8-dynamic", "fp16", "auto")
 # Images per ORT ``collect_data`` call for a streamed set: ORT keeps every intermediate output of a call in
@@ -75,6 +82,46 @@ def latency_ms(
         sess.run(None, {name: x})
         times.append(time.perf_counter() - t)
     return float(np.percentile(times, 50) * 1000.0)
+
+
+def _timer(engine: str, model, x: np.ndarray):
+    """A no-argument call that runs ``model`` once on ``x`` in its engine (onnxruntime or openvino)."""
+    if engine == "openvino":
+        from ..export.openvino import compile_ov
+
+        req = compile_ov(model, "CPU").create_infer_request()
+        return lambda: req.infer(x, share_inputs=True)
+    from ..export.onnx import ort_session
+
+    sess = ort_session(model)
+    feed = {sess.get_inputs()[0].name: x}
+    return lambda: sess.run(None, feed)
+
+
+def interleaved_latency_ms(
+    models: dict[str, tuple[str, Any]],
+    shape: tuple[int, ...],
+    runs: int = 50,
+    dtypes: dict[str, Any] | None = None,
+    rounds: int = 5,
+    warmup: int = 5,
+) -> dict[str, float]:
+    """p50 latency (ms) of each ``name -> (engine, model)`` at ``shape``, every model timed in each of ``rounds``
+    rounds (``runs`` calls in all), so background load drifting over the measurement hits all of them alike."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    calls = {k: _timer(eng, m, x.astype((dtypes or {}).get(k, np.float32))) for k, (eng, m) in models.items()}
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    per = max(1, runs // rounds)
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, call in calls.items():
+            for _ in range(per):
+                t = time.perf_counter()
+                call()
+                times[k].append(time.perf_counter() - t)
+    return {k: float(np.percentile(v, 50) * 1000.0) for k, v in times.items()}
 
 
 def _run(proto, x: np.ndarray) -> np.ndarray:
@@ -420,8 +467,17 @@ def _auto(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
             table.append(row)
             if qm is not None:
                 candidates[row["precision"]] = qm
-    # Re-time fp32 last as well, so background load drifting during the build does not favour a candidate.
-    table[0]["latency_ms"] = min(fp32_ms, latency_ms(ctx.fp32_proto, shape, cfg.latency_runs))
+    # The decision is timed again with every candidate in one interleaved loop (each timed in every round), so
+    # load drifting while candidates were built, or during one candidate's timing, hits all of them alike.
+    timed = {
+        r["precision"]: (r["engine"], candidates[r["precision"]].proto)
+        for r in table
+        if "latency_ms" in r and r["precision"] in candidates
+    }
+    dtypes = {"fp16": np.float16 if cfg.fp16_io else np.float32}
+    for name, ms in interleaved_latency_ms(timed, shape, cfg.latency_runs, dtypes).items():
+        row = next(r for r in table if r["precision"] == name)
+        row["build_latency_ms"], row["latency_ms"] = row["latency_ms"], ms
     # --out fixes the artifact kind: an .xml keeps only IR candidates, an .onnx only ONNX ones.
     want_ir = bool(cfg.out) and str(cfg.out).lower().endswith(".xml")
     passing = [
@@ -446,7 +502,8 @@ def _auto(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     chosen = candidates[best["precision"]]
     reason = (
         f"{best['precision']} ({best['engine']}) is the fastest at batch 1 of {len(passing)} candidate(s) that "
-        f"pass the parity gate (top-1 agreement >= {cfg.min_agreement}) on this machine"
+        f"pass the parity gate (top-1 agreement >= {cfg.min_agreement}) on this machine (p50 over interleaved "
+        "rounds of all candidates)"
     )
     prov = {**chosen.provenance, "auto": {"chosen": best["precision"], "reason": reason, "table": table}}
     report = {**chosen.report, "auto_table": table, "chosen": best["precision"], "auto_reason": reason}

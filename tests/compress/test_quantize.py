@@ -193,6 +193,34 @@ def test_auto_never_slower_than_fp32(tiny_onnx, tmp_path, monkeypatch):
     assert read_meta(res.path).provenance["quantization"]["auto"]["chosen"] == chosen["precision"]
 
 
+def test_auto_decides_on_the_interleaved_timing(tiny_onnx, tmp_path, monkeypatch):
+    """The pick follows the final interleaved loop of all candidates, not each candidate's build-time timing."""
+    monkeypatch.setattr(quantize_ort, "_AUTO_CANDIDATES", [])
+    seen = {}
+
+    def fake_interleaved(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
+        seen.update(models)
+        return {k: (1.0 if k == "fp32" else 2.0) for k in models}
+
+    monkeypatch.setattr(quantize_ort, "interleaved_latency_ms", fake_interleaved)
+    res = quantize(
+        QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "i.onnx"), calib_data=TINY, precision="auto",
+                       min_agreement=0.0, **FAST)
+    )
+    assert {"fp32", "int8", "int8-dynamic", "fp16"} <= set(seen)
+    assert res.precision == "fp32" and "interleaved" in res.report["auto_reason"]
+    rows = {r["precision"]: r for r in res.report["auto_table"]}
+    assert rows["int8"]["latency_ms"] == 2.0 and rows["int8"]["build_latency_ms"] > 0
+
+
+def test_interleaved_latency_times_every_model(tiny_onnx):
+    proto = onnx.load(str(tiny_onnx))
+    ms = quantize_ort.interleaved_latency_ms(
+        {"a": ("onnxruntime", proto), "b": ("onnxruntime", proto)}, (1, 1, 32, 32), runs=10, rounds=2, warmup=1
+    )
+    assert set(ms) == {"a", "b"} and all(v > 0 for v in ms.values())
+
+
 def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
     # Latency on a 32x32 model is overhead-dominated and noisy; count QDQ pairs instead so the test judges
     # the exclusion logic, not this machine's timer.
