@@ -1,7 +1,8 @@
 """CPU (ONNX Runtime) quantization figures, measured side by side in one run on this machine.
 
-1. A resnet-class student on the embedded default task: ORT fp32 vs static INT8 (``--target cpu``): p50
-   latency at batch 1, top-1 agreement with fp32 and macro-AUC on the whole test split, file size.
+1. A resnet-class student on the embedded default task: ORT fp32 vs static INT8 (``--target cpu``), naive (no
+   gate) and as ``--auto-exclude`` writes it at the default gate (judged on the val split): p50 latency at
+   batch 1 (one interleaved loop), top-1 agreement with fp32 and macro-AUC on the whole test split, file size.
 2. ``--precision auto`` on ``mobilenetv3_small_100`` (224x224): the chosen model is no slower than fp32.
 3. Real ImageNet weights (EfficientNet-Lite0) on real photographs: naive static INT8 vs ``--auto-exclude``:
    top-1 agreement with fp32 on held-out photos and speed-up over fp32.
@@ -28,6 +29,7 @@ from medfm_compress._env import fingerprint  # noqa: E402
 from medfm_compress._io import atomic_write_json  # noqa: E402
 from medfm_compress.bench.metrics import task_metrics, top1_agreement  # noqa: E402
 from medfm_compress.compress.quantize import QuantizeConfig, quantize  # noqa: E402
+from medfm_compress.compress.quantize_ort import interleaved_latency_ms  # noqa: E402
 from medfm_compress.errors import MedfmError  # noqa: E402
 from medfm_compress.export.onnx import ExportConfig, export_onnx, ort_session, run_onnx  # noqa: E402
 
@@ -36,20 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "quantize_cpu.json"
 
 def paired_latency(paths: dict[str, Path], shape, rounds: int = 10, per_round: int = 20) -> dict[str, float]:
     """p50 ms per model at ``shape``, all cores; models alternate round by round so load drift hits all alike."""
-    sessions = {k: ort_session(p) for k, p in paths.items()}
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
-        for _ in range(10):
-            s.run(None, {s.get_inputs()[0].name: x})
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            name = s.get_inputs()[0].name
-            for _ in range(per_round):
-                t = time.perf_counter()
-                s.run(None, {name: x})
-                times[k].append(time.perf_counter() - t)
-    return {k: float(np.percentile(v, 50) * 1000) for k, v in times.items()}
+    models = {k: ("onnxruntime", p) for k, p in paths.items()}
+    return interleaved_latency_ms(models, tuple(shape), runs=rounds * per_round, rounds=rounds, warmup=10)
 
 
 def student_run(args) -> list[Path]:
@@ -64,55 +54,56 @@ def student_run(args) -> list[Path]:
 
 
 def bench_student(run: Path) -> dict:
+    """fp32, naive static INT8 (no gate) and the gated INT8 that ``quantize --target cpu --auto-exclude`` writes at
+    the CLI's default gate (top-1 agreement >= 0.99 on the val split), all timed in one interleaved loop; parity
+    and metrics on the whole test split, which the gate never saw."""
     from medfm_compress.data import load_data
 
     fp32 = export_onnx(ExportConfig(source=str(run), out=str(run / "student.onnx")))
     meta = fp32.meta
     data_spec = meta.provenance.get("data") or meta.provenance.get("check_data")
-    q = quantize(
-        QuantizeConfig(
-            input=str(fp32.path),
-            out=str(run / "student.int8.onnx"),
-            calib_data=data_spec,
-            min_agreement=0.0,
-            progress=False,
-        )
-    )
+    common = {"input": str(fp32.path), "calib_data": data_spec, "progress": False}
+    q = quantize(QuantizeConfig(out=str(run / "student.int8.onnx"), min_agreement=0.0, **common))
     task = load_data(data_spec)
     test = task.split("test")
     x = meta.preprocess(test.images)
     lf = run_onnx(ort_session(fp32.path), x, 64)
-    lq = run_onnx(ort_session(q.path), x, 64)
-    mf, mq = task_metrics(lf, test.labels, task.task), task_metrics(lq, test.labels, task.task)
+    mf = task_metrics(lf, test.labels, task.task)
     c, h, w = x.shape[1:]
-    lat1 = paired_latency({"fp32": fp32.path, "int8": q.path}, (1, c, h, w))
-    lat32 = paired_latency({"fp32": fp32.path, "int8": q.path}, (32, c, h, w), rounds=4, per_round=5)
-    # The same model with --auto-exclude at the CLI's default gate (99% top-1 agreement on held-out images).
-    try:
-        qa = quantize(
-            QuantizeConfig(
-                input=str(fp32.path),
-                out=str(run / "student.int8-ae.onnx"),
-                calib_data=data_spec,
-                auto_exclude=True,
-                min_agreement=0.99,
-                progress=False,
-            )
-        )
-        la = run_onnx(ort_session(qa.path), x, 64)
-        lat_a = paired_latency({"fp32": fp32.path, "int8_ae": qa.path}, (1, c, h, w))
-        ae = {
-            "excluded_nodes": len(qa.report.get("auto_exclude", {}).get("excluded", [])),
-            "top1_agreement": top1_agreement(lf, la, task.task),
-            "auc_drop_points": 100
-            * (mf["macro_auc"] - task_metrics(la, test.labels, task.task)["macro_auc"]),
-            "fp32_ms_bs1": lat_a["fp32"],
-            "int8_ms_bs1": lat_a["int8_ae"],
-            "speedup_bs1": lat_a["fp32"] / lat_a["int8_ae"],
-            "size_ratio": fp32.size_bytes / qa.size_bytes,
+
+    def figures(path: Path, size: int) -> dict:
+        lq = run_onnx(ort_session(path), x, 64)
+        mq = task_metrics(lq, test.labels, task.task)
+        return {
+            "top1_agreement": top1_agreement(lf, lq, task.task),
+            "int8_macro_auc": mq["macro_auc"],
+            "auc_drop_points": 100 * (mf["macro_auc"] - mq["macro_auc"]),
+            "int8_accuracy": mq["accuracy"],
+            "int8_bytes": size,
+            "size_ratio": fp32.size_bytes / size,
         }
+
+    paths = {"fp32": fp32.path, "int8": q.path}
+    try:
+        qa = quantize(QuantizeConfig(out=str(run / "student.int8-ae.onnx"), auto_exclude=True, **common))
+        paths["int8_ae"] = qa.path
     except MedfmError as e:
-        ae = {"error": str(e)}
+        qa = None
+        ae: dict = {"error": str(e)}
+    lat1 = paired_latency(paths, (1, c, h, w), rounds=20)
+    lat32 = paired_latency(paths, (32, c, h, w), rounds=4, per_round=5)
+    if qa is not None:
+        ae = {
+            "excluded": qa.report.get("auto_exclude", {}).get("excluded", []),
+            "excluded_nodes": len(qa.report.get("auto_exclude", {}).get("excluded", [])),
+            "gate_holdout": qa.meta.provenance["quantization"]["calibration"]["holdout_split"],
+            "gate_agreement": qa.report["parity"]["top1_agreement"],
+            **figures(qa.path, qa.size_bytes),
+            "int8_ms_bs1": lat1["int8_ae"],
+            "speedup_bs1": lat1["fp32"] / lat1["int8_ae"],
+            "int8_ms_bs32": lat32["int8_ae"],
+            "speedup_bs32": lat32["fp32"] / lat32["int8_ae"],
+        }
     return {
         "auto_exclude_0.99": ae,
         "run": str(run),
@@ -125,15 +116,11 @@ def bench_student(run: Path) -> dict:
         "fp32_ms_bs32": lat32["fp32"],
         "int8_ms_bs32": lat32["int8"],
         "speedup_bs32": lat32["fp32"] / lat32["int8"],
-        "top1_agreement": top1_agreement(lf, lq, task.task),
         "fp32_macro_auc": mf["macro_auc"],
-        "int8_macro_auc": mq["macro_auc"],
-        "auc_drop_points": 100 * (mf["macro_auc"] - mq["macro_auc"]),
         "fp32_accuracy": mf["accuracy"],
-        "int8_accuracy": mq["accuracy"],
         "fp32_bytes": fp32.size_bytes,
-        "int8_bytes": q.size_bytes,
-        "size_ratio": fp32.size_bytes / q.size_bytes,
+        "weights": q.meta.provenance["quantization"]["weights"],
+        **figures(q.path, q.size_bytes),
     }
 
 
@@ -280,23 +267,26 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for s in record["students"]:
         print(
-            f"| {s['arch']} | {'x'.join(map(str, s['input']))} | {s['fp32_ms_bs1']:.3f} | {s['int8_ms_bs1']:.3f} | "
-            f"{s['speedup_bs1']:.2f}x | {s['speedup_bs32']:.2f}x | {s['top1_agreement']:.4f} | "
+            f"| {s['arch']} naive int8 (no gate) | {'x'.join(map(str, s['input']))} | {s['fp32_ms_bs1']:.3f} | "
+            f"{s['int8_ms_bs1']:.3f} | {s['speedup_bs1']:.2f}x | {s['speedup_bs32']:.2f}x | {s['top1_agreement']:.4f} | "
             f"{s['auc_drop_points']:+.3f} | {s['size_ratio']:.2f}x |"
         )
-        checks[f"{s['arch']}: int8 speed-up bs1 >= 2.5x"] = (s["speedup_bs1"], s["speedup_bs1"] >= 2.5)
-        checks[f"{s['arch']}: top-1 agreement >= 0.99"] = (s["top1_agreement"], s["top1_agreement"] >= 0.99)
-        checks[f"{s['arch']}: macro-AUC drop <= 0.5 pt"] = (s["auc_drop_points"], s["auc_drop_points"] <= 0.5)
-        checks[f"{s['arch']}: file >= 3.5x smaller"] = (s["size_ratio"], s["size_ratio"] >= 3.5)
         a = s["auto_exclude_0.99"]
         if "error" in a:
             print(f"| {s['arch']} --auto-exclude (gate 0.99) | {a['error']} |")
-        else:
-            print(
-                f"| {s['arch']} --auto-exclude, gate 0.99 ({a['excluded_nodes']} fp32 nodes) | | "
-                f"{a['fp32_ms_bs1']:.3f} | {a['int8_ms_bs1']:.3f} | {a['speedup_bs1']:.2f}x | | "
-                f"{a['top1_agreement']:.4f} | {a['auc_drop_points']:+.3f} | {a['size_ratio']:.2f}x |"
-            )
+            continue
+        print(
+            f"| {s['arch']} --auto-exclude, gate 0.99 on {a['gate_holdout']} ({a['excluded_nodes']} fp32 nodes: "
+            f"{', '.join(a['excluded']) or '-'}) | | {s['fp32_ms_bs1']:.3f} | {a['int8_ms_bs1']:.3f} | "
+            f"{a['speedup_bs1']:.2f}x | {a['speedup_bs32']:.2f}x | {a['top1_agreement']:.4f} | "
+            f"{a['auc_drop_points']:+.3f} | {a['size_ratio']:.2f}x |"
+        )
+        # The figures judge the artifact a user gets at the CLI's default gate, all four on the same file.
+        tag = f"{s['arch']} (--target cpu --auto-exclude)"
+        checks[f"{tag}: int8 speed-up bs1 >= 2.5x"] = (a["speedup_bs1"], a["speedup_bs1"] >= 2.5)
+        checks[f"{tag}: top-1 agreement >= 0.99 (test split)"] = (a["top1_agreement"], a["top1_agreement"] >= 0.99)
+        checks[f"{tag}: macro-AUC drop <= 0.5 pt"] = (a["auc_drop_points"], a["auc_drop_points"] <= 0.5)
+        checks[f"{tag}: file >= 3.5x smaller"] = (a["size_ratio"], a["size_ratio"] >= 3.5)
     if "auto_mobilenetv3" in record:
         a = record["auto_mobilenetv3"]
         print(

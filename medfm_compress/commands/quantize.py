@@ -44,7 +44,11 @@ from ._common import csv_option
     "--num-calib", default=256, show_default=True, type=int, help="Calibration images (stratified)."
 )
 @click.option(
-    "--num-holdout", default=256, show_default=True, type=int, help="Held-out images for the parity gate."
+    "--num-holdout",
+    default=512,
+    show_default=True,
+    type=int,
+    help="Held-out images for the parity gate (val split first; at most the split's size).",
 )
 @click.option(
     "--num-bins", default=2048, show_default=True, type=int, help="Histogram bins (percentile, entropy)."

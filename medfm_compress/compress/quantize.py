@@ -63,7 +63,8 @@ class QuantizeConfig:
         method: ``ptq`` (post-training); targets may register more (``qat``).
         calibrator: ``minmax`` | ``percentile`` | ``entropy``.
         num_calib: calibration images, drawn stratified by class.
-        num_holdout: held-out images for the parity gate.
+        num_holdout: held-out images for the parity gate (val split first), at most the split's size. 512: a 99%
+            agreement measured on 256 images has a standard error of 0.6 pt, as wide as the gate's margin.
         num_bins: histogram bins of the percentile/entropy calibrators (ORT would silently use 128).
         percentile: percentile of the percentile calibrator.
         per_channel: per-channel weight scales.
@@ -95,7 +96,7 @@ class QuantizeConfig:
     method: str = "ptq"
     calibrator: str = "minmax"
     num_calib: int = 256
-    num_holdout: int = 256
+    num_holdout: int = 512
     num_bins: int = 2048
     percentile: float = 99.999
     per_channel: bool = True

@@ -244,7 +244,7 @@ def _parity(ctx: QuantizeContext, ref: np.ndarray, proto) -> dict[str, float]:
 
 
 def _static(
-    ctx: QuantizeContext, sq: StaticQuantizer, ref: np.ndarray, fp32_ms: float | None
+    ctx: QuantizeContext, sq: StaticQuantizer, ref: np.ndarray
 ) -> QuantizedModel:
     from .sensitivity import auto_exclude
 
@@ -264,7 +264,7 @@ def _static(
         prov["num_bins"] = cfg.num_bins
     report: dict[str, Any] = {"parity_naive": parity}
     if cfg.auto_exclude and not gate_passes(parity, cfg):
-        res = auto_exclude(ctx, sq, ref, fp32_ms, exclude)
+        res = auto_exclude(ctx, sq, ref, exclude)
         proto, parity = res.proto, res.parity
         prov["auto_exclude"] = {"excluded": res.excluded, "steps": res.steps}
         report["sensitivity"] = res.ranking
@@ -353,7 +353,7 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
             cfg.percentile,
             cfg.reduce_range,
         )
-        qm = _static(ctx, sq, ref, None)
+        qm = _static(ctx, sq, ref)
     elif precision == "int8-dynamic":
         proto = _dynamic(ctx)
         qm = QuantizedModel(
@@ -427,7 +427,6 @@ def _auto(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
                 cfg.reduce_range,
             ),
             ref,
-            fp32_ms,
         ),
         "int8-dynamic": lambda: QuantizedModel(
             p := _dynamic(ctx), "int8-dynamic", {"ops": DYNAMIC_OPS}, {"parity": _parity(ctx, ref, p)}

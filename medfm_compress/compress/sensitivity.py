@@ -67,6 +67,12 @@ def node_sensitivity(
     return sorted(out, key=lambda s: s.sqnr_db)
 
 
+def _weight_elements(proto) -> dict[str, int]:
+    """Node name -> number of initializer (weight) elements it reads: the cost of keeping that node in fp32."""
+    sizes = {i.name: int(np.prod(i.dims)) if len(i.dims) else 1 for i in proto.graph.initializer}
+    return {n.name: sum(sizes.get(i, 0) for i in n.input) for n in proto.graph.node}
+
+
 def exclusion_schedule(n: int) -> list[int]:
     """How many of the worst nodes to try excluding: 1, 2, 3, 4, 6, 8, 11, 16, ... up to ``n``."""
     ks, k = [], 1
@@ -78,10 +84,10 @@ def exclusion_schedule(n: int) -> list[int]:
 
 
 def auto_exclude(
-    ctx: QuantizeContext, sq, ref: np.ndarray, fp32_ms: float | None, base_exclude: list[str]
+    ctx: QuantizeContext, sq, ref: np.ndarray, base_exclude: list[str]
 ) -> AutoExcludeResult:
     """Exclude the most damaging nodes until the parity gate holds on held-out data, staying faster than fp32."""
-    from .quantize_ort import _run, latency_ms
+    from .quantize_ort import _run, interleaved_latency_ms
 
     cfg = ctx.cfg
     full = sq.quantize(exclude=base_exclude)
@@ -90,7 +96,6 @@ def auto_exclude(
     ctx.log(f"sensitivity: quantizing {len(nodes)} nodes one at a time on {len(x)} calibration images")
     ranking = node_sensitivity(sq, nodes, x, _run(ctx.fp32_proto, x), ctx.meta.task, cfg.progress)
     shape = (1, *ctx.input_shape)
-    fp32_ms = fp32_ms if fp32_ms is not None else latency_ms(ctx.fp32_proto, shape, cfg.latency_runs)
     steps: list[dict[str, Any]] = []
     for k in exclusion_schedule(len(ranking)):
         excluded = [s.name for s in ranking[:k]]
@@ -105,9 +110,10 @@ def auto_exclude(
         if not gate_passes(parity, cfg):
             continue
         # The geometric schedule may overshoot and sensitivity is measured node by node: give back to int8
-        # every excluded node (least damaging first) whose return keeps the gate, since each fp32 island
-        # costs speed.
-        for name in reversed(list(excluded)):
+        # every excluded node whose return keeps the gate, since each fp32 island costs speed and size. The
+        # heaviest nodes (most weights) are tried first, so what stays fp32 is the cheapest set found.
+        weights = _weight_elements(ctx.fp32_proto)
+        for name in sorted(excluded, key=lambda n: -weights.get(n, 0)):
             if len(excluded) == 1:
                 break
             trial = [e for e in excluded if e != name]
@@ -125,8 +131,12 @@ def auto_exclude(
                 )
                 ctx.log(f"auto-exclude: {name} back to int8 -> agreement {parity['top1_agreement']:.4f}")
         k = len(excluded)
-        ms = latency_ms(proto, shape, cfg.latency_runs)
-        step["latency_ms"] = ms
+        # fp32 and the candidate timed in one interleaved loop: two separate timings on a drifting machine
+        # can differ by more than the speed-up being judged.
+        both = interleaved_latency_ms({"fp32": ("onnxruntime", ctx.fp32_proto), "int8": ("onnxruntime", proto)},
+                                      shape, cfg.latency_runs)
+        ms, fp32_ms = both["int8"], both["fp32"]
+        step["latency_ms"], step["fp32_latency_ms"] = ms, fp32_ms
         if ms >= fp32_ms:
             raise GateFailure(
                 f"auto-exclude reaches the parity gate only with {k} of {len(ranking)} nodes in fp32, and that model "

@@ -224,11 +224,10 @@ def test_interleaved_latency_times_every_model(tiny_onnx):
 def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
     # Latency on a 32x32 model is overhead-dominated and noisy; count QDQ pairs instead so the test judges
     # the exclusion logic, not this machine's timer.
-    def fake_latency(proto_or_path, shape, runs=50, warmup=5, threads=None, input_dtype=np.float32):
-        proto = proto_or_path if hasattr(proto_or_path, "graph") else onnx.load(str(proto_or_path))
-        return 10.0 - 0.1 * _ops(proto).count("QuantizeLinear")
+    def fake_interleaved(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
+        return {k: 10.0 - 0.1 * _ops(m).count("QuantizeLinear") for k, (_engine, m) in models.items()}
 
-    monkeypatch.setattr(quantize_ort, "latency_ms", fake_latency)
+    monkeypatch.setattr(quantize_ort, "interleaved_latency_ms", fake_interleaved)
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
     cfg = QuantizeConfig(
         input=str(tiny_onnx),
@@ -253,6 +252,15 @@ def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
     tried = max(s["excluded"] for s in ae["steps"])
     assert set(ae["excluded"]) <= {r["name"] for r in ranking[:tried]}
     assert set(ae["excluded"]) <= set(read_meta(res.path).provenance["quantization"]["excluded_nodes"])
+
+
+def test_weight_elements_is_the_cost_of_a_fp32_node(tiny_onnx):
+    proto = onnx.load(str(tiny_onnx))
+    cost = sensitivity._weight_elements(proto)
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    inits = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
+    assert cost[conv.name] == sum(inits.get(i, 0) for i in conv.input) > 0
+    assert all(cost[n.name] == 0 for n in proto.graph.node if n.op_type in ("Relu", "Add"))
 
 
 def test_exclusion_schedule():
