@@ -136,14 +136,14 @@ def noise_floor(onnx_path: Path, threads: int, blocks: int = 8, block_s: float =
 
 
 def repeatability(torch_stem: Path, onnx_path: Path, threads: int, iterations: int, duration_s: float | None,
-                  out: Path) -> dict:
+                  out: Path, rounds: int = 5) -> dict:
     from medfm_compress.bench.harness import BenchConfig, run_bench
 
     def once(tag: str) -> dict:
         cfg = BenchConfig(artifacts=(("torch", str(torch_stem)), ("onnx", str(onnx_path)),
                                      ("onnx_again", str(onnx_path))),
                           reference="onnx", data=DATA, batch_sizes=(1, 8), iterations=iterations, warmup=10,
-                          warmup_s=0.5, duration_s=duration_s,
+                          warmup_s=0.5, duration_s=duration_s, rounds=rounds,
                           threads=threads, n_resamples=1000, out=str(out / tag), progress=False)
         return run_bench(cfg)
 
@@ -173,6 +173,8 @@ def main() -> None:
     ap.add_argument("--bench-iterations", type=int, default=300, help="iterations of each of the two bench runs")
     ap.add_argument("--bench-duration", type=float, default=2.0,
                     help="each bench measurement runs at least this long (s); 0: iterations only")
+    ap.add_argument("--bench-rounds", type=int, default=5,
+                    help="interleaved rounds of each bench run (bench --rounds): the duration is split across them")
     ap.add_argument("--threads", type=int, default=None, help="default: all cores")
     ap.add_argument("--out", default="runs/bench-harness")
     args = ap.parse_args()
@@ -185,7 +187,8 @@ def main() -> None:
     torch_stem, onnx_path = make_artifacts(out / "model")
     floor = noise_floor(onnx_path, threads)
     ov = overhead(onnx_path, threads, args.iterations, args.rounds, args.warmup)
-    rep = repeatability(torch_stem, onnx_path, threads, args.bench_iterations, args.bench_duration or None, out)
+    rep = repeatability(torch_stem, onnx_path, threads, args.bench_iterations, args.bench_duration or None, out,
+                        args.bench_rounds)
     result = {"benchmark": "harness_overhead", "arch": ARCH, "data": DATA, "overhead": ov, "repeatability": rep,
               "noise_floor": floor,
               "wall_s": time.time() - t0, "fingerprint": fingerprint()}

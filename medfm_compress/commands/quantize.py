@@ -197,6 +197,8 @@ def command(
             state = (f"{r['latency_ms']:8.3f} ms  agreement {r['top1_agreement']:.4f}  "
                      f"{'pass' if r['passes'] else 'FAIL'}") if "latency_ms" in r else r.get("error", "")
             click.echo(f"  {'*' if r.get('chosen') else ' '} {r.get('engine', ''):<12} {r['precision']:<14} {state}")
+            if r.get("note"):
+                click.echo(f"      {r['note']}")
         click.echo(f"chosen: {res.report.get('auto_reason', res.report.get('chosen'))}")
     if "auto_exclude" in res.report:
-        click.echo(f"auto-exclude kept {len(res.report['auto_exclude']['excluded'])} node(s) in fp32")
+        click.echo(f"auto-exclude kept {len(res.report['auto_exclude'].get('excluded', []))} node(s) in fp32")

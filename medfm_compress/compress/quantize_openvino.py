@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 OPENVINO_PRECISIONS = ("int8", "fp32")
+# Images NNCF's accuracy control ranks layer groups on (its default is 300).
+AC_RANKING_IMAGES = 64
 _VIT_ARCH = re.compile(r"(vit|deit|swin|beit|eva|dino|cait|xcit|levit|convit|pit_)", re.I)
 
 
@@ -124,8 +126,9 @@ def _model_bytes(ov_model) -> int:
         return ir_size_bytes(save_ir(ov_model, Path(tmp) / "m.xml"))
 
 
-def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
-    """(int8 ov.Model, provenance, report) by NNCF PTQ, or accuracy-controlled PTQ with ``--auto-exclude``."""
+def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, accuracy_control: bool | None = None):
+    """(int8 ov.Model, provenance, report) by NNCF PTQ, or accuracy-controlled PTQ with ``--auto-exclude``
+    (``accuracy_control`` overrides ``--auto-exclude``)."""
     nncf = _require_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
@@ -173,22 +176,40 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
         raise ModelError(f"NNCF cannot quantize this model: {str(e).strip().splitlines()[0][:300]}") from None
     parity = parity_report(ref, _run_ov(compile_ov(q, "CPU"), ctx.calib.holdout), ctx.meta.task)
     report["parity_naive"] = parity
-    if cfg.auto_exclude and not gate_passes(parity, cfg):
+    if accuracy_control is None:
+        accuracy_control = cfg.auto_exclude
+    if accuracy_control and not gate_passes(parity, cfg):
         ctx.log("openvino: PTQ misses the gate; NNCF accuracy-controlled quantization on top-1 agreement")
         ref_top = ref
+        calls, t0 = [0], time.perf_counter()
 
         def validate(compiled, items):
-            # Our parity metric, per image: NNCF ranks layers by how much reverting them restores it.
+            # The gate's metric is top-1 agreement with fp32. Per image, NNCF picks its ranking subset and scores
+            # each layer group by how much reverting it restores these values: a 0/1 agreement per image says
+            # nothing until a class flips, so each image reports its logit cosine to fp32 instead (1.0 for fp32).
             got = np.concatenate([compiled(x)[0] for x, _ in items])
             idx = np.concatenate([i for _, i in items])
-            per_item = [
-                top1_agreement(ref_top[i][None], g[None], ctx.meta.task) for g, i in zip(got, idx, strict=True)
-            ]
-            return top1_agreement(ref_top[idx], got, ctx.meta.task), per_item
+            r = ref_top[idx].astype(np.float64)
+            g = got.astype(np.float64)
+            per_item = ((r * g).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1), 1e-12))
+            agreement = top1_agreement(ref_top[idx], got, ctx.meta.task)
+            if len(idx) < len(ctx.calib.holdout):  # a ranking pass on the subset: NNCF draws its own bar
+                return agreement, [float(v) for v in per_item]
+            calls[0] += 1
+            # NNCF validates the fp32 model, the PTQ model, then one model per reverted group: show each.
+            ctx.log(f"openvino accuracy control: validation {calls[0]} ({len(idx)} images): top-1 agreement "
+                    f"{agreement:.4f} (gate {cfg.min_agreement}), {time.perf_counter() - t0:.0f} s")
+            return agreement, [float(v) for v in per_item]
 
         holdout = BatchIterable(ctx.calib.holdout, 1, lambda i, x: (x, np.array([i])))
         val = nncf.Dataset(holdout, lambda item: item[0])
         ac_kwargs = {k: v for k, v in kwargs.items() if k != "subset_size"}
+        naive_int8 = _int8_ops(q)
+        # Ranking reverts every layer group once on the ranking subset; NNCF's default (300 images, one request
+        # per image) took > 10 min for a mobilenetv3 here. The worst images by cosine carry the ranking.
+        ac_kwargs["advanced_accuracy_restorer_parameters"] = nncf.AdvancedAccuracyRestorerParameters(
+            ranking_subset_size=min(AC_RANKING_IMAGES, len(ctx.calib.holdout))
+        )
         try:
             with quiet():
                 q = nncf.quantize_with_accuracy_control(
@@ -206,10 +227,25 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
                 f"NNCF accuracy-controlled quantization failed: {str(e).strip().splitlines()[0][:300]}"
             ) from None
         parity = parity_report(ref, _run_ov(compile_ov(q, "CPU"), ctx.calib.holdout), ctx.meta.task)
-        prov["accuracy_control"] = {"metric": "top1_agreement", "max_drop": round(1.0 - cfg.min_agreement, 6)}
-        report["auto_exclude"] = {"method": "nncf.quantize_with_accuracy_control", "metric": "top1_agreement"}
+        prov["accuracy_control"] = {"metric": "top1_agreement", "max_drop": round(1.0 - cfg.min_agreement, 6),
+                                    "ranking": "per-image logit cosine to fp32",
+                                    "ranking_images": min(AC_RANKING_IMAGES, len(ctx.calib.holdout))}
+        # What NNCF gave back to fp32: compute ops int8 after plain PTQ that no longer read a FakeQuantize.
+        report["auto_exclude"] = {"method": "nncf.quantize_with_accuracy_control", "metric": "top1_agreement",
+                                  "excluded": sorted(naive_int8 - _int8_ops(q))}
     report["parity"] = parity
     return q, prov, report
+
+
+def _int8_ops(ov_model) -> set[str]:
+    """Names of the compute ops (convolutions, matmuls) that read a FakeQuantize output: the int8 ones."""
+    names = set()
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() in ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"):
+            srcs = [inp.get_source_output().get_node().get_type_name() for inp in op.inputs()]
+            if "FakeQuantize" in srcs:
+                names.add(op.get_friendly_name())
+    return names
 
 
 def _fp32_ov(ctx: QuantizeContext):
@@ -247,6 +283,27 @@ def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
     return QuantizedModel(q, "int8", {"format": "openvino-ir", **prov}, report, save=_writer(q), suffix=".xml")
 
 
+def _int8_candidate(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
+    """The NNCF int8 candidate of ``--precision auto``. With ``--auto-exclude`` and plain PTQ missing the gate,
+    accuracy control runs only where plain int8 is faster than OpenVINO fp32: reverting layers to fp32 only
+    moves int8 towards fp32 speed, so otherwise it cannot win (on mobilenetv3 here it took > 10 min for nothing)."""
+    from .quantize_ort import interleaved_latency_ms
+
+    cfg = ctx.cfg
+    q, prov, report = _ptq(ctx, fp32_model, ref, accuracy_control=False)
+    if not cfg.auto_exclude or gate_passes(report["parity"], cfg):
+        return q, prov, report
+    ms = interleaved_latency_ms({"int8": ("openvino", q), "fp32": ("openvino", fp32_model)},
+                                (1, *ctx.input_shape), cfg.latency_runs)
+    if ms["int8"] < ms["fp32"]:
+        return _ptq(ctx, fp32_model, ref, accuracy_control=True)
+    why = (f"accuracy control skipped: plain int8 ({ms['int8']:.2f} ms) is no faster than OpenVINO fp32 "
+           f"({ms['fp32']:.2f} ms) here, so reverting layers to fp32 cannot make it win")
+    ctx.log(f"auto: openvino-int8 {why}")
+    report["auto_exclude"] = {"method": "nncf.quantize_with_accuracy_control", "skipped": why}
+    return q, prov, report
+
+
 def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tuple[dict[str, Any], Any]]:
     """OpenVINO fp32 and NNCF int8 rows (and models) for ``--target cpu --precision auto``.
 
@@ -269,7 +326,7 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
         return [({"precision": "openvino", "engine": "openvino", "passes": False, "error": str(e)}, None)]
     rows: list[tuple[dict[str, Any], Any]] = []
     builds = {"openvino-fp32": lambda: (fp32_model, {"format": "openvino-ir"}, None),
-              "openvino-int8": lambda: _ptq(ctx, fp32_model, ref)}
+              "openvino-int8": lambda: _int8_candidate(ctx, fp32_model, ref)}
     for name, build in builds.items():
         ctx.log(f"auto: building {name}")
         try:
@@ -291,6 +348,8 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
             "passes": gate_passes(p, cfg),
             "size_bytes": _model_bytes(model),
         }
+        if "skipped" in report.get("auto_exclude", {}):
+            row["note"] = report["auto_exclude"]["skipped"]
         rows.append((row, QuantizedModel(model, precision, {"engine": "openvino", **prov}, report,
                                          save=_writer(model), suffix=".xml")))
     return rows

@@ -82,27 +82,52 @@ def test_unconvertible_op_fails_before_calibration(tmp_path):
         quantize(_cfg(bad, target="openvino", calib_data=None, out=str(tmp_path / "o.xml")))
 
 
-def test_accuracy_control_is_the_auto_exclude(tmp_path):
-    from medfm_compress.compress.quantize import quantize
-
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    """Two classes tied on the images the gate holds out (the val split): each wins about half of them by a
+    margin far below int8 noise, so plain PTQ flips some."""
     import onnxruntime as ort
 
     from medfm_compress.data import load_data
     from medfm_compress.export.onnx import read_meta
 
-    # Centre the tie on the images the gate holds out (the val split), so each of the two classes wins about
-    # half of them by a margin far below int8 noise.
-    tied = tiny_onnx(tmp_path / "tied.onnx", tied=True)
-    x = read_meta(tied).preprocess(load_data(DATA).split("val").images)
-    logits = ort.InferenceSession(str(tied), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
-    tied = tiny_onnx(tmp_path / "tied.onnx", tied=True, tie_offset=float(np.median(logits[:, 0] - logits[:, 1])))
+    path = tmp_path_factory.mktemp("qov_tied") / "tied.onnx"
+    tiny_onnx(path, tied=True)
+    x = read_meta(path).preprocess(load_data(DATA).split("val").images)
+    logits = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    return tiny_onnx(path, tied=True, tie_offset=float(np.median(logits[:, 0] - logits[:, 1])))
+
+
+def test_accuracy_control_is_the_auto_exclude(tied, tmp_path):
+    from medfm_compress.compress.quantize import quantize
+
     res = quantize(_cfg(tied, target="openvino", min_agreement=1.0, auto_exclude=True, out=str(tmp_path / "a.xml")))
     # Plain PTQ flips near-tied classes; accuracy control reverted layers until top-1 agreement with fp32 held
     # on every held-out image.
     assert res.report["parity_naive"]["top1_agreement"] < 1.0
     assert res.report["parity"]["top1_agreement"] == 1.0
     assert res.report["auto_exclude"]["method"] == "nncf.quantize_with_accuracy_control"
+    # Agreement went up, so NNCF gave at least one int8 op back to fp32, and the report names it.
+    excluded = res.report["auto_exclude"]["excluded"]
+    assert excluded and all(isinstance(n, str) and n for n in excluded)
     assert res.meta.provenance["quantization"]["accuracy_control"]["metric"] == "top1_agreement"
+
+
+def test_accuracy_control_from_the_cli(tied, tmp_path):
+    import re
+
+    from click.testing import CliRunner
+
+    from medfm_compress.cli import cli
+
+    out = tmp_path / "cli.xml"
+    r = CliRunner().invoke(cli, ["quantize", str(tied), "--calib-data", DATA, "--num-calib", "32", "--num-holdout",
+                                 "32", "--target", "openvino", "--min-agreement", "1.0", "--auto-exclude",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    kept = re.search(r"auto-exclude kept (\d+) node\(s\) in fp32", r.output)
+    assert kept and int(kept.group(1)) >= 1, r.output
+    assert out.exists() and out.with_suffix(".bin").exists()
 
 
 def test_is_transformer():
@@ -141,3 +166,27 @@ def test_cpu_auto_considers_openvino(fp32, tmp_path):
                                  "32", "--num-holdout", "32", "--min-agreement", "0.5", "--out", str(res_onnx)])
     assert r.exit_code == 0, r.output
     assert "skipped: --out names an .onnx" in r.output and res_onnx.is_file()
+
+
+@pytest.mark.parametrize("int8_faster", [False, True])
+def test_auto_runs_accuracy_control_only_where_int8_can_win(tied, tmp_path, monkeypatch, int8_faster):
+    from medfm_compress.compress import quantize_ort
+    from medfm_compress.compress.quantize import quantize
+
+    real = quantize_ort.interleaved_latency_ms
+
+    def timed(models, *a, **kw):  # the int8-vs-fp32 check sees the speed this case wants; the rest is real
+        if set(models) == {"int8", "fp32"}:
+            return {"int8": 1.0 if int8_faster else 3.0, "fp32": 2.0}
+        return real(models, *a, **kw)
+
+    monkeypatch.setattr(quantize_ort, "interleaved_latency_ms", timed)
+    res = quantize(_cfg(tied, target="cpu", precision="auto", min_agreement=1.0, auto_exclude=True,
+                        out=str(tmp_path / "auto.xml")))
+    row = next(r for r in res.report["auto_table"] if r["precision"] == "openvino-int8")
+    if int8_faster:
+        # Accuracy control ran and restored full agreement on the held-out images.
+        assert "note" not in row and row["top1_agreement"] == 1.0 and row["passes"]
+    else:
+        # Plain int8 kept, failing the gate, with the reason accuracy control did not run.
+        assert "no faster than OpenVINO fp32" in row["note"] and not row["passes"]
