@@ -67,10 +67,32 @@ def node_sensitivity(
     return sorted(out, key=lambda s: s.sqnr_db)
 
 
-def _weight_elements(proto) -> dict[str, int]:
-    """Node name -> number of initializer (weight) elements it reads: the cost of keeping that node in fp32."""
+def _node_macs(proto) -> dict[str, int]:
+    """Node name -> multiply-accumulates per image it does with its weights (weight elements times output
+    positions): the cost of keeping that node in fp32. A 7x7 stem conv has few weights but runs at the largest
+    resolution, so weight count alone misjudges it. Nodes whose output shape is not inferable count their
+    weights once."""
+    import onnx
+
     sizes = {i.name: int(np.prod(i.dims)) if len(i.dims) else 1 for i in proto.graph.initializer}
-    return {n.name: sum(sizes.get(i, 0) for i in n.input) for n in proto.graph.node}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+        shapes = {
+            v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+            for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+        }
+    except Exception:  # a model shape inference cannot walk: fall back to weight counts
+        shapes = {}
+    out = {}
+    for n in proto.graph.node:
+        w = sum(sizes.get(i, 0) for i in n.input)
+        dims = shapes.get(n.output[0] if n.output else "", [])[1:]  # without the batch axis
+        positions = 1
+        if len(dims) >= 2 and all(dims):
+            # per output element of one channel: conv outputs are channels-first, matmul/gemm channels-last
+            positions = int(np.prod(dims[1:] if n.op_type.startswith("Conv") else dims[:-1]))
+        out[n.name] = w * positions
+    return out
 
 
 def exclusion_schedule(n: int) -> list[int]:
@@ -111,9 +133,9 @@ def auto_exclude(
             continue
         # The geometric schedule may overshoot and sensitivity is measured node by node: give back to int8
         # every excluded node whose return keeps the gate, since each fp32 island costs speed and size. The
-        # heaviest nodes (most weights) are tried first, so what stays fp32 is the cheapest set found.
-        weights = _weight_elements(ctx.fp32_proto)
-        for name in sorted(excluded, key=lambda n: -weights.get(n, 0)):
+        # costliest nodes (most multiply-accumulates) are tried first, so what stays fp32 is the cheapest set.
+        macs = _node_macs(ctx.fp32_proto)
+        for name in sorted(excluded, key=lambda n: -macs.get(n, 0)):
             if len(excluded) == 1:
                 break
             trial = [e for e in excluded if e != name]

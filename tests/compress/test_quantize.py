@@ -254,13 +254,31 @@ def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
     assert set(ae["excluded"]) <= set(read_meta(res.path).provenance["quantization"]["excluded_nodes"])
 
 
-def test_weight_elements_is_the_cost_of_a_fp32_node(tiny_onnx):
-    proto = onnx.load(str(tiny_onnx))
-    cost = sensitivity._weight_elements(proto)
-    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
-    inits = {i.name: int(np.prod(i.dims)) for i in proto.graph.initializer}
-    assert cost[conv.name] == sum(inits.get(i, 0) for i in conv.input) > 0
-    assert all(cost[n.name] == 0 for n in proto.graph.node if n.op_type in ("Relu", "Add"))
+def test_node_macs_is_the_cost_of_a_fp32_node():
+    from onnx import helper, numpy_helper
+
+    # A stem conv (few weights, full resolution) and a matmul head over 5 tokens, batch axis dynamic.
+    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
+    b = numpy_helper.from_array(np.ones(4, np.float32), "b")
+    m = numpy_helper.from_array(np.ones((16, 2), np.float32), "m")
+    shape = numpy_helper.from_array(np.array([0, 5, 16], np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], name="stem", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("Reshape", ["r", "shape"], ["t"], name="tokens"),
+            helper.make_node("MatMul", ["t", "m"], ["y"], name="head"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 4, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5, 2])],
+        [w, b, m, shape],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    cost = sensitivity._node_macs(proto)
+    assert cost["stem"] == (36 + 4) * 4 * 5  # weights (and bias) applied at each of the 4x5 output positions
+    assert cost["head"] == 32 * 5  # per token
+    assert cost["relu"] == 0
 
 
 def test_exclusion_schedule():
