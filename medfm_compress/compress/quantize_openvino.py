@@ -126,9 +126,9 @@ def _model_bytes(ov_model) -> int:
         return ir_size_bytes(save_ir(ov_model, Path(tmp) / "m.xml"))
 
 
-def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, accuracy_control: bool | None = None):
-    """(int8 ov.Model, provenance, report) by NNCF PTQ, or accuracy-controlled PTQ with ``--auto-exclude``
-    (``accuracy_control`` overrides ``--auto-exclude``)."""
+def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None):
+    """(int8 ov.Model, provenance, report) by NNCF PTQ, or accuracy-controlled PTQ with ``--auto-exclude`` when
+    plain PTQ misses the gate and ``worth_restoring(plain_model, report)`` (if given) agrees."""
     nncf = _require_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
@@ -176,12 +176,10 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, accuracy_control: bo
         raise ModelError(f"NNCF cannot quantize this model: {str(e).strip().splitlines()[0][:300]}") from None
     parity = parity_report(ref, _run_ov(compile_ov(q, "CPU"), ctx.calib.holdout), ctx.meta.task)
     report["parity_naive"] = parity
-    if accuracy_control is None:
-        accuracy_control = cfg.auto_exclude
-    if accuracy_control and not gate_passes(parity, cfg):
+    if cfg.auto_exclude and not gate_passes(parity, cfg) and (worth_restoring is None or worth_restoring(q, report)):
         ctx.log("openvino: PTQ misses the gate; NNCF accuracy-controlled quantization on top-1 agreement")
-        ref_top = ref
         calls, t0 = [0], time.perf_counter()
+        ranking_images = min(AC_RANKING_IMAGES, len(ctx.calib.holdout))
 
         def validate(compiled, items):
             # The gate's metric is top-1 agreement with fp32. Per image, NNCF picks its ranking subset and scores
@@ -189,16 +187,16 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, accuracy_control: bo
             # nothing until a class flips, so each image reports its logit cosine to fp32 instead (1.0 for fp32).
             got = np.concatenate([compiled(x)[0] for x, _ in items])
             idx = np.concatenate([i for _, i in items])
-            r = ref_top[idx].astype(np.float64)
+            r = ref[idx].astype(np.float64)
             g = got.astype(np.float64)
             per_item = ((r * g).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1), 1e-12))
-            agreement = top1_agreement(ref_top[idx], got, ctx.meta.task)
-            if len(idx) < len(ctx.calib.holdout):  # a ranking pass on the subset: NNCF draws its own bar
-                return agreement, [float(v) for v in per_item]
-            calls[0] += 1
-            # NNCF validates the fp32 model, the PTQ model, then one model per reverted group: show each.
-            ctx.log(f"openvino accuracy control: validation {calls[0]} ({len(idx)} images): top-1 agreement "
-                    f"{agreement:.4f} (gate {cfg.min_agreement}), {time.perf_counter() - t0:.0f} s")
+            agreement = top1_agreement(ref[idx], got, ctx.meta.task)
+            # NNCF validates the fp32 model, the PTQ model, then one model per reverted group on all held-out
+            # images: show each (ranking passes on the subset have NNCF's own bar).
+            if len(idx) == len(ctx.calib.holdout):
+                calls[0] += 1
+                ctx.log(f"openvino accuracy control: validation {calls[0]} ({len(idx)} images): top-1 agreement "
+                        f"{agreement:.4f} (gate {cfg.min_agreement}), {time.perf_counter() - t0:.0f} s")
             return agreement, [float(v) for v in per_item]
 
         holdout = BatchIterable(ctx.calib.holdout, 1, lambda i, x: (x, np.array([i])))
@@ -208,7 +206,7 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, accuracy_control: bo
         # Ranking reverts every layer group once on the ranking subset; NNCF's default (300 images, one request
         # per image) took > 10 min for a mobilenetv3 here. The worst images by cosine carry the ranking.
         ac_kwargs["advanced_accuracy_restorer_parameters"] = nncf.AdvancedAccuracyRestorerParameters(
-            ranking_subset_size=min(AC_RANKING_IMAGES, len(ctx.calib.holdout))
+            ranking_subset_size=ranking_images
         )
         try:
             with quiet():
@@ -229,7 +227,7 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, accuracy_control: bo
         parity = parity_report(ref, _run_ov(compile_ov(q, "CPU"), ctx.calib.holdout), ctx.meta.task)
         prov["accuracy_control"] = {"metric": "top1_agreement", "max_drop": round(1.0 - cfg.min_agreement, 6),
                                     "ranking": "per-image logit cosine to fp32",
-                                    "ranking_images": min(AC_RANKING_IMAGES, len(ctx.calib.holdout))}
+                                    "ranking_images": ranking_images}
         # What NNCF gave back to fp32: compute ops int8 after plain PTQ that no longer read a FakeQuantize.
         report["auto_exclude"] = {"method": "nncf.quantize_with_accuracy_control", "metric": "top1_agreement",
                                   "excluded": sorted(naive_int8 - _int8_ops(q))}
@@ -289,19 +287,18 @@ def _int8_candidate(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
     moves int8 towards fp32 speed, so otherwise it cannot win (on mobilenetv3 here it took > 10 min for nothing)."""
     from .quantize_ort import interleaved_latency_ms
 
-    cfg = ctx.cfg
-    q, prov, report = _ptq(ctx, fp32_model, ref, accuracy_control=False)
-    if not cfg.auto_exclude or gate_passes(report["parity"], cfg):
-        return q, prov, report
-    ms = interleaved_latency_ms({"int8": ("openvino", q), "fp32": ("openvino", fp32_model)},
-                                (1, *ctx.input_shape), cfg.latency_runs)
-    if ms["int8"] < ms["fp32"]:
-        return _ptq(ctx, fp32_model, ref, accuracy_control=True)
-    why = (f"accuracy control skipped: plain int8 ({ms['int8']:.2f} ms) is no faster than OpenVINO fp32 "
-           f"({ms['fp32']:.2f} ms) here, so reverting layers to fp32 cannot make it win")
-    ctx.log(f"auto: openvino-int8 {why}")
-    report["auto_exclude"] = {"method": "nncf.quantize_with_accuracy_control", "skipped": why}
-    return q, prov, report
+    def worth_restoring(q, report) -> bool:
+        ms = interleaved_latency_ms({"int8": ("openvino", q), "fp32": ("openvino", fp32_model)},
+                                    (1, *ctx.input_shape), ctx.cfg.latency_runs)
+        if ms["int8"] < ms["fp32"]:
+            return True
+        why = (f"accuracy control skipped: plain int8 ({ms['int8']:.2f} ms) is no faster than OpenVINO fp32 "
+               f"({ms['fp32']:.2f} ms) here, so reverting layers to fp32 cannot make it win")
+        ctx.log(f"auto: openvino-int8 {why}")
+        report["auto_exclude"] = {"method": "nncf.quantize_with_accuracy_control", "skipped": why}
+        return False
+
+    return _ptq(ctx, fp32_model, ref, worth_restoring)
 
 
 def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tuple[dict[str, Any], Any]]:
