@@ -58,8 +58,9 @@ from ._common import csv_option
 @click.option(
     "--full-range-weights",
     is_flag=True,
-    help="cpu int8: full 8-bit weights instead of the 7-bit range that ONNX Runtime's U8S8 kernels need on x86 "
-    "without VNNI (they saturate otherwise); only for VNNI-only deployments.",
+    help="cpu/openvino int8: full 8-bit weights instead of the 7-bit range that ONNX Runtime's U8S8 kernels (and "
+    "OpenVINO's, NNCF overflow fix) need on x86 without VNNI (they saturate otherwise); only for VNNI-only "
+    "deployments.",
 )
 @click.option(
     "--auto-exclude", is_flag=True, help="Keep the most damaging nodes in fp32 until the gate holds."

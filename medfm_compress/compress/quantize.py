@@ -72,7 +72,8 @@ class QuantizeConfig:
             x86 without VNNI (AVX2, AVX-512 without VNNI) add pairs of uint8 x int8 products in 16 bits, which
             saturates for full-range weights; measured on this AVX2 machine, a resnet18-class student's logits
             came out at 22.3 dB SQNR fused vs 33.9 dB for the same QDQ model unfused, and 32.1 dB with 7-bit
-            weights at the same speed. Off (``--full-range-weights``) only for VNNI-only deployments.
+            weights at the same speed. On the openvino target the same flag sets NNCF's overflow fix on every
+            layer (NNCF's default: the first only). Off (``--full-range-weights``) only for VNNI-only deployments.
         auto_exclude: keep the most damaging nodes in fp32 until the parity gate holds.
         exclude_nodes: node names always kept in fp32.
         min_agreement: parity gate, top-1 agreement with fp32 on held-out data (0 disables).

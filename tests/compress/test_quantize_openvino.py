@@ -154,7 +154,7 @@ def test_cpu_auto_considers_openvino(fp32, tmp_path):
                                  DATA, "--num-calib", "32", "--num-holdout", "32", "--min-agreement", "0.5",
                                  "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
-    rep = json.loads(r.output)["report"]
+    rep = json.loads(r.stdout)["report"]
     engines = {row["engine"] for row in rep["auto_table"]}
     assert engines == {"onnxruntime", "openvino"}
     chosen = [row for row in rep["auto_table"] if row["chosen"]]
@@ -190,3 +190,20 @@ def test_auto_runs_accuracy_control_only_where_int8_can_win(tied, tmp_path, monk
     else:
         # Plain int8 kept, failing the gate, with the reason accuracy control did not run.
         assert "no faster than OpenVINO fp32" in row["note"] and not row["passes"]
+
+
+def test_settings_reach_nncf_and_accuracy_control(tied, tmp_path):
+    """The percentile calibrator, per-tensor weights and the weight range reach NNCF, in plain PTQ and in
+    accuracy control (which names its advanced parameters differently), and provenance records them."""
+    from medfm_compress.compress.quantize import quantize
+
+    res = quantize(_cfg(tied, target="openvino", calibrator="percentile", per_channel=False, min_agreement=1.0,
+                        auto_exclude=True, out=str(tmp_path / "p.xml")))
+    q = res.meta.provenance["quantization"]
+    assert q["calibrator"] == "percentile" and q["per_channel"] is False
+    # 7-bit weights on every layer by default (x86 without VNNI saturates otherwise), as on the cpu target.
+    assert q["overflow_fix"] == "enable" and q["bias_correction"] == "full"
+    assert res.report["parity"]["top1_agreement"] == 1.0 and "accuracy_control" in q
+    full = quantize(_cfg(tied, target="openvino", reduce_range=False, min_agreement=0.0,
+                         out=str(tmp_path / "f.xml")))
+    assert full.meta.provenance["quantization"]["overflow_fix"] == "first_layer_only"

@@ -342,7 +342,7 @@ def test_export_cli_builds_engine_from_onnx(onnx_files, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    rec = json.loads(r.output)
+    rec = json.loads(r.stdout)
     assert rec["precision"] == "fp16" and rec["profile"]["max"][0] == 16 and out.is_file()
     assert read_sidecar(out)["precision"] == "fp16"
 

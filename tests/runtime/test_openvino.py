@@ -163,4 +163,4 @@ def test_export_cli_format_openvino(ir, tmp_path):
     out = tmp_path / "cli.xml"
     r = CliRunner().invoke(cli, ["export", str(onnx_path), "--format", "openvino", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["path"] == str(out) and out.with_suffix(".bin").is_file()
+    assert json.loads(r.stdout)["path"] == str(out) and out.with_suffix(".bin").is_file()
