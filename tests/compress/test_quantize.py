@@ -193,6 +193,27 @@ def test_auto_never_slower_than_fp32(tiny_onnx, tmp_path, monkeypatch):
     assert read_meta(res.path).provenance["quantization"]["auto"]["chosen"] == chosen["precision"]
 
 
+def test_auto_takes_the_most_faithful_of_a_timing_tie(tiny_onnx, tmp_path, monkeypatch):
+    """Within AUTO_TIE_PCT of the fastest the timer cannot tell candidates apart: fp32 (exact) 3% slower than
+    int8 wins; 20% slower it does not."""
+    monkeypatch.setattr(quantize_ort, "_AUTO_CANDIDATES", [])
+
+    def pick(fp32_ms):
+        def fake(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
+            return {k: {"fp32": fp32_ms, "int8": 1.0}.get(k, 5.0) for k in models}
+
+        monkeypatch.setattr(quantize_ort, "interleaved_latency_ms", fake)
+        return quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / f"t{fp32_ms}.onnx"), calib_data=TINY,
+                                       precision="auto", min_agreement=0.0, **FAST))
+
+    res = pick(1.03)
+    rows = {r["precision"]: r for r in res.report["auto_table"]}
+    # agreement first, then logit cosine: on this tiny model int8 keeps every top-1 but not the logits
+    assert rows["int8"]["cosine"] < rows["fp32"]["cosine"] == 1.0
+    assert res.precision == "fp32" and "within 5% of the fastest" in res.report["auto_reason"]
+    assert pick(1.2).precision == "int8"
+
+
 def test_auto_decides_on_the_interleaved_timing(tiny_onnx, tmp_path, monkeypatch):
     """The pick follows the final interleaved loop of all candidates, not each candidate's build-time timing."""
     monkeypatch.setattr(quantize_ort, "_AUTO_CANDIDATES", [])
