@@ -192,7 +192,9 @@ def main() -> None:
     result = {"benchmark": "harness_overhead", "arch": ARCH, "data": DATA, "overhead": ov, "repeatability": rep,
               "noise_floor": floor,
               "wall_s": time.time() - t0, "fingerprint": fingerprint()}
-    dest = Path(__file__).parent / "results" / "harness_overhead.json"
+    # A run at fewer threads than cores is a different measurement: kept beside the default one, not over it.
+    suffix = "" if threads == (os.cpu_count() or 1) else f"-t{threads}"
+    dest = Path(__file__).parent / "results" / f"harness_overhead{suffix}.json"
     atomic_write_json(dest, result)
     print(f"overhead ({threads} threads, {args.rounds} rounds x {args.iterations} iterations, batch 1):")
     print(f"  harness engine-only p50 {ov['harness_p50_ms']:.4f} ms vs bare InferenceSession.run p50 "
