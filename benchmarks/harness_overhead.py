@@ -7,6 +7,8 @@
    batch size). Meaningful on an idle machine only.
 3. Self-parity: the paired bootstrap CI of a model against itself is exactly [0, 0] (the reference's self
    check, and the same ONNX file benchmarked under a second name).
+4. Noise floor: the same machine without the harness, bare ORT and torch loops timed in short blocks and in
+   two long windows apart; the repeatability target cannot be met where these disagree by more than it.
 
 The model is ``timm:medfm_resnet10_w24`` (the default student, random weights) at 64x64 on the embedded
 synthetic task. Writes benchmarks/results/harness_overhead.json and prints the figures. Usage:
@@ -105,14 +107,17 @@ def overhead(onnx_path: Path, threads: int, iterations: int, rounds: int, warmup
             "within_5pct": abs(h - b) / b <= 0.05}
 
 
-def noise_floor(onnx_path: Path, threads: int, blocks: int = 8, block_s: float = 1.0) -> dict:
-    """The machine's own drift: one bare session timed in back-to-back blocks; spread of the block p50s.
-
-    Two bench runs cannot agree more closely than the same loop agrees with itself a few seconds later.
-    """
+def noise_floor(torch_stem: Path, onnx_path: Path, threads: int, blocks: int = 8, block_s: float = 1.0,
+                window_s: float = 10.0, gap_s: float = 20.0) -> dict:
+    """The machine's own drift, without the harness: bare loops (an ORT session, the torch model under
+    inference_mode) at batch 1 and 8, timed (a) in back-to-back ``block_s`` blocks and (b) in two ``window_s``
+    windows ``gap_s`` apart, as two bench runs are. Two bench runs cannot agree more closely than these loops
+    agree with themselves."""
     import onnxruntime as ort
+    import torch
 
     from medfm_compress.data import load_data
+    from medfm_compress.models import load_model
     from medfm_compress.runtime import Engine
 
     so = ort.SessionOptions()
@@ -120,19 +125,41 @@ def noise_floor(onnx_path: Path, threads: int, blocks: int = 8, block_s: float =
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
     with Engine.load(onnx_path) as eng:
-        feed = {sess.get_inputs()[0].name: eng.preprocess(load_data(DATA).split("test").images[:1])}
-    for _ in range(50):
-        sess.run(None, feed)
-    p50s = []
+        x = eng.preprocess(load_data(DATA).split("test").images[:8])
+    torch.set_num_threads(threads)
+    model, _card = load_model(torch_stem.parent, name=torch_stem.name)
+    name = sess.get_inputs()[0].name
+    loops = {}
+    for bs in (1, 8):
+        loops[f"onnx_bs{bs}"] = lambda xb=x[:bs]: sess.run(None, {name: xb})
+        xt = torch.from_numpy(x[:bs])
+        loops[f"torch_bs{bs}"] = lambda xb=xt: model(xb)
     perf = time.perf_counter
-    for _ in range(blocks):
-        times, end = [], perf() + block_s
+
+    def p50(call, secs):
+        times, end = [], perf() + secs
         while perf() < end:
             t0 = perf()
-            sess.run(None, feed)
+            call()
             times.append(perf() - t0)
-        p50s.append(float(np.percentile(times, 50)) * 1e3)
-    return {"block_s": block_s, "block_p50_ms": p50s, "spread_pct": 100.0 * (max(p50s) / min(p50s) - 1.0)}
+        return float(np.percentile(times, 50)) * 1e3
+
+    out = {"block_s": block_s, "window_s": window_s, "gap_s": gap_s, "loops": {}}
+    with torch.inference_mode():
+        for call in loops.values():
+            for _ in range(20):
+                call()
+        for key, call in loops.items():
+            b = [p50(call, block_s) for _ in range(blocks)]
+            out["loops"][key] = {"block_p50_ms": b, "block_spread_pct": 100.0 * (max(b) / min(b) - 1.0)}
+        first = {key: p50(call, window_s) for key, call in loops.items()}
+        time.sleep(gap_s)
+        for key, call in loops.items():
+            w = [first[key], p50(call, window_s)]
+            out["loops"][key].update(window_p50_ms=w, window_diff_pct=100.0 * abs(w[1] - w[0]) / min(w))
+    out["max_block_spread_pct"] = max(v["block_spread_pct"] for v in out["loops"].values())
+    out["max_window_diff_pct"] = max(v["window_diff_pct"] for v in out["loops"].values())
+    return out
 
 
 def repeatability(torch_stem: Path, onnx_path: Path, threads: int, iterations: int, duration_s: float | None,
@@ -185,7 +212,7 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.time()
     torch_stem, onnx_path = make_artifacts(out / "model")
-    floor = noise_floor(onnx_path, threads)
+    floor = noise_floor(torch_stem, onnx_path, threads)
     ov = overhead(onnx_path, threads, args.iterations, args.rounds, args.warmup)
     rep = repeatability(torch_stem, onnx_path, threads, args.bench_iterations, args.bench_duration or None, out,
                         args.bench_rounds)
@@ -207,8 +234,11 @@ def main() -> None:
         print(f"  {r['artifact']:<11} bs{r['batch']:<3} {r['run1_p50_ms']:.4f} vs {r['run2_p50_ms']:.4f} ms "
               f"({r['diff_pct']:.1f}%)")
     print(f"  max difference {rep['max_diff_pct']:.1f}% (target within 10%: {'yes' if rep['within_10pct'] else 'NO'})")
-    print(f"noise floor: one bare session, {len(floor['block_p50_ms'])} back-to-back {floor['block_s']:g} s blocks: "
-          f"p50 {min(floor['block_p50_ms']):.4f}..{max(floor['block_p50_ms']):.4f} ms (spread {floor['spread_pct']:.1f}%)")
+    print(f"noise floor, bare loops without the harness ({threads} threads): p50 of {floor['block_s']:g} s blocks "
+          f"back to back, and of two {floor['window_s']:g} s windows {floor['gap_s']:g} s apart:")
+    for key, v in floor["loops"].items():
+        print(f"  {key:<10} blocks spread {v['block_spread_pct']:5.1f}%   windows {v['window_p50_ms'][0]:.4f} vs "
+              f"{v['window_p50_ms'][1]:.4f} ms ({v['window_diff_pct']:.1f}%)")
     print(f"self-parity bootstrap CIs exactly [0, 0]: {'yes' if rep['self_ci_exactly_zero'] else 'NO'} "
           f"{rep['self_ci']['same_file_second_name']}")
     print(f"wrote {dest} ({result['wall_s']:.0f} s)")
