@@ -11,8 +11,12 @@
    two long windows apart; the repeatability target cannot be met where these disagree by more than it.
 
 The model is ``timm:medfm_resnet10_w24`` (the default student, random weights) at 64x64 on the embedded
-synthetic task. Writes benchmarks/results/harness_overhead.json and prints the figures. Usage:
-    python benchmarks/harness_overhead.py [--iterations 100] [--rounds 30] [--threads 2] [--out runs/bench-harness]
+synthetic task. Writes benchmarks/results/harness_overhead.json and prints the figures (about 21 min with the
+defaults). On this 2-core VM bare loops drift by 20-50% between seconds-long windows; the defaults (each bench
+measurement 40 s in 80 interleaved rounds) are what brought two bench runs within 10% (6.0%); 10 s in 20 rounds
+gave 14-19%. Usage:
+    python benchmarks/harness_overhead.py [--iterations 100] [--rounds 100] [--bench-duration 40]
+        [--bench-rounds 80] [--threads 2] [--out runs/bench-harness]
 """
 
 from __future__ import annotations
@@ -195,12 +199,12 @@ def repeatability(torch_stem: Path, onnx_path: Path, threads: int, iterations: i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=30, help="short interleaved rounds; the median round counts")
+    ap.add_argument("--rounds", type=int, default=100, help="short interleaved rounds; the median round counts")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--bench-iterations", type=int, default=300, help="iterations of each of the two bench runs")
-    ap.add_argument("--bench-duration", type=float, default=2.0,
+    ap.add_argument("--bench-duration", type=float, default=40.0,
                     help="each bench measurement runs at least this long (s); 0: iterations only")
-    ap.add_argument("--bench-rounds", type=int, default=5,
+    ap.add_argument("--bench-rounds", type=int, default=80,
                     help="interleaved rounds of each bench run (bench --rounds): the duration is split across them")
     ap.add_argument("--threads", type=int, default=None, help="default: all cores")
     ap.add_argument("--out", default="runs/bench-harness")
