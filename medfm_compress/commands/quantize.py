@@ -31,7 +31,7 @@ from ._common import csv_option
     default="int8",
     show_default=True,
     help="cpu: int8 (static QDQ U8S8), int8-dynamic, fp16, auto (fastest that passes the gate); "
-    "openvino: int8, fp32.",
+    "openvino: int8, fp32, bf16 (CPUs with native bf16; the IR is run at bf16).",
 )
 @click.option("--method", default="ptq", show_default=True, help="ptq (post-training).")
 @click.option(

@@ -36,7 +36,7 @@ __all__ = [
     "OPENVINO_PRECISIONS",
 ]
 
-OPENVINO_PRECISIONS = ("int8", "fp32")
+OPENVINO_PRECISIONS = ("int8", "fp32", "bf16")
 # Images NNCF's accuracy control ranks layer groups on (its default is 300).
 AC_RANKING_IMAGES = 64
 _VIT_ARCH = re.compile(r"(vit|deit|swin|beit|eva|dino|cait|xcit|levit|convit|pit_)", re.I)
@@ -75,11 +75,12 @@ def _run_ov(compiled, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(outs).astype(np.float32)
 
 
-def ov_latency_ms(model, shape: tuple[int, ...], runs: int = 50, warmup: int = 5, threads: int | None = None) -> float:
+def ov_latency_ms(model, shape: tuple[int, ...], runs: int = 50, warmup: int = 5, threads: int | None = None,
+                  inference_precision: str = "f32") -> float:
     """p50 latency (ms) of one OpenVINO CPU infer request (latency hint) at the given input shape."""
     from ..export.openvino import compile_ov
 
-    compiled = compile_ov(model, "CPU", threads)
+    compiled = compile_ov(model, "CPU", threads, inference_precision=inference_precision)
     req = compiled.create_infer_request()
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for _ in range(warmup):
@@ -102,7 +103,18 @@ def _check_openvino(proto, cfg) -> None:
     if cfg.out and not str(cfg.out).lower().endswith(".xml"):
         raise ConfigError(f"--target openvino writes an IR: give --out ending in .xml (the .bin goes beside it), "
                           f"got {cfg.out}")
+    if cfg.precision == "bf16":
+        _require_bf16("--precision bf16")
     onnx_to_ov(proto, "the model")
+
+
+def _require_bf16(what: str) -> None:
+    from ..export.openvino import ov_core, ov_supports
+
+    if not ov_supports("bf16", "CPU"):
+        caps = ", ".join(map(str, ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+        raise ConfigError(f"{what} needs a CPU with native bf16 (AVX512-BF16 or AMX); OpenVINO reports only {caps} "
+                          "here: use --precision int8 or fp32")
 
 
 def _writer(ov_model):
@@ -270,16 +282,13 @@ def _ref(ctx: QuantizeContext) -> np.ndarray:
 
 @register_target("openvino", precisions=OPENVINO_PRECISIONS, methods=("ptq",), check=_check_openvino)
 def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
-    """OpenVINO IR: fp32 conversion or NNCF int8 (accuracy-controlled with ``--auto-exclude``)."""
-    from ..export.openvino import compile_ov
+    """OpenVINO IR: fp32 or bf16 conversion, or NNCF int8 (accuracy-controlled with ``--auto-exclude``)."""
 
     cfg = ctx.cfg
     ref = _ref(ctx)
     fp32_model = _fp32_ov(ctx)
-    if cfg.precision == "fp32":
-        parity = parity_report(ref, _run_ov(compile_ov(fp32_model, "CPU"), ctx.calib.holdout), ctx.meta.task)
-        return QuantizedModel(fp32_model, "fp32", {"format": "openvino-ir", "weights": "fp16-compressed"},
-                              {"parity": parity}, save=_writer(fp32_model), suffix=".xml")
+    if cfg.precision in ("fp32", "bf16"):
+        return _float_ir(ctx, fp32_model, ref, cfg.precision, gate=True)
     q, prov, report = _ptq(ctx, fp32_model, ref)
     p = report["parity"]
     if not gate_passes(p, cfg):
@@ -289,6 +298,25 @@ def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
             f"{'' if cfg.auto_exclude else 'try --auto-exclude, '}or lower --min-agreement; nothing written"
         )
     return QuantizedModel(q, "int8", {"format": "openvino-ir", **prov}, report, save=_writer(q), suffix=".xml")
+
+
+def _float_ir(ctx: QuantizeContext, fp32_model, ref: np.ndarray, precision: str, gate: bool) -> QuantizedModel:
+    """The fp32 IR run at ``precision`` (fp32, or bf16: OpenVINO's INFERENCE_PRECISION_HINT, recorded in the
+    metadata so every runtime of ours runs it that way), with its parity; bf16 must pass the gate if ``gate``."""
+    from ..export.openvino import compile_ov, ov_inference_precision
+
+    cfg = ctx.cfg
+    inference = ov_inference_precision(precision)
+    compiled = compile_ov(fp32_model, "CPU", inference_precision=inference)
+    parity = parity_report(ref, _run_ov(compiled, ctx.calib.holdout), ctx.meta.task)
+    if gate and precision != "fp32" and not gate_passes(parity, cfg):
+        raise GateFailure(
+            f"the {precision} IR fails the parity gate on {len(ctx.calib.holdout)} held-out images: top-1 agreement "
+            f"{parity['top1_agreement']:.4f} (min {cfg.min_agreement}), cosine {parity['cosine']:.5f}; use "
+            "--precision fp32 or lower --min-agreement; nothing written"
+        )
+    prov = {"format": "openvino-ir", "weights": "fp16-compressed", "inference_precision": inference}
+    return QuantizedModel(fp32_model, precision, prov, {"parity": parity}, save=_writer(fp32_model), suffix=".xml")
 
 
 def _int8_candidate(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
@@ -318,7 +346,7 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
     file, or when the model does not convert.
     """
     from ..errors import MedfmError
-    from ..export.openvino import compile_ov
+    from ..export.openvino import ov_inference_precision, ov_supports
 
     cfg = ctx.cfg
     shape = (1, *ctx.input_shape)
@@ -332,34 +360,39 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
     except MedfmError as e:
         return [({"precision": "openvino", "engine": "openvino", "passes": False, "error": str(e)}, None)]
     rows: list[tuple[dict[str, Any], Any]] = []
-    builds = {"openvino-fp32": lambda: (fp32_model, {"format": "openvino-ir"}, None),
-              "openvino-int8": lambda: _int8_candidate(ctx, fp32_model, ref)}
+    builds = {"openvino-fp32": lambda: _float_ir(ctx, fp32_model, ref, "fp32", gate=False),
+              "openvino-int8": lambda: _int8_qm(ctx, fp32_model, ref)}
+    if ov_supports("bf16", "CPU"):
+        # The CPU plugin's own choice on this CPU for an "fp32" model: a candidate like any other, gated on parity.
+        builds["openvino-bf16"] = lambda: _float_ir(ctx, fp32_model, ref, "bf16", gate=False)
     for name, build in builds.items():
         ctx.log(f"auto: building {name}")
         try:
-            model, prov, report = build()
-            if report is None:
-                report = {"parity": parity_report(ref, _run_ov(compile_ov(model, "CPU"), ctx.calib.holdout),
-                                                  ctx.meta.task)}
+            qm = build()
         except MedfmError as e:
             rows.append(({"precision": name, "engine": "openvino", "passes": False, "error": str(e)}, None))
             continue
-        precision = name.split("-", 1)[1]
-        p = report["parity"]
+        p = qm.report["parity"]
         row = {
             "precision": name,
             "engine": "openvino",
-            "latency_ms": ov_latency_ms(model, shape, cfg.latency_runs),
+            "latency_ms": ov_latency_ms(qm.proto, shape, cfg.latency_runs,
+                                        inference_precision=ov_inference_precision(qm.precision)),
             "top1_agreement": p["top1_agreement"],
             "cosine": p["cosine"],
             "passes": gate_passes(p, cfg),
-            "size_bytes": _model_bytes(model),
+            "size_bytes": _model_bytes(qm.proto),
         }
-        if "skipped" in report.get("auto_exclude", {}):
-            row["note"] = report["auto_exclude"]["skipped"]
-        rows.append((row, QuantizedModel(model, precision, {"engine": "openvino", **prov}, report,
-                                         save=_writer(model), suffix=".xml")))
+        if "skipped" in qm.report.get("auto_exclude", {}):
+            row["note"] = qm.report["auto_exclude"]["skipped"]
+        qm.provenance = {"engine": "openvino", **qm.provenance}
+        rows.append((row, qm))
     return rows
+
+
+def _int8_qm(ctx: QuantizeContext, fp32_model, ref: np.ndarray) -> QuantizedModel:
+    q, prov, report = _int8_candidate(ctx, fp32_model, ref)
+    return QuantizedModel(q, "int8", prov, report, save=_writer(q), suffix=".xml")
 
 
 register_auto_candidates(openvino_auto_candidates)

@@ -88,12 +88,13 @@ def latency_ms(
     return float(np.percentile(times, 50) * 1000.0)
 
 
-def _timer(engine: str, model, x: np.ndarray):
-    """A no-argument call that runs ``model`` once on ``x`` in its engine (onnxruntime or openvino)."""
+def _timer(engine: str, model, x: np.ndarray, precision: str = "fp32"):
+    """A no-argument call that runs ``model`` once on ``x`` in its engine (onnxruntime or openvino); an OpenVINO
+    model runs at the inference precision of an artifact of ``precision`` (bf16 for bf16, else f32)."""
     if engine == "openvino":
-        from ..export.openvino import compile_ov
+        from ..export.openvino import compile_ov, ov_inference_precision
 
-        req = compile_ov(model, "CPU").create_infer_request()
+        req = compile_ov(model, "CPU", inference_precision=ov_inference_precision(precision)).create_infer_request()
         return lambda: req.infer(x, share_inputs=True)
     from ..export.onnx import ort_session
 
@@ -103,17 +104,18 @@ def _timer(engine: str, model, x: np.ndarray):
 
 
 def interleaved_latency_ms(
-    models: dict[str, tuple[str, Any]],
+    models: dict[str, tuple[Any, ...]],
     shape: tuple[int, ...],
     runs: int = 50,
     dtypes: dict[str, Any] | None = None,
     rounds: int = 5,
     warmup: int = 5,
 ) -> dict[str, float]:
-    """p50 latency (ms) of each ``name -> (engine, model)`` at ``shape``, every model timed in each of ``rounds``
+    """p50 latency (ms) of each ``name -> (engine, model[, artifact precision])`` at ``shape``, every model timed in each of ``rounds``
     rounds (``runs`` calls in all), so background load drifting over the measurement hits all of them alike."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    calls = {k: _timer(eng, m, x.astype((dtypes or {}).get(k, np.float32))) for k, (eng, m) in models.items()}
+    calls = {k: _timer(eng, m, x.astype((dtypes or {}).get(k, np.float32)), *rest)
+             for k, (eng, m, *rest) in models.items()}
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -473,7 +475,7 @@ def _auto(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     # The decision is timed again with every candidate in one interleaved loop (each timed in every round), so
     # load drifting while candidates were built, or during one candidate's timing, hits all of them alike.
     timed = {
-        r["precision"]: (r["engine"], candidates[r["precision"]].proto)
+        r["precision"]: (r["engine"], candidates[r["precision"]].proto, candidates[r["precision"]].precision)
         for r in table
         if "latency_ms" in r and r["precision"] in candidates
     }

@@ -39,6 +39,8 @@ __all__ = [
     "read_ir_meta",
     "ir_size_bytes",
     "compile_ov",
+    "ov_inference_precision",
+    "ov_supports",
     "OpenVINOExportResult",
     "export_openvino",
 ]
@@ -223,15 +225,43 @@ def read_ir_meta(xml_or_model, source: str | None = None) -> ModelMeta:
     return decode_metadata(ov_meta_props(model), source)
 
 
+# OpenVINO's names for the precision non-quantized ops run at (INFERENCE_PRECISION_HINT), and the CPU capability
+# each needs. Left unset, the CPU plugin runs an "fp32" model in bf16 wherever the CPU has native bf16 (AVX512-BF16,
+# AMX): faster, but not the model that was validated (logits off by ~1e-2 here), so we always set it.
+OV_INFERENCE_PRECISIONS = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
+# Our artifact precision -> the inference precision its IR is run at.
+_PRECISION_TO_OV = {"bf16": "bf16", "fp16": "f16"}
+
+
+def ov_inference_precision(artifact_precision: str) -> str:
+    """The ``INFERENCE_PRECISION_HINT`` an artifact of this precision is validated and run at: ``bf16`` for a bf16
+    artifact, ``f16`` for fp16, ``f32`` for everything else (fp32, and the non-quantized ops of int8)."""
+    return _PRECISION_TO_OV.get(artifact_precision, "f32")
+
+
+def ov_supports(precision: str, device: str = "CPU") -> bool:
+    """Whether ``device`` runs ``precision`` (f32/bf16/f16) natively (its OPTIMIZATION_CAPABILITIES)."""
+    if precision == "f32":
+        return True
+    try:
+        caps = ov_core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+    except Exception:
+        return False
+    return OV_INFERENCE_PRECISIONS[precision] in {str(c).upper() for c in caps}
+
+
 def compile_ov(model, device: str | None = None, threads: int | None = None, hint: str | None = None,
-               source: str = "model"):
-    """``Core.compile_model`` with thread count and performance hint; an unknown device is a one-line error.
+               source: str = "model", inference_precision: str | None = None):
+    """``Core.compile_model`` with thread count, performance hint and inference precision; an unknown device or
+    a precision the device cannot run is a one-line error.
 
     Args:
         model: ``openvino.Model`` or a path OpenVINO reads (.xml, .onnx).
         device: OpenVINO device name (``CPU``, ``GPU``, ``NPU``, ``AUTO``...; default ``CPU``).
         threads: ``INFERENCE_NUM_THREADS`` (None: every core).
         hint: ``latency`` | ``throughput`` | ``cumulative_throughput`` (default ``latency``).
+        inference_precision: ``f32`` (default) | ``bf16`` | ``f16``: the precision of the ops that are not
+            quantized, set on CPU and GPU devices (OpenVINO's own default depends on the CPU).
     """
     core = ov_core()
     dev = (device or "CPU").upper()
@@ -239,6 +269,10 @@ def compile_ov(model, device: str | None = None, threads: int | None = None, hin
     hint_name = (hint or "latency").lower()
     if hint_name not in hints:
         raise ConfigError(f"OpenVINO performance hint must be one of {', '.join(hints)}, got {hint!r}")
+    prec = (inference_precision or "f32").lower()
+    if prec not in OV_INFERENCE_PRECISIONS:
+        raise ConfigError(f"OpenVINO inference precision must be one of {', '.join(OV_INFERENCE_PRECISIONS)}, "
+                          f"got {inference_precision!r}")
     base = dev.split(":", 1)[0].split(".", 1)[0]
     available = core.available_devices
     if base not in ("AUTO", "MULTI", "HETERO", "BATCH") and not any(
@@ -249,6 +283,16 @@ def compile_ov(model, device: str | None = None, threads: int | None = None, hin
             "use --device CPU"
         )
     config: dict[str, Any] = {"PERFORMANCE_HINT": hints[hint_name]}
+    if base in ("CPU", "GPU"):
+        if not ov_supports(prec, dev):
+            raise ConfigError(
+                f"{source} runs at {prec}, which OpenVINO's {dev} device has no native support for on this machine "
+                f"(its capabilities: {', '.join(map(str, core.get_property(dev, 'OPTIMIZATION_CAPABILITIES')))}); "
+                "run it where it has, or use an fp32/int8 artifact"
+            )
+        config["INFERENCE_PRECISION_HINT"] = prec
+    elif prec != "f32":
+        raise ConfigError(f"an inference precision ({prec}) can be set on CPU and GPU devices only, not {dev}")
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")

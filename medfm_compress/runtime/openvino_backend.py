@@ -2,6 +2,9 @@
 
 Options:
     hint: performance hint, ``latency`` (default) | ``throughput`` | ``cumulative_throughput``.
+    inference_precision: ``f32`` | ``bf16`` | ``f16``, the precision of the ops that are not quantized. Default:
+        the one the artifact was validated at (``bf16`` for a bf16 artifact, ``f32`` for fp32 and int8), never
+        OpenVINO's CPU-dependent default (bf16 on CPUs with native bf16).
 
 ``threads`` sets ``INFERENCE_NUM_THREADS``; ``device`` is an OpenVINO device name (default ``CPU``).
 """
@@ -28,11 +31,19 @@ class OpenVINOEngine(Engine):
     def _load_impl(self) -> None:
         require_module("openvino", "openvino", extra="openvino")
         from ..export.metadata import decode_metadata
-        from ..export.openvino import compile_ov, load_ir_checked, ov_core, ov_meta_props
+        from ..export.openvino import (
+            compile_ov,
+            load_ir_checked,
+            ov_core,
+            ov_inference_precision,
+            ov_meta_props,
+        )
 
-        unknown = set(self.options) - {"hint"}
+        unknown = set(self.options) - {"hint", "inference_precision"}
         if unknown:
-            raise ConfigError(f"unknown openvino option(s) {', '.join(sorted(unknown))}; known: hint")
+            raise ConfigError(
+                f"unknown openvino option(s) {', '.join(sorted(unknown))}; known: hint, inference_precision"
+            )
         if self.path.suffix.lower() == ".xml":
             model = load_ir_checked(self.path)
             meta = decode_metadata(ov_meta_props(model), str(self.path))
@@ -51,12 +62,15 @@ class OpenVINOEngine(Engine):
             raise ModelError(f"{self.path} has {len(model.inputs)} inputs; medfm engines take one image tensor")
         batch = model.inputs[0].get_partial_shape()[0]
         self._fixed_batch = batch.get_length() if batch.is_static else None
-        self._compiled = compile_ov(model, self.device, self.threads, self.options.get("hint"), str(self.path))
+        precision = self.options.get("inference_precision") or ov_inference_precision(meta.precision)
+        self._compiled = compile_ov(model, self.device, self.threads, self.options.get("hint"), str(self.path),
+                                    inference_precision=precision)
         self._request = self._compiled.create_infer_request()
         self._meta = meta
         threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
         self._info.update(precision=meta.precision, device=self.device or "CPU", threads=threads,
                           hint=str(self._compiled.get_property("PERFORMANCE_HINT")),
+                          inference_precision=_compiled_precision(self._compiled, precision),
                           openvino=require_module("openvino", "openvino", extra="openvino").__version__)
 
     def weight_files(self) -> list[Path]:
@@ -73,3 +87,11 @@ class OpenVINOEngine(Engine):
     def _close_impl(self) -> None:
         self._request = None
         self._compiled = None
+
+
+def _compiled_precision(compiled, requested: str) -> str:
+    """The inference precision the compiled model reports (CPU/GPU), else the one requested."""
+    try:
+        return compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+    except Exception:
+        return requested

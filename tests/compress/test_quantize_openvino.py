@@ -73,6 +73,27 @@ def test_fp32_default_name_and_refusals(fp32, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_bf16_ir_runs_at_bf16_or_is_refused(fp32, tmp_path, monkeypatch):
+    from medfm_compress.compress.quantize import quantize
+    from medfm_compress.export import openvino as ovx
+    from medfm_compress.runtime import Engine
+
+    if ovx.ov_supports("bf16"):
+        res = quantize(_cfg(fp32, target="openvino", precision="bf16", out=str(tmp_path / "b.xml")))
+        assert res.precision == "bf16" and res.meta.precision == "bf16"
+        assert res.meta.provenance["quantization"]["inference_precision"] == "bf16"
+        assert 0.0 < res.report["parity"]["cosine"] < 1.0  # really bf16 (fp32 IRs agree to ~1e-7 here)
+        with Engine.load(res.path) as eng:
+            assert eng.info["inference_precision"] == "bf16"
+        with Engine.load(res.path, inference_precision="f32") as eng:
+            assert eng.info["inference_precision"] == "f32"
+    # A CPU without native bf16: refused before any calibration, by name, never silently emulated.
+    monkeypatch.setattr(ovx, "ov_supports", lambda precision, device="CPU": precision == "f32")
+    with pytest.raises(ConfigError, match="native bf16"):
+        quantize(_cfg(fp32, target="openvino", precision="bf16", calib_data=None, out=str(tmp_path / "c.xml")))
+    assert not (tmp_path / "c.xml").exists()
+
+
 def test_unconvertible_op_fails_before_calibration(tmp_path):
     from medfm_compress.compress.quantize import quantize
 
@@ -157,6 +178,11 @@ def test_cpu_auto_considers_openvino(fp32, tmp_path):
     rep = json.loads(r.stdout)["report"]
     engines = {row["engine"] for row in rep["auto_table"]}
     assert engines == {"onnxruntime", "openvino"}
+    from medfm_compress.export.openvino import ov_supports
+
+    # bf16 is a candidate exactly where the CPU runs it natively.
+    names = {row["precision"] for row in rep["auto_table"]}
+    assert ("openvino-bf16" in names) == ov_supports("bf16")
     chosen = [row for row in rep["auto_table"] if row["chosen"]]
     assert len(chosen) == 1 and chosen[0]["engine"] == "openvino"  # --out .xml keeps IR candidates only
     assert "fastest" in rep["auto_reason"] and out.is_file() and out.with_suffix(".bin").is_file()

@@ -71,6 +71,24 @@ def test_engine_runs_ir_and_onnx(ir):
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
 
 
+def test_inference_precision_is_set_not_left_to_the_cpu(ir, monkeypatch):
+    """OpenVINO's CPU plugin runs an fp32 model in bf16 on CPUs with native bf16 unless told otherwise; an fp32 IR
+    must run at f32 everywhere, and a precision the device lacks is refused, not emulated."""
+    from medfm_compress.export import openvino as ovx
+    from medfm_compress.runtime import Engine
+
+    onnx_path, res = ir
+    x = _x()
+    with Engine.load(onnx_path) as ref, Engine.load(res.path) as eng:
+        assert eng.info["inference_precision"] == "f32"
+        np.testing.assert_allclose(eng.run(x), ref.run(x), atol=2e-2, rtol=2e-2)
+    with pytest.raises(ConfigError, match="inference precision must be one of"):
+        Engine.load(res.path, inference_precision="int4")
+    monkeypatch.setattr(ovx, "ov_supports", lambda precision, device="CPU": precision == "f32")
+    with pytest.raises(ConfigError, match="runs at bf16.*no native support"):
+        Engine.load(res.path, inference_precision="bf16")
+
+
 def test_engine_refusals(ir, tmp_path):
     from medfm_compress.runtime import Engine
 
