@@ -170,10 +170,13 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
         from nncf.quantization.advanced_parameters import QuantizationParameters
 
         adv["weights_quantization_params"] = QuantizationParameters(per_channel=False)
-    if cfg.calibrator == "percentile":
-        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-        adv["activations_range_estimator_params"] = RangeEstimatorParametersSet.MEAN_QUANTILE
+    # minmax means what it means for ONNX Runtime: the global min and max over the calibration set (NNCF's own
+    # default for activations averages the per-image minima and maxima, which clips the rarer large values).
+    adv["activations_range_estimator_params"] = (
+        RangeEstimatorParametersSet.MEAN_QUANTILE if cfg.calibrator == "percentile" else RangeEstimatorParametersSet.MINMAX
+    )
     kwargs["advanced_parameters"] = AdvancedQuantizationParameters(**adv)
     prov: dict[str, Any] = {
         "tool": f"nncf {nncf.__version__}",

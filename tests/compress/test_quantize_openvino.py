@@ -233,3 +233,25 @@ def test_settings_reach_nncf_and_accuracy_control(tied, tmp_path):
     full = quantize(_cfg(tied, target="openvino", reduce_range=False, min_agreement=0.0,
                          out=str(tmp_path / "f.xml")))
     assert full.meta.provenance["quantization"]["overflow_fix"] == "first_layer_only"
+
+
+@pytest.mark.parametrize("calibrator,estimator", [("minmax", "MINMAX"), ("percentile", "MEAN_QUANTILE")])
+def test_calibrator_reaches_nncf_as_the_same_range(fp32, tmp_path, monkeypatch, calibrator, estimator):
+    """--calibrator minmax is the global min/max over the calibration set, as for ONNX Runtime (NNCF's own default
+    for activations averages per-image extremes); percentile is NNCF's mean quantile."""
+    import nncf
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    from medfm_compress.compress.quantize import quantize
+
+    seen = {}
+    real = nncf.quantize
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nncf, "quantize", spy)
+    quantize(_cfg(fp32, target="openvino", calibrator=calibrator, min_agreement=0.0, out=str(tmp_path / "q.xml")))
+    got = seen["advanced_parameters"].activations_range_estimator_params
+    assert got == getattr(RangeEstimatorParametersSet, estimator)
