@@ -125,6 +125,8 @@ def _p50_interleaved(fns: dict[str, callable], x: np.ndarray, runs: int, rounds:
     per = max(1, runs // rounds)
     for _ in range(rounds):
         for name, fn in fns.items():
+            for _ in range(3):  # untimed: the previous tool's runtime may still be spinning its thread pool
+                fn(x)
             for _ in range(per):
                 t = time.perf_counter()
                 fn(x)

@@ -182,6 +182,10 @@ def measure_callable(call, batch_size: int = 1, cfg: LatencyConfig | None = None
     return stats
 
 
+# Untimed calls at the start of each interleaved block (see measure_engines).
+BLOCK_WARMUP = 3
+
+
 def measure_engine(engine, tensors: np.ndarray, cfg: LatencyConfig | None = None) -> dict:
     """Engine-only latency of ``engine.run(tensors)`` (a preprocessed batch)."""
     return measure_engines({0: (engine, tensors)}, cfg)[0]
@@ -200,7 +204,10 @@ def measure_engines(items: dict, cfg: LatencyConfig | None = None, rounds: int =
     cfg = cfg or LatencyConfig()
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
-    per_round = LatencyConfig(iterations=max(1, -(-cfg.iterations // rounds)), warmup=0, warmup_s=0.0,
+    # Each block after the first item's starts with a few untimed calls: the previous item's runtime may still be
+    # spinning its thread pool (ONNX Runtime does after every run), and its first calls would time that instead.
+    per_round = LatencyConfig(iterations=max(1, -(-cfg.iterations // rounds)),
+                              warmup=BLOCK_WARMUP if len(items) > 1 else 0, warmup_s=0.0,
                               duration_s=cfg.duration_s / rounds if cfg.duration_s else None,
                               cuda_events=cfg.cuda_events)
     prepared = {}

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bench.latency import BLOCK_WARMUP
 from ..data.lazy import is_lazy
 from ..errors import ExportError, GateFailure, ModelError
 from .calibration import CalibrationReader
@@ -123,6 +124,8 @@ def interleaved_latency_ms(
     times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
         for k, call in calls.items():
+            for _ in range(BLOCK_WARMUP):  # the previous model's runtime may still spin its threads: untimed
+                call()
             for _ in range(per):
                 t = time.perf_counter()
                 call()
