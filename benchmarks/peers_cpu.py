@@ -292,7 +292,8 @@ def figure(rec: dict) -> dict:
 
 
 def markdown(records: list[dict], fp: dict) -> str:
-    out = [f"# CPU peers benchmark\n\nMachine: {fp.get('cpu', '?')}, {fp.get('cores', '?')} cores; "
+    out = [f"# CPU peers benchmark\n\nMachine: {fp.get('cpu', '?')} ({', '.join(fp.get('cpu_features') or []) or '?'}), "
+           f"{fp.get('cores', '?')} cores; "
            "every runtime at its default thread count. p50 latency in ms over interleaved rounds.\n"]
     for rec in records:
         o = rec["ours"]

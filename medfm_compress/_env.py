@@ -53,6 +53,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Instruction-set extensions that change which CPU kernels run (int8 dot products, bf16/fp16 arithmetic): two
+# machines with the same model name (a cloud "AMD EPYC") but different sets are not comparable for latency.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8",
+                "amx_bf16", "asimd", "sve")
+
+
+def _cpu_features() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in CPU_FEATURES if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def _gpu_info() -> tuple[str | None, str | None]:
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -76,10 +94,12 @@ def _gpu_info() -> tuple[str | None, str | None]:
 
 @functools.lru_cache(maxsize=1)
 def fingerprint() -> dict:
-    """Machine fingerprint: CPU model, cores, GPU name and driver, OS, Python and package versions."""
+    """Machine fingerprint: CPU model, its kernel-relevant instruction-set extensions, cores, GPU name and driver,
+    OS, Python and package versions."""
     gpu, driver = _gpu_info()
     return {
         "cpu": _cpu_model(),
+        "cpu_features": _cpu_features(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",

@@ -262,6 +262,9 @@ def compare_reports(base: dict, new: dict, max_regression: float = 0.10, allow_f
                               f"{SCHEMA_VERSION}")
     fb, fn = base.get("fingerprint", {}), new.get("fingerprint", {})
     diffs = {k: (fb.get(k), fn.get(k)) for k in FINGERPRINT_KEYS if fb.get(k) != fn.get(k)}
+    # Reports written before cpu_features was recorded are compared on the other keys.
+    if "cpu_features" in fb and "cpu_features" in fn and fb["cpu_features"] != fn["cpu_features"]:
+        diffs["cpu_features"] = (fb["cpu_features"], fn["cpu_features"])
     if diffs and not allow_fingerprint_mismatch:
         detail = "; ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diffs.items())
         raise ConfigError(f"the reports come from different machines ({detail}); latency is not comparable: rerun "

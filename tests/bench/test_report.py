@@ -115,6 +115,21 @@ def test_compare_refuses_fingerprint_mismatch(bench_dir, tmp_path):
     assert res.exit_code == 0 and "not like for like" in res.output
 
 
+def test_compare_tells_same_named_cpus_apart_by_features(bench_dir):
+    """Two cloud VMs both called "AMD EPYC", one with AVX512-VNNI and bf16, one with AVX2 only, run different int8
+    and bf16 kernels: not comparable. A report that does not record the features is compared on the rest."""
+    from medfm_compress.bench.report import compare_reports
+
+    base = load_report(bench_dir)
+    assert isinstance(base["fingerprint"]["cpu_features"], list)
+    new = load_report(bench_dir)
+    base["fingerprint"]["cpu_features"], new["fingerprint"]["cpu_features"] = ["avx2"], ["avx2", "avx512_vnni"]
+    with pytest.raises(ConfigError, match="cpu_features"):
+        compare_reports(base, new)
+    del base["fingerprint"]["cpu_features"]
+    assert compare_reports(base, new, max_regression=10.0)["fingerprint_match"]
+
+
 def test_compare_rejects_other_schema_version(bench_dir, tmp_path):
     other = load_report(bench_dir)
     other["schema_version"] = 99
