@@ -16,8 +16,8 @@ images, one process measures:
 * ``torch-ao-dynamic-int8``: ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear`` (torchao itself is not
   installed here; its int8 paths target GPUs).
 
-Latency is p50 over interleaved rounds (every artifact timed in each round, so background load hits all of them
-alike), at batch 1 and 8, with every runtime at its default thread count. Agreement is top-1 agreement with
+Each student is measured in a process of its own. Latency is p50 over interleaved rounds (every artifact timed
+in each round, so background load hits all of them alike; each block opens with untimed calls), at batch 1 and 8, with every runtime at its default thread count. Agreement is top-1 agreement with
 the fp32 model's logits on the test split; AUC is macro AUC against the labels. Writes
 ``benchmarks/results/peers_cpu.json`` and ``.md``. Usage::
 
@@ -320,6 +320,22 @@ def markdown(records: list[dict], fp: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _bench_in_fresh_process(student: str) -> dict:
+    """:func:`bench_student` in a child process of its own. In one process, the students timed after the first
+    ran slower than alone (vit_tiny's ORT int8-dynamic: 1.28 ms after resnet18 and mobilenetv3, 0.59 ms alone), from
+    the thread pools and arenas that the earlier quantizations and runtimes leave behind; a scanner runs one model
+    in a fresh process."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="peers-one-") as tmp:
+        out = Path(tmp) / "one.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--students", student, "--one", str(out)]
+        res = subprocess.run(cmd, check=False)
+        if res.returncode != 0 or not out.is_file():
+            raise SystemExit(f"peers_cpu: benchmarking {student} failed (exit status {res.returncode})")
+        return json.loads(out.read_text())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--students", default="resnet18,mobilenetv3_small_100,vit_tiny_patch16_224")
@@ -335,6 +351,7 @@ def main() -> int:
                     help="ours: --precision auto --auto-exclude (INT8 candidates keep the most damaging layers "
                          "in fp32, NNCF accuracy control for OpenVINO, until the parity gate holds)")
     ap.add_argument("--out", default=str(ROOT / "results" / "peers_cpu"))
+    ap.add_argument("--one", metavar="JSON", help=argparse.SUPPRESS)  # internal: bench one student, write JSON
     args = ap.parse_args()
     args.student_runs = {}
     for item in args.run:
@@ -342,11 +359,14 @@ def main() -> int:
         if not sep or not Path(path, "student.json").is_file():
             ap.error(f"--run {item!r}: give STUDENT=RUN_DIR with a distilled student in RUN_DIR")
         args.student_runs[name] = path
+    if args.one:
+        atomic_write_json(Path(args.one), bench_student(args.students, args))
+        return 0
     t0 = time.time()
     records = []
     for s in args.students.split(","):
         print(f"== {s}", file=sys.stderr, flush=True)
-        rec = bench_student(s.strip(), args)
+        rec = _bench_in_fresh_process(s.strip())
         rec["figure"] = figure(rec)
         records.append(rec)
     fp = fingerprint()
