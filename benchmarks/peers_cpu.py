@@ -294,7 +294,8 @@ def figure(rec: dict) -> dict:
 def markdown(records: list[dict], fp: dict) -> str:
     out = [f"# CPU peers benchmark\n\nMachine: {fp.get('cpu', '?')} ({', '.join(fp.get('cpu_features') or []) or '?'}), "
            f"{fp.get('cores', '?')} cores; "
-           "every runtime at its default thread count. p50 latency in ms over interleaved rounds.\n"]
+           "every runtime at its default thread count. p50 latency in ms over interleaved rounds. The openvino-* peers "
+           "use compile_model's defaults: on a CPU with native bf16 their non-quantized ops run in bf16.\n"]
     for rec in records:
         o = rec["ours"]
         out.append(f"\n## {rec['student']} ({rec['params'] / 1e6:.2f}M params, input {rec['input_shape']}, "
