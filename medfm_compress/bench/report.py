@@ -117,7 +117,9 @@ def to_markdown(report: dict) -> str:
         "",
         f"Data `{report['data']['spec']}` ({report['data']['split']} split, {report['data']['n']} cases, "
         f"{report['data']['task']}); reference **{report['reference']}**.",
-        f"Machine: {fp.get('cpu')} ({fp.get('cores')} cores), GPU {fp.get('gpu') or 'none'}; "
+        f"Machine: {fp.get('cpu')} ({fp.get('cores')} cores"
+        + (f"; {', '.join(fp['cpu_features'])}" if fp.get("cpu_features") else "")
+        + f"), GPU {fp.get('gpu') or 'none'}; "
         + ", ".join(f"{k} {v}" for k, v in sorted(fp.get("versions", {}).items())),
         "",
         "## Accuracy and parity",

@@ -56,6 +56,10 @@ def test_report_files_and_schema(bench_dir):
 def test_markdown_and_junit(bench_dir):
     md = (bench_dir / "report.md").read_text()
     assert "# Benchmark report: FAILED" in md and "| teacher (ref) |" in md and "**FAIL**" in md
+    # The machine line names the instruction-set extensions the latency depends on (when the CPU reports any).
+    from medfm_compress._env import fingerprint
+
+    assert all(f in md.split("Machine:", 1)[1].splitlines()[0] for f in fingerprint()["cpu_features"])
     suite = ET.parse(bench_dir / "junit.xml").getroot().find("testsuite")
     cases = suite.findall("testcase")
     assert len(cases) == 4 and suite.get("failures") == "2"
