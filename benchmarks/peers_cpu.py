@@ -17,8 +17,8 @@ images, one process measures:
   installed here; its int8 paths target GPUs).
 
 Each student is measured in a process of its own. Latency is p50 over interleaved rounds (every artifact timed
-in each round, so background load hits all of them alike; each block opens with untimed calls), at batch 1 and 8, with every runtime at its default thread count. Agreement is top-1 agreement with
-the fp32 model's logits on the test split; AUC is macro AUC against the labels. Writes
+in each round, so background load hits all of them alike; each block opens with untimed calls), at batch 1 and
+8, with every runtime at its default thread count. Agreement is top-1 agreement with the fp32 model's logits on the test split; AUC is macro AUC against the labels. Writes
 ``benchmarks/results/peers_cpu.json`` and ``.md``. Usage::
 
     python benchmarks/peers_cpu.py [--students resnet18,mobilenetv3_small_100,vit_tiny_patch16_224] [--runs 60]
@@ -38,6 +38,7 @@ import numpy as np
 
 from medfm_compress._env import fingerprint
 from medfm_compress._io import atomic_write_json, atomic_write_text
+from medfm_compress.bench.latency import BLOCK_WARMUP
 
 ROOT = Path(__file__).resolve().parent
 OURS = "ours-auto"
@@ -125,7 +126,7 @@ def _p50_interleaved(fns: dict[str, callable], x: np.ndarray, runs: int, rounds:
     per = max(1, runs // rounds)
     for _ in range(rounds):
         for name, fn in fns.items():
-            for _ in range(3):  # untimed: the previous tool's runtime may still be spinning its thread pool
+            for _ in range(BLOCK_WARMUP):  # untimed: the previous tool's runtime may still spin its thread pool
                 fn(x)
             for _ in range(per):
                 t = time.perf_counter()

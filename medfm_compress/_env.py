@@ -42,15 +42,18 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each key in /proc/cpuinfo (empty where there is none)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if sep:
+                    info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return info
 
 
 # Instruction-set extensions that change which CPU kernels run (int8 dot products, bf16/fp16 arithmetic): two
@@ -59,16 +62,9 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "av
                 "amx_bf16", "asimd", "sve")
 
 
-def _cpu_features() -> list[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    have = set(line.split(":", 1)[1].split())
-                    return [f for f in CPU_FEATURES if f in have]
-    except OSError:
-        pass
-    return []
+def _cpu_features(info: dict[str, str]) -> list[str]:
+    have = set((info.get("flags") or info.get("Features") or "").split())
+    return [f for f in CPU_FEATURES if f in have]
 
 
 def _gpu_info() -> tuple[str | None, str | None]:
@@ -97,9 +93,10 @@ def fingerprint() -> dict:
     """Machine fingerprint: CPU model, its kernel-relevant instruction-set extensions, cores, GPU name and driver,
     OS, Python and package versions."""
     gpu, driver = _gpu_info()
+    info = _cpuinfo()
     return {
-        "cpu": _cpu_model(),
-        "cpu_features": _cpu_features(),
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_features": _cpu_features(info),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",

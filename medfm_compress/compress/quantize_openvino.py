@@ -104,17 +104,10 @@ def _check_openvino(proto, cfg) -> None:
         raise ConfigError(f"--target openvino writes an IR: give --out ending in .xml (the .bin goes beside it), "
                           f"got {cfg.out}")
     if cfg.precision == "bf16":
-        _require_bf16("--precision bf16")
+        from ..export.openvino import require_ov_precision
+
+        require_ov_precision("bf16", "CPU", "--precision bf16 (an IR run at bf16)")
     onnx_to_ov(proto, "the model")
-
-
-def _require_bf16(what: str) -> None:
-    from ..export.openvino import ov_core, ov_supports
-
-    if not ov_supports("bf16", "CPU"):
-        caps = ", ".join(map(str, ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
-        raise ConfigError(f"{what} needs a CPU with native bf16 (AVX512-BF16 or AMX); OpenVINO reports only {caps} "
-                          "here: use --precision int8 or fp32")
 
 
 def _writer(ov_model):
@@ -322,7 +315,7 @@ def _float_ir(ctx: QuantizeContext, fp32_model, ref: np.ndarray, precision: str,
     return QuantizedModel(fp32_model, precision, prov, {"parity": parity}, save=_writer(fp32_model), suffix=".xml")
 
 
-def _int8_candidate(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
+def _int8_candidate(ctx: QuantizeContext, fp32_model, ref: np.ndarray) -> QuantizedModel:
     """The NNCF int8 candidate of ``--precision auto``. With ``--auto-exclude`` and plain PTQ missing the gate,
     accuracy control runs only where plain int8 is faster than OpenVINO fp32: reverting layers to fp32 only
     moves int8 towards fp32 speed, so otherwise it cannot win (on mobilenetv3 here it took > 10 min for nothing)."""
@@ -339,7 +332,8 @@ def _int8_candidate(ctx: QuantizeContext, fp32_model, ref: np.ndarray):
         report["auto_exclude"] = {"method": "nncf.quantize_with_accuracy_control", "skipped": why}
         return False
 
-    return _ptq(ctx, fp32_model, ref, worth_restoring)
+    q, prov, report = _ptq(ctx, fp32_model, ref, worth_restoring)
+    return QuantizedModel(q, "int8", prov, report, save=_writer(q), suffix=".xml")
 
 
 def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tuple[dict[str, Any], Any]]:
@@ -364,7 +358,7 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
         return [({"precision": "openvino", "engine": "openvino", "passes": False, "error": str(e)}, None)]
     rows: list[tuple[dict[str, Any], Any]] = []
     builds = {"openvino-fp32": lambda: _float_ir(ctx, fp32_model, ref, "fp32", gate=False),
-              "openvino-int8": lambda: _int8_qm(ctx, fp32_model, ref)}
+              "openvino-int8": lambda: _int8_candidate(ctx, fp32_model, ref)}
     if ov_supports("bf16", "CPU"):
         # The CPU plugin's own choice on this CPU for an "fp32" model: a candidate like any other, gated on parity.
         builds["openvino-bf16"] = lambda: _float_ir(ctx, fp32_model, ref, "bf16", gate=False)
@@ -392,10 +386,6 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
         rows.append((row, qm))
     return rows
 
-
-def _int8_qm(ctx: QuantizeContext, fp32_model, ref: np.ndarray) -> QuantizedModel:
-    q, prov, report = _int8_candidate(ctx, fp32_model, ref)
-    return QuantizedModel(q, "int8", prov, report, save=_writer(q), suffix=".xml")
 
 
 register_auto_candidates(openvino_auto_candidates)

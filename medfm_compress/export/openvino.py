@@ -41,6 +41,7 @@ __all__ = [
     "compile_ov",
     "ov_inference_precision",
     "ov_supports",
+    "require_ov_precision",
     "OpenVINOExportResult",
     "export_openvino",
 ]
@@ -250,6 +251,21 @@ def ov_supports(precision: str, device: str = "CPU") -> bool:
     return OV_INFERENCE_PRECISIONS[precision] in {str(c).upper() for c in caps}
 
 
+def require_ov_precision(precision: str, device: str = "CPU", what: str = "the model") -> None:
+    """A one-line :class:`ConfigError` unless ``device`` runs ``precision`` natively: never emulated silently."""
+    if ov_supports(precision, device):
+        return
+    try:
+        caps = ", ".join(map(str, ov_core().get_property(device, "OPTIMIZATION_CAPABILITIES")))
+    except Exception:
+        caps = "none reported"
+    raise ConfigError(
+        f"{what} runs at {precision}: OpenVINO's {device} device has no native support for it on this machine "
+        f"(native {precision} would be listed in its capabilities: {caps}); run it where it has, or use an "
+        "fp32/int8 artifact"
+    )
+
+
 def compile_ov(model, device: str | None = None, threads: int | None = None, hint: str | None = None,
                source: str = "model", inference_precision: str | None = None):
     """``Core.compile_model`` with thread count, performance hint and inference precision; an unknown device or
@@ -284,12 +300,7 @@ def compile_ov(model, device: str | None = None, threads: int | None = None, hin
         )
     config: dict[str, Any] = {"PERFORMANCE_HINT": hints[hint_name]}
     if base in ("CPU", "GPU"):
-        if not ov_supports(prec, dev):
-            raise ConfigError(
-                f"{source} runs at {prec}, which OpenVINO's {dev} device has no native support for on this machine "
-                f"(its capabilities: {', '.join(map(str, core.get_property(dev, 'OPTIMIZATION_CAPABILITIES')))}); "
-                "run it where it has, or use an fp32/int8 artifact"
-            )
+        require_ov_precision(prec, dev, source)
         config["INFERENCE_PRECISION_HINT"] = prec
     elif prec != "f32":
         raise ConfigError(f"an inference precision ({prec}) can be set on CPU and GPU devices only, not {dev}")
