@@ -55,9 +55,9 @@ def export(name: str, dest: Path) -> Path:
 
     from medfm_compress.data import PreprocessSpec
     from medfm_compress.data.synthetic import LABEL_NAMES
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
     from medfm_compress.models import create_model
+    from medfm_compress.runtime.metadata import ModelMeta
 
     spec, size, chans = MODELS[name]
     model = create_model(spec, num_classes=len(LABEL_NAMES), in_chans=chans, img_size=size)

@@ -66,7 +66,6 @@ def main() -> None:
 
     from medfm_compress.bench.harness import BenchConfig, run_bench
     from medfm_compress.bench.latency import LatencyConfig, measure_callable
-    from medfm_compress.bench.metrics import centered_cosine_similarity, cosine_similarity
     from medfm_compress.compress.distill_volume import VolumeDistillConfig, distill_volume, teacher_embeddings
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
     from medfm_compress.data import load_data
@@ -79,6 +78,7 @@ def main() -> None:
         z_split,
     )
     from medfm_compress.export.onnx import ExportConfig, export_onnx
+    from medfm_compress.metrics import centered_cosine_similarity, cosine_similarity
     from medfm_compress.models.foundation import load_teacher
     from medfm_compress.runtime import Engine
 

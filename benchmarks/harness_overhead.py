@@ -40,9 +40,9 @@ def make_artifacts(out: Path) -> tuple[Path, Path]:
     import torch
 
     from medfm_compress.data import PreprocessSpec, load_data
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
     from medfm_compress.models import ModelCard, count_params, create_model, save_state_dict
+    from medfm_compress.runtime.metadata import ModelMeta
 
     task = load_data(DATA)
     torch.manual_seed(0)

@@ -54,12 +54,12 @@ def _student(student: str, task, n_fit: int, out_dir: Path):
     """
     import torch
 
-    from medfm_compress.bench.metrics import macro_auc
     from medfm_compress.compress.calibration import stratified_indices
-    from medfm_compress.data.preprocess import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.metrics import macro_auc
     from medfm_compress.models import create_model
+    from medfm_compress.runtime.metadata import ModelMeta
+    from medfm_compress.runtime.preprocess import PreprocessSpec
 
     torch.manual_seed(0)
     train = task.split("train")
@@ -106,8 +106,8 @@ def _distilled_student(run_dir: Path, task, out_dir: Path):
     """(torch model, ModelMeta, fp32 ONNX path, test AUC) of a student distilled by ``medfm-compress distill``."""
     import torch
 
-    from medfm_compress.bench.metrics import macro_auc
     from medfm_compress.export.onnx import ExportConfig, export_onnx
+    from medfm_compress.metrics import macro_auc
     from medfm_compress.models import load_model
 
     model, _card = load_model(run_dir, name="student")
@@ -146,10 +146,10 @@ def bench_student(student: str, args) -> dict:
     import torch
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
-    from medfm_compress.bench.metrics import macro_auc, top1_agreement
     from medfm_compress.compress.calibration import stratified_indices
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
     from medfm_compress.data import load_data
+    from medfm_compress.metrics import macro_auc, top1_agreement
     from medfm_compress.runtime import Engine
 
     t0 = time.time()

@@ -15,7 +15,6 @@ import argparse
 import json
 from pathlib import Path
 
-from medfm_compress.bench.metrics import macro_auc
 from medfm_compress.compress.calibration import stratified_indices
 from medfm_compress.compress.quantize_trt import (
     QATConfig,
@@ -25,6 +24,7 @@ from medfm_compress.compress.quantize_trt import (
     quantize_torch,
 )
 from medfm_compress.data import load_data
+from medfm_compress.metrics import macro_auc
 from medfm_compress.models.card import load_model
 
 

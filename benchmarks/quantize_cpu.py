@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from medfm_compress._env import fingerprint  # noqa: E402
 from medfm_compress._io import atomic_write_json  # noqa: E402
-from medfm_compress.bench.metrics import task_metrics, top1_agreement  # noqa: E402
 from medfm_compress.compress.quantize import QuantizeConfig, quantize  # noqa: E402
 from medfm_compress.compress.quantize_ort import interleaved_latency_ms  # noqa: E402
 from medfm_compress.errors import MedfmError  # noqa: E402
-from medfm_compress.export.onnx import ExportConfig, export_onnx, ort_session, run_onnx  # noqa: E402
+from medfm_compress.export.onnx import ExportConfig, export_onnx
+from medfm_compress.metrics import task_metrics, top1_agreement  # noqa: E402
+from medfm_compress.runtime.onnx_loader import ort_session, run_onnx
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quantize_cpu.json"
 
@@ -138,8 +139,8 @@ def _export_plain(model, arch: str, path: Path, size=224):
     from _realdata import IMAGENET_MEAN, IMAGENET_STD
 
     from medfm_compress.data import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.runtime.metadata import ModelMeta
 
     pre = PreprocessSpec((size, size), 3, IMAGENET_MEAN, IMAGENET_STD)
     n = model.num_classes if hasattr(model, "num_classes") else 1000

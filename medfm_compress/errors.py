@@ -15,6 +15,7 @@ __all__ = [
     "BackendMissingError",
     "IntegrityError",
     "GateFailure",
+    "first_line",
 ]
 
 
@@ -62,3 +63,9 @@ class GateFailure(MedfmError):
     """A benchmark or parity gate failed; exit status 3 so CI can tell it from a usage error."""
 
     exit_code = 3
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of a third-party exception's message (for one-line errors), or its type name."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return lines[0][:limit] if lines else type(e).__name__

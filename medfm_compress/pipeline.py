@@ -199,10 +199,14 @@ def resolve_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     if dup:
         raise ConfigError(f"{where}: quantize variant names must be unique (repeated: {', '.join(sorted(dup))})")
     qnames = {v["name"] for v in quantize}
+    onnx_variants = {v["name"] for v in quantize if v["target"] != "openvino"}
     for e in tensorrt:
         if e["source"] != "fp32" and e["source"] not in qnames:
             raise ConfigError(f"{where}.tensorrt '{e['name']}': source '{e['source']}' is neither 'fp32' nor a quantize "
                               f"variant ({', '.join(sorted(qnames)) or 'none defined'})")
+        if e["source"] != "fp32" and e["source"] not in onnx_variants:
+            raise ConfigError(f"{where}.tensorrt '{e['name']}': source '{e['source']}' is an OpenVINO IR; TensorRT "
+                              "builds from ONNX: use 'fp32' or a tensorrt/cpu quantize variant")
     if (quantize or tensorrt) and export is None:
         raise ConfigError(f"{where}: quantize/tensorrt need the exported ONNX; do not set export: null")
     bench = None
@@ -281,12 +285,13 @@ def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
                                                               distill_writes["student_card"]], {"onnx": fp32}))
     qpaths = {}
     for q in recipe.quantize:
-        path = run_dir / f"student.{q['name']}.onnx"
+        path = _variant_path(run_dir, q)
         qpaths[q["name"]] = path
         reads = [fp32]
         if q.get("method") == "qat" and not recipe.volume:
             reads = [fp32, distill_writes["student_weights"], distill_writes["teacher_weights"]]
-        out.append(StageSpec(f"quantize:{q['name']}", "quantize", q, reads, {"onnx": path}))
+        writes = {"model": path, **({"weights": path.with_suffix(".bin")} if path.suffix == ".xml" else {})}
+        out.append(StageSpec(f"quantize:{q['name']}", "quantize", q, reads, writes))
     for e in recipe.tensorrt:
         src = fp32 if e["source"] == "fp32" else qpaths[e["source"]]
         path = run_dir / f"student.{e['name']}.engine"
@@ -330,68 +335,97 @@ def _gpu_available() -> bool:
         return False
 
 
-def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
-               force: bool = False) -> Any:
+def _variant_path(run_dir: Path, variant: dict[str, Any]) -> Path:
+    """Where a quantize variant's model goes: the file type its target writes (.onnx, or .xml for openvino)."""
+    from .compress.quantize import get_target
+
+    return run_dir / f"student.{variant['name']}{get_target(variant['target']).suffix}"
+
+
+def _stage_config(spec: StageSpec, recipe: Recipe, **owned: Any):
+    """The stage's config object: the recipe section plus the fields the pipeline owns."""
     from .config import config_from_dict
 
     cls = _config_classes()[spec.kind]
+    if spec.kind == "distill" and recipe.volume:
+        from .compress.distill_volume import VolumeDistillConfig
+
+        cls = VolumeDistillConfig
     cfg_dict = {k: v for k, v in spec.config.items() if k not in ("name", "source")}
-    if spec.kind == "distill":
-        if recipe.volume:
-            from .compress.distill_volume import VolumeDistillConfig, distill_volume
+    return config_from_dict(cls, {**cfg_dict, **owned}, spec.id)
 
-            cfg = config_from_dict(VolumeDistillConfig, {**cfg_dict, "out": str(run_dir), "progress": progress},
-                                   spec.id)
-            return distill_volume(cfg)
-        from .compress.distill import distill
 
-        cfg = config_from_dict(cls, {**cfg_dict, "out": str(run_dir), "progress": progress, "force": force}, spec.id)
-        return distill(cfg)
-    if spec.kind == "export":
-        from .export.onnx import export_onnx
+def _run_distill(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
+                 force: bool) -> Any:
+    if recipe.volume:
+        from .compress.distill_volume import distill_volume
 
-        cfg = config_from_dict(cls, {**cfg_dict, "source": str(run_dir), "out": str(spec.writes["onnx"]),
-                                     "force": force}, spec.id)
-        return export_onnx(cfg)
-    if spec.kind == "quantize":
-        from .compress.quantize import quantize
+        return distill_volume(_stage_config(spec, recipe, out=str(run_dir), progress=progress))
+    from .compress.distill import distill
 
-        src = str(run_dir) if spec.config.get("method") == "qat" else str(spec.reads[0])
-        cfg = config_from_dict(cls, {**cfg_dict, "input": src, "out": str(spec.writes["onnx"]), "progress": progress,
-                                     "force": force}, spec.id)
-        return quantize(cfg)
-    if spec.kind == "tensorrt":
-        from .export.tensorrt import build_engine
+    return distill(_stage_config(spec, recipe, out=str(run_dir), progress=progress, force=force))
 
-        cfg = config_from_dict(cls, {**cfg_dict, "onnx": str(spec.reads[0]), "out": str(spec.writes["engine"]),
-                                     "force": force}, spec.id)
-        return build_engine(cfg, progress=progress)
-    if spec.kind == "bench":
-        from .bench.harness import run_bench
-        from .bench.report import write_reports
 
-        artifacts = [] if recipe.volume else [("teacher", str(run_dir / "teacher"))]
-        if recipe.distill.get("baseline"):
-            artifacts.append(("baseline", str(run_dir / "baseline")))
-        artifacts.append(("student-fp32", str(run_dir / "student.onnx")))
-        for q in recipe.quantize:
-            # QDQ models made for TensorRT are not meant for the CPU runtime; their engines are benched on GPUs.
-            if q["target"] != "tensorrt":
-                artifacts.append((f"student-{q['name']}", str(run_dir / f"student.{q['name']}.onnx")))
-        if _gpu_available():
-            artifacts += [(f"student-{name}", str(path)) for name, path in engines.items()]
-        if cfg_dict.get("gate_on") is not None:
-            present = {n for n, _ in artifacts}
-            cfg_dict["gate_on"] = [n for n in cfg_dict["gate_on"] if n in present]
-        # A volume run is benchmarked on its held-out crops when it has them.
-        bench_data = (recipe.distill.get("eval_data") or recipe.data) if recipe.volume else recipe.data
-        cfg = config_from_dict(cls, {**cfg_dict, "artifacts": artifacts, "data": bench_data,
-                                     "out": str(spec.writes["report"].parent), "progress": progress, "force": force},
-                               spec.id)
-        report = run_bench(cfg)
-        write_reports(report, spec.writes["report"].parent)
-        return report
-    raise AssertionError(spec.kind)  # unreachable: _plan only makes the kinds above
+def _run_export(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
+                force: bool) -> Any:
+    from .export.onnx import export_onnx
+
+    return export_onnx(_stage_config(spec, recipe, source=str(run_dir), out=str(spec.writes["onnx"]), force=force))
+
+
+def _run_quantize(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
+                  force: bool) -> Any:
+    from .compress.quantize import quantize
+
+    src = str(run_dir) if spec.config.get("method") == "qat" else str(spec.reads[0])
+    return quantize(_stage_config(spec, recipe, input=src, out=str(spec.writes["model"]), progress=progress,
+                                  force=force))
+
+
+def _run_tensorrt(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
+                  force: bool) -> Any:
+    from .export.tensorrt import build_engine
+
+    cfg = _stage_config(spec, recipe, onnx=str(spec.reads[0]), out=str(spec.writes["engine"]), force=force)
+    return build_engine(cfg, progress=progress)
+
+
+def _run_bench(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
+               force: bool) -> Any:
+    from .bench.harness import run_bench
+    from .bench.report import write_reports
+
+    artifacts = [] if recipe.volume else [("teacher", str(run_dir / "teacher"))]
+    if recipe.distill.get("baseline"):
+        artifacts.append(("baseline", str(run_dir / "baseline")))
+    artifacts.append(("student-fp32", str(run_dir / "student.onnx")))
+    for q in recipe.quantize:
+        # QDQ models made for TensorRT are not meant for the CPU runtime; their engines are benched on GPUs.
+        if q["target"] != "tensorrt":
+            artifacts.append((f"student-{q['name']}", str(_variant_path(run_dir, q))))
+    if _gpu_available():
+        artifacts += [(f"student-{name}", str(path)) for name, path in engines.items()]
+    gate_on = spec.config.get("gate_on")
+    if gate_on is not None:
+        present = {n for n, _ in artifacts}
+        gate_on = [n for n in gate_on if n in present]
+    # A volume run is benchmarked on its held-out crops when it has them.
+    bench_data = (recipe.distill.get("eval_data") or recipe.data) if recipe.volume else recipe.data
+    cfg = _stage_config(spec, recipe, artifacts=artifacts, data=bench_data, gate_on=gate_on,
+                        out=str(spec.writes["report"].parent), progress=progress, force=force)
+    report = run_bench(cfg)
+    write_reports(report, spec.writes["report"].parent)
+    return report
+
+
+# Stage kind -> the function that runs it; _plan makes only these kinds, in STAGES order.
+STAGE_RUNNERS = {"distill": _run_distill, "export": _run_export, "quantize": _run_quantize,
+                 "tensorrt": _run_tensorrt, "bench": _run_bench}
+
+
+def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
+               force: bool = False) -> Any:
+    return STAGE_RUNNERS[spec.kind](spec, recipe, run_dir, progress, engines, force)
 
 
 def _fmt_s(seconds: float) -> str:

@@ -93,9 +93,9 @@ def gray_onnx(tmp_path_factory):
     import torch
 
     from medfm_compress.data import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
     from medfm_compress.models import create_model
+    from medfm_compress.runtime.metadata import ModelMeta
 
     torch.manual_seed(0)
     model = create_model("timm:medfm_resnet10_w16", 2, 1, 32).eval()

@@ -14,8 +14,8 @@ def tiny_onnx(path, custom_op: str | None = None, tied: bool = False, label_name
     import onnx
     from onnx import TensorProto, helper
 
-    from medfm_compress.data.preprocess import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta, encode_metadata
+    from medfm_compress.runtime.metadata import ModelMeta, encode_metadata
+    from medfm_compress.runtime.preprocess import PreprocessSpec
 
     rng = np.random.default_rng(0)
     inits = [

@@ -14,16 +14,20 @@ microseconds of a bare backend loop (see ``benchmarks/harness_overhead.py``).
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import resource
-import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..runtime.timing import (
+    BLOCK_WARMUP,
+    LatencyConfig,
+    no_gc,
+    peak_rss_bytes,
+    summarize,
+    timed_loop,
+    warm_up,
+)
 
 __all__ = [
     "LatencyConfig",
@@ -36,62 +40,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class LatencyConfig:
-    """How long to warm up and measure.
-
-    Attributes:
-        iterations: timed calls (used when ``duration_s`` is None; also the minimum with a duration).
-        warmup: untimed calls first.
-        warmup_s: minimum warm-up time in seconds (keeps calling after ``warmup`` calls until it passes).
-        duration_s: when set, keep timing until this many seconds have passed (at least ``iterations`` calls).
-        cuda_events: on CUDA engines, time with CUDA events (device time) instead of the host clock.
-    """
-
-    iterations: int = 100
-    warmup: int = 10
-    warmup_s: float = 0.0
-    duration_s: float | None = None
-    cuda_events: bool = True
-
-    def __post_init__(self):
-        if self.iterations < 1:
-            raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
-        if self.warmup < 0 or self.warmup_s < 0:
-            raise ConfigError("warmup and warmup_s must be >= 0")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ConfigError(f"duration must be > 0 seconds, got {self.duration_s}")
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def summarize(times_s: np.ndarray | list[float], batch_size: int = 1) -> dict[str, float | int]:
-    """Percentiles, mean, std, min (ms) and throughput (items/s) of per-call times in seconds."""
-    t = np.asarray(times_s, dtype=np.float64) * 1e3
-    if t.size == 0:
-        raise ValueError("no timings to summarise")
-    p50, p90, p95, p99 = np.percentile(t, [50, 90, 95, 99])
-    mean = float(t.mean())
-    return {
-        "n": int(t.size),
-        "batch_size": int(batch_size),
-        "p50_ms": float(p50),
-        "p90_ms": float(p90),
-        "p95_ms": float(p95),
-        "p99_ms": float(p99),
-        "mean_ms": mean,
-        "std_ms": float(t.std()),
-        "min_ms": float(t.min()),
-        "max_ms": float(t.max()),
-        "throughput_per_s": float(batch_size * 1e3 / mean) if mean > 0 else float("inf"),
-    }
-
-
 def _is_cuda(engine) -> bool:
     return str(engine.info.get("device") or "cpu").startswith("cuda")
 
@@ -102,66 +50,17 @@ def _cuda_events_apply(engine) -> bool:
     return bool(getattr(engine, "supports_cuda_events", False)) and _is_cuda(engine)
 
 
-@contextlib.contextmanager
-def _no_gc():
-    """Keep Python's cyclic garbage collector out of the timed region (as ``timeit`` does): a collection
-    landing inside one timed call is noise from the harness, not a cost of the engine."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _timed_loop(call, cfg: LatencyConfig) -> list[float]:
-    """Warm up, then time ``call()`` with the host clock; the loop body is just the call and two clock reads."""
-    with _no_gc():
-        return _timed_loop_impl(call, cfg)
-
-
-def _warm_up(call, cfg: LatencyConfig) -> None:
-    """Untimed calls: at least ``cfg.warmup`` of them, and for at least ``cfg.warmup_s`` seconds."""
-    perf = time.perf_counter
-    start = perf()
-    i = 0
-    while i < cfg.warmup or perf() - start < cfg.warmup_s:
-        call()
-        i += 1
-
-
-def _timed_loop_impl(call, cfg: LatencyConfig) -> list[float]:
-    perf = time.perf_counter
-    _warm_up(call, cfg)
-    times: list[float] = []
-    append = times.append
-    if cfg.duration_s is None:
-        for _ in range(cfg.iterations):
-            t0 = perf()
-            call()
-            append(perf() - t0)
-    else:
-        end = perf() + cfg.duration_s
-        while len(times) < cfg.iterations or perf() < end:
-            t0 = perf()
-            call()
-            append(perf() - t0)
-    return times
-
-
 def _cuda_event_loop(engine, call, cfg: LatencyConfig) -> tuple[list[float], int | None]:
     """Warm up, then time each call between CUDA events (synchronised); returns times and peak device memory."""
     import torch
 
     perf = time.perf_counter
-    _warm_up(call, cfg)
+    warm_up(call, cfg)
     engine.synchronize()
     torch.cuda.reset_peak_memory_stats()
     pairs = []
     end = perf() + (cfg.duration_s or 0.0)
-    with _no_gc():
+    with no_gc():
         while len(pairs) < cfg.iterations or perf() < end:
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
@@ -177,13 +76,9 @@ def measure_callable(call, batch_size: int = 1, cfg: LatencyConfig | None = None
     """Host-clock latency of ``call()`` (e.g. a torch model that is not an exported artifact), same statistics
     as :func:`measure_engine`."""
     cfg = cfg or LatencyConfig()
-    stats = summarize(_timed_loop(call, cfg), batch_size)
+    stats = summarize(timed_loop(call, cfg), batch_size)
     stats.update(clock="perf_counter", peak_rss_bytes=peak_rss_bytes())
     return stats
-
-
-# Untimed calls at the start of each interleaved block (see measure_engines).
-BLOCK_WARMUP = 3
 
 
 def measure_engine(engine, tensors: np.ndarray, cfg: LatencyConfig | None = None) -> dict:
@@ -218,7 +113,7 @@ def measure_engines(items: dict, cfg: LatencyConfig | None = None, rounds: int =
         run = engine._run_impl
         if _is_cuda(engine):
             engine.synchronize()
-        _warm_up(lambda r=run, x=x: r(x), cfg)
+        warm_up(lambda r=run, x=x: r(x), cfg)
         events = cfg.cuda_events and _cuda_events_apply(engine)
         prepared[key] = (engine, x, run, events, [], [])
     for r in range(rounds):
@@ -229,7 +124,7 @@ def measure_engines(items: dict, cfg: LatencyConfig | None = None, rounds: int =
             else:
                 if _is_cuda(engine):
                     engine.synchronize()
-                t = _timed_loop(lambda r=run, x=x: r(x), per_round)
+                t = timed_loop(lambda r=run, x=x: r(x), per_round)
             times.extend(t)
             if r == rounds - 1 and on_done is not None:
                 on_done(key)
@@ -248,7 +143,7 @@ def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None
 
     Cycles through ``raw_images`` so that preprocessing sees real, varying cases.
     """
-    from .metrics import probabilities
+    from ..metrics import probabilities
 
     cfg = cfg or LatencyConfig()
     if len(raw_images) == 0:
@@ -269,7 +164,7 @@ def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None
         one_case()
         engine.synchronize()
 
-    times = _timed_loop(synced, cfg)
+    times = timed_loop(synced, cfg)
     stats = summarize(times, 1)
     stats.update(clock="perf_counter", threads=engine.info.get("threads"), peak_rss_bytes=peak_rss_bytes())
     return stats

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .. import metrics as M
 from ..errors import DataError
-from . import metrics as M
 
 __all__ = ["iter_batches", "predict_logits", "check_data_matches", "evaluate", "parity"]
 

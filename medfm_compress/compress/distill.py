@@ -173,7 +173,7 @@ def _labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int) -
 
 
 def _preprocess_spec(task, train_images: np.ndarray, input_size=None):
-    from ..data.preprocess import PreprocessSpec, raw_to_unit, to_nchw
+    from ..runtime.preprocess import PreprocessSpec, raw_to_unit, to_nchw
 
     unit = to_nchw(raw_to_unit(train_images[:2048], task.window), task.channels)
     mean = tuple(float(v) for v in unit.mean(axis=(0, 2, 3)))
@@ -205,7 +205,7 @@ def _adapt(x, src, dst):
 
 
 def _evaluate(model, x, labels, task, batch_size=256) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    from ..bench.metrics import task_metrics
+    from ..metrics import task_metrics
     from .train import predict
 
     logits, emb = predict(model, x, batch_size, embeddings=True)
@@ -321,8 +321,9 @@ def distill(cfg: DistillConfig) -> DistillResult:
     from ..models.card import ModelCard
     from ..models.factory import count_params, create_model
     from ..models.features import FeatureTap, macs_of
+    from ..models.heads import Projector
     from ..models.weights import load_weights
-    from .losses import Projector, feature_kd_loss, hard_label_loss, logit_kd_loss
+    from .losses import feature_kd_loss, hard_label_loss, logit_kd_loss
     from .train import LoopConfig, augment_batch, dist_info, run_loop
 
     t_start = time.time()
@@ -534,7 +535,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
         # In label-free mode the head is fitted afterwards, so a validation AUC would mean nothing yet.
         if x_val is None or cfg.labels == "none":
             return {}
-        from ..bench.metrics import macro_auc
+        from ..metrics import macro_auc
 
         lo, _ = predict_logits(student, x_val)
         return {"val_auc": round(macro_auc(lo, val.labels, task.task), 4)}
@@ -576,7 +577,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
             "source": teacher.source,
         },
     }
-    from ..bench.metrics import top1_agreement
+    from ..metrics import top1_agreement
 
     if t_test_logits is not None:
         metrics["student_teacher_agreement"] = top1_agreement(s_logits, t_test_logits, task.task)

@@ -109,9 +109,9 @@ def distill_volume(cfg: VolumeDistillConfig) -> DistillResult:
     """Run the distillation as configured; see the module docstring for what is written."""
     import torch
 
-    from ..bench.metrics import cosine_similarity
     from ..data import PreprocessSpec, load_data
     from ..data.volume import CROP_SPLIT, EmbeddingCache
+    from ..metrics import cosine_similarity
     from ..models.card import ModelCard
     from ..models.factory import count_params, create_model
     from ..models.features import macs_of
@@ -224,7 +224,7 @@ def distill_volume(cfg: VolumeDistillConfig) -> DistillResult:
         "cache": {"dir": str(cache.directory), "hits": cache.hits, "computed": cache.misses},
     }
     if eval_task is not None:
-        from ..bench.metrics import centered_cosine_similarity
+        from ..metrics import centered_cosine_similarity
 
         s_eval = predict(x_eval)
         center = t_train.numpy().mean(0)

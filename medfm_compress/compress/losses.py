@@ -1,12 +1,12 @@
-"""Distillation losses: logit KD, embedding KD through a learned projector, hard-label CE/BCE."""
+"""Distillation losses: logit KD, embedding KD (through a :class:`~medfm_compress.models.heads.Projector`),
+hard-label CE/BCE."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-__all__ = ["logit_kd_loss", "feature_kd_loss", "hard_label_loss", "Projector", "LOSS_NAMES"]
+__all__ = ["logit_kd_loss", "feature_kd_loss", "hard_label_loss", "LOSS_NAMES"]
 
 LOSS_NAMES = ("kd", "feat", "ce")
 
@@ -40,16 +40,3 @@ def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> to
     if task == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, labels.float())
     return F.cross_entropy(logits, labels.long())
-
-
-class Projector(nn.Module):
-    """Maps student embeddings to the teacher's embedding width (trained with the student, then dropped; a
-    volume student keeps it as its head). ``hidden`` defaults to ``out_dim``."""
-
-    def __init__(self, in_dim: int, out_dim: int, hidden: int | None = None):
-        super().__init__()
-        hidden = hidden or out_dim
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)

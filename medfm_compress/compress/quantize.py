@@ -5,10 +5,10 @@ flags) or a run directory (exported first), builds a calibration set, hands both
 for ``cfg.target`` and writes the backend's model atomically with updated ``medfm.*`` metadata.
 
 Backends register themselves with :func:`register_target`; modules named ``medfm_compress.compress.quantize_*``
-are imported on first use, so a new target (e.g. ``tensorrt``) needs a new module only::
+are imported on first use, so a new target needs a new module only::
 
-    @register_target("tensorrt", precisions=("int8", "fp8"), methods=("ptq", "qat"))
-    def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel: ...
+    @register_target("mytarget", precisions=("int8",), methods=("ptq",), options=("calibrator",))
+    def quantize_mytarget(ctx: QuantizeContext) -> QuantizedModel: ...
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ __all__ = [
     "available_targets",
     "quantize",
     "CALIBRATORS",
+    "COMMON_OPTIONS",
 ]
 
 CONFIG_VERSION = 1
@@ -185,6 +186,15 @@ class QuantizeResult:
     input_size_bytes: int
 
 
+# QuantizeConfig fields every target reads; the others are target options that a target declares when it
+# honours them (register_target(options=...)), and quantize() refuses one set away from its default otherwise.
+COMMON_OPTIONS = frozenset({
+    "input", "out", "calib_data", "target", "precision", "method", "num_calib", "num_holdout", "min_agreement",
+    "min_cosine", "allow_random_calibration", "input_size", "channels", "mean", "std", "model", "seed", "force",
+    "progress", "version",
+})
+
+
 @dataclass(frozen=True)
 class QuantTarget:
     name: str
@@ -192,6 +202,20 @@ class QuantTarget:
     precisions: tuple[str, ...]
     methods: tuple[str, ...]
     check: Callable[[Any, QuantizeConfig], None] | None = None
+    options: tuple[str, ...] = ()
+    suffix: str = ".onnx"
+
+    def refuse_ignored(self, cfg: QuantizeConfig) -> None:
+        """One-line error for a target option ``cfg`` sets (away from its default) that this target ignores."""
+        ignored = [f.name for f in dataclasses.fields(cfg)
+                   if f.name not in COMMON_OPTIONS and f.name not in self.options
+                   and getattr(cfg, f.name) != f.default]
+        if ignored:
+            flags = ", ".join(f"{n} ({getattr(cfg, n)!r})" for n in ignored)
+            raise ConfigError(
+                f"--target {self.name} does not use {flags}; remove it (this target's options: "
+                f"{', '.join(self.options) or 'none'})"
+            )
 
 
 _TARGETS: dict[str, QuantTarget] = {}
@@ -204,19 +228,27 @@ def register_target(
     precisions: tuple[str, ...],
     methods: tuple[str, ...] = ("ptq",),
     check: Callable[[Any, QuantizeConfig], None] | None = None,
+    options: tuple[str, ...] = (),
+    suffix: str = ".onnx",
 ):
     """Decorator registering a quantization backend for ``--target name``; a duplicate name is an error.
 
     ``check(fp32_proto, cfg)``, when given, runs before calibration data is loaded and raises a
     :class:`~medfm_compress.errors.MedfmError` for a model the target cannot handle (e.g. an unsupported op).
+    ``options``: the :class:`QuantizeConfig` fields beyond :data:`COMMON_OPTIONS` the target honours; any other
+    set away from its default is refused. ``suffix``: the file the target writes (``.onnx``, ``.xml``).
     """
+    fields = {f.name for f in dataclasses.fields(QuantizeConfig)}
+    unknown = set(options) - fields
+    if unknown:
+        raise ValueError(f"quantization target {name!r} declares unknown options {sorted(unknown)}")
 
     def deco(fn: Callable[[QuantizeContext], QuantizedModel]):
         if name in _TARGETS:
             raise ValueError(
                 f"quantization target {name!r} is already registered by {_TARGETS[name].fn.__module__}"
             )
-        _TARGETS[name] = QuantTarget(name, fn, tuple(precisions), tuple(methods), check)
+        _TARGETS[name] = QuantTarget(name, fn, tuple(precisions), tuple(methods), check, tuple(options), suffix)
         return fn
 
     return deco
@@ -255,8 +287,8 @@ def get_target(name: str) -> QuantTarget:
 
 
 def _meta_from_flags(cfg: QuantizeConfig, shape: tuple[int, int, int], source: str):
-    from ..data.preprocess import PreprocessSpec
-    from ..export.metadata import ModelMeta
+    from ..runtime.metadata import ModelMeta
+    from ..runtime.preprocess import PreprocessSpec
 
     missing = [
         flag
@@ -340,7 +372,8 @@ def _check_meta_matches(meta, shape: tuple[int, int, int], source: str) -> None:
 
 def _resolve_input(cfg: QuantizeConfig, workdir: Path, log) -> tuple[Path, Any, Path | None]:
     """(fp32 ONNX path, proto, run dir or None). A run directory is exported first."""
-    from ..export.onnx import ExportConfig, export_onnx, load_onnx_checked
+    from ..export.onnx import ExportConfig, export_onnx
+    from ..runtime.onnx_loader import load_onnx_checked
 
     src = Path(cfg.input)
     if src.is_dir():
@@ -364,9 +397,9 @@ def _default_out(cfg: QuantizeConfig, fp32_path: Path, precision: str) -> Path:
 
 def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     """Quantize ``cfg.input`` for ``cfg.target``; writes nothing unless every check passes."""
-    from ..export.metadata import decode_metadata
     from ..export.onnx import save_onnx, set_meta
     from ..manifest import Manifest
+    from ..runtime.metadata import decode_metadata
 
     t0 = time.time()
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if cfg.progress else (lambda s: None)
@@ -380,6 +413,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
         raise ConfigError(
             f"--target {cfg.target} supports --method {', '.join(target.methods)}; got {cfg.method!r}"
         )
+    target.refuse_ignored(cfg)
     if cfg.out and Path(cfg.out).resolve() == Path(cfg.input).resolve():
         raise ConfigError("--out must differ from the input model")
 
@@ -488,7 +522,7 @@ def _check_output(proto, cfg: QuantizeConfig) -> None:
 
 def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, float]:
     """Parity of a quantized model's logits against fp32 on the same inputs."""
-    from ..bench.metrics import cosine_similarity, max_abs_error, sqnr_db, top1_agreement
+    from ..metrics import cosine_similarity, max_abs_error, sqnr_db, top1_agreement
 
     return {
         "top1_agreement": top1_agreement(ref, got, task),

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, GateFailure, ModelError
+from . import latency
+from .auto_precision import register_auto_candidates
 from .quantize import QuantizeContext, QuantizedModel, gate_passes, parity_report, register_target
-from .quantize_ort import register_auto_candidates
 
 __all__ = [
     "quantize_openvino",
     "openvino_auto_candidates",
-    "ov_latency_ms",
     "is_transformer",
     "OPENVINO_PRECISIONS",
 ]
@@ -43,7 +43,7 @@ _VIT_ARCH = re.compile(r"(vit|deit|swin|beit|eva|dino|cait|xcit|levit|convit|pit
 
 
 def _require_nncf():
-    from ..export.openvino import require_openvino
+    from ..runtime.openvino_loader import require_openvino
 
     require_openvino()
     try:
@@ -75,24 +75,6 @@ def _run_ov(compiled, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(outs).astype(np.float32)
 
 
-def ov_latency_ms(model, shape: tuple[int, ...], runs: int = 50, warmup: int = 5, threads: int | None = None,
-                  inference_precision: str = "f32") -> float:
-    """p50 latency (ms) of one OpenVINO CPU infer request (latency hint) at the given input shape."""
-    from ..export.openvino import compile_ov
-
-    compiled = compile_ov(model, "CPU", threads, inference_precision=inference_precision)
-    req = compiled.create_infer_request()
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(warmup):
-        req.infer(x, share_inputs=True)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        req.infer(x, share_inputs=True)
-        times.append(time.perf_counter() - t)
-    return float(np.percentile(times, 50) * 1000.0)
-
-
 def _check_openvino(proto, cfg) -> None:
     """Convert before any data is loaded, so an op OpenVINO cannot convert fails first (and by name)."""
     from ..export.openvino import onnx_to_ov
@@ -104,7 +86,7 @@ def _check_openvino(proto, cfg) -> None:
         raise ConfigError(f"--target openvino writes an IR: give --out ending in .xml (the .bin goes beside it), "
                           f"got {cfg.out}")
     if cfg.precision == "bf16":
-        from ..export.openvino import require_ov_precision
+        from ..runtime.openvino_loader import require_ov_precision
 
         require_ov_precision("bf16", "CPU", "--precision bf16 (an IR run at bf16)")
     onnx_to_ov(proto, "the model")
@@ -125,7 +107,8 @@ def _model_bytes(ov_model) -> int:
     import tempfile
     from pathlib import Path
 
-    from ..export.openvino import ir_size_bytes, save_ir
+    from ..export.openvino import save_ir
+    from ..runtime.openvino_loader import ir_size_bytes
 
     with tempfile.TemporaryDirectory(prefix="medfm-ovsize-") as tmp:
         return ir_size_bytes(save_ir(ov_model, Path(tmp) / "m.xml"))
@@ -137,8 +120,8 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
     nncf = _require_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
-    from ..bench.metrics import top1_agreement
-    from ..export.openvino import compile_ov
+    from ..metrics import top1_agreement
+    from ..runtime.openvino_loader import compile_ov
 
     cfg = ctx.cfg
     transformer = is_transformer(ctx.fp32_proto, ctx.meta.arch)
@@ -271,12 +254,14 @@ def _fp32_ov(ctx: QuantizeContext):
 
 
 def _ref(ctx: QuantizeContext) -> np.ndarray:
-    from ..export.onnx import ort_session, run_onnx
+    from ..runtime.onnx_loader import ort_session, run_onnx
 
     return run_onnx(ort_session(ctx.fp32_proto), ctx.calib.holdout)
 
 
-@register_target("openvino", precisions=OPENVINO_PRECISIONS, methods=("ptq",), check=_check_openvino)
+@register_target("openvino", precisions=OPENVINO_PRECISIONS, methods=("ptq",), check=_check_openvino,
+                 options=("calibrator", "per_channel", "reduce_range", "auto_exclude", "exclude_nodes", "latency_runs"),
+                 suffix=".xml")
 def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
     """OpenVINO IR: fp32 or bf16 conversion, or NNCF int8 (accuracy-controlled with ``--auto-exclude``)."""
 
@@ -299,7 +284,7 @@ def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
 def _float_ir(ctx: QuantizeContext, fp32_model, ref: np.ndarray, precision: str, gate: bool) -> QuantizedModel:
     """The fp32 IR run at ``precision`` (fp32, or bf16: OpenVINO's INFERENCE_PRECISION_HINT, recorded in the
     metadata so every runtime of ours runs it that way), with its parity; bf16 must pass the gate if ``gate``."""
-    from ..export.openvino import compile_ov, ov_inference_precision
+    from ..runtime.openvino_loader import compile_ov, ov_inference_precision
 
     cfg = ctx.cfg
     inference = ov_inference_precision(precision)
@@ -319,10 +304,9 @@ def _int8_candidate(ctx: QuantizeContext, fp32_model, ref: np.ndarray) -> Quanti
     """The NNCF int8 candidate of ``--precision auto``. With ``--auto-exclude`` and plain PTQ missing the gate,
     accuracy control runs only where plain int8 is faster than OpenVINO fp32: reverting layers to fp32 only
     moves int8 towards fp32 speed, so otherwise it cannot win (on mobilenetv3 here it took > 10 min for nothing)."""
-    from .quantize_ort import interleaved_latency_ms
 
     def worth_restoring(q, report) -> bool:
-        ms = interleaved_latency_ms({"int8": ("openvino", q), "fp32": ("openvino", fp32_model)},
+        ms = latency.interleaved_latency_ms({"int8": ("openvino", q), "fp32": ("openvino", fp32_model)},
                                     (1, *ctx.input_shape), ctx.cfg.latency_runs)
         if ms["int8"] < ms["fp32"]:
             return True
@@ -343,7 +327,7 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
     file, or when the model does not convert.
     """
     from ..errors import MedfmError
-    from ..export.openvino import ov_inference_precision, ov_supports
+    from ..runtime.openvino_loader import ov_supports
 
     cfg = ctx.cfg
     shape = (1, *ctx.input_shape)
@@ -373,8 +357,8 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
         row = {
             "precision": name,
             "engine": "openvino",
-            "latency_ms": ov_latency_ms(qm.proto, shape, cfg.latency_runs,
-                                        inference_precision=ov_inference_precision(qm.precision)),
+            "latency_ms": latency.latency_ms(qm.proto, shape, cfg.latency_runs, engine="openvino",
+                                             precision=qm.precision),
             "top1_agreement": p["top1_agreement"],
             "cosine": p["cosine"],
             "passes": gate_passes(p, cfg),

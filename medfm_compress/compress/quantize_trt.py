@@ -367,11 +367,11 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
 
     from .. import __version__
     from .._io import sha256_file
-    from ..bench.metrics import task_metrics, top1_agreement
     from ..data import load_data
-    from ..export.metadata import ModelMeta
     from ..manifest import Manifest
+    from ..metrics import task_metrics, top1_agreement
     from ..models.card import load_model, resolve_model_files
+    from ..runtime.metadata import ModelMeta
     from .calibration import stratified_indices
 
     t0 = time.time()
@@ -450,7 +450,7 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
 from .quantize import QuantizeContext, QuantizedModel, parity_report, register_target  # noqa: E402
 
 
-@register_target("tensorrt", precisions=("int8", "fp8", "fp16"), methods=("ptq", "qat"))
+@register_target("tensorrt", precisions=("int8", "fp8", "fp16"), methods=("ptq", "qat"), options=("teacher",))
 def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
     """Symmetric QDQ ONNX for TensorRT.
 
@@ -462,9 +462,9 @@ def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
     cfg = ctx.cfg
     ref = _run_proto(ctx.fp32_proto, ctx.calib.holdout) if len(ctx.calib.holdout) else None
     if cfg.precision == "fp16":
-        from ..export.tensorrt import _to_fp16
+        from ..export.onnx import to_fp16
 
-        proto = _to_fp16(ctx.fp32_proto)
+        proto = to_fp16(ctx.fp32_proto, keep_io_types=True)
         prov = {"backend": "onnxruntime.transformers.float16", "io": "fp32"}
     elif Path(cfg.input).is_dir() and ctx.run_dir is not None:
         # A run directory: quantize its torch model (ModelOpt's torch path, the only one that can do QAT).

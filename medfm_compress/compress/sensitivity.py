@@ -57,11 +57,11 @@ def node_sensitivity(
     """Quantize each node of ``nodes`` alone and measure the logits' SQNR against fp32 on ``x``; worst first."""
     from tqdm.auto import tqdm
 
-    from .quantize_ort import _run
+    from ..runtime.onnx_loader import run_onnx
 
     out = []
     for node in tqdm(nodes, desc="sensitivity", disable=not progress, leave=False):
-        got = _run(sq.quantize(only=[node.name]), x)
+        got = run_onnx(sq.quantize(only=[node.name]), x)
         p = parity_report(ref, got, task)
         out.append(NodeSensitivity(node.name, node.op_type, p["sqnr_db"], p["cosine"], p["top1_agreement"]))
     return sorted(out, key=lambda s: s.sqnr_db)
@@ -109,20 +109,21 @@ def auto_exclude(
     ctx: QuantizeContext, sq, ref: np.ndarray, base_exclude: list[str]
 ) -> AutoExcludeResult:
     """Exclude the most damaging nodes until the parity gate holds on held-out data, staying faster than fp32."""
-    from .quantize_ort import _run, interleaved_latency_ms
+    from ..runtime.onnx_loader import run_onnx
+    from . import latency
 
     cfg = ctx.cfg
     full = sq.quantize(exclude=base_exclude)
     nodes = [n for n in sq.quantizable_nodes(full) if n.name not in set(base_exclude)]
     x = ctx.calib.images[:SENSITIVITY_IMAGES]
     ctx.log(f"sensitivity: quantizing {len(nodes)} nodes one at a time on {len(x)} calibration images")
-    ranking = node_sensitivity(sq, nodes, x, _run(ctx.fp32_proto, x), ctx.meta.task, cfg.progress)
+    ranking = node_sensitivity(sq, nodes, x, run_onnx(ctx.fp32_proto, x), ctx.meta.task, cfg.progress)
     shape = (1, *ctx.input_shape)
     steps: list[dict[str, Any]] = []
     for k in exclusion_schedule(len(ranking)):
         excluded = [s.name for s in ranking[:k]]
         proto = sq.quantize(exclude=base_exclude + excluded)
-        parity = parity_report(ref, _run(proto, ctx.calib.holdout), ctx.meta.task)
+        parity = parity_report(ref, run_onnx(proto, ctx.calib.holdout), ctx.meta.task)
         step = {"excluded": k, "top1_agreement": parity["top1_agreement"], "cosine": parity["cosine"]}
         steps.append(step)
         ctx.log(
@@ -140,7 +141,7 @@ def auto_exclude(
                 break
             trial = [e for e in excluded if e != name]
             trial_proto = sq.quantize(exclude=base_exclude + trial)
-            trial_parity = parity_report(ref, _run(trial_proto, ctx.calib.holdout), ctx.meta.task)
+            trial_parity = parity_report(ref, run_onnx(trial_proto, ctx.calib.holdout), ctx.meta.task)
             if gate_passes(trial_parity, cfg):
                 excluded, proto, parity = trial, trial_proto, trial_parity
                 steps.append(
@@ -155,7 +156,7 @@ def auto_exclude(
         k = len(excluded)
         # fp32 and the candidate timed in one interleaved loop: two separate timings on a drifting machine
         # can differ by more than the speed-up being judged.
-        both = interleaved_latency_ms({"fp32": ("onnxruntime", ctx.fp32_proto), "int8": ("onnxruntime", proto)},
+        both = latency.interleaved_latency_ms({"fp32": ("onnxruntime", ctx.fp32_proto), "int8": ("onnxruntime", proto)},
                                       shape, cfg.latency_runs)
         ms, fp32_ms = both["int8"], both["fp32"]
         step["latency_ms"], step["fp32_latency_ms"] = ms, fp32_ms

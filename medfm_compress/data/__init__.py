@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ..runtime.preprocess import PreprocessSpec
 from .dataset import SPLITS, TASKS, Split, TaskData
 from .lazy import LazyImages, iter_batches, memory_budget_bytes
-from .preprocess import PreprocessSpec
 from .spec import DATA_KINDS, DEFAULT_DATA_SPEC, load_data, parse_data_spec
 
 __all__ = [

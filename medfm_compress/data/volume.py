@@ -308,7 +308,7 @@ def fetch_invesalius_example(cache: str | Path, name: str = "Cranium.inv3") -> P
 
 def hu_window(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """HU -> [0, 1]: clip to ``window`` and scale (the same mapping the export metadata records)."""
-    from .preprocess import raw_to_unit
+    from ..runtime.preprocess import raw_to_unit
 
     return raw_to_unit(hu, window)
 

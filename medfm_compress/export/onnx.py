@@ -20,9 +20,11 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_path, sha256_file
 from ..config import config_to_dict
-from ..errors import ConfigError, DataError, ExportError, ModelError
+from ..errors import ConfigError, DataError, ExportError, ModelError, first_line
 from ..models.card import MODEL_ROLES
-from .metadata import ModelMeta, decode_metadata, encode_metadata
+from ..runtime.metadata import ModelMeta, encode_metadata
+from ..runtime.onnx_loader import ort_session, run_onnx
+from .formats import ExportOutcome, ExportRequest, register_format
 
 __all__ = [
     "INPUT_NAME",
@@ -33,12 +35,8 @@ __all__ = [
     "export_model_to_onnx",
     "build_onnx",
     "save_onnx",
-    "load_onnx_checked",
-    "read_meta",
     "set_meta",
     "export_onnx",
-    "ort_session",
-    "run_onnx",
     "parity_check",
 ]
 
@@ -99,7 +97,7 @@ def build_onnx(model, meta: ModelMeta, example, opset: int = 17, dynamo: bool = 
             )
     except Exception as e:  # torch raises many unrelated types for unexportable models
         raise ExportError(
-            f"torch.onnx.export failed for {meta.arch or type(model).__name__}: {type(e).__name__}: {_first_line(e)}"
+            f"torch.onnx.export failed for {meta.arch or type(model).__name__}: {type(e).__name__}: {first_line(e)}"
         ) from None
     proto = onnx.load_from_string(buf.getvalue())
     if dynamo:
@@ -136,11 +134,6 @@ def save_onnx(proto, path) -> Path:
     return dest
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
-
-
 def _slim(proto):
     import onnxslim
 
@@ -150,7 +143,7 @@ def _slim(proto):
             slimmed = onnxslim.slim(proto)
     except Exception as e:  # onnxslim is a clean-up: a failure in it must not lose the export
         warnings.warn(
-            f"onnxslim could not clean the graph ({_first_line(e)}); keeping the unslimmed model",
+            f"onnxslim could not clean the graph ({first_line(e)}); keeping the unslimmed model",
             stacklevel=2,
         )
         return proto
@@ -183,7 +176,7 @@ def _check(proto, full: bool) -> None:
     try:
         onnx.checker.check_model(proto, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"onnx.checker rejected the exported model: {_first_line(e)}") from None
+        raise ExportError(f"onnx.checker rejected the exported model: {first_line(e)}") from None
 
 
 def set_meta(proto, meta: ModelMeta) -> None:
@@ -197,120 +190,11 @@ def set_meta(proto, meta: ModelMeta) -> None:
     proto.producer_version = __version__
 
 
-def read_meta(path_or_model) -> ModelMeta:
-    """The :class:`ModelMeta` stored in an ONNX file or ``ModelProto`` (or an OpenVINO ``.xml`` IR); a model
-    without it is an error."""
-    if isinstance(path_or_model, str | Path) and Path(path_or_model).suffix.lower() == ".xml":
-        from .openvino import read_ir_meta
-
-        return read_ir_meta(path_or_model)
-    if isinstance(path_or_model, str | Path):
-        proto, source = load_onnx_checked(path_or_model), str(path_or_model)
-    else:
-        proto, source = path_or_model, "the ONNX model"
-    return decode_metadata({p.key: p.value for p in proto.metadata_props}, source)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Loading untrusted files
-
-
-def load_onnx_checked(path) -> Any:
-    """Load an ONNX file with one-line errors for anything a user can get wrong.
-
-    External data is loaded only when every referenced file resolves inside the model's own directory:
-    absolute locations, ``..`` traversal and symlinks that lead outside are refused.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"{p} does not exist; give the path of an .onnx file")
-    if p.is_dir():
-        raise ModelError(f"{p} is a directory; give the path of an .onnx file")
-    try:
-        proto = onnx.load(str(p), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as e:
-        raise ModelError(f"{p} is not a valid ONNX model ({type(e).__name__}); re-export it") from None
-    # Arbitrary bytes can decode as a protobuf with nothing in it; a real model has a graph and an IR version.
-    if proto.ir_version <= 0 or not proto.graph.node or not proto.graph.input or not proto.graph.output:
-        raise ModelError(f"{p} is not an ONNX model (no graph, inputs or outputs); re-export it")
-    _load_external_data_safely(proto, p)
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
-        raise ModelError(f"{p} fails onnx.checker: {_first_line(e)}") from None
-    return proto
-
-
-def _load_external_data_safely(proto, path: Path) -> None:
-    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
-
-    base = path.parent.resolve()
-    external = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
-    if not external:
-        return
-    for t in external:
-        loc = ExternalDataInfo(t).location
-        if not loc or Path(loc).is_absolute() or loc.startswith(("/", "\\")):
-            raise ModelError(
-                f"{path}: tensor {t.name!r} points at external data {loc!r} with an absolute path; "
-                "external data must sit beside the model"
-            )
-        target = (base / loc).resolve()
-        if not target.is_relative_to(base):
-            raise ModelError(
-                f"{path}: tensor {t.name!r} points at external data {loc!r} outside the model's "
-                "directory; refused (move the data beside the model)"
-            )
-        if not target.is_file():
-            raise ModelError(f"{path}: external data file {loc!r} for tensor {t.name!r} is missing")
-    from onnx.external_data_helper import load_external_data_for_model
-
-    try:
-        load_external_data_for_model(proto, str(base))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: cannot read its external data ({_first_line(e)})") from None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Running and comparing
-
-
-def ort_session(model, threads: int | None = None):
-    """An ONNX Runtime CPU session for a ``ModelProto``, bytes or path; a model ORT cannot load is an error."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-    try:
-        return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NotImplemented, ...)
-        raise ModelError(f"ONNX Runtime cannot load the model: {_first_line(e)}") from None
-
-
-def run_onnx(session, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Run ``session`` over ``x`` (NCHW float32) in batches; returns the first output, concatenated."""
-    name = session.get_inputs()[0].name
-    fixed = session.get_inputs()[0].shape[0]
-    if isinstance(fixed, int) and fixed > 0:
-        batch_size = fixed
-    outs = [
-        session.run(None, {name: np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)})[0]
-        for i in range(0, len(x), batch_size)
-    ]
-    return np.concatenate(outs, axis=0).astype(np.float32, copy=False)
-
-
 def parity_check(model, proto, real: np.ndarray | None, n_random: int = 8, seed: int = 0) -> dict[str, float]:
     """Compare ONNX Runtime with the torch model on ``real`` inputs and ``n_random`` random tensors."""
     import torch
 
-    from ..bench.metrics import cosine_similarity, max_abs_error, top1_agreement
+    from ..metrics import cosine_similarity, max_abs_error, top1_agreement
 
     shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][1:]
     rng = np.random.default_rng(seed)
@@ -363,7 +247,7 @@ class ExportConfig:
                 f"export config version {self.version} is not supported (expected {CONFIG_VERSION})"
             )
         if self.format != "onnx":
-            raise ConfigError(f"export format {self.format!r} is not available here; only 'onnx' is")
+            raise ConfigError(f"ExportConfig writes ONNX; format {self.format!r} goes through export_artifact")
         if self.model not in MODEL_ROLES:
             raise ConfigError(f"--model must be student, teacher or baseline, got {self.model!r}")
         if self.atol <= 0:
@@ -511,3 +395,22 @@ def toposort(graph) -> None:
         c.CopyFrom(n)
     del graph.node[:]
     graph.node.extend(copies)
+
+
+@register_format("onnx", options=("opset", "atol", "data", "num_check", "dynamo", "simplify"),
+                 description="checked ONNX with metadata (default)")
+def _onnx_format(req: ExportRequest) -> ExportOutcome:
+    cfg = ExportConfig(source=req.source, out=req.out, model=req.model, force=req.force,
+                       **req.options("opset", "atol", "data", "num_check", "dynamo", "simplify"))
+    res = export_onnx(cfg)
+    c = res.check
+    return ExportOutcome(
+        res.path,
+        [res.path],
+        [
+            f"wrote {res.path} ({res.size_bytes / 1e6:.2f} MB, {res.seconds:.1f} s)",
+            f"self-check vs torch: {c.get('real_n', 0)} real + {c.get('random_n', 0)} random inputs, "
+            f"max-abs {c['max_abs']:.3g}, cosine {c['cosine']:.7f}",
+        ],
+        {"path": str(res.path), "size_bytes": res.size_bytes, "seconds": res.seconds, "check": res.check},
+    )

@@ -9,7 +9,7 @@
 Both take our ONNX (dynamic batch axis, ``medfm.*`` metadata) and write ``<engine>`` atomically plus a sidecar
 ``<engine>.json`` holding the flavour and version, compute-capability targets, the optimization profile, the
 precision, the source ONNX's sha256, the engine's sha256 and the model's metadata (the
-:func:`~medfm_compress.export.metadata.encode_metadata` dict), so a runtime needs nothing else.
+:func:`~medfm_compress.runtime.metadata.encode_metadata` dict), so a runtime needs nothing else.
 
 Precisions: ``fp32``; ``fp16`` (RTX networks are strongly typed, so the ONNX is converted to fp16 with fp32
 I/O before parsing; classic sets its FP16 builder flag); ``int8`` and ``fp8`` need explicit symmetric QDQ
@@ -21,7 +21,6 @@ version, the RTX engine-validity API or the classic device's compute capability)
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,34 +29,31 @@ from typing import Any
 
 from .._io import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
 from ..config import config_to_dict
-from ..errors import BackendMissingError, ConfigError, ExportError, IntegrityError, ModelError
+from ..errors import ConfigError, ExportError
+from ..runtime.tensorrt_loader import (
+    FLAVOUR_NAMES,
+    FLAVOURS,
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    cuda_device,
+    make_logger,
+    resolve_flavour,
+    sidecar_path,
+)
 
 __all__ = [
     "TensorRTConfig",
     "EngineResult",
-    "FLAVOURS",
     "PRECISIONS",
-    "SIDECAR_FORMAT",
-    "import_flavour",
-    "resolve_flavour",
     "build_engine",
-    "sidecar_path",
-    "read_sidecar",
-    "check_engine",
     "profile_from_batch_sizes",
     "qdq_kind",
-    "export_tensorrt",
 ]
 
 log = logging.getLogger(__name__)
 
 CONFIG_VERSION = 1
-SIDECAR_FORMAT = "medfm-compress/tensorrt-engine"
-SIDECAR_VERSION = 1
-# flavour -> python module
-FLAVOURS = {"rtx": "tensorrt_rtx", "classic": "tensorrt"}
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
-_FLAVOUR_NAMES = {"rtx": "TensorRT-RTX", "classic": "TensorRT"}
 # Compute capabilities TensorRT-RTX can target ahead of time, by our spelling -> its enum member name.
 _RTX_TARGETS = {
     "sm75": "SM75",
@@ -70,37 +66,6 @@ _RTX_TARGETS = {
 }
 # What an RTX build without explicit targets runs on (TensorRT-RTX documentation: 8.0, 8.6, 8.9, 12.0+).
 RTX_DEFAULT_TARGETS = ("sm80", "sm86", "sm89", "sm120")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Flavours
-
-
-def import_flavour(flavour: str):
-    """Import the module of ``flavour`` (``rtx`` or ``classic``); missing -> BackendMissingError naming ``trt``."""
-    import importlib
-
-    if flavour not in FLAVOURS:
-        raise ConfigError(f"TensorRT flavour must be auto, rtx or classic, got {flavour!r}")
-    try:
-        return importlib.import_module(FLAVOURS[flavour])
-    except ImportError as e:
-        detail = f"import {FLAVOURS[flavour]} failed: {e}"
-        if flavour == "classic":
-            detail += "; classic TensorRT's libraries come from NVIDIA's index (pip install tensorrt)"
-        raise BackendMissingError(_FLAVOUR_NAMES[flavour], "trt", detail=detail) from None
-
-
-def resolve_flavour(flavour: str = "auto") -> tuple[str, Any]:
-    """``(flavour, module)``. ``auto`` prefers TensorRT-RTX (it builds without a GPU), then classic."""
-    if flavour != "auto":
-        return flavour, import_flavour(flavour)
-    for name in ("rtx", "classic"):
-        try:
-            return name, import_flavour(name)
-        except BackendMissingError:
-            continue
-    raise BackendMissingError("TensorRT (tensorrt_rtx or tensorrt)", "trt")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -187,11 +152,6 @@ class EngineResult:
     notes: list[str] = field(default_factory=list)
 
 
-def sidecar_path(engine_path) -> Path:
-    p = Path(engine_path)
-    return p.with_name(p.name + ".json")
-
-
 def profile_from_batch_sizes(batch_sizes, chw) -> dict[str, list[int]]:
     """One optimization profile covering ``batch_sizes``: min, the middle one as opt, max."""
     bs = sorted(set(int(b) for b in batch_sizes))
@@ -264,33 +224,8 @@ def _input_chw(proto) -> tuple[str, tuple[int, int, int]]:
     return inputs[0].name, tuple(chw)
 
 
-def _to_fp16(proto):
-    """fp32 ONNX -> fp16 weights and activations with fp32 inputs/outputs (for strongly typed builds)."""
-    from .onnx import to_fp16
-
-    return to_fp16(proto, keep_io_types=True)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Build
-
-
-def _make_logger(trt):
-    class _Logger(trt.ILogger):
-        """Routes TensorRT messages to logging and keeps errors for the one-line message."""
-
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-                log.debug("TensorRT error: %s", msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                log.debug("TensorRT: %s", msg)
-
-    return _Logger()
 
 
 def _parser_errors(parser) -> list[str]:
@@ -306,8 +241,9 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     """Parse ``cfg.onnx``, build a serialized engine, write it and its sidecar atomically."""
 
     from ..manifest import check_inputs
-    from .metadata import encode_metadata
-    from .onnx import load_onnx_checked, read_meta
+    from ..runtime.metadata import encode_metadata
+    from ..runtime.onnx_loader import load_onnx_checked, read_meta
+    from .onnx import to_fp16
 
     t0 = time.time()
     check_inputs([cfg.onnx], cfg.force)  # before TensorRT is even looked for: a refused input needs no GPU
@@ -334,14 +270,14 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
         raise ConfigError(f"{src.name} is an fp16 ONNX; build it with --precision fp16")
     if cfg.precision == "fp16" and flavour == "rtx" and meta.precision != "fp16":
         # TensorRT-RTX networks are strongly typed: the precision comes from the ONNX types.
-        proto = _to_fp16(proto)
+        proto = to_fp16(proto, keep_io_types=True)
     onnx_bytes = proto.SerializeToString()
 
-    logger = _make_logger(trt)
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
     if builder is None:
         raise ExportError(
-            f"{_FLAVOUR_NAMES[flavour]} could not create a builder: {'; '.join(logger.errors) or 'no GPU?'}"
+            f"{FLAVOUR_NAMES[flavour]} could not create a builder: {'; '.join(logger.errors) or 'no GPU?'}"
         )
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -354,7 +290,7 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
                 "quantize with --target tensorrt"
             )
         raise ExportError(
-            f"{_FLAVOUR_NAMES[flavour]} parser rejected {src.name} ({len(errs)} error(s)): "
+            f"{FLAVOUR_NAMES[flavour]} parser rejected {src.name} ({len(errs)} error(s)): "
             + "; ".join(errs[:5])
             + (f"; ... {len(errs) - 5} more" if len(errs) > 5 else "")
             + hint
@@ -385,12 +321,12 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
             )
     else:
         _set_classic_precision_flags(trt, config, cfg.precision)
-        device = _cuda_device()
+        device = cuda_device()
         targets = [f"sm{device['cc'][0]}{device['cc'][1]}"] if device else []
         cache = _load_timing_cache(config, cfg.timing_cache)
 
     stop_spinner = _progress(
-        f"building {_FLAVOUR_NAMES[flavour]} {cfg.precision} engine for {src.name}", progress
+        f"building {FLAVOUR_NAMES[flavour]} {cfg.precision} engine for {src.name}", progress
     )
     try:
         tb = time.time()
@@ -400,7 +336,7 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
         stop_spinner()
     if serialized is None:
         raise ExportError(
-            f"{_FLAVOUR_NAMES[flavour]} failed to build {src.name}: "
+            f"{FLAVOUR_NAMES[flavour]} failed to build {src.name}: "
             f"{'; '.join(logger.errors[-3:]) or 'no reason given'}"
         )
     if flavour == "classic" and cfg.timing_cache:
@@ -443,7 +379,7 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     total = time.time() - t0
     if progress:
         print(
-            f"built {out} ({_FLAVOUR_NAMES[flavour]} {trt.__version__}, {cfg.precision}, batch "
+            f"built {out} ({FLAVOUR_NAMES[flavour]} {trt.__version__}, {cfg.precision}, batch "
             f"{prof_dims['min'][0]}..{prof_dims['max'][0]}, targets {','.join(targets) or '-'}): "
             f"build {build_s:.2f} s, total {total:.2f} s, {side['engine_bytes'] / 1e6:.2f} MB",
             flush=True,
@@ -463,7 +399,7 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
 
 
 def _check_precision(precision: str, kind: str | None, src: Path, flavour: str, trt) -> None:
-    name = _FLAVOUR_NAMES[flavour]
+    name = FLAVOUR_NAMES[flavour]
     if kind == "mixed":
         raise ExportError(f"{src.name} mixes QDQ types; quantize it again with --target tensorrt")
     if precision in ("fp32", "fp16") and kind is not None:
@@ -511,18 +447,6 @@ def _load_timing_cache(config, path: str | None) -> bool:
     return bool(data)
 
 
-def _cuda_device() -> dict[str, Any]:
-    """Name and compute capability of CUDA device 0 via torch (which the runtime needs anyway), or {}."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return {"name": torch.cuda.get_device_name(0), "cc": list(torch.cuda.get_device_capability(0))}
-    except Exception:  # torch without CUDA support raises various errors; "no device" is the answer
-        pass
-    return {}
-
-
 def _progress(label: str, enabled: bool):
     """Log a start line; return a callable that ends it (a build has no fine-grained progress to show)."""
     if enabled:
@@ -530,194 +454,3 @@ def _progress(label: str, enabled: bool):
     return lambda: None
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Loading checks (before deserializing)
-
-
-def read_sidecar(engine_path) -> dict[str, Any]:
-    """The sidecar of ``engine_path``; missing or malformed -> one-line error saying to rebuild."""
-    p = Path(engine_path)
-    if not p.is_file():
-        raise ModelError(f"{p} does not exist")
-    sp = sidecar_path(p)
-    if not sp.is_file():
-        raise ModelError(
-            f"{p} has no sidecar {sp.name}; rebuild it with medfm-compress export --format tensorrt"
-        )
-    try:
-        side = json.loads(sp.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelError(f"{sp} is not valid JSON ({e}); rebuild the engine") from None
-    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
-        raise ModelError(f"{sp} is not a medfm-compress engine sidecar; rebuild the engine")
-    if side.get("version") != SIDECAR_VERSION:
-        raise ModelError(
-            f"{sp} has sidecar version {side.get('version')!r}; this tool reads {SIDECAR_VERSION}: "
-            "rebuild the engine"
-        )
-    missing = [
-        k
-        for k in ("flavour", "tensorrt_version", "engine_sha256", "profiles", "metadata", "input")
-        if k not in side
-    ]
-    if missing or side["flavour"] not in FLAVOURS:
-        raise ModelError(f"{sp} lacks {', '.join(missing) or 'a known flavour'}; rebuild the engine")
-    return side
-
-
-_DIAG_WORDS = {
-    "VERSION_MISMATCH": "built by another TensorRT-RTX version",
-    "UNSUPPORTED_CC": "built for other compute capabilities than this GPU's",
-    "OLD_CUDA_DRIVER": "the CUDA driver is too old",
-    "OLD_CUDA_RUNTIME": "the CUDA runtime is too old",
-    "INSUFFICIENT_GPU_MEMORY": "not enough GPU memory",
-    "MALFORMED_ENGINE": "not a TensorRT-RTX engine, or corrupted",
-    "CUDA_ERROR": "CUDA error while checking (is there a GPU?)",
-}
-
-
-def check_engine(engine_path, verify_hash: bool = True) -> dict[str, Any]:
-    """Decide whether ``engine_path`` can run here, without deserializing it.
-
-    Checks, in order: the sidecar; the engine bytes against the sidecar's sha256; the flavour is installed at
-    the version that built it; then RTX's engine-validity API on the engine header (version, compute
-    capability, driver, memory, malformed) or, for classic, this GPU's compute capability against the one the
-    engine was built on. Returns the sidecar dict (plus ``validity``); refuses with a one-line
-    :class:`ModelError` that says to rebuild.
-    """
-    p = Path(engine_path)
-    side = read_sidecar(p)
-    if verify_hash and sha256_file(p) != side["engine_sha256"]:
-        raise IntegrityError(
-            f"{p} does not match the sha256 in {sidecar_path(p).name} (changed since it was built); "
-            "rebuild it with medfm-compress export --format tensorrt"
-        )
-    flavour = side["flavour"]
-    trt = import_flavour(flavour)
-    name = _FLAVOUR_NAMES[flavour]
-    if str(trt.__version__) != side["tensorrt_version"]:
-        raise ModelError(
-            f"{p} was built with {name} {side['tensorrt_version']} but {trt.__version__} is installed; "
-            "engines are version-specific: rebuild it with medfm-compress export --format tensorrt"
-        )
-    if flavour == "rtx":
-        runtime = trt.Runtime(_make_logger(trt))
-        with open(p, "rb") as f:
-            header = f.read(int(runtime.engine_header_size))
-        validity, diag = runtime.get_engine_validity(header)
-        diag = int(diag)
-        words = [w for k, w in _DIAG_WORDS.items() if diag & int(getattr(trt.EngineInvalidityDiagnostics, k))]
-        side["validity"] = {"status": validity.name, "diagnostics": words}
-        if validity == trt.EngineValidity.INVALID:
-            if "not a TensorRT-RTX engine, or corrupted" in words:
-                raise ModelError(
-                    f"{p} is refused by TensorRT-RTX {trt.__version__}: not a TensorRT-RTX engine, or "
-                    "corrupted; rebuild it with medfm-compress export --format tensorrt"
-                )
-            if not words or words == [_DIAG_WORDS["CUDA_ERROR"]]:
-                if not _cuda_device():
-                    raise ModelError(
-                        f"{p}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
-                        "onnxruntime or torch backend on this machine)"
-                    )
-            raise ModelError(
-                f"{p} cannot run on this machine ({'; '.join(words) or 'invalid'}); rebuild it here with "
-                f"medfm-compress export --format tensorrt{_target_hint()}"
-            )
-    else:
-        dev = _cuda_device()
-        if not dev:
-            raise ModelError(
-                f"{p}: no usable CUDA GPU here; TensorRT engines run on an NVIDIA GPU (use the "
-                "onnxruntime or torch backend on this machine)"
-            )
-        built = side.get("device", {}).get("cc")
-        if built and list(built) != list(dev["cc"]):
-            raise ModelError(
-                f"{p} was built on compute capability {built[0]}.{built[1]} "
-                f"({side['device'].get('name', '?')}) but this GPU ({dev['name']}) is "
-                f"{dev['cc'][0]}.{dev['cc'][1]}; rebuild it on this GPU"
-            )
-        side["validity"] = {"status": "VALID", "diagnostics": []}
-    return side
-
-
-def _target_hint() -> str:
-    dev = _cuda_device()
-    return f" (this GPU is sm{dev['cc'][0]}{dev['cc'][1]}; add --targets current)" if dev else ""
-
-
-def engine_input_chw(side: dict[str, Any]) -> tuple[int, int, int]:
-    return tuple(side["profiles"][0]["max"][1:])
-
-
-# --------------------------------------------------------------------------------------------------------------
-# ``medfm-compress export SOURCE --format tensorrt``
-
-
-def export_tensorrt(
-    source: str,
-    out: str | None = None,
-    model: str = "student",
-    precision: str = "fp32",
-    batch_sizes: tuple[int, ...] = (1,),
-    flavour: str = "auto",
-    workspace_mb: int | None = None,
-    timing_cache: str | None = None,
-    targets: tuple[str, ...] | None = None,
-    calib_data: str | None = None,
-    force: bool = False,
-    progress: bool = True,
-) -> EngineResult:
-    """Engine from an ONNX file, or from a run directory (exported to ONNX first; for int8/fp8 quantized with
-    the ``tensorrt`` target, i.e. ModelOpt symmetric QDQ) -- the engine input is always our ONNX."""
-    src = Path(source)
-    if src.is_dir():
-        stem = model
-        base = Path(out).parent if out else src
-        engine = Path(out) if out else src / f"{model}.{precision}.engine"
-        if precision in ("int8", "fp8"):
-            from ..compress.quantize import QuantizeConfig, quantize
-            from ..models.card import ModelCard
-
-            if calib_data is None and (src / f"{model}.json").is_file():
-                # Calibrate on the data the model was trained on unless told otherwise.
-                calib_data = ModelCard.load(src / f"{model}.json").provenance.get("data")
-
-            onnx_path = base / f"{stem}.trt-{precision}.onnx"
-            quantize(
-                QuantizeConfig(
-                    input=str(src),
-                    out=str(onnx_path),
-                    calib_data=calib_data,
-                    target="tensorrt",
-                    precision=precision,
-                    model=model,
-                    force=force,
-                    progress=progress,
-                )
-            )
-        else:
-            from .onnx import ExportConfig, export_onnx
-
-            onnx_path = base / f"{stem}.onnx"
-            export_onnx(
-                ExportConfig(source=str(src), out=str(onnx_path), model=model, data=calib_data, force=force)
-            )
-    elif src.suffix.lower() == ".onnx":
-        onnx_path = src
-        engine = Path(out) if out else src.with_suffix(".engine")
-    else:
-        raise ConfigError(f"{src}: give a run directory or an .onnx file to build a TensorRT engine from")
-    cfg = TensorRTConfig(
-        onnx=str(onnx_path),
-        out=str(engine),
-        flavour=flavour,
-        precision=precision,
-        batch_sizes=tuple(batch_sizes),
-        workspace_mb=workspace_mb,
-        timing_cache=timing_cache,
-        targets=tuple(targets) if targets else None,
-        force=force,
-    )
-    return build_engine(cfg, progress=progress)

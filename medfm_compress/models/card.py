@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_json
-from ..data.preprocess import PreprocessSpec
 from ..errors import ModelError
+from ..runtime.preprocess import PreprocessSpec
 
 __all__ = ["ModelCard", "load_model", "resolve_model_files", "CARD_FORMAT", "CARD_VERSION", "MODEL_ROLES"]
 

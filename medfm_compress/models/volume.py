@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..compress.losses import Projector
+from .heads import Projector
 
 __all__ = ["Student3D", "student3d", "STUDENT3D_ARCH", "DEFAULT_WIDTHS"]
 

@@ -14,7 +14,6 @@ extra to install.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,14 +32,24 @@ __all__ = [
     "require_module",
 ]
 
-# Backend modules in this package. A module that is not present (a backend still to be written) is skipped,
-# so adding a backend is: create runtime/<name>_backend.py with a class decorated by @register_backend.
-_BACKEND_MODULES = ("torch_backend", "onnxruntime_backend", "tensorrt_backend", "openvino_backend")
+# Backend name -> (module that registers it, the extra that installs what it runs on; None: a core dependency).
+# Adding a backend is: a module with a class decorated by @register_backend, plus its line here. The torch
+# backend builds networks from model cards, so it lives in the models layer; it is found here by name, as an
+# installed entry point would be, and the runtime itself imports nothing above it.
+_BACKEND_MODULES: dict[str, tuple[str, str | None]] = {
+    "torch": ("medfm_compress.models.torch_engine", "train"),
+    "onnxruntime": ("medfm_compress.runtime.onnxruntime_backend", None),
+    "tensorrt": ("medfm_compress.runtime.tensorrt_backend", "trt"),
+    "openvino": ("medfm_compress.runtime.openvino_backend", "openvino"),
+}
 
-# Suffixes of artifacts whose backend may not be available yet; used only to make the error message exact.
-_SUFFIX_HINTS = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".xml": "openvino"}
+# Suffixes of artifacts whose backend may not be available; used only to make the error message exact.
+_SUFFIX_HINTS = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".xml": "openvino",
+                 ".safetensors": "torch", ".json": "torch"}
 
 _REGISTRY: dict[str, type[Engine]] = {}
+# Backends whose module failed to import: name -> the import error.
+_UNAVAILABLE: dict[str, str] = {}
 _modules_loaded = False
 
 
@@ -67,10 +76,13 @@ def _load_backend_modules() -> None:
     if _modules_loaded:
         return
     _modules_loaded = True
-    for mod in _BACKEND_MODULES:
-        full = f"{__package__}.{mod}"
-        if importlib.util.find_spec(full) is not None:
-            importlib.import_module(full)
+    for name, (module, _extra) in _BACKEND_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            # A backend whose module cannot import here (an install without its extra) must not take the
+            # others down; asking for it by name says what to install.
+            _UNAVAILABLE[name] = f"{type(e).__name__}: {e}"
 
 
 def available_backends() -> list[str]:
@@ -82,6 +94,9 @@ def available_backends() -> list[str]:
 def get_backend(name: str) -> type[Engine]:
     """The backend class called ``name``; an unknown name is a one-line error listing the backends."""
     _load_backend_modules()
+    if name in _UNAVAILABLE:
+        raise BackendMissingError(f"the {name} runtime backend", _BACKEND_MODULES[name][1] or "all",
+                                  detail=_UNAVAILABLE[name])
     if name not in _REGISTRY:
         raise ConfigError(f"unknown runtime backend {name!r}; available backends: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -94,8 +109,9 @@ def backend_for_path(path: str | os.PathLike) -> str:
     for name in sorted(_REGISTRY, key=lambda n: _REGISTRY[n].priority):
         if _REGISTRY[name].accepts(p):
             return name
-    hint = _SUFFIX_HINTS.get(p.suffix.lower())
+    hint = "torch" if p.is_dir() else _SUFFIX_HINTS.get(p.suffix.lower())
     if hint and hint not in _REGISTRY:
+        get_backend(hint)  # names the extra that installs it
         raise ConfigError(f"{p}: the {hint} runtime backend is not available in this version of medfm-compress")
     if not p.exists() and not p.parent.joinpath(f"{p.name}.json").exists():
         raise ModelError(f"{p} does not exist; give a run directory, a model card (.json), .safetensors or .onnx file")
@@ -199,7 +215,7 @@ class Engine:
     # ----- properties -----
     @property
     def meta(self):
-        """The :class:`~medfm_compress.export.metadata.ModelMeta` of the loaded model."""
+        """The :class:`~medfm_compress.runtime.metadata.ModelMeta` of the loaded model."""
         return self._meta
 
     @property
@@ -279,7 +295,7 @@ class Engine:
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(logits, probabilities)`` for raw images (preprocessing from the model's metadata)."""
-        from ..bench.metrics import probabilities
+        from ..metrics import probabilities
 
         logits = self.run(self.preprocess(images))
         return logits, probabilities(logits, self._meta.task).astype(np.float32)

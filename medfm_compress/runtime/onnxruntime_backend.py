@@ -47,7 +47,7 @@ class OnnxRuntimeEngine(Engine):
 
     def _load_impl(self) -> None:
         ort = require_module("onnxruntime", "onnxruntime")
-        from ..export.metadata import decode_metadata
+        from .metadata import decode_metadata
 
         unknown = set(self.options) - {"providers", "provider_options", "graph_optimization_level"}
         if unknown:

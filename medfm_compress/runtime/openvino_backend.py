@@ -30,8 +30,8 @@ class OpenVINOEngine(Engine):
 
     def _load_impl(self) -> None:
         require_module("openvino", "openvino", extra="openvino")
-        from ..export.metadata import decode_metadata
-        from ..export.openvino import (
+        from .metadata import decode_metadata
+        from .openvino_loader import (
             compile_ov,
             load_ir_checked,
             ov_core,
@@ -48,7 +48,7 @@ class OpenVINOEngine(Engine):
             model = load_ir_checked(self.path)
             meta = decode_metadata(ov_meta_props(model), str(self.path))
         elif self.path.suffix.lower() == ".onnx":
-            from ..export.onnx import load_onnx_checked
+            from .onnx_loader import load_onnx_checked
 
             proto = load_onnx_checked(self.path)
             meta = decode_metadata({p.key: p.value for p in proto.metadata_props}, str(self.path))

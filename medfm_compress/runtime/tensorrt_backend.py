@@ -38,8 +38,8 @@ class TensorRTEngine(Engine):
     suffixes = (".engine", ".plan")
 
     def _load_impl(self) -> None:
-        from ..export.metadata import decode_metadata
-        from ..export.tensorrt import check_engine, import_flavour
+        from .metadata import decode_metadata
+        from .tensorrt_loader import check_engine, import_flavour
 
         unknown = set(self.options) - set(_OPTIONS)
         if unknown:
@@ -58,9 +58,9 @@ class TensorRTEngine(Engine):
         torch.cuda.set_device(dev)
         self._dev = dev
 
-        from ..export.tensorrt import _make_logger
+        from .tensorrt_loader import make_logger
 
-        self._logger = _make_logger(trt)
+        self._logger = make_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(Path(self.path).read_bytes())
         if engine is None:

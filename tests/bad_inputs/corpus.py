@@ -404,10 +404,10 @@ def _(d):
 def _onnx(path: Path, with_meta: bool = True, in_chans: int = 1, size: int = 32) -> None:
     import torch
 
-    from medfm_compress.data.preprocess import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
     from medfm_compress.models import create_model
+    from medfm_compress.runtime.metadata import ModelMeta
+    from medfm_compress.runtime.preprocess import PreprocessSpec
 
     model = create_model(W16, 4, in_chans).eval()
     pre = PreprocessSpec((size, size), in_chans, (0.5,) * in_chans, (0.25,) * in_chans)

@@ -23,9 +23,9 @@ FAST = ["--iterations", "5", "--warmup", "1", "--bootstrap", "200", "--quiet"]
 def student_onnx(tiny_run, tmp_path_factory):
     import torch
 
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
     from medfm_compress.models import load_model
+    from medfm_compress.runtime.metadata import ModelMeta
 
     model, card = load_model(tiny_run)
     dest = tmp_path_factory.mktemp("onnx") / "student.onnx"

@@ -25,7 +25,7 @@ def small_folder(tmp_path_factory):
 
 def _calib(folder, onnx_path, streamed, monkeypatch):
     from medfm_compress.compress.calibration import build_calibration
-    from medfm_compress.export.onnx import read_meta
+    from medfm_compress.runtime.onnx_loader import read_meta
 
     monkeypatch.setenv("MEDFM_MAX_IN_MEMORY_MB", "0" if streamed else "100")
     cal = build_calibration(
@@ -40,7 +40,7 @@ def _context(cfg, onnx_path, cal, workdir):
     import onnx
 
     from medfm_compress.compress.quantize import QuantizeContext
-    from medfm_compress.export.onnx import read_meta
+    from medfm_compress.runtime.onnx_loader import read_meta
 
     return QuantizeContext(cfg=cfg, fp32_path=onnx_path, fp32_proto=onnx.load(str(onnx_path)),
                            meta=read_meta(onnx_path), calib=cal, input_shape=(1, 32, 32), workdir=workdir,
@@ -93,7 +93,7 @@ def test_nncf_calibration_streamed_equals_in_memory(small_folder, gray_onnx, mon
 
     from medfm_compress.compress.quantize import QuantizeConfig
     from medfm_compress.compress.quantize_openvino import _fp32_ov, _ptq, _ref, _run_ov
-    from medfm_compress.export.openvino import compile_ov
+    from medfm_compress.runtime.openvino_loader import compile_ov
 
     outs = []
     for streamed in (True, False):

@@ -53,8 +53,9 @@ def test_export_quantize_bench_on_5d(run, specs, tmp_path):
 
     from medfm_compress.bench.harness import BenchConfig, run_bench
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
-    from medfm_compress.export.onnx import ExportConfig, export_onnx, read_meta
+    from medfm_compress.export.onnx import ExportConfig, export_onnx
     from medfm_compress.runtime import Engine
+    from medfm_compress.runtime.onnx_loader import read_meta
 
     exp = export_onnx(ExportConfig(source=str(run.out), out=str(tmp_path / "s.onnx"), num_check=4))
     dims = [d.dim_value or d.dim_param for d in onnx.load(exp.path).graph.input[0].type.tensor_type.shape.dim]

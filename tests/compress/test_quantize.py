@@ -17,8 +17,9 @@ from medfm_compress.compress.calibration import build_calibration, stratified_in
 from medfm_compress.compress.quantize import QuantizeConfig, available_targets, quantize, register_target
 from medfm_compress.data import PreprocessSpec
 from medfm_compress.errors import ConfigError, DataError, GateFailure, ModelError
-from medfm_compress.export.metadata import ModelMeta
-from medfm_compress.export.onnx import export_model_to_onnx, ort_session, read_meta
+from medfm_compress.export.onnx import export_model_to_onnx
+from medfm_compress.runtime.metadata import ModelMeta
+from medfm_compress.runtime.onnx_loader import ort_session, read_meta
 
 TINY = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
 FAST = {"num_calib": 32, "num_holdout": 32, "latency_runs": 5, "progress": False}

@@ -35,8 +35,8 @@ def _cfg(fp32, **kw):
 
 def test_int8_ir_with_metadata(fp32, tmp_path):
     from medfm_compress.compress.quantize import quantize
-    from medfm_compress.export.onnx import read_meta
     from medfm_compress.runtime import Engine
+    from medfm_compress.runtime.onnx_loader import read_meta
 
     res = quantize(_cfg(fp32, target="openvino", precision="int8", out=str(tmp_path / "q.xml")))
     assert res.path == tmp_path / "q.xml" and (tmp_path / "q.bin").is_file()
@@ -51,7 +51,7 @@ def test_int8_ir_with_metadata(fp32, tmp_path):
         x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
         assert eng.run(x).shape == (3, 4)
         # NNCF inserted FakeQuantize ops: the IR really is quantized.
-        from medfm_compress.export.openvino import load_ir_checked
+        from medfm_compress.runtime.openvino_loader import load_ir_checked
 
         assert any(op.get_type_name() == "FakeQuantize" for op in load_ir_checked(res.path).get_ops())
 
@@ -110,7 +110,7 @@ def tied(tmp_path_factory):
     import onnxruntime as ort
 
     from medfm_compress.data import load_data
-    from medfm_compress.export.onnx import read_meta
+    from medfm_compress.runtime.onnx_loader import read_meta
 
     path = tmp_path_factory.mktemp("qov_tied") / "tied.onnx"
     tiny_onnx(path, tied=True)
@@ -178,7 +178,7 @@ def test_cpu_auto_considers_openvino(fp32, tmp_path):
     rep = json.loads(r.stdout)["report"]
     engines = {row["engine"] for row in rep["auto_table"]}
     assert engines == {"onnxruntime", "openvino"}
-    from medfm_compress.export.openvino import ov_supports
+    from medfm_compress.runtime.openvino_loader import ov_supports
 
     # bf16 is a candidate exactly where the CPU runs it natively.
     names = {row["precision"] for row in rep["auto_table"]}

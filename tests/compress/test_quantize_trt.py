@@ -145,7 +145,7 @@ def test_export_cli_int8_engine_from_run_dir(tiny_run, tmp_path):
     from click.testing import CliRunner
 
     from medfm_compress.cli import cli
-    from medfm_compress.export.tensorrt import read_sidecar
+    from medfm_compress.runtime.tensorrt_loader import read_sidecar
 
     out = tmp_path / "student.engine"
     r = CliRunner().invoke(

@@ -85,9 +85,9 @@ def test_images() -> np.ndarray:
 def student_onnx(tiny_run, tmp_path_factory) -> Path:
     import torch
 
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
     from medfm_compress.models import load_model
+    from medfm_compress.runtime.metadata import ModelMeta
 
     model, card = load_model(tiny_run, name="student")
     example = torch.zeros(2, card.in_chans, *card.preprocess.input_size)
@@ -127,7 +127,7 @@ def test_ctest_suite_passes(cpp_build):
 
 
 def test_parity_with_python_runtime_on_real_images(cpp_build, student_onnx, test_images, tmp_path):
-    from medfm_compress.bench.metrics import max_abs_error
+    from medfm_compress.metrics import max_abs_error
 
     files = [write_pgm(tmp_path / f"case{i:02d}.pgm", img) for i, img in enumerate(test_images)]
     py_logits, py_probs = python_predict(student_onnx, test_images)
@@ -146,8 +146,9 @@ def test_parity_npy_uint16_float_and_window(cpp_build, student_onnx, test_images
     """uint16 and float images as .npy, and a model whose metadata sets an intensity window."""
     import onnx
 
-    from medfm_compress.bench.metrics import max_abs_error
-    from medfm_compress.export.onnx import read_meta, set_meta
+    from medfm_compress.export.onnx import set_meta
+    from medfm_compress.metrics import max_abs_error
+    from medfm_compress.runtime.onnx_loader import read_meta
 
     u16 = test_images[:8].astype(np.uint16) * 257  # full 16-bit range
     f32 = test_images[8:16].astype(np.float32) / 255.0
@@ -179,7 +180,7 @@ def test_parity_npy_uint16_float_and_window(cpp_build, student_onnx, test_images
 def test_resize_matches_torch_antialiased_bilinear(cpp_build, student_onnx, test_images, tmp_path):
     """Images of another size are resized like Python (torch bilinear, antialias=True): same top-1, logits
     within 1e-5 (measured ~3e-8 on a 64 px model)."""
-    from medfm_compress.bench.metrics import max_abs_error
+    from medfm_compress.metrics import max_abs_error
 
     rng = np.random.default_rng(0)
     big = np.repeat(np.repeat(test_images[:8], 2, axis=1), 3, axis=2)  # 64 x 96: downsampling, both axes

@@ -151,7 +151,7 @@ CHILD = textwrap.dedent("""
     from medfm_compress.bench.harness import BenchConfig, run_bench
     from medfm_compress.compress.calibration import build_calibration
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
-    from medfm_compress.export.onnx import read_meta
+    from medfm_compress.runtime.onnx_loader import read_meta
 
     onnx_path, big, small, out = sys.argv[1:5]
 

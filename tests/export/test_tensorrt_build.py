@@ -13,22 +13,16 @@ pytest.importorskip(
 )
 
 from medfm_compress.errors import ConfigError, ExportError, IntegrityError, ModelError  # noqa: E402
-from medfm_compress.export.tensorrt import (  # noqa: E402
-    TensorRTConfig,
-    build_engine,
-    check_engine,
-    qdq_kind,
-    read_sidecar,
-    sidecar_path,
-)
+from medfm_compress.export.tensorrt import TensorRTConfig, build_engine, qdq_kind
+from medfm_compress.runtime.tensorrt_loader import check_engine, read_sidecar, sidecar_path
 
 # Every timm student used in our tests, plus resnet18 (the resnet18-class student of the figures).
 STUDENTS = ["timm:medfm_resnet10_w16", "timm:medfm_resnet10_w24", "timm:resnet18"]
 
 
 def _meta(arch: str):
-    from medfm_compress.data.preprocess import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta
+    from medfm_compress.runtime.metadata import ModelMeta
+    from medfm_compress.runtime.preprocess import PreprocessSpec
 
     pre = PreprocessSpec(input_size=(32, 32), channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     return ModelMeta(pre, "multiclass", ["a", "b", "c", "d"], arch, "fp32", {"test": True})
@@ -87,7 +81,7 @@ def test_rtx_engine_builds_under_10s(onnx_files, tmp_path, arch, precision):
 
 def test_sidecar_records_everything(onnx_files, tmp_path):
     from medfm_compress._io import sha256_file
-    from medfm_compress.export.metadata import decode_metadata
+    from medfm_compress.runtime.metadata import decode_metadata
 
     src = onnx_files["timm:medfm_resnet10_w16"]["int8"]
     res = build_engine(

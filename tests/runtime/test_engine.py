@@ -24,9 +24,9 @@ def export_onnx(run_dir, dest, name="student", fixed_batch=None):
     import onnx
     import torch
 
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
     from medfm_compress.models import load_model
+    from medfm_compress.runtime.metadata import ModelMeta
 
     model, card = load_model(run_dir, name=name)
     example = torch.zeros(2, card.in_chans, *card.preprocess.input_size)

@@ -37,7 +37,7 @@ def _x(n=5):
 
 
 def test_export_writes_pair_with_metadata(ir):
-    from medfm_compress.export.onnx import read_meta
+    from medfm_compress.runtime.onnx_loader import read_meta
 
     onnx_path, res = ir
     assert res.path.suffix == ".xml" and res.path.with_suffix(".bin").is_file()
@@ -117,7 +117,7 @@ def test_bin_missing_or_truncated(ir, tmp_path, damage):
 
 
 def test_not_an_ir(tmp_path):
-    from medfm_compress.export.openvino import load_ir_checked
+    from medfm_compress.runtime.openvino_loader import load_ir_checked
 
     (tmp_path / "a.xml").write_text("<config><x/></config>")
     with pytest.raises(ModelError, match="not an OpenVINO IR"):

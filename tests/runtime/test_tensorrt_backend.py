@@ -18,11 +18,11 @@ def built(tmp_path_factory):
     """(engine path, onnx path, preprocessed inputs) for a tiny student, batch profile 1..8."""
     import torch
 
-    from medfm_compress.data.preprocess import PreprocessSpec
-    from medfm_compress.export.metadata import ModelMeta
     from medfm_compress.export.onnx import export_model_to_onnx
     from medfm_compress.export.tensorrt import TensorRTConfig, build_engine
     from medfm_compress.models import create_model
+    from medfm_compress.runtime.metadata import ModelMeta
+    from medfm_compress.runtime.preprocess import PreprocessSpec
 
     d = tmp_path_factory.mktemp("trt-rt")
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def _ort_logits(onnx_path, x):
 @pytest.mark.trt
 @pytest.mark.parametrize("cuda_graphs", [False, True])
 def test_engine_matches_onnxruntime_on_gpu(built, cuda_graphs):
-    from medfm_compress.bench.metrics import cosine_similarity, top1_agreement
+    from medfm_compress.metrics import cosine_similarity, top1_agreement
 
     eng_path, onnx_path, x = built
     ref = _ort_logits(onnx_path, x[:8])

@@ -1,4 +1,9 @@
-"""PyTorch backend: a run directory, run-directory stem, model card or .safetensors file, on CPU or CUDA."""
+"""PyTorch runtime backend: a run directory, run-directory stem, model card or .safetensors file, on CPU or CUDA.
+
+It builds the network from its model card (timm / MONAI architectures), so it lives in the models layer and
+registers itself in the runtime's backend registry; the runtime finds it by module name (``_BACKEND_MODULES``
+in :mod:`medfm_compress.runtime.base`). Running it needs the ``train`` extra (torch, timm).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Engine, register_backend, require_module
+from ..runtime.base import Engine, register_backend, require_module
 
 __all__ = ["TorchEngine"]
 
@@ -44,10 +49,10 @@ class TorchEngine(Engine):
         return not path.exists() and path.parent.joinpath(f"{path.name}.json").is_file()
 
     def _load_impl(self) -> None:
-        torch = require_module("torch", "torch")
-        from ..export.metadata import ModelMeta
-        from ..models.card import load_model, resolve_model_files
-        from ..models.factory import count_params
+        torch = require_module("torch", "torch", extra="train")
+        from ..runtime.metadata import ModelMeta
+        from .card import load_model, resolve_model_files
+        from .factory import count_params
 
         unknown = set(self.options) - set(_OPTIONS)
         if unknown:

@@ -27,8 +27,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.preprocess import PreprocessSpec
 from ..errors import ModelError
+from .preprocess import PreprocessSpec
 
 __all__ = ["ModelMeta", "encode_metadata", "decode_metadata", "META_FORMAT", "META_VERSION"]
 
