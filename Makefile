@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medfm-installed
-EXTRAS ?= dev,trt,modelopt,openvino,nifti
+EXTRAS ?= all,dev
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint clean cpp
@@ -19,8 +19,9 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/medfm-compress demo
 
+# The whole suite, minute-scale (slow) tests included; a plain `pytest` skips those for a quick loop.
 test: venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
 
 # The C++ runtime (csrc/): library medfm_runtime + CLI build/cpp/medfm-run; `make test` builds and tests it too.
 cpp: venv

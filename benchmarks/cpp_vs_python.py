@@ -55,7 +55,7 @@ def export(name: str, dest: Path) -> Path:
 
     from medfm_compress.data import PreprocessSpec
     from medfm_compress.data.synthetic import LABEL_NAMES
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.models import create_model
     from medfm_compress.runtime.metadata import ModelMeta
 
@@ -145,8 +145,9 @@ def python_end_to_end(
     model: Path, files: list[Path], images: np.ndarray, threads: int, iterations: int, warmup: int
 ) -> tuple[dict, dict]:
     """(file decode + Engine.predict + argmax, per image; the harness's in-memory measure_end_to_end)."""
-    from medfm_compress.bench.latency import LatencyConfig, _timed_loop, measure_end_to_end, summarize
+    from medfm_compress.bench.latency import measure_end_to_end
     from medfm_compress.runtime import Engine
+    from medfm_compress.runtime.timing import LatencyConfig, summarize, timed_loop
 
     cfg = LatencyConfig(iterations=iterations, warmup=warmup)
     with Engine.load(model, threads=threads) as eng:
@@ -158,7 +159,7 @@ def python_end_to_end(
             _, probs = eng.predict(img[None])
             return probs.argmax(1)
 
-        with_decode = summarize(_timed_loop(one_file, cfg), 1)
+        with_decode = summarize(timed_loop(one_file, cfg), 1)
         in_memory = measure_end_to_end(eng, images, cfg)
     return with_decode, in_memory
 

@@ -40,7 +40,7 @@ def make_artifacts(out: Path) -> tuple[Path, Path]:
     import torch
 
     from medfm_compress.data import PreprocessSpec, load_data
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.models import ModelCard, count_params, create_model, save_state_dict
     from medfm_compress.runtime.metadata import ModelMeta
 

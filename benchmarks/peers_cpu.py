@@ -38,7 +38,7 @@ import numpy as np
 
 from medfm_compress._env import fingerprint
 from medfm_compress._io import atomic_write_json, atomic_write_text
-from medfm_compress.bench.latency import BLOCK_WARMUP
+from medfm_compress.runtime.timing import interleaved_times
 
 ROOT = Path(__file__).resolve().parent
 OURS = "ours-auto"
@@ -55,7 +55,7 @@ def _student(student: str, task, n_fit: int, out_dir: Path):
     import torch
 
     from medfm_compress.compress.calibration import stratified_indices
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.metrics import macro_auc
     from medfm_compress.models import create_model
     from medfm_compress.runtime.metadata import ModelMeta
@@ -119,20 +119,11 @@ def _distilled_student(run_dir: Path, task, out_dir: Path):
 
 
 def _p50_interleaved(fns: dict[str, callable], x: np.ndarray, runs: int, rounds: int = 5, warmup: int = 5):
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn(x)
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    per = max(1, runs // rounds)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            for _ in range(BLOCK_WARMUP):  # untimed: the previous tool's runtime may still spin its thread pool
-                fn(x)
-            for _ in range(per):
-                t = time.perf_counter()
-                fn(x)
-                samples[name].append(time.perf_counter() - t)
-    return {k: float(np.percentile(v, 50) * 1000.0) for k, v in samples.items()}
+    """p50 ms of each tool's call on ``x``, all timed in the library's interleaved loop (the same one quantize's
+    --precision auto decides with)."""
+    times = interleaved_times({k: (lambda f=fn: f(x)) for k, fn in fns.items()}, runs=runs, rounds=rounds,
+                              warmup=warmup)
+    return {k: float(np.percentile(v, 50) * 1000.0) for k, v in times.items()}
 
 
 def _batched(fn, x: np.ndarray, bs: int = 32) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 from medfm_compress.compress.calibration import stratified_indices
 from medfm_compress.compress.quantize_trt import (
     QATConfig,
-    _forward_all,
+    forward_logits,
     preset_config,
     qat_distill,
     quantize_torch,
@@ -43,13 +43,13 @@ def main() -> None:
     train, test = data.splits["train"], data.splits["test"]
     x_train, x_test = card.preprocess(train.images), card.preprocess(test.images)
     calib = x_train[stratified_indices(train.labels, 256, 0, card.task)]
-    t_logits = _forward_all(teacher.eval(), x_train)
-    fp32_auc = macro_auc(_forward_all(student, x_test), test.labels, card.task)
+    t_logits = forward_logits(teacher.eval(), x_train)
+    fp32_auc = macro_auc(forward_logits(student, x_test), test.labels, card.task)
     rows = []
     for bits in a.bits:
         qcfg = preset_config("int8", weight_bits=bits, act_bits=bits)
         ptq = quantize_torch(student, calib, quant_cfg=qcfg)
-        ptq_auc = macro_auc(_forward_all(ptq, x_test), test.labels, card.task)
+        ptq_auc = macro_auc(forward_logits(ptq, x_test), test.labels, card.task)
         qat = quantize_torch(student, calib, quant_cfg=qcfg)
         qat_distill(
             qat,
@@ -60,7 +60,7 @@ def main() -> None:
             labels=train.labels,
             progress=False,
         )
-        qat_auc = macro_auc(_forward_all(qat, x_test), test.labels, card.task)
+        qat_auc = macro_auc(forward_logits(qat, x_test), test.labels, card.task)
         ptq_drop, qat_drop = 100 * (fp32_auc - ptq_auc), 100 * (fp32_auc - qat_auc)
         applies = ptq_drop > 0.5
         recovered = (ptq_drop - qat_drop) / ptq_drop if ptq_drop > 0 else None

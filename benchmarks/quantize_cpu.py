@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from medfm_compress._env import fingerprint  # noqa: E402
 from medfm_compress._io import atomic_write_json  # noqa: E402
+from medfm_compress.compress.latency import interleaved_latency_ms  # noqa: E402
 from medfm_compress.compress.quantize import QuantizeConfig, quantize  # noqa: E402
-from medfm_compress.compress.quantize_ort import interleaved_latency_ms  # noqa: E402
 from medfm_compress.errors import MedfmError  # noqa: E402
 from medfm_compress.export.onnx import ExportConfig, export_onnx
 from medfm_compress.metrics import task_metrics, top1_agreement  # noqa: E402
@@ -139,7 +139,7 @@ def _export_plain(model, arch: str, path: Path, size=224):
     from _realdata import IMAGENET_MEAN, IMAGENET_STD
 
     from medfm_compress.data import PreprocessSpec
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.runtime.metadata import ModelMeta
 
     pre = PreprocessSpec((size, size), 3, IMAGENET_MEAN, IMAGENET_STD)

@@ -20,7 +20,7 @@ import torch
 
 from medfm_compress._env import fingerprint
 from medfm_compress.compress.quantize_trt import export_quantized_onnx, quantize_torch
-from medfm_compress.export.onnx import export_model_to_onnx
+from medfm_compress.export.onnx_build import export_model_to_onnx
 from medfm_compress.export.tensorrt import TensorRTConfig, build_engine
 from medfm_compress.models import create_model
 from medfm_compress.runtime.metadata import ModelMeta

@@ -19,7 +19,15 @@ from typing import Any
 
 from .errors import MedfmError
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "sha256_file", "ensure_dir"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "sha256_file",
+    "ensure_dir",
+    "new_file_mode",
+]
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
@@ -44,6 +52,13 @@ def _os_error_message(path: Path, e: OSError) -> str:
     return f"cannot write {path}: {e.strerror or e}; check the directory exists and is writable"
 
 
+def new_file_mode() -> int:
+    """The permission bits ``open(path, "w")`` would give a new file under the current umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
@@ -57,6 +72,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600; an artifact gets the mode a new file gets here (0644 under umask 022), so a
+        # runtime service running as another user can read it.
+        os.chmod(tmp, new_file_mode())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)

@@ -28,7 +28,53 @@ COMMANDS: dict[str, str] = {
     "quantize": "quantize",
     "report": "report",
     "verify": "verify",
+    "predict": "predict",
 }
+
+
+# Extras a command needs beyond the edge install (numpy, click, onnxruntime, pillow, pydicom, tqdm). A command whose
+# extra is missing still lists in --help and ends in one line naming the extra (Polygraphy's MissingTool).
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "distill": ("train",),
+    "export": ("export",),
+    "quantize": ("export",),
+    "run": ("train", "export"),
+    "demo": ("train", "export", "modelopt", "trt"),
+}
+# The importable module that tells whether an extra is installed.
+EXTRA_PROBES: dict[str, str] = {"train": "torch", "export": "onnx", "modelopt": "modelopt", "trt": "tensorrt_rtx",
+                                "openvino": "openvino", "nifti": "nibabel", "plots": "matplotlib"}
+# Top-level modules of the extras: a ModuleNotFoundError for one of them names its extra instead of a traceback.
+MODULE_EXTRAS: dict[str, str] = {
+    "torch": "train", "torchvision": "train", "timm": "train", "safetensors": "train", "yaml": "train",
+    "onnx": "export", "onnxslim": "export", "onnxscript": "export", "matplotlib": "plots",
+    "openvino": "openvino", "nncf": "openvino", "modelopt": "modelopt", "tensorrt_rtx": "trt", "tensorrt": "trt",
+    "nibabel": "nifti", "monai": "train",
+}
+
+
+def install_hint(what: str, extras: list[str]) -> str:
+    """``"<what> needs the 'x' extra: pip install 'medfm-compress[x]'"``."""
+    names = ", ".join(f"'{e}'" for e in extras)
+    return (f"{what} needs the {names} extra{'s' if len(extras) > 1 else ''}: "
+            f"pip install 'medfm-compress[{','.join(extras)}]'")
+
+
+def missing_extras(command: str) -> list[str]:
+    """The extras ``command`` needs that are not installed (found without importing them)."""
+    import importlib.util
+
+    return [e for e in COMMAND_EXTRAS.get(command, ()) if importlib.util.find_spec(EXTRA_PROBES[e]) is None]
+
+
+def _missing_command(name: str, extras: list[str]) -> click.Command:
+    hint = install_hint(name, extras)
+
+    def refuse(**_):
+        raise MedfmError(hint)
+
+    return click.Command(name, callback=refuse, help=f"(not installed) {hint}.", add_help_option=True,
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 class _Group(click.Group):
@@ -41,6 +87,9 @@ class _Group(click.Group):
         if name in COMMANDS:
             import importlib
 
+            missing = missing_extras(name)
+            if missing:
+                return _missing_command(name, missing)
             return importlib.import_module(f"medfm_compress.commands.{COMMANDS[name]}").command
         return super().get_command(ctx, name)
 
@@ -50,6 +99,13 @@ class _Group(click.Group):
         except MedfmError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except ModuleNotFoundError as e:
+            extra = MODULE_EXTRAS.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            click.echo(f"error: {install_hint(ctx.invoked_subcommand or 'this command', [extra])} "
+                       f"(import {e.name} failed)", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)

@@ -93,7 +93,7 @@ def gray_onnx(tmp_path_factory):
     import torch
 
     from medfm_compress.data import PreprocessSpec
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.models import create_model
     from medfm_compress.runtime.metadata import ModelMeta
 

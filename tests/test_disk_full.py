@@ -24,7 +24,7 @@ def previous(tmp_path_factory):
     """A tiny fp32 ONNX model and an fp16 model already quantized from it (the artifact a re-run overwrites)."""
     import torch
 
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.models import create_model
     from medfm_compress.runtime.metadata import ModelMeta
     from medfm_compress.runtime.preprocess import PreprocessSpec

@@ -1,24 +1,18 @@
 """Accuracy parity: each artifact against the reference on real held-out data.
 
 Logits are computed batch by batch from the raw split (each artifact preprocesses with its own metadata), so a
-large test set never exists as a full preprocessed copy. Every number comes from :mod:`.metrics`.
+large test set never exists as a full preprocessed copy. Every number comes from :mod:`medfm_compress.metrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from .. import metrics as M
+from ..data.lazy import iter_batches
 from ..errors import DataError
 
-__all__ = ["iter_batches", "predict_logits", "check_data_matches", "evaluate", "parity"]
-
-
-def iter_batches(n: int, batch_size: int) -> Iterator[slice]:
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
+__all__ = ["predict_logits", "check_data_matches", "evaluate", "parity"]
 
 
 def check_data_matches(name: str, engine, task: str, num_classes: int, channels: int) -> None:
@@ -44,8 +38,8 @@ def predict_logits(engine, images: np.ndarray, batch_size: int = 32) -> np.ndarr
     lo, hi = engine.batch_range
     bs = max(lo, min(batch_size, hi or batch_size))
     out = []
-    for sl in iter_batches(len(images), bs):
-        x = engine.preprocess(images[sl])
+    for batch in iter_batches(images, bs):
+        x = engine.preprocess(batch)
         n = x.shape[0]
         if n < lo:
             x = np.concatenate([x, np.repeat(x[-1:], lo - n, axis=0)])

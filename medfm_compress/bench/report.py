@@ -36,7 +36,7 @@ SCHEMA_VERSION = 1
 FINGERPRINT_KEYS = ("cpu", "cores", "gpu")
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     if isinstance(obj, float):
         if math.isnan(obj):
             return None
@@ -44,29 +44,41 @@ def _jsonable(obj: Any) -> Any:
             return "inf" if obj > 0 else "-inf"
         return obj
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     try:
         import numpy as np
 
         if isinstance(obj, np.generic):
-            return _jsonable(obj.item())
+            return jsonable(obj.item())
     except ImportError:  # pragma: no cover
         pass
     return obj
 
 
 def write_reports(report: dict, out: str | os.PathLike) -> dict[str, Path]:
-    """Write report.json, report.md, junit.xml and pareto.png into ``out`` (each atomically)."""
+    """Write report.json, report.md, junit.xml and pareto.png into ``out`` (each atomically).
+
+    The plot needs matplotlib (the ``plots`` extra, part of ``train`` and ``all``); an edge install without it
+    writes the other three and says so on stderr.
+    """
+    import importlib.util
+
     out_dir = ensure_dir(out)
-    clean = _jsonable(report)
+    clean = jsonable(report)
     paths = {
         "json": atomic_write_json(out_dir / "report.json", clean),
         "markdown": atomic_write_text(out_dir / "report.md", to_markdown(clean)),
         "junit": atomic_write_text(out_dir / "junit.xml", to_junit(clean)),
-        "pareto": plot_pareto(clean, out_dir / "pareto.png"),
     }
+    if importlib.util.find_spec("matplotlib") is not None:
+        paths["pareto"] = plot_pareto(clean, out_dir / "pareto.png")
+    else:
+        import sys
+
+        print("note: pareto.png not written: it needs matplotlib (pip install 'medfm-compress[plots]')",
+              file=sys.stderr)
     return paths
 
 

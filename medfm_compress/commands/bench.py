@@ -67,9 +67,9 @@ def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, 
     )
     report = run_bench(cfg)
     if as_json:
-        from ..bench.report import _jsonable
+        from ..bench.report import jsonable
 
-        click.echo(json.dumps(_jsonable(report), indent=2))
+        click.echo(json.dumps(jsonable(report), indent=2))
     else:
         click.echo(to_markdown(_clean(report)))
         if out:
@@ -80,6 +80,6 @@ def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, 
 
 
 def _clean(report: dict) -> dict:
-    from ..bench.report import _jsonable
+    from ..bench.report import jsonable
 
-    return _jsonable(report)
+    return jsonable(report)

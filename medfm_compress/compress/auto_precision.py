@@ -25,7 +25,7 @@ from .onnxruntime_quant import (
 )
 from .quantize import QuantizeContext, QuantizedModel, gate_passes, parity_report
 
-__all__ = ["AUTO_TIE_PCT", "register_auto_candidates", "select_precision"]
+__all__ = ["AUTO_TIE_PCT", "AUTO_CANDIDATE_PROVIDERS", "register_auto_candidates", "select_precision"]
 
 # Candidates this close to the fastest (percent of its p50) are a tie on a shared machine's timer; among them the
 # most faithful to fp32 is chosen (mobilenetv3 here: int8-dynamic 0.667 vs fp16 0.671 ms, agreement 0.9975 vs 1.0).
@@ -33,13 +33,13 @@ AUTO_TIE_PCT = 5.0
 
 # Providers of extra ``--precision auto`` candidates from other CPU engines (OpenVINO registers one):
 # ``fn(ctx, ref) -> [(row, QuantizedModel | None), ...]``, each row as in the auto table plus ``engine``.
-_AUTO_CANDIDATES: list[Any] = []
+AUTO_CANDIDATE_PROVIDERS: list[Any] = []
 
 
 def register_auto_candidates(fn):
     """Add ``fn`` as a source of ``--target cpu --precision auto`` candidates (rows timed on this machine)."""
-    if fn not in _AUTO_CANDIDATES:
-        _AUTO_CANDIDATES.append(fn)
+    if fn not in AUTO_CANDIDATE_PROVIDERS:
+        AUTO_CANDIDATE_PROVIDERS.append(fn)
     return fn
 
 
@@ -107,7 +107,7 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
         candidates[name] = qm
     for r in table:
         r.setdefault("engine", "onnxruntime")
-    for provider in _AUTO_CANDIDATES:
+    for provider in AUTO_CANDIDATE_PROVIDERS:
         for row, qm in provider(ctx, ref):
             table.append(row)
             if qm is not None:

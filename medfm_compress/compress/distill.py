@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,12 +22,28 @@ import numpy as np
 
 from .. import __version__
 from .._cache import cache_dir
-from .._io import atomic_path, atomic_write_json, ensure_dir, sha256_file
+from .._io import atomic_write_json, ensure_dir, sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ModelError
 from ..manifest import Manifest, check_inputs
+from .artifacts import TrainLog, link_or_copy, write_model
 
-__all__ = ["DistillConfig", "DistillResult", "distill", "DEFAULT_TEACHER", "DEFAULT_STUDENT", "TEACHER_EPOCHS"]
+__all__ = [
+    "DistillConfig",
+    "DistillResult",
+    "DistillRun",
+    "distill",
+    "prepare_run",
+    "resolve_teacher",
+    "train_student",
+    "fit_head",
+    "train_baseline",
+    "evaluate_run",
+    "write_run",
+    "DEFAULT_TEACHER",
+    "DEFAULT_STUDENT",
+    "TEACHER_EPOCHS",
+]
 
 DEFAULT_TEACHER = "timm:resnet18"
 DEFAULT_STUDENT = "timm:medfm_resnet10_w24"
@@ -116,23 +133,6 @@ class DistillResult:
     out: Path
     metrics: dict[str, Any]
     artifacts: dict[str, Path]
-
-
-class _Log:
-    """Writes progress lines to ``train.log`` and, on rank 0, to stderr."""
-
-    def __init__(self, path: Path, echo: bool):
-        self.path = path
-        self.echo = echo
-
-    def __call__(self, line: str) -> None:
-        import click
-
-        stamp = time.strftime("%H:%M:%S")
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} {line}\n")
-        if self.echo:
-            click.echo(line, err=True)
 
 
 def _select_device(pref: str):
@@ -270,22 +270,15 @@ def _data_digest(cfg: DistillConfig, task) -> str:
     return h.hexdigest()
 
 
-def _write_model(model, card, out: Path, name: str) -> tuple[Path, Path]:
-    from ..models.weights import save_state_dict
-
-    w = save_state_dict(model, out / f"{name}.safetensors", metadata={"arch": card.arch, "tool": f"medfm-compress {__version__}"})
-    c = card.save(out / f"{name}.json")
-    return w, c
-
-
-def _train_supervised(name, model, x, y, idx, task, cfg, steps_per_epoch, epochs, lr, ckpt, log, device, wrap):
-    """Label-only training (default teacher and the baseline)."""
+def _train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs: int, lr: float, ckpt: Path):
+    """Label-only training on ``idx`` of the training set (the default teacher, the baseline)."""
     import torch
 
     from .losses import hard_label_loss
     from .train import LoopConfig, augment_batch, run_loop
 
-    net = wrap(model)
+    cfg, device, x, y = run.cfg, run.device, run.x_train, run.y_train
+    net = run.wrap(model)
 
     def step(batch_idx, epoch):
         xb = x[torch.as_tensor(batch_idx, device=x.device)]
@@ -294,11 +287,11 @@ def _train_supervised(name, model, x, y, idx, task, cfg, steps_per_epoch, epochs
         yb = y[torch.as_tensor(batch_idx, device=y.device)]
         with _autocast(device):
             logits = net(xb)
-            loss = hard_label_loss(logits.float(), yb, task.task)
+            loss = hard_label_loss(logits.float(), yb, run.task.task)
         return loss, {"loss": float(loss.detach())}
 
-    loop = LoopConfig(name, steps_per_epoch, epochs, lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
-    return run_loop(loop, {"model": model}, step, idx, ckpt, cfg.resume, log, progress=cfg.progress)
+    loop = LoopConfig(name, run.steps_per_epoch, epochs, lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
+    return run_loop(loop, {"model": model}, step, idx, ckpt, cfg.resume, run.log, progress=cfg.progress)
 
 
 def _autocast(device):
@@ -311,22 +304,69 @@ def _autocast(device):
     return contextlib.nullcontext()
 
 
-def distill(cfg: DistillConfig) -> DistillResult:
-    """Run distillation as configured; see the module docstring for what is written."""
+@dataclass
+class DistillRun:
+    """What every step of a distillation run shares: device, ranks, output folder, log, and the data as tensors."""
+
+    cfg: DistillConfig
+    device: Any
+    distributed: bool
+    rank: int
+    world: int
+    out: Path
+    log: Callable[[str], None]
+    ckpt_dir: Path
+    manifest: Manifest
+    task: Any
+    train: Any
+    val: Any
+    test: Any
+    student_pre: Any
+    x_train: Any
+    x_val: Any
+    x_test: Any
+    y_train: Any
+    labeled: np.ndarray
+    steps_per_epoch: int
+
+    def wrap(self, module):
+        """``module`` on the run's device, wrapped in DDP when the run is distributed."""
+        module.to(self.device)
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return module
+
+
+@dataclass
+class ResolvedTeacher:
+    """The teacher of a run: frozen model, card, where its weights came from, and its test metrics."""
+
+    teacher: _Teacher
+    arch: str
+    preprocess: Any
+    weights_path: Path | None
+    test_metrics: dict[str, float]
+    test_logits: np.ndarray | None
+
+
+@dataclass
+class TrainedStudent:
+    model: Any
+    arch: str
+    losses: tuple[str, ...]
+    embedding_dim: int
+    history: dict[str, Any]
+
+
+def prepare_run(cfg: DistillConfig) -> DistillRun:
+    """Device and process group, output folder and log, input checks, and the data as preprocessed tensors."""
     import torch
-    import torch.distributed as dist
 
     from ..data import load_data
-    from ..data.synthetic import LABEL_NAMES as _SYN_LABELS  # noqa: F401  (documented default task)
-    from ..models.card import ModelCard
-    from ..models.factory import count_params, create_model
-    from ..models.features import FeatureTap, macs_of
-    from ..models.heads import Projector
-    from ..models.weights import load_weights
-    from .losses import feature_kd_loss, hard_label_loss, logit_kd_loss
-    from .train import LoopConfig, augment_batch, dist_info, run_loop
+    from .train import dist_info
 
-    t_start = time.time()
     device = _select_device(cfg.device)
     distributed = _init_distributed(device)
     rank, world = dist_info()
@@ -334,7 +374,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     np.random.seed(cfg.seed)
 
     out = ensure_dir(cfg.out)
-    log = _Log(out / "train.log", echo=cfg.progress and rank == 0)
+    log = TrainLog(out / "train.log", echo=cfg.progress and rank == 0)
     if rank == 0 and not cfg.resume:
         # A fresh run must not mix with an older one's checkpoints or outputs.
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -359,28 +399,30 @@ def distill(cfg: DistillConfig) -> DistillResult:
         f"size={task.image_size} train/val/test={len(train)}/{len(val) if val else 0}/{len(test)}")
 
     student_pre = _preprocess_spec(task, train.images)
-    x_train = torch.from_numpy(student_pre(train.images)).to(device)
-    x_test = torch.from_numpy(student_pre(test.images)).to(device)
-    x_val = torch.from_numpy(student_pre(val.images)).to(device) if val is not None else None
     label_dtype = torch.float32 if task.task == "multilabel" else torch.int64
-    y_train = torch.from_numpy(np.asarray(train.labels)).to(device=device, dtype=label_dtype)
     labeled = _labeled_subset(np.asarray(train.labels), task.task, cfg.label_fraction, cfg.seed)
-    labeled_mask = torch.zeros(len(train), dtype=torch.bool, device=device)
-    labeled_mask[torch.as_tensor(labeled, device=device)] = True
-    all_idx = np.arange(len(train))
     log(f"labels: {cfg.labels}; labeled subset {len(labeled)}/{len(train)} (fraction {cfg.label_fraction})")
+    return DistillRun(
+        cfg=cfg, device=device, distributed=distributed, rank=rank, world=world, out=out, log=log,
+        ckpt_dir=ckpt_dir, manifest=manifest, task=task, train=train, val=val, test=test, student_pre=student_pre,
+        x_train=torch.from_numpy(student_pre(train.images)).to(device),
+        x_val=torch.from_numpy(student_pre(val.images)).to(device) if val is not None else None,
+        x_test=torch.from_numpy(student_pre(test.images)).to(device),
+        y_train=torch.from_numpy(np.asarray(train.labels)).to(device=device, dtype=label_dtype),
+        labeled=labeled, steps_per_epoch=len(train) // (cfg.batch_size * world),
+    )
 
-    def wrap(m):
-        m.to(device)
-        if distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
 
-            return DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
-        return m
+def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
+    """The teacher: from ``--teacher-weights`` (with its card when one sits beside them), a factory that loads its
+    own weights, or the default teacher trained on the synthetic task's full labels and cached by config hash."""
+    from ..models.card import ModelCard
+    from ..models.factory import count_params, create_model
+    from ..models.weights import load_weights
 
-    # ----- teacher -----
+    cfg, task, log = run.cfg, run.task, run.log
     teacher_arch = cfg.teacher or DEFAULT_TEACHER
-    teacher_pre = student_pre
+    teacher_pre = run.student_pre
     teacher_card_path = None
     if cfg.teacher_weights:
         cand = Path(cfg.teacher_weights).with_suffix(".json")
@@ -398,18 +440,17 @@ def distill(cfg: DistillConfig) -> DistillResult:
             )
         teacher_model = tcard.build()
     else:
-        teacher_model = create_model(teacher_arch, task.num_classes, task.channels, student_pre.input_size[0])
+        teacher_model = create_model(teacher_arch, task.num_classes, task.channels, run.student_pre.input_size[0])
         tcard = ModelCard(
             arch=teacher_arch,
             num_classes=task.num_classes,
             in_chans=task.channels,
-            img_size=student_pre.input_size[0] if "img_size" in _accepted(teacher_model) else None,
+            img_size=run.student_pre.input_size[0] if "img_size" in _accepted(teacher_model) else None,
             task=task.task,
             label_names=task.label_names,
-            preprocess=student_pre,
+            preprocess=run.student_pre,
             role="teacher",
         )
-    teacher_source = ""
     teacher_weights_path: Path | None = None
     if cfg.teacher_weights:
         load_weights(teacher_model, cfg.teacher_weights, what=f"teacher {teacher_arch}")
@@ -427,20 +468,21 @@ def distill(cfg: DistillConfig) -> DistillResult:
             log(f"teacher: no --teacher-weights; using the default teacher {teacher_arch} trained on the full labels, "
                 f"cached at {tdir}")
         else:
-            if rank == 0:
+            if run.rank == 0:
                 log(f"teacher: no --teacher-weights; training {teacher_arch} on the full labels of {task.source} "
                     f"({epochs} epochs), cached by config hash at {tdir}")
             ensure_dir(tdir)
-            spe = len(train) // (cfg.batch_size * world)
-            _train_supervised("teacher", teacher_model, x_train, y_train, all_idx, task, cfg, spe, epochs, TEACHER_LR,
-                              tdir / "teacher-checkpoint.pt", log, device, wrap)
-            teacher_model = teacher_model.to(device)
-            if rank == 0:
+            _train_supervised(run, "teacher", teacher_model, np.arange(len(run.train)), epochs, TEACHER_LR,
+                              tdir / "teacher-checkpoint.pt")
+            teacher_model = teacher_model.to(run.device)
+            if run.rank == 0:
                 tcard.num_params = count_params(teacher_model)
                 tcard.provenance = {"trained_on": task.source, "epochs": epochs, "cache_key": key}
-                _write_model(teacher_model, tcard, tdir, "teacher")
+                write_model(teacher_model, tcard, tdir, "teacher")
                 (tdir / "teacher-checkpoint.pt").unlink(missing_ok=True)
-            if distributed:
+            if run.distributed:
+                import torch.distributed as dist
+
                 dist.barrier()
         teacher_source = f"default teacher trained on full labels, cached at {tdir}"
         teacher_weights_path = tw
@@ -449,23 +491,37 @@ def distill(cfg: DistillConfig) -> DistillResult:
             f"teacher {teacher_arch} has no weights; pass --teacher-weights FILE (.safetensors or .pt) — a real "
             "teacher needs trained weights"
         )
-    teacher = _Teacher(teacher_model.to(device), tcard, teacher_source)
+    teacher = _Teacher(teacher_model.to(run.device), tcard, teacher_source)
     t_metrics, t_test_logits, _ = (
-        _evaluate(teacher.model, _adapt(x_test, student_pre, teacher_pre), test.labels, task.task)
+        _evaluate(teacher.model, _adapt(run.x_test, run.student_pre, teacher_pre), run.test.labels, task.task)
         if classifier_present(teacher.model)
         else ({}, None, None)
     )
     if t_metrics:
         log(f"teacher test: accuracy={t_metrics['accuracy']:.4f} macro_auc={t_metrics['macro_auc']:.4f}")
+    return ResolvedTeacher(teacher, teacher_arch, teacher_pre, teacher_weights_path, t_metrics, t_test_logits)
 
-    # ----- student -----
+
+def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
+    """Distill the teacher into the student (KD / feature / CE losses), then, label-free, fit its head."""
+    import torch
+
+    from ..models.factory import create_model
+    from ..models.features import FeatureTap
+    from ..models.heads import Projector
+    from ..models.weights import load_weights
+    from .losses import feature_kd_loss, hard_label_loss, logit_kd_loss
+    from .train import LoopConfig, augment_batch, predict, run_loop
+
+    cfg, task, device, teacher = run.cfg, run.task, run.device, resolved.teacher
+    x_train, y_train, student_pre = run.x_train, run.y_train, run.student_pre
     student_arch = cfg.student or DEFAULT_STUDENT
     torch.manual_seed(cfg.seed)
     student = create_model(student_arch, task.num_classes, task.channels, student_pre.input_size[0]).to(device)
     if cfg.student_weights:
         load_weights(student, cfg.student_weights, what=f"student {student_arch}")
     losses = cfg.resolved_losses()
-    if "kd" in losses and t_test_logits is None:
+    if "kd" in losses and resolved.test_logits is None:
         raise ConfigError("the teacher has no classifier head, so logit KD ('kd') is impossible; use --loss feat")
     if "kd" in losses and task.task != "multilabel" and teacher.card.num_classes != task.num_classes:
         raise ConfigError(f"teacher predicts {teacher.card.num_classes} classes, data has {task.num_classes}")
@@ -478,7 +534,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
     # Teacher outputs are fixed when nothing changes the inputs: compute them once.
     cached_t_logits = cached_t_emb = None
     if not cfg.augment:
-        log("teacher outputs cached for the training set (augmentation off, teacher frozen)")
+        run.log("teacher outputs cached for the training set (augmentation off, teacher frozen)")
         cached_t_logits, cached_t_emb = teacher.outputs(x_train, student_pre)
 
     class _Pair(torch.nn.Module):
@@ -493,10 +549,9 @@ def distill(cfg: DistillConfig) -> DistillResult:
                 logits, emb = self._tap.run(x)
             return logits, (self.projector(emb) if self.projector is not None else emb)
 
-    pair = _Pair(student, projector)
-    net = wrap(pair)
-    spe = len(train) // (cfg.batch_size * world)
-    phase_losses = losses
+    net = run.wrap(_Pair(student, projector))
+    labeled_mask = torch.zeros(len(run.train), dtype=torch.bool, device=device)
+    labeled_mask[torch.as_tensor(run.labeled, device=device)] = True
 
     def student_step(batch_idx, epoch):
         bi = torch.as_tensor(batch_idx, device=device)
@@ -513,15 +568,15 @@ def distill(cfg: DistillConfig) -> DistillResult:
         s_logits = s_logits.float()
         total = torch.zeros((), device=device)
         shown = {}
-        if "kd" in phase_losses:
+        if "kd" in losses:
             kd = logit_kd_loss(s_logits, t_logits, cfg.temperature, task.task)
             total = total + cfg.kd_weight * kd
             shown["kd"] = float(kd.detach())
-        if "feat" in phase_losses:
+        if "feat" in losses:
             fe = feature_kd_loss(s_proj.float(), t_e, cfg.feat_loss)
             total = total + cfg.feat_weight * fe
             shown["feat"] = float(fe.detach())
-        if "ce" in phase_losses:
+        if "ce" in losses:
             m = labeled_mask[bi]
             if bool(m.any()):
                 ce = hard_label_loss(s_logits[m], y_train[bi][m], task.task) * (m.float().mean())
@@ -533,105 +588,154 @@ def distill(cfg: DistillConfig) -> DistillResult:
 
     def val_metrics(_epoch):
         # In label-free mode the head is fitted afterwards, so a validation AUC would mean nothing yet.
-        if x_val is None or cfg.labels == "none":
+        if run.x_val is None or cfg.labels == "none":
             return {}
         from ..metrics import macro_auc
 
-        lo, _ = predict_logits(student, x_val)
-        return {"val_auc": round(macro_auc(lo, val.labels, task.task), 4)}
+        val_logits, _ = predict(student, run.x_val)
+        return {"val_auc": round(macro_auc(val_logits, run.val.labels, task.task), 4)}
 
-    log(f"student {student_arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={spe}")
+    spe = run.steps_per_epoch
+    run.log(f"student {student_arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={spe}")
     loop = LoopConfig("student", spe, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
     modules = {"student": student} | ({"projector": projector} if projector is not None else {})
-    s_hist = run_loop(loop, modules, student_step, all_idx, ckpt_dir / "student.pt", cfg.resume, log, val_metrics, cfg.progress)
-
+    history = run_loop(loop, modules, student_step, np.arange(len(run.train)), run.ckpt_dir / "student.pt",
+                       cfg.resume, run.log, val_metrics, cfg.progress)
     if cfg.labels == "none":
-        s_hist["head"] = _fit_head(student, x_train, y_train, labeled, task, cfg, ckpt_dir / "head.pt", log, device)
+        history["head"] = fit_head(run, student)
+    return TrainedStudent(student, student_arch, losses, int(s_emb.shape[1]), history)
 
-    # ----- baseline -----
-    b_metrics = None
-    baseline = None
-    if cfg.baseline:
-        torch.manual_seed(cfg.seed)
-        baseline = create_model(student_arch, task.num_classes, task.channels, student_pre.input_size[0]).to(device)
-        if cfg.student_weights:
-            load_weights(baseline, cfg.student_weights, what=f"baseline {student_arch}")
-        log(f"baseline {student_arch}: labels only, {len(labeled)} labeled images, same budget ({cfg.epochs} x {spe} steps)")
-        _train_supervised("baseline", baseline, x_train, y_train, labeled, task, cfg, spe, cfg.epochs, cfg.lr,
-                          ckpt_dir / "baseline.pt", log, device, wrap)
 
-    if distributed:
-        dist.barrier()
-    # ----- evaluation and artifacts (rank 0) -----
-    s_metrics, s_logits, _ = _evaluate(student, x_test, test.labels, task.task)
-    example = x_test[:1]
+def train_baseline(run: DistillRun, arch: str):
+    """The label-only baseline: the student's architecture trained on the labeled subset, same step budget."""
+    import torch
+
+    from ..models.factory import create_model
+    from ..models.weights import load_weights
+
+    cfg, task = run.cfg, run.task
+    torch.manual_seed(cfg.seed)
+    baseline = create_model(arch, task.num_classes, task.channels, run.student_pre.input_size[0]).to(run.device)
+    if cfg.student_weights:
+        load_weights(baseline, cfg.student_weights, what=f"baseline {arch}")
+    run.log(f"baseline {arch}: labels only, {len(run.labeled)} labeled images, same budget "
+            f"({cfg.epochs} x {run.steps_per_epoch} steps)")
+    _train_supervised(run, "baseline", baseline, run.labeled, cfg.epochs, cfg.lr, run.ckpt_dir / "baseline.pt")
+    return baseline
+
+
+def evaluate_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStudent, baseline,
+                 seconds: float) -> dict[str, Any]:
+    """``metrics.json``: student, teacher and baseline on the test split, agreement, retention, sizes."""
+    from ..metrics import top1_agreement
+    from ..models.factory import count_params
+    from ..models.features import macs_of
+
+    task, teacher = run.task, resolved.teacher
+    s_metrics, s_logits, _ = _evaluate(student.model, run.x_test, run.test.labels, task.task)
+    example = run.x_test[:1]
     metrics: dict[str, Any] = {
         "task": task.task,
-        "test_size": len(test),
-        "student": {**s_metrics, "params": count_params(student), "macs": macs_of(student, example), "arch": student_arch},
+        "test_size": len(run.test),
+        "student": {**s_metrics, "params": count_params(student.model), "macs": macs_of(student.model, example),
+                    "arch": student.arch},
         "teacher": {
-            **t_metrics,
+            **resolved.test_metrics,
             "params": count_params(teacher.model),
-            "macs": macs_of(teacher.model, _adapt(example, student_pre, teacher_pre)),
-            "arch": teacher_arch,
+            "macs": macs_of(teacher.model, _adapt(example, run.student_pre, resolved.preprocess)),
+            "arch": resolved.arch,
             "source": teacher.source,
         },
     }
-    from ..metrics import top1_agreement
-
-    if t_test_logits is not None:
-        metrics["student_teacher_agreement"] = top1_agreement(s_logits, t_test_logits, task.task)
-        metrics["auc_retention"] = s_metrics["macro_auc"] / t_metrics["macro_auc"] if t_metrics["macro_auc"] else None
+    if resolved.test_logits is not None:
+        t_auc = resolved.test_metrics["macro_auc"]
+        metrics["student_teacher_agreement"] = top1_agreement(s_logits, resolved.test_logits, task.task)
+        metrics["auc_retention"] = s_metrics["macro_auc"] / t_auc if t_auc else None
     metrics["param_ratio"] = metrics["teacher"]["params"] / metrics["student"]["params"]
     if baseline is not None:
-        b_metrics, _, _ = _evaluate(baseline, x_test, test.labels, task.task)
-        metrics["baseline"] = {**b_metrics, "params": count_params(baseline), "arch": student_arch}
+        b_metrics, _, _ = _evaluate(baseline, run.x_test, run.test.labels, task.task)
+        metrics["baseline"] = {**b_metrics, "params": count_params(baseline), "arch": student.arch}
         metrics["distill_gain_auc"] = s_metrics["macro_auc"] - b_metrics["macro_auc"]
-    metrics["seconds"] = round(time.time() - t_start, 1)
-    metrics["history"] = s_hist
+    metrics["seconds"] = round(seconds, 1)
+    metrics["history"] = student.history
+    return metrics
 
+
+def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStudent, baseline,
+              metrics: dict[str, Any]) -> dict[str, Path]:
+    """Student, teacher and baseline weights + cards, ``metrics.json`` and the manifest record (rank 0)."""
+    from ..models.card import ModelCard
+    from ..models.factory import count_params
+    from ..models.weights import save_state_dict
+
+    cfg, task, out, teacher = run.cfg, run.task, run.out, resolved.teacher
+    provenance = {
+        "tool": f"medfm-compress {__version__}",
+        "data": task.source,
+        "teacher": resolved.arch,
+        "teacher_source": teacher.source,
+        "losses": list(student.losses),
+        "seed": cfg.seed,
+    }
     artifacts: dict[str, Path] = {}
-    if rank == 0:
-        provenance = {
-            "tool": f"medfm-compress {__version__}",
-            "data": task.source,
-            "teacher": teacher_arch,
-            "teacher_source": teacher.source,
-            "losses": list(losses),
-            "seed": cfg.seed,
-        }
-        scard = ModelCard(
-            arch=student_arch, num_classes=task.num_classes, in_chans=task.channels,
-            img_size=student_pre.input_size[0] if "img_size" in _accepted(student) else None,
-            task=task.task, label_names=task.label_names, preprocess=student_pre,
-            num_params=count_params(student), embedding_dim=int(s_emb.shape[1]), role="student", provenance=provenance,
-        )
-        artifacts["student_weights"], artifacts["student_card"] = _write_model(student, scard, out, "student")
-        tcard_out = dataclasses.replace(teacher.card, num_params=count_params(teacher.model), role="teacher",
-                                        provenance={**teacher.card.provenance, "source": teacher.source})
-        artifacts["teacher_card"] = tcard_out.save(out / "teacher.json")
-        if teacher_weights_path is not None and teacher_weights_path.suffix == ".safetensors":
-            artifacts["teacher_weights"] = _link_or_copy(teacher_weights_path, out / "teacher.safetensors")
-        else:
-            from ..models.weights import save_state_dict
+    scard = ModelCard(
+        arch=student.arch, num_classes=task.num_classes, in_chans=task.channels,
+        img_size=run.student_pre.input_size[0] if "img_size" in _accepted(student.model) else None,
+        task=task.task, label_names=task.label_names, preprocess=run.student_pre,
+        num_params=count_params(student.model), embedding_dim=student.embedding_dim, role="student",
+        provenance=provenance,
+    )
+    artifacts["student_weights"], artifacts["student_card"] = write_model(student.model, scard, out, "student")
+    tcard_out = dataclasses.replace(teacher.card, num_params=count_params(teacher.model), role="teacher",
+                                    provenance={**teacher.card.provenance, "source": teacher.source})
+    artifacts["teacher_card"] = tcard_out.save(out / "teacher.json")
+    if resolved.weights_path is not None and resolved.weights_path.suffix == ".safetensors":
+        artifacts["teacher_weights"] = link_or_copy(resolved.weights_path, out / "teacher.safetensors")
+    else:
+        artifacts["teacher_weights"] = save_state_dict(teacher.model, out / "teacher.safetensors")
+    if baseline is not None:
+        bcard = dataclasses.replace(scard, role="baseline", provenance={**provenance, "losses": ["ce"],
+                                    "labeled_images": int(len(run.labeled))})
+        artifacts["baseline_weights"], artifacts["baseline_card"] = write_model(baseline, bcard, out, "baseline")
+    artifacts["metrics"] = atomic_write_json(out / "metrics.json", metrics)
+    rec = run.manifest.start("distill", {**cfg.to_dict(), "resolved_losses": list(student.losses)},
+                             {"data": cfg.data} | ({"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights
+                                                   else {}))
+    run.manifest.finish(rec, artifacts, {k: v for k, v in metrics.items() if k != "history"})
+    shutil.rmtree(run.ckpt_dir, ignore_errors=True)
+    return artifacts
 
-            artifacts["teacher_weights"] = save_state_dict(teacher.model, out / "teacher.safetensors")
-        if baseline is not None:
-            bcard = dataclasses.replace(scard, role="baseline", provenance={**provenance, "losses": ["ce"],
-                                        "labeled_images": int(len(labeled))})
-            artifacts["baseline_weights"], artifacts["baseline_card"] = _write_model(baseline, bcard, out, "baseline")
-        artifacts["metrics"] = atomic_write_json(out / "metrics.json", metrics)
-        rec = manifest.start("distill", {**cfg.to_dict(), "resolved_losses": list(losses)},
-                             {"data": cfg.data} | ({"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights else {}))
-        manifest.finish(rec, artifacts, {k: v for k, v in metrics.items() if k != "history"})
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    if distributed:
+
+def distill(cfg: DistillConfig) -> DistillResult:
+    """Run distillation as configured; see the module docstring for what is written.
+
+    The steps: :func:`prepare_run`, :func:`resolve_teacher`, :func:`train_student` (with :func:`fit_head` when
+    label-free), :func:`train_baseline`, :func:`evaluate_run`, :func:`write_run`.
+    """
+    t_start = time.time()
+    run = prepare_run(cfg)
+    resolved = resolve_teacher(run)
+    student = train_student(run, resolved)
+    baseline = train_baseline(run, student.arch) if cfg.baseline else None
+    _barrier(run)
+    metrics = evaluate_run(run, resolved, student, baseline, time.time() - t_start)
+    artifacts = write_run(run, resolved, student, baseline, metrics) if run.rank == 0 else {}
+    if run.distributed:
+        import torch.distributed as dist
+
         dist.barrier()
         dist.destroy_process_group()
-    return DistillResult(out=out, metrics=metrics, artifacts=artifacts)
+    return DistillResult(out=run.out, metrics=metrics, artifacts=artifacts)
 
 
-def _fit_head(student, x_train, y_train, labeled, task, cfg, ckpt, log, device):
+def _barrier(run: DistillRun) -> None:
+    if run.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def fit_head(run: DistillRun, student):
     """Label-free mode, second step: fit the classifier on frozen embeddings of the labeled subset."""
     import torch
 
@@ -639,31 +743,27 @@ def _fit_head(student, x_train, y_train, labeled, task, cfg, ckpt, log, device):
     from .losses import hard_label_loss
     from .train import LoopConfig, predict, run_loop
 
+    cfg, device, labeled = run.cfg, run.device, run.labeled
     head = classifier_of(student)
     if head is None:
         raise ModelError("the student has no classifier head to fit")
-    _, emb = predict(student, x_train[torch.as_tensor(labeled, device=x_train.device)], embeddings=True)
+    _, emb = predict(student, run.x_train[torch.as_tensor(labeled, device=run.x_train.device)], embeddings=True)
     emb_t = torch.from_numpy(emb).to(device)
-    y = y_train[torch.as_tensor(labeled, device=device)]
+    y = run.y_train[torch.as_tensor(labeled, device=device)]
     for p in head.parameters():
         p.requires_grad_(True)
     bs = min(cfg.batch_size, len(labeled))
 
     def step(batch_idx, _epoch):
         bi = torch.as_tensor(batch_idx, device=device)
-        loss = hard_label_loss(head(emb_t[bi]), y[bi], task.task)
+        loss = hard_label_loss(head(emb_t[bi]), y[bi], run.task.task)
         return loss, {"ce": float(loss.detach())}
 
     spe = max(1, len(labeled) // bs)
     loop = LoopConfig("head", spe, cfg.head_epochs, 1e-2, 1e-4, bs, cfg.seed, False)
-    log(f"head: fitting the classifier on frozen embeddings of {len(labeled)} labeled images")
-    return run_loop(loop, {"head": head}, step, np.arange(len(labeled)), ckpt, cfg.resume, log, progress=cfg.progress)
-
-
-def predict_logits(model, x):
-    from .train import predict
-
-    return predict(model, x)
+    run.log(f"head: fitting the classifier on frozen embeddings of {len(labeled)} labeled images")
+    return run_loop(loop, {"head": head}, step, np.arange(len(labeled)), run.ckpt_dir / "head.pt", cfg.resume,
+                    run.log, progress=cfg.progress)
 
 
 def classifier_present(model) -> bool:
@@ -675,15 +775,3 @@ def classifier_present(model) -> bool:
 def _accepted(model) -> set[str]:
     """Keywords the architecture was built with (timm keeps them in pretrained_cfg / default_cfg)."""
     return {"img_size"} if hasattr(model, "patch_embed") else set()
-
-
-def _link_or_copy(src: Path, dst: Path) -> Path:
-    if src.resolve() == dst.resolve():
-        return dst
-    with atomic_path(dst, suffix=".safetensors") as tmp:
-        tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-    return dst

@@ -117,14 +117,14 @@ def distill_volume(cfg: VolumeDistillConfig) -> DistillResult:
     from ..models.features import macs_of
     from ..models.foundation import load_teacher
     from ..models.volume import STUDENT3D_ARCH
-    from .distill import _Log, _write_model
+    from .artifacts import TrainLog, write_model
     from .losses import feature_kd_loss
     from .train import LoopConfig, run_loop
 
     t_start = time.time()
     torch.manual_seed(cfg.seed)
     out = ensure_dir(cfg.out)
-    log = _Log(out / "train.log", echo=cfg.progress)
+    log = TrainLog(out / "train.log", echo=cfg.progress)
     if not cfg.resume:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     ckpt_dir = ensure_dir(out / "checkpoints")
@@ -263,7 +263,7 @@ def distill_volume(cfg: VolumeDistillConfig) -> DistillResult:
         provenance=provenance,
     )
     artifacts: dict[str, Path] = {}
-    artifacts["student_weights"], artifacts["student_card"] = _write_model(student, card, out, "student")
+    artifacts["student_weights"], artifacts["student_card"] = write_model(student, card, out, "student")
     artifacts["metrics"] = atomic_write_json(out / "metrics.json", metrics)
     rec = manifest.start(
         "distill", cfg.to_dict(), {"data": cfg.data} | ({"eval_data": cfg.eval_data} if cfg.eval_data else {})

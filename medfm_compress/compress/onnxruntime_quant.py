@@ -236,7 +236,7 @@ def dynamic_int8(ctx: QuantizeContext):
 
 
 def fp16_model(ctx: QuantizeContext):
-    from ..export.onnx import to_fp16
+    from ..export.onnx_build import to_fp16
 
     return to_fp16(ctx.fp32_proto, keep_io_types=not ctx.cfg.fp16_io)
 

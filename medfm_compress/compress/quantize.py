@@ -397,7 +397,7 @@ def _default_out(cfg: QuantizeConfig, fp32_path: Path, precision: str) -> Path:
 
 def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     """Quantize ``cfg.input`` for ``cfg.target``; writes nothing unless every check passes."""
-    from ..export.onnx import save_onnx, set_meta
+    from ..export.onnx_build import save_onnx, set_meta
     from ..manifest import Manifest
     from ..runtime.metadata import decode_metadata
 

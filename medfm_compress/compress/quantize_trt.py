@@ -25,6 +25,8 @@ import numpy as np
 
 from ..config import config_to_dict
 from ..errors import BackendMissingError, ConfigError, DataError
+from ..runtime.onnx_loader import run_onnx
+from .quantize import QuantizeContext, QuantizedModel, parity_report, register_target
 
 __all__ = [
     "TRT_QUANT_PRECISIONS",
@@ -37,6 +39,7 @@ __all__ = [
     "TrtQuantizeConfig",
     "TrtQuantizeResult",
     "quantize_run_for_tensorrt",
+    "forward_logits",
 ]
 
 # precision -> ModelOpt preset name (constants in modelopt.torch.quantization).
@@ -250,7 +253,7 @@ def export_quantized_onnx(qmodel, meta, path, example, opset: int = 17) -> Path:
     onnxslim is skipped: its constant folding may fold the weight QDQ pairs TensorRT needs explicitly.
     """
     from ..errors import ExportError
-    from ..export.onnx import export_model_to_onnx
+    from ..export.onnx_build import export_model_to_onnx
     from ..export.tensorrt import qdq_kind
 
     with _quiet():
@@ -267,7 +270,7 @@ def export_quantized_onnx(qmodel, meta, path, example, opset: int = 17) -> Path:
     return out
 
 
-def _forward_all(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def forward_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     import torch
 
     outs = []
@@ -398,7 +401,7 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
         teacher_src = cfg.teacher or str(src)
         teacher, _ = load_model(teacher_src, "teacher")
         x_train = pre(train.images)
-        t_logits = _forward_all(teacher.eval(), x_train)
+        t_logits = forward_logits(teacher.eval(), x_train)
         history = qat_distill(
             qmodel, t_logits, x_train, card.task, cfg.qat, labels=train.labels, progress=progress
         ).history
@@ -407,8 +410,8 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
     test = task_data.splits.get("test")
     if test is not None and len(test):
         x_test = pre(test.images)
-        ref = _forward_all(model.eval(), x_test)
-        q = _forward_all(qmodel, x_test)
+        ref = forward_logits(model.eval(), x_test)
+        q = forward_logits(qmodel, x_test)
         metrics["top1_agreement"] = float(top1_agreement(ref, q, card.task))
         for k, v in task_metrics(ref, test.labels, card.task).items():
             metrics[f"fp32_{k}"] = float(v)
@@ -447,7 +450,6 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
 # --------------------------------------------------------------------------------------------------------------
 # ``medfm-compress quantize --target tensorrt`` (the quantize stage's registry)
 
-from .quantize import QuantizeContext, QuantizedModel, parity_report, register_target  # noqa: E402
 
 
 @register_target("tensorrt", precisions=("int8", "fp8", "fp16"), methods=("ptq", "qat"), options=("teacher",))
@@ -460,9 +462,9 @@ def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
     does the same; TensorRT-RTX builds it as is).
     """
     cfg = ctx.cfg
-    ref = _run_proto(ctx.fp32_proto, ctx.calib.holdout) if len(ctx.calib.holdout) else None
+    ref = run_onnx(ctx.fp32_proto, ctx.calib.holdout) if len(ctx.calib.holdout) else None
     if cfg.precision == "fp16":
-        from ..export.onnx import to_fp16
+        from ..export.onnx_build import to_fp16
 
         proto = to_fp16(ctx.fp32_proto, keep_io_types=True)
         prov = {"backend": "onnxruntime.transformers.float16", "io": "fp32"}
@@ -476,7 +478,7 @@ def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
         proto, prov = _onnx_path(ctx)
     report: dict[str, Any] = {}
     if ref is not None:
-        report["parity"] = parity_report(ref, _run_proto(proto, ctx.calib.holdout), ctx.meta.task)
+        report["parity"] = parity_report(ref, run_onnx(proto, ctx.calib.holdout), ctx.meta.task)
         ctx.log(
             "parity vs fp32 on held-out images: "
             + ", ".join(f"{k} {v:.4g}" for k, v in report["parity"].items())
@@ -489,7 +491,7 @@ def _torch_path(ctx: QuantizeContext):
     import torch
 
     from ..data import load_data
-    from ..export.onnx import build_onnx
+    from ..export.onnx_build import build_onnx
     from ..models.card import load_model
 
     cfg = ctx.cfg
@@ -510,7 +512,7 @@ def _torch_path(ctx: QuantizeContext):
         ctx.log(f"QAT: {qcfg.epochs} epochs of KD from the teacher on {len(x_train)} images")
         hist = qat_distill(
             qmodel,
-            _forward_all(teacher.eval(), x_train),
+            forward_logits(teacher.eval(), x_train),
             x_train,
             card.task,
             qcfg,
@@ -594,11 +596,3 @@ def _onnx_path(ctx: QuantizeContext):
     return onnx.load(str(out)), {"backend": "nvidia-modelopt (onnx)", "calibration_method": "max"}
 
 
-def _run_proto(proto, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i : i + 64]})[0] for i in range(0, len(x), 64)])

@@ -243,7 +243,7 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     from ..manifest import check_inputs
     from ..runtime.metadata import encode_metadata
     from ..runtime.onnx_loader import load_onnx_checked, read_meta
-    from .onnx import to_fp16
+    from .onnx_build import to_fp16
 
     t0 = time.time()
     check_inputs([cfg.onnx], cfg.force)  # before TensorRT is even looked for: a refused input needs no GPU

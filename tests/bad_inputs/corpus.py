@@ -404,7 +404,7 @@ def _(d):
 def _onnx(path: Path, with_meta: bool = True, in_chans: int = 1, size: int = 32) -> None:
     import torch
 
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.models import create_model
     from medfm_compress.runtime.metadata import ModelMeta
     from medfm_compress.runtime.preprocess import PreprocessSpec

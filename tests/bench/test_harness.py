@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medfm_compress.bench import metrics as M
+from medfm_compress import metrics as M
 from medfm_compress.bench.latency import LatencyConfig, measure_end_to_end, measure_engine, summarize
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
@@ -23,7 +23,7 @@ FAST = ["--iterations", "5", "--warmup", "1", "--bootstrap", "200", "--quiet"]
 def student_onnx(tiny_run, tmp_path_factory):
     import torch
 
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.models import load_model
     from medfm_compress.runtime.metadata import ModelMeta
 

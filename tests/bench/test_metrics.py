@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from medfm_compress.bench import metrics as M
+from medfm_compress import metrics as M
 
 
 def test_binary_auc_known_values():

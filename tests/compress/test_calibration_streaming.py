@@ -56,14 +56,14 @@ def test_streamed_calibration_set_equals_in_memory(small_folder, gray_onnx, monk
 def test_ort_static_calibration_streamed_in_chunks_is_exact(small_folder, gray_onnx, tmp_path, monkeypatch):
     import onnx
 
-    from medfm_compress.compress import quantize_ort
+    from medfm_compress.compress import onnxruntime_quant
 
-    monkeypatch.setattr(quantize_ort, "STREAM_CHUNK_IMAGES", 8)  # 40 images: 5 ORT collect_data passes
+    monkeypatch.setattr(onnxruntime_quant, "STREAM_CHUNK_IMAGES", 8)  # 40 images: 5 ORT collect_data passes
     models = []
     for streamed in (True, False):
         cal = _calib(small_folder, gray_onnx, streamed, monkeypatch)
         (tmp_path / str(streamed)).mkdir()
-        q = quantize_ort.StaticQuantizer(gray_onnx, cal.images, tmp_path / str(streamed)).quantize()
+        q = onnxruntime_quant.StaticQuantizer(gray_onnx, cal.images, tmp_path / str(streamed)).quantize()
         models.append({i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer})
     assert models[0].keys() == models[1].keys()
     for k in models[0]:

@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from medfm_compress.cli import cli
-from medfm_compress.compress import quantize_ort, sensitivity
+from medfm_compress.compress import auto_precision, latency, sensitivity
 from medfm_compress.compress.calibration import build_calibration, stratified_indices, validate_inputs
 from medfm_compress.compress.quantize import QuantizeConfig, available_targets, quantize, register_target
 from medfm_compress.data import PreprocessSpec
 from medfm_compress.errors import ConfigError, DataError, GateFailure, ModelError
-from medfm_compress.export.onnx import export_model_to_onnx
+from medfm_compress.export.onnx_build import export_model_to_onnx
 from medfm_compress.runtime.metadata import ModelMeta
 from medfm_compress.runtime.onnx_loader import ort_session, read_meta
 
@@ -173,7 +173,7 @@ def test_dynamic_and_fp16(tiny_onnx, tmp_path):
 
 def test_auto_never_slower_than_fp32(tiny_onnx, tmp_path, monkeypatch):
     # Judge the ONNX Runtime candidates here; other engines' auto hooks are their own tests' business.
-    monkeypatch.setattr(quantize_ort, "_AUTO_CANDIDATES", [])
+    monkeypatch.setattr(auto_precision, "AUTO_CANDIDATE_PROVIDERS", [])
     res = quantize(
         QuantizeConfig(
             input=str(tiny_onnx),
@@ -197,13 +197,13 @@ def test_auto_never_slower_than_fp32(tiny_onnx, tmp_path, monkeypatch):
 def test_auto_takes_the_most_faithful_of_a_timing_tie(tiny_onnx, tmp_path, monkeypatch):
     """Within AUTO_TIE_PCT of the fastest the timer cannot tell candidates apart: fp32 (exact) 3% slower than
     int8 wins; 20% slower it does not."""
-    monkeypatch.setattr(quantize_ort, "_AUTO_CANDIDATES", [])
+    monkeypatch.setattr(auto_precision, "AUTO_CANDIDATE_PROVIDERS", [])
 
     def pick(fp32_ms):
         def fake(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
             return {k: {"fp32": fp32_ms, "int8": 1.0}.get(k, 5.0) for k in models}
 
-        monkeypatch.setattr(quantize_ort, "interleaved_latency_ms", fake)
+        monkeypatch.setattr(latency, "interleaved_latency_ms", fake)
         return quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / f"t{fp32_ms}.onnx"), calib_data=TINY,
                                        precision="auto", min_agreement=0.0, **FAST))
 
@@ -217,14 +217,14 @@ def test_auto_takes_the_most_faithful_of_a_timing_tie(tiny_onnx, tmp_path, monke
 
 def test_auto_decides_on_the_interleaved_timing(tiny_onnx, tmp_path, monkeypatch):
     """The pick follows the final interleaved loop of all candidates, not each candidate's build-time timing."""
-    monkeypatch.setattr(quantize_ort, "_AUTO_CANDIDATES", [])
+    monkeypatch.setattr(auto_precision, "AUTO_CANDIDATE_PROVIDERS", [])
     seen = {}
 
     def fake_interleaved(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
         seen.update(models)
         return {k: (1.0 if k == "fp32" else 2.0) for k in models}
 
-    monkeypatch.setattr(quantize_ort, "interleaved_latency_ms", fake_interleaved)
+    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_interleaved)
     res = quantize(
         QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "i.onnx"), calib_data=TINY, precision="auto",
                        min_agreement=0.0, **FAST)
@@ -237,7 +237,7 @@ def test_auto_decides_on_the_interleaved_timing(tiny_onnx, tmp_path, monkeypatch
 
 def test_interleaved_latency_times_every_model(tiny_onnx):
     proto = onnx.load(str(tiny_onnx))
-    ms = quantize_ort.interleaved_latency_ms(
+    ms = latency.interleaved_latency_ms(
         {"a": ("onnxruntime", proto), "b": ("onnxruntime", proto)}, (1, 1, 32, 32), runs=10, rounds=2, warmup=1
     )
     assert set(ms) == {"a", "b"} and all(v > 0 for v in ms.values())
@@ -249,7 +249,7 @@ def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
     def fake_interleaved(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
         return {k: 10.0 - 0.1 * _ops(m).count("QuantizeLinear") for k, (_engine, m) in models.items()}
 
-    monkeypatch.setattr(quantize_ort, "interleaved_latency_ms", fake_interleaved)
+    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_interleaved)
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
     cfg = QuantizeConfig(
         input=str(tiny_onnx),

@@ -75,10 +75,10 @@ def test_fp32_default_name_and_refusals(fp32, tmp_path):
 
 def test_bf16_ir_runs_at_bf16_or_is_refused(fp32, tmp_path, monkeypatch):
     from medfm_compress.compress.quantize import quantize
-    from medfm_compress.export import openvino as ovx
     from medfm_compress.runtime import Engine
+    from medfm_compress.runtime import openvino_loader as ovl
 
-    if ovx.ov_supports("bf16"):
+    if ovl.ov_supports("bf16"):
         res = quantize(_cfg(fp32, target="openvino", precision="bf16", out=str(tmp_path / "b.xml")))
         assert res.precision == "bf16" and res.meta.precision == "bf16"
         assert res.meta.provenance["quantization"]["inference_precision"] == "bf16"
@@ -88,7 +88,7 @@ def test_bf16_ir_runs_at_bf16_or_is_refused(fp32, tmp_path, monkeypatch):
         with Engine.load(res.path, inference_precision="f32") as eng:
             assert eng.info["inference_precision"] == "f32"
     # A CPU without native bf16: refused before any calibration, by name, never silently emulated.
-    monkeypatch.setattr(ovx, "ov_supports", lambda precision, device="CPU": precision == "f32")
+    monkeypatch.setattr(ovl, "ov_supports", lambda precision, device="CPU": precision == "f32")
     with pytest.raises(ConfigError, match="native bf16"):
         quantize(_cfg(fp32, target="openvino", precision="bf16", calib_data=None, out=str(tmp_path / "c.xml")))
     assert not (tmp_path / "c.xml").exists()
@@ -196,17 +196,17 @@ def test_cpu_auto_considers_openvino(fp32, tmp_path):
 
 @pytest.mark.parametrize("int8_faster", [False, True])
 def test_auto_runs_accuracy_control_only_where_int8_can_win(tied, tmp_path, monkeypatch, int8_faster):
-    from medfm_compress.compress import quantize_ort
+    from medfm_compress.compress import latency
     from medfm_compress.compress.quantize import quantize
 
-    real = quantize_ort.interleaved_latency_ms
+    real = latency.interleaved_latency_ms
 
     def timed(models, *a, **kw):  # the int8-vs-fp32 check sees the speed this case wants; the rest is real
         if set(models) == {"int8", "fp32"}:
             return {"int8": 1.0 if int8_faster else 3.0, "fp32": 2.0}
         return real(models, *a, **kw)
 
-    monkeypatch.setattr(quantize_ort, "interleaved_latency_ms", timed)
+    monkeypatch.setattr(latency, "interleaved_latency_ms", timed)
     res = quantize(_cfg(tied, target="cpu", precision="auto", min_agreement=1.0, auto_exclude=True,
                         out=str(tmp_path / "auto.xml")))
     row = next(r for r in res.report["auto_table"] if r["precision"] == "openvino-int8")

@@ -85,7 +85,7 @@ def test_images() -> np.ndarray:
 def student_onnx(tiny_run, tmp_path_factory) -> Path:
     import torch
 
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.models import load_model
     from medfm_compress.runtime.metadata import ModelMeta
 
@@ -146,7 +146,7 @@ def test_parity_npy_uint16_float_and_window(cpp_build, student_onnx, test_images
     """uint16 and float images as .npy, and a model whose metadata sets an intensity window."""
     import onnx
 
-    from medfm_compress.export.onnx import set_meta
+    from medfm_compress.export.onnx_build import set_meta
     from medfm_compress.metrics import max_abs_error
     from medfm_compress.runtime.onnx_loader import read_meta
 

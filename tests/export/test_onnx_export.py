@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from medfm_compress.cli import cli
 from medfm_compress.errors import ExportError, ModelError
-from medfm_compress.export.onnx import ExportConfig, export_model_to_onnx, export_onnx
+from medfm_compress.export.onnx import ExportConfig, export_onnx
+from medfm_compress.export.onnx_build import export_model_to_onnx
 from medfm_compress.models import load_model
 from medfm_compress.runtime.metadata import ModelMeta
 from medfm_compress.runtime.onnx_loader import load_onnx_checked, ort_session, read_meta, run_onnx

@@ -43,7 +43,7 @@ def onnx_files(tmp_path_factory):
     import torch
 
     from medfm_compress.compress.quantize_trt import export_quantized_onnx, quantize_torch
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
 
     d = tmp_path_factory.mktemp("trt-onnx")
     calib = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
@@ -230,7 +230,7 @@ def test_ort_u8s8_qdq_is_rejected_with_a_clear_message(onnx_files, tmp_path):
     )
     import onnx
 
-    from medfm_compress.export.onnx import set_meta
+    from medfm_compress.export.onnx_build import set_meta
 
     proto = onnx.load(str(u8))
     set_meta(proto, _meta("timm:medfm_resnet10_w16"))

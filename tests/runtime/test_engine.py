@@ -24,7 +24,7 @@ def export_onnx(run_dir, dest, name="student", fixed_batch=None):
     import onnx
     import torch
 
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.models import load_model
     from medfm_compress.runtime.metadata import ModelMeta
 

@@ -74,8 +74,8 @@ def test_engine_runs_ir_and_onnx(ir):
 def test_inference_precision_is_set_not_left_to_the_cpu(ir, monkeypatch):
     """OpenVINO's CPU plugin runs an fp32 model in bf16 on CPUs with native bf16 unless told otherwise; an fp32 IR
     must run at f32 everywhere, and a precision the device lacks is refused, not emulated."""
-    from medfm_compress.export import openvino as ovx
     from medfm_compress.runtime import Engine
+    from medfm_compress.runtime import openvino_loader as ovl
 
     onnx_path, res = ir
     x = _x()
@@ -84,7 +84,7 @@ def test_inference_precision_is_set_not_left_to_the_cpu(ir, monkeypatch):
         np.testing.assert_allclose(eng.run(x), ref.run(x), atol=2e-2, rtol=2e-2)
     with pytest.raises(ConfigError, match="inference precision must be one of"):
         Engine.load(res.path, inference_precision="int4")
-    monkeypatch.setattr(ovx, "ov_supports", lambda precision, device="CPU": precision == "f32")
+    monkeypatch.setattr(ovl, "ov_supports", lambda precision, device="CPU": precision == "f32")
     with pytest.raises(ConfigError, match="runs at bf16.*no native support"):
         Engine.load(res.path, inference_precision="bf16")
 
@@ -138,8 +138,9 @@ def test_unconvertible_op_is_named(tmp_path):
 
 def test_save_ir_is_all_or_nothing(ir, tmp_path, monkeypatch):
     from medfm_compress.export import openvino as ovx
+    from medfm_compress.runtime import openvino_loader as ovl
 
-    model = ovx.load_ir_checked(ir[1].path)
+    model = ovl.load_ir_checked(ir[1].path)
     with pytest.raises(ConfigError, match=".xml"):
         ovx.save_ir(model, tmp_path / "m.onnx")
     real = os.replace

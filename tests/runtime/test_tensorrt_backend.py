@@ -18,7 +18,7 @@ def built(tmp_path_factory):
     """(engine path, onnx path, preprocessed inputs) for a tiny student, batch profile 1..8."""
     import torch
 
-    from medfm_compress.export.onnx import export_model_to_onnx
+    from medfm_compress.export.onnx_build import export_model_to_onnx
     from medfm_compress.export.tensorrt import TensorRTConfig, build_engine
     from medfm_compress.models import create_model
     from medfm_compress.runtime.metadata import ModelMeta

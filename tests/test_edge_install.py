@@ -1,0 +1,149 @@
+"""The edge install: `pip install medfm-compress` with no extras runs bench, verify and predict on ONNX artifacts.
+
+Two checks. The quick one (default suite) runs the CLI in a subprocess whose import system refuses every heavy
+package (torch, timm, onnx, openvino, ...), as an install without them would: it proves no edge code path
+imports them, in seconds. The slow one builds a real fresh virtual environment from this checkout with the
+pinned constraints (packages come from the local wheel cache or the index, as `make` installs them), measures
+site-packages and runs the same commands there: it proves the dependency list itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "torchvision", "timm", "safetensors", "onnx", "onnxslim", "onnxscript", "openvino", "nncf",
+         "modelopt", "tensorrt", "tensorrt_rtx", "matplotlib", "yaml", "monai", "nibabel")
+DATA = "synthetic?size=32&n_train=64&n_val=16&n_test=48&seed=2"
+
+_BLOCKER = textwrap.dedent(f"""
+    import sys
+    HEAVY = {HEAVY!r}
+
+    class _Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in HEAVY:
+                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: edge install)", name=name)
+            return None
+
+    sys.meta_path.insert(0, _Block())
+    import importlib.util
+    _real_find_spec = importlib.util.find_spec
+    def _find_spec(name, package=None):
+        if name.split(".")[0] in HEAVY:
+            return None
+        return _real_find_spec(name, package)
+    importlib.util.find_spec = _find_spec
+    from medfm_compress.cli import main
+    try:
+        main(sys.argv[1:])
+    finally:
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+        assert not leaked, leaked
+""")
+
+
+def _edge_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _BLOCKER, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def edge_model(tmp_path_factory) -> Path:
+    """A 3-class 32x32 ONNX with our metadata (exported here, where the full install is present)."""
+    import torch
+
+    from medfm_compress.export.onnx_build import export_model_to_onnx
+    from medfm_compress.models import create_model
+    from medfm_compress.runtime.metadata import ModelMeta
+    from medfm_compress.runtime.preprocess import PreprocessSpec
+
+    torch.manual_seed(0)
+    model = create_model("timm:medfm_resnet10_w16", 4, 1, 32).eval()
+    meta = ModelMeta(PreprocessSpec((32, 32), 1, (0.5,), (0.25,)), "multiclass",
+                     ["normal", "nodule", "consolidation", "effusion"], "timm:medfm_resnet10_w16")
+    return export_model_to_onnx(model, meta, tmp_path_factory.mktemp("edge") / "student.onnx",
+                                torch.zeros(1, 1, 32, 32))
+
+
+def test_bench_runs_without_any_heavy_package(edge_model, tmp_path):
+    res = _edge_cli(["bench", f"s={edge_model}", "--data", DATA, "--batch-sizes", "1", "--iterations", "10",
+                     "--warmup", "2", "--quiet", "--out", str(tmp_path / "rep")], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["artifacts"][0]["backend"] == "onnxruntime"
+    assert {p.name for p in (tmp_path / "rep").iterdir()} >= {"report.json", "report.md", "junit.xml"}
+    assert "pareto.png not written" in res.stderr
+
+
+def test_verify_runs_without_any_heavy_package(edge_model, tmp_path):
+    from medfm_compress.manifest import Manifest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model = run / "student.onnx"
+    model.write_bytes(Path(edge_model).read_bytes())
+    m = Manifest(run)
+    m.finish(m.start("export", {}, {}), {"onnx": model}, {})
+    ok = _edge_cli(["verify", str(run)], tmp_path)
+    assert ok.returncode == 0 and "1 artifacts verified" in ok.stdout, ok.stderr
+    model.write_bytes(model.read_bytes() + b"\0")
+    bad = _edge_cli(["verify", str(run)], tmp_path)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("command, extra", [("distill", "train"), ("export", "export"), ("quantize", "export"),
+                                            ("run", "train")])
+def test_commands_of_missing_extras_name_the_extra(tmp_path, command, extra):
+    res = _edge_cli([command, "anything"], tmp_path)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"'{extra}' extra" in lines[0] and f"pip install 'medfm-compress[{extra}" in lines[0]
+    # The command still shows in --help, saying what to install.
+    assert command in _edge_cli(["--help"], tmp_path).stdout
+
+
+def test_torch_backend_without_train_extra_is_one_line(tmp_path, tiny_run):
+    res = _edge_cli(["bench", f"t={tiny_run}/student", "--data", DATA, "--iterations", "5", "--quiet"], tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "pip install 'medfm-compress[train]'" in res.stderr
+
+
+@pytest.mark.slow
+def test_fresh_edge_venv(tmp_path, edge_model):
+    """`pip install .` (no extras) in a fresh venv: no torch, under 250 MB, bench and predict run."""
+    venv = tmp_path / "edge"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    pip = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-c",
+                          str(ROOT / "constraints.txt"), str(ROOT)], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    size_mb = sum(f.stat().st_size for f in site.rglob("*") if f.is_file()) / 2**20
+    print(f"edge site-packages: {size_mb:.0f} MB")
+    assert size_mb <= 250, f"edge install is {size_mb:.0f} MB"
+    for mod in HEAVY:
+        res = subprocess.run([str(py), "-c", f"import {mod}"], capture_output=True, text=True, env=env)
+        assert res.returncode != 0, f"{mod} imports in the edge install"
+    cli = venv / "bin" / "medfm-compress"
+    res = subprocess.run([str(cli), "bench", f"s={edge_model}", "--data", DATA, "--batch-sizes", "1",
+                          "--iterations", "10", "--warmup", "2", "--quiet", "--out", str(tmp_path / "rep")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([str(cli), "predict", str(edge_model), DATA, "--out", str(tmp_path / "pred"), "--quiet"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "pred" / "predictions.csv").is_file()
+    res = subprocess.run([str(cli), "distill"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 1 and "pip install 'medfm-compress[train]'" in res.stderr
