@@ -162,6 +162,20 @@ def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: boo
     return out
 
 
+def _check_variant(variant: dict[str, Any], source: str, where: str) -> None:
+    """A quantize variant its target can run: its precision and method, and no option the target would ignore
+    (caught here, before distillation, not in the quantize stage an hour later)."""
+    from .compress.quantize import QuantizeConfig, get_target
+    from .config import config_from_dict
+
+    cfg = config_from_dict(QuantizeConfig, {**{k: v for k, v in variant.items() if k != "name"}, "input": source},
+                           where)
+    try:
+        get_target(cfg.target).check_config(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where} ('{variant['name']}'): {e}") from None
+
+
 def resolve_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     """Check a recipe mapping and fill every default; unknown keys are errors naming the nearest valid key."""
     if not isinstance(raw, dict):
@@ -186,9 +200,10 @@ def resolve_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
         raise ConfigError(f"{where}.quantize must be a list of variants")
     quantize = [_section("quantize", v, f"{where}.quantize[{i}]", {"input": placeholder["input"]}, named=True)
                 for i, v in enumerate(variants)]
-    for q in quantize:
+    for i, q in enumerate(quantize):
         if q.get("calib_data") is None:
             q["calib_data"] = data
+        _check_variant(q, placeholder["input"], f"{where}.quantize[{i}]")
     engines = raw.get("tensorrt") or []
     if not isinstance(engines, list):
         raise ConfigError(f"{where}.tensorrt must be a list of engines")

@@ -205,6 +205,16 @@ class QuantTarget:
     options: tuple[str, ...] = ()
     suffix: str = ".onnx"
 
+    def check_config(self, cfg: QuantizeConfig) -> None:
+        """One-line errors for a precision or method this target lacks, or an option it would ignore."""
+        if cfg.precision not in self.precisions:
+            raise ConfigError(
+                f"--target {self.name} supports --precision {', '.join(self.precisions)}; got {cfg.precision!r}"
+            )
+        if cfg.method not in self.methods:
+            raise ConfigError(f"--target {self.name} supports --method {', '.join(self.methods)}; got {cfg.method!r}")
+        self.refuse_ignored(cfg)
+
     def refuse_ignored(self, cfg: QuantizeConfig) -> None:
         """One-line error for a target option ``cfg`` sets (away from its default) that this target ignores."""
         ignored = [f.name for f in dataclasses.fields(cfg)
@@ -404,16 +414,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     t0 = time.time()
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if cfg.progress else (lambda s: None)
     target = get_target(cfg.target)
-    if cfg.precision not in target.precisions:
-        raise ConfigError(
-            f"--target {cfg.target} supports --precision {', '.join(target.precisions)}; "
-            f"got {cfg.precision!r}"
-        )
-    if cfg.method not in target.methods:
-        raise ConfigError(
-            f"--target {cfg.target} supports --method {', '.join(target.methods)}; got {cfg.method!r}"
-        )
-    target.refuse_ignored(cfg)
+    target.check_config(cfg)
     if cfg.out and Path(cfg.out).resolve() == Path(cfg.input).resolve():
         raise ConfigError("--out must differ from the input model")
 

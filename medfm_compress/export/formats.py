@@ -120,6 +120,8 @@ def register_format(name: str, options: tuple[str, ...], description: str = ""):
     def deco(fn: Callable[[ExportRequest], ExportOutcome]):
         if name in _FORMATS:
             raise ValueError(f"export format {name!r} is already registered by {_FORMATS[name].fn.__module__}")
+        if FORMAT_MODULES.get(name, fn.__module__) != fn.__module__:
+            raise ValueError(f"export format {name!r} is already registered by {FORMAT_MODULES[name]}")
         _FORMATS[name] = ExportFormat(name, fn, tuple(options), description)
         return fn
 
