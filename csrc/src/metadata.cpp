@@ -1,4 +1,4 @@
-// Reading the flat `medfm.*` metadata_props written by medfm_compress/export/metadata.py.
+// Reading the flat `medfm.*` metadata_props written by medfm_compress/runtime/metadata.py.
 #include <charconv>
 #include <cmath>
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Raw pixels -> normalised CHW float32, the same arithmetic as medfm_compress/data/preprocess.py.
+// Raw pixels -> normalised CHW float32, the same arithmetic as medfm_compress/runtime/preprocess.py.
 //
 // Python works in float32 throughout (numpy weak-scalar promotion keeps python floats from widening), so each
 // step below is written with float operands in the same order to give bit-identical results for images that

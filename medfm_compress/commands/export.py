@@ -52,11 +52,16 @@ def command(source, out, model_name, fmt, precision, batch_sizes, flavour, targe
     The ONNX file carries the preprocessing, labels and provenance; ONNX Runtime's outputs are compared
     with torch's on real task images and random tensors before anything is written.
     """
+    from ..errors import ConfigError
     from ..export.formats import ExportRequest, export_artifact
 
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip()) if batch_sizes is not None else None
+    except ValueError:
+        raise ConfigError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from None
     request = ExportRequest(
         source=source, out=out, model=model_name, force=force, progress=not as_json,
-        precision=precision, batch_sizes=csv_option(batch_sizes, int), flavour=flavour,
+        precision=precision, batch_sizes=sizes, flavour=flavour,
         targets=csv_option(targets), workspace_mb=workspace_mb, timing_cache=timing_cache,
         opset=opset, atol=atol, data=data, num_check=num_check, dynamo=dynamo or None,
         simplify=False if no_simplify else None,

@@ -16,7 +16,6 @@ from ..runtime.onnx_loader import run_onnx
 from . import latency
 from .onnxruntime_quant import (
     DYNAMIC_OPS,
-    StaticQuantizer,
     copy_proto,
     dynamic_int8,
     fp16_model,
@@ -60,20 +59,7 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     ]
     candidates: dict[str, QuantizedModel] = {"fp32": QuantizedModel(copy_proto(ctx.fp32_proto), "fp32", {}, {})}
     builders = {
-        "int8": lambda: static_int8(
-            ctx,
-            StaticQuantizer(
-                ctx.fp32_path,
-                ctx.calib.images,
-                ctx.workdir,
-                cfg.calibrator,
-                cfg.per_channel,
-                cfg.num_bins,
-                cfg.percentile,
-                cfg.reduce_range,
-            ),
-            ref,
-        ),
+        "int8": lambda: static_int8(ctx, ref),
         "int8-dynamic": lambda: QuantizedModel(
             p := dynamic_int8(ctx), "int8-dynamic", {"ops": DYNAMIC_OPS}, {"parity": parity_of(ctx, ref, p)}
         ),

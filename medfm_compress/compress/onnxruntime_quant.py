@@ -178,9 +178,13 @@ def parity_of(ctx: QuantizeContext, ref: np.ndarray, proto) -> dict[str, float]:
     return parity_report(ref, run_onnx(proto, ctx.calib.holdout), ctx.meta.task)
 
 
-def static_int8(
-    ctx: QuantizeContext, sq: StaticQuantizer, ref: np.ndarray
-) -> QuantizedModel:
+def static_int8(ctx: QuantizeContext, ref: np.ndarray, sq: StaticQuantizer | None = None) -> QuantizedModel:
+    """Static QDQ int8 of the context's model, calibrated as its config says (``sq``: an existing quantizer
+    whose ranges are reused); with ``auto_exclude`` and a failed gate, the costliest-to-keep nodes go back to fp32."""
+    if sq is None:
+        cfg = ctx.cfg
+        sq = StaticQuantizer(ctx.fp32_path, ctx.calib.images, ctx.workdir, cfg.calibrator, cfg.per_channel,
+                             cfg.num_bins, cfg.percentile, cfg.reduce_range)
     cfg = ctx.cfg
     exclude = list(cfg.exclude_nodes or [])
     proto = sq.quantize(exclude=exclude)

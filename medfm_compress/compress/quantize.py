@@ -296,41 +296,6 @@ def get_target(name: str) -> QuantTarget:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _meta_from_flags(cfg: QuantizeConfig, shape: tuple[int, int, int], source: str):
-    from ..runtime.metadata import ModelMeta
-    from ..runtime.preprocess import PreprocessSpec
-
-    missing = [
-        flag
-        for flag, v in (
-            ("--input-size", cfg.input_size),
-            ("--channels", cfg.channels),
-            ("--mean", cfg.mean),
-            ("--std", cfg.std),
-        )
-        if v is None
-    ]
-    if missing:
-        raise ConfigError(
-            f"{source} carries no medfm-compress metadata; give its preprocessing with "
-            f"{', '.join(missing)} (missing)"
-        )
-    pre = PreprocessSpec(
-        input_size=(cfg.input_size, cfg.input_size),
-        channels=cfg.channels,
-        mean=tuple(cfg.mean),
-        std=tuple(cfg.std),
-    )
-    return ModelMeta(
-        preprocess=pre,
-        task="multiclass",
-        label_names=[],
-        arch="",
-        precision="fp32",
-        provenance={"source": Path(source).name},
-    )
-
-
 def _input_shape(proto, source: str) -> tuple[int, int, int]:
     """``(C, H, W)`` (or ``(C, X, Y, Z)`` for a volume model) of the model's single input; no batch axis or a
     dynamic spatial size is an error."""
@@ -409,7 +374,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     """Quantize ``cfg.input`` for ``cfg.target``; writes nothing unless every check passes."""
     from ..export.onnx_build import save_onnx, set_meta
     from ..manifest import Manifest
-    from ..runtime.metadata import decode_metadata
+    from ..runtime.metadata import decode_metadata, meta_from_flags
 
     t0 = time.time()
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if cfg.progress else (lambda s: None)
@@ -430,7 +395,9 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
         props = {p.key: p.value for p in proto.metadata_props}
         ours = props.get("medfm.format") is not None
         meta = (
-            decode_metadata(props, str(fp32_path)) if ours else _meta_from_flags(cfg, shape, str(fp32_path))
+            decode_metadata(props, str(fp32_path))
+            if ours
+            else meta_from_flags(str(fp32_path), cfg.input_size, cfg.channels, cfg.mean, cfg.std)
         )
         _check_meta_matches(meta, shape, str(fp32_path))
         if ours and meta.precision != "fp32":

@@ -11,7 +11,6 @@ from ..runtime.onnx_loader import run_onnx
 from .auto_precision import select_precision
 from .onnxruntime_quant import (
     DYNAMIC_OPS,
-    StaticQuantizer,
     dynamic_int8,
     fp16_model,
     parity_of,
@@ -40,17 +39,7 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
     precision = cfg.precision
     ref = run_onnx(ctx.fp32_proto, ctx.calib.holdout)
     if precision == "int8":
-        sq = StaticQuantizer(
-            ctx.fp32_path,
-            ctx.calib.images,
-            ctx.workdir,
-            cfg.calibrator,
-            cfg.per_channel,
-            cfg.num_bins,
-            cfg.percentile,
-            cfg.reduce_range,
-        )
-        qm = static_int8(ctx, sq, ref)
+        qm = static_int8(ctx, ref)
     elif precision == "int8-dynamic":
         proto = dynamic_int8(ctx)
         qm = QuantizedModel(

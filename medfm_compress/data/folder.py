@@ -5,6 +5,9 @@ or ``labels`` (``|``-separated class names, multi-label). An optional ``split`` 
 assigns splits; otherwise a seeded, stratified 70/10/20 split is drawn. For calibration a folder needs no
 labels file: every image is read, labels are set to 0.
 
+Decoding one file (Pillow, pydicom) lives in :mod:`medfm_compress.runtime.images`, shared with ``predict`` on
+the edge install; this module adds labels, splits and streaming.
+
 A folder whose decoded images exceed :func:`~medfm_compress.data.lazy.memory_budget_bytes` (estimated from
 the first image), or read with ``stream=True``, is not loaded: its splits hold
 :class:`~medfm_compress.data.lazy.LazyImages` that decode each file when its batch is used.
@@ -19,95 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..runtime.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_file, read_image_file
 from .dataset import SPLITS, Split, TaskData, infer_task, validate_split
 from .lazy import LazyImages, memory_budget_bytes, take
 
 __all__ = ["read_folder", "read_dicom_folder", "read_image_file", "read_dicom_file"]
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-DICOM_SUFFIXES = {".dcm", ".dicom", ""}
-
-
-def read_image_file(path: Path, size: int | None) -> np.ndarray:
-    """Read an 8/16-bit image as ``(H,W)`` or ``(H,W,3)``, resized to ``size`` when given."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.int64)
-                mode = "16"
-            elif im.mode in ("L", "1", "P", "LA"):
-                im = im.convert("L")
-                arr, mode = np.asarray(im), "L"
-            else:
-                im = im.convert("RGB")
-                arr, mode = np.asarray(im), "RGB"
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"{path} is not a readable image ({e}); remove it or fix the file") from None
-    if arr.size == 0:
-        raise DataError(f"{path} is an empty image")
-    if mode == "16":
-        arr = np.clip(arr, 0, 65535).astype(np.uint16)
-    if size is not None and arr.shape[:2] != (size, size):
-        arr = _resize_raw(arr, size)
-    return arr
-
-
-def _resize_raw(arr: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    if arr.dtype == np.uint16:
-        im = Image.fromarray(arr.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR)
-        return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
-    if arr.dtype == np.float32:
-        im = Image.fromarray(arr, mode="F").resize((size, size), Image.BILINEAR)
-        return np.asarray(im).astype(np.float32)
-    return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
-
-
-def read_dicom_file(path: Path, size: int | None, window: tuple[float, float] | None = None) -> np.ndarray:
-    """Read one DICOM image with its modality LUT and VOI windowing applied, as float32 in [0, 1].
-
-    The window comes from ``window`` (e.g. HU for CT) when given, else from the file's VOI LUT or
-    WindowCenter/WindowWidth, else the image's own min/max. MONOCHROME1 images are inverted.
-    """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        ds = pydicom.dcmread(path)
-        arr = ds.pixel_array
-    except (InvalidDicomError, AttributeError, OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as e:
-        raise DataError(f"{path} is not a readable DICOM image ({type(e).__name__}: {e})") from None
-    if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        arr = arr[arr.shape[0] // 2]  # multi-frame: the middle frame
-    x = apply_modality_lut(arr, ds).astype(np.float32)
-    if window is not None:
-        lo, hi = window
-    elif "WindowCenter" in ds or "VOILUTSequence" in ds:
-        x = apply_voi_lut(x, ds, prefer_lut=True).astype(np.float32)
-        lo, hi = float(x.min()), float(x.max())
-    else:
-        lo, hi = float(np.percentile(x, 0.5)), float(np.percentile(x, 99.5))
-    if not np.isfinite(x).all():
-        raise DataError(f"{path} has NaN/Inf pixel values")
-    if hi <= lo:
-        hi = lo + 1.0
-    x = (np.clip(x, lo, hi) - lo) / (hi - lo)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        x = 1.0 - x
-    if x.ndim == 3:
-        x = x[..., :3]
-    if size is not None and x.shape[:2] != (size, size):
-        x = np.clip(_resize_raw(x.astype(np.float32), size) if x.ndim == 2 else _resize_rgb(x, size), 0, 1)
-    return x.astype(np.float32)
-
-
-def _resize_rgb(x: np.ndarray, size: int) -> np.ndarray:
-    return np.stack([_resize_raw(x[..., c].astype(np.float32), size) for c in range(x.shape[-1])], -1)
 
 
 def _read_labels_csv(root: Path, source: str, require: bool):
@@ -125,18 +44,36 @@ def _read_labels_csv(root: Path, source: str, require: bool):
         raise DataError(f"{csv_path} has no rows; add one row per image")
     cols = set(rows[0])
     if "file" not in cols or not ({"label", "labels"} & cols):
-        raise DataError(f"{csv_path} needs columns 'file' and 'label' (or 'labels' for multi-label); has {sorted(cols)}")
+        raise DataError(
+            f"{csv_path} needs columns 'file' and 'label' (or 'labels' for multi-label); has {sorted(cols)}"
+        )
     return rows
 
 
-def _collect(root: Path, source: str, rows, reader, suffixes, require_labels: bool, seed: int, stream: bool | None,
-             finite_checked: bool):
+def _collect(
+    root: Path,
+    source: str,
+    rows,
+    reader,
+    suffixes,
+    require_labels: bool,
+    seed: int,
+    stream: bool | None,
+    finite_checked: bool,
+):
     if rows is None:
-        files = [str(p) for p in sorted(
-            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and p.name != "labels.csv"
-        )]
+        files = [
+            str(p)
+            for p in sorted(
+                p
+                for p in root.rglob("*")
+                if p.is_file() and p.suffix.lower() in suffixes and p.name != "labels.csv"
+            )
+        ]
         if not files:
-            raise DataError(f"{root} contains no images ({', '.join(sorted(s or '(no suffix)' for s in suffixes))})")
+            raise DataError(
+                f"{root} contains no images ({', '.join(sorted(s or '(no suffix)' for s in suffixes))})"
+            )
         images = _load_images(files, reader, source, stream, finite_checked)
         return images, np.zeros(len(files), dtype=np.int64), None, ["unlabeled"], "multiclass"
     multilabel = "labels" in rows[0] and "label" not in rows[0]
@@ -176,7 +113,9 @@ def _collect(root: Path, source: str, rows, reader, suffixes, require_labels: bo
     return _load_images(paths, reader, source, stream, finite_checked), labels, splits, names, task
 
 
-def _load_images(paths: list[str] | list[Path], reader, source: str, stream: bool | None, finite_checked: bool):
+def _load_images(
+    paths: list[str] | list[Path], reader, source: str, stream: bool | None, finite_checked: bool
+):
     """All images stacked in memory, or, above the memory budget (or with ``stream``), read lazily.
 
     The first image is always decoded: it gives the shape and dtype every other image must match.
@@ -206,10 +145,14 @@ def _load_images(paths: list[str] | list[Path], reader, source: str, stream: boo
 def _stack(images: list[np.ndarray], source: str) -> np.ndarray:
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
-        raise DataError(f"{source}: images have different sizes {sorted(shapes)[:3]}...; add ?size=N to the spec to resize them")
+        raise DataError(
+            f"{source}: images have different sizes {sorted(shapes)[:3]}...; add ?size=N to the spec to resize them"
+        )
     dtypes = {im.dtype for im in images}
     if len(dtypes) > 1:
-        raise DataError(f"{source}: images mix bit depths {sorted(str(d) for d in dtypes)}; convert them to one")
+        raise DataError(
+            f"{source}: images mix bit depths {sorted(str(d) for d in dtypes)}; convert them to one"
+        )
     return np.stack(images)
 
 
@@ -235,7 +178,9 @@ def _assign_splits(labels: np.ndarray, split_col, seed: int) -> dict[str, np.nda
 
 def _task_from(images, labels, splits_col, names, task, source, seed, labeled: bool) -> TaskData:
     if not labeled:
-        return TaskData(source=source, task="multiclass", label_names=names, splits={"train": Split(images, labels)})
+        return TaskData(
+            source=source, task="multiclass", label_names=names, splits={"train": Split(images, labels)}
+        )
     idx = _assign_splits(labels, splits_col, seed)
     splits = {s: validate_split(s, take(images, i), labels[i], source) for s, i in idx.items()}
     if task is None:
@@ -243,8 +188,13 @@ def _task_from(images, labels, splits_col, names, task, source, seed, labeled: b
     return TaskData(source=source, task=task, label_names=names, splits=splits)
 
 
-def read_folder(root: str | Path, size: int | None = None, seed: int = 0, require_labels: bool = True,
-                stream: bool | None = None) -> TaskData:
+def read_folder(
+    root: str | Path,
+    size: int | None = None,
+    seed: int = 0,
+    require_labels: bool = True,
+    stream: bool | None = None,
+) -> TaskData:
     """Read ``folder:DIR`` (images + labels.csv); ``stream`` True/False forces lazy/in-memory (None: by size)."""
     root = Path(root)
     source = f"folder:{root}"
@@ -252,14 +202,26 @@ def read_folder(root: str | Path, size: int | None = None, seed: int = 0, requir
         raise DataError(f"{root} is not a directory; folder: expects a directory of images with labels.csv")
     rows = _read_labels_csv(root, source, require_labels)
     images, labels, split_col, names, task = _collect(
-        root, source, rows, lambda p: read_image_file(p, size), IMAGE_SUFFIXES, require_labels, seed, stream, True
+        root,
+        source,
+        rows,
+        lambda p: read_image_file(p, size),
+        IMAGE_SUFFIXES,
+        require_labels,
+        seed,
+        stream,
+        True,
     )
     return _task_from(images, labels, split_col, names, task, source, seed, rows is not None)
 
 
 def read_dicom_folder(
-    root: str | Path, size: int | None = 224, seed: int = 0, require_labels: bool = True,
-    window: tuple[float, float] | None = None, stream: bool | None = None,
+    root: str | Path,
+    size: int | None = 224,
+    seed: int = 0,
+    require_labels: bool = True,
+    window: tuple[float, float] | None = None,
+    stream: bool | None = None,
 ) -> TaskData:
     """Read ``dicom:DIR`` (DICOM files + labels.csv) with modality LUT and windowing applied.
 
@@ -268,10 +230,19 @@ def read_dicom_folder(
     root = Path(root)
     source = f"dicom:{root}"
     if not root.is_dir():
-        raise DataError(f"{root} is not a directory; dicom: expects a directory of DICOM files with labels.csv")
+        raise DataError(
+            f"{root} is not a directory; dicom: expects a directory of DICOM files with labels.csv"
+        )
     rows = _read_labels_csv(root, source, require_labels)
     images, labels, split_col, names, task = _collect(
-        root, source, rows, lambda p: read_dicom_file(p, size, window), DICOM_SUFFIXES | {".dcm"}, require_labels, seed,
-        stream, True,
+        root,
+        source,
+        rows,
+        lambda p: read_dicom_file(p, size, window),
+        DICOM_SUFFIXES | {".dcm"},
+        require_labels,
+        seed,
+        stream,
+        True,
     )
     return _task_from(images, labels, split_col, names, task, source, seed, rows is not None)

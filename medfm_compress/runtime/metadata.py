@@ -25,12 +25,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from .preprocess import PreprocessSpec
 
-__all__ = ["ModelMeta", "encode_metadata", "decode_metadata", "META_FORMAT", "META_VERSION"]
+__all__ = [
+    "ModelMeta",
+    "encode_metadata",
+    "decode_metadata",
+    "meta_from_flags",
+    "resolve_metadata",
+    "check_supplied_shape",
+    "META_FORMAT",
+    "META_VERSION",
+]
 
 META_FORMAT = "medfm-compress/onnx"
 META_VERSION = 1
@@ -49,8 +59,14 @@ class ModelMeta:
 
     @classmethod
     def from_card(cls, card, precision: str = "fp32", provenance: dict[str, Any] | None = None) -> ModelMeta:
-        return cls(card.preprocess, card.task, list(card.label_names), card.arch, precision,
-                   {**card.provenance, **(provenance or {})})
+        return cls(
+            card.preprocess,
+            card.task,
+            list(card.label_names),
+            card.arch,
+            precision,
+            {**card.provenance, **(provenance or {})},
+        )
 
 
 def _floats(values) -> str:
@@ -85,13 +101,19 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMeta:
             "--input-size, --channels, --mean and --std"
         )
     if props.get("medfm.version") != str(META_VERSION):
-        raise ModelError(f"{source} has metadata version {props.get('medfm.version')!r}; this tool reads {META_VERSION}")
+        raise ModelError(
+            f"{source} has metadata version {props.get('medfm.version')!r}; this tool reads {META_VERSION}"
+        )
     try:
         size = tuple(int(v) for v in props["medfm.input_size"].split(","))
         mean = tuple(float(v) for v in props["medfm.mean"].split(","))
         std = tuple(float(v) for v in props["medfm.std"].split(","))
-        window = tuple(float(v) for v in props["medfm.window"].split(",")) if props.get("medfm.window") else None
-        pre = PreprocessSpec(input_size=size, channels=int(props["medfm.channels"]), mean=mean, std=std, window=window)
+        window = (
+            tuple(float(v) for v in props["medfm.window"].split(",")) if props.get("medfm.window") else None
+        )
+        pre = PreprocessSpec(
+            input_size=size, channels=int(props["medfm.channels"]), mean=mean, std=std, window=window
+        )
         return ModelMeta(
             preprocess=pre,
             task=props["medfm.task"],
@@ -101,4 +123,72 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMeta:
             provenance=json.loads(props.get("medfm.provenance") or "{}"),
         )
     except (KeyError, ValueError, TypeError) as e:
-        raise ModelError(f"{source} has malformed medfm metadata ({type(e).__name__}: {e}); re-export it") from None
+        raise ModelError(
+            f"{source} has malformed medfm metadata ({type(e).__name__}: {e}); re-export it"
+        ) from None
+
+
+def meta_from_flags(
+    source: str,
+    input_size: int | None,
+    channels: int | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+) -> ModelMeta:
+    """The metadata of a model that carries none (a foreign ONNX), from the ``--input-size``, ``--channels``,
+    ``--mean`` and ``--std`` flags: a square multi-class image model without label names (whoever reads its
+    outputs names them ``class_0..``). A missing flag is a one-line error naming it."""
+    missing = [
+        flag
+        for flag, v in (
+            ("--input-size", input_size),
+            ("--channels", channels),
+            ("--mean", mean),
+            ("--std", std),
+        )
+        if v is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"{source} carries no medfm-compress metadata; give its preprocessing with "
+            f"{', '.join(missing)} (missing)"
+        )
+    pre = PreprocessSpec(
+        input_size=(int(input_size), int(input_size)),
+        channels=int(channels),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+    )
+    return ModelMeta(
+        preprocess=pre,
+        task="multiclass",
+        label_names=[],
+        arch="",
+        precision="fp32",
+        provenance={"source": Path(source).name},
+    )
+
+
+def resolve_metadata(props: dict[str, str], source: str, supplied: ModelMeta | None = None) -> ModelMeta:
+    """The model's own metadata when ``props`` carry it, else ``supplied`` (the backends' ``metadata=`` option,
+    for a foreign model), else the error :func:`decode_metadata` raises (naming the flags that supply it)."""
+    if supplied is not None and not isinstance(supplied, ModelMeta):
+        raise ConfigError(f"the metadata option must be a ModelMeta, got {type(supplied).__name__}")
+    if props.get("medfm.format") is None and supplied is not None:
+        return supplied
+    return decode_metadata(props, source)
+
+
+def check_supplied_shape(meta: ModelMeta, dims, source: str) -> None:
+    """Refuse supplied metadata whose channels and size contradict the model's input dims after the batch axis
+    (ints where static; anything else, e.g. a symbolic name or None, matches any value)."""
+    pre = meta.preprocess
+    want = tuple([pre.channels, *(int(v) for v in pre.input_size)])
+    dims = list(dims)
+    static = [d if isinstance(d, int) and d > 0 else None for d in dims]
+    if len(static) != len(want) or any(d is not None and d != w for d, w in zip(static, want, strict=True)):
+        shown = "x".join("?" if d is None else str(d) for d in static)
+        raise ConfigError(
+            f"{source} takes input {shown} (channels x size) but the preprocessing given for it says "
+            f"{'x'.join(map(str, want))}; fix --channels / --input-size"
+        )

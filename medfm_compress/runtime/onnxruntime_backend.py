@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, first_line
 from .base import Engine, register_backend, require_module
 
 __all__ = ["OnnxRuntimeEngine", "providers_for_device"]
@@ -40,19 +40,27 @@ class OnnxRuntimeEngine(Engine):
         providers: explicit execution-provider list (overrides ``device``).
         provider_options: ``{provider name: {option: value}}`` passed through to ONNX Runtime.
         graph_optimization_level: ``disable`` | ``basic`` | ``extended`` | ``all`` (default ``all``).
+        session_config: ``{key: value}`` session configuration entries passed through to ONNX Runtime (e.g.
+            ``{"session.intra_op.allow_spinning": "0"}`` where the caller has work of its own between runs).
+        metadata: a :class:`~medfm_compress.runtime.metadata.ModelMeta` for a model that carries none (a foreign
+            ONNX); ignored when the file has its own.
     """
+
+    OPTIONS = ("providers", "provider_options", "graph_optimization_level", "session_config", "metadata")
 
     priority = 20
     suffixes = (".onnx",)
 
     def _load_impl(self) -> None:
         ort = require_module("onnxruntime", "onnxruntime")
-        from .metadata import decode_metadata
+        from .metadata import check_supplied_shape, resolve_metadata
 
-        unknown = set(self.options) - {"providers", "provider_options", "graph_optimization_level"}
+        unknown = set(self.options) - set(self.OPTIONS)
         if unknown:
-            raise ConfigError(f"unknown onnxruntime option(s) {', '.join(sorted(unknown))}; known: providers, "
-                              "provider_options, graph_optimization_level")
+            raise ConfigError(
+                f"unknown onnxruntime option(s) {', '.join(sorted(unknown))}; known: "
+                f"{', '.join(self.OPTIONS)}"
+            )
         if not self.path.is_file():
             raise ModelError(f"{self.path} does not exist")
         so = ort.SessionOptions()
@@ -60,35 +68,60 @@ class OnnxRuntimeEngine(Engine):
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         level = self.options.get("graph_optimization_level", "all")
-        levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
         if level not in levels:
             raise ConfigError(f"graph_optimization_level must be one of {', '.join(levels)}, got {level!r}")
         so.graph_optimization_level = levels[level]
-        providers = list(self.options.get("providers") or providers_for_device(self.device,
-                                                                                ort.get_available_providers()))
+        for key, value in (self.options.get("session_config") or {}).items():
+            try:
+                so.add_session_config_entry(str(key), str(value))
+            except Exception as e:  # ORT's own exception types
+                raise ConfigError(f"onnxruntime session config {key}={value!r}: {first_line(e)}") from None
+        providers = list(
+            self.options.get("providers") or providers_for_device(self.device, ort.get_available_providers())
+        )
         popts = self.options.get("provider_options") or {}
         if self.device and ":" in self.device and "CUDAExecutionProvider" in providers:
-            popts = {**popts, "CUDAExecutionProvider": {"device_id": int(self.device.split(":")[1]),
-                                                        **popts.get("CUDAExecutionProvider", {})}}
+            popts = {
+                **popts,
+                "CUDAExecutionProvider": {
+                    "device_id": int(self.device.split(":")[1]),
+                    **popts.get("CUDAExecutionProvider", {}),
+                },
+            }
         try:
-            self._sess = ort.InferenceSession(str(self.path), sess_options=so, providers=providers,
-                                              provider_options=[popts.get(p, {}) for p in providers])
+            self._sess = ort.InferenceSession(
+                str(self.path),
+                sess_options=so,
+                providers=providers,
+                provider_options=[popts.get(p, {}) for p in providers],
+            )
         except Exception as e:  # ORT raises its own exception types for corrupt/unsupported models
             raise ModelError(f"onnxruntime cannot load {self.path}: {str(e).splitlines()[0]}") from None
-        self._meta = decode_metadata(self._sess.get_modelmeta().custom_metadata_map, str(self.path))
+        props = self._sess.get_modelmeta().custom_metadata_map
+        supplied = self.options.get("metadata")
+        self._meta = resolve_metadata(props, str(self.path), supplied)
         inputs, outputs = self._sess.get_inputs(), self._sess.get_outputs()
         if len(inputs) != 1:
             raise ModelError(f"{self.path} has {len(inputs)} inputs; medfm engines take one image tensor")
+        if self._meta is supplied:
+            check_supplied_shape(self._meta, inputs[0].shape[1:], str(self.path))
         self._input_name = inputs[0].name
         self._output_names = [outputs[0].name]
         batch_dim = inputs[0].shape[0]
         self._fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         self._feed: dict[str, np.ndarray] = {}
-        self._info.update(precision=self._meta.precision, device=self.device or "cpu", threads=threads,
-                          providers=self._sess.get_providers())
+        self._info.update(
+            precision=self._meta.precision,
+            device=self.device or "cpu",
+            threads=threads,
+            providers=self._sess.get_providers(),
+        )
 
     def _run_impl(self, x: np.ndarray) -> np.ndarray:
         # Thin on purpose: the harness must time ONNX Runtime, not us (reuse the feed dict, no copies).

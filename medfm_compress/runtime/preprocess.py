@@ -13,7 +13,14 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["PreprocessSpec", "raw_to_unit", "resize_batch"]
+__all__ = [
+    "PreprocessSpec",
+    "raw_to_unit",
+    "resize_batch",
+    "resize_volume_batch",
+    "aa_bilinear_taps",
+    "linear_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,9 @@ class PreprocessSpec:
         if any(s <= 0 for s in self.std):
             raise DataError(f"std values must be positive, got {self.std}")
         if len(self.input_size) not in (2, 3) or min(self.input_size) <= 0:
-            raise DataError(f"input_size must be (height, width) or (x, y, z), all > 0, got {self.input_size}")
+            raise DataError(
+                f"input_size must be (height, width) or (x, y, z), all > 0, got {self.input_size}"
+            )
         if self.window is not None and not self.window[1] > self.window[0]:
             raise DataError(f"intensity window must be (low, high) with high > low, got {self.window}")
 
@@ -90,7 +99,6 @@ class PreprocessSpec:
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
         return ((x - mean) / std).astype(np.float32, copy=False)
 
-
     def _volume(self, volumes: np.ndarray) -> np.ndarray:
         x = np.asarray(volumes)
         if x.ndim == 5 and x.shape[-1] == 1:
@@ -101,11 +109,7 @@ class PreprocessSpec:
             raise DataError(f"volume models take 1 channel, the spec says {self.channels}")
         x = raw_to_unit(x, self.window)[:, None]
         if tuple(x.shape[2:]) != tuple(self.input_size):
-            import torch
-            import torch.nn.functional as F
-
-            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-            x = F.interpolate(t, size=tuple(self.input_size), mode="trilinear", align_corners=False).numpy()
+            x = resize_volume_batch(x, tuple(self.input_size))
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1, 1)
         return ((x - mean) / std).astype(np.float32, copy=False)
@@ -156,7 +160,9 @@ def to_nchw(x: np.ndarray, channels: int) -> np.ndarray:
         if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
             x = np.transpose(x, (0, 3, 1, 2))
         elif x.shape[1] not in (1, 3):
-            raise DataError(f"cannot tell the channel axis of images with shape {x.shape}; use (N,H,W,C) with C=1 or 3")
+            raise DataError(
+                f"cannot tell the channel axis of images with shape {x.shape}; use (N,H,W,C) with C=1 or 3"
+            )
     else:
         raise DataError(f"images must have 3 or 4 dimensions (N,H,W[,C]), got shape {x.shape}")
     c = x.shape[1]
@@ -164,16 +170,89 @@ def to_nchw(x: np.ndarray, channels: int) -> np.ndarray:
         return np.ascontiguousarray(x)
     if c == 1 and channels == 3:
         return np.ascontiguousarray(np.repeat(x, 3, axis=1))
-    raise DataError(f"images have {c} channel(s) but the model expects {channels}; convert the images or the model")
+    raise DataError(
+        f"images have {c} channel(s) but the model expects {channels}; convert the images or the model"
+    )
 
 
 def resize_batch(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear (antialiased) resize of an NCHW float batch; a no-op when the size already matches."""
+    """Bilinear (antialiased) resize of an NCHW float batch; a no-op when the size already matches.
+
+    torch's ``F.interpolate(mode="bilinear", antialias=True, align_corners=False)`` where torch is installed; on
+    the edge install (no torch) the same filter in NumPy (:func:`aa_bilinear_taps`; within ~1e-6 of torch).
+    """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    import torch
-    import torch.nn.functional as F
-
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        out = _resample_axis(
+            np.asarray(x, dtype=np.float32), -1, *aa_bilinear_taps(x.shape[-1], int(size[1]))
+        )
+        out = _resample_axis(out, -2, *aa_bilinear_taps(x.shape[-2], int(size[0])))
+        return np.ascontiguousarray(out, dtype=np.float32)
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     out = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
     return out.numpy()
+
+
+def resize_volume_batch(x: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """Trilinear resize (``align_corners=False``) of an NCXYZ float batch: torch's ``F.interpolate`` where torch is
+    installed, else the same separable interpolation in NumPy."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        out = np.asarray(x, dtype=np.float32)
+        for axis, n in zip((2, 3, 4), size, strict=True):
+            w = linear_weights(out.shape[axis], int(n))
+            out = np.moveaxis(np.tensordot(out, w, axes=([axis], [1])), -1, axis)
+        return np.ascontiguousarray(out, dtype=np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return F.interpolate(t, size=tuple(size), mode="trilinear", align_corners=False).numpy()
+
+
+def aa_bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Torch's antialiased bilinear filter (``align_corners=False``) as taps: ``(index, weight)``, both
+    ``(out_size, K)`` (int64, float32; unused taps have weight 0). A triangle filter widened by the scale when
+    downsampling (every input pixel contributes), plain bilinear when upsampling: the arithmetic of torch's CPU
+    ``upsample_bilinear2d_aa`` and csrc/src/preprocess.cpp, in float32."""
+    f32 = np.float32
+    scale = f32(in_size / out_size)
+    support = scale if scale >= 1.0 else f32(1.0)
+    invscale = f32(1.0) / scale if scale >= 1.0 else f32(1.0)
+    centers = (scale * (np.arange(out_size, dtype=np.float64) + 0.5)).astype(np.float32)
+    # int() truncates toward zero, as the C++ casts do.
+    xmin = np.maximum(np.trunc(centers - support + f32(0.5)).astype(np.int64), 0)
+    xmax = np.minimum(np.trunc(centers + support + f32(0.5)).astype(np.int64), in_size)
+    k = max(int((xmax - xmin).max()), 1)
+    index = xmin[:, None] + np.arange(k)[None, :]
+    valid = index < xmax[:, None]
+    d = np.abs((index.astype(np.float32) - centers[:, None] + f32(0.5)) * invscale)
+    w = np.where(valid & (d < 1.0), f32(1.0) - d, f32(0.0)).astype(np.float32)
+    total = w.sum(axis=1, keepdims=True, dtype=np.float32)
+    w = np.where(total != 0, w / np.where(total != 0, total, f32(1.0)), w).astype(np.float32)
+    return np.minimum(index, in_size - 1), w
+
+
+def _resample_axis(x: np.ndarray, axis: int, index: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Apply ``(out, K)`` taps along ``axis`` of ``x``: ``y[..., i, ...] = sum_k weight[i, k] * x[..., index[i, k], ...]``."""
+    x = np.moveaxis(x, axis, -1)
+    y = np.einsum("...ok,ok->...o", x[..., index], weight, dtype=np.float32)
+    return np.moveaxis(y, -1, axis)
+
+
+def linear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """``(out_size, in_size)`` float32 weights of (non-antialiased) linear interpolation, ``align_corners=False``,
+    as torch's ``upsample_linear1d`` / ``upsample_trilinear3d`` per axis."""
+    scale = in_size / out_size
+    w = np.zeros((out_size, in_size), dtype=np.float32)
+    for i in range(out_size):
+        src = max(scale * (i + 0.5) - 0.5, 0.0)
+        i0 = min(int(src), in_size - 1)
+        i1 = i0 + (1 if i0 < in_size - 1 else 0)
+        lam = src - i0
+        w[i, i0] += 1.0 - lam
+        w[i, i1] += lam
+    return w

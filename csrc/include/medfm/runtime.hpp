@@ -1,7 +1,7 @@
 // medfm_runtime: run a model exported by `medfm-compress export` from C++ (scanner consoles, edge boxes).
 //
 // The ONNX file carries its preprocessing, task and label names in `metadata_props` (keys `medfm.*`, see
-// medfm_compress/export/metadata.py); this library reads them, so a caller only hands over raw pixels.
+// medfm_compress/runtime/metadata.py); this library reads them, so a caller only hands over raw pixels.
 //
 //   auto model = medfm::Model::load("student.onnx");
 //   medfm::Image img = medfm::read_image("case1.pgm");
@@ -48,7 +48,7 @@ struct PreprocessSpec {
 enum class Task { Multiclass, Binary, Multilabel };
 const char* task_name(Task task);
 
-/// What a deployed model needs to be fed and read correctly (Python: medfm_compress.export.metadata.ModelMeta).
+/// What a deployed model needs to be fed and read correctly (Python: medfm_compress.runtime.metadata.ModelMeta).
 struct ModelMeta {
   PreprocessSpec preprocess;
   Task task = Task::Multiclass;
