@@ -27,6 +27,7 @@ __all__ = [
     "sha256_file",
     "ensure_dir",
     "new_file_mode",
+    "read_json",
 ]
 
 
@@ -127,3 +128,14 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: fh.read(chunk_size), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str, error: type[MedfmError] = MedfmError, missing_hint: str = "") -> Any:
+    """The JSON document at ``path``; missing or unreadable is a one-line ``error`` naming ``what`` it is."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{what} {p} does not exist{missing_hint}") from None
+    except (OSError, ValueError) as e:
+        raise error(f"{what} {p} is not valid JSON ({e})") from None

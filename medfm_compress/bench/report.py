@@ -7,14 +7,13 @@ strings (``"inf"``, ``"-inf"``) or null (NaN) so the file is strict JSON.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from .._io import atomic_path, atomic_write_json, atomic_write_text, ensure_dir
+from .._io import atomic_path, atomic_write_json, atomic_write_text, ensure_dir, read_json
 from ..errors import ConfigError, GateFailure
 
 __all__ = [
@@ -87,12 +86,7 @@ def load_report(path: str | os.PathLike) -> dict:
     p = Path(path)
     if p.is_dir():
         p = p / "report.json"
-    try:
-        report = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"report {p} does not exist; give a report.json written by 'medfm-compress bench'") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"report {p} is not valid JSON ({e})") from None
+    report = read_json(p, "report", ConfigError, "; give a report.json written by 'medfm-compress bench'")
     if not isinstance(report, dict) or "schema_version" not in report:
         raise ConfigError(f"{p} is not a medfm-compress bench report (no schema_version)")
     if report["schema_version"] != SCHEMA_VERSION:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["csv_option"]
+__all__ = ["csv_option", "foreign_model_options"]
 
 
 def csv_option(value: str | None, cast=str) -> tuple | None:
@@ -15,3 +15,17 @@ def csv_option(value: str | None, cast=str) -> tuple | None:
         return tuple(cast(v.strip()) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of {cast.__name__}") from None
+
+
+def foreign_model_options(fn):
+    """``--input-size``, ``--channels``, ``--mean``, ``--std``: the preprocessing of an ONNX without medfm metadata
+    (quantize and predict take the same four)."""
+    for option in reversed((
+        click.option("--input-size", default=None, type=int, help="For an ONNX without medfm metadata: input size."),
+        click.option("--channels", default=None, type=int, help="For an ONNX without medfm metadata: channels."),
+        click.option("--mean", default=None,
+                     help="For an ONNX without medfm metadata: per-channel mean, e.g. 0.485,0.456,0.406."),
+        click.option("--std", default=None, help="For an ONNX without medfm metadata: per-channel std."),
+    )):
+        fn = option(fn)
+    return fn

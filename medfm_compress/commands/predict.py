@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ._common import csv_option
+from ._common import csv_option, foreign_model_options
 
 
 @click.command(name="predict")
@@ -30,14 +30,7 @@ from ._common import csv_option
 @click.option(
     "--threads", default=None, type=click.IntRange(min=1), help="Intra-op threads (default: all cores)."
 )
-@click.option("--input-size", default=None, type=int, help="For an ONNX without medfm metadata: input size.")
-@click.option("--channels", default=None, type=int, help="For an ONNX without medfm metadata: channels.")
-@click.option(
-    "--mean",
-    default=None,
-    help="For an ONNX without medfm metadata: per-channel mean, e.g. 0.485,0.456,0.406.",
-)
-@click.option("--std", default=None, help="For an ONNX without medfm metadata: per-channel std.")
+@foreign_model_options
 @click.option(
     "--workers",
     default=1,

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..models.card import MODEL_ROLES
-from ._common import csv_option
+from ._common import csv_option, foreign_model_options
 
 
 @click.command(name="quantize")
@@ -78,14 +78,7 @@ from ._common import csv_option
 @click.option(
     "--allow-random-calibration", is_flag=True, help="Calibrate on random tensors (recorded in metadata)."
 )
-@click.option("--input-size", default=None, type=int, help="For an ONNX without medfm metadata: input size.")
-@click.option("--channels", default=None, type=int, help="For an ONNX without medfm metadata: channels.")
-@click.option(
-    "--mean",
-    default=None,
-    help="For an ONNX without medfm metadata: per-channel mean, e.g. 0.485,0.456,0.406.",
-)
-@click.option("--std", default=None, help="For an ONNX without medfm metadata: per-channel std.")
+@foreign_model_options
 @click.option(
     "--model",
     "model_name",

@@ -489,15 +489,10 @@ def _check_output(proto, cfg: QuantizeConfig) -> None:
 
 
 def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, float]:
-    """Parity of a quantized model's logits against fp32 on the same inputs."""
-    from ..metrics import cosine_similarity, max_abs_error, sqnr_db, top1_agreement
+    """Parity of a quantized model's logits against fp32 on the same inputs (the comparator's figures)."""
+    from ..metrics import parity_metrics
 
-    return {
-        "top1_agreement": top1_agreement(ref, got, task),
-        "cosine": cosine_similarity(ref, got),
-        "max_abs": max_abs_error(ref, got),
-        "sqnr_db": sqnr_db(ref, got),
-    }
+    return parity_metrics(ref, got, task)
 
 
 def gate_passes(parity: dict[str, float], cfg: QuantizeConfig) -> bool:

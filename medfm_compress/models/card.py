@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, read_json
 from ..errors import ModelError
 from ..runtime.preprocess import PreprocessSpec
 
@@ -83,14 +82,7 @@ class ModelCard:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:
-        p = Path(path)
-        try:
-            d = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelError(f"model card {p} does not exist") from None
-        except (OSError, ValueError) as e:
-            raise ModelError(f"model card {p} is not valid JSON ({e})") from None
-        return cls.from_dict(d, str(p))
+        return cls.from_dict(read_json(path, "model card", ModelError), str(path))
 
     def build(self):
         """Instantiate the architecture (random weights)."""
