@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
 
 
 def pytest_addoption(parser):
@@ -60,12 +61,6 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("MEDFM_CACHE_DIR", None)
     else:
         os.environ["MEDFM_CACHE_DIR"] = old
-
-
-# A small synthetic task: 32x32 images, a few hundred cases; enough to train tiny models in seconds.
-TINY_DATA = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
-TINY_TEACHER = "timm:medfm_resnet10_w16"
-TINY_STUDENT = "timm:medfm_resnet10_w16"
 
 
 @pytest.fixture(scope="session")

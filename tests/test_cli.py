@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
 
 from medfm_compress import __version__
 from medfm_compress.cli import cli
@@ -37,7 +37,10 @@ def test_distill_cli_json(runner, tmp_path):
     [
         (["--data", "medmnist:/no/such/file.npz", "--teacher", "timm:resnet18", "--teacher-weights", "/no/w.safetensors"],
          "does not exist"),
-        (["--student", "timm:not_a_model_xyz", "--data", TINY_DATA], "unknown timm architecture"),
+        # A tiny one-epoch teacher: distill trains the teacher before it builds the student, and the default
+        # teacher would take most of a minute here before this error.
+        (["--student", "timm:not_a_model_xyz", "--data", TINY_DATA, "--teacher", TINY_TEACHER, "--teacher-epochs", "1",
+          "--batch-size", "32"], "unknown timm architecture"),
         (["--label-fraction", "1.5"], "label-fraction"),
         (["--epochs", "0"], "epochs must be >= 1"),
         (["--data", "bogus:thing"], "unknown data kind"),

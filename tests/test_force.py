@@ -8,7 +8,7 @@ import shutil
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
 
 from medfm_compress.cli import cli
 from medfm_compress.errors import IntegrityError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
 
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
@@ -31,6 +31,7 @@ def _tiny_recipe(out, **over):
     return raw
 
 
+@pytest.mark.slow
 def test_recipe_runs_caches_and_reruns_from_a_stage(tmp_path):
     pytest.importorskip("tensorrt_rtx")
     rec = resolve_recipe(_tiny_recipe(tmp_path / "run"))
@@ -54,6 +55,7 @@ def test_recipe_runs_caches_and_reruns_from_a_stage(tmp_path):
     assert "quantize:int8" in r4.ran and "export" in r4.cached
 
 
+@pytest.mark.slow
 def test_print_config_reproduces_the_run(tmp_path):
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text(yaml.safe_dump(_tiny_recipe(tmp_path / "run", tensorrt=[], quantize=[])))
@@ -62,10 +64,11 @@ def test_print_config_reproduces_the_run(tmp_path):
     printed = tmp_path / "printed.yaml"
     printed.write_text(r.stdout)
     assert load_recipe(printed) == load_recipe(recipe_file)
+    # The recipe's one gate (max_size_mb 100) holds for these ~1.3 MB models: exit 0 (3 is a regression).
     r = CliRunner().invoke(cli, ["run", str(printed), "--quiet"])
-    assert r.exit_code in (0, 3), r.output
+    assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["run", str(recipe_file), "--quiet"])
-    assert "cached: distill, export, bench" in r.output
+    assert r.exit_code == 0 and "cached: distill, export, bench" in r.output, r.output
 
 
 @pytest.mark.parametrize(
@@ -127,6 +130,7 @@ def _teacher(path, num_classes):
     save_state_dict(create_model(TINY_TEACHER, num_classes, 1), path)
 
 
+@pytest.mark.slow
 def test_medmnist_example_recipe_on_small_data(tmp_path):
     pytest.importorskip("tensorrt_rtx")
     rng = np.random.default_rng(0)
@@ -141,6 +145,7 @@ def test_medmnist_example_recipe_on_small_data(tmp_path):
     assert "bench" in res.ran and (tmp_path / "run" / "student.trt-int8.engine").is_file()
 
 
+@pytest.mark.slow
 def test_dicom_example_recipe_on_small_data(tmp_path):
     pytest.importorskip("tensorrt_rtx")
     import pydicom

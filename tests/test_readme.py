@@ -28,6 +28,7 @@ def test_readme_has_the_two_setup_commands():
     assert "make test" in ci
 
 
+@pytest.mark.slow  # the whole tour: minutes
 @pytest.mark.skipif(not README.exists(), reason="no README")
 def test_readme_bash_blocks_run(tmp_path):
     blocks = bash_blocks(README.read_text())

@@ -7,14 +7,18 @@ import dataclasses
 
 import pytest
 from click.testing import CliRunner
+from support.tiny import TINY_DATA as TINY
 
 from medfm_compress.cli import cli
-from medfm_compress.compress.quantize import COMMON_OPTIONS, QuantizeConfig, available_targets, register_target
+from medfm_compress.compress.quantize import (
+    COMMON_OPTIONS,
+    QuantizeConfig,
+    available_targets,
+    register_target,
+)
 from medfm_compress.errors import ConfigError
 from medfm_compress.export.formats import ExportRequest, available_formats, export_artifact, register_format
 from medfm_compress.pipeline import STAGE_RUNNERS, STAGES, resolve_recipe, run_pipeline
-
-TINY = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
 
 
 def test_every_quantize_option_is_honoured_by_some_target_and_declared_options_exist():

@@ -5,7 +5,8 @@ Each case names a command line and a ``make(dir)`` that writes the broken input 
 requires: exit status 1 (2 for click usage errors), exactly one line on stderr naming the problem, no
 traceback, and no output file left behind.
 
-Run ``python tests/bad_inputs/corpus.py --out DIR`` to write the corpus to DIR for manual inspection.
+Run ``PYTHONPATH=tests python tests/bad_inputs/corpus.py --out DIR`` to write the corpus to DIR for manual inspection
+(tests/ on the path for the shared ``support`` helpers, as pytest's ``pythonpath`` setting does for the test).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import os
 import pickle
 import stat
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,9 +362,8 @@ def _(d):
 
 # ---------------- OpenVINO (the openvino extra; make test installs it) ----------------
 def _tiny_onnx(path: Path, custom_op: str | None = None) -> Path:
-    """The shared tiny conv net (tests/onnx_fixtures.py) with the embedded default task's labels."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from onnx_fixtures import tiny_onnx
+    """The shared tiny conv net (tests/support/onnx_fixtures.py) with the embedded default task's labels."""
+    from support.onnx_fixtures import tiny_onnx
 
     return tiny_onnx(path, custom_op, label_names=("normal", "nodule", "consolidation", "effusion"))
 

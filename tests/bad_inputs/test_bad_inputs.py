@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-from corpus import CASES  # noqa: E402
-
-from medfm_compress.cli import cli  # noqa: E402
+from bad_inputs.corpus import CASES
+from medfm_compress.cli import cli
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"bad_input_{c.name}" for c in CASES])

@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.tiny import TINY_DATA
 
 from medfm_compress import metrics as M
 from medfm_compress.bench.latency import LatencyConfig, measure_end_to_end, measure_engine, summarize
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
 
-TINY_DATA = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
 FAST = ["--iterations", "5", "--warmup", "1", "--bootstrap", "200", "--quiet"]
 
 

@@ -8,13 +8,12 @@ from xml.etree import ElementTree as ET
 
 import pytest
 from click.testing import CliRunner
+from support.tiny import TINY_DATA
 
 from medfm_compress.bench.harness import BenchConfig, parse_artifacts, run_bench
 from medfm_compress.bench.report import SCHEMA_VERSION, compare_reports, load_report, parse_regression
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
-
-TINY_DATA = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+
+pytestmark = pytest.mark.slow  # two torchrun ranks, each importing torch and training
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun not found")

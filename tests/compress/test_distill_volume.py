@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support.volume_fixtures import TINY, crop_specs
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
-from volume_fixtures import TINY, crop_specs  # noqa: E402
+pytestmark = pytest.mark.slow  # volume distillation with the CT teacher
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,9 @@ def test_distill_writes_a_loadable_5d_student(run):
     m = run.metrics
     assert m["task"] == "embedding" and m["eval"]["n"] == 4 and m["eval"]["z_range"] == [22, 40]
     assert m["train"]["z_range"] == [0, 18] and len(m["history"]["history"]) == 1
-    assert -1.0 <= m["eval"]["cosine"] <= 1.0 and "eval_cos" in m["history"]["history"][-1]
+    # One epoch from a random-weight teacher teaches little (the cosine is about 0.08 here); what must hold is that
+    # the reported held-out cosine is the final student's, the one the last epoch logged.
+    assert m["history"]["history"][-1]["eval_cos"] == round(m["eval"]["cosine"], 4)
     assert m["cache"]["computed"] == 12
     model, card = load_model(run.out)
     assert card.task == "embedding" and card.preprocess.input_size == (32, 32, 16)

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support.volume_fixtures import TINY, crop_specs
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
-from volume_fixtures import TINY, crop_specs  # noqa: E402
-
-from medfm_compress.errors import ConfigError  # noqa: E402
+from medfm_compress.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +17,7 @@ def specs(tmp_path_factory):
     return crop_specs(tmp_path_factory.mktemp("ct"))
 
 
+@pytest.mark.slow
 def test_cli_distill_with_a_volume_teacher(specs, tmp_path):
     from medfm_compress.cli import cli
 
@@ -61,6 +59,7 @@ def test_config_refuses_non_volume_data():
         VolumeDistillConfig(data="inv3:x.inv3", teacher="timm:resnet18")
 
 
+@pytest.mark.slow
 def test_recipe_runs_the_volume_chain_and_caches(specs, tmp_path):
     from medfm_compress.pipeline import load_recipe, resolve_recipe, run_pipeline
 

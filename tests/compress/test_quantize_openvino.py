@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,10 +10,9 @@ import pytest
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-from medfm_compress.errors import ConfigError, ExportError, GateFailure  # noqa: E402
+from support.onnx_fixtures import tiny_onnx  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from onnx_fixtures import tiny_onnx  # noqa: E402
+from medfm_compress.errors import ConfigError, ExportError, GateFailure  # noqa: E402
 
 DATA = "synthetic?size=32&n_train=64&n_val=32&n_test=48&seed=3"
 
@@ -33,6 +30,7 @@ def _cfg(fp32, **kw):
     return QuantizeConfig(**{**base, **kw})
 
 
+@pytest.mark.slow  # runs NNCF
 def test_int8_ir_with_metadata(fp32, tmp_path):
     from medfm_compress.compress.quantize import quantize
     from medfm_compress.runtime import Engine
@@ -45,7 +43,8 @@ def test_int8_ir_with_metadata(fp32, tmp_path):
     q = meta.provenance["quantization"]
     assert meta.precision == "int8" and meta.label_names == ["a", "b", "c", "d"]
     assert q["target"] == "openvino" and q["model_type"] == "default" and q["calibration"]["num_calibration"] == 32
-    assert 0.0 <= res.report["parity"]["top1_agreement"] <= 1.0
+    # This net has no near-ties: int8 keeps (nearly) every top-1 of the 32 held-out images and the logits.
+    assert res.report["parity"]["top1_agreement"] >= 0.95 and res.report["parity"]["cosine"] > 0.9999
     with Engine.load(res.path) as eng:
         assert eng.info["precision"] == "int8"
         x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
@@ -56,6 +55,7 @@ def test_int8_ir_with_metadata(fp32, tmp_path):
         assert any(op.get_type_name() == "FakeQuantize" for op in load_ir_checked(res.path).get_ops())
 
 
+@pytest.mark.slow  # runs NNCF
 def test_fp32_default_name_and_refusals(fp32, tmp_path):
     from medfm_compress.compress.quantize import quantize
 
@@ -119,6 +119,7 @@ def tied(tmp_path_factory):
     return tiny_onnx(path, tied=True, tie_offset=float(np.median(logits[:, 0] - logits[:, 1])))
 
 
+@pytest.mark.slow  # runs NNCF
 def test_accuracy_control_is_the_auto_exclude(tied, tmp_path):
     from medfm_compress.compress.quantize import quantize
 
@@ -134,6 +135,7 @@ def test_accuracy_control_is_the_auto_exclude(tied, tmp_path):
     assert res.meta.provenance["quantization"]["accuracy_control"]["metric"] == "top1_agreement"
 
 
+@pytest.mark.slow  # runs NNCF
 def test_accuracy_control_from_the_cli(tied, tmp_path):
     import re
 
@@ -165,6 +167,7 @@ def test_is_transformer():
     assert is_transformer(onnx.helper.make_model(g), "")
 
 
+@pytest.mark.slow  # runs NNCF
 def test_cpu_auto_considers_openvino(fp32, tmp_path):
     from click.testing import CliRunner
 
@@ -194,6 +197,7 @@ def test_cpu_auto_considers_openvino(fp32, tmp_path):
     assert "skipped: --out names an .onnx" in r.output and res_onnx.is_file()
 
 
+@pytest.mark.slow  # runs NNCF
 @pytest.mark.parametrize("int8_faster", [False, True])
 def test_auto_runs_accuracy_control_only_where_int8_can_win(tied, tmp_path, monkeypatch, int8_faster):
     from medfm_compress.compress import latency
@@ -218,6 +222,7 @@ def test_auto_runs_accuracy_control_only_where_int8_can_win(tied, tmp_path, monk
         assert "no faster than OpenVINO fp32" in row["note"] and not row["passes"]
 
 
+@pytest.mark.slow  # runs NNCF
 def test_settings_reach_nncf_and_accuracy_control(tied, tmp_path):
     """The percentile calibrator, per-tensor weights and the weight range reach NNCF, in plain PTQ and in
     accuracy control (which names its advanced parameters differently), and provenance records them."""
@@ -235,6 +240,7 @@ def test_settings_reach_nncf_and_accuracy_control(tied, tmp_path):
     assert full.meta.provenance["quantization"]["overflow_fix"] == "first_layer_only"
 
 
+@pytest.mark.slow  # runs NNCF
 @pytest.mark.parametrize("calibrator,estimator", [("minmax", "MINMAX"), ("percentile", "MEAN_QUANTILE")])
 def test_calibrator_reaches_nncf_as_the_same_range(fp32, tmp_path, monkeypatch, calibrator, estimator):
     """--calibrator minmax is the global min/max over the calibration set, as for ONNX Runtime (NNCF's own default

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.tiny import TINY_DATA
+
+# Every test needs the C++ build (a minute from clean) or runs the built CLI.
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_DATA = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
 
 
 def _missing_toolchain() -> str | None:

@@ -198,6 +198,7 @@ def test_quantize_and_bench_stream_a_set_larger_than_the_allowed_memory(big_fold
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["calibration"]["streamed"] is True and got["calibration"]["num_calibration"] == 400
     assert got["n"] == len(range(0, N_IMAGES, 3))  # every test case was scored
-    assert 0.0 <= got["agreement"] <= 1.0
+    # Streamed calibration still calibrates: int8 keeps the fp32 decision on about 95% of the cases here.
+    assert got["agreement"] >= 0.9, got
     assert got["peak_mb"] < LIMIT_MB, f"NumPy peak {got['peak_mb']:.1f} MB while streaming"
     assert got["whole_mb"] > decoded_mb > LIMIT_MB

@@ -7,7 +7,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from volume_fixtures import head_like, write_dicom_series, write_inv3
+from support.volume_fixtures import head_like, write_dicom_series, write_inv3
 
 from medfm_compress.data import load_data
 from medfm_compress.data.volume import (

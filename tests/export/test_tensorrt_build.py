@@ -37,29 +37,38 @@ def _model(arch: str):
     return create_model(arch, 4, 3, 32).eval()
 
 
-@pytest.fixture(scope="module")
-def onnx_files(tmp_path_factory):
-    """fp32 and modelopt-int8 QDQ ONNX for each student."""
+def _onnx_pair(arch: str, d) -> dict:
+    """fp32 and modelopt-int8 QDQ ONNX of ``arch`` (random weights) in ``d``."""
     import torch
 
     from medfm_compress.compress.quantize_trt import export_quantized_onnx, quantize_torch
     from medfm_compress.export.onnx_build import export_model_to_onnx
 
-    d = tmp_path_factory.mktemp("trt-onnx")
     calib = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
-    out = {}
-    for arch in STUDENTS:
-        name = arch.split(":")[1]
-        m = _model(arch)
-        fp32 = export_model_to_onnx(m, _meta(arch), d / f"{name}.onnx", torch.from_numpy(calib[:1]))
-        q = quantize_torch(m, calib, "int8")
-        meta = _meta(arch)
-        meta.precision = "int8"
-        int8 = export_quantized_onnx(q, meta, d / f"{name}.int8.onnx", torch.from_numpy(calib[:1]))
-        out[arch] = {"fp32": fp32, "int8": int8}
-    return out
+    name = arch.split(":")[1]
+    m = _model(arch)
+    fp32 = export_model_to_onnx(m, _meta(arch), d / f"{name}.onnx", torch.from_numpy(calib[:1]))
+    q = quantize_torch(m, calib, "int8")
+    meta = _meta(arch)
+    meta.precision = "int8"
+    int8 = export_quantized_onnx(q, meta, d / f"{name}.int8.onnx", torch.from_numpy(calib[:1]))
+    return {"fp32": fp32, "int8": int8}
 
 
+@pytest.fixture(scope="module")
+def w16_files(tmp_path_factory):
+    """fp32 and int8 ONNX of the smallest student: all the refusal tests need."""
+    return _onnx_pair(STUDENTS[0], tmp_path_factory.mktemp("trt-onnx-w16"))
+
+
+@pytest.fixture(scope="module")
+def onnx_files(w16_files, tmp_path_factory):
+    """fp32 and modelopt-int8 QDQ ONNX for each student."""
+    d = tmp_path_factory.mktemp("trt-onnx")
+    return {STUDENTS[0]: w16_files, **{arch: _onnx_pair(arch, d) for arch in STUDENTS[1:]}}
+
+
+@pytest.mark.slow  # builds an engine
 @pytest.mark.parametrize("arch", STUDENTS)
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_rtx_engine_builds_under_10s(onnx_files, tmp_path, arch, precision):
@@ -79,11 +88,12 @@ def test_rtx_engine_builds_under_10s(onnx_files, tmp_path, arch, precision):
     assert res.flavour == "rtx" and res.precision == precision
 
 
-def test_sidecar_records_everything(onnx_files, tmp_path):
+@pytest.mark.slow  # builds an engine
+def test_sidecar_records_everything(w16_files, tmp_path):
     from medfm_compress._io import sha256_file
     from medfm_compress.runtime.metadata import decode_metadata
 
-    src = onnx_files["timm:medfm_resnet10_w16"]["int8"]
+    src = w16_files["int8"]
     res = build_engine(
         TensorRTConfig(
             str(src),
@@ -114,24 +124,25 @@ def test_sidecar_records_everything(onnx_files, tmp_path):
     assert meta.preprocess.input_size == (32, 32)
 
 
-def test_fp16_engine_from_fp32_onnx(onnx_files, tmp_path):
+@pytest.mark.slow  # builds an engine
+def test_fp16_engine_from_fp32_onnx(w16_files, tmp_path):
     res = build_engine(
         TensorRTConfig(
-            str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / "h.engine"), precision="fp16"
+            str(w16_files["fp32"]), str(tmp_path / "h.engine"), precision="fp16"
         ),
         progress=False,
     )
     fp32 = build_engine(
-        TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / "f.engine")),
+        TensorRTConfig(str(w16_files["fp32"]), str(tmp_path / "f.engine")),
         progress=False,
     )
     # fp16 weights: the engine is clearly smaller than the fp32 one.
     assert res.size_bytes < 0.8 * fp32.size_bytes
 
 
-def _built(onnx_files, tmp_path, name="e.engine"):
+def _built(files, tmp_path, name="e.engine"):
     return build_engine(
-        TensorRTConfig(str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]), str(tmp_path / name)),
+        TensorRTConfig(str(files["fp32"]), str(tmp_path / name)),
         progress=False,
     ).path
 
@@ -145,8 +156,9 @@ def _rehash(engine):
     sp.write_text(json.dumps(side))
 
 
-def test_refuses_engine_changed_since_build(onnx_files, tmp_path):
-    eng = _built(onnx_files, tmp_path)
+@pytest.mark.slow  # builds an engine
+def test_refuses_engine_changed_since_build(w16_files, tmp_path):
+    eng = _built(w16_files, tmp_path)
     data = bytearray(eng.read_bytes())
     data[100] ^= 0xFF
     eng.write_bytes(bytes(data))
@@ -154,8 +166,9 @@ def test_refuses_engine_changed_since_build(onnx_files, tmp_path):
         check_engine(eng)
 
 
-def test_refuses_corrupted_header_before_deserializing(onnx_files, tmp_path):
-    eng = _built(onnx_files, tmp_path)
+@pytest.mark.slow  # builds an engine
+def test_refuses_corrupted_header_before_deserializing(w16_files, tmp_path):
+    eng = _built(w16_files, tmp_path)
     data = bytearray(eng.read_bytes())
     for i in range(0, 32):
         data[i] ^= 0x5A
@@ -165,16 +178,18 @@ def test_refuses_corrupted_header_before_deserializing(onnx_files, tmp_path):
         check_engine(eng)
 
 
-def test_refuses_foreign_file_posing_as_engine(onnx_files, tmp_path):
-    eng = _built(onnx_files, tmp_path)
-    eng.write_bytes(onnx_files["timm:medfm_resnet10_w16"]["fp32"].read_bytes())
+@pytest.mark.slow  # builds an engine
+def test_refuses_foreign_file_posing_as_engine(w16_files, tmp_path):
+    eng = _built(w16_files, tmp_path)
+    eng.write_bytes(w16_files["fp32"].read_bytes())
     _rehash(eng)
     with pytest.raises(ModelError, match="rebuild"):
         check_engine(eng)
 
 
-def test_refuses_engine_from_another_version(onnx_files, tmp_path):
-    eng = _built(onnx_files, tmp_path)
+@pytest.mark.slow  # builds an engine
+def test_refuses_engine_from_another_version(w16_files, tmp_path):
+    eng = _built(w16_files, tmp_path)
     sp = sidecar_path(eng)
     side = json.loads(sp.read_text())
     side["tensorrt_version"] = "0.9.0.1"
@@ -183,8 +198,9 @@ def test_refuses_engine_from_another_version(onnx_files, tmp_path):
         check_engine(eng)
 
 
-def test_refuses_missing_or_foreign_sidecar(onnx_files, tmp_path):
-    eng = _built(onnx_files, tmp_path)
+@pytest.mark.slow  # builds an engine
+def test_refuses_missing_or_foreign_sidecar(w16_files, tmp_path):
+    eng = _built(w16_files, tmp_path)
     sp = sidecar_path(eng)
     sp.write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ModelError, match="not a medfm-compress engine sidecar"):
@@ -194,21 +210,22 @@ def test_refuses_missing_or_foreign_sidecar(onnx_files, tmp_path):
         check_engine(eng)
 
 
-def test_valid_engine_without_gpu_is_one_clear_line(onnx_files, tmp_path):
+@pytest.mark.slow  # builds an engine
+def test_valid_engine_without_gpu_is_one_clear_line(w16_files, tmp_path):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    eng = _built(onnx_files, tmp_path)
+    eng = _built(w16_files, tmp_path)
     with pytest.raises(ModelError, match="no usable CUDA GPU") as ei:
         check_engine(eng)
     assert "\n" not in str(ei.value)
 
 
-def test_ort_u8s8_qdq_is_rejected_with_a_clear_message(onnx_files, tmp_path):
+def test_ort_u8s8_qdq_is_rejected_with_a_clear_message(w16_files, tmp_path):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    src = onnx_files["timm:medfm_resnet10_w16"]["fp32"]
+    src = w16_files["fp32"]
     x = np.random.default_rng(1).normal(size=(8, 3, 32, 32)).astype(np.float32)
 
     class Reader(CalibrationDataReader):
@@ -244,11 +261,11 @@ def test_ort_u8s8_qdq_is_rejected_with_a_clear_message(onnx_files, tmp_path):
     assert not (tmp_path / "u8.engine").exists() and not (tmp_path / "u8.engine.json").exists()
 
 
-def test_precision_must_match_the_onnx(onnx_files, tmp_path):
+def test_precision_must_match_the_onnx(w16_files, tmp_path):
     with pytest.raises(ConfigError, match="quantize --target tensorrt"):
         build_engine(
             TensorRTConfig(
-                str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]),
+                str(w16_files["fp32"]),
                 str(tmp_path / "a.engine"),
                 precision="int8",
             ),
@@ -257,7 +274,7 @@ def test_precision_must_match_the_onnx(onnx_files, tmp_path):
     with pytest.raises(ConfigError, match="--precision int8"):
         build_engine(
             TensorRTConfig(
-                str(onnx_files["timm:medfm_resnet10_w16"]["int8"]),
+                str(w16_files["int8"]),
                 str(tmp_path / "b.engine"),
                 precision="fp32",
             ),
@@ -266,7 +283,7 @@ def test_precision_must_match_the_onnx(onnx_files, tmp_path):
     with pytest.raises(ConfigError, match="fp8"):
         build_engine(
             TensorRTConfig(
-                str(onnx_files["timm:medfm_resnet10_w16"]["int8"]),
+                str(w16_files["int8"]),
                 str(tmp_path / "c.engine"),
                 precision="fp8",
             ),
@@ -294,7 +311,7 @@ def test_config_rejects_bad_values(kwargs, match):
         TensorRTConfig(**args)
 
 
-def test_classic_flavour_missing_names_the_extra(onnx_files, tmp_path):
+def test_classic_flavour_missing_names_the_extra(w16_files, tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is not None:
@@ -304,7 +321,7 @@ def test_classic_flavour_missing_names_the_extra(onnx_files, tmp_path):
     with pytest.raises(BackendMissingError, match=r"medfm-compress\[trt\]"):
         build_engine(
             TensorRTConfig(
-                str(onnx_files["timm:medfm_resnet10_w16"]["fp32"]),
+                str(w16_files["fp32"]),
                 str(tmp_path / "c.engine"),
                 flavour="classic",
             ),
@@ -312,12 +329,13 @@ def test_classic_flavour_missing_names_the_extra(onnx_files, tmp_path):
         )
 
 
-def test_export_cli_builds_engine_from_onnx(onnx_files, tmp_path):
+@pytest.mark.slow  # builds an engine
+def test_export_cli_builds_engine_from_onnx(w16_files, tmp_path):
     from click.testing import CliRunner
 
     from medfm_compress.cli import cli
 
-    src = onnx_files["timm:medfm_resnet10_w16"]["fp32"]
+    src = w16_files["fp32"]
     out = tmp_path / "cli.engine"
     r = CliRunner().invoke(
         cli,

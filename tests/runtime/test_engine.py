@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.tiny import TINY_DATA
 
 from medfm_compress.errors import BackendMissingError, ConfigError, DataError, ModelError
 from medfm_compress.runtime import Engine, available_backends, backend_for_path, get_backend, register_backend
 from medfm_compress.runtime.base import require_module
-
-TINY_DATA = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """A tiny ONNX classifier built with onnx.helper (no torch), shared by the OpenVINO tests and the bad-input
-corpus. Import with ``sys.path.insert(0, <tests dir>)``; the tests folder has no packages."""
+corpus: ``from support.onnx_fixtures import tiny_onnx``."""
 
 from __future__ import annotations
 

@@ -1,0 +1,8 @@
+"""The tiny synthetic task and models: enough to train a model in seconds, shared by the fixtures and the tests."""
+
+from __future__ import annotations
+
+# A small synthetic task: 32x32 images, a few hundred cases; enough to train tiny models in seconds.
+TINY_DATA = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
+TINY_TEACHER = "timm:medfm_resnet10_w16"
+TINY_STUDENT = "timm:medfm_resnet10_w16"
