@@ -365,8 +365,12 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     import torch
 
     from ..data import load_data
+    from ..models.factory import check_model_spec
     from .train import dist_info
 
+    # A mistyped architecture is refused before anything is trained (the default teacher takes minutes).
+    for spec in (cfg.teacher or DEFAULT_TEACHER, cfg.student or DEFAULT_STUDENT):
+        check_model_spec(spec)
     device = _select_device(cfg.device)
     distributed = _init_distributed(device)
     rank, world = dist_info()

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ModelError
 
-__all__ = ["create_model", "parse_model_spec", "count_params", "MODEL_KINDS"]
+__all__ = ["check_model_spec", "create_model", "parse_model_spec", "count_params", "MODEL_KINDS"]
 
 MODEL_KINDS = ("timm", "python")
 
@@ -26,6 +26,25 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     if kind not in MODEL_KINDS:
         raise ModelError(f"unknown model kind {kind!r} in {spec!r}; use one of {', '.join(MODEL_KINDS)}")
     return kind, name
+
+
+def _require_timm_name(name: str) -> None:
+    import timm
+
+    from . import zoo  # noqa: F401  (registers the medfm_* architectures)
+
+    if not timm.is_model(name.split(".")[0]):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ModelError(f"unknown timm architecture {name!r}{hint}; see timm.list_models()")
+
+
+def check_model_spec(spec: str) -> None:
+    """Refuse a malformed spec or an unknown timm architecture without building anything (a run checks its
+    student before it spends minutes on a teacher)."""
+    kind, name = parse_model_spec(spec)
+    if kind == "timm":
+        _require_timm_name(name)
 
 
 def _timm_accepts_img_size(name: str) -> bool:
@@ -47,12 +66,7 @@ def create_model(spec: str, num_classes: int, in_chans: int, img_size: int | Non
     if kind == "timm":
         import timm
 
-        from . import zoo  # noqa: F401  (registers the medfm_* architectures)
-
-        if not timm.is_model(name.split(".")[0]):
-            close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-            hint = f" (similar: {', '.join(close)})" if close else ""
-            raise ModelError(f"unknown timm architecture {name!r}{hint}; see timm.list_models()")
+        _require_timm_name(name)
         args: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **kwargs}
         if img_size is not None and _timm_accepts_img_size(name):
             args["img_size"] = img_size
