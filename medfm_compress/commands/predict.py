@@ -92,8 +92,8 @@ def command(
     kind = "embeddings" if res.task == "embedding" else f"{res.task}, {len(res.label_names)} labels"
     skipped = f"; skipped {res.skipped} unreadable (see the error column)" if res.skipped else ""
     click.echo(
-        f"predicted {res.predicted} of {res.cases} cases ({kind}){skipped} in {res.seconds:.2f} s "
-        f"({res.images_per_s:.1f} images/s, {res.backend}, batch {res.batch_size})"
+        f"predicted {res.predicted} of {res.cases} cases ({kind}){skipped} in {res.seconds:.2f} s with loading; "
+        f"{res.images_per_s:.1f} images/s in the prediction loop ({res.backend}, batch {res.batch_size})"
     )
     wrote = [res.csv_path, res.json_path] + ([res.embeddings_path] if res.embeddings_path else [])
     click.echo(f"wrote {', '.join(map(str, wrote))}")
