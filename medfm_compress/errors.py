@@ -15,6 +15,7 @@ __all__ = [
     "BackendMissingError",
     "IntegrityError",
     "GateFailure",
+    "UsageError",
     "first_line",
 ]
 
@@ -57,6 +58,13 @@ class BackendMissingError(MedfmError):
 
 class IntegrityError(MedfmError):
     """An artifact does not match the hash recorded in the manifest."""
+
+
+class UsageError(MedfmError):
+    """Options that contradict each other or ask for nothing (a gate with nothing to judge); exit status 2, as
+    for click's own usage errors."""
+
+    exit_code = 2
 
 
 class GateFailure(MedfmError):

@@ -11,10 +11,16 @@ from typing import Any
 import numpy as np
 
 from ..config import config_to_dict
-from ..errors import ConfigError, DataError, MedfmError
+from ..errors import ConfigError, DataError, MedfmError, UsageError
 from .latency import LatencyConfig, measure_end_to_end, measure_engines
 
-__all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts", "split_artifact_options"]
+__all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts", "split_artifact_options",
+           "RELATIVE_GATES", "ABSOLUTE_GATES"]
+
+# Gates that compare an artifact with the reference (so never judge the reference itself), and gates that judge
+# each artifact on its own (the reference included: a CI budget on the one model it ships must bite).
+RELATIVE_GATES = ("max_auc_drop", "min_agreement", "min_speedup")
+ABSOLUTE_GATES = ("max_p50_ms", "max_size_mb")
 
 
 def parse_artifacts(items: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
@@ -93,8 +99,10 @@ class BenchConfig:
         min_speedup: minimum reference p50 / artifact p50, engine-only at batch 1 (or the smallest batch).
         max_p50_ms: maximum engine-only p50 at that batch.
         max_size_mb: maximum artifact size in MB (1e6 bytes).
-        gate_on: names of the artifacts the gates judge (None: every artifact but the reference); the others
-            are measured and reported only.
+        gate_on: names of the artifacts the gates judge (None: all of them); the others are measured and
+            reported only. Absolute gates (max_p50_ms, max_size_mb) judge each of these, the reference included;
+            relative gates (max_auc_drop, min_agreement, min_speedup) judge each but the reference. A gate left
+            with nothing to judge is a usage error, never a pass.
         out: directory to write report.json/report.md/junit.xml/pareto.png (None: write nothing).
         progress: show a progress bar.
         force: benchmark an artifact whose hash differs from its run directory's manifest (warns).
@@ -147,10 +155,26 @@ class BenchConfig:
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise ConfigError(f"--min-agreement is a fraction in [0, 1], got {self.min_agreement}")
         LatencyConfig(self.iterations, self.warmup, self.warmup_s, self.duration_s)  # validates
+        for gate in self.given_gates():
+            if not self.judged_by(gate):
+                judged = f"--gate-on {','.join(self.gate_on)}" if self.gate_on is not None else "the artifacts given"
+                raise UsageError(
+                    f"--{gate.replace('_', '-')} compares artifacts with the reference {self.reference_name!r}, but "
+                    f"{judged} leave(s) nothing else to judge; add an artifact to compare, or drop the gate"
+                )
 
     @property
     def reference_name(self) -> str:
         return self.reference or self.artifacts[0][0]
+
+    def given_gates(self) -> list[str]:
+        return [g for g in (*RELATIVE_GATES, *ABSOLUTE_GATES) if getattr(self, g) is not None]
+
+    def judged_by(self, gate: str) -> list[str]:
+        """Names of the artifacts ``gate`` judges: the ``gate_on`` ones (default all), less the reference for a
+        gate that compares with it."""
+        names = [n for n, _ in self.artifacts if self.gate_on is None or n in self.gate_on]
+        return [n for n in names if n != self.reference_name] if gate in RELATIVE_GATES else names
 
     @property
     def latency(self) -> LatencyConfig:
@@ -319,7 +343,8 @@ def _p50(entry: dict, batch: str | None) -> float | None:
 
 
 def evaluate_gates(cfg: BenchConfig, entries: list[dict]) -> list[dict]:
-    """One record per (gate, non-reference artifact): name, artifact, value, threshold, passed."""
+    """One record per (gate, judged artifact): name, artifact, value, threshold, passed (see
+    :meth:`BenchConfig.judged_by` for which artifacts each gate judges)."""
     ref = next(e for e in entries if e["reference"])
     gates: list[dict] = []
 
@@ -327,30 +352,29 @@ def evaluate_gates(cfg: BenchConfig, entries: list[dict]) -> list[dict]:
         gates.append({"name": f"{kind}[{entry['name']}]", "gate": kind, "artifact": entry["name"],
                       "value": value, "threshold": threshold, "passed": bool(passed), "detail": detail})
 
+    judged = {gate: set(cfg.judged_by(gate)) for gate in cfg.given_gates()}
     for e in entries:
-        if e["reference"] or (cfg.gate_on is not None and e["name"] not in cfg.gate_on):
-            continue
-        if cfg.max_auc_drop is not None:
+        if e["name"] in judged.get("max_auc_drop", ()):
             d = e["parity"]["deltas"]["macro_auc"]
             # Drop = reference - artifact, in AUC percentage points; its upper CI bound is -(lower bound of delta).
             upper = None if d["ci_low"] is None else -100.0 * d["ci_low"]
             ok = upper is not None and upper < cfg.max_auc_drop
             add("max_auc_drop", e, upper, cfg.max_auc_drop, ok,
                 "upper 95% CI bound of the macro AUC drop vs the reference (percentage points)")
-        if cfg.min_agreement is not None:
+        if e["name"] in judged.get("min_agreement", ()):
             v = e["parity"]["top1_agreement"]
             add("min_agreement", e, v, cfg.min_agreement, v >= cfg.min_agreement, "top-1 agreement with the reference")
         b = _gate_batch(e)
-        if cfg.min_speedup is not None:
+        if e["name"] in judged.get("min_speedup", ()):
             rp, ep = _p50(ref, b), _p50(e, b)
             v = rp / ep if rp and ep else None
             add("min_speedup", e, v, cfg.min_speedup, v is not None and v >= cfg.min_speedup,
                 f"reference p50 / artifact p50, engine-only, batch {b}")
-        if cfg.max_p50_ms is not None:
+        if e["name"] in judged.get("max_p50_ms", ()):
             v = _p50(e, b)
             add("max_p50_ms", e, v, cfg.max_p50_ms, v is not None and v <= cfg.max_p50_ms,
                 f"engine-only p50 at batch {b} (ms)")
-        if cfg.max_size_mb is not None:
+        if e["name"] in judged.get("max_size_mb", ()):
             v = e["size_bytes"] / 1e6
             add("max_size_mb", e, v, cfg.max_size_mb, v <= cfg.max_size_mb, "artifact size (MB)")
     return gates

@@ -36,7 +36,10 @@ from ._common import csv_option
 @click.option("--min-speedup", default=None, type=float, help="Gate: minimum reference p50 / artifact p50 (batch 1).")
 @click.option("--max-p50-ms", default=None, type=float, help="Gate: maximum engine-only p50 at batch 1 (ms).")
 @click.option("--max-size-mb", default=None, type=float, help="Gate: maximum artifact size (MB).")
-@click.option("--gate-on", default=None, help="Comma-separated artifact names the gates judge (default: all but the reference).")
+@click.option("--gate-on", default=None,
+              help="Comma-separated artifact names the gates judge (default: all). --max-p50-ms and --max-size-mb "
+                   "judge the reference too; the gates relative to it judge the others. A gate with nothing to judge "
+                   "is a usage error (exit 2).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Directory for report.json, report.md, junit.xml and pareto.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -47,7 +50,8 @@ def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, 
             as_json, force):
     """Benchmark ARTIFACTS (NAME=PATH ...): latency, accuracy parity against --reference, gates.
 
-    Exit status 0 when every gate holds, 3 when a gate fails (reports are written first), 1 for bad input.
+    Exit status 0 when every gate holds, 3 when a gate fails (reports are written first), 1 for bad input, 2 for
+    a gate with nothing to judge.
 
     \b
     medfm-compress bench teacher=runs/p/teacher student=runs/p/student.onnx --reference teacher \\

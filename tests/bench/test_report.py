@@ -47,7 +47,9 @@ def test_report_files_and_schema(bench_dir):
     assert ref["parity"] is None and stu["parity"]["deltas"]["macro_auc"]["ci_low"] is not None
     assert {"top1_agreement", "cosine", "max_abs", "sqnr_db"} <= set(stu["parity"])
     gates = {g["name"]: g for g in report["gates"]}
-    assert set(gates) == {f"{k}[{a}]" for k in ("min_agreement", "max_size_mb") for a in ("student", "baseline")}
+    # min_agreement is relative to the reference; max_size_mb is absolute and judges the reference too.
+    assert set(gates) == ({f"min_agreement[{a}]" for a in ("student", "baseline")}
+                          | {f"max_size_mb[{a}]" for a in ("teacher", "student", "baseline")})
     assert all({"name", "value", "threshold", "passed"} <= set(g) for g in gates.values())
     assert report["passed"] is False and not gates["max_size_mb[student]"]["passed"]
 
@@ -61,9 +63,9 @@ def test_markdown_and_junit(bench_dir):
     assert all(f in md.split("Machine:", 1)[1].splitlines()[0] for f in fingerprint()["cpu_features"])
     suite = ET.parse(bench_dir / "junit.xml").getroot().find("testsuite")
     cases = suite.findall("testcase")
-    assert len(cases) == 4 and suite.get("failures") == "2"
+    assert len(cases) == 5 and suite.get("failures") == "3"
     failed = {c.get("name") for c in cases if c.find("failure") is not None}
-    assert failed == {"max_size_mb[student]", "max_size_mb[baseline]"}
+    assert failed == {"max_size_mb[teacher]", "max_size_mb[student]", "max_size_mb[baseline]"}
     assert (bench_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
