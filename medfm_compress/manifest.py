@@ -6,6 +6,7 @@ stage can run alone, elsewhere, later, and ``verify`` can tell when an artifact 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -49,11 +50,31 @@ class StageRecord:
 
 
 def _file_entry(path: Path, root: Path) -> dict[str, Any]:
+    """A file's record: its path relative to the run directory, or, for a file outside it, the absolute path
+    marked ``external`` (the run's verdict does not depend on it)."""
     try:
-        rel = str(path.resolve().relative_to(root.resolve()))
+        entry = {"path": str(path.resolve().relative_to(root.resolve()))}
     except ValueError:
-        rel = str(path.resolve())
-    return {"path": rel, "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+        entry = {"path": str(path.resolve()), "external": True}
+    return {**entry, "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
+
+
+@contextlib.contextmanager
+def _locked(directory: Path):
+    """An exclusive advisory lock on the run directory itself for the duration of the block (no lock file is left
+    behind): two stages that finish at once on one run directory take turns at its manifest instead of one
+    overwriting the other's record. Where ``fcntl`` does not exist (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the platforms we test
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class Manifest:
@@ -62,17 +83,21 @@ class Manifest:
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / MANIFEST_NAME
-        self.data: dict[str, Any] = {"manifest_version": MANIFEST_VERSION, "stages": []}
-        if self.path.exists():
-            try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise MedfmError(f"{self.path} is not valid JSON ({e}); delete it to start the run afresh") from None
-            if self.data.get("manifest_version") != MANIFEST_VERSION:
-                raise MedfmError(
-                    f"{self.path} has manifest_version {self.data.get('manifest_version')!r}, "
-                    f"this tool writes {MANIFEST_VERSION}; use a new run directory"
-                )
+        self.data: dict[str, Any] = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {"manifest_version": MANIFEST_VERSION, "stages": []}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise MedfmError(f"{self.path} is not valid JSON ({e}); delete it to start the run afresh") from None
+        if data.get("manifest_version") != MANIFEST_VERSION:
+            raise MedfmError(
+                f"{self.path} has manifest_version {data.get('manifest_version')!r}, "
+                f"this tool writes {MANIFEST_VERSION}; use a new run directory"
+            )
+        return data
 
     def start(self, stage: str, config: dict[str, Any], inputs: dict[str, str | os.PathLike] | None = None) -> StageRecord:
         """Begin a record; inputs that are files are hashed now, before the stage reads them."""
@@ -94,14 +119,18 @@ class Manifest:
         # A re-run of a stage replaces its earlier record; variants of one stage (several quantized models)
         # write different files and keep a record each.
         paths = {o["path"] for o in rec.outputs.values()}
-        stages = [
-            s for s in self.data["stages"]
-            if not (s.get("stage") == rec.stage and (not paths or paths & {o["path"] for o in s.get("outputs", {}).values()}))
-        ]
-        stages.append(rec.to_dict())
-        self.data["stages"] = stages
-        self.data["fingerprint"] = fingerprint()
-        atomic_write_json(self.path, self.data)
+        with _locked(self.run_dir):
+            # Re-read under the lock: another stage may have finished on this run directory since we opened it.
+            self.data = self._read()
+            stages = [
+                s for s in self.data["stages"]
+                if not (s.get("stage") == rec.stage
+                        and (not paths or paths & {o["path"] for o in s.get("outputs", {}).values()}))
+            ]
+            stages.append(rec.to_dict())
+            self.data["stages"] = stages
+            self.data["fingerprint"] = fingerprint()
+            atomic_write_json(self.path, self.data)
 
     def stage(self, name: str) -> dict[str, Any] | None:
         """The latest record of stage ``name``, or None."""
@@ -110,19 +139,31 @@ class Manifest:
                 return s
         return None
 
-    def verify(self) -> list[str]:
-        """Re-hash every recorded output; return one line per artifact that changed or is missing."""
-        problems = []
+    def verify(self, strict: bool = False) -> tuple[list[str], list[str]]:
+        """Re-hash every recorded output: ``(problems, notes)``, one line each.
+
+        Files inside the run directory are its verdict: a missing or changed one is a problem. Files a stage wrote
+        outside it (``export RUN --out /elsewhere/x.onnx``) are recorded as external: a missing or changed one is
+        a note, not a failure, unless ``strict``.
+        """
+        problems, notes = [], []
         for s in self.data["stages"]:
             for name, entry in s.get("outputs", {}).items():
                 path = Path(entry["path"])
+                external = bool(entry.get("external")) or path.is_absolute()
                 if not path.is_absolute():
                     path = self.run_dir / path
                 if not path.exists():
-                    problems.append(f"{s['stage']}/{name}: {path} is missing")
+                    line = f"{s['stage']}/{name}: {path} is missing"
                 elif sha256_file(path) != entry["sha256"]:
-                    problems.append(f"{s['stage']}/{name}: {path} changed since it was written (sha256 differs)")
-        return problems
+                    line = f"{s['stage']}/{name}: {path} changed since it was written (sha256 differs)"
+                else:
+                    continue
+                if external and not strict:
+                    notes.append(f"external (outside the run directory, not part of its verdict): {line}")
+                else:
+                    problems.append(line)
+        return problems, notes
 
     def check_input(self, path: str | os.PathLike, force: bool = False) -> bool:
         """Refuse an input file recorded as an output whose bytes changed since, unless ``force``.

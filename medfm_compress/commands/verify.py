@@ -9,18 +9,27 @@ import click
 
 @click.command(name="verify")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-def command(run_dir: Path):
-    """Re-hash every artifact recorded in RUN_DIR/manifest.json; exit 1 if any changed or is missing."""
+@click.option("--strict", is_flag=True,
+              help="Also fail on artifacts a stage wrote outside RUN_DIR (by default their absence is reported only).")
+def command(run_dir: Path, strict: bool):
+    """Re-hash every artifact recorded in RUN_DIR/manifest.json; exit 1 if one inside RUN_DIR changed or is missing.
+
+    Artifacts written outside RUN_DIR are recorded as external: a missing or changed one is reported on a line of
+    its own and does not fail the run directory, unless --strict.
+    """
     from ..errors import IntegrityError, MedfmError
     from ..manifest import MANIFEST_NAME, Manifest
 
     if not (run_dir / MANIFEST_NAME).is_file():
         raise MedfmError(f"{run_dir} has no {MANIFEST_NAME}; point at a run directory written by medfm-compress")
     manifest = Manifest(run_dir)
-    problems = manifest.verify()
+    problems, notes = manifest.verify(strict=strict)
+    for note in notes:
+        click.echo(note, err=True)
     n = sum(len(s.get("outputs", {})) for s in manifest.data["stages"])
     if problems:
         for p in problems[:-1]:
             click.echo(p, err=True)
         raise IntegrityError(f"{len(problems)} of {n} artifacts failed verification; last: {problems[-1]}")
-    click.echo(f"{n} artifacts verified in {run_dir}")
+    external = f" ({len(notes)} external not found as written; see above)" if notes else ""
+    click.echo(f"{n - len(notes)} artifacts verified in {run_dir}{external}")
