@@ -97,6 +97,16 @@ def _dicom_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def dicom_decoder_for(syntax) -> str:
+    """The pylibjpeg plugin that decodes a compressed transfer syntax (the ``dicom`` extra installs them all)."""
+    name = str(getattr(syntax, "name", syntax))
+    if "2000" in name:
+        return "pylibjpeg-openjpeg"
+    if "RLE" in name:
+        return "pylibjpeg-rle"
+    return "pylibjpeg-libjpeg"  # JPEG baseline, extended, lossless and JPEG-LS
+
+
 def _dicom_error(path: Path, ds, e: BaseException) -> DataError:
     try:
         syntax = ds.file_meta.TransferSyntaxUID
@@ -106,8 +116,9 @@ def _dicom_error(path: Path, ds, e: BaseException) -> DataError:
     if compressed and isinstance(e, RuntimeError | NotImplementedError):
         return DataError(
             f"{path} is not a readable DICOM image: its pixel data is compressed ({syntax.name}) and no installed "
-            "decoder reads it; pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm), or "
-            f"decompress the file (gdcmconv --raw) ({' '.join(str(e).split())[:300]})"
+            f"decoder reads it; install the {dicom_decoder_for(syntax)} plugin with pip install "
+            "'medfm-compress[dicom]' (or python-gdcm), or decompress the file (gdcmconv --raw) "
+            f"({' '.join(str(e).split())[:300]})"
         )
     return DataError(f"{path} is not a readable DICOM image ({type(e).__name__}: {first_line(e)})")
 
