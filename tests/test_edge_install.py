@@ -13,51 +13,16 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from support.edge import HEAVY, edge_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "torchvision", "timm", "safetensors", "onnx", "onnxslim", "onnxscript", "openvino", "nncf",
-         "modelopt", "tensorrt", "tensorrt_rtx", "matplotlib", "yaml", "monai", "nibabel")
 DATA = "synthetic?size=32&n_train=64&n_val=16&n_test=48&seed=2"
-
-_BLOCKER = textwrap.dedent(f"""
-    import sys
-    HEAVY = {HEAVY!r}
-
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in HEAVY:
-                raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: edge install)", name=name)
-            return None
-
-    sys.meta_path.insert(0, _Block())
-    import importlib.util
-    _real_find_spec = importlib.util.find_spec
-    def _find_spec(name, package=None):
-        if name.split(".")[0] in HEAVY:
-            return None
-        return _real_find_spec(name, package)
-    importlib.util.find_spec = _find_spec
-    from medfm_compress.cli import main
-    try:
-        main(sys.argv[1:])
-    finally:
-        leaked = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
-        assert not leaked, leaked
-""")
-
-
-def _edge_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _BLOCKER, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
-
-
 @pytest.fixture(scope="module")
 def edge_model(tmp_path_factory) -> Path:
-    """A 3-class 32x32 ONNX with our metadata (exported here, where the full install is present)."""
+    """A 4-class 32x32 ONNX with our metadata (exported here, where the full install is present)."""
     import torch
 
     from medfm_compress.export.onnx_build import export_model_to_onnx
@@ -74,7 +39,7 @@ def edge_model(tmp_path_factory) -> Path:
 
 
 def test_bench_runs_without_any_heavy_package(edge_model, tmp_path):
-    res = _edge_cli(["bench", f"s={edge_model}", "--data", DATA, "--batch-sizes", "1", "--iterations", "10",
+    res = edge_cli(["bench", f"s={edge_model}", "--data", DATA, "--batch-sizes", "1", "--iterations", "10",
                      "--warmup", "2", "--quiet", "--out", str(tmp_path / "rep")], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -92,10 +57,10 @@ def test_verify_runs_without_any_heavy_package(edge_model, tmp_path):
     model.write_bytes(Path(edge_model).read_bytes())
     m = Manifest(run)
     m.finish(m.start("export", {}, {}), {"onnx": model}, {})
-    ok = _edge_cli(["verify", str(run)], tmp_path)
+    ok = edge_cli(["verify", str(run)], tmp_path)
     assert ok.returncode == 0 and "1 artifacts verified" in ok.stdout, ok.stderr
     model.write_bytes(model.read_bytes() + b"\0")
-    bad = _edge_cli(["verify", str(run)], tmp_path)
+    bad = edge_cli(["verify", str(run)], tmp_path)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
 
 
@@ -105,17 +70,17 @@ def test_verify_runs_without_any_heavy_package(edge_model, tmp_path):
                                             ("run", "the 'train', 'export' extras: pip install "
                                                     "'medfm-compress[train,export]'")])
 def test_commands_of_missing_extras_name_the_extra(tmp_path, command, needs):
-    res = _edge_cli([command, "anything"], tmp_path)
+    res = edge_cli([command, "anything"], tmp_path)
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert lines[0] == f"error: {command} needs {needs}", lines[0]
     # The command still shows in --help, saying what to install.
-    assert command in _edge_cli(["--help"], tmp_path).stdout
+    assert command in edge_cli(["--help"], tmp_path).stdout
 
 
 def test_torch_backend_without_train_extra_is_one_line(tmp_path, tiny_run):
-    res = _edge_cli(["bench", f"t={tiny_run}/student", "--data", DATA, "--iterations", "5", "--quiet"], tmp_path)
+    res = edge_cli(["bench", f"t={tiny_run}/student", "--data", DATA, "--iterations", "5", "--quiet"], tmp_path)
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "pip install 'medfm-compress[train]'" in res.stderr
 

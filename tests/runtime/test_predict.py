@@ -11,12 +11,12 @@ import dataclasses
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support.edge import edge_cli
 
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
@@ -469,46 +469,12 @@ def test_openvino_backend_and_ir(models, cases, tmp_path):
 # Edge install: no torch, onnx or openvino
 # ----------------------------------------------------------------------------------------------------------------
 
-HEAVY = (
-    "torch",
-    "torchvision",
-    "timm",
-    "onnx",
-    "onnxslim",
-    "openvino",
-    "nncf",
-    "modelopt",
-    "tensorrt",
-    "tensorrt_rtx",
-)
-BLOCKER = textwrap.dedent(f"""
-    import sys
-    HEAVY = {HEAVY!r}
-
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in HEAVY:
-                raise ImportError(f"No module named {{name!r}} (blocked: edge install)", name=name)
-            return None
-
-    sys.meta_path.insert(0, _Block())
-    from medfm_compress.cli import main
-    try:
-        main(sys.argv[1:])
-    finally:
-        leaked = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
-        assert not leaked, leaked
-""")
-
-
 def test_edge_path_imports_no_torch(models, cases, tmp_path):
     """Files of other sizes (resized without torch), NPY, DICOM and a data spec, in a process that cannot import
     torch: the same predictions as the full install, within float rounding."""
     root, files = cases
     args = ["predict", str(models["multiclass"]), str(root), DATA, "--out", str(tmp_path / "edge"), "--quiet"]
-    proc = subprocess.run(
-        [sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
+    proc = edge_cli(args, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     full = run_cli(*args[1:4], "--out", tmp_path / "full", "--quiet")
     assert full.exit_code == 0, full.output
