@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import GateFailure
 from .quantize import QuantizeContext, gate_passes, parity_report
 
-__all__ = ["NodeSensitivity", "AutoExcludeResult", "node_sensitivity", "auto_exclude", "exclusion_schedule"]
+__all__ = ["NodeSensitivity", "AutoExcludeResult", "node_sensitivity", "node_macs", "auto_exclude", "exclusion_schedule"]
 
 # Images used to rank nodes: enough to order them, small enough to quantize every node once.
 SENSITIVITY_IMAGES = 32
@@ -67,7 +67,7 @@ def node_sensitivity(
     return sorted(out, key=lambda s: s.sqnr_db)
 
 
-def _node_macs(proto) -> dict[str, int]:
+def node_macs(proto) -> dict[str, int]:
     """Node name -> multiply-accumulates per image it does with its weights (weight elements times output
     positions): the cost of keeping that node in fp32. A 7x7 stem conv has few weights but runs at the largest
     resolution, so weight count alone misjudges it. Nodes whose output shape is not inferable count their
@@ -135,7 +135,7 @@ def auto_exclude(
         # The geometric schedule may overshoot and sensitivity is measured node by node: give back to int8
         # every excluded node whose return keeps the gate, since each fp32 island costs speed and size. The
         # costliest nodes (most multiply-accumulates) are tried first, so what stays fp32 is the cheapest set.
-        macs = _node_macs(ctx.fp32_proto)
+        macs = node_macs(ctx.fp32_proto)
         for name in sorted(excluded, key=lambda n: -macs.get(n, 0)):
             if len(excluded) == 1:
                 break

@@ -310,7 +310,7 @@ def test_node_macs_is_the_cost_of_a_fp32_node():
         [w, b, m, shape],
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    cost = sensitivity._node_macs(proto)
+    cost = sensitivity.node_macs(proto)
     assert cost["stem"] == (36 + 4) * 4 * 5  # weights (and bias) applied at each of the 4x5 output positions
     assert cost["head"] == 32 * 5  # per token
     assert cost["relu"] == 0
