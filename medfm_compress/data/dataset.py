@@ -24,10 +24,16 @@ class Split:
     ``images`` is ``(N,H,W)`` or ``(N,H,W,C)`` in its raw dtype, either an array or, for a split too large
     for memory, a :class:`~medfm_compress.data.lazy.LazyImages` read batch by batch; ``labels`` is ``(N,)``
     int64 class indices (multi-class, binary) or ``(N,K)`` float32 0/1 (multi-label), always in memory.
+
+    What was read, when the reader knows it: ``files`` names each image (a path relative to the folder, or
+    ``train_images[17]`` for an array in an archive) and ``groups`` its group (patient, study, volume): images
+    of one group are always in one split. ``None``: not recorded (each image is its own group).
     """
 
     images: np.ndarray | LazyImages
     labels: np.ndarray
+    files: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -38,7 +44,22 @@ class Split:
         return is_lazy(self.images)
 
     def subset(self, index: np.ndarray) -> Split:
-        return Split(take(self.images, index), self.labels[index])
+        return Split(
+            take(self.images, index),
+            self.labels[index],
+            None if self.files is None else self.files[index],
+            None if self.groups is None else self.groups[index],
+        )
+
+    def file_names(self, split: str) -> np.ndarray:
+        """``files``, or ``split[i]`` (the position in this split) where no names were recorded."""
+        if self.files is not None:
+            return self.files
+        return np.array([f"{split}[{i}]" for i in range(len(self))], dtype=object)
+
+    def group_ids(self, split: str) -> np.ndarray:
+        """``groups``, or each image's own name (:meth:`file_names`) where no groups were recorded."""
+        return self.groups if self.groups is not None else self.file_names(split)
 
 
 @dataclass

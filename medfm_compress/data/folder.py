@@ -2,8 +2,14 @@
 
 ``labels.csv`` columns: ``file`` (path relative to the folder) and either ``label`` (a class name or index)
 or ``labels`` (``|``-separated class names, multi-label). An optional ``split`` column (train/val/test)
-assigns splits; otherwise a seeded, stratified 70/10/20 split is drawn. For calibration a folder needs no
-labels file: every image is read, labels are set to 0.
+assigns splits; otherwise a seeded 70/10/20 split is drawn, stratified by label, BY GROUP: an optional
+``group`` column (patient or study id) names each image's group, and all images of a group land in one split.
+Without a ``group`` column DICOM files are grouped by their PatientID (else StudyInstanceUID) header and other
+images each form their own group. With both ``split`` and ``group`` columns, a group in two splits is an
+error. For calibration a folder needs no labels file: every image is read, labels are set to 0.
+
+Each split records what was read: ``Split.files`` (paths relative to the folder) and ``Split.groups``;
+``TaskData.info["root"]`` is the folder (see :mod:`medfm_compress.data.digest`).
 
 Decoding one file (Pillow, pydicom) lives in :mod:`medfm_compress.runtime.images`, shared with ``predict`` on
 the edge install; this module adds labels, splits and streaming.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +33,10 @@ from ..runtime.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_file, re
 from .dataset import SPLITS, Split, TaskData, infer_task, validate_split
 from .lazy import LazyImages, memory_budget_bytes, take
 
-__all__ = ["read_folder", "read_dicom_folder", "read_image_file", "read_dicom_file"]
+__all__ = ["read_folder", "read_dicom_folder", "read_image_file", "read_dicom_file", "dicom_group"]
+
+# The shares of a drawn split, per label stratum (test and val; train takes the rest).
+TEST_FRACTION, VAL_FRACTION = 0.2, 0.1
 
 
 def _read_labels_csv(root: Path, source: str, require: bool):
@@ -50,34 +60,49 @@ def _read_labels_csv(root: Path, source: str, require: bool):
     return rows
 
 
+@dataclass
+class _Collected:
+    """What ``labels.csv`` (or the folder listing) says: images, labels, and per image its file and group."""
+
+    images: np.ndarray | LazyImages
+    labels: np.ndarray
+    names: list[str]
+    task: str | None
+    files: np.ndarray  # relative to the folder
+    split_col: list[str] | None = None
+    groups: np.ndarray | None = None
+    group_col: bool = False  # groups come from labels.csv's group column (not from file headers)
+
+
 def _collect(
     root: Path,
     source: str,
     rows,
     reader,
     suffixes,
-    require_labels: bool,
-    seed: int,
     stream: bool | None,
     finite_checked: bool,
-):
+    group_of=None,
+) -> _Collected:
+    """Read the images listed in ``rows`` (or every image under ``root`` when there is no labels.csv).
+
+    ``group_of(path)`` gives an image's group when labels.csv has no ``group`` column (DICOM: the patient), or
+    None; an image without a group is a group of its own.
+    """
     if rows is None:
-        files = [
-            str(p)
-            for p in sorted(
-                p
-                for p in root.rglob("*")
-                if p.is_file() and p.suffix.lower() in suffixes and p.name != "labels.csv"
-            )
-        ]
-        if not files:
+        found = sorted(
+            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and p.name != "labels.csv"
+        )
+        if not found:
             raise DataError(
                 f"{root} contains no images ({', '.join(sorted(s or '(no suffix)' for s in suffixes))})"
             )
-        images = _load_images(files, reader, source, stream, finite_checked)
-        return images, np.zeros(len(files), dtype=np.int64), None, ["unlabeled"], "multiclass"
+        files = np.array([p.relative_to(root).as_posix() for p in found], dtype=object)
+        images = _load_images([str(p) for p in found], reader, source, stream, finite_checked)
+        return _Collected(images, np.zeros(len(found), dtype=np.int64), ["unlabeled"], "multiclass", files)
     multilabel = "labels" in rows[0] and "label" not in rows[0]
-    raw_labels, paths, splits = [], [], []
+    group_col = "group" in rows[0]
+    raw_labels, paths, rels, splits, groups = [], [], [], [], []
     # os.path, not pathlib, per row: a resolved Path costs ~10x a str and pathlib interns every path part,
     # which for a large folder grows Python's interned-string table for good.
     real_root = os.path.realpath(root)
@@ -89,8 +114,11 @@ def _collect(
         if os.path.commonpath([real_root, path]) != real_root or path == real_root:
             raise DataError(f"{root / 'labels.csv'} line {i}: '{rel}' points outside {root}")
         paths.append(path)
+        rels.append(rel)
         raw_labels.append((row.get("labels") if multilabel else row.get("label")) or "")
         splits.append((row.get("split") or "").strip().lower())
+        group = (row.get("group") or "").strip() if group_col else (group_of(path) if group_of else None)
+        groups.append(group or rel)
     if multilabel:
         names = sorted({n for lab in raw_labels for n in lab.split("|") if n})
         labels = np.zeros((len(raw_labels), len(names)), dtype=np.float32)
@@ -110,7 +138,29 @@ def _collect(
             names = sorted(set(stripped))
             labels = np.array([names.index(s) for s in stripped], dtype=np.int64)
         task = None
-    return _load_images(paths, reader, source, stream, finite_checked), labels, splits, names, task
+    images = _load_images(paths, reader, source, stream, finite_checked)
+    return _Collected(
+        images, labels, names, task, np.array(rels, dtype=object), splits, np.array(groups, dtype=object), group_col
+    )
+
+
+def dicom_group(path: str | Path) -> str | None:
+    """The group of a DICOM image for splitting: its PatientID, else ``study:`` + its StudyInstanceUID, else None.
+
+    Reads the header only (no pixel data); a file pydicom cannot parse has no group (its decode reports it).
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["PatientID", "StudyInstanceUID"])
+    except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError):
+        return None
+    patient = str(ds.get("PatientID", "") or "").strip()
+    if patient:
+        return patient
+    study = str(ds.get("StudyInstanceUID", "") or "").strip()
+    return f"study:{study}" if study else None
 
 
 def _load_images(
@@ -156,36 +206,96 @@ def _stack(images: list[np.ndarray], source: str) -> np.ndarray:
     return np.stack(images)
 
 
-def _assign_splits(labels: np.ndarray, split_col, seed: int) -> dict[str, np.ndarray]:
-    n = len(labels)
+def _assign_splits(col: _Collected, seed: int, csv_path: Path) -> dict[str, np.ndarray]:
+    """Indices of each split: from the ``split`` column, else drawn by group (:func:`_draw_group_splits`)."""
+    split_col = col.split_col
     if split_col is not None and any(split_col):
         bad = sorted({s for s in split_col if s not in SPLITS})
         if bad:
             raise DataError(f"labels.csv split column has unknown values {bad}; use train, val or test")
-        return {s: np.flatnonzero(np.array(split_col) == s) for s in SPLITS}
-    rng = np.random.default_rng(seed)
-    strat = labels if labels.ndim == 1 else labels.argmax(1)
-    out = {s: [] for s in SPLITS}
-    for c in np.unique(strat):
-        idx = rng.permutation(np.flatnonzero(strat == c))
-        n_test, n_val = int(round(0.2 * len(idx))), int(round(0.1 * len(idx)))
-        out["test"] += idx[:n_test].tolist()
-        out["val"] += idx[n_test : n_test + n_val].tolist()
-        out["train"] += idx[n_test + n_val :].tolist()
-    del n
-    return {s: np.sort(np.array(v, dtype=np.int64)) for s, v in out.items()}
+        split_arr = np.array(split_col)
+        if col.group_col:
+            _refuse_straddling(col.groups, split_arr, csv_path)
+        return {s: np.flatnonzero(split_arr == s) for s in SPLITS}
+    return _draw_group_splits(col.labels, col.groups, seed)
 
 
-def _task_from(images, labels, splits_col, names, task, source, seed, labeled: bool) -> TaskData:
-    if not labeled:
-        return TaskData(
-            source=source, task="multiclass", label_names=names, splits={"train": Split(images, labels)}
+def _refuse_straddling(groups: np.ndarray, split_arr: np.ndarray, csv_path: Path) -> None:
+    """A group (patient) in two splits leaks it from training into evaluation: refuse it."""
+    seen: dict[str, set[str]] = {}
+    for g, s in zip(groups, split_arr, strict=True):
+        if s:
+            seen.setdefault(g, set()).add(s)
+    bad = [(g, ss) for g, ss in seen.items() if len(ss) > 1]
+    if bad:
+        g, ss = bad[0]
+        more = f" (and {len(bad) - 1} more group(s))" if len(bad) > 1 else ""
+        raise DataError(
+            f"{csv_path}: group {g!r} is in splits {' and '.join(s for s in SPLITS if s in ss)}{more}; put all "
+            "images of a group in one split, or drop the split column to have splits drawn by group"
         )
-    idx = _assign_splits(labels, splits_col, seed)
-    splits = {s: validate_split(s, take(images, i), labels[i], source) for s, i in idx.items()}
+
+
+def _draw_group_splits(labels: np.ndarray, groups: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
+    """A seeded 70/10/20 split in which no group straddles two splits, stratified by label as groups allow.
+
+    A group's stratum is its most common label (multi-label: of each image's first positive label). Within a
+    stratum the groups are shuffled and dealt out: a group goes to test while that brings test closer to its
+    share of the stratum's images, else to val likewise, else to train. With one image per group this is the
+    plain per-image stratified split. Should test (or val) end up empty while train holds enough groups, the
+    train group closest to that split's share moves there.
+    """
+    n = len(labels)
+    strat = labels if labels.ndim == 1 else labels.argmax(1)
+    if groups is None:
+        group_of = np.arange(n)
+    else:
+        # Groups numbered in order of first appearance, so per-image groups keep the rows' order.
+        ids: dict[str, int] = {}
+        group_of = np.array([ids.setdefault(g, len(ids)) for g in groups], dtype=np.int64)
+    sizes = np.bincount(group_of, minlength=int(group_of.max()) + 1 if n else 0)
+    per_label = np.zeros((len(sizes), int(strat.max()) + 1 if n else 1), dtype=np.int64)
+    np.add.at(per_label, (group_of, strat), 1)
+    group_strat = per_label.argmax(1)
+    rng = np.random.default_rng(seed)
+    where = np.full(len(sizes), "train", dtype=object)
+    for c in np.unique(group_strat):
+        members = np.flatnonzero(group_strat == c)
+        total = int(sizes[members].sum())
+        want = {"test": int(round(TEST_FRACTION * total)), "val": int(round(VAL_FRACTION * total))}
+        have = {"test": 0, "val": 0}
+        for g in members[rng.permutation(len(members))]:
+            for s in ("test", "val"):
+                if have[s] + sizes[g] / 2 <= want[s]:
+                    where[g] = s
+                    have[s] += int(sizes[g])
+                    break
+    for s, fraction, min_groups in (("test", TEST_FRACTION, 2), ("val", VAL_FRACTION, 3)):
+        train = np.flatnonzero(where == "train")
+        if not (where == s).any() and len(train) >= 2 and len(sizes) >= min_groups:
+            order = train[rng.permutation(len(train))]
+            where[order[np.argmin(np.abs(sizes[order] - fraction * n))]] = s
+    image_split = where[group_of]
+    return {s: np.flatnonzero(image_split == s).astype(np.int64) for s in SPLITS}
+
+
+def _task_from(col: _Collected, source: str, seed: int, labeled: bool, root: Path) -> TaskData:
+    info = {"root": os.path.realpath(root)}
+    if not labeled:
+        split = Split(col.images, col.labels, col.files)
+        return TaskData(
+            source=source, task="multiclass", label_names=col.names, splits={"train": split}, info=info
+        )
+    idx = _assign_splits(col, seed, root / "labels.csv")
+    splits = {}
+    for s, i in idx.items():
+        split = validate_split(s, take(col.images, i), col.labels[i], source)
+        split.files, split.groups = col.files[i], col.groups[i]
+        splits[s] = split
+    task = col.task
     if task is None:
-        task, _ = infer_task(splits, source, len(names))
-    return TaskData(source=source, task=task, label_names=names, splits=splits)
+        task, _ = infer_task(splits, source, len(col.names))
+    return TaskData(source=source, task=task, label_names=col.names, splits=splits, info=info)
 
 
 def read_folder(
@@ -201,18 +311,8 @@ def read_folder(
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; folder: expects a directory of images with labels.csv")
     rows = _read_labels_csv(root, source, require_labels)
-    images, labels, split_col, names, task = _collect(
-        root,
-        source,
-        rows,
-        lambda p: read_image_file(p, size),
-        IMAGE_SUFFIXES,
-        require_labels,
-        seed,
-        stream,
-        True,
-    )
-    return _task_from(images, labels, split_col, names, task, source, seed, rows is not None)
+    col = _collect(root, source, rows, lambda p: read_image_file(p, size), IMAGE_SUFFIXES, stream, True)
+    return _task_from(col, source, seed, rows is not None, root)
 
 
 def read_dicom_folder(
@@ -234,15 +334,14 @@ def read_dicom_folder(
             f"{root} is not a directory; dicom: expects a directory of DICOM files with labels.csv"
         )
     rows = _read_labels_csv(root, source, require_labels)
-    images, labels, split_col, names, task = _collect(
+    col = _collect(
         root,
         source,
         rows,
         lambda p: read_dicom_file(p, size, window),
         DICOM_SUFFIXES | {".dcm"},
-        require_labels,
-        seed,
         stream,
         True,
+        group_of=dicom_group,
     )
-    return _task_from(images, labels, split_col, names, task, source, seed, rows is not None)
+    return _task_from(col, source, seed, rows is not None, root)

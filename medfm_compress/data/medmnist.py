@@ -55,6 +55,8 @@ def read_medmnist(path: str | Path, label_names: list[str] | None = None, stream
             try:
                 images = _lazy_member(p, npz.zip, ik, source) if stream else npz[ik]
                 splits[name] = validate_split(name, images, npz[lk], source)
+                # Each image named by its place in the archive, kept when val is carved out of train.
+                splits[name].files = np.array([f"{ik}[{i}]" for i in range(len(splits[name]))], dtype=object)
             except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
                 raise DataError(f"{p}: cannot read '{ik}'/'{lk}' ({e}); the archive is corrupt") from None
         if "train" not in splits or "test" not in splits:

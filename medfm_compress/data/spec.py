@@ -14,7 +14,7 @@ from .._cache import cache_dir
 from ..errors import DataError
 from .dataset import TaskData
 
-__all__ = ["DATA_KINDS", "DEFAULT_DATA_SPEC", "parse_data_spec", "load_data"]
+__all__ = ["DATA_KINDS", "DEFAULT_DATA_SPEC", "parse_data_spec", "load_data", "absolute_spec"]
 
 DATA_KINDS = ("medmnist", "folder", "dicom", "synthetic", "nifti", "dicom-series", "inv3")
 DEFAULT_DATA_SPEC = "synthetic"
@@ -71,14 +71,32 @@ def _stream_opt(opts: dict[str, str], spec: str) -> bool | None:
     return values[raw]
 
 
+def absolute_spec(spec: str) -> str:
+    """``spec`` with its path made absolute (options kept), so it names the same data from any directory."""
+    kind, path, _ = parse_data_spec(spec)
+    if kind == "synthetic" or not path:
+        return spec
+    query = spec.partition("?")[2]
+    return f"{kind}:{Path(path).resolve()}" + (f"?{query}" if query else "")
+
+
 def load_data(spec: str, *, require_labels: bool = True, seed: int = 0) -> TaskData:
     """Load the task named by ``spec``: in memory, or streamed from disk when it is too large (see above).
+
+    The task's ``source`` is ``spec`` itself, options included (``folder:DIR?size=128``), so what a stage records
+    as its data names exactly what was read.
 
     Args:
         spec: a data spec string (see module docstring).
         require_labels: when False, image folders without ``labels.csv`` are accepted (calibration).
         seed: seed of the split drawn for folders without a split column.
     """
+    task = _load(spec, require_labels, seed)
+    task.source = spec
+    return task
+
+
+def _load(spec: str, require_labels: bool, seed: int) -> TaskData:
     kind, path, opts = parse_data_spec(spec)
     stream = _stream_opt(opts, spec)
     if kind == "medmnist":
@@ -91,9 +109,7 @@ def load_data(spec: str, *, require_labels: bool = True, seed: int = 0) -> TaskD
 
         kw = {k: _int_opt(opts, k, spec) for k in opts}
         cfg = SyntheticConfig(**{k: v for k, v in kw.items() if v is not None})
-        task = read_medmnist(synthetic_npz(cfg, cache_dir()))
-        task.source = spec
-        return task
+        return read_medmnist(synthetic_npz(cfg, cache_dir()))
     if kind in ("nifti", "dicom-series", "inv3"):
         from .volume import volume_task
 

@@ -584,11 +584,14 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
         "crop": list(size),
         "_volume": vol,
     }
+    # One volume is one case: every crop of it is in the one split, its group the volume.
+    groups = np.full(len(crops), str(path), dtype=object)
+    files = np.array([f"{path}@{','.join(map(str, b.as_list()))}" for b in boxes], dtype=object)
     return TaskData(
         source=spec,
         task="embedding",
         label_names=[],
-        splits={CROP_SPLIT: Split(crops, np.zeros(len(crops), np.int64))},
+        splits={CROP_SPLIT: Split(crops, np.zeros(len(crops), np.int64), files, groups)},
         window=None,
         info=info,
     )
