@@ -28,6 +28,7 @@ __all__ = [
     "ensure_dir",
     "new_file_mode",
     "read_json",
+    "no_partial_output",
 ]
 
 
@@ -139,3 +140,43 @@ def read_json(path: str | os.PathLike, what: str, error: type[MedfmError] = Medf
         raise error(f"{what} {p} does not exist{missing_hint}") from None
     except (OSError, ValueError) as e:
         raise error(f"{what} {p} is not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def no_partial_output(out: str | os.PathLike, keep_log: str | None = None,
+                      keep_on: tuple[type[BaseException], ...] = ()) -> Iterator[Path]:
+    """Run a stage that writes into folder ``out``; if it fails, remove everything it created there.
+
+    Files and folders that existed before are left as they were (a failed re-run does not destroy an earlier
+    good run). ``keep_log`` names a log file the stage writes (e.g. ``train.log``): when the stage fails it is
+    kept, renamed ``<stem>.error.log``, so what is left says what it is. A folder the stage created and that
+    ends up empty is removed. Exceptions in ``keep_on`` (an interruption that saved a checkpoint to resume
+    from) leave everything in place.
+    """
+    root = Path(out)
+    existed = root.exists()
+    before = {p for p in root.rglob("*")} if existed else set()
+    try:
+        yield root
+    except keep_on:
+        raise
+    except BaseException:
+        log = root / keep_log if keep_log else None
+        kept = None
+        if log is not None and log.is_file() and log not in before:
+            kept = root / f"{log.stem}.error.log"
+            with contextlib.suppress(OSError):
+                os.replace(log, kept)
+        if root.exists():
+            created = [p for p in root.rglob("*") if p not in before and p != kept]
+            for p in sorted(created, key=lambda q: len(q.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    if p.is_dir() and not p.is_symlink():
+                        p.rmdir() if not any(p.iterdir()) else None
+                    else:
+                        p.unlink()
+            if not existed:
+                with contextlib.suppress(OSError):
+                    if not any(root.iterdir()):
+                        root.rmdir()
+        raise

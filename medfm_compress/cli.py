@@ -20,6 +20,7 @@ __all__ = ["main", "cli"]
 # Subcommands live in medfm_compress/commands/<module>.py, each exposing a click command named `command`.
 # They are imported only when used, so `medfm-compress --help` and `import medfm_compress.cli` stay light.
 COMMANDS: dict[str, str] = {
+    "adapt": "adapt",
     "bench": "bench",
     "distill": "distill",
     "run": "run",
@@ -35,6 +36,7 @@ COMMANDS: dict[str, str] = {
 # Extras a command needs beyond the edge install (numpy, click, onnxruntime, pillow, pydicom, tqdm). A command whose
 # extra is missing still lists in --help and ends in one line naming the extra (Polygraphy's MissingTool).
 COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "adapt": ("train",),
     "distill": ("train",),
     "export": ("export",),
     "quantize": ("export",),

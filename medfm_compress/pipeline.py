@@ -431,8 +431,32 @@ def _run_bench(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
     cfg = _stage_config(spec, recipe, artifacts=artifacts, data=bench_data, gate_on=gate_on,
                         out=str(spec.writes["report"].parent), progress=progress, force=force)
     report = run_bench(cfg)
+    training = _training_summary(run_dir, recipe)
+    if training:
+        report["training"] = training
     write_reports(report, spec.writes["report"].parent)
     return report
+
+
+def _training_summary(run_dir: Path, recipe: Recipe) -> dict[str, Any] | None:
+    """What report.md says about how the student was trained: label fraction, teacher / student / label-only
+    baseline test AUC, distilled minus baseline with its paired 95% CI, and the distill run's warnings."""
+    from ._io import read_json
+
+    path = run_dir / "metrics.json"
+    if recipe.volume or not path.is_file():
+        return None
+    m = read_json(path, "distill metrics")
+    keep = ("accuracy", "macro_auc", "params", "arch")
+    out: dict[str, Any] = {"label_fraction": recipe.distill.get("label_fraction", 1.0),
+                           "test_size": m.get("test_size")}
+    for role in ("teacher", "student", "baseline"):
+        if role in m:
+            out[role] = {k: m[role][k] for k in keep if k in m[role]}
+    for k in ("student_teacher_agreement", "auc_retention", "distill_gain_auc", "distill_gain_auc_ci", "warnings"):
+        if k in m:
+            out[k] = m[k]
+    return out
 
 
 # Stage kind -> the function that runs it; _plan makes only these kinds, in STAGES order.

@@ -21,6 +21,8 @@ __all__ = [
     "write_reports",
     "load_report",
     "to_markdown",
+    "training_markdown",
+    "retention_text",
     "to_junit",
     "plot_pareto",
     "compare_reports",
@@ -114,6 +116,47 @@ def _ci(d: dict | None, scale: float = 1.0, fmt: str = "+.4f") -> str:
     return f"{format(scale * d['delta'], fmt)} [{lo}, {hi}]"
 
 
+def training_markdown(t: dict | None) -> list[str]:
+    """The "How the student was trained" section: test AUC of teacher, student and label-only baseline at the
+    run's label fraction, the distilled-minus-baseline difference with its paired 95% CI, and warnings."""
+    if not t:
+        return []
+    frac = t.get("label_fraction", 1.0)
+    lines = ["", "## How the student was trained", "",
+             f"Labelled fraction of the training split: {frac:g}; test split {t.get('test_size')} cases.", "",
+             "| model | arch | params | accuracy | macro AUC |", "|---|---|---|---|---|"]
+    for role in ("teacher", "student", "baseline"):
+        r = t.get(role)
+        if r:
+            name = {"student": "student (distilled)", "baseline": "baseline (labels only, same steps)"}.get(role, role)
+            params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
+            lines.append(f"| {name} | {r.get('arch', '-')} | {params} | {_f(r.get('accuracy'))} | "
+                         f"{_f(r.get('macro_auc'))} |")
+    lines.append("")
+    if t.get("distill_gain_auc") is not None:
+        ci = t.get("distill_gain_auc_ci") or [None, None]
+        verdict = ("distillation pays here" if ci[0] is not None and ci[0] > 0 else
+                   "no significant difference" if ci[0] is not None and ci[1] is not None and ci[0] <= 0 <= ci[1]
+                   else "distillation loses here" if ci[1] is not None and ci[1] < 0 else "")
+        lines.append(f"Distilled minus label-only macro AUC: {t['distill_gain_auc']:+.4f} "
+                     f"[{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}] (paired bootstrap 95% CI over test cases)"
+                     + (f": {verdict}." if verdict else "."))
+    r = t.get("auc_retention")
+    if r is not None:
+        lines.append(f"Student vs teacher macro AUC: {retention_text(r)}; top-1 agreement "
+                     f"{_f(t.get('student_teacher_agreement'))}.")
+    for w in t.get("warnings") or []:
+        lines.append(f"\n**warning:** {w}")
+    return lines
+
+
+def retention_text(r: float) -> str:
+    """AUC retention in words: over 100% is the student beating the teacher, not a share kept."""
+    if r > 1.0:
+        return f"the student beats the teacher ({100 * (r - 1):.1f}% higher macro AUC)"
+    return f"the student keeps {100 * r:.1f}% of the teacher's macro AUC"
+
+
 def to_markdown(report: dict) -> str:
     """Markdown tables a reviewer reads in a pull request."""
     fp = report["fingerprint"]
@@ -170,6 +213,7 @@ def to_markdown(report: dict) -> str:
     for a in report["artifacts"]:
         cells = [f"{_f(c['sensitivity'], '.3f')} / {_f(c['auc'], '.3f')}" for c in a["metrics"]["per_class"]]
         lines.append(f"| {a['name']} | " + " | ".join(cells) + " |")
+    lines += training_markdown(report.get("training"))
     lines += ["", "## Gates", ""]
     if report["gates"]:
         lines += ["| gate | value | threshold | result |", "|---|---|---|---|"]

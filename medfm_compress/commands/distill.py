@@ -14,7 +14,8 @@ from ._common import csv_option
 @click.option("--data", default="synthetic", show_default=True,
               help="Data spec: medmnist:FILE.npz, folder:DIR, dicom:DIR or synthetic (the embedded default); "
               "volume crops: inv3:FILE, nifti:FILE, dicom-series:DIR with ?crop=X,Y,Z&n=N&z=LO,HI.")
-@click.option("--teacher", default=None, help="Teacher model spec: timm:NAME or python:pkg.module:factory. "
+@click.option("--teacher", default=None, help="Teacher: an architecture (timm:NAME, python:pkg.module:factory) or a "
+              "trained model on disk (a run directory's teacher, e.g. the DIR/teacher that adapt --out DIR writes). "
               "Default on synthetic data: timm:resnet18, trained on the full labels and cached. "
               "A CT foundation teacher (astra-ct, astra-ct-tiny) with volume --data distills a 3-D student.")
 @click.option("--eval-data", default=None,
@@ -35,7 +36,15 @@ from ._common import csv_option
 @click.option("--label-fraction", default=1.0, show_default=True, type=float,
               help="Fraction of training labels used (stratified, seeded).")
 @click.option("--epochs", default=6, show_default=True, type=int)
-@click.option("--teacher-epochs", default=None, type=int, help="Epochs for the default teacher (synthetic data).")
+@click.option("--teacher-epochs", default=None, type=int,
+              help="Train the teacher from scratch on this data's full training labels for N epochs (when you have "
+              "no pretrained teacher; any data spec; cached). Default 4 for the embedded synthetic task.")
+@click.option("--teacher-adapt", type=click.Choice(["linear", "finetune"]), default=None,
+              help="Adapt a pretrained --teacher/--teacher-weights to this data's labelled subset first (linear probe "
+              "or fine-tune, as `medfm-compress adapt`), cached by weights hash, data digest and config.")
+@click.option("--weights-key-map", type=click.Choice(["name", "order"]), default="name", show_default=True,
+              help="'order': --teacher-weights' tensors map onto the architecture in order (another implementation's "
+              "names); shapes must agree one by one.")
 @click.option("--head-epochs", default=30, show_default=True, type=int, help="Head-fitting epochs (--labels none).")
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--lr", default=3e-3, show_default=True, type=float)
@@ -50,7 +59,7 @@ from ._common import csv_option
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON on stdout.")
 def command(data, eval_data, teacher, teacher_weights, student, student_weights, out, losses, temperature, feat_loss, labels,
-            label_fraction, epochs, teacher_epochs, head_epochs, batch_size, lr, baseline, augment, seed, resume,
+            label_fraction, epochs, teacher_epochs, teacher_adapt, weights_key_map, head_epochs, batch_size, lr, baseline, augment, seed, resume,
             force, device, quiet, as_json):
     """Distill a teacher into a small task-specific student.
 
@@ -71,6 +80,7 @@ def command(data, eval_data, teacher, teacher_weights, student, student_weights,
         data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, student=student,
         student_weights=student_weights, losses=csv_option(losses), temperature=temperature, feat_loss=feat_loss,
         labels=labels, label_fraction=label_fraction, epochs=epochs, teacher_epochs=teacher_epochs,
+        teacher_adapt=teacher_adapt, weights_key_map=weights_key_map,
         head_epochs=head_epochs, batch_size=batch_size, lr=lr, baseline=baseline, augment=augment, seed=seed,
         resume=resume, force=force, device=device, progress=not quiet,
     )
@@ -114,13 +124,16 @@ def _distill_summary(m: dict) -> str:
             rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M", acc, auc))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    from ..bench.report import retention_text
+
     extra = [f"params ratio teacher/student: {m['param_ratio']:.1f}x"]
     if m.get("auc_retention") is not None:
-        extra.append(f"student keeps {100 * m['auc_retention']:.1f}% of the teacher's macro AUC")
+        extra.append(f"macro AUC: {retention_text(m['auc_retention'])}")
     if "student_teacher_agreement" in m:
         extra.append(f"student-teacher top-1 agreement: {m['student_teacher_agreement']:.4f}")
     if "distill_gain_auc" in m:
-        extra.append(f"distilled - baseline macro AUC: {m['distill_gain_auc']:+.4f}")
+        ci = m.get("distill_gain_auc_ci") or [None, None]
+        ci_s = f" [{ci[0]:+.4f}, {ci[1]:+.4f}] (paired 95% CI)" if None not in ci else ""
+        extra.append(f"distilled - baseline macro AUC: {m['distill_gain_auc']:+.4f}{ci_s}")
+    extra += [f"warning: {w}" for w in m.get("warnings", [])]
     return "\n".join(lines + extra)
-
-

@@ -22,11 +22,22 @@ import numpy as np
 
 from .. import __version__
 from .._cache import cache_dir
-from .._io import atomic_write_json, ensure_dir, sha256_file
+from .._io import atomic_write_json, ensure_dir, no_partial_output, sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ModelError
 from ..manifest import Manifest, check_inputs
 from .artifacts import TrainLog, link_or_copy, write_model
+from .taskprep import (
+    FrozenTeacher,
+    accepted_keywords,
+    adapt_batch,
+    autocast,
+    classifier_present,
+    data_preprocess,
+    evaluate_model,
+    labeled_subset,
+    select_device,
+)
 
 __all__ = [
     "DistillConfig",
@@ -76,6 +87,8 @@ class DistillConfig:
     weight_decay: float = 0.02
     head_epochs: int = 30
     teacher_epochs: int | None = None
+    teacher_adapt: Literal["linear", "finetune"] | None = None
+    weights_key_map: Literal["name", "order"] = "name"
     augment: bool = True
     baseline: bool = False
     seed: int = 0
@@ -111,11 +124,20 @@ class DistillConfig:
                 raise ConfigError("--labels none distills embeddings only; use --loss feat (or leave --loss unset)")
         if self.teacher_weights and not self.teacher:
             raise ConfigError("--teacher-weights needs --teacher naming its architecture (e.g. timm:vit_small_patch16_224)")
-        if self.teacher is None and not self.data.startswith("synthetic"):
+        if self.teacher is None and not self.data.startswith("synthetic") and self.teacher_epochs is None:
             raise ConfigError(
-                "no --teacher given: the default teacher is only trained for the embedded synthetic data; "
-                "for real data pass --teacher ARCH --teacher-weights FILE"
+                "no --teacher given for real data: pass --teacher ARCH --teacher-weights FILE (add --teacher-adapt "
+                "linear|finetune when it predicts another label set), a run directory's teacher (adapt --out DIR: "
+                "--teacher DIR/teacher), or --teacher-epochs N to train one from scratch on these labels"
             )
+        if self.teacher_adapt is not None and self.teacher_adapt not in ("linear", "finetune"):
+            raise ConfigError(f"unknown --teacher-adapt {self.teacher_adapt!r}; choose linear or finetune")
+        if self.teacher_adapt and self.teacher_epochs is not None:
+            raise ConfigError("--teacher-adapt adapts pretrained weights; --teacher-epochs trains from scratch: pick one")
+        if self.teacher_adapt and (self.teacher is None or teacher_path(self.teacher) is not None):
+            raise ConfigError("--teacher-adapt needs --teacher ARCH (with --teacher-weights for a pretrained model)")
+        if self.weights_key_map != "name" and not self.teacher_weights:
+            raise ConfigError("--weights-key-map applies to --teacher-weights; give the weight file")
         if self.student_weights and not self.student:
             raise ConfigError("--student-weights needs --student naming its architecture")
 
@@ -135,16 +157,6 @@ class DistillResult:
     artifacts: dict[str, Path]
 
 
-def _select_device(pref: str):
-    import torch
-
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def _init_distributed(device) -> bool:
     import torch
     import torch.distributed as dist
@@ -155,86 +167,6 @@ def _init_distributed(device) -> bool:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return True
-
-
-def _labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int) -> np.ndarray:
-    """A seeded subset of ``fraction`` of the training indices, stratified by class, >= 1 per class."""
-    n = len(labels)
-    if fraction >= 1.0:
-        return np.arange(n)
-    rng = np.random.default_rng([seed, 31337])
-    strat = labels if task != "multilabel" else labels.argmax(1)
-    picked = []
-    for c in np.unique(strat):
-        idx = np.flatnonzero(strat == c)
-        k = max(1, int(round(fraction * len(idx))))
-        picked.append(rng.choice(idx, size=k, replace=False))
-    return np.sort(np.concatenate(picked))
-
-
-def _preprocess_spec(task, train_images: np.ndarray, input_size=None):
-    from ..runtime.preprocess import PreprocessSpec, raw_to_unit, to_nchw
-
-    unit = to_nchw(raw_to_unit(train_images[:2048], task.window), task.channels)
-    mean = tuple(float(v) for v in unit.mean(axis=(0, 2, 3)))
-    std = tuple(max(float(v), 1e-3) for v in unit.std(axis=(0, 2, 3)))
-    size = tuple(input_size) if input_size else task.image_size
-    return PreprocessSpec(input_size=size, channels=task.channels, mean=mean, std=std, window=task.window)
-
-
-def _adapt(x, src, dst):
-    """Re-express a batch preprocessed with ``src`` as if preprocessed with ``dst`` (size, mean/std)."""
-    import torch
-    import torch.nn.functional as F
-
-    if src == dst:
-        return x
-    if src.channels != dst.channels:
-        if src.channels == 1 and dst.channels == 3:
-            x = x.repeat(1, 3, 1, 1)
-        else:
-            raise ModelError(f"the teacher expects {dst.channels} channel(s) but the data has {src.channels}")
-    smean = torch.tensor(src.mean if len(src.mean) == x.shape[1] else src.mean * x.shape[1], device=x.device).view(1, -1, 1, 1)
-    sstd = torch.tensor(src.std if len(src.std) == x.shape[1] else src.std * x.shape[1], device=x.device).view(1, -1, 1, 1)
-    unit = x * sstd + smean
-    if tuple(dst.input_size) != tuple(x.shape[-2:]):
-        unit = F.interpolate(unit, size=tuple(dst.input_size), mode="bilinear", align_corners=False)
-    dmean = torch.tensor(dst.mean, device=x.device).view(1, -1, 1, 1)
-    dstd = torch.tensor(dst.std, device=x.device).view(1, -1, 1, 1)
-    return (unit - dmean) / dstd
-
-
-def _evaluate(model, x, labels, task, batch_size=256) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    from ..metrics import task_metrics
-    from .train import predict
-
-    logits, emb = predict(model, x, batch_size, embeddings=True)
-    return task_metrics(logits, labels, task), logits, emb
-
-
-class _Teacher:
-    """A frozen teacher with its own preprocessing."""
-
-    def __init__(self, model, card, source: str):
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.card = card
-        self.source = source
-
-    def outputs(self, x, student_pre, batch_size=128):
-        import torch
-
-        from ..models.features import FeatureTap
-
-        logits, embs = [], []
-        with torch.no_grad(), FeatureTap(self.model) as tap:
-            for i in range(0, len(x), batch_size):
-                lo, em = tap.run(_adapt(x[i : i + batch_size], student_pre, self.card.preprocess))
-                if lo is not None:
-                    logits.append(lo.float())
-                embs.append(em.float())
-        return (torch.cat(logits) if logits else None), torch.cat(embs)
 
 
 def _teacher_cache_key(cfg: DistillConfig, task, arch: str, epochs: int, data_digest: str) -> str:
@@ -255,7 +187,7 @@ def _teacher_cache_key(cfg: DistillConfig, task, arch: str, epochs: int, data_di
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _data_digest(cfg: DistillConfig, task) -> str:
+def data_digest_of(cfg: DistillConfig, task) -> str:
     from ..data.spec import parse_data_spec
 
     kind, path, _ = parse_data_spec(cfg.data)
@@ -285,23 +217,13 @@ def _train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs
         if cfg.augment:
             xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
         yb = y[torch.as_tensor(batch_idx, device=y.device)]
-        with _autocast(device):
+        with autocast(device):
             logits = net(xb)
             loss = hard_label_loss(logits.float(), yb, run.task.task)
         return loss, {"loss": float(loss.detach())}
 
     loop = LoopConfig(name, run.steps_per_epoch, epochs, lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
     return run_loop(loop, {"model": model}, step, idx, ckpt, cfg.resume, run.log, progress=cfg.progress)
-
-
-def _autocast(device):
-    import contextlib
-
-    import torch
-
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -343,7 +265,7 @@ class DistillRun:
 class ResolvedTeacher:
     """The teacher of a run: frozen model, card, where its weights came from, and its test metrics."""
 
-    teacher: _Teacher
+    teacher: FrozenTeacher
     arch: str
     preprocess: Any
     weights_path: Path | None
@@ -365,13 +287,15 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     import torch
 
     from ..data import load_data
+    from ..data.digest import data_digest, split_summary
     from ..models.factory import check_model_spec
     from .train import dist_info
 
     # A mistyped architecture is refused before anything is trained (the default teacher takes minutes).
     for spec in (cfg.teacher or DEFAULT_TEACHER, cfg.student or DEFAULT_STUDENT):
-        check_model_spec(spec)
-    device = _select_device(cfg.device)
+        if teacher_path(spec) is None:
+            check_model_spec(spec)
+    device = select_device(cfg.device)
     distributed = _init_distributed(device)
     rank, world = dist_info()
     torch.manual_seed(cfg.seed)
@@ -401,10 +325,14 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
         )
     log(f"data {task.source}: task={task.task} classes={task.num_classes} channels={task.channels} "
         f"size={task.image_size} train/val/test={len(train)}/{len(val) if val else 0}/{len(test)}")
+    for line in split_summary(task):
+        log(line)
+    if rank == 0:
+        data_digest(task, cfg.data, cfg.seed)  # hashed now, as read; write_run records it with splits.csv
 
-    student_pre = _preprocess_spec(task, train.images)
+    student_pre = data_preprocess(task, train.images)
     label_dtype = torch.float32 if task.task == "multilabel" else torch.int64
-    labeled = _labeled_subset(np.asarray(train.labels), task.task, cfg.label_fraction, cfg.seed)
+    labeled = labeled_subset(np.asarray(train.labels), task.task, cfg.label_fraction, cfg.seed)
     log(f"labels: {cfg.labels}; labeled subset {len(labeled)}/{len(train)} (fraction {cfg.label_fraction})")
     return DistillRun(
         cfg=cfg, device=device, distributed=distributed, rank=rank, world=world, out=out, log=log,
@@ -417,6 +345,56 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     )
 
 
+def teacher_path(spec: str | None) -> tuple[Path, Path] | None:
+    """``(card, weights)`` when ``--teacher`` names a trained model on disk (a run directory, ``DIR/teacher``, a
+    card or a .safetensors file) rather than an architecture; None for an architecture spec."""
+    from ..models.card import resolve_model_files
+    from ..models.factory import MODEL_KINDS
+
+    if not spec or spec.split(":", 1)[0] in MODEL_KINDS:
+        return None
+    p = Path(spec)
+    if p.is_dir() or p.suffix in (".json", ".safetensors") or (p.parent / f"{p.name}.json").is_file():
+        return resolve_model_files(p, "teacher")
+    return None
+
+
+def adapted_teacher(run: DistillRun) -> tuple[Path, Path]:
+    """``--teacher-adapt``: the teacher adapted to this run's labels (see :mod:`.adapt`), cached by the teacher
+    weights' hash, the data digest and the adapt config; returns its ``(card, weights)``."""
+    from ..data.digest import data_digest
+    from .adapt import AdaptConfig, adapt_teacher
+
+    cfg = run.cfg
+    acfg = AdaptConfig(teacher=cfg.teacher, data=cfg.data, out=str(run.out), teacher_weights=cfg.teacher_weights,
+                       weights_key_map=cfg.weights_key_map, method=cfg.teacher_adapt,
+                       label_fraction=cfg.label_fraction, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    blob = json.dumps({
+        "weights": sha256_file(cfg.teacher_weights) if cfg.teacher_weights else None,
+        "data": data_digest(run.task, cfg.data, cfg.seed)["sha256"],
+        "config": {k: v for k, v in acfg.to_dict().items() if k not in ("out", "progress", "device", "data")},
+        "tool": "adapt-1",
+    }, sort_keys=True).encode()
+    tdir = cache_dir() / "adapted" / hashlib.sha256(blob).hexdigest()[:16]
+    card, weights = tdir / "teacher.json", tdir / "teacher.safetensors"
+    if card.is_file() and weights.is_file():
+        run.log(f"teacher: adapted ({cfg.teacher_adapt}) teacher cached at {tdir}")
+        return card, weights
+    if run.rank == 0:
+        run.log(f"teacher: adapting {cfg.teacher} to {run.task.source} ({cfg.teacher_adapt}, {len(run.labeled)} "
+                f"labelled images), cached by weights hash, data digest and config at {tdir}")
+        ensure_dir(tdir)
+        adapted = adapt_teacher(acfg, run.task, run.log, run.device, tdir)
+        atomic_write_json(tdir / "metrics.json", {k: v for k, v in adapted.metrics.items() if k != "history"})
+        write_model(adapted.model, adapted.card, tdir, "teacher")
+        m = adapted.metrics.get("val") or adapted.metrics.get("test") or {}
+        if m:
+            run.log(f"teacher: adapted, {'val' if 'val' in adapted.metrics else 'test'} macro AUC "
+                    f"{m['macro_auc']:.4f} [{m['macro_auc_ci'][0]:.4f}, {m['macro_auc_ci'][1]:.4f}]")
+    _barrier(run)
+    return card, weights
+
+
 def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
     """The teacher: from ``--teacher-weights`` (with its card when one sits beside them), a factory that loads its
     own weights, or the default teacher trained on the synthetic task's full labels and cached by config hash."""
@@ -425,13 +403,19 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
     from ..models.weights import load_weights
 
     cfg, task, log = run.cfg, run.task, run.log
-    teacher_arch = cfg.teacher or DEFAULT_TEACHER
-    teacher_pre = run.student_pre
+    teacher_weights = cfg.teacher_weights
     teacher_card_path = None
-    if cfg.teacher_weights:
-        cand = Path(cfg.teacher_weights).with_suffix(".json")
-        if cand.is_file():
-            teacher_card_path = cand
+    tpath = adapted_teacher(run) if cfg.teacher_adapt else teacher_path(cfg.teacher)
+    if tpath is not None:  # a run directory's teacher (adapt --out DIR, or a cached --teacher-adapt)
+        teacher_card_path, teacher_weights = tpath
+        teacher_arch = ModelCard.load(teacher_card_path).arch
+    else:
+        teacher_arch = cfg.teacher or DEFAULT_TEACHER
+        if teacher_weights:
+            cand = Path(teacher_weights).with_suffix(".json")
+            if cand.is_file():
+                teacher_card_path = cand
+    teacher_pre = run.student_pre
     if teacher_card_path is not None:
         tcard = ModelCard.load(teacher_card_path)
         teacher_pre = tcard.preprocess
@@ -440,7 +424,13 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
         if task.task != "multilabel" and tcard.num_classes not in (0, task.num_classes):
             raise ModelError(
                 f"the teacher predicts {tcard.num_classes} classes but the data has {task.num_classes}; "
-                "use a teacher trained on this label set, or --labels none for embedding distillation"
+                "adapt it to these labels (--teacher-adapt linear|finetune, or medfm-compress adapt), or use "
+                "--labels none for embedding distillation"
+            )
+        if tcard.num_classes and tcard.label_names and list(tcard.label_names) != list(task.label_names):
+            raise ModelError(
+                f"the teacher's classes {tcard.label_names} are not the data's {task.label_names}; adapt it to "
+                "these labels (--teacher-adapt linear|finetune, or medfm-compress adapt)"
             )
         teacher_model = tcard.build()
     else:
@@ -449,22 +439,30 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
             arch=teacher_arch,
             num_classes=task.num_classes,
             in_chans=task.channels,
-            img_size=run.student_pre.input_size[0] if "img_size" in _accepted(teacher_model) else None,
+            img_size=run.student_pre.input_size[0] if "img_size" in accepted_keywords(teacher_model) else None,
             task=task.task,
             label_names=task.label_names,
             preprocess=run.student_pre,
             role="teacher",
         )
     teacher_weights_path: Path | None = None
-    if cfg.teacher_weights:
-        load_weights(teacher_model, cfg.teacher_weights, what=f"teacher {teacher_arch}")
-        teacher_source = f"weights {cfg.teacher_weights}"
-        teacher_weights_path = Path(cfg.teacher_weights)
+    if teacher_weights:
+        key_map = "name" if tpath is not None else cfg.weights_key_map
+        try:
+            load_weights(teacher_model, teacher_weights, what=f"teacher {teacher_arch}", key_map=key_map)
+        except ModelError as e:
+            if teacher_card_path is not None:
+                raise
+            raise ModelError(f"{e} (if the file predicts another label set, add --teacher-adapt linear|finetune)") \
+                from None
+        teacher_source = (f"adapted ({cfg.teacher_adapt}) from {cfg.teacher_weights or cfg.teacher}, cached at "
+                          f"{Path(teacher_weights).parent}" if cfg.teacher_adapt else f"weights {teacher_weights}")
+        teacher_weights_path = Path(teacher_weights)
     elif teacher_arch.startswith("python:"):
         teacher_source = f"factory {teacher_arch} (loads its own weights)"
-    elif cfg.data.startswith("synthetic"):
+    elif cfg.data.startswith("synthetic") or cfg.teacher_epochs is not None:
         epochs = cfg.teacher_epochs or TEACHER_EPOCHS
-        key = _teacher_cache_key(cfg, task, teacher_arch, epochs, _data_digest(cfg, task))
+        key = _teacher_cache_key(cfg, task, teacher_arch, epochs, data_digest_of(cfg, task))
         tdir = cache_dir() / "teachers" / key
         tw = tdir / "teacher.safetensors"
         if tw.exists():
@@ -492,12 +490,12 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
         teacher_weights_path = tw
     else:
         raise ModelError(
-            f"teacher {teacher_arch} has no weights; pass --teacher-weights FILE (.safetensors or .pt) — a real "
-            "teacher needs trained weights"
+            f"teacher {teacher_arch} has no weights; pass --teacher-weights FILE (.safetensors or .pt), or "
+            "--teacher-epochs N to train it from scratch on these labels"
         )
-    teacher = _Teacher(teacher_model.to(run.device), tcard, teacher_source)
+    teacher = FrozenTeacher(teacher_model.to(run.device), tcard, teacher_source)
     t_metrics, t_test_logits, _ = (
-        _evaluate(teacher.model, _adapt(run.x_test, run.student_pre, teacher_pre), run.test.labels, task.task)
+        evaluate_model(teacher.model, adapt_batch(run.x_test, run.student_pre, teacher_pre), run.test.labels, task.task)
         if classifier_present(teacher.model)
         else ({}, None, None)
     )
@@ -567,7 +565,7 @@ def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
         else:
             t_logits = cached_t_logits[bi] if cached_t_logits is not None else None
             t_e = cached_t_emb[bi]
-        with _autocast(device):
+        with autocast(device):
             s_logits, s_proj = net(xb)
         s_logits = s_logits.float()
         total = torch.zeros((), device=device)
@@ -636,7 +634,7 @@ def evaluate_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStu
     from ..models.features import macs_of
 
     task, teacher = run.task, resolved.teacher
-    s_metrics, s_logits, _ = _evaluate(student.model, run.x_test, run.test.labels, task.task)
+    s_metrics, s_logits, _ = evaluate_model(student.model, run.x_test, run.test.labels, task.task)
     example = run.x_test[:1]
     metrics: dict[str, Any] = {
         "task": task.task,
@@ -646,7 +644,7 @@ def evaluate_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStu
         "teacher": {
             **resolved.test_metrics,
             "params": count_params(teacher.model),
-            "macs": macs_of(teacher.model, _adapt(example, run.student_pre, resolved.preprocess)),
+            "macs": macs_of(teacher.model, adapt_batch(example, run.student_pre, resolved.preprocess)),
             "arch": resolved.arch,
             "source": teacher.source,
         },
@@ -656,18 +654,61 @@ def evaluate_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStu
         metrics["student_teacher_agreement"] = top1_agreement(s_logits, resolved.test_logits, task.task)
         metrics["auc_retention"] = s_metrics["macro_auc"] / t_auc if t_auc else None
     metrics["param_ratio"] = metrics["teacher"]["params"] / metrics["student"]["params"]
+    if run.x_val is not None and resolved.test_logits is not None:
+        t_val, _, _ = evaluate_model(teacher.model, adapt_batch(run.x_val, run.student_pre, resolved.preprocess),
+                                     run.val.labels, task.task)
+        metrics["teacher"]["val"] = t_val
     if baseline is not None:
-        b_metrics, _, _ = _evaluate(baseline, run.x_test, run.test.labels, task.task)
+        from .taskprep import bootstrap_vs
+
+        b_metrics, b_logits, _ = evaluate_model(baseline, run.x_test, run.test.labels, task.task)
         metrics["baseline"] = {**b_metrics, "params": count_params(baseline), "arch": student.arch}
         metrics["distill_gain_auc"] = s_metrics["macro_auc"] - b_metrics["macro_auc"]
+        # Paired over the same test cases: the CI of (distilled - label-only) macro AUC.
+        boot = bootstrap_vs(b_logits, s_logits, run.test.labels, task.task, seed=run.cfg.seed)
+        metrics["distill_gain_auc_ci"] = [boot["macro_auc"]["ci_low"], boot["macro_auc"]["ci_high"]]
+    metrics["warnings"] = run_warnings(metrics, run.task, run.test)
     metrics["seconds"] = round(seconds, 1)
     metrics["history"] = student.history
     return metrics
 
 
+# Thresholds of the warnings a summary prints (and report.md repeats).
+NEAR_CHANCE_AUC = 0.6
+MIN_AGREEMENT = 0.9
+MIN_TEST_CASES = 100
+MIN_CLASS_CASES = 10
+
+
+def run_warnings(metrics: dict[str, Any], task, test) -> list[str]:
+    """What a reader of a distill summary must not miss: a teacher near chance on val, a student that often
+    disagrees with its teacher, a test split too small for its CIs to mean much."""
+    out = []
+    t = metrics.get("teacher") or {}
+    tv = t.get("val") or {}
+    if tv.get("macro_auc") is not None and tv["macro_auc"] < NEAR_CHANCE_AUC:
+        out.append(f"the teacher is near chance on val (macro AUC {tv['macro_auc']:.3f}, accuracy "
+                   f"{tv.get('accuracy', float('nan')):.3f}): retention and agreement against it mean little")
+    agree = metrics.get("student_teacher_agreement")
+    if agree is not None and agree < MIN_AGREEMENT:
+        out.append(f"student-teacher top-1 agreement is {agree:.3f} (< {MIN_AGREEMENT}): the student does not "
+                   "behave like its teacher on many cases")
+    n = len(test)
+    if n < MIN_TEST_CASES:
+        out.append(f"the test split has {n} cases (< {MIN_TEST_CASES}): its CIs are wide")
+    if task.task != "multilabel" and task.task in ("multiclass", "binary"):
+        counts = np.bincount(np.asarray(test.labels), minlength=task.num_classes)
+        small = [f"{task.label_names[k]} ({int(c)})" for k, c in enumerate(counts) if c < MIN_CLASS_CASES]
+        if small:
+            out.append(f"test classes with fewer than {MIN_CLASS_CASES} cases: {', '.join(small)}; their AUC is "
+                       "noisy")
+    return out
+
+
 def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStudent, baseline,
               metrics: dict[str, Any]) -> dict[str, Path]:
     """Student, teacher and baseline weights + cards, ``metrics.json`` and the manifest record (rank 0)."""
+    from ..data.digest import SPLITS_CSV, data_digest, write_splits_csv
     from ..models.card import ModelCard
     from ..models.factory import count_params
     from ..models.weights import save_state_dict
@@ -684,7 +725,7 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
     artifacts: dict[str, Path] = {}
     scard = ModelCard(
         arch=student.arch, num_classes=task.num_classes, in_chans=task.channels,
-        img_size=run.student_pre.input_size[0] if "img_size" in _accepted(student.model) else None,
+        img_size=run.student_pre.input_size[0] if "img_size" in accepted_keywords(student.model) else None,
         task=task.task, label_names=task.label_names, preprocess=run.student_pre,
         num_params=count_params(student.model), embedding_dim=student.embedding_dim, role="student",
         provenance=provenance,
@@ -702,9 +743,11 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
                                     "labeled_images": int(len(run.labeled))})
         artifacts["baseline_weights"], artifacts["baseline_card"] = write_model(baseline, bcard, out, "baseline")
     artifacts["metrics"] = atomic_write_json(out / "metrics.json", metrics)
+    artifacts["splits"] = write_splits_csv(task, out / SPLITS_CSV)
     rec = run.manifest.start("distill", {**cfg.to_dict(), "resolved_losses": list(student.losses)},
                              {"data": cfg.data} | ({"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights
                                                    else {}))
+    rec.inputs["data"]["digest"] = data_digest(task, cfg.data, cfg.seed)  # what was read, per split
     run.manifest.finish(rec, artifacts, {k: v for k, v in metrics.items() if k != "history"})
     shutil.rmtree(run.ckpt_dir, ignore_errors=True)
     return artifacts
@@ -716,14 +759,18 @@ def distill(cfg: DistillConfig) -> DistillResult:
     The steps: :func:`prepare_run`, :func:`resolve_teacher`, :func:`train_student` (with :func:`fit_head` when
     label-free), :func:`train_baseline`, :func:`evaluate_run`, :func:`write_run`.
     """
+    from .train import Interrupted
+
     t_start = time.time()
-    run = prepare_run(cfg)
-    resolved = resolve_teacher(run)
-    student = train_student(run, resolved)
-    baseline = train_baseline(run, student.arch) if cfg.baseline else None
-    _barrier(run)
-    metrics = evaluate_run(run, resolved, student, baseline, time.time() - t_start)
-    artifacts = write_run(run, resolved, student, baseline, metrics) if run.rank == 0 else {}
+    # A run that fails leaves nothing it created but train.error.log; an interrupted one keeps its checkpoint.
+    with no_partial_output(cfg.out, keep_log="train.log", keep_on=(Interrupted,)):
+        run = prepare_run(cfg)
+        resolved = resolve_teacher(run)
+        student = train_student(run, resolved)
+        baseline = train_baseline(run, student.arch) if cfg.baseline else None
+        _barrier(run)
+        metrics = evaluate_run(run, resolved, student, baseline, time.time() - t_start)
+        artifacts = write_run(run, resolved, student, baseline, metrics) if run.rank == 0 else {}
     if run.distributed:
         import torch.distributed as dist
 
@@ -768,14 +815,3 @@ def fit_head(run: DistillRun, student):
     run.log(f"head: fitting the classifier on frozen embeddings of {len(labeled)} labeled images")
     return run_loop(loop, {"head": head}, step, np.arange(len(labeled)), run.ckpt_dir / "head.pt", cfg.resume,
                     run.log, progress=cfg.progress)
-
-
-def classifier_present(model) -> bool:
-    from ..models.features import classifier_of
-
-    return classifier_of(model) is not None
-
-
-def _accepted(model) -> set[str]:
-    """Keywords the architecture was built with (timm keeps them in pretrained_cfg / default_cfg)."""
-    return {"img_size"} if hasattr(model, "patch_embed") else set()

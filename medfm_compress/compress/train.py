@@ -191,18 +191,28 @@ def run_loop(
     log: Callable[[str], None],
     epoch_end: Callable[[int], dict[str, float]] | None = None,
     progress: bool = True,
+    lr_scales: dict[str, float] | None = None,
+    stop_after: Callable[[list[dict[str, float]]], bool] | None = None,
 ) -> dict[str, Any]:
     """Train ``modules`` with AdamW + cosine schedule for ``cfg.epochs`` epochs.
 
     ``step_fn(batch_indices, epoch)`` returns the loss and values to show. A checkpoint is written at the end
     of every epoch and when SIGINT/SIGTERM arrives (then :class:`Interrupted` is raised). With ``resume``,
     training continues from ``checkpoint`` and ends bitwise equal to an uninterrupted run on CPU.
+
+    ``lr_scales`` gives a module its own learning rate as a fraction of ``cfg.lr`` (a pretrained encoder
+    fine-tuned more gently than a new head). ``stop_after(history)`` is asked after each epoch's record; True
+    ends training there (early stopping; the history says where it stopped).
     """
     from tqdm.auto import tqdm
 
     rank, world = dist_info()
-    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = []
+    for name, m in modules.items():
+        params = [p for p in m.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr_scale": (lr_scales or {}).get(name, 1.0)})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, start_step = 0, 0
     if resume and checkpoint.exists():
         state = load_checkpoint(checkpoint)
@@ -235,7 +245,7 @@ def run_loop(
                 global_step = epoch * cfg.steps_per_epoch + step
                 lr = cosine_lr(global_step, cfg.total_steps, cfg.lr, cfg.warmup_frac)
                 for g in optimizer.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
                 loss, shown = step_fn(epoch_batches[step], epoch)
                 if not torch.isfinite(loss):
                     raise MedfmError(
@@ -266,6 +276,9 @@ def run_loop(
             log(f"[{cfg.name}] " + " ".join(f"{k}={v}" for k, v in record.items()))
             if rank == 0:
                 _save_checkpoint(checkpoint, modules, optimizer, epoch, cfg.steps_per_epoch, {"phase": cfg.name})
+            if stop_after is not None and stop_after(history):
+                log(f"[{cfg.name}] early stop after epoch {epoch + 1}")
+                break
     return {"history": history, "seconds": round(time.time() - t0, 2)}
 
 

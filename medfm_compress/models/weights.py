@@ -12,7 +12,11 @@ from pathlib import Path
 
 from ..errors import ModelError
 
-__all__ = ["read_state_dict", "load_weights", "save_state_dict"]
+__all__ = ["read_state_dict", "load_weights", "save_state_dict", "map_keys_in_order", "first_conv_in_chans", "KEY_MAPS"]
+
+# How a weight file's keys are matched to the architecture's: by name (strict), or in order (same count, same
+# shapes, position by position) for files written by another implementation of the same network.
+KEY_MAPS = ("name", "order")
 
 _TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 
@@ -59,12 +63,62 @@ def read_state_dict(path: str | Path) -> dict:
     return sd
 
 
-def load_weights(model, path: str | Path, what: str = "model") -> None:
-    """Load ``path`` into ``model`` strictly; a mismatch names the missing, unexpected or mis-shaped keys."""
+def map_keys_in_order(sd: dict, own: dict, path: str | Path, what: str) -> dict:
+    """Rename the file's tensors to the model's names position by position; counts and shapes must agree.
+
+    Buffers the file does not hold (e.g. BatchNorm's ``num_batches_tracked``, which other implementations omit)
+    keep the model's values.
+    """
+    if Path(path).suffix.lower() == ".safetensors":
+        raise ModelError(
+            f"{path}: --weights-key-map order needs the tensors in the order the network was written, which a "
+            ".safetensors file does not keep; give the original .pt/.pth checkpoint"
+        )
+    file_items = list(sd.items())
+    own_keys = list(own)
+    if len(file_items) != len(own_keys):
+        optional = [k for k in own_keys if k.endswith("num_batches_tracked")]
+        if len(file_items) == len(own_keys) - len(optional):
+            own_keys = [k for k in own_keys if not k.endswith("num_batches_tracked")]
+        else:
+            raise ModelError(
+                f"{path} holds {len(file_items)} tensors but the {what} has {len(own_keys)}; --weights-key-map order "
+                "needs the same tensors in the same order (check the architecture name)"
+            )
+    mapped = {}
+    for i, ((fk, v), ok) in enumerate(zip(file_items, own_keys, strict=True)):
+        if tuple(v.shape) != tuple(own[ok].shape):
+            raise ModelError(
+                f"{path}: tensor #{i} {fk} {tuple(v.shape)} does not fit {ok} {tuple(own[ok].shape)} of the {what}; "
+                "the file is not this architecture in this order (--weights-key-map order)"
+            )
+        mapped[ok] = v
+    for ok in own:
+        mapped.setdefault(ok, own[ok])
+    return mapped
+
+
+def first_conv_in_chans(path: str | Path) -> int | None:
+    """Input channels of the first 4-D (convolution) tensor of a weight file, or None when it has none."""
+    for v in read_state_dict(path).values():
+        if v.ndim == 4:
+            return int(v.shape[1])
+    return None
+
+
+def load_weights(model, path: str | Path, what: str = "model", key_map: str = "name") -> None:
+    """Load ``path`` into ``model`` strictly; a mismatch names the missing, unexpected or mis-shaped keys.
+
+    ``key_map="order"`` maps the file's tensors onto the model's in order (see :func:`map_keys_in_order`).
+    """
     import torch
 
+    if key_map not in KEY_MAPS:
+        raise ModelError(f"unknown weights key map {key_map!r}; choose from {', '.join(KEY_MAPS)}")
     sd = read_state_dict(path)
     own = model.state_dict()
+    if key_map == "order":
+        sd = map_keys_in_order(sd, own, path, what)
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shapes = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
@@ -77,10 +131,10 @@ def load_weights(model, path: str | Path, what: str = "model") -> None:
         if shapes:
             k = shapes[0]
             parts.append(f"shape mismatch at {_head(shapes)} (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
-        raise ModelError(
-            f"{path} does not match the {what} architecture: {'; '.join(parts)}; "
-            "check the architecture name, --in-chans/num_classes, or the weight file"
-        )
+        hint = "check the architecture name, --in-chans/num_classes, or the weight file"
+        if missing and unexpected and len(sd) == len(own) and key_map == "name":
+            hint = "the names differ but the counts agree: try --weights-key-map order"
+        raise ModelError(f"{path} does not match the {what} architecture: {'; '.join(parts)}; {hint}")
     for k, v in sd.items():
         if v.dtype.is_floating_point != own[k].dtype.is_floating_point and own[k].dtype != torch.bool:
             raise ModelError(f"{path}: tensor {k} has dtype {v.dtype} but the {what} expects {own[k].dtype}")

@@ -110,7 +110,7 @@ def test_config_errors(tmp_path):
         _cfg(tmp_path, losses=("kd", "dice"))
     with pytest.raises(ConfigError, match="--teacher"):
         DistillConfig(teacher_weights="x.safetensors")
-    with pytest.raises(ConfigError, match="default teacher is only"):
+    with pytest.raises(ConfigError, match="no --teacher given for real data"):
         distill(DistillConfig(data="medmnist:/nonexistent.npz", out=str(tmp_path / "o"), progress=False))
     with pytest.raises(ModelError, match="has no weights"):
         np.savez(tmp_path / "d.npz", train_images=np.zeros((40, 16, 16), np.uint8), train_labels=np.arange(40) % 2,

@@ -1,0 +1,84 @@
+"""``medfm-compress adapt``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command(name="adapt")
+@click.option("--teacher", required=True,
+              help="Foundation model architecture: timm:NAME or python:pkg.module:factory.")
+@click.option("--teacher-weights", default=None, type=click.Path(dir_okay=False),
+              help="Its pretrained weights (.safetensors, or .pt/.pth read with weights_only); the head may predict "
+              "another label set (it is replaced) or be absent.")
+@click.option("--weights-key-map", type=click.Choice(["name", "order"]), default="name", show_default=True,
+              help="'order': the file's tensors map onto the architecture in order (weights written by another "
+              "implementation of the same network); shapes must agree one by one.")
+@click.option("--data", default="synthetic", show_default=True, help="Data spec with labels (folder:DIR, dicom:DIR, "
+              "medmnist:FILE.npz, synthetic).")
+@click.option("--method", type=click.Choice(["linear", "finetune"]), default="linear", show_default=True,
+              help="linear: a new head on the frozen encoder (features computed once, cached); finetune: the encoder "
+              "at --encoder-lr-scale x lr and the new head at lr.")
+@click.option("--label-fraction", default=1.0, show_default=True, type=float,
+              help="Fraction of the training labels used (stratified, seeded).")
+@click.option("--input-size", default=None, type=int, help="Teacher input size in pixels (default: the data's).")
+@click.option("--finetune-blocks", default=None, type=int,
+              help="finetune: train only the last N blocks/stages of the encoder (default: all layers).")
+@click.option("--epochs", default=None, type=int, help="Maximum epochs (default 100 linear, 10 finetune); "
+              "training stops early when val AUC stops improving.")
+@click.option("--patience", default=None, type=int, help="Epochs without a val AUC gain before stopping "
+              "(default 10 linear, 3 finetune).")
+@click.option("--lr", default=None, type=float, help="Head learning rate (default 1e-2 linear, 1e-3 finetune).")
+@click.option("--encoder-lr-scale", default=0.1, show_default=True, type=float)
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--augment/--no-augment", default=True, show_default=True, help="finetune: small affine + intensity "
+              "augmentation.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", default="runs/adapt", show_default=True, type=click.Path(file_okay=False))
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON on stdout.")
+def command(teacher, teacher_weights, weights_key_map, data, method, label_fraction, input_size, finetune_blocks,
+            epochs, patience, lr, encoder_lr_scale, batch_size, augment, seed, device, out, quiet, as_json):
+    """Adapt a pretrained foundation model to your labels: a linear probe or fine-tuning.
+
+    Writes OUT/teacher.safetensors + OUT/teacher.json, which `distill --teacher OUT/teacher` takes, and
+    OUT/metrics.json with val/test accuracy and macro AUC and their bootstrap 95% CIs.
+    """
+    from ..compress.adapt import AdaptConfig, adapt
+
+    cfg = AdaptConfig(
+        teacher=teacher, teacher_weights=teacher_weights, weights_key_map=weights_key_map, data=data, method=method,
+        label_fraction=label_fraction, input_size=input_size, finetune_blocks=finetune_blocks, epochs=epochs,
+        patience=patience, lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size, augment=augment, seed=seed,
+        device=device, out=out, progress=not quiet,
+    )
+    result = adapt(cfg)
+    m = result.metrics
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))
+        return
+    click.echo(adapt_summary(m))
+    click.echo(f"teacher written: {result.out}/teacher (pass it as distill --teacher {result.out}/teacher)")
+
+
+def _ci(entry: dict, key: str) -> str:
+    v, ci = entry.get(key), entry.get(f"{key}_ci") or [None, None]
+    if v is None:
+        return "-"
+    if ci[0] is None:
+        return f"{v:.4f}"
+    return f"{v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def adapt_summary(m: dict) -> str:
+    lines = [f"adapted {m['teacher']} ({m['method']}, {m['labeled_images']} labelled images, best epoch "
+             f"{m.get('best_epoch') or '-'})"]
+    for split in ("val", "test"):
+        if split in m:
+            e = m[split]
+            lines.append(f"{split:4s} n={e['n']}: accuracy {_ci(e, 'accuracy')}  macro AUC {_ci(e, 'macro_auc')}")
+    lines += [f"warning: {w}" for w in m.get("warnings", [])]
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""What the training stages share (distill, adapt): the device, the labelled subset, the data's preprocessing,
+re-expressing a batch for another model's preprocessing, scoring a model, and a frozen teacher."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+
+__all__ = [
+    "select_device",
+    "labeled_subset",
+    "data_preprocess",
+    "adapt_batch",
+    "evaluate_model",
+    "FrozenTeacher",
+    "autocast",
+    "classifier_present",
+    "accepted_keywords",
+    "bootstrap_vs",
+]
+
+
+def select_device(pref: str):
+    import torch
+
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu")
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int) -> np.ndarray:
+    """A seeded subset of ``fraction`` of the training indices, stratified by class, >= 1 per class."""
+    n = len(labels)
+    if fraction >= 1.0:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, 31337])
+    strat = labels if task != "multilabel" else labels.argmax(1)
+    picked = []
+    for c in np.unique(strat):
+        idx = np.flatnonzero(strat == c)
+        k = max(1, int(round(fraction * len(idx))))
+        picked.append(rng.choice(idx, size=k, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def data_preprocess(task, train_images: np.ndarray, input_size=None):
+    from ..runtime.preprocess import PreprocessSpec, raw_to_unit, to_nchw
+
+    unit = to_nchw(raw_to_unit(train_images[:2048], task.window), task.channels)
+    mean = tuple(float(v) for v in unit.mean(axis=(0, 2, 3)))
+    std = tuple(max(float(v), 1e-3) for v in unit.std(axis=(0, 2, 3)))
+    size = tuple(input_size) if input_size else task.image_size
+    return PreprocessSpec(input_size=size, channels=task.channels, mean=mean, std=std, window=task.window)
+
+
+def adapt_batch(x, src, dst):
+    """Re-express a batch preprocessed with ``src`` as if preprocessed with ``dst`` (size, mean/std)."""
+    import torch
+    import torch.nn.functional as F
+
+    if src == dst:
+        return x
+    if src.channels != dst.channels:
+        if src.channels == 1 and dst.channels == 3:
+            x = x.repeat(1, 3, 1, 1)
+        else:
+            raise ModelError(f"the teacher expects {dst.channels} channel(s) but the data has {src.channels}")
+    smean = torch.tensor(src.mean if len(src.mean) == x.shape[1] else src.mean * x.shape[1], device=x.device).view(1, -1, 1, 1)
+    sstd = torch.tensor(src.std if len(src.std) == x.shape[1] else src.std * x.shape[1], device=x.device).view(1, -1, 1, 1)
+    unit = x * sstd + smean
+    if tuple(dst.input_size) != tuple(x.shape[-2:]):
+        unit = F.interpolate(unit, size=tuple(dst.input_size), mode="bilinear", align_corners=False)
+    dmean = torch.tensor(dst.mean, device=x.device).view(1, -1, 1, 1)
+    dstd = torch.tensor(dst.std, device=x.device).view(1, -1, 1, 1)
+    return (unit - dmean) / dstd
+
+
+def evaluate_model(model, x, labels, task, batch_size=256) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    from ..metrics import task_metrics
+    from .train import predict
+
+    logits, emb = predict(model, x, batch_size, embeddings=True)
+    return task_metrics(logits, labels, task), logits, emb
+
+
+class FrozenTeacher:
+    """A frozen teacher with its own preprocessing."""
+
+    def __init__(self, model, card, source: str):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.card = card
+        self.source = source
+
+    def outputs(self, x, student_pre, batch_size=128):
+        import torch
+
+        from ..models.features import FeatureTap
+
+        logits, embs = [], []
+        with torch.no_grad(), FeatureTap(self.model) as tap:
+            for i in range(0, len(x), batch_size):
+                lo, em = tap.run(adapt_batch(x[i : i + batch_size], student_pre, self.card.preprocess))
+                if lo is not None:
+                    logits.append(lo.float())
+                embs.append(em.float())
+        return (torch.cat(logits) if logits else None), torch.cat(embs)
+
+
+def autocast(device):
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def classifier_present(model) -> bool:
+    from ..models.features import classifier_of
+
+    return classifier_of(model) is not None
+
+
+def accepted_keywords(model) -> set[str]:
+    """Keywords the architecture was built with (timm keeps them in pretrained_cfg / default_cfg)."""
+    return {"img_size"} if hasattr(model, "patch_embed") else set()
+
+
+def bootstrap_vs(reference_logits, test_logits, labels, task: str, seed: int = 0) -> dict:
+    """:func:`~medfm_compress.metrics.paired_bootstrap` at the reference's operating point (Youden's J for
+    binary and multi-label tasks, the argmax for multi-class)."""
+    from ..metrics import paired_bootstrap, positive_scores, positive_targets, youden_thresholds
+
+    labels = np.asarray(labels)
+    thresholds = None
+    if task != "multiclass":
+        ref = np.asarray(reference_logits)
+        thresholds = youden_thresholds(positive_scores(ref, task), positive_targets(labels, task, ref.shape[1]))
+    return paired_bootstrap(reference_logits, test_logits, labels, task, thresholds=thresholds, seed=seed)
