@@ -74,6 +74,21 @@ from ._common import csv_option, foreign_model_options
     help="Gate: top-1 agreement with fp32 on held-out data.",
 )
 @click.option("--min-cosine", default=None, type=float, help="Gate: mean logit cosine with fp32.")
+@click.option(
+    "--search/--no-search",
+    default=True,
+    show_default=True,
+    help="int8 on cpu/openvino: when the first model misses the gate, try calibrators, percentiles, weight range, "
+    "per-channel/per-tensor, latency-aware exclusion and (cpu) OpenVINO, and write the fastest that passes and beats "
+    "fp32; options given explicitly are not varied. --no-search: refuse at once (exit 3).",
+)
+@click.option(
+    "--search-budget",
+    default=None,
+    type=float,
+    metavar="SECONDS",
+    help="Seconds the search may spend, checked before each candidate [default: 300].",
+)
 @click.option("--fp16-io", is_flag=True, help="With fp16: float16 input and output too.")
 @click.option(
     "--allow-random-calibration", is_flag=True, help="Calibrate on random tensors (recorded in metadata)."
@@ -110,6 +125,8 @@ def command(
     exclude,
     min_agreement,
     min_cosine,
+    search,
+    search_budget,
     fp16_io,
     allow_random_calibration,
     input_size,
@@ -156,6 +173,9 @@ def command(
         std=csv_option(std, float),
         model=model_name,
         teacher=teacher,
+        search=search,
+        search_budget=search_budget,
+        pinned=_given(click.get_current_context()),
         seed=seed,
         force=force,
         progress=not quiet and not as_json,
@@ -196,3 +216,21 @@ def command(
         click.echo(f"chosen: {res.report.get('auto_reason', res.report.get('chosen'))}")
     if "auto_exclude" in res.report:
         click.echo(f"auto-exclude kept {len(res.report['auto_exclude'].get('excluded', []))} node(s) in fp32")
+    if "search" in res.report:
+        from ..compress.quantize_search import search_table_lines
+
+        for line in search_table_lines(res.report["search"]):
+            click.echo(line)
+
+
+# Flag -> the QuantizeConfig option it sets, for the options the recovery search would otherwise vary.
+_SEARCHED_FLAGS = {"calibrator": "calibrator", "percentile": "percentile", "per_tensor": "per_channel",
+                   "full_range_weights": "reduce_range", "auto_exclude": "auto_exclude"}
+
+
+def _given(ctx: click.Context) -> tuple[str, ...]:
+    """The searched options given on the command line, even at their default value (``--calibrator minmax``)."""
+    from click.core import ParameterSource
+
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return tuple(opt for flag, opt in _SEARCHED_FLAGS.items() if ctx.get_parameter_source(flag) in given)

@@ -1,7 +1,9 @@
 """Calibration and held-out sets for post-training quantization.
 
 Images come from a data spec, drawn stratified by class with a seed and preprocessed exactly as the model's
-metadata says. Held-out images (for the parity gate) never overlap the calibration images. Random
+metadata says. Held-out images (for the parity gate) never overlap the calibration images: they come from another
+split or from the images calibration did not draw, and a held-out image whose pixels equal a calibration image's
+(a data set that repeats an image across splits) is dropped. Random
 calibration exists only behind an explicit flag, and the set says so, so that the output's metadata can too.
 
 A set whose preprocessed size exceeds the memory budget (see :mod:`medfm_compress.data.lazy`), drawn from data
@@ -233,15 +235,47 @@ def build_calibration(
         hold_idx = stratified_indices(hs.labels, n_holdout, seed + 1, task.task)
         hold_raw = take(hs.images, hold_idx)
     else:
-        rest = np.setdiff1d(np.arange(len(pool)), cal_idx)
-        hold_idx = (
-            rest[stratified_indices(pool.labels[rest], n_holdout, seed + 1, task.task)] if len(rest) else rest
-        )
+        everything = np.arange(len(pool))
+        rest = np.setdiff1d(everything, cal_idx)
+        if not len(rest):
+            # Calibration would take every image of a single split: hold out a quarter (at least one) first, so
+            # the gate never judges a model on the images it was calibrated on.
+            if len(pool) < 2:
+                raise DataError(f"{spec} holds {len(pool)} image: calibration and held-out images need at least 2")
+            kept = stratified_indices(pool.labels, max(1, min(n_holdout, len(pool) // 4)), seed + 1, task.task)
+            rest = kept
+            others = np.setdiff1d(everything, kept)
+            cal_idx = others[stratified_indices(pool.labels[others], n, seed, task.task)]
+        hold_idx = rest[stratified_indices(pool.labels[rest], n_holdout, seed + 1, task.task)]
         hold_raw = take(pool.images, hold_idx)
-    images = preprocess_checked(take(pool.images, cal_idx), pre, shape, spec)
-    holdout = preprocess_checked(hold_raw, pre, shape, spec) if len(hold_raw) else images[:0]
+    cal_raw = take(pool.images, cal_idx)
+    images = preprocess_checked(cal_raw, pre, shape, spec)
     info = {"calibration_split": cal_split, "holdout_split": hold_split or f"{cal_split} (rest)"}
-    if not len(holdout):
-        # A tiny single-split folder: the gate can only be judged on the calibration images; say so.
-        holdout, info["holdout_split"] = images, f"{cal_split} (same as calibration: too few images)"
+    hold_raw, repeated = _drop_repeats(cal_raw, hold_raw)
+    if repeated:
+        info["holdout_repeats_dropped"] = repeated
+    if not len(hold_raw):
+        raise DataError(
+            f"{spec}: every held-out image ({info['holdout_split']}) repeats a calibration image; the parity gate "
+            "needs images calibration did not see: give data whose splits differ"
+        )
+    holdout = preprocess_checked(hold_raw, pre, shape, spec)
     return CalibrationSet(images, holdout, spec, random=False, info=info)
+
+
+def _drop_repeats(cal_raw, hold_raw):
+    """``hold_raw`` without the images whose pixels equal a calibration image's, and how many were dropped.
+    Streamed (lazy) sets are disjoint by index only: hashing them would read every image twice."""
+    if is_lazy(cal_raw) or is_lazy(hold_raw) or not len(hold_raw):
+        return hold_raw, 0
+    import hashlib
+
+    def digest(image) -> str:
+        a = np.ascontiguousarray(image)
+        return hashlib.sha1(a.tobytes() + str((a.shape, a.dtype)).encode()).hexdigest()
+
+    seen = {digest(im) for im in cal_raw}
+    keep = np.array([digest(im) not in seen for im in hold_raw], dtype=bool)
+    if keep.all():
+        return hold_raw, 0
+    return hold_raw[keep], int((~keep).sum())

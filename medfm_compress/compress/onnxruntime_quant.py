@@ -10,6 +10,10 @@ re-calibrating. The ``cpu`` target (:mod:`medfm_compress.compress.quantize_ort`)
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ __all__ = [
     "preprocessed",
     "parity_of",
     "static_int8",
+    "static_provenance",
     "dynamic_int8",
     "fp16_model",
     "copy_proto",
@@ -38,6 +43,8 @@ __all__ = [
 # Images per ORT ``collect_data`` call for a streamed set: ORT keeps every intermediate output of a call in
 # memory until it reduces them, so a large set is fed in chunks (min/max ranges merge exactly across calls).
 STREAM_CHUNK_IMAGES = 256
+# Output file numbers of every quantizer (and its weight variants) sharing one work directory.
+_QUANTIZED_FILES = itertools.count(1)
 # Dynamic quantization only pays off for matrix products; dynamic Conv (ConvInteger) measured 115 ms vs
 # 19.7 ms fp32 on resnet18 here.
 DYNAMIC_OPS = ["MatMul", "Gemm", "Attention", "LSTM", "GRU"]
@@ -93,9 +100,16 @@ class StaticQuantizer:
         self.calibrator = calibrator
         self.num_bins = num_bins
         self.percentile = percentile
-        self.cache = self.workdir / f"calib-{calibrator}.json"
-        self._count = 0
+        # One cache per calibration setting: quantizers of several settings (the recovery search) share a workdir.
+        setting = {"minmax": "", "percentile": f"-p{percentile:g}-b{num_bins}", "entropy": f"-b{num_bins}"}
+        self.cache = self.workdir / f"calib-{calibrator}{setting[calibrator]}.json"
         self._calibrate(calib_images)
+
+    def with_weights(self, per_channel: bool, reduce_range: bool) -> StaticQuantizer:
+        """This quantizer with other weight settings, on the same activation ranges (no re-calibration)."""
+        other = copy.copy(self)
+        other.per_channel, other.reduce_range = per_channel, reduce_range
+        return other
 
     def _calibrate(self, x: np.ndarray) -> None:
         import onnx
@@ -120,9 +134,11 @@ class StaticQuantizer:
             # A streamed set goes in chunks so ORT never holds more than one chunk's activations; an in-memory
             # set goes in one pass as before (histogram calibrators re-bin across passes).
             chunk = STREAM_CHUNK_IMAGES if is_lazy(x) else max(len(x), 1)
-            for start in range(0, len(x), chunk):
-                cal.collect_data(CalibrationReader(name, x, 16, start, start + chunk))
-            save_tensors_data(cal.compute_data(), self.cache)
+            # ORT's histogram calibrators print their progress to stdout, which must stay clean for --json.
+            with contextlib.redirect_stdout(io.StringIO()):
+                for start in range(0, len(x), chunk):
+                    cal.collect_data(CalibrationReader(name, x, 16, start, start + chunk))
+                save_tensors_data(cal.compute_data(), self.cache)
         except Exception as e:  # ORT raises its own types for ops it cannot run
             raise ModelError(
                 f"calibration failed in ONNX Runtime: {str(e).strip().splitlines()[0][:300]}"
@@ -134,8 +150,7 @@ class StaticQuantizer:
         import onnx
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-        self._count += 1
-        out = self.workdir / f"q{self._count}.onnx"
+        out = self.workdir / f"q{next(_QUANTIZED_FILES)}.onnx"
         try:
             quantize_static(
                 str(self.fp32_inferred),
@@ -189,16 +204,7 @@ def static_int8(ctx: QuantizeContext, ref: np.ndarray, sq: StaticQuantizer | Non
     exclude = list(cfg.exclude_nodes or [])
     proto = sq.quantize(exclude=exclude)
     parity = parity_of(ctx, ref, proto)
-    prov: dict[str, Any] = {
-        "calibrator": cfg.calibrator,
-        "activations": "uint8",
-        "weights": "int8 (7-bit range)" if cfg.reduce_range else "int8",
-        "per_channel": cfg.per_channel,
-        "reduce_range": cfg.reduce_range,
-        "format": "QDQ",
-    }
-    if cfg.calibrator != "minmax":
-        prov["num_bins"] = cfg.num_bins
+    prov = static_provenance(cfg)
     report: dict[str, Any] = {"parity_naive": parity}
     if cfg.auto_exclude and not gate_passes(parity, cfg):
         res = auto_exclude(ctx, sq, ref, exclude)
@@ -214,6 +220,23 @@ def static_int8(ctx: QuantizeContext, ref: np.ndarray, sq: StaticQuantizer | Non
     prov["excluded_nodes"] = sorted(set(exclude) | set(prov.get("auto_exclude", {}).get("excluded", [])))
     report["parity"] = parity
     return QuantizedModel(proto, "int8", prov, report)
+
+
+def static_provenance(cfg) -> dict[str, Any]:
+    """What a static int8 model of ``cfg``'s settings records about how it was quantized."""
+    prov: dict[str, Any] = {
+        "calibrator": cfg.calibrator,
+        "activations": "uint8",
+        "weights": "int8 (7-bit range)" if cfg.reduce_range else "int8",
+        "per_channel": cfg.per_channel,
+        "reduce_range": cfg.reduce_range,
+        "format": "QDQ",
+    }
+    if cfg.calibrator != "minmax":
+        prov["num_bins"] = cfg.num_bins
+    if cfg.calibrator == "percentile":
+        prov["percentile"] = cfg.percentile
+    return prov
 
 
 def dynamic_int8(ctx: QuantizeContext):

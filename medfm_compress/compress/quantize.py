@@ -45,10 +45,17 @@ __all__ = [
     "quantize",
     "CALIBRATORS",
     "COMMON_OPTIONS",
+    "SEARCH_OPTIONS",
+    "DEFAULT_SEARCH_BUDGET_S",
 ]
 
 CONFIG_VERSION = 1
 CALIBRATORS = ("minmax", "percentile", "entropy")
+# Seconds the recovery search may spend after the first model misses the gate (--search-budget): room for the
+# calibrator, weight-range and granularity variants and a latency-aware exclusion of a resnet18-class student.
+DEFAULT_SEARCH_BUDGET_S = 300.0
+# The options the recovery search varies when the user left them at their default (see QuantizeConfig.pinned).
+SEARCH_OPTIONS = ("calibrator", "percentile", "per_channel", "reduce_range", "auto_exclude")
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,15 @@ class QuantizeConfig:
         input_size, channels, mean, std: preprocessing of an ONNX without medfm metadata.
         model: which model of a run directory (student, teacher, baseline).
         teacher: teacher for methods that need one (qat).
-        latency_runs: timed runs per candidate when latency decides (auto, auto-exclude).
+        latency_runs: timed runs per candidate when latency decides (auto, auto-exclude, search).
+        search: when the first int8 model misses the parity gate, search the target's remedies (calibrators and
+            percentiles, weight range, per-channel or per-tensor weights, latency-aware exclusion of nodes, and on
+            ``cpu`` OpenVINO) and ship the fastest candidate that passes and is faster than fp32
+            (:mod:`medfm_compress.compress.quantize_search`); off: the first model ships or is refused.
+        search_budget: seconds the search may spend (default :data:`DEFAULT_SEARCH_BUDGET_S`); checked before each
+            candidate starts, so a candidate under way finishes.
+        pinned: options of :data:`SEARCH_OPTIONS` the user set explicitly; the search never varies them (nor any
+            option set away from its default). The CLI names every such flag given on the command line.
         seed: sampling seed.
         force: use an input whose hash differs from the run manifest.
         progress: print progress lines.
@@ -116,6 +131,9 @@ class QuantizeConfig:
     model: str = "student"
     teacher: str | None = None
     latency_runs: int = 50
+    search: bool = True
+    search_budget: float | None = None
+    pinned: tuple[str, ...] = ()
     seed: int = 0
     force: bool = False
     progress: bool = True
@@ -141,6 +159,24 @@ class QuantizeConfig:
             raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.model not in MODEL_ROLES:
             raise ConfigError(f"--model must be student, teacher or baseline, got {self.model!r}")
+        if self.search_budget is not None:
+            if not self.search:
+                raise ConfigError("--search-budget has no effect with --no-search; give one of them")
+            if not self.search_budget > 0:
+                raise ConfigError(f"--search-budget must be > 0 seconds, got {self.search_budget}")
+        unknown = sorted(set(self.pinned) - set(SEARCH_OPTIONS))
+        if unknown:
+            raise ConfigError(f"pinned names unknown search options {unknown}; valid: {', '.join(SEARCH_OPTIONS)}")
+
+    @property
+    def search_budget_s(self) -> float:
+        return DEFAULT_SEARCH_BUDGET_S if self.search_budget is None else float(self.search_budget)
+
+    def pinned_options(self) -> frozenset[str]:
+        """The options of :data:`SEARCH_OPTIONS` the search keeps as given: named in ``pinned`` or set away from
+        their default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return frozenset(self.pinned) | {n for n in SEARCH_OPTIONS if getattr(self, n) != defaults[n]}
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -191,7 +227,7 @@ class QuantizeResult:
 COMMON_OPTIONS = frozenset({
     "input", "out", "calib_data", "target", "precision", "method", "num_calib", "num_holdout", "min_agreement",
     "min_cosine", "allow_random_calibration", "input_size", "channels", "mean", "std", "model", "seed", "force",
-    "progress", "version",
+    "progress", "version", "pinned",
 })
 
 

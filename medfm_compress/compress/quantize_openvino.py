@@ -8,7 +8,10 @@
   ``1 - --min-agreement`` as the allowed drop; NNCF reverts the most damaging layers to fp32.
 
 It also adds OpenVINO fp32 and int8 candidates to ``--target cpu --precision auto`` (see
-:func:`openvino_auto_candidates`), measured with the same timing loop length as the ONNX Runtime ones.
+:func:`openvino_auto_candidates`), measured with the same timing loop length as the ONNX Runtime ones, and stages to
+the recovery search (:mod:`medfm_compress.compress.quantize_search`): on ``--target openvino`` NNCF's calibrators,
+weight range, granularity and accuracy control; on ``--target cpu`` NNCF int8 and its accuracy control beside the
+ONNX Runtime candidates (:func:`openvino_search_stages`).
 Measured on this machine (2 threads, batch 1, p50): resnet18 ORT fp32 19.2 ms / U8S8 5.9 ms vs OpenVINO
 fp32 7.6 ms / NNCF int8 3.35 ms, so on Intel CPUs OpenVINO usually wins.
 """
@@ -16,10 +19,12 @@ fp32 7.6 ms / NNCF int8 3.35 ms, so on Intel CPUs OpenVINO usually wins.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,15 +33,30 @@ from ..errors import ConfigError, GateFailure, ModelError
 from . import latency
 from .auto_precision import register_auto_candidates
 from .quantize import QuantizeContext, QuantizedModel, gate_passes, parity_report, register_target
+from .quantize_search import (
+    SearchCandidate,
+    SearchStage,
+    SearchState,
+    base_settings,
+    register_search_stages,
+    search,
+    setting_stages,
+    settings_label,
+)
 
 __all__ = [
     "quantize_openvino",
     "openvino_auto_candidates",
+    "openvino_search_stages",
     "is_transformer",
     "OPENVINO_PRECISIONS",
+    "NNCF_CALIBRATORS",
 ]
 
 OPENVINO_PRECISIONS = ("int8", "fp32", "bf16")
+# The --calibrator values NNCF has (minmax: global min/max; percentile: its mean quantile).
+NNCF_CALIBRATORS = ("minmax", "percentile")
+ENGINE = "openvino"
 # Images NNCF's accuracy control ranks layer groups on (its default is 300).
 AC_RANKING_IMAGES = 64
 _VIT_ARCH = re.compile(r"(vit|deit|swin|beit|eva|dino|cait|xcit|levit|convit|pit_)", re.I)
@@ -260,7 +280,8 @@ def _ref(ctx: QuantizeContext) -> np.ndarray:
 
 
 @register_target("openvino", precisions=OPENVINO_PRECISIONS, methods=("ptq",), check=_check_openvino,
-                 options=("calibrator", "per_channel", "reduce_range", "auto_exclude", "exclude_nodes", "latency_runs"),
+                 options=("calibrator", "per_channel", "reduce_range", "auto_exclude", "exclude_nodes", "latency_runs",
+                          "search", "search_budget"),
                  suffix=".xml")
 def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
     """OpenVINO IR: fp32 or bf16 conversion, or NNCF int8 (accuracy-controlled with ``--auto-exclude``)."""
@@ -272,13 +293,20 @@ def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
         return _float_ir(ctx, fp32_model, ref, cfg.precision, gate=True)
     q, prov, report = _ptq(ctx, fp32_model, ref)
     p = report["parity"]
+    qm = QuantizedModel(q, "int8", {"format": "openvino-ir", **prov}, report, save=_writer(q), suffix=".xml")
+    if not gate_passes(p, cfg) and cfg.search:
+        settings = {**base_settings(cfg, percentiles=False),
+                    "exclusion": "nncf-accuracy-control" if cfg.auto_exclude else None,
+                    "fp32_nodes": len(report.get("auto_exclude", {}).get("excluded", []))}
+        first = SearchCandidate(ENGINE, settings, settings_label(settings), lambda: qm, lambda: fp32_model)
+        return search(ctx, ref, first, cache={"ov_fp32": fp32_model})
     if not gate_passes(p, cfg):
         raise GateFailure(
             f"int8 model fails the parity gate on {len(ctx.calib.holdout)} held-out images: top-1 agreement "
             f"{p['top1_agreement']:.4f} (min {cfg.min_agreement}), cosine {p['cosine']:.5f}; "
             f"{'' if cfg.auto_exclude else 'try --auto-exclude, '}or lower --min-agreement; nothing written"
         )
-    return QuantizedModel(q, "int8", {"format": "openvino-ir", **prov}, report, save=_writer(q), suffix=".xml")
+    return qm
 
 
 def _float_ir(ctx: QuantizeContext, fp32_model, ref: np.ndarray, precision: str, gate: bool) -> QuantizedModel:
@@ -373,3 +401,94 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
 
 
 register_auto_candidates(openvino_auto_candidates)
+
+
+# ----- the recovery search's OpenVINO stages --------------------------------------------------------------------
+
+
+def _search_fp32(state: SearchState):
+    """The OpenVINO fp32 model of this search (converted once)."""
+    if "ov_fp32" not in state.cache:
+        state.cache["ov_fp32"] = _fp32_ov(state.ctx)
+    return state.cache["ov_fp32"]
+
+
+def _ov_candidate(state: SearchState, s: dict[str, Any], accuracy_control: bool = False) -> SearchCandidate:
+    """NNCF int8 with settings ``s`` (percentile: NNCF's mean quantile, no value); with ``accuracy_control``, NNCF's
+    accuracy-controlled quantization where plain int8 misses the gate and is faster than OpenVINO fp32."""
+    ctx, ref = state.ctx, state.ref
+    s = {**s, "percentile": None, "exclusion": "nncf-accuracy-control" if accuracy_control else None, "fp32_nodes": 0}
+
+    def build() -> QuantizedModel:
+        cfg = dataclasses.replace(ctx.cfg, calibrator=s["calibrator"], per_channel=s["per_channel"],
+                                  reduce_range=s["reduce_range"], auto_exclude=accuracy_control)
+        qm = _int8_candidate(dataclasses.replace(ctx, cfg=cfg), _search_fp32(state), ref)
+        ae = qm.report.get("auto_exclude", {})
+        s["fp32_nodes"] = len(ae.get("excluded", []))
+        if "skipped" in ae:
+            qm.report["search_note"] = ae["skipped"]
+        qm.provenance = {"engine": ENGINE, "format": "openvino-ir", **qm.provenance}
+        return qm
+
+    return SearchCandidate(ENGINE, s, settings_label(s), build, lambda: _search_fp32(state))
+
+
+def _nncf_settings(state: SearchState, engine: str) -> dict[str, Any]:
+    """The most faithful plain settings of ``engine`` so far (else the config's), with a calibrator NNCF has."""
+    cfg = state.ctx.cfg
+    row = state.best(engine, plain=True)
+    s = {k: row[k] for k in ("calibrator", "per_channel", "reduce_range")} if row is not None else base_settings(cfg)
+    if s["calibrator"] not in NNCF_CALIBRATORS:
+        s["calibrator"] = cfg.calibrator if cfg.calibrator in NNCF_CALIBRATORS else "minmax"
+    return s
+
+
+def _accuracy_control_stage(order: int) -> SearchStage:
+    def skip(state: SearchState) -> str | None:
+        if state.any_passes(ENGINE):
+            return "an OpenVINO candidate already passes (layers reverted to fp32 would only slow it)"
+        return None
+
+    def candidates(state: SearchState) -> Iterator[SearchCandidate]:
+        yield _ov_candidate(state, _nncf_settings(state, ENGINE), accuracy_control=True)
+
+    return SearchStage("openvino exclusion" if order > 50 else "exclusion", order, candidates, skip)
+
+
+@register_search_stages("openvino")
+def openvino_search_stages(ctx: QuantizeContext, ref: np.ndarray) -> list[SearchStage]:
+    """``--target openvino``: NNCF's calibrators, weight range and granularity (greedy), then accuracy control."""
+    return [*setting_stages(ENGINE, NNCF_CALIBRATORS, (), _ov_candidate, lambda state: base_settings(ctx.cfg, False)),
+            _accuracy_control_stage(50)]
+
+
+@register_search_stages("cpu")
+def openvino_cpu_search_stages(ctx: QuantizeContext, ref: np.ndarray) -> list[SearchStage]:
+    """``--target cpu``: NNCF int8 on the best ONNX Runtime settings (then NNCF's other calibrator), after the ONNX
+    Runtime setting stages; accuracy control after the ONNX Runtime exclusion. Skipped, saying why, where OpenVINO
+    is not installed, the model does not convert, or ``--out`` names an .onnx file."""
+    from ..errors import MedfmError
+
+    cfg = ctx.cfg
+
+    def skip(state: SearchState) -> str | None:
+        if cfg.out and str(cfg.out).lower().endswith(".onnx"):
+            return "--out names an .onnx file (give a .xml or no --out to consider OpenVINO)"
+        if "calibrator" in cfg.pinned_options() and cfg.calibrator not in NNCF_CALIBRATORS:
+            return f"--calibrator {cfg.calibrator} is pinned and NNCF has no such calibrator"
+        try:
+            _require_nncf()
+            _search_fp32(state)
+        except MedfmError as e:
+            return str(e)
+        return None
+
+    def int8(state: SearchState) -> Iterator[SearchCandidate]:
+        s = _nncf_settings(state, "onnxruntime")
+        yield _ov_candidate(state, s)
+        if "calibrator" not in cfg.pinned_options() and not state.any_passes(ENGINE):
+            yield _ov_candidate(state, {**s, "calibrator": next(c for c in NNCF_CALIBRATORS if c != s["calibrator"])})
+
+    ac = _accuracy_control_stage(60)
+    return [SearchStage("openvino", 40, int8, skip),
+            SearchStage(ac.name, ac.order, ac.candidates, lambda state: skip(state) or ac.skip(state))]

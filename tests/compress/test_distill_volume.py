@@ -109,6 +109,7 @@ def test_quantize_gate_refuses_a_bad_int8_embedding(run, specs, tmp_path):
                 num_calib=4,
                 num_holdout=4,
                 min_cosine=1.0,
+                search=False,
                 latency_runs=1,
                 progress=False,
             )

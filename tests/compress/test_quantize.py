@@ -7,9 +7,9 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
+from support.quant_models import tiny_resnet_onnx
 from support.tiny import TINY_DATA as TINY
 
 from medfm_compress.cli import cli
@@ -18,33 +18,14 @@ from medfm_compress.compress.calibration import build_calibration, stratified_in
 from medfm_compress.compress.quantize import QuantizeConfig, available_targets, quantize, register_target
 from medfm_compress.data import PreprocessSpec
 from medfm_compress.errors import ConfigError, DataError, GateFailure, ModelError
-from medfm_compress.export.onnx_build import export_model_to_onnx
-from medfm_compress.runtime.metadata import ModelMeta
 from medfm_compress.runtime.onnx_loader import ort_session, read_meta
 
 FAST = {"num_calib": 32, "num_holdout": 32, "latency_runs": 5, "progress": False}
 
 
-def _tiny_model(channels=1, size=32):
-    from medfm_compress.models import create_model
-
-    torch.manual_seed(0)
-    m = create_model("timm:medfm_resnet10_w16", 4, channels, size).eval()
-    # timm zero-initialises the last BN of each block; randomise so quantization error is not hidden.
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.weight.data.uniform_(0.5, 1.5)
-            mod.bias.data.uniform_(-0.2, 0.2)
-            mod.running_var.data.uniform_(0.5, 2.0)
-    return m
-
-
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    d = tmp_path_factory.mktemp("q")
-    pre = PreprocessSpec((32, 32), 1, (0.5,), (0.25,))
-    meta = ModelMeta(pre, "multiclass", ["a", "b", "c", "d"], "timm:medfm_resnet10_w16")
-    return export_model_to_onnx(_tiny_model(), meta, d / "tiny.onnx", torch.zeros(1, 1, 32, 32))
+    return tiny_resnet_onnx(tmp_path_factory.mktemp("q") / "tiny.onnx")
 
 
 def _ops(proto):
@@ -282,7 +263,7 @@ def test_auto_exclude_refuses_a_model_no_faster_than_fp32(tiny_onnx, tmp_path, m
     monkeypatch.setattr(latency, "interleaved_latency_ms", fp32_fastest)
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
     cfg = QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "x.onnx"), calib_data=TINY,
-                         min_agreement=0.0, min_cosine=0.99995, auto_exclude=True, **FAST)
+                         min_agreement=0.0, min_cosine=0.99995, auto_exclude=True, search=False, **FAST)
     msg = r"only with \d+ of \d+ nodes in fp32, and that model is not faster than fp32 \(2\.00 vs 1\.00 ms\)"
     with pytest.raises(GateFailure, match=msg):
         quantize(cfg)
@@ -323,10 +304,12 @@ def test_exclusion_schedule():
 
 
 def test_gate_failure_writes_nothing(tiny_onnx, tmp_path):
+    """The single shot (--no-search): the first model misses the gate, refused with today's hints."""
     out = tmp_path / "g.onnx"
-    with pytest.raises(GateFailure, match="parity gate"):
+    with pytest.raises(GateFailure, match="parity gate.*try --auto-exclude, another --calibrator"):
         quantize(
-            QuantizeConfig(input=str(tiny_onnx), out=str(out), calib_data=TINY, min_cosine=0.9999999, **FAST)
+            QuantizeConfig(input=str(tiny_onnx), out=str(out), calib_data=TINY, min_cosine=0.9999999, search=False,
+                           **FAST)
         )
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -609,10 +592,12 @@ def test_cli_gate_failure_exit_3(tiny_onnx, tmp_path):
             "16",
             "--num-holdout",
             "16",
+            "--no-search",
             "--quiet",
         ]
     )
     _assert_one_line_error(r, out, code=3)
+    assert "try --auto-exclude, another --calibrator" in r.output and "search" not in r.output
 
 
 def test_precision_mismatch_is_model_error(tmp_path, tiny_onnx):

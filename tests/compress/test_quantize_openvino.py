@@ -69,7 +69,7 @@ def test_fp32_default_name_and_refusals(fp32, tmp_path):
         quantize(_cfg(fp32, target="openvino", precision="fp16"))
     with pytest.raises(GateFailure, match="--auto-exclude"):
         # An agreement above what plain PTQ reaches on this random-weight net (checked below) fails the gate.
-        quantize(_cfg(fp32, target="openvino", min_agreement=1.0, min_cosine=0.999999))
+        quantize(_cfg(fp32, target="openvino", min_agreement=1.0, min_cosine=0.999999, search=False))
     assert not list(tmp_path.iterdir())
 
 
