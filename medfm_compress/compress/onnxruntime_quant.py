@@ -71,6 +71,10 @@ def preprocessed(fp32_path: Path, workdir: Path) -> Path:
     return out
 
 
+# Images per calibration batch.
+CALIB_BATCH = 16
+
+
 class StaticQuantizer:
     """Static QDQ quantization of one fp32 model with calibration ranges computed once."""
 
@@ -137,7 +141,13 @@ class StaticQuantizer:
             # ORT's histogram calibrators print their progress to stdout, which must stay clean for --json.
             with contextlib.redirect_stdout(io.StringIO()):
                 for start in range(0, len(x), chunk):
-                    cal.collect_data(CalibrationReader(name, x, 16, start, start + chunk))
+                    end = min(len(x), start + chunk)
+                    # ORT's histogram collectors stack the batches of one pass into one array, so a pass must
+                    # hold batches of one size: the full batches first, the remainder in a pass of its own.
+                    full = start + (end - start) // CALIB_BATCH * CALIB_BATCH
+                    for a, b in ((start, full), (full, end)):
+                        if b > a:
+                            cal.collect_data(CalibrationReader(name, x, CALIB_BATCH, a, b))
                 save_tensors_data(cal.compute_data(), self.cache)
         except Exception as e:  # ORT raises its own types for ops it cannot run
             raise ModelError(

@@ -116,6 +116,15 @@ def test_entropy_records_bins(tiny_onnx, tmp_path):
     assert res.meta.provenance["quantization"]["num_bins"] == 256
 
 
+def test_histogram_calibration_with_a_partial_last_batch(tiny_onnx, tmp_path):
+    # 37 images: two batches of 16 and a remainder of 5, which ORT's histogram collectors cannot stack with them.
+    for calibrator in ("percentile", "entropy"):
+        res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / f"{calibrator}.onnx"), calib_data=TINY,
+                                      calibrator=calibrator, num_bins=128, min_agreement=0.0,
+                                      **{**FAST, "num_calib": 37}))
+        assert res.meta.provenance["quantization"]["calibration"]["num_calibration"] == 37
+
+
 def test_dynamic_and_fp16(tiny_onnx, tmp_path):
     dyn = quantize(
         QuantizeConfig(
