@@ -32,7 +32,8 @@ from ..errors import ConfigError, ModelError
 from ..manifest import Manifest, check_inputs
 from .artifacts import TrainLog, write_model
 
-__all__ = ["AdaptConfig", "AdaptResult", "AdaptedTeacher", "adapt", "adapt_teacher", "METHODS", "summary_warnings"]
+__all__ = ["AdaptConfig", "AdaptResult", "AdaptedTeacher", "adapt", "adapt_teacher", "METHODS", "summary_warnings",
+           "file_head_classes"]
 
 METHODS = ("linear", "finetune")
 CONFIG_VERSION = 1
@@ -140,7 +141,7 @@ def _classifier_name(model) -> str:
     raise ModelError("the classifier head is not a submodule of the model")
 
 
-def _file_head_classes(arch: str, weights: str, key_map: str, in_chans: int, img_size: int | None) -> int | None:
+def file_head_classes(arch: str, weights: str, key_map: str, in_chans: int, img_size: int | None) -> int | None:
     """Classes the weight file's head predicts (None when the file holds no head, e.g. an encoder only)."""
     from ..models.factory import create_model
     from ..models.weights import read_state_dict
@@ -202,7 +203,7 @@ def build_pretrained(cfg: AdaptConfig, task, log):
         if in_chans not in (1, 3):
             raise ModelError(f"{cfg.teacher_weights}: the first convolution takes {in_chans} channels; only 1 or 3 "
                              "are supported")
-        file_classes = _file_head_classes(cfg.teacher, cfg.teacher_weights, cfg.weights_key_map, in_chans, img)
+        file_classes = file_head_classes(cfg.teacher, cfg.teacher_weights, cfg.weights_key_map, in_chans, img)
         torch.manual_seed(cfg.seed)
         if file_classes is None:
             model = create_model(cfg.teacher, task.num_classes, in_chans, img)
@@ -300,17 +301,23 @@ def _scored(logits: np.ndarray, labels: np.ndarray, task: str, seed: int) -> dic
 
 
 class _BestState:
-    """Keeps the state with the best validation AUC (ties: the earlier epoch) and says when to stop."""
+    """Keeps the state with the best validation score and says when to stop.
+
+    The score is (macro AUC, -cross-entropy): AUC first, and where it saturates (a small val split reaches 1.0
+    early, long before the head is calibrated) the lower validation loss decides; ties keep the earlier epoch.
+    """
 
     def __init__(self, module, patience: int):
         self.module, self.patience = module, patience
-        self.best: float = -np.inf
+        self.best: tuple[float, float] = (-np.inf, -np.inf)
         self.best_epoch = 0
         self.state = None
 
-    def update(self, epoch: int, score: float) -> None:
-        if score > self.best + 1e-6:
-            self.best, self.best_epoch = score, epoch
+    def update(self, epoch: int, auc: float, loss: float) -> None:
+        auc = round(float(auc), 6)
+        better = auc > self.best[0] or (auc == self.best[0] and -loss > self.best[1] + 1e-6)
+        if better:
+            self.best, self.best_epoch = (auc, -float(loss)), epoch
             self.state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
     def stop(self, history) -> bool:
@@ -378,6 +385,8 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
     y_lab = np.asarray(train.labels)[labeled]
     label_dtype = torch.float32 if task.task == "multilabel" else torch.int64
     y_t = torch.from_numpy(y_lab).to(device=device, dtype=label_dtype)
+    y_val = (torch.from_numpy(np.asarray(val.labels)).to(device=device, dtype=label_dtype) if val is not None
+             else None)
     epochs, lr, patience = cfg.resolved_epochs, cfg.resolved_lr, cfg.resolved_patience
     model = model.to(device)
     ckpt_dir = ensure_dir(Path(work_dir) / "checkpoints")
@@ -404,9 +413,11 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
             if f_val is None:
                 return {}
             with torch.no_grad():
-                auc = macro_auc(head(f_val).float().cpu().numpy(), val.labels, task.task)
-            best.update(epoch, auc)
-            return {"val_auc": round(float(auc), 4)}
+                logits = head(f_val).float()
+                loss = float(hard_label_loss(logits, y_val, task.task))
+            auc = macro_auc(logits.cpu().numpy(), val.labels, task.task)
+            best.update(epoch, auc, loss)
+            return {"val_auc": round(float(auc), 4), "val_loss": round(loss, 4)}
 
         loop = LoopConfig("head", spe, epochs, lr, 1e-4, bs, cfg.seed, False)
         result = run_loop(loop, {"head": head}, step, np.arange(len(labeled)), ckpt_dir / "adapt-head.pt", False, log,
@@ -440,8 +451,9 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
                 return {}
             logits, _ = predict(model, xs["val"].to(device), batch_size=64)
             auc = macro_auc(logits, val.labels, task.task)
-            best.update(epoch, auc)
-            return {"val_auc": round(float(auc), 4)}
+            loss = float(hard_label_loss(torch.from_numpy(logits).to(device), y_val, task.task))
+            best.update(epoch, auc, loss)
+            return {"val_auc": round(float(auc), 4), "val_loss": round(loss, 4)}
 
         n_enc = sum(p.numel() for p in encoder.parameters())
         log(f"fine-tune: {n_enc / 1e6:.2f}M encoder parameters at {cfg.encoder_lr_scale} x lr"

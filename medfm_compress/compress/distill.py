@@ -434,15 +434,26 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
             )
         teacher_model = tcard.build()
     else:
-        teacher_model = create_model(teacher_arch, task.num_classes, task.channels, run.student_pre.input_size[0])
+        head, in_ch, size = task.num_classes, task.channels, run.student_pre.input_size[0]
+        if teacher_weights and cfg.labels == "none":
+            # An embedding teacher keeps its own head (any label set, or none) and input channels: only its
+            # features are distilled, from the data re-expressed in its preprocessing.
+            from ..models.weights import first_conv_in_chans
+            from .adapt import file_head_classes, teacher_preprocess
+
+            in_ch = first_conv_in_chans(teacher_weights) or task.channels
+            head = file_head_classes(teacher_arch, teacher_weights, cfg.weights_key_map, in_ch, size) or head
+        teacher_model = create_model(teacher_arch, head, in_ch, size)
+        if in_ch != task.channels:
+            teacher_pre = teacher_preprocess(teacher_model, task, in_ch, size, run.student_pre, pretrained=True)
         tcard = ModelCard(
             arch=teacher_arch,
-            num_classes=task.num_classes,
-            in_chans=task.channels,
+            num_classes=head,
+            in_chans=in_ch,
             img_size=run.student_pre.input_size[0] if "img_size" in accepted_keywords(teacher_model) else None,
             task=task.task,
-            label_names=task.label_names,
-            preprocess=run.student_pre,
+            label_names=task.label_names if head == task.num_classes else [],
+            preprocess=teacher_pre,
             role="teacher",
         )
     teacher_weights_path: Path | None = None
@@ -496,7 +507,7 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
     teacher = FrozenTeacher(teacher_model.to(run.device), tcard, teacher_source)
     t_metrics, t_test_logits, _ = (
         evaluate_model(teacher.model, adapt_batch(run.x_test, run.student_pre, teacher_pre), run.test.labels, task.task)
-        if classifier_present(teacher.model)
+        if classifier_present(teacher.model) and (task.task == "multilabel" or tcard.num_classes == task.num_classes)
         else ({}, None, None)
     )
     if t_metrics:
@@ -709,6 +720,7 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
               metrics: dict[str, Any]) -> dict[str, Path]:
     """Student, teacher and baseline weights + cards, ``metrics.json`` and the manifest record (rank 0)."""
     from ..data.digest import SPLITS_CSV, data_digest, write_splits_csv
+    from ..data.spec import absolute_spec
     from ..models.card import ModelCard
     from ..models.factory import count_params
     from ..models.weights import save_state_dict
@@ -717,6 +729,7 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
     provenance = {
         "tool": f"medfm-compress {__version__}",
         "data": task.source,
+        "data_absolute": absolute_spec(task.source),  # the same data named from any working directory
         "teacher": resolved.arch,
         "teacher_source": teacher.source,
         "losses": list(student.losses),

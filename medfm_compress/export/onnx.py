@@ -96,11 +96,19 @@ def check_images(data_spec: str, pre, n: int, seed: int = 0) -> np.ndarray:
 
 def _training_data(card, run_dir: Path | None) -> str | None:
     """The data spec a model was trained on: its card, else (teacher of a run) the run's student card."""
-    spec = card.provenance.get("data") or card.provenance.get("trained_on")
-    if not spec and run_dir is not None and (run_dir / "student.json").is_file():
+    from ..data.spec import parse_data_spec
+
+    prov = card.provenance
+    if not (prov.get("data") or prov.get("trained_on")) and run_dir is not None and (run_dir / "student.json").is_file():
         from ..models.card import ModelCard
 
-        spec = ModelCard.load(run_dir / "student.json").provenance.get("data")
+        prov = ModelCard.load(run_dir / "student.json").provenance
+    spec = prov.get("data") or prov.get("trained_on")
+    # A relative folder path names the data from the directory distill ran in; from elsewhere, the absolute one.
+    if spec and prov.get("data_absolute"):
+        _, path, _ = parse_data_spec(spec)
+        if path and not Path(path).exists():
+            spec = prov["data_absolute"]
     return spec
 
 

@@ -127,6 +127,22 @@ def test_weights_key_map_order(tmp_path, tiny_run, binary_npz):
     assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == ["train.error.log"]
 
 
+def test_embedding_teacher_with_foreign_head_channels_and_names(tmp_path):
+    # An RGB "foundation" checkpoint with a 10-class head and another implementation's names: --labels none
+    # distills its features; the head and the 3 input channels are its own.
+    from medfm_compress.models import create_model
+
+    torch.manual_seed(0)
+    sd = create_model(TINY_TEACHER, 10, 3).state_dict()
+    torch.save({f"m{i}.{k.replace('.', '_')}": v for i, (k, v) in enumerate(sd.items())}, tmp_path / "fm.pt")
+    r = distill(DistillConfig(data=TINY_DATA, teacher=TINY_TEACHER, teacher_weights=str(tmp_path / "fm.pt"),
+                              weights_key_map="order", labels="none", student=TINY_STUDENT, epochs=1, head_epochs=2,
+                              batch_size=32, out=str(tmp_path / "emb"), progress=False))
+    card = json.loads((tmp_path / "emb" / "teacher.json").read_text())
+    assert card["num_classes"] == 10 and card["in_chans"] == 3 and card["preprocess"]["channels"] == 3
+    assert "student_teacher_agreement" not in r.metrics and r.metrics["student"]["macro_auc"] > 0
+
+
 def test_summary_is_honest_and_teacher_epochs_any_data(tmp_path, binary_npz):
     runner = CliRunner()
     out = tmp_path / "scratch"
