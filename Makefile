@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medfm-installed
-EXTRAS ?= all,dev
+EXTRAS ?= all,dev,bench-real
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test lint clean cpp

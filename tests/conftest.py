@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
@@ -100,3 +104,36 @@ def gray_onnx(tmp_path_factory):
     return export_model_to_onnx(
         model, meta, tmp_path_factory.mktemp("m") / "gray.onnx", torch.zeros(1, 1, 32, 32)
     )
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _missing_toolchain() -> str | None:
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found; the C++ runtime needs cmake and a C++17 compiler (apt-get install cmake g++)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cpp_build() -> Path:
+    """Configure and build the C++ runtime (csrc/) once per session (Release) into ``build/cpp-pytest``, under a
+    lock so that concurrent pytest sessions do not build into each other; returns the build directory."""
+    reason = _missing_toolchain()
+    if reason:
+        pytest.skip(reason)
+    build = REPO / "build" / "cpp-pytest"
+    build.parent.mkdir(parents=True, exist_ok=True)
+    with open(REPO / "build" / ".cpp-pytest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run(
+            ["bash", str(REPO / "scripts" / "build_cpp_runtime.sh"), str(build)],
+            env={**os.environ, "PYTHON": sys.executable, "JOBS": "2"},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    if proc.returncode != 0:
+        pytest.fail(f"C++ runtime build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return build

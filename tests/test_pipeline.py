@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 from pathlib import Path
@@ -165,3 +166,25 @@ def test_dicom_example_recipe_on_small_data(tmp_path):
                   f"dicom:{d}?size=32", tmp_path / "t.safetensors")
     res = run_pipeline(resolve_recipe(raw), progress=False)
     assert "bench" in res.ran and res.report is not None
+
+
+@pytest.mark.slow
+def test_adapt_and_distill_recipe_on_small_data(tmp_path):
+    """The recipe's chain with a foreign-named checkpoint mapped in order and adapted inline to the labels."""
+    import torch
+
+    from medfm_compress.models import create_model
+
+    torch.manual_seed(0)
+    sd = create_model(TINY_TEACHER, 10, 1).state_dict()
+    torch.save({f"net{i}.{k.replace('.', '_')}": v for i, (k, v) in enumerate(sd.items())}, tmp_path / "t.pt")
+    raw = _shrink(yaml.safe_load((RECIPES / "adapt-and-distill.yaml").read_text()), tmp_path / "run", TINY_DATA,
+                  tmp_path / "t.pt")
+    assert raw["distill"]["weights_key_map"] == "order" and raw["distill"]["teacher_adapt"] == "linear"
+    res = run_pipeline(resolve_recipe(raw), progress=False)
+    assert "bench" in res.ran and res.report is not None
+    teacher = json.loads((tmp_path / "run" / "teacher.json").read_text())
+    assert teacher["num_classes"] == 4 and "adapted" in teacher["provenance"]["source"]
+    assert (tmp_path / "run" / "splits.csv").is_file()
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "How the student was trained" in md and "Distilled minus label-only macro AUC" in md

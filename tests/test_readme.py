@@ -30,10 +30,11 @@ def test_readme_has_the_two_setup_commands():
 
 @pytest.mark.slow  # the whole tour: minutes
 @pytest.mark.skipif(not README.exists(), reason="no README")
-def test_readme_bash_blocks_run(tmp_path):
+def test_readme_bash_blocks_run(tmp_path, cpp_build):
     blocks = bash_blocks(README.read_text())
     assert blocks, "README has no executable bash blocks"
     env = dict(os.environ)
+    env["MEDFM_RUN"] = str(cpp_build / "medfm-run")  # the C++ CLI the README's blocks call
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     for i, block in enumerate(blocks):
         res = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,

@@ -8,11 +8,8 @@ through ``medfm-run predict`` and through the Python runtime's ``Engine.predict`
 
 from __future__ import annotations
 
-import fcntl
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,41 +20,6 @@ from support.tiny import TINY_DATA
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _missing_toolchain() -> str | None:
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found; the C++ runtime needs cmake and a C++17 compiler (apt-get install cmake g++)"
-    return None
-
-
-@pytest.fixture(scope="session")
-def cpp_build() -> Path:
-    """Configure and build the C++ runtime once per session (Release); returns the build directory."""
-    reason = _missing_toolchain()
-    if reason:
-        pytest.skip(reason)
-    build = REPO / "build" / "cpp-pytest"
-    build.parent.mkdir(parents=True, exist_ok=True)
-    with open(REPO / "build" / ".cpp-pytest.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.run(
-            ["bash", str(REPO / "scripts" / "build_cpp_runtime.sh"), str(build)],
-            env={**_env(), "PYTHON": sys.executable, "JOBS": "2"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    if proc.returncode != 0:
-        pytest.fail(f"C++ runtime build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return build
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _medfm_run(build: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
