@@ -101,6 +101,21 @@ def test_finetune_last_blocks_only(tmp_path, tiny_run):
     assert sorted(p.name for p in (tmp_path / "ft9").iterdir()) == ["train.error.log"]
 
 
+def test_encoder_only_checkpoint(tmp_path, tiny_run, binary_npz):
+    # A checkpoint without a classifier (an encoder, as self-supervised foundation models ship): the head is new.
+    sd = {k: v for k, v in load_file(str(tiny_run / "teacher.safetensors")).items() if not k.startswith("fc.")}
+    save_file(sd, str(tmp_path / "encoder.safetensors"))
+    adapt(_adapt_cfg(tmp_path / "enc", binary_npz, tmp_path / "encoder.safetensors", epochs=3))
+    post = load_file(str(tmp_path / "enc" / "teacher.safetensors"))
+    assert post["fc.weight"].shape[0] == 2 and all(torch.equal(post[k], sd[k]) for k in sd)
+    assert "holds the encoder only" in (tmp_path / "enc" / "train.log").read_text()
+    # A missing encoder tensor is named.
+    del sd["layer1.0.conv1.weight"]
+    save_file(sd, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(ModelError, match="layer1.0.conv1.weight"):
+        adapt(_adapt_cfg(tmp_path / "broken", binary_npz, tmp_path / "broken.safetensors", epochs=1))
+
+
 def test_weights_key_map_order(tmp_path, tiny_run, binary_npz):
     sd = load_file(str(tiny_run / "teacher.safetensors"))
     # Another implementation's names, same tensors in the same order.
