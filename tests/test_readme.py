@@ -29,6 +29,7 @@ def test_readme_has_the_two_setup_commands():
 
 
 @pytest.mark.slow  # the whole tour: minutes
+@pytest.mark.timeout(1800)  # every block of the README, the real-CT chain included
 @pytest.mark.skipif(not README.exists(), reason="no README")
 def test_readme_bash_blocks_run(tmp_path, cpp_build):
     blocks = bash_blocks(README.read_text())
