@@ -30,7 +30,7 @@ from .._io import atomic_path, atomic_write_json, ensure_dir, no_partial_output,
 from ..config import config_to_dict
 from ..errors import ConfigError, ModelError
 from ..manifest import Manifest, check_inputs
-from .artifacts import TrainLog, write_model
+from .artifacts import RunResult, TrainLog, write_model
 
 __all__ = ["AdaptConfig", "AdaptResult", "AdaptedTeacher", "adapt", "adapt_teacher", "METHODS", "summary_warnings",
            "file_head_classes"]
@@ -122,11 +122,7 @@ class AdaptedTeacher:
     metrics: dict[str, Any]
 
 
-@dataclass
-class AdaptResult:
-    out: Path
-    metrics: dict[str, Any]
-    artifacts: dict[str, Path]
+AdaptResult = RunResult
 
 
 def _classifier_name(model) -> str:

@@ -5,12 +5,23 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from .._io import atomic_path
 
-__all__ = ["TrainLog", "write_model", "link_or_copy"]
+__all__ = ["TrainLog", "write_model", "link_or_copy", "RunResult"]
+
+
+@dataclass
+class RunResult:
+    """What a training stage (distill, adapt) returns: its run directory, metrics and written artifacts."""
+
+    out: Path
+    metrics: dict[str, Any]
+    artifacts: dict[str, Path]
 
 
 class TrainLog:

@@ -26,7 +26,7 @@ from .._io import atomic_write_json, ensure_dir, no_partial_output, sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ModelError
 from ..manifest import Manifest, check_inputs
-from .artifacts import TrainLog, link_or_copy, write_model
+from .artifacts import RunResult, TrainLog, link_or_copy, write_model
 from .taskprep import (
     FrozenTeacher,
     accepted_keywords,
@@ -150,11 +150,7 @@ class DistillConfig:
         return config_to_dict(self)
 
 
-@dataclass
-class DistillResult:
-    out: Path
-    metrics: dict[str, Any]
-    artifacts: dict[str, Path]
+DistillResult = RunResult
 
 
 def _init_distributed(device) -> bool:

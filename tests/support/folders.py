@@ -33,29 +33,12 @@ def patient_folder(root: Path, patients: int = 40, size: int = 8, seed: int = 0,
 def write_dicom_image(path: Path, pixels: np.ndarray, patient_id: str | None = None, study_uid: str | None = None
                       ) -> Path:
     """One small MONOCHROME2 CT image; PatientID / StudyInstanceUID only when given."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from .volume_fixtures import ct_dataset
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
+    ds = ct_dataset(*pixels.shape, pixels)
     if patient_id is not None:
         ds.PatientID = patient_id
     if study_uid is not None:
         ds.StudyInstanceUID = study_uid
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -45,41 +45,48 @@ def write_inv3(
     return path
 
 
+def ct_dataset(rows: int, cols: int, pixels_u16: np.ndarray, slope: float = 1.0, intercept: float = -1024.0):
+    """A MONOCHROME2 16-bit CT image dataset (file meta, fresh SOP instance UID), ready for more tags and
+    ``save_as``; shared by the series and single-image writers of the tests."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = rows, cols
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels_u16, dtype=np.uint16).tobytes()
+    return ds
+
+
 def write_dicom_series(
     folder: Path, hu_zyx: np.ndarray, spacing_xyz=(0.8, 0.7, 2.0), slope=1.0, intercept=-1024.0, order=None
 ) -> Path:
     """One CT series, one file per slice, written in ``order`` (default reversed) so the reader must sort."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     series = generate_uid()
     nz = hu_zyx.shape[0]
     stored = np.round((hu_zyx.astype(np.float64) - intercept) / slope).astype(np.uint16)
     for k in order if order is not None else range(nz - 1, -1, -1):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds = ct_dataset(hu_zyx.shape[1], hu_zyx.shape[2], stored[k], slope, intercept)
         ds.SeriesInstanceUID = series
-        ds.Modality = "CT"
-        ds.Rows, ds.Columns = hu_zyx.shape[1], hu_zyx.shape[2]
         ds.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]  # row spacing (y), column spacing (x)
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [0.0, 0.0, -50.0 + k * spacing_xyz[2]]
-        ds.RescaleSlope = slope
-        ds.RescaleIntercept = intercept
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.PixelData = stored[k].tobytes()
         ds.save_as(folder / f"slice_{(k * 7919) % 1000:04d}_{k}.dcm", enforce_file_format=True)
     (folder / "README.txt").write_text("not a DICOM file")
     return folder
