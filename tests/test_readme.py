@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,13 @@ def test_readme_bash_blocks_run(tmp_path, cpp_build):
     env["MEDFM_RUN"] = str(cpp_build / "medfm-run")  # the C++ CLI the README's blocks call
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     for i, block in enumerate(blocks):
-        res = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, capture_output=True,
-                             text=True, timeout=900)
-        assert res.returncode == 0, f"README bash block {i} failed ({res.returncode}):\n{block}\n{res.stderr[-3000:]}"
+        # Each block in its own process group: a block past its time is killed with everything it started.
+        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            pytest.fail(f"README bash block {i} ran past 900 s:\n{block}\n{err[-3000:]}")
+        assert proc.returncode == 0, f"README bash block {i} failed ({proc.returncode}):\n{block}\n{err[-3000:]}"
