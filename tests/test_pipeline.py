@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +156,12 @@ def test_dicom_example_recipe_on_small_data(tmp_path):
     d = tmp_path / "dcm"
     d.mkdir()
     rows = ["file,label,split"]
+    ds = pydicom.dcmread(ct)
+    base = ds.pixel_array
     for i in range(24):
-        shutil.copy(ct, d / f"s{i}.dcm")
+        # Distinct images (the real CT shifted): held-out images that repeat a calibration image are not a test.
+        ds.PixelData = np.roll(base, 3 * i, axis=1).astype(base.dtype).tobytes()
+        ds.save_as(d / f"s{i}.dcm")
         rows.append(f"s{i}.dcm,{i % 2},{'train' if i < 16 else 'test'}")
     (d / "labels.csv").write_text("\n".join(rows))
     _teacher(tmp_path / "t.safetensors", 2)
