@@ -359,6 +359,25 @@ def _variant_path(run_dir: Path, variant: dict[str, Any]) -> Path:
     return run_dir / f"student.{variant['name']}{get_target(variant['target']).suffix}"
 
 
+def _batch_artifacts(run_dir: Path, variant: dict[str, Any]) -> list[tuple[str, str]]:
+    """Bench artifacts for a ``precision: auto`` variant with ``batch_sizes``: each batch size whose recommended
+    artifact or run settings (``streams``) differ from the variant's own model, as ``student-<name>-bs<N>``."""
+    if not variant.get("batch_sizes") or len(variant["batch_sizes"]) < 2:
+        return []
+    from .runtime.onnx_loader import read_meta
+
+    main = _variant_path(run_dir, variant)
+    rows = ((read_meta(main).provenance.get("quantization") or {}).get("auto") or {}).get("by_batch") or []
+    out: dict[str, str] = {}
+    for row in rows:
+        if row["artifact"] == main.name and row["streams"] <= 1:
+            continue
+        path = str(run_dir / row["artifact"]) + (f"?streams={row['streams']}" if row["streams"] > 1 else "")
+        if path not in out.values():
+            out[f"student-{variant['name']}-bs{row['batch_size']}"] = path
+    return list(out.items())
+
+
 def _stage_config(spec: StageSpec, recipe: Recipe, **owned: Any):
     """The stage's config object: the recipe section plus the fields the pipeline owns."""
     from .config import config_from_dict
@@ -420,6 +439,8 @@ def _run_bench(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
         # QDQ models made for TensorRT are not meant for the CPU runtime; their engines are benched on GPUs.
         if q["target"] != "tensorrt":
             artifacts.append((f"student-{q['name']}", str(_variant_path(run_dir, q))))
+            # An auto variant chosen per batch size: the artifacts (or run settings) it names for other batch sizes.
+            artifacts += _batch_artifacts(run_dir, q)
     if _gpu_available():
         artifacts += [(f"student-{name}", str(path)) for name, path in engines.items()]
     gate_on = spec.config.get("gate_on")

@@ -22,6 +22,8 @@ __all__ = [
     "load_report",
     "to_markdown",
     "training_markdown",
+    "batch_choices",
+    "batch_choice_markdown",
     "retention_text",
     "to_junit",
     "plot_pareto",
@@ -199,6 +201,7 @@ def to_markdown(report: dict) -> str:
             lines.append(f"| {a['name']} | {b} | {_f(s['p50_ms'], '.3f')} | {_f(s['p90_ms'], '.3f')} "
                          f"| {_f(s['p99_ms'], '.3f')} | {_f(s['mean_ms'], '.3f')} | {_f(s['std_ms'], '.3f')} "
                          f"| {_f(s['min_ms'], '.3f')} | {_f(s['throughput_per_s'], '.1f')} | {s.get('threads')} |")
+    lines += batch_choice_markdown(report)
     lines += ["", "## End-to-end per case (raw image -> preprocessing -> engine -> probabilities), ms", "",
               "| artifact | p50 | p90 | p99 | size MB | params | peak RSS MB |", "|---|---|---|---|---|---|---|"]
     for a in report["artifacts"]:
@@ -223,6 +226,55 @@ def to_markdown(report: dict) -> str:
     else:
         lines.append("No gates were set.")
     return "\n".join(lines) + "\n"
+
+
+# Gates that judge an artifact's outputs: one that fails them is never the artifact to use.
+_ACCURACY_GATES = ("max_auc_drop", "min_agreement")
+
+
+def batch_choices(report: dict) -> list[dict[str, Any]]:
+    """Per batch size measured, the fastest artifact (engine-only p50) among those that pass every accuracy gate
+    judging them, with the runner-up and the speed-up over the reference at that batch size."""
+    failed = {g["artifact"] for g in report.get("gates", []) if g.get("gate") in _ACCURACY_GATES and not g["passed"]}
+    ref = next((a for a in report["artifacts"] if a.get("reference")), None)
+    batches = sorted({int(b) for a in report["artifacts"] for b, v in a["latency"].items() if "engine" in v})
+    out = []
+    for b in batches:
+        timed = sorted(((a["latency"][str(b)]["engine"]["p50_ms"], a) for a in report["artifacts"]
+                        if a["name"] not in failed and "engine" in a["latency"].get(str(b), {})),
+                       key=lambda t: t[0])
+        if not timed:
+            continue
+        ms, best = timed[0]
+        ref_ms = ((ref or {}).get("latency", {}).get(str(b)) or {}).get("engine", {}).get("p50_ms")
+        out.append({"batch_size": b, "artifact": best["name"], "options": best.get("options") or {},
+                    "threads": best.get("threads"), "backend": best.get("backend"),
+                    "precision": best.get("precision"), "p50_ms": ms, "throughput_per_s": b * 1000.0 / ms,
+                    "speedup_vs_reference": ref_ms / ms if ref_ms else None,
+                    "runner_up": timed[1][1]["name"] if len(timed) > 1 else None,
+                    "runner_up_ratio": timed[1][0] / ms if len(timed) > 1 else None})
+    return out
+
+
+def batch_choice_markdown(report: dict) -> list[str]:
+    """``## Which artifact at which batch size``: :func:`batch_choices` as a table (nothing when no latency)."""
+    rows = batch_choices(report)
+    if not rows:
+        return []
+    lines = ["", "## Which artifact at which batch size", "",
+             "The fastest artifact (engine-only p50, all artifacts timed in the same interleaved rounds) among those "
+             "that pass every accuracy gate judging them.", "",
+             "| batch | use | backend | precision | p50 ms | throughput/s | vs reference | runner-up (x slower) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        runner = f"{r['runner_up']} ({r['runner_up_ratio']:.2f}x)" if r["runner_up"] else "-"
+        vs = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-"
+        run = ", ".join([f"{r['threads']} thread(s)"] * bool(r["threads"])
+                        + [f"{k}={v}" for k, v in r["options"].items()])
+        use = f"{r['artifact']} ({run})" if run else r["artifact"]
+        lines.append(f"| {r['batch_size']} | {use} | {r['backend']} | {r['precision']} | {r['p50_ms']:.3f} "
+                     f"| {r['throughput_per_s']:.1f} | {vs} | {runner} |")
+    return lines
 
 
 def to_junit(report: dict) -> str:

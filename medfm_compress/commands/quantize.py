@@ -89,6 +89,14 @@ from ._common import csv_option, foreign_model_options
     metavar="SECONDS",
     help="Seconds the search may spend, checked before each candidate [default: 300].",
 )
+@click.option(
+    "--batch-sizes",
+    default=None,
+    metavar="N[,N...]",
+    help="With --precision auto: the batch sizes the model will run at (e.g. 1,32); the choice is made per batch "
+    "size (ONNX Runtime also timed as one single-threaded stream per core at batch > 1), another model winning a "
+    "later batch size is written beside --out as <stem>.bs<N>.onnx|.xml [default: 1].",
+)
 @click.option("--fp16-io", is_flag=True, help="With fp16: float16 input and output too.")
 @click.option(
     "--allow-random-calibration", is_flag=True, help="Calibrate on random tensors (recorded in metadata)."
@@ -127,6 +135,7 @@ def command(
     min_cosine,
     search,
     search_budget,
+    batch_sizes,
     fp16_io,
     allow_random_calibration,
     input_size,
@@ -175,6 +184,7 @@ def command(
         teacher=teacher,
         search=search,
         search_budget=search_budget,
+        batch_sizes=csv_option(batch_sizes, int),
         pinned=_given(click.get_current_context()),
         seed=seed,
         force=force,
@@ -214,6 +224,10 @@ def command(
             if r.get("note"):
                 click.echo(f"      {r['note']}")
         click.echo(f"chosen: {res.report.get('auto_reason', res.report.get('chosen'))}")
+    for row in res.by_batch:
+        run = f"{row['engine']}" + (f", streams={row['streams']}" if row["streams"] > 1 else "")
+        click.echo(f"batch {row['batch_size']:>4}: use {row['path']} ({row['candidate']}, {run}): "
+                   f"{row['latency_ms']:.3f} ms, {row['throughput_per_s']:.0f}/s, {row['speedup_vs_fp32']:.2f}x fp32")
     if "auto_exclude" in res.report:
         click.echo(f"auto-exclude kept {len(res.report['auto_exclude'].get('excluded', []))} node(s) in fp32")
     if "search" in res.report:

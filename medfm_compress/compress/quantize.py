@@ -92,6 +92,11 @@ class QuantizeConfig:
         model: which model of a run directory (student, teacher, baseline).
         teacher: teacher for methods that need one (qat).
         latency_runs: timed runs per candidate when latency decides (auto, auto-exclude, search).
+        batch_sizes: with ``--precision auto``: the batch sizes the model will run at (default: batch 1). Every
+            candidate is timed at each (ONNX Runtime ones at batch > 1 also as one single-threaded stream per core)
+            and the choice is made per batch size: the first batch size's winner is written at ``out``, another
+            model winning a later batch size beside it as ``<stem>.bs<N>.onnx|.xml``; the artifacts' metadata and
+            the report say which file and run settings (``streams``) to use at which batch size.
         search: when the first int8 model misses the parity gate, search the target's remedies (calibrators and
             percentiles, weight range, per-channel or per-tensor weights, latency-aware exclusion of nodes, and on
             ``cpu`` OpenVINO) and ship the fastest candidate that passes and is faster than fp32
@@ -131,6 +136,7 @@ class QuantizeConfig:
     model: str = "student"
     teacher: str | None = None
     latency_runs: int = 50
+    batch_sizes: tuple[int, ...] | None = None
     search: bool = True
     search_budget: float | None = None
     pinned: tuple[str, ...] = ()
@@ -164,6 +170,18 @@ class QuantizeConfig:
                 raise ConfigError("--search-budget has no effect with --no-search; give one of them")
             if not self.search_budget > 0:
                 raise ConfigError(f"--search-budget must be > 0 seconds, got {self.search_budget}")
+        if self.batch_sizes is not None:
+            sizes = tuple(self.batch_sizes)
+            if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
+                raise ConfigError(
+                    f"batch_sizes (--batch-sizes) must be positive integers, e.g. 1,32; got {self.batch_sizes!r}"
+                )
+            if self.precision != "auto":
+                raise ConfigError(
+                    "batch_sizes (--batch-sizes) chooses the model per batch size with precision auto; precision "
+                    f"{self.precision} makes one model for every batch size: remove batch_sizes"
+                )
+            object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(sizes)))
         unknown = sorted(set(self.pinned) - set(SEARCH_OPTIONS))
         if unknown:
             raise ConfigError(f"pinned names unknown search options {unknown}; valid: {', '.join(SEARCH_OPTIONS)}")
@@ -209,10 +227,16 @@ class QuantizedModel:
     # stores ``meta`` and writes atomically) and the output suffix used for the default name.
     save: Callable[[Any, Path], Any] | None = None
     suffix: str = ".onnx"
+    # ``--precision auto --batch-sizes``: the models that win another batch size than this one's (candidate name ->
+    # model, first winning batch size first); quantize() writes each beside the main output, ``<stem>.bs<N><suffix>``.
+    per_batch: dict[str, QuantizedModel] = field(default_factory=dict)
 
 
 @dataclass
 class QuantizeResult:
+    """What ``quantize`` wrote. ``by_batch`` (``--precision auto --batch-sizes``): per batch size the artifact
+    (``path``) and how to run it (``engine``, ``streams``), with its measured p50 and speed-up over fp32."""
+
     path: Path
     precision: str
     meta: Any
@@ -220,6 +244,7 @@ class QuantizeResult:
     seconds: float
     size_bytes: int
     input_size_bytes: int
+    by_batch: list[dict[str, Any]] = field(default_factory=list)
 
 
 # QuantizeConfig fields every target reads; the others are target options that a target declares when it
@@ -476,40 +501,80 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
         )
         qm = target.fn(ctx)
 
-        provenance = {
-            **meta.provenance,
-            "quantization": {
-                "tool": f"medfm-compress {__version__}",
-                "target": cfg.target,
-                "method": cfg.method,
-                "requested_precision": cfg.precision,
-                "precision": qm.precision,
-                "source_model": fp32_path.name,
-                "source_model_sha256": sha256_file(fp32_path),
-                "calibration": calib.provenance(),
-                **qm.provenance,
-            },
-        }
-        new_meta = dataclasses.replace(meta, precision=qm.precision, provenance=provenance)
-        if qm.save is not None:
-            out = out or _default_out(cfg, fp32_path, qm.precision).with_suffix(qm.suffix)
-            qm.save(new_meta, out)
-            # An IR is an .xml + .bin pair: both count towards its size and both go in the manifest.
-            written = {"model": out, **({"weights": out.with_suffix(".bin")} if qm.suffix == ".xml" else {})}
-        else:
-            set_meta(qm.proto, new_meta)
-            _check_output(qm.proto, cfg)
-            out = out or _default_out(cfg, fp32_path, qm.precision)
-            save_onnx(qm.proto, out)
-            written = {"onnx": out}
+        source_sha = sha256_file(fp32_path)
+
+        def metadata(m: QuantizedModel):
+            provenance = {
+                **meta.provenance,
+                "quantization": {
+                    "tool": f"medfm-compress {__version__}",
+                    "target": cfg.target,
+                    "method": cfg.method,
+                    "requested_precision": cfg.precision,
+                    "precision": m.precision,
+                    "source_model": fp32_path.name,
+                    "source_model_sha256": source_sha,
+                    "calibration": calib.provenance(),
+                    **m.provenance,
+                },
+            }
+            return dataclasses.replace(meta, precision=m.precision, provenance=provenance)
+
+        out = out or _default_out(cfg, fp32_path, qm.precision).with_suffix(qm.suffix)
+        paths = {None: out, **_per_batch_paths(qm, out)}
+        by_batch = _name_artifacts(qm, paths)
+        written: dict[str, Path] = {}
+        for m in (qm, *qm.per_batch.values()):
+            # Every model is checked before any is written, so a failure leaves nothing behind.
+            if m.save is None:
+                set_meta(m.proto, metadata(m))
+                _check_output(m.proto, cfg)
+        for key, m in ((None, qm), *qm.per_batch.items()):
+            path = paths[key]
+            tag = "" if key is None else f"_{path.name.rsplit('.', 2)[-2]}"  # _bs32
+            if m.save is not None:
+                m.save(metadata(m), path)
+                # An IR is an .xml + .bin pair: both count towards its size and both go in the manifest.
+                written |= {f"model{tag}": path, **({f"weights{tag}": path.with_suffix(".bin")}
+                                                    if m.suffix == ".xml" else {})}
+            else:
+                save_onnx(m.proto, path)
+                written[f"onnx{tag}"] = path
+        new_meta = metadata(qm)
         report = {**qm.report, "calibration": calib.provenance()}
         if manifest is not None and rec is not None:
             manifest.finish(rec, written, {k: v for k, v in report.items() if k != "calibration"})
         size_in = fp32_path.stat().st_size
     return QuantizeResult(
         out, qm.precision, new_meta, report, round(time.time() - t0, 2),
-        sum(p.stat().st_size for p in written.values()), size_in
+        sum(p.stat().st_size for k, p in written.items() if k in ("model", "weights", "onnx")), size_in,
+        [{**row, "path": out.with_name(row["artifact"])} for row in by_batch],
     )
+
+
+def _per_batch_paths(qm: QuantizedModel, out: Path) -> dict[str, Path]:
+    """Where the models winning other batch sizes go: beside ``out``, named after the first batch size each wins."""
+    rows = (qm.provenance.get("auto") or {}).get("by_batch") or []
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    paths = {}
+    for name, m in qm.per_batch.items():
+        first = min(r["batch_size"] for r in rows if r["candidate"] == name)
+        paths[name] = out.with_name(f"{stem}.bs{first}{m.suffix}")
+        if paths[name].resolve() == out.resolve():
+            raise ConfigError(f"--out {out} would be overwritten by the batch-{first} model; give another --out")
+    return paths
+
+
+def _name_artifacts(qm: QuantizedModel, paths: dict[Any, Path]) -> list[dict[str, Any]]:
+    """Fill in the file name of each batch size's artifact in the table every written model carries."""
+    auto = qm.provenance.get("auto") or {}
+    rows = auto.get("by_batch") or []
+    chosen = auto.get("chosen")
+    for row in rows:
+        row["artifact"] = paths[None if row["candidate"] == chosen else row["candidate"]].name
+    if rows:
+        qm.report["auto_by_batch"] = rows
+    return rows
 
 
 def _check_output(proto, cfg: QuantizeConfig) -> None:

@@ -65,7 +65,7 @@ def _check_cpu(proto, cfg) -> None:
 
 @register_target("cpu", precisions=CPU_PRECISIONS, methods=("ptq",), check=_check_cpu,
                  options=("calibrator", "num_bins", "percentile", "per_channel", "reduce_range", "auto_exclude",
-                          "exclude_nodes", "fp16_io", "latency_runs", "search", "search_budget"))
+                          "exclude_nodes", "fp16_io", "latency_runs", "batch_sizes", "search", "search_budget"))
 def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
     """ONNX Runtime CPU: static QDQ U8S8 int8 (searched for a passing model when it misses the gate), dynamic int8,
     fp16, or the fastest that passes (auto)."""

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendMissingError, ModelError, first_line
+from ..errors import BackendMissingError, ConfigError, ModelError, first_line
 from .metadata import ModelMeta, decode_metadata
 
-__all__ = ["load_onnx_checked", "read_meta", "read_onnx_meta", "ort_session", "run_onnx", "require_onnx"]
+__all__ = ["load_onnx_checked", "read_meta", "read_onnx_meta", "ort_session", "run_onnx", "require_onnx",
+           "BatchStreams", "stream_threads"]
 
 
 def require_onnx():
@@ -116,19 +117,72 @@ def _load_external_data_safely(proto, path: Path) -> None:
         raise ModelError(f"{path}: cannot read its external data ({first_line(e)})") from None
 
 
-def ort_session(model, threads: int | None = None):
-    """An ONNX Runtime CPU session for a ``ModelProto``, bytes or path; a model ORT cannot load is an error."""
+def ort_session(model, threads: int | None = None, streams: int = 1):
+    """An ONNX Runtime CPU session for a ``ModelProto``, bytes or path; a model ORT cannot load is an error.
+
+    ``streams`` > 1: a session for :class:`BatchStreams` (``threads // streams`` intra-op threads per run, all cores
+    when ``threads`` is None)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if threads:
+    if streams > 1:
+        opts.intra_op_num_threads = stream_threads(threads, streams)
+        opts.inter_op_num_threads = 1
+    elif threads:
         opts.intra_op_num_threads = threads
     src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     try:
         return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, NotImplemented, ...)
         raise ModelError(f"ONNX Runtime cannot load the model: {first_line(e)}") from None
+
+
+def stream_threads(threads: int | None, streams: int) -> int:
+    """Intra-op threads of each of ``streams`` concurrent runs on ``threads`` cores (None: every core); more streams
+    than cores is an error."""
+    import os
+
+    cores = threads or os.cpu_count() or 1
+    if not isinstance(streams, int) or isinstance(streams, bool) or streams < 1:
+        raise ConfigError(f"streams must be an integer >= 1, got {streams!r}")
+    if streams > cores:
+        raise ConfigError(f"streams ({streams}) must not exceed the threads ({cores}): each stream needs a core of "
+                          "its own; lower streams or raise threads")
+    return max(1, cores // streams)
+
+
+class BatchStreams:
+    """Runs a batch as ``streams`` contiguous sub-batches at once, one per thread, and concatenates the outputs.
+
+    Why: ONNX Runtime's quantized convolution (QLinearConv) loops over the images of a batch one by one and splits
+    each image's output pixels among the intra-op threads, so deep layers of a small input (2x2 pixels at 64x64)
+    get one task per image and every image pays a thread-pool dispatch per layer; float NCHWc convolutions split
+    the whole batch. Single-threaded runs of sub-batches side by side use every core for any op. ``fn`` runs one
+    sub-batch (ONNX Runtime releases the GIL); the calling thread runs the first one itself.
+    """
+
+    def __init__(self, streams: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        stream_threads(streams, streams)  # checks the value
+        self.streams = streams
+        self._pool = ThreadPoolExecutor(streams - 1, thread_name_prefix="medfm-stream") if streams > 1 else None
+
+    def run(self, fn, x: np.ndarray):
+        """``fn(x)``, or ``fn`` of ``min(streams, len(x))`` sub-batches at once, concatenated along the batch axis."""
+        parts = min(self.streams, len(x))
+        if parts <= 1 or self._pool is None:
+            return fn(x)
+        chunks = np.array_split(x, parts)
+        futures = [self._pool.submit(fn, c) for c in chunks[1:]]
+        first = fn(chunks[0])
+        return np.concatenate([first, *(f.result() for f in futures)], axis=0)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def run_onnx(model, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
