@@ -108,6 +108,47 @@ def test_bad_yaml_and_unknown_stage(tmp_path):
 def test_demo_recipe_file_matches_the_builtin():
     assert yaml.safe_load((RECIPES / "demo.yaml").read_text()) == DEMO_RECIPE
     resolve_recipe(DEMO_RECIPE)
+    # The demo shows distillation where it pays: scarce labels, against a label-only baseline of the same steps.
+    assert DEMO_RECIPE["distill"]["label_fraction"] < 1.0 and DEMO_RECIPE["distill"]["baseline"]
+
+
+def _demo_report(gain_ci, passed=True):
+    def lat(ms):
+        return {"1": {"engine": {"p50_ms": ms}}}
+
+    return {
+        "reference": "teacher", "passed": passed, "config": {"gate_on": ["student-int8"]},
+        "gates": [{"name": "min_speedup[student-int8]", "passed": passed}],
+        "artifacts": [
+            {"name": "teacher", "backend": "torch", "precision": "fp32", "size_bytes": 44.7e6, "latency": lat(20.0)},
+            {"name": "student-int8", "backend": "onnxruntime", "precision": "int8", "threads": 1, "size_bytes": 0.76e6,
+             "latency": lat(0.25), "parity": {"deltas": {"macro_auc": {"delta": -0.002, "ci_low": -0.006,
+                                                                       "ci_high": 0.001}}}},
+        ],
+        "training": {"label_fraction": 0.1, "teacher": {"macro_auc": 0.983}, "student": {"macro_auc": 0.983},
+                     "baseline": {"macro_auc": 0.898}, "distill_gain_auc": 0.085, "distill_gain_auc_ci": gain_ci},
+    }
+
+
+def test_demo_summary_states_the_gain_and_the_cost_with_their_cis():
+    from medfm_compress.pipeline import demo_summary
+
+    text = "\n".join(demo_summary(_demo_report([0.071, 0.103])))
+    assert "10% of the training labels" in text
+    assert "distilled minus label-only: +0.0850, paired 95% CI [+0.0710, +0.1030]: distillation pays" in text
+    assert "80x faster at batch 1" in text and "drop 0.20 points (95% CI upper bound 0.60)" in text
+    assert "gates: all passed" in text
+    assert "no significant difference" in "\n".join(demo_summary(_demo_report([-0.01, 0.02])))
+    assert "distillation loses" in "\n".join(demo_summary(_demo_report([-0.03, -0.01], passed=False)))
+    assert demo_summary(None) == [] and demo_summary({"artifacts": []}) == []
+
+
+def test_demo_print_config_shows_the_scarce_label_recipe():
+    r = CliRunner().invoke(cli, ["demo", "--print-config"])
+    assert r.exit_code == 0, r.output
+    printed = yaml.safe_load(r.output)
+    assert printed["distill"]["label_fraction"] == DEMO_RECIPE["distill"]["label_fraction"]
+    assert printed["distill"]["epochs"] == DEMO_RECIPE["distill"]["epochs"]
 
 
 def _shrink(raw, out, data, teacher_weights):
@@ -191,3 +232,30 @@ def test_adapt_and_distill_recipe_on_small_data(tmp_path):
     assert (tmp_path / "run" / "splits.csv").is_file()
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "How the student was trained" in md and "Distilled minus label-only macro AUC" in md
+
+
+@pytest.mark.slow
+def test_demo_command_ends_with_the_gain_and_the_cost(tmp_path, monkeypatch):
+    """`demo` through the CLI on a shrunk copy of its recipe: the report and the console state what distillation
+    bought at the demo's label fraction and what the shipped INT8 student costs against the teacher."""
+    pytest.importorskip("tensorrt_rtx")
+    import copy
+
+    from medfm_compress import pipeline
+
+    raw = copy.deepcopy(DEMO_RECIPE)
+    raw["data"] = TINY_DATA
+    raw["distill"].update(teacher=TINY_TEACHER, teacher_epochs=1, student=TINY_STUDENT, epochs=1, batch_size=8)
+    raw["bench"].update(FAST_BENCH, min_speedup=0.0, max_auc_drop=100.0)
+    for q in raw["quantize"]:
+        q.update(num_calib=16, num_holdout=16, min_agreement=0.0)
+    monkeypatch.setattr(pipeline, "DEMO_RECIPE", raw)
+    r = CliRunner().invoke(cli, ["demo", "--quiet", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    tail = r.output[r.output.index("Demo summary"):]
+    assert f"{100 * DEMO_RECIPE['distill']['label_fraction']:g}% of the training labels" in tail
+    assert "distilled minus label-only:" in tail and "paired 95% CI [" in tail
+    assert "student-int8 (onnxruntime int8) vs teacher (torch fp32):" in tail and "x faster at batch 1" in tail
+    assert "95% CI upper bound" in tail and "gates: all passed" in tail
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "Labelled fraction of the training split: 0.1" in md and "Distilled minus label-only macro AUC" in md

@@ -155,7 +155,7 @@ def training_markdown(t: dict | None) -> list[str]:
 def retention_text(r: float) -> str:
     """AUC retention in words: over 100% is the student beating the teacher, not a share kept."""
     if r > 1.0:
-        return f"the student beats the teacher ({100 * (r - 1):.1f}% higher macro AUC)"
+        return f"the student beats the teacher ({100 * (r - 1):.2f}% higher macro AUC)"
     return f"the student keeps {100 * r:.1f}% of the teacher's macro AUC"
 
 
