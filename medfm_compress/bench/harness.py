@@ -213,11 +213,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     gate held. Raises :class:`~medfm_compress.errors.MedfmError` for bad input (nothing is written then).
     """
     from ..data import load_data
+    from ..data.dataset import require_task
     from ..runtime import Engine
     from .parity import check_data_matches, evaluate, parity, predict_logits, reference_thresholds
     from .report import SCHEMA_VERSION, write_reports
 
     task_data = load_data(cfg.data)
+    require_task(task_data, ("multiclass", "binary", "multilabel", "embedding"), "bench")
     split = task_data.split(cfg.split)
     if task_data.task != "multilabel" and split.labels.ndim != 1:
         raise DataError(f"{cfg.data}: the {cfg.split} split has no class labels to score against")

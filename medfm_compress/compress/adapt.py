@@ -523,6 +523,7 @@ def summary_warnings(metrics: dict[str, Any], task_kind: str = "multiclass") -> 
 def adapt(cfg: AdaptConfig) -> AdaptResult:
     """Run the adaptation as configured; see the module docstring for what is written."""
     from ..data import load_data
+    from ..data.dataset import require_task
     from ..data.digest import SPLITS_CSV, data_digest, split_summary, write_splits_csv
     from .taskprep import select_device
 
@@ -535,6 +536,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
         check_inputs([cfg.teacher_weights] if cfg.teacher_weights else [], False)
         device = select_device(cfg.device)
         task = load_data(cfg.data, seed=cfg.seed)
+        require_task(task, ("multiclass", "binary", "multilabel"), "adapt")
         for line in split_summary(task):
             log(line)
         adapted = adapt_teacher(cfg, task, log, device, out)

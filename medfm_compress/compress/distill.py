@@ -283,6 +283,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     import torch
 
     from ..data import load_data
+    from ..data.dataset import require_task
     from ..data.digest import data_digest, split_summary
     from ..models.factory import check_model_spec
     from .train import dist_info
@@ -312,6 +313,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     check_inputs([w for w in (cfg.teacher_weights, cfg.student_weights) if w], cfg.force)
 
     task = load_data(cfg.data, seed=cfg.seed)
+    require_task(task, ("multiclass", "binary", "multilabel"), "distill")
     train, test = task.split("train"), task.split("test")
     val = task.split("val") if "val" in task.splits and len(task.splits["val"]) else None
     if len(train) < cfg.batch_size * world:

@@ -10,10 +10,11 @@ import numpy as np
 from ..errors import DataError
 from .lazy import LazyImages, is_lazy, iter_batches, take
 
-__all__ = ["Split", "TaskData", "TASKS", "SPLITS"]
+__all__ = ["Split", "TaskData", "TASKS", "SPLITS", "class_presence", "validate_masks", "require_task"]
 
 # "embedding": unlabeled volume crops for label-free embedding distillation (data/volume.py).
-TASKS = ("multiclass", "binary", "multilabel", "embedding")
+# "segmentation": an integer label map per image (class 0 is the background; data/masks.py).
+TASKS = ("multiclass", "binary", "multilabel", "embedding", "segmentation")
 SPLITS = ("train", "val", "test")
 
 
@@ -23,7 +24,8 @@ class Split:
 
     ``images`` is ``(N,H,W)`` or ``(N,H,W,C)`` in its raw dtype, either an array or, for a split too large
     for memory, a :class:`~medfm_compress.data.lazy.LazyImages` read batch by batch; ``labels`` is ``(N,)``
-    int64 class indices (multi-class, binary) or ``(N,K)`` float32 0/1 (multi-label), always in memory.
+    int64 class indices (multi-class, binary), ``(N,K)`` float32 0/1 (multi-label) or ``(N,H,W)`` uint8 label
+    maps (segmentation, one class index per pixel), always in memory.
 
     What was read, when the reader knows it: ``files`` names each image (a path relative to the folder, or
     ``train_images[17]`` for an array in an archive) and ``groups`` its group (patient, study, volume): images
@@ -122,10 +124,84 @@ class TaskData:
         }
 
     def class_counts(self, split: str) -> np.ndarray:
+        """Images per class (segmentation: images in which the class has at least one pixel)."""
         labels = self.split(split).labels
-        if self.task == "multilabel":
-            return labels.sum(axis=0)
+        if self.task in ("multilabel", "segmentation"):
+            return class_presence(labels, self.num_classes).sum(axis=0)
         return np.bincount(labels, minlength=self.num_classes)
+
+
+def require_task(task: TaskData, accepted: tuple[str, ...], what: str) -> None:
+    """Refuse, in one line, a task of a type ``what`` (a command or stage) does not handle: a segmentation data set
+    given to a classification stage, or the reverse."""
+    if task.task in accepted:
+        return
+    if task.task == "segmentation":
+        raise DataError(f"{task.source} is a segmentation task (a label map per image); {what} handles "
+                        f"{', '.join(accepted)} tasks in this version, not segmentation: give it a data set with "
+                        "image-level labels (labels.csv, *_labels)")
+    raise DataError(f"{task.source} is a {task.task} task; {what} handles {', '.join(accepted)} tasks: give it a "
+                    "data set with masks (images/ + masks/, *_masks, synthetic?task=segmentation)"
+                    if accepted == ("segmentation",) else
+                    f"{task.source} is a {task.task} task; {what} handles {', '.join(accepted)} tasks")
+
+
+def class_presence(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(N, K)`` bool: which classes each case has (its class; its positive labels; the classes its label map
+    has at least one pixel of)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels[:, None] == np.arange(num_classes)
+    if labels.ndim == 2:
+        return labels.astype(bool)
+    flat = labels.reshape(len(labels), -1)
+    return np.stack([(flat == k).any(axis=1) for k in range(num_classes)], axis=1) if len(labels) else \
+        np.zeros((0, num_classes), dtype=bool)
+
+
+def validate_masks(name: str, images: Any, masks: Any, label_names: list[str], source: str,
+                   files: np.ndarray | None = None) -> Split:
+    """Check the label maps of one segmentation split against its images and class names; return the split.
+
+    A mask must be an integer array (a float mask, as from an interpolating resize or a probability map, is refused),
+    ``(N,H,W)`` with its image's height and width, and hold only the indices of ``label_names`` (0 = background).
+    Errors name the offending file when ``files`` names them.
+    """
+    if not is_lazy(images):
+        images = np.asarray(images)
+    masks = np.asarray(masks)
+
+    def which(i: int) -> str:
+        return str(files[i]) if files is not None else f"{name}[{i}]"
+
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images.map(lambda b: b[..., 0], images.item_shape[:-1], images.dtype) if is_lazy(images) \
+            else images[..., 0]
+    if images.ndim not in (3, 4):
+        raise DataError(f"{source}: {name}_images must be (N,H,W) or (N,H,W,C), got shape {images.shape}")
+    if masks.ndim == 4 and masks.shape[-1] == 1:
+        masks = masks[..., 0]
+    if masks.ndim != 3:
+        raise DataError(f"{source}: {name}_masks must be (N,H,W) integer label maps, got shape {masks.shape}")
+    if masks.shape[0] != images.shape[0]:
+        raise DataError(f"{source}: {name} has {images.shape[0]} images but {masks.shape[0]} masks")
+    if masks.shape[1:3] != tuple(images.shape[1:3]):
+        raise DataError(f"{source}: {name} masks are {masks.shape[1]}x{masks.shape[2]} but the images are "
+                        f"{images.shape[1]}x{images.shape[2]}; a mask must have its image's size")
+    if not (np.issubdtype(masks.dtype, np.integer) or masks.dtype == bool):
+        raise DataError(f"{source}: the {name} masks are {masks.dtype}, not integer label maps (first: {which(0)}); "
+                        "save masks as integers (0 = background, 1.. = the classes), resized with nearest-neighbour")
+    k = len(label_names)
+    if masks.size:
+        per = masks.reshape(len(masks), -1)
+        lo, hi = per.min(axis=1), per.max(axis=1)
+        out = np.flatnonzero((lo < 0) | (hi >= k))
+        if len(out):
+            i = int(out[0])
+            v = int(hi[i]) if hi[i] >= k else int(lo[i])
+            raise DataError(f"{source}: mask of {which(i)} has label value {v}, outside the {k} named classes "
+                            f"(0..{k - 1}: {', '.join(label_names)}); name every class in labels.json or fix the mask")
+    return Split(images, masks.astype(np.uint8 if k <= 256 else np.int64))
 
 
 def validate_split(name: str, images: Any, labels: Any, source: str) -> Split:

@@ -23,7 +23,7 @@ import numpy as np
 
 from .._io import atomic_write_text, sha256_file
 from ..errors import DataError, MedfmError
-from .dataset import SPLITS, Split, TaskData
+from .dataset import SPLITS, Split, TaskData, class_presence
 from .lazy import iter_batches
 
 __all__ = [
@@ -50,9 +50,12 @@ def _ordered_splits(task: TaskData) -> list[str]:
 
 
 def split_labels(task: TaskData, name: str) -> list[str]:
-    """Each image's label as text: its class name, ``a|b`` for multi-label, empty for label-free tasks."""
+    """Each image's label as text: its class name, ``a|b`` for multi-label, empty for label-free tasks, and for
+    segmentation ``mask:`` + the first 16 hex digits of the SHA-256 of its label map as read (after any resize)."""
     labels = np.asarray(task.splits[name].labels)
     names = task.label_names
+    if task.task == "segmentation":
+        return [f"mask:{hashlib.sha256(np.ascontiguousarray(m).tobytes()).hexdigest()[:16]}" for m in labels]
     if not names:
         return [""] * len(labels)
     if labels.ndim == 2:
@@ -183,8 +186,7 @@ def split_summary(task: TaskData) -> list[str]:
                 where.setdefault(g, set()).add(name)
         line = f"split {name}: {len(split)} images in {n_groups} groups"
         if labeled and len(split):
-            labels = np.asarray(split.labels)
-            members = labels.astype(bool) if labels.ndim == 2 else labels[:, None] == np.arange(task.num_classes)
+            members = class_presence(split.labels, task.num_classes)
             parts = []
             for k, cls in enumerate(task.label_names):
                 mask = members[:, k]

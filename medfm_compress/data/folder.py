@@ -33,7 +33,8 @@ from ..runtime.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_file, re
 from .dataset import SPLITS, Split, TaskData, infer_task, validate_split
 from .lazy import LazyImages, memory_budget_bytes, take
 
-__all__ = ["read_folder", "read_dicom_folder", "read_image_file", "read_dicom_file", "dicom_group"]
+__all__ = ["read_folder", "read_dicom_folder", "read_image_file", "read_dicom_file", "dicom_group", "draw_group_splits",
+           "refuse_straddling"]
 
 # The shares of a drawn split, per label stratum (test and val; train takes the rest).
 TEST_FRACTION, VAL_FRACTION = 0.2, 0.1
@@ -207,7 +208,7 @@ def _stack(images: list[np.ndarray], source: str) -> np.ndarray:
 
 
 def _assign_splits(col: _Collected, seed: int, csv_path: Path) -> dict[str, np.ndarray]:
-    """Indices of each split: from the ``split`` column, else drawn by group (:func:`_draw_group_splits`)."""
+    """Indices of each split: from the ``split`` column, else drawn by group (:func:`draw_group_splits`)."""
     split_col = col.split_col
     if split_col is not None and any(split_col):
         bad = sorted({s for s in split_col if s not in SPLITS})
@@ -215,12 +216,12 @@ def _assign_splits(col: _Collected, seed: int, csv_path: Path) -> dict[str, np.n
             raise DataError(f"labels.csv split column has unknown values {bad}; use train, val or test")
         split_arr = np.array(split_col)
         if col.group_col:
-            _refuse_straddling(col.groups, split_arr, csv_path)
+            refuse_straddling(col.groups, split_arr, csv_path)
         return {s: np.flatnonzero(split_arr == s) for s in SPLITS}
-    return _draw_group_splits(col.labels, col.groups, seed)
+    return draw_group_splits(col.labels, col.groups, seed)
 
 
-def _refuse_straddling(groups: np.ndarray, split_arr: np.ndarray, csv_path: Path) -> None:
+def refuse_straddling(groups: np.ndarray, split_arr: np.ndarray, csv_path: Path) -> None:
     """A group (patient) in two splits leaks it from training into evaluation: refuse it."""
     seen: dict[str, set[str]] = {}
     for g, s in zip(groups, split_arr, strict=True):
@@ -236,7 +237,7 @@ def _refuse_straddling(groups: np.ndarray, split_arr: np.ndarray, csv_path: Path
         )
 
 
-def _draw_group_splits(labels: np.ndarray, groups: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
+def draw_group_splits(labels: np.ndarray, groups: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
     """A seeded 70/10/20 split in which no group straddles two splits, stratified by label as groups allow.
 
     A group's stratum is its most common label (multi-label: of each image's first positive label). Within a

@@ -1,5 +1,8 @@
 """Reader for the MedMNIST ``.npz`` layout (``train_images``, ``train_labels``, ``val_*``, ``test_*``).
 
+Segmentation archives hold ``*_masks`` (``(N,H,W)`` integer label maps, 0 = background) instead of ``*_labels``,
+and ``label_names`` naming every class from the background up.
+
 An archive whose image arrays exceed :func:`~medfm_compress.data.lazy.memory_budget_bytes` (or read with
 ``stream=True``) is not loaded: ``np.load`` cannot memory-map a member of an ``.npz``, so each image array is
 memory-mapped where it lies when the archive stores it uncompressed (``np.savez``), or first extracted once to
@@ -17,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .dataset import SPLITS, TaskData, infer_task, validate_split
+from .dataset import SPLITS, TaskData, infer_task, validate_masks, validate_split
 from .lazy import LazyImages, memory_budget_bytes
 
 __all__ = ["read_medmnist"]
@@ -44,6 +47,12 @@ def read_medmnist(path: str | Path, label_names: list[str] | None = None, stream
         keys = set(npz.files)
         if stream is None:
             stream = _images_nbytes(npz.zip, keys, p) > memory_budget_bytes()
+        stored_names = None
+        if "label_names" in keys:
+            raw = npz["label_names"]
+            stored_names = json.loads(str(raw)) if raw.ndim == 0 else [str(x) for x in raw.tolist()]
+        if any(k.endswith("_masks") for k in keys):
+            return _read_masks(p, npz, keys, label_names or stored_names, stream, source)
         splits = {}
         for name in SPLITS:
             ik, lk = f"{name}_images", f"{name}_labels"
@@ -64,10 +73,6 @@ def read_medmnist(path: str | Path, label_names: list[str] | None = None, stream
                 f"{p} lacks the train/test arrays of the MedMNIST layout (found: {', '.join(sorted(keys)) or 'nothing'}); "
                 "expected train_images, train_labels, test_images, test_labels (val_* optional)"
             )
-        stored_names = None
-        if "label_names" in keys:
-            raw = npz["label_names"]
-            stored_names = json.loads(str(raw)) if raw.ndim == 0 else [str(x) for x in raw.tolist()]
         window = tuple(float(v) for v in npz["window"].tolist()) if "window" in keys else None
     shapes = {tuple(s.images.shape[1:]) for s in splits.values()}
     if len(shapes) > 1:
@@ -81,6 +86,43 @@ def read_medmnist(path: str | Path, label_names: list[str] | None = None, stream
     if "val" not in splits:
         splits = _carve_val(splits)
     return TaskData(source=source, task=task, label_names=list(names), splits=splits, window=window)
+
+
+def _read_masks(p: Path, npz, keys: set[str], names: list[str] | None, stream: bool, source: str) -> TaskData:
+    """A segmentation archive: ``*_images`` with ``*_masks`` label maps (not ``*_labels``)."""
+    if any(k.endswith("_labels") for k in keys):
+        raise DataError(f"{p} holds both *_labels and *_masks arrays; a MedMNIST archive is one task: keep the "
+                        "label maps (segmentation) or the labels (classification)")
+    arrays = {}
+    for name in SPLITS:
+        ik, mk = f"{name}_images", f"{name}_masks"
+        if ik not in keys and mk not in keys:
+            continue
+        if ik not in keys or mk not in keys:
+            missing = ik if ik not in keys else mk
+            raise DataError(f"{p} has no '{missing}' array; a segmentation archive needs both {ik} and {mk}")
+        try:
+            arrays[name] = (_lazy_member(p, npz.zip, ik, source) if stream else npz[ik], npz[mk])
+        except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DataError(f"{p}: cannot read '{ik}'/'{mk}' ({e}); the archive is corrupt") from None
+    if "train" not in arrays or "test" not in arrays:
+        raise DataError(f"{p} lacks the train/test arrays of a segmentation archive (found: {', '.join(sorted(keys))}); "
+                        "expected train_images, train_masks, test_images, test_masks (val_* optional)")
+    if names is None:
+        top = max(int(m.max()) if m.size else 0 for _, m in arrays.values())
+        names = ["background"] + [f"class_{k}" for k in range(1, max(top, 1) + 1)]
+    if len(names) < 2:
+        raise DataError(f"{p}: label_names must name the background and at least one class, got {names}")
+    splits = {}
+    for name, (images, masks) in arrays.items():
+        splits[name] = validate_masks(name, images, masks, list(names), source)
+        splits[name].files = np.array([f"{name}_images[{i}]" for i in range(len(splits[name]))], dtype=object)
+    shapes = {tuple(s.images.shape[1:]) for s in splits.values()}
+    if len(shapes) > 1:
+        raise DataError(f"{p}: splits have different image shapes {sorted(shapes)}; all splits must match")
+    if "val" not in splits:
+        splits = _carve_val(splits)
+    return TaskData(source=source, task="segmentation", label_names=list(names), splits=splits)
 
 
 def _carve_val(splits: dict) -> dict:

@@ -1,7 +1,8 @@
 """Data spec strings: ``KIND:PATH?key=value&key=value``.
 
-Kinds: ``medmnist:FILE.npz``, ``folder:DIR``, ``dicom:DIR`` and ``synthetic`` (the embedded default;
-``synthetic?seed=1&n_train=500`` changes its size and seed); volume crops from ``nifti:FILE``,
+Kinds: ``medmnist:FILE.npz`` (``*_masks`` label maps instead of ``*_labels``: segmentation), ``folder:DIR``
+(``images/`` + ``masks/``: segmentation), ``dicom:DIR`` and ``synthetic`` (the embedded default;
+``synthetic?seed=1&n_train=500`` changes its size and seed, ``synthetic?task=segmentation`` draws label maps); volume crops from ``nifti:FILE``,
 ``dicom-series:DIR`` and ``inv3:FILE.inv3`` (see :func:`medfm_compress.data.volume.volume_task`).
 """
 
@@ -23,7 +24,7 @@ _OPTIONS = {
     "medmnist": {"stream"},
     "folder": {"size", "seed", "stream"},
     "dicom": {"size", "seed", "window", "stream"},
-    "synthetic": {"seed", "size", "n_train", "n_val", "n_test"},
+    "synthetic": {"seed", "size", "n_train", "n_val", "n_test", "task"},
     **{k: {"crop", "n", "sampling", "z", "min_fg", "seed", "spacing"} for k in ("nifti", "dicom-series", "inv3")},
 }
 
@@ -107,7 +108,9 @@ def _load(spec: str, require_labels: bool, seed: int) -> TaskData:
         from .medmnist import read_medmnist
         from .synthetic import SyntheticConfig, synthetic_npz
 
-        kw = {k: _int_opt(opts, k, spec) for k in opts}
+        kw: dict = {k: _int_opt(opts, k, spec) for k in opts if k != "task"}
+        if "task" in opts:
+            kw["task"] = opts["task"]
         cfg = SyntheticConfig(**{k: v for k, v in kw.items() if v is not None})
         return read_medmnist(synthetic_npz(cfg, cache_dir()))
     if kind in ("nifti", "dicom-series", "inv3"):
@@ -119,6 +122,13 @@ def _load(spec: str, require_labels: bool, seed: int) -> TaskData:
     split_seed = seed if split_seed is None else split_seed
     if kind == "folder":
         from .folder import read_folder
+        from .masks import is_mask_folder, read_mask_folder
+
+        if is_mask_folder(path):
+            if "stream" in opts:
+                raise DataError(f"option stream in {spec!r}: a segmentation folder (images/ + masks/) is read into "
+                                "memory; drop the option")
+            return read_mask_folder(Path(path), size=size, seed=split_seed)
 
         return read_folder(Path(path), size=size, seed=split_seed, require_labels=require_labels, stream=stream)
     from .folder import read_dicom_folder

@@ -8,6 +8,10 @@ statistic separates the classes and a model has to learn shapes.
 
 Classes: ``normal``, ``nodule`` (small round opacity), ``consolidation`` (diffuse patchy opacity) and
 ``effusion`` (basal opacity with a meniscus).
+
+``task="segmentation"`` (``synthetic?task=segmentation``) draws the same images and, from the very shapes the
+generator drew, a label map per image: ``background``, ``lung``, ``heart`` and the lesion classes (the heart over
+the lungs, a lesion over both). The classification archive is unchanged by it (same images, same digest).
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ import numpy as np
 from .._io import atomic_path
 from ..errors import DataError
 
-__all__ = ["SyntheticConfig", "LABEL_NAMES", "generate", "synthetic_npz"]
+__all__ = ["SyntheticConfig", "LABEL_NAMES", "SEGMENTATION_NAMES", "SYNTHETIC_TASKS", "generate", "synthetic_npz"]
 
 LABEL_NAMES = ["normal", "nodule", "consolidation", "effusion"]
+SEGMENTATION_NAMES = ["background", "lung", "heart", "nodule", "consolidation", "effusion"]
+SYNTHETIC_TASKS = ("classification", "segmentation")
+_LUNG, _HEART = 1, 2
+_LESION_CLASS = {1: 3, 2: 4, 3: 5}  # image class -> its lesion's label in the map
 _CLASS_PROBS = (0.4, 0.2, 0.2, 0.2)
 _GENERATOR_VERSION = 3
 
@@ -38,8 +46,11 @@ class SyntheticConfig:
     n_train: int = 2400
     n_val: int = 400
     n_test: int = 1000
+    task: str = "classification"
 
     def __post_init__(self):
+        if self.task not in SYNTHETIC_TASKS:
+            raise DataError(f"synthetic task must be one of {', '.join(SYNTHETIC_TASKS)}, got {self.task!r}")
         if self.size < 16:
             raise DataError(f"synthetic size must be >= 16 pixels, got {self.size}")
         for name in ("n_train", "n_val", "n_test"):
@@ -47,7 +58,10 @@ class SyntheticConfig:
                 raise DataError(f"synthetic {name} must be >= 1, got {getattr(self, name)}")
 
     def digest(self) -> str:
-        blob = json.dumps({**asdict(self), "v": _GENERATOR_VERSION}, sort_keys=True).encode()
+        fields = asdict(self)
+        if self.task == "classification":  # the archives made before segmentation keep their digest
+            del fields["task"]
+        blob = json.dumps({**fields, "v": _GENERATOR_VERSION}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -70,7 +84,10 @@ def _gauss(xx, yy, cx, cy, s):
     return np.exp(-(((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s)))
 
 
-def _one_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+def _one_image(rng: np.random.Generator, label: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image of class ``label`` and its label map (see ``SEGMENTATION_NAMES``), drawn from the same shapes.
+
+    The label map takes no random numbers of its own: the images are those of the classification task."""
     lin = np.linspace(-1, 1, size, dtype=np.float32)
     xx, yy = np.meshgrid(lin, lin)
     body = _soft_ellipse(xx, yy, rng.normal(0, 0.03), 0.05 + rng.normal(0, 0.03), rng.uniform(0.78, 0.92), rng.uniform(0.9, 1.05), 0.04)
@@ -98,13 +115,20 @@ def _one_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
         fx, fy, ph = rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0), rng.uniform(0, 2 * np.pi)
         img = img + rng.uniform(0.01, 0.04) * np.cos(np.pi * (fx * xx + fy * yy) + ph)
 
+    mask = np.zeros(img.shape, dtype=np.uint8)
+    mask[(lungs > 0.5) & (body > 0.5)] = _LUNG
+    mask[heart > 0.5] = _HEART
+    lesion_region = np.zeros(img.shape, dtype=bool)
     lesion = np.zeros_like(img)
     side = int(rng.integers(0, 2))
     cx, cy, ax, ay = lung_params[side]
     if label == 1:  # nodule(s): small round opacities
         for _ in range(int(rng.integers(1, 3))):
             px, py = cx + rng.uniform(-0.6, 0.6) * ax, cy + rng.uniform(-0.6, 0.6) * ay
-            lesion += rng.uniform(0.25, 0.5) * _gauss(xx, yy, px, py, rng.uniform(0.045, 0.075))
+            amplitude = rng.uniform(0.25, 0.5)  # drawn before the width, as it always was
+            blob = _gauss(xx, yy, px, py, rng.uniform(0.045, 0.075))
+            lesion += amplitude * blob
+            lesion_region |= blob > 0.5
     elif label == 2:  # consolidation: patchy cluster of broad opacities
         px, py = cx + rng.uniform(-0.4, 0.4) * ax, cy + rng.uniform(-0.4, 0.4) * ay
         patch = np.zeros_like(img)
@@ -112,6 +136,7 @@ def _one_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
             patch += _gauss(xx, yy, px + rng.normal(0, 0.08), py + rng.normal(0, 0.1), rng.uniform(0.06, 0.12))
         patch = patch / max(float(patch.max()), 1e-6)
         lesion += rng.uniform(0.2, 0.35) * patch * lungs
+        lesion_region |= patch * lungs > 0.4
     elif label == 3:  # effusion: basal opacity under a meniscus
         base = cy + ay
         level = base - rng.uniform(0.2, 0.45) * ay * 2
@@ -119,7 +144,10 @@ def _one_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
         fill = 1.0 / (1.0 + np.exp(np.clip(-(yy - meniscus) / 0.04, -60, 60)))
         lung_side = _soft_ellipse(xx, yy, cx, cy, ax * 1.05, ay * 1.05, 0.06)
         lesion += rng.uniform(0.2, 0.35) * fill * lung_side
+        lesion_region |= fill * lung_side > 0.5
     img = img + lesion
+    if label in _LESION_CLASS:
+        mask[lesion_region] = _LESION_CLASS[label]
     # Distractors in every class: small dense dots (leads, calcifications) anywhere in the body.
     for _ in range(int(rng.poisson(0.8))):
         img = img + rng.uniform(0.15, 0.35) * _gauss(xx, yy, rng.uniform(-0.7, 0.7), rng.uniform(-0.8, 0.8), rng.uniform(0.015, 0.03))
@@ -129,7 +157,7 @@ def _one_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     img = img * rng.uniform(0.8, 1.2) + rng.uniform(-0.06, 0.06)
     img = _blur(img.astype(np.float32), rng.uniform(0.4, 0.9) * size / 64)
     img = img + rng.normal(0, rng.uniform(0.015, 0.04), img.shape) + rng.normal(0, 0.02) * np.sqrt(np.clip(img, 0, None))
-    return np.clip(img * 255.0, 0, 255).astype(np.uint8)
+    return np.clip(img * 255.0, 0, 255).astype(np.uint8), mask
 
 
 def generate(config: SyntheticConfig) -> dict[str, np.ndarray]:
@@ -138,10 +166,14 @@ def generate(config: SyntheticConfig) -> dict[str, np.ndarray]:
     for i, (split, n) in enumerate((("train", config.n_train), ("val", config.n_val), ("test", config.n_test))):
         rng = np.random.default_rng([config.seed, i])
         labels = rng.choice(len(LABEL_NAMES), size=n, p=_CLASS_PROBS).astype(np.int64)
-        images = np.stack([_one_image(rng, int(lab), config.size) for lab in labels])
-        out[f"{split}_images"] = images
-        out[f"{split}_labels"] = labels[:, None]
-    out["label_names"] = np.array(json.dumps(LABEL_NAMES))
+        drawn = [_one_image(rng, int(lab), config.size) for lab in labels]
+        out[f"{split}_images"] = np.stack([im for im, _ in drawn])
+        if config.task == "segmentation":
+            out[f"{split}_masks"] = np.stack([m for _, m in drawn])
+        else:
+            out[f"{split}_labels"] = labels[:, None]
+    names = SEGMENTATION_NAMES if config.task == "segmentation" else LABEL_NAMES
+    out["label_names"] = np.array(json.dumps(names))
     return out
 
 

@@ -27,12 +27,18 @@ __all__ = [
     "is_dicom_file",
     "read_any",
     "find_image_files",
+    "MASK_SUFFIXES",
+    "read_mask_file",
+    "resize_image",
+    "resize_mask",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 # "" : DICOM files often have no suffix (a folder reader checks the DICM preamble before taking them).
 DICOM_SUFFIXES = {".dcm", ".dicom", ""}
 NPY_SUFFIXES = {".npy"}
+# Label maps: lossless single-channel PNG (8 or 16 bit, palette indices kept) or integer .npy.
+MASK_SUFFIXES = {".png", ".npy"}
 
 
 def read_image_file(path: Path, size: int | None) -> np.ndarray:
@@ -73,6 +79,53 @@ def _resize_raw(arr: np.ndarray, size: int) -> np.ndarray:
         im = Image.fromarray(arr, mode="F").resize((size, size), Image.BILINEAR)
         return np.asarray(im).astype(np.float32)
     return np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+
+
+def resize_image(arr: np.ndarray, size: int) -> np.ndarray:
+    """A raw ``(H,W)`` or ``(H,W,3)`` image resized (bilinear) to ``size`` x ``size`` in its own dtype."""
+    if arr.shape[:2] == (size, size):
+        return arr
+    if arr.ndim == 3:
+        return np.clip(_resize_rgb(arr, size), 0, np.iinfo(arr.dtype).max if arr.dtype.kind in "ui" else None
+                       ).astype(arr.dtype)
+    return _resize_raw(arr, size)
+
+
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """An integer label map resized with nearest-neighbour to ``size`` (``S`` or ``(H, W)``): labels never blend."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if mask.shape == (h, w):
+        return mask
+    rows = np.minimum(((np.arange(h) + 0.5) * mask.shape[0] / h).astype(np.int64), mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * mask.shape[1] / w).astype(np.int64), mask.shape[1] - 1)
+    return mask[rows[:, None], cols[None, :]]
+
+
+def read_mask_file(path: Path) -> np.ndarray:
+    """An integer label map ``(H,W)`` from a single-channel PNG (palette images keep their indices) or an integer
+    ``.npy``; a colour, float or multi-channel mask is a one-line error naming the file."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        arr = read_npy_file(path)
+        if arr.dtype.kind == "f":
+            raise DataError(f"{path} is a float mask ({arr.dtype}); save label maps as integers (0 = background)")
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                im.load()
+                if im.mode not in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L"):
+                    raise DataError(f"{path} is a {im.mode} image; a mask must be a single-channel label map "
+                                    "(8/16-bit grey or palette PNG, one class index per pixel)")
+                arr = np.asarray(im, dtype=np.int64 if im.mode.startswith("I") else np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise DataError(f"{path} is not a readable mask ({first_line(e)}); remove it or fix the file") from None
+    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+        arr = arr.reshape(arr.shape[1:] if arr.shape[0] == 1 else arr.shape[:-1])
+    if arr.ndim != 2:
+        raise DataError(f"{path} has shape {arr.shape}; a mask is one (H,W) label map")
+    return arr.astype(np.uint8) if arr.dtype == bool else arr
 
 
 def _resize_rgb(x: np.ndarray, size: int) -> np.ndarray:
