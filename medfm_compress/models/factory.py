@@ -1,7 +1,10 @@
-"""Model specs: ``timm:NAME`` (any timm architecture) or ``python:pkg.module:factory`` (a user's own).
+"""Model specs: ``timm:NAME`` (any timm architecture), ``smp:ARCH:ENCODER`` (a segmentation-models-pytorch
+network, e.g. ``smp:Unet:tu-mobilenetv3_small_100`` or ``smp:FPN:tu-resnet50``: the ``tu-`` encoders are timm's)
+or ``python:pkg.module:factory`` (a user's own).
 
 A timm model gets ``in_chans`` and ``num_classes`` from the data, and ``img_size`` when the architecture
-takes one (ViTs). A ``python:`` factory is called with whichever of ``num_classes``, ``in_chans`` and
+takes one (ViTs). An smp model gets ``in_channels`` and ``classes`` (one output channel per class, the background
+included) with random encoder weights: never a hub download; load weights with ``--*-weights``. A ``python:`` factory is called with whichever of ``num_classes``, ``in_chans`` and
 ``img_size`` it accepts and must return a ``torch.nn.Module``; it may load its own weights.
 """
 
@@ -13,16 +16,19 @@ from typing import Any
 
 from ..errors import ModelError
 
-__all__ = ["check_model_spec", "create_model", "parse_model_spec", "count_params", "MODEL_KINDS"]
+__all__ = ["check_model_spec", "create_model", "parse_model_spec", "count_params", "MODEL_KINDS", "DENSE_KINDS"]
 
-MODEL_KINDS = ("timm", "python")
+MODEL_KINDS = ("timm", "smp", "python")
+# The kinds whose models output a map per class (N, K, H, W) rather than a vector per image.
+DENSE_KINDS = ("smp",)
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
     """Split ``KIND:NAME``; unknown kinds are errors."""
     kind, sep, name = (spec or "").partition(":")
     if not sep or not name:
-        raise ModelError(f"model spec {spec!r} must be KIND:NAME, e.g. timm:resnet18 or python:pkg.module:factory")
+        raise ModelError(f"model spec {spec!r} must be KIND:NAME, e.g. timm:resnet18, smp:Unet:tu-resnet18 or "
+                         "python:pkg.module:factory")
     if kind not in MODEL_KINDS:
         raise ModelError(f"unknown model kind {kind!r} in {spec!r}; use one of {', '.join(MODEL_KINDS)}")
     return kind, name
@@ -39,12 +45,42 @@ def _require_timm_name(name: str) -> None:
         raise ModelError(f"unknown timm architecture {name!r}{hint}; see timm.list_models()")
 
 
+def _smp():
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        from ..errors import BackendMissingError
+
+        raise BackendMissingError("smp: models need segmentation-models-pytorch; pip install "
+                                  "'medfm-compress[seg]'") from None
+    return smp
+
+
+def _smp_parts(name: str) -> tuple[str, str]:
+    """``ARCH:ENCODER`` of an ``smp:`` spec, checked against smp's architectures and encoders (timm's for ``tu-``)."""
+    arch, sep, encoder = name.partition(":")
+    if not sep or not arch or not encoder:
+        raise ModelError(f"smp model spec 'smp:{name}' must be smp:ARCH:ENCODER, e.g. smp:Unet:tu-mobilenetv3_small_100")
+    smp = _smp()
+    archs = {k.lower(): k for k in smp.MODEL_ARCHITECTURES_MAPPING}
+    if arch.lower() not in archs:
+        raise ModelError(f"unknown smp architecture {arch!r}; one of {', '.join(sorted(archs))}")
+    if encoder.startswith("tu-"):
+        _require_timm_name(encoder[3:])
+    elif encoder not in smp.encoders.get_encoder_names():
+        raise ModelError(f"unknown smp encoder {encoder!r}; use a timm encoder as tu-NAME (e.g. tu-resnet18) or one "
+                         "of segmentation_models_pytorch.encoders.get_encoder_names()")
+    return arch, encoder
+
+
 def check_model_spec(spec: str) -> None:
-    """Refuse a malformed spec or an unknown timm architecture without building anything (a run checks its
+    """Refuse a malformed spec or an unknown timm / smp architecture without building anything (a run checks its
     student before it spends minutes on a teacher)."""
     kind, name = parse_model_spec(spec)
     if kind == "timm":
         _require_timm_name(name)
+    elif kind == "smp":
+        _smp_parts(name)
 
 
 def _timm_accepts_img_size(name: str) -> bool:
@@ -74,6 +110,16 @@ def create_model(spec: str, num_classes: int, in_chans: int, img_size: int | Non
             return timm.create_model(name, pretrained=False, **args)
         except (TypeError, ValueError, RuntimeError, AssertionError) as e:
             raise ModelError(f"timm could not build {name!r} with {args}: {e}") from None
+    if kind == "smp":
+        arch, encoder = _smp_parts(name)
+        args = {"encoder_name": encoder, "encoder_weights": None, "in_channels": in_chans, "classes": num_classes,
+                **kwargs}
+        try:
+            return _smp().create_model(arch, **args)
+        # AttributeError: a timm encoder without features_only support.
+        except (TypeError, ValueError, RuntimeError, KeyError, AssertionError, AttributeError) as e:
+            raise ModelError(f"segmentation-models-pytorch could not build {arch} on {encoder} with {args}: "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     module_name, sep, fn_name = name.rpartition(":")
     if not sep:
         raise ModelError(f"python model spec {spec!r} must be python:package.module:function")

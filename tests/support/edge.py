@@ -10,7 +10,8 @@ from pathlib import Path
 
 # What `pip install medfm-compress` (no extras) does not bring.
 HEAVY = ("torch", "torchvision", "timm", "safetensors", "onnx", "onnxslim", "onnxscript", "openvino", "nncf",
-         "modelopt", "tensorrt", "tensorrt_rtx", "matplotlib", "yaml", "monai", "nibabel")
+         "modelopt", "tensorrt", "tensorrt_rtx", "matplotlib", "yaml", "monai", "nibabel",
+         "segmentation_models_pytorch")
 
 BLOCKER = textwrap.dedent(f"""
     import sys
