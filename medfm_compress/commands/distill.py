@@ -114,7 +114,36 @@ def _volume(data, eval_data, teacher, out, epochs, batch_size, lr, seed, resume,
     click.echo(f"artifacts in {out}")
 
 
+def _dense_summary(m: dict) -> str:
+    rows = [("model", "arch", "params", "mean Dice", "HD95 px", "pixel acc")]
+    for role in ("teacher", "student", "baseline"):
+        if role in m:
+            r = m[role]
+            hd = f"{r['hd95']:.2f}" if r.get("hd95") is not None else "-"
+            rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M", f"{r['mean_dice']:.4f}", hd,
+                         f"{r['pixel_accuracy']:.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    names = list((m["student"].get("dice") or {}))
+    if names:
+        lines.append("Dice per class (teacher / student" + (" / baseline" if "baseline" in m else "") + "): " + ", ".join(
+            f"{n} " + " / ".join("-" if m[r]["dice"].get(n) is None else f"{m[r]['dice'][n]:.3f}"
+                                 for r in ("teacher", "student", "baseline") if r in m) for n in names))
+    lines.append(f"params ratio teacher/student: {m['param_ratio']:.1f}x")
+    if m.get("dice_retention") is not None:
+        lines.append(f"mean Dice retention: {100 * m['dice_retention']:.1f}% of the teacher's")
+    lines.append(f"student-teacher pixel agreement: {m['student_teacher_agreement']:.4f}")
+    if "distill_gain_dice" in m:
+        ci = m.get("distill_gain_dice_ci") or [None, None]
+        ci_s = f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] (paired 95% CI)" if None not in ci else ""
+        lines.append(f"distilled - baseline mean Dice: {100 * m['distill_gain_dice']:+.2f} points{ci_s}")
+    lines += [f"warning: {w}" for w in m.get("warnings", [])]
+    return "\n".join(lines)
+
+
 def _distill_summary(m: dict) -> str:
+    if m.get("task") == "segmentation":
+        return _dense_summary(m)
     rows = [("model", "arch", "params", "accuracy", "macro AUC")]
     for role in ("teacher", "student", "baseline"):
         if role in m:

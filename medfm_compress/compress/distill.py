@@ -120,8 +120,8 @@ class DistillConfig:
             bad = [x for x in self.losses if x not in LOSS_NAMES]
             if bad or not self.losses:
                 raise ConfigError(f"unknown loss(es) {bad or '(none)'}; choose from {', '.join(LOSS_NAMES)}")
-            if self.labels == "none" and set(self.losses) != {"feat"}:
-                raise ConfigError("--labels none distills embeddings only; use --loss feat (or leave --loss unset)")
+            if self.labels == "none" and "ce" in self.losses:
+                raise ConfigError("--labels none trains without labels; drop 'ce' from --loss")
         if self.teacher_weights and not self.teacher:
             raise ConfigError("--teacher-weights needs --teacher naming its architecture (e.g. timm:vit_small_patch16_224)")
         if self.teacher is None and not self.data.startswith("synthetic") and self.teacher_epochs is None:
@@ -151,6 +151,38 @@ class DistillConfig:
 
 
 DistillResult = RunResult
+
+
+def default_teacher(task) -> str:
+    """The teacher architecture used when --teacher is not given (a dense one for segmentation data)."""
+    from .distill_seg import DEFAULT_SEG_TEACHER
+
+    return DEFAULT_SEG_TEACHER if task.task == "segmentation" else DEFAULT_TEACHER
+
+
+def default_student(task) -> str:
+    """The student architecture used when --student is not given (a dense one for segmentation data)."""
+    from .distill_seg import DEFAULT_SEG_STUDENT
+
+    return DEFAULT_SEG_STUDENT if task.task == "segmentation" else DEFAULT_STUDENT
+
+
+def _check_model_kinds(cfg: DistillConfig, task) -> None:
+    """A classifier for segmentation data, or a segmentation network for image labels, is refused in one line."""
+    from ..models.factory import DENSE_KINDS, check_model_spec, parse_model_spec
+
+    for role, spec in (("teacher", cfg.teacher or default_teacher(task)), ("student", cfg.student or
+                                                                              default_student(task))):
+        if teacher_path(spec) is not None:
+            continue
+        check_model_spec(spec)
+        kind = parse_model_spec(spec)[0]
+        if task.task == "segmentation" and kind == "timm":
+            raise ModelError(f"--{role} {spec} is an image classifier, but {task.source} is a segmentation task: "
+                             "give a dense model (smp:ARCH:ENCODER, e.g. smp:Unet:tu-resnet18)")
+        if task.task != "segmentation" and kind in DENSE_KINDS:
+            raise ModelError(f"--{role} {spec} is a segmentation network, but {task.source} has image-level labels "
+                             f"({task.task}): give a classifier (timm:NAME), or data with masks")
 
 
 def _init_distributed(device) -> bool:
@@ -203,16 +235,19 @@ def _train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs
     import torch
 
     from .losses import hard_label_loss
-    from .train import LoopConfig, augment_batch, run_loop
+    from .train import LoopConfig, augment_batch, augment_masks, run_loop
 
     cfg, device, x, y = run.cfg, run.device, run.x_train, run.y_train
     net = run.wrap(model)
+    dense = run.task.task == "segmentation"
 
     def step(batch_idx, epoch):
         xb = x[torch.as_tensor(batch_idx, device=x.device)]
+        yb = y[torch.as_tensor(batch_idx, device=y.device)]
         if cfg.augment:
             xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
-        yb = y[torch.as_tensor(batch_idx, device=y.device)]
+            if dense:  # the label maps move with their images
+                yb = augment_masks(yb.cpu(), batch_idx, cfg.seed, epoch).to(device)
         with autocast(device):
             logits = net(xb)
             loss = hard_label_loss(logits.float(), yb, run.task.task)
@@ -288,9 +323,10 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     from ..models.factory import check_model_spec
     from .train import dist_info
 
-    # A mistyped architecture is refused before anything is trained (the default teacher takes minutes).
-    for spec in (cfg.teacher or DEFAULT_TEACHER, cfg.student or DEFAULT_STUDENT):
-        if teacher_path(spec) is None:
+    # A mistyped architecture is refused before anything is trained (the default teacher takes minutes); whether
+    # it suits the task is checked once the data is read.
+    for spec in (cfg.teacher, cfg.student):
+        if spec and teacher_path(spec) is None:
             check_model_spec(spec)
     device = select_device(cfg.device)
     distributed = _init_distributed(device)
@@ -313,7 +349,8 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     check_inputs([w for w in (cfg.teacher_weights, cfg.student_weights) if w], cfg.force)
 
     task = load_data(cfg.data, seed=cfg.seed)
-    require_task(task, ("multiclass", "binary", "multilabel"), "distill")
+    require_task(task, ("multiclass", "binary", "multilabel", "segmentation"), "distill")
+    _check_model_kinds(cfg, task)
     train, test = task.split("train"), task.split("test")
     val = task.split("val") if "val" in task.splits and len(task.splits["val"]) else None
     if len(train) < cfg.batch_size * world:
@@ -408,7 +445,7 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
         teacher_card_path, teacher_weights = tpath
         teacher_arch = ModelCard.load(teacher_card_path).arch
     else:
-        teacher_arch = cfg.teacher or DEFAULT_TEACHER
+        teacher_arch = cfg.teacher or default_teacher(task)
         if teacher_weights:
             cand = Path(teacher_weights).with_suffix(".json")
             if cand.is_file():
@@ -433,7 +470,7 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
         teacher_model = tcard.build()
     else:
         head, in_ch, size = task.num_classes, task.channels, run.student_pre.input_size[0]
-        if teacher_weights and cfg.labels == "none":
+        if teacher_weights and cfg.labels == "none" and task.task != "segmentation":
             # An embedding teacher keeps its own head (any label set, or none) and input channels: only its
             # features are distilled, from the data re-expressed in its preprocessing.
             from ..models.weights import first_conv_in_chans
@@ -503,6 +540,12 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
             "--teacher-epochs N to train it from scratch on these labels"
         )
     teacher = FrozenTeacher(teacher_model.to(run.device), tcard, teacher_source)
+    if task.task == "segmentation":
+        from .distill_seg import check_dense_model
+
+        check_dense_model(teacher.model, adapt_batch(run.x_test[:1], run.student_pre, teacher_pre), task.num_classes,
+                          f"teacher {teacher_arch}")
+        return ResolvedTeacher(teacher, teacher_arch, teacher_pre, teacher_weights_path, {}, None)
     t_metrics, t_test_logits, _ = (
         evaluate_model(teacher.model, adapt_batch(run.x_test, run.student_pre, teacher_pre), run.test.labels, task.task)
         if classifier_present(teacher.model) and (task.task == "multilabel" or tcard.num_classes == task.num_classes)
@@ -526,12 +569,16 @@ def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
 
     cfg, task, device, teacher = run.cfg, run.task, run.device, resolved.teacher
     x_train, y_train, student_pre = run.x_train, run.y_train, run.student_pre
-    student_arch = cfg.student or DEFAULT_STUDENT
+    student_arch = cfg.student or default_student(task)
     torch.manual_seed(cfg.seed)
     student = create_model(student_arch, task.num_classes, task.channels, student_pre.input_size[0]).to(device)
     if cfg.student_weights:
         load_weights(student, cfg.student_weights, what=f"student {student_arch}")
+    if task.task == "segmentation":
+        return _train_dense(run, resolved, student, student_arch)
     losses = cfg.resolved_losses()
+    if cfg.labels == "none" and set(losses) != {"feat"}:
+        raise ConfigError("--labels none distills embeddings only; use --loss feat (or leave --loss unset)")
     if "kd" in losses and resolved.test_logits is None:
         raise ConfigError("the teacher has no classifier head, so logit KD ('kd') is impossible; use --loss feat")
     if "kd" in losses and task.task != "multilabel" and teacher.card.num_classes != task.num_classes:
@@ -615,6 +662,20 @@ def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
     if cfg.labels == "none":
         history["head"] = fit_head(run, student)
     return TrainedStudent(student, student_arch, losses, int(s_emb.shape[1]), history)
+
+
+def _train_dense(run: DistillRun, resolved: ResolvedTeacher, student, student_arch: str) -> TrainedStudent:
+    """The segmentation student: per-pixel KD (+ feature-map KD) + Dice/CE on the labelled masks
+    (:mod:`.distill_seg`); label-free (``--labels none``) learns from the teacher's maps alone."""
+    from .distill_seg import check_dense_model, train_dense_student
+
+    cfg = run.cfg
+    check_dense_model(student, run.x_train[:1], run.task.num_classes, f"student {student_arch}")
+    losses = tuple(cfg.losses) if cfg.losses is not None else (("kd",) if cfg.labels == "none" else ("kd", "ce"))
+    run.log(f"student {student_arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={run.steps_per_epoch}"
+            f" (segmentation, {len(run.labeled)} labelled masks)")
+    history = train_dense_student(run, resolved.teacher, student, losses)
+    return TrainedStudent(student, student_arch, losses, 0, history)
 
 
 def train_baseline(run: DistillRun, arch: str):
@@ -780,7 +841,13 @@ def distill(cfg: DistillConfig) -> DistillResult:
         student = train_student(run, resolved)
         baseline = train_baseline(run, student.arch) if cfg.baseline else None
         _barrier(run)
-        metrics = evaluate_run(run, resolved, student, baseline, time.time() - t_start)
+        if run.task.task == "segmentation":
+            from .distill_seg import dense_run_metrics
+
+            metrics = dense_run_metrics(run, resolved.teacher, resolved.arch, resolved.preprocess, student.model,
+                                        student.arch, baseline, student.history, time.time() - t_start)
+        else:
+            metrics = evaluate_run(run, resolved, student, baseline, time.time() - t_start)
         artifacts = write_run(run, resolved, student, baseline, metrics) if run.rank == 0 else {}
     if run.distributed:
         import torch.distributed as dist

@@ -1,12 +1,12 @@
 """Distillation losses: logit KD, embedding KD (through a :class:`~medfm_compress.models.heads.Projector`),
-hard-label CE/BCE."""
+hard-label CE/BCE; for segmentation, per-pixel KD, feature-map KD and MONAI's Dice + cross-entropy."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["logit_kd_loss", "feature_kd_loss", "hard_label_loss", "LOSS_NAMES"]
+__all__ = ["logit_kd_loss", "feature_kd_loss", "feature_map_kd_loss", "hard_label_loss", "LOSS_NAMES"]
 
 LOSS_NAMES = ("kd", "feat", "ce")
 
@@ -15,9 +15,18 @@ def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
     """Temperature-scaled KL(teacher || student), times T^2 so gradients keep their scale (Hinton et al.).
 
     For multi-label tasks each label is a Bernoulli: binary cross-entropy against the teacher's tempered
-    sigmoid.
+    sigmoid. For segmentation (``(N, K, H, W)`` logits) the KL divergence is taken per pixel over the classes and
+    averaged over pixels; teacher maps of another size are resized (bilinear) to the student's first.
     """
     t = float(temperature)
+    if task == "segmentation":
+        if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
+            teacher_logits = F.interpolate(teacher_logits, size=student_logits.shape[-2:], mode="bilinear",
+                                           align_corners=False)
+        log_p_s = F.log_softmax(student_logits / t, dim=1)
+        log_p_t = F.log_softmax(teacher_logits / t, dim=1)
+        per_pixel = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+        return per_pixel.mean() * t * t
     if task == "multilabel":
         target = torch.sigmoid(teacher_logits / t)
         return F.binary_cross_entropy_with_logits(student_logits / t, target) * t * t
@@ -35,8 +44,36 @@ def feature_kd_loss(projected: torch.Tensor, teacher_embedding: torch.Tensor, ki
     raise ValueError(f"unknown feature loss {kind!r}")
 
 
+def feature_map_kd_loss(projected: torch.Tensor, teacher_map: torch.Tensor, kind: str) -> torch.Tensor:
+    """Feature-map distillation for dense models: per-position ``1 - cosine`` (over channels) or MSE between the
+    projected student map and the teacher's, the teacher's resized (bilinear) to the student's size."""
+    if teacher_map.shape[-2:] != projected.shape[-2:]:
+        teacher_map = F.interpolate(teacher_map, size=projected.shape[-2:], mode="bilinear", align_corners=False)
+    if kind == "cosine":
+        return (1.0 - F.cosine_similarity(projected, teacher_map, dim=1)).mean()
+    if kind == "mse":
+        return F.mse_loss(projected, teacher_map)
+    raise ValueError(f"unknown feature loss {kind!r}")
+
+
+_DICE_CE = None
+
+
+def _dice_ce():
+    global _DICE_CE
+    if _DICE_CE is None:
+        from monai.losses import DiceCELoss
+
+        # Softmax over the classes, the integer target one-hot encoded; background included in the Dice term.
+        _DICE_CE = DiceCELoss(to_onehot_y=True, softmax=True)
+    return _DICE_CE
+
+
 def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
-    """Cross-entropy on class indices, or BCE on 0/1 label vectors for multi-label tasks."""
+    """Cross-entropy on class indices, BCE on 0/1 label vectors for multi-label tasks, and for segmentation
+    MONAI's ``DiceCELoss`` (Dice + cross-entropy) on ``(N, K, H, W)`` logits against ``(N, H, W)`` label maps."""
+    if task == "segmentation":
+        return _dice_ce()(logits, labels.long().unsqueeze(1))
     if task == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, labels.float())
     return F.cross_entropy(logits, labels.long())

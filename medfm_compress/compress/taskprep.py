@@ -34,12 +34,17 @@ def select_device(pref: str):
 
 
 def labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int) -> np.ndarray:
-    """A seeded subset of ``fraction`` of the training indices, stratified by class, >= 1 per class."""
+    """A seeded subset of ``fraction`` of the training indices, stratified by class (label maps: by the rarest class
+    a case shows), >= 1 per class."""
+    from ..data.dataset import case_strata
+
     n = len(labels)
     if fraction >= 1.0:
         return np.arange(n)
     rng = np.random.default_rng([seed, 31337])
-    strat = labels if task != "multilabel" else labels.argmax(1)
+    labels = np.asarray(labels)
+    strat = case_strata(labels, int(labels.max()) + 1 if labels.size else 1) if labels.ndim == 3 else \
+        (labels if task != "multilabel" else labels.argmax(1))
     picked = []
     for c in np.unique(strat):
         idx = np.flatnonzero(strat == c)

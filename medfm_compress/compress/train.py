@@ -30,6 +30,7 @@ __all__ = [
     "Interrupted",
     "batches",
     "augment_batch",
+    "augment_masks",
     "run_loop",
     "predict",
     "dist_info",
@@ -102,13 +103,9 @@ def batches(
     return [perm[b * global_bs : (b + 1) * global_bs][rank::world] for b in range(n_batches)]
 
 
-def augment_batch(x: torch.Tensor, index: np.ndarray, seed: int, epoch: int) -> torch.Tensor:
-    """Small affine (rotation +-8 deg, shift +-4%, scale 0.92-1.08) and mild intensity gain/offset.
-
-    No flips (anatomy is lateralised) and no colour jitter (grayscale modalities). Parameters for each sample
-    come from ``(seed, epoch, sample index)`` alone.
-    """
-    n = x.shape[0]
+def _affine_params(index: np.ndarray, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the affine matrix and the (gain, offset) drawn from ``(seed, epoch, sample index)`` alone."""
+    n = len(index)
     params = np.empty((n, 6), dtype=np.float32)
     for i, idx in enumerate(index):
         r = np.random.default_rng([seed, epoch, int(idx), 104729])
@@ -130,9 +127,29 @@ def augment_batch(x: torch.Tensor, index: np.ndarray, seed: int, epoch: int) -> 
     theta[:, 1, 1] = torch.cos(ang) / s
     theta[:, 0, 2] = p[:, 1] * 2
     theta[:, 1, 2] = p[:, 2] * 2
+    return theta, p[:, 4:6]
+
+
+def augment_batch(x: torch.Tensor, index: np.ndarray, seed: int, epoch: int) -> torch.Tensor:
+    """Small affine (rotation +-8 deg, shift +-4%, scale 0.92-1.08) and mild intensity gain/offset.
+
+    No flips (anatomy is lateralised) and no colour jitter (grayscale modalities). Parameters for each sample
+    come from ``(seed, epoch, sample index)`` alone.
+    """
+    theta, gain_offset = _affine_params(index, seed, epoch)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out * p[:, 4].view(-1, 1, 1, 1).to(x.dtype) + p[:, 5].view(-1, 1, 1, 1).to(x.dtype)
+    g, o = gain_offset[:, 0].view(-1, 1, 1, 1).to(x.dtype), gain_offset[:, 1].view(-1, 1, 1, 1).to(x.dtype)
+    return out * g + o
+
+
+def augment_masks(y: torch.Tensor, index: np.ndarray, seed: int, epoch: int) -> torch.Tensor:
+    """The label maps ``(N, H, W)`` of the images :func:`augment_batch` transformed with the same ``index``,
+    ``seed`` and ``epoch``: the same affine, nearest-neighbour (labels never blend), edges as for the images."""
+    theta, _ = _affine_params(index, seed, epoch)
+    ym = y.unsqueeze(1).float()
+    grid = F.affine_grid(theta, list(ym.shape), align_corners=False)
+    return F.grid_sample(ym, grid, mode="nearest", padding_mode="border", align_corners=False)[:, 0].to(y.dtype)
 
 
 class _StopFlag:

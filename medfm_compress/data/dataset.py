@@ -10,7 +10,8 @@ import numpy as np
 from ..errors import DataError
 from .lazy import LazyImages, is_lazy, iter_batches, take
 
-__all__ = ["Split", "TaskData", "TASKS", "SPLITS", "class_presence", "validate_masks", "require_task"]
+__all__ = ["Split", "TaskData", "TASKS", "SPLITS", "class_presence", "validate_masks", "require_task",
+           "case_strata"]
 
 # "embedding": unlabeled volume crops for label-free embedding distillation (data/volume.py).
 # "segmentation": an integer label map per image (class 0 is the background; data/masks.py).
@@ -157,6 +158,20 @@ def class_presence(labels: np.ndarray, num_classes: int) -> np.ndarray:
     flat = labels.reshape(len(labels), -1)
     return np.stack([(flat == k).any(axis=1) for k in range(num_classes)], axis=1) if len(labels) else \
         np.zeros((0, num_classes), dtype=bool)
+
+
+def case_strata(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """One stratum per case for stratified sampling: its class (multi-label: its first positive label); for label
+    maps, the rarest class the case shows (lesions are rarer than organs), so each subset gets its share of them."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels
+    if labels.ndim == 2:
+        return labels.argmax(1)
+    presence = class_presence(labels, num_classes)
+    rarity = presence.sum(axis=0)
+    return np.array([int(np.flatnonzero(row)[np.argmin(rarity[row])]) if row.any() else 0 for row in presence],
+                    dtype=np.int64)
 
 
 def validate_masks(name: str, images: Any, masks: Any, label_names: list[str], source: str,

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..runtime.images import IMAGE_SUFFIXES, MASK_SUFFIXES, read_image_file, read_mask_file, resize_image, resize_mask
-from .dataset import SPLITS, TaskData, class_presence, validate_masks
+from .dataset import SPLITS, TaskData, case_strata, validate_masks
 from .folder import draw_group_splits, refuse_straddling
 
 __all__ = ["read_mask_folder", "is_mask_folder"]
@@ -160,10 +160,7 @@ def read_mask_folder(root: str | Path, size: int | None = None, seed: int = 0) -
         idx = {s: np.flatnonzero(split_arr == s) for s in SPLITS}
     else:
         # Stratum: the rarest class an image shows (lesions are rarer than organs), so each split gets its share.
-        presence = class_presence(checked.labels, len(names))
-        rarity = presence.sum(axis=0)
-        strat = np.array([int(np.flatnonzero(row)[np.argmin(rarity[row])]) if row.any() else 0 for row in presence])
-        idx = draw_group_splits(strat, groups, seed)
+        idx = draw_group_splits(case_strata(checked.labels, len(names)), groups, seed)
     splits = {}
     for s, i in idx.items():
         split = checked.subset(i)

@@ -1,0 +1,109 @@
+"""Segmentation metrics on integer label maps: Dice per case and class, mean Dice, and the paired bootstrap of a
+mean-Dice difference over cases (NumPy only: the edge install scores masks without torch).
+
+Conventions (those of nnU-Net's evaluation and MONAI's ``DiceMetric(ignore_empty=True)`` for the first one):
+
+- Dice is computed per case and foreground class (class 0, the background, is not scored).
+- A class absent from both the reference and the prediction of a case is not scored for that case (NaN), so a
+  case without a lesion neither helps nor hurts the lesion's Dice; a class predicted where the reference has none
+  scores 0 (a false positive costs).
+- A class's Dice is the mean over the cases that score it; the mean Dice is the mean over classes.
+
+The 95th-percentile Hausdorff distance comes from MONAI (:func:`hd95_per_case`, lazily imported: it needs torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["dice_per_case", "class_dice", "mean_dice", "dice_summary", "paired_dice_bootstrap", "hd95_per_case",
+           "pixel_agreement"]
+
+
+def dice_per_case(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(N, num_classes - 1)`` Dice of each case and foreground class (NaN where both masks lack the class)."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"predicted masks {pred.shape} and reference masks {ref.shape} differ in shape")
+    n = len(pred)
+    p, r = pred.reshape(n, -1), ref.reshape(n, -1)
+    out = np.full((n, max(num_classes - 1, 0)), np.nan)
+    for k in range(1, num_classes):
+        pk, rk = p == k, r == k
+        inter = np.count_nonzero(pk & rk, axis=1)
+        total = np.count_nonzero(pk, axis=1) + np.count_nonzero(rk, axis=1)
+        scored = total > 0
+        out[scored, k - 1] = 2.0 * inter[scored] / total[scored]
+    return out
+
+
+def class_dice(per_case: np.ndarray) -> np.ndarray:
+    """Each foreground class's Dice: the mean over the cases that score it (NaN if none does)."""
+    per_case = np.asarray(per_case, dtype=np.float64)
+    scored = ~np.isnan(per_case)
+    counts = scored.sum(axis=0)
+    sums = np.where(scored, per_case, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def mean_dice(per_case: np.ndarray) -> float:
+    """The mean over classes of :func:`class_dice` (classes no case scores are left out)."""
+    c = class_dice(per_case)
+    return float(np.nanmean(c)) if np.isfinite(c).any() else float("nan")
+
+
+def pixel_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of pixels on which two sets of label maps agree."""
+    return float(np.mean(np.asarray(a) == np.asarray(b)))
+
+
+def dice_summary(pred: np.ndarray, ref: np.ndarray, label_names: list[str]) -> dict:
+    """Mean Dice, Dice per foreground class (by name) and pixel accuracy of ``pred`` against ``ref``."""
+    per = dice_per_case(pred, ref, len(label_names))
+    cls = class_dice(per)
+    return {
+        "mean_dice": mean_dice(per),
+        "dice": {name: (None if np.isnan(v) else float(v)) for name, v in zip(label_names[1:], cls, strict=True)},
+        "pixel_accuracy": pixel_agreement(pred, ref),
+    }
+
+
+def paired_dice_bootstrap(reference: np.ndarray, test: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+                          alpha: float = 0.05) -> dict:
+    """Mean Dice of ``test`` minus that of ``reference`` (per-case Dice arrays of the same cases, from
+    :func:`dice_per_case`) with a paired bootstrap percentile CI: cases are resampled, both models keep their pair.
+    """
+    reference, test = np.asarray(reference, dtype=np.float64), np.asarray(test, dtype=np.float64)
+    if reference.shape != test.shape:
+        raise ValueError(f"per-case Dice arrays differ in shape: {reference.shape} vs {test.shape}")
+    n = len(reference)
+    delta = mean_dice(test) - mean_dice(reference)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        draws[i] = mean_dice(test[idx]) - mean_dice(reference[idx])
+    draws = draws[np.isfinite(draws)]
+    lo, hi = (np.quantile(draws, [alpha / 2, 1 - alpha / 2]) if len(draws) else (np.nan, np.nan))
+    return {"delta": float(delta), "ci_low": float(lo), "ci_high": float(hi), "n": int(n),
+            "n_resamples": int(n_resamples)}
+
+
+def hd95_per_case(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(N, num_classes - 1)`` 95th-percentile Hausdorff distance in pixels, from MONAI's
+    ``compute_hausdorff_distance`` (NaN where the reference or the prediction lacks the class)."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    pred_t = torch.as_tensor(np.asarray(pred, dtype=np.int64))
+    ref_t = torch.as_tensor(np.asarray(ref, dtype=np.int64))
+    onehot_p = torch.nn.functional.one_hot(pred_t, num_classes).permute(0, 3, 1, 2)
+    onehot_r = torch.nn.functional.one_hot(ref_t, num_classes).permute(0, 3, 1, 2)
+    present = (onehot_p.flatten(2).any(-1) & onehot_r.flatten(2).any(-1))[:, 1:].numpy()
+    import warnings
+
+    with warnings.catch_warnings():  # MONAI warns for every empty class; those are NaN below
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(onehot_p, onehot_r, include_background=False, percentile=95).numpy()
+    return np.where(present, hd, np.nan).astype(np.float64)

@@ -1,0 +1,89 @@
+"""Dice, HD95 and the paired bootstrap on label maps (medfm_compress.segmetrics), checked against MONAI."""
+
+import numpy as np
+import pytest
+
+from medfm_compress.segmetrics import (
+    class_dice,
+    dice_per_case,
+    dice_summary,
+    hd95_per_case,
+    mean_dice,
+    paired_dice_bootstrap,
+    pixel_agreement,
+)
+
+
+def _maps(seed=0, n=6):
+    rng = np.random.default_rng(seed)
+    ref = rng.integers(0, 4, (n, 16, 16))
+    pred = ref.copy()
+    pred[:, :5] = 0
+    pred[1][pred[1] == 2] = 1
+    return pred, ref
+
+
+def test_dice_matches_monai_where_the_reference_has_the_class():
+    torch = pytest.importorskip("torch")
+    monai_metrics = pytest.importorskip("monai.metrics")
+    pred, ref = _maps()
+    ref[2][ref[2] == 3] = 0  # case 2 lacks class 3 in the reference; the prediction still has it
+    ours = dice_per_case(pred, ref, 4)
+
+    def onehot(m):
+        return torch.nn.functional.one_hot(torch.as_tensor(m), 4).permute(0, 3, 1, 2)
+
+    theirs = monai_metrics.compute_dice(onehot(pred), onehot(ref), include_background=False, ignore_empty=True).numpy()
+    has = ~np.isnan(theirs)
+    np.testing.assert_allclose(ours[has], theirs[has], rtol=1e-6)
+    # Where the reference lacks the class: a predicted one is a false positive (0), none at all is not scored.
+    assert ours[2, 2] == 0.0
+    empty = np.zeros((1, 8, 8), int)
+    assert np.isnan(dice_per_case(empty, empty, 3)).all()
+
+
+def test_class_and_mean_dice_average_over_scoring_cases():
+    per = np.array([[1.0, np.nan], [0.5, 0.0], [np.nan, np.nan]])
+    np.testing.assert_allclose(class_dice(per), [0.75, 0.0])
+    assert mean_dice(per) == pytest.approx(0.375)
+    pred, ref = _maps()
+    s = dice_summary(pred, ref, ["background", "a", "b", "c"])
+    assert set(s["dice"]) == {"a", "b", "c"} and s["pixel_accuracy"] == pytest.approx(pixel_agreement(pred, ref))
+
+
+def test_paired_bootstrap_of_a_mean_dice_difference():
+    pred, ref = _maps(n=40)
+    worse = pred.copy()
+    worse[:, 5:8] = 0
+    a, b = dice_per_case(pred, ref, 4), dice_per_case(worse, ref, 4)
+    boot = paired_dice_bootstrap(a, b, n_resamples=300)
+    assert boot["delta"] < 0 and boot["ci_low"] <= boot["delta"] <= boot["ci_high"] < 0
+    same = paired_dice_bootstrap(a, a, n_resamples=100)
+    assert same["delta"] == same["ci_low"] == same["ci_high"] == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        paired_dice_bootstrap(a, b[:3])
+
+
+def test_hd95_from_monai_in_pixels():
+    pytest.importorskip("monai")
+    ref = np.zeros((2, 32, 32), int)
+    ref[:, 8:16, 8:16] = 1
+    pred = ref.copy()
+    pred[0] = np.roll(pred[0], 3, axis=1)  # shifted 3 pixels
+    pred[1] = 0  # class missing from the prediction: not scored
+    hd = hd95_per_case(pred, ref, 2)
+    assert hd.shape == (2, 1) and hd[0, 0] == pytest.approx(3.0) and np.isnan(hd[1, 0])
+
+
+def test_masks_move_with_their_images_under_augmentation():
+    torch = pytest.importorskip("torch")
+    from medfm_compress.compress.train import augment_batch, augment_masks
+
+    y = torch.zeros(4, 32, 32, dtype=torch.long)
+    y[:, 10:20, 12:22] = 3
+    x = (y.float() * 50).unsqueeze(1)
+    idx = np.array([3, 7, 11, 19])
+    xa, ya = augment_batch(x, idx, 0, 1), augment_masks(y, idx, 0, 1)
+    assert set(ya.unique().tolist()) == {0, 3} and ya.dtype == y.dtype
+    assert ((xa[:, 0] > 75) == (ya == 3)).float().mean() > 0.99
+    assert not torch.equal(ya, y)  # it did move
