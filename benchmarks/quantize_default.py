@@ -54,8 +54,9 @@ def student(work: Path, epochs: int) -> Path:
 
 
 def quantize_default(onnx: Path, target: str) -> dict:
-    out = onnx.with_name(f"student.default-{target}{TARGETS[target]}")
-    out.unlink(missing_ok=True)
+    stem = f"student.default-{target}"
+    for suffix in (".onnx", ".xml", ".bin"):  # --target cpu may ship either runtime's model
+        onnx.with_name(stem + suffix).unlink(missing_ok=True)
     # The default output name; moved aside after so both targets' models coexist.
     t0 = time.time()
     p = sh(["quantize", str(onnx), "--calib-data", "synthetic", "--target", target],
@@ -68,6 +69,7 @@ def quantize_default(onnx: Path, target: str) -> dict:
     written = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("wrote ")]
     if p.returncode == 0 and written:
         src = Path(written[0])
+        out = onnx.with_name(stem + src.suffix)
         src.replace(out)
         if src.suffix == ".xml":
             src.with_suffix(".bin").replace(out.with_suffix(".bin"))
@@ -79,7 +81,7 @@ def quantize_default(onnx: Path, target: str) -> dict:
 
 
 def _search(model: Path) -> dict | None:
-    from medfm_compress.runtime.metadata import read_meta
+    from medfm_compress.runtime.onnx_loader import read_meta
 
     try:
         meta = read_meta(model)
