@@ -359,10 +359,20 @@ def _quantile(values: np.ndarray, q: float) -> float | None:
 
 
 def parity_metrics(reference_logits: np.ndarray, test_logits: np.ndarray, task: str) -> dict[str, float]:
-    """Output agreement of a test model with the reference: top-1 agreement, cosine, max-abs, SQNR (dB)."""
-    return {
+    """Output agreement of a test model with the reference: top-1 agreement, cosine, max-abs, SQNR (dB).
+
+    Segmentation (``(N, K, H, W)`` class maps): top-1 agreement is the label maps' pixel agreement, and
+    ``mean_dice`` the mean Dice of the test model's label maps against the reference's
+    (:mod:`medfm_compress.segmetrics`)."""
+    out = {
         "top1_agreement": top1_agreement(reference_logits, test_logits, task),
         "cosine": cosine_similarity(reference_logits, test_logits),
         "max_abs": max_abs_error(reference_logits, test_logits),
         "sqnr_db": sqnr_db(reference_logits, test_logits),
     }
+    if task == "segmentation":
+        from .segmetrics import dice_per_case, mean_dice
+
+        ref, test = np.asarray(reference_logits), np.asarray(test_logits)
+        out["mean_dice"] = mean_dice(dice_per_case(test.argmax(1), ref.argmax(1), ref.shape[1]))
+    return out

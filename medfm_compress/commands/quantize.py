@@ -74,6 +74,9 @@ from ._common import csv_option, foreign_model_options
     help="Gate: top-1 agreement with fp32 on held-out data.",
 )
 @click.option("--min-cosine", default=None, type=float, help="Gate: mean logit cosine with fp32.")
+@click.option("--min-dice", default=0.99, show_default=True, type=float,
+              help="Gate for segmentation models: mean Dice of the quantized model's masks vs fp32's on held-out "
+              "images (--min-agreement is then their pixel agreement).")
 @click.option(
     "--search/--no-search",
     default=True,
@@ -133,6 +136,7 @@ def command(
     exclude,
     min_agreement,
     min_cosine,
+    min_dice,
     search,
     search_budget,
     batch_sizes,
@@ -174,6 +178,7 @@ def command(
         exclude_nodes=csv_option(exclude),
         min_agreement=min_agreement,
         min_cosine=min_cosine,
+        min_dice=min_dice,
         fp16_io=fp16_io,
         allow_random_calibration=allow_random_calibration,
         input_size=input_size,
@@ -212,10 +217,9 @@ def command(
         f"{res.input_size_bytes / max(res.size_bytes, 1):.2f}x smaller, {res.seconds:.1f} s)"
     )
     if p:
-        click.echo(
-            f"held-out parity vs fp32: top-1 agreement {p['top1_agreement']:.4f}, cosine {p['cosine']:.5f}, "
-            f"SQNR {p['sqnr_db']:.1f} dB"
-        )
+        from ..compress.quantize import parity_text
+
+        click.echo(f"held-out parity vs fp32: {parity_text(p)}, SQNR {p['sqnr_db']:.1f} dB")
     if "auto_table" in res.report:
         for r in res.report["auto_table"]:
             state = (f"{r['latency_ms']:8.3f} ms  agreement {r['top1_agreement']:.4f}  "

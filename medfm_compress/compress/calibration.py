@@ -87,8 +87,13 @@ class CalibrationReader:
 
 
 def _strata(labels: np.ndarray, task: str) -> np.ndarray:
-    """One group id per image: the class (multi-class, binary) or the first positive label (multi-label)."""
+    """One group id per image: the class (multi-class, binary), the first positive label (multi-label), or for
+    label maps the rarest class the image shows."""
     labels = np.asarray(labels)
+    if labels.ndim == 3:
+        from ..data.dataset import case_strata
+
+        return case_strata(labels, int(labels.max()) + 1 if labels.size else 1)
     if labels.ndim == 2:
         has = labels.any(axis=1)
         return np.where(has, labels.argmax(axis=1), -1)

@@ -86,6 +86,8 @@ class QuantizeConfig:
         exclude_nodes: node names always kept in fp32.
         min_agreement: parity gate, top-1 agreement with fp32 on held-out data (0 disables).
         min_cosine: parity gate, mean logit cosine with fp32 on held-out data (None disables).
+        min_dice: parity gate of segmentation models, mean Dice of the quantized model's label maps against
+            fp32's on held-out images (with ``min_agreement`` as their pixel agreement).
         fp16_io: with ``fp16``, make the model's input and output float16 too.
         allow_random_calibration: calibrate on random tensors when no data is given (recorded in metadata).
         input_size, channels, mean, std: preprocessing of an ONNX without medfm metadata.
@@ -127,6 +129,7 @@ class QuantizeConfig:
     exclude_nodes: tuple[str, ...] | None = None
     min_agreement: float = 0.99
     min_cosine: float | None = None
+    min_dice: float = 0.99
     fp16_io: bool = False
     allow_random_calibration: bool = False
     input_size: int | None = None
@@ -161,6 +164,8 @@ class QuantizeConfig:
             raise ConfigError(f"--min-agreement must be in [0, 1], got {self.min_agreement}")
         if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
             raise ConfigError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
+        if not 0.0 <= self.min_dice <= 1.0:
+            raise ConfigError(f"--min-dice must be in [0, 1], got {self.min_dice}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.model not in MODEL_ROLES:
@@ -251,7 +256,8 @@ class QuantizeResult:
 # honours them (register_target(options=...)), and quantize() refuses one set away from its default otherwise.
 COMMON_OPTIONS = frozenset({
     "input", "out", "calib_data", "target", "precision", "method", "num_calib", "num_holdout", "min_agreement",
-    "min_cosine", "allow_random_calibration", "input_size", "channels", "mean", "std", "model", "seed", "force",
+    "min_cosine", "min_dice", "allow_random_calibration", "input_size", "channels", "mean", "std", "model", "seed",
+    "force",
     "progress", "version", "pinned",
 })
 
@@ -468,6 +474,11 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
             cfg = dataclasses.replace(cfg, min_agreement=0.0,
                                       min_cosine=0.99 if cfg.min_cosine is None else cfg.min_cosine)
             log(f"embedding model: parity gate is cosine >= {cfg.min_cosine} on held-out crops")
+        if meta.task == "segmentation":
+            log(f"segmentation model: parity gate is {gate_text(cfg, meta.task)} on held-out images")
+        elif cfg.min_dice != QuantizeConfig.min_dice:
+            raise ConfigError(f"--min-dice gates segmentation models; {fp32_path.name} is a {meta.task} model (its "
+                              "gate is --min-agreement / --min-cosine)")
         if target.check is not None:
             target.check(proto, cfg)
         calib = build_calibration(
@@ -589,6 +600,24 @@ def _check_output(proto, cfg: QuantizeConfig) -> None:
         ) from None
 
 
+def gate_text(cfg: QuantizeConfig, task: str | None) -> str:
+    """The parity gate in words, for the task's kind of output."""
+    head = (f"mean Dice vs fp32's masks >= {cfg.min_dice}, pixel agreement >= {cfg.min_agreement}"
+            if task == "segmentation" else f"top-1 agreement >= {cfg.min_agreement}")
+    return head + (f", cosine >= {cfg.min_cosine}" if cfg.min_cosine is not None else "")
+
+
+def gate_flags(task: str | None) -> str:
+    """The flags that loosen the parity gate of a model of ``task``."""
+    return "--min-dice/--min-agreement" if task == "segmentation" else "--min-agreement"
+
+
+def parity_text(p: dict[str, Any]) -> str:
+    """A parity record's figures in words (mean Dice first for segmentation)."""
+    dice = f"mean Dice {p['mean_dice']:.4f}, pixel agreement" if p.get("mean_dice") is not None else "top-1 agreement"
+    return f"{dice} {p['top1_agreement']:.4f}, cosine {p['cosine']:.5f}"
+
+
 def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, float]:
     """Parity of a quantized model's logits against fp32 on the same inputs (the comparator's figures)."""
     from ..metrics import parity_metrics
@@ -597,7 +626,10 @@ def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, floa
 
 
 def gate_passes(parity: dict[str, float], cfg: QuantizeConfig) -> bool:
-    """The parity gate: top-1 agreement and (when set) cosine on held-out data."""
+    """The parity gate: top-1 agreement (segmentation: pixel agreement and mean Dice vs fp32's masks) and (when
+    set) cosine on held-out data."""
     if parity["top1_agreement"] < cfg.min_agreement:
+        return False
+    if "mean_dice" in parity and not parity["mean_dice"] >= cfg.min_dice:
         return False
     return cfg.min_cosine is None or parity["cosine"] >= cfg.min_cosine

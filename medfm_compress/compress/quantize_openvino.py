@@ -32,7 +32,16 @@ import numpy as np
 from ..errors import ConfigError, GateFailure, ModelError
 from . import latency
 from .auto_precision import register_auto_candidates
-from .quantize import QuantizeContext, QuantizedModel, gate_passes, parity_report, register_target
+from .quantize import (
+    QuantizeContext,
+    QuantizedModel,
+    gate_flags,
+    gate_passes,
+    gate_text,
+    parity_report,
+    parity_text,
+    register_target,
+)
 from .quantize_search import (
     SearchCandidate,
     SearchStage,
@@ -302,9 +311,9 @@ def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
         return search(ctx, ref, first, cache={"ov_fp32": fp32_model})
     if not gate_passes(p, cfg):
         raise GateFailure(
-            f"int8 model fails the parity gate on {len(ctx.calib.holdout)} held-out images: top-1 agreement "
-            f"{p['top1_agreement']:.4f} (min {cfg.min_agreement}), cosine {p['cosine']:.5f}; "
-            f"{'' if cfg.auto_exclude else 'try --auto-exclude, '}or lower --min-agreement; nothing written"
+            f"int8 model fails the parity gate ({gate_text(cfg, ctx.meta.task)}) on {len(ctx.calib.holdout)} "
+            f"held-out images: {parity_text(p)}; {'' if cfg.auto_exclude else 'try --auto-exclude, '}or lower "
+            f"{gate_flags(ctx.meta.task)}; nothing written"
         )
     return qm
 
@@ -320,9 +329,9 @@ def _float_ir(ctx: QuantizeContext, fp32_model, ref: np.ndarray, precision: str,
     parity = parity_report(ref, _run_ov(compiled, ctx.calib.holdout), ctx.meta.task)
     if gate and precision != "fp32" and not gate_passes(parity, cfg):
         raise GateFailure(
-            f"the {precision} IR fails the parity gate on {len(ctx.calib.holdout)} held-out images: top-1 agreement "
-            f"{parity['top1_agreement']:.4f} (min {cfg.min_agreement}), cosine {parity['cosine']:.5f}; use "
-            "--precision fp32 or lower --min-agreement; nothing written"
+            f"the {precision} IR fails the parity gate ({gate_text(cfg, ctx.meta.task)}) on {len(ctx.calib.holdout)} "
+            f"held-out images: {parity_text(parity)}; use --precision fp32 or lower {gate_flags(ctx.meta.task)}; "
+            "nothing written"
         )
     prov = {"format": "openvino-ir", "weights": "fp16-compressed", "inference_precision": inference}
     return QuantizedModel(fp32_model, precision, prov, {"parity": parity}, save=_writer(fp32_model), suffix=".xml")

@@ -31,8 +31,11 @@ from .quantize import (
     CALIBRATORS,
     QuantizeContext,
     QuantizedModel,
+    gate_flags,
     gate_passes,
+    gate_text,
     parity_report,
+    parity_text,
     register_target,
 )
 from .quantize_search import (
@@ -106,10 +109,8 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
         p = qm.report["parity"]
         hint = "try --auto-exclude, another --calibrator, " if precision == "int8" else ""
         raise GateFailure(
-            f"{precision} model fails the parity gate on {len(ctx.calib.holdout)} held-out images: top-1 agreement "
-            f"{p['top1_agreement']:.4f} (min {cfg.min_agreement}), cosine {p['cosine']:.5f}"
-            f"{f' (min {cfg.min_cosine})' if cfg.min_cosine is not None else ''}; {hint}or lower --min-agreement; "
-            "nothing written"
+            f"{precision} model fails the parity gate ({gate_text(cfg, ctx.meta.task)}) on {len(ctx.calib.holdout)} "
+            f"held-out images: {parity_text(p)}; {hint}or lower {gate_flags(ctx.meta.task)}; nothing written"
         )
     return qm
 

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import GateFailure, MedfmError
 from . import latency
 from .auto_precision import AUTO_TIE_PCT
-from .quantize import QuantizeConfig, QuantizeContext, QuantizedModel, gate_passes
+from .quantize import QuantizeConfig, QuantizeContext, QuantizedModel, gate_flags, gate_passes, gate_text, parity_text
 
 __all__ = [
     "FLAGS",
@@ -123,7 +123,7 @@ class SearchState:
     def best(self, engine: str | None = None, plain: bool | None = None) -> dict[str, Any] | None:
         """The most faithful row (top-1 agreement, then cosine; the earliest of equals)."""
         rows = self.judged(engine, plain)
-        return max(rows, key=lambda r: (r["top1_agreement"], r["cosine"])) if rows else None
+        return max(rows, key=lambda r: (r.get("mean_dice", 1.0), r["top1_agreement"], r["cosine"])) if rows else None
 
     def any_passes(self, engine: str | None = None) -> bool:
         return any(r["passes"] for r in self.judged(engine))
@@ -142,6 +142,8 @@ class SearchState:
             p = qm.report["parity"]
             row.update(top1_agreement=float(p["top1_agreement"]), cosine=float(p["cosine"]),
                        passes=gate_passes(p, cfg))
+            if "mean_dice" in p:
+                row["mean_dice"] = float(p["mean_dice"])
             if qm.report.get("search_note"):
                 row["note"] = qm.report["search_note"]
             self.models[index] = qm
@@ -151,7 +153,8 @@ class SearchState:
         row["seconds"] = round(time.perf_counter() - t0, 2)
         self.rows.append(row)
         self.candidates[index] = cand
-        figures = (f"agreement {row['top1_agreement']:.4f} cosine {row['cosine']:.5f} "
+        figures = ((f"mean Dice {row['mean_dice']:.4f} " if "mean_dice" in row else "") +
+                   f"agreement {row['top1_agreement']:.4f} cosine {row['cosine']:.5f} "
                    f"{'passes' if row['passes'] else 'misses'} the gate") if "top1_agreement" in row else row["error"]
         ctx.log(f"search: #{index} {cand.engine} {row['candidate']}: {figures} "
                 f"({time.perf_counter() - self.started:.0f} of {cfg.search_budget_s:g} s)")
@@ -274,6 +277,7 @@ def search(ctx: QuantizeContext, ref: np.ndarray, first: SearchCandidate,
     _time_passing(state)
     record = {
         "gate": {"min_agreement": cfg.min_agreement, "min_cosine": cfg.min_cosine,
+                 **({"min_dice": cfg.min_dice} if ctx.meta.task == "segmentation" else {}),
                  "holdout_images": len(ctx.calib.holdout),
                  "holdout_split": ctx.calib.info.get("holdout_split", ctx.calib.source)},
         "budget_s": cfg.search_budget_s,
@@ -288,7 +292,7 @@ def search(ctx: QuantizeContext, ref: np.ndarray, first: SearchCandidate,
         raise GateFailure(_failure_line(state, record))
     fastest = min(eligible, key=lambda r: r["latency_ms"])
     tied = [r for r in eligible if r["latency_ms"] <= fastest["latency_ms"] * (1 + AUTO_TIE_PCT / 100)]
-    best = max(tied, key=lambda r: (r["top1_agreement"], r["cosine"], -r["latency_ms"]))
+    best = max(tied, key=lambda r: (r.get("mean_dice", 1.0), r["top1_agreement"], r["cosine"], -r["latency_ms"]))
     for r in state.rows:
         r["chosen"] = r is best
     record["chosen"] = best["#"]
@@ -325,13 +329,12 @@ def _time_passing(state: SearchState) -> None:
 
 
 def _figures(r: dict[str, Any]) -> str:
-    return f"top-1 agreement {r['top1_agreement']:.4f}, cosine {r['cosine']:.5f}"
+    return parity_text(r)
 
 
 def _failure_line(state: SearchState, record: dict[str, Any]) -> str:
     cfg = state.ctx.cfg
-    gate = f"top-1 agreement >= {cfg.min_agreement}" + (f", cosine >= {cfg.min_cosine}" if cfg.min_cosine is not None
-                                                          else "")
+    gate = gate_text(cfg, state.ctx.meta.task)
     tried = f"{len(state.rows)} candidate(s) tried in {record['elapsed_s']:.0f} s"
     budget = f"; {record['budget_spent']} (raise --search-budget)" if record["budget_spent"] else ""
     passing = [r for r in state.rows if r["passes"]]
@@ -342,7 +345,8 @@ def _failure_line(state: SearchState, record: dict[str, Any]) -> str:
                if not r["faster_than_fp32"] else r.get("note", ""))
         return (f"no quantized model both passes the parity gate ({gate}) on {record['gate']['holdout_images']} "
                 f"held-out images and ships: the best, #{r['#']} {r['engine']} {r['candidate']}, passes "
-                f"({_figures(r)}) but {why}; {tried}{budget}; use --precision auto or fp32, or lower --min-agreement; "
+                f"({_figures(r)}) but {why}; {tried}{budget}; use --precision auto or fp32, or lower "
+                f"{gate_flags(state.ctx.meta.task)}; "
                 "nothing written")
     best = state.best()
     if best is None:
@@ -350,12 +354,11 @@ def _failure_line(state: SearchState, record: dict[str, Any]) -> str:
                 f"{state.rows[0].get('error', '')}{budget}; nothing written")
     return (f"no quantized model passes the parity gate ({gate}) on {record['gate']['holdout_images']} held-out "
             f"images: the best of {tried}, #{best['#']} {best['engine']} {best['candidate']}, reaches "
-            f"{_figures(best)}{budget}; lower --min-agreement or use --precision auto; nothing written")
+            f"{_figures(best)}{budget}; lower {gate_flags(state.ctx.meta.task)} or use --precision auto; nothing written")
 
 
 def _reason(best: dict[str, Any], fastest: dict[str, Any], eligible: list[dict[str, Any]], cfg: QuantizeConfig) -> str:
-    gate = f"top-1 agreement >= {cfg.min_agreement}" + (f", cosine >= {cfg.min_cosine}" if cfg.min_cosine is not None
-                                                          else "")
+    gate = gate_text(cfg, "segmentation" if "mean_dice" in best else None)
     head = (f"#{best['#']} {best['engine']} {best['candidate']} ({best['latency_ms']:.3f} ms vs fp32 "
             f"{best['fp32_latency_ms']:.3f} ms, {_figures(best)})")
     if best is fastest:

@@ -182,7 +182,9 @@ def _onnx_format(req: ExportRequest) -> ExportOutcome:
         [
             f"wrote {res.path} ({res.size_bytes / 1e6:.2f} MB, {res.seconds:.1f} s)",
             f"self-check vs torch: {c.get('real_n', 0)} real + {c.get('random_n', 0)} random inputs, "
-            f"max-abs {c['max_abs']:.3g}, cosine {c['cosine']:.7f}",
+            f"max-abs {c['max_abs']:.3g}, cosine {c['cosine']:.7f}"
+            + (f", mask agreement on the real images {c['real_mask_agreement']:.6f}" if "real_mask_agreement" in c
+               else ""),
         ],
         {"path": str(res.path), "size_bytes": res.size_bytes, "seconds": res.seconds, "check": res.check},
     )

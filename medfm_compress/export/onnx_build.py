@@ -205,7 +205,8 @@ def parity_check(model, proto, real: np.ndarray | None, n_random: int = 8, seed:
         report[f"{kind}_max_abs"] = max_abs_error(ref, got)
         report[f"{kind}_cosine"] = cosine_similarity(ref, got)
         if kind == "real":
-            report["real_top1_agreement"] = top1_agreement(ref, got)
+            # Dense outputs (N, K, H, W): the argmax over K is the label map, so this is the masks' pixel agreement.
+            report["real_mask_agreement" if ref.ndim == 4 else "real_top1_agreement"] = top1_agreement(ref, got)
     report["max_abs"] = max(v for k, v in report.items() if k.endswith("_max_abs"))
     report["cosine"] = min(v for k, v in report.items() if k.endswith("_cosine"))
     return report

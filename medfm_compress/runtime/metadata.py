@@ -8,8 +8,11 @@ key                    value
 =====================  ==================================================================
 medfm.format           ``medfm-compress/onnx``
 medfm.version          metadata version (``1``)
-medfm.task             ``multiclass`` | ``binary`` | ``multilabel``
-medfm.label_names      JSON array of strings
+medfm.task             ``multiclass`` | ``binary`` | ``multilabel`` | ``embedding`` | ``segmentation``
+medfm.label_names      JSON array of strings (segmentation: the classes from the background up)
+medfm.postprocess      how outputs become a result, from the task: ``softmax`` (one class per image),
+                       ``sigmoid`` (multi-label), ``softmax-argmax`` (segmentation: ``(N, K, H, W)`` maps,
+                       a label map by argmax over K), ``none`` (embeddings)
 medfm.input_size       ``H,W`` (images) or ``X,Y,Z`` (volumes)
 medfm.channels         ``1`` or ``3``
 medfm.mean             comma-separated floats, one per channel (applied after scaling to [0, 1])
@@ -44,6 +47,8 @@ __all__ = [
 
 META_FORMAT = "medfm-compress/onnx"
 META_VERSION = 1
+POSTPROCESS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid", "embedding": "none",
+               "segmentation": "softmax-argmax"}
 
 
 @dataclass
@@ -56,6 +61,11 @@ class ModelMeta:
     arch: str = ""
     precision: str = "fp32"
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def postprocess(self) -> str:
+        """How the model's outputs become a result (``medfm.postprocess``): see the module docstring."""
+        return POSTPROCESS.get(self.task, "none")
 
     @classmethod
     def from_card(cls, card, precision: str = "fp32", provenance: dict[str, Any] | None = None) -> ModelMeta:
@@ -81,6 +91,7 @@ def encode_metadata(meta: ModelMeta) -> dict[str, str]:
         "medfm.version": str(META_VERSION),
         "medfm.task": meta.task,
         "medfm.label_names": json.dumps(list(meta.label_names)),
+        "medfm.postprocess": meta.postprocess,
         "medfm.input_size": ",".join(str(int(v)) for v in pre.input_size),
         "medfm.channels": str(pre.channels),
         "medfm.mean": _floats(pre.mean),
