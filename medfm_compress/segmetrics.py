@@ -73,6 +73,7 @@ def paired_dice_bootstrap(reference: np.ndarray, test: np.ndarray, n_resamples: 
                           alpha: float = 0.05) -> dict:
     """Mean Dice of ``test`` minus that of ``reference`` (per-case Dice arrays of the same cases, from
     :func:`dice_per_case`) with a paired bootstrap percentile CI: cases are resampled, both models keep their pair.
+    Also each model's mean Dice and the test model's own CI from the same resamples.
     """
     reference, test = np.asarray(reference, dtype=np.float64), np.asarray(test, dtype=np.float64)
     if reference.shape != test.shape:
@@ -81,12 +82,20 @@ def paired_dice_bootstrap(reference: np.ndarray, test: np.ndarray, n_resamples: 
     delta = mean_dice(test) - mean_dice(reference)
     rng = np.random.default_rng(seed)
     draws = np.empty(n_resamples)
+    test_draws = np.empty(n_resamples)
     for i in range(n_resamples):
         idx = rng.integers(0, n, n)
-        draws[i] = mean_dice(test[idx]) - mean_dice(reference[idx])
-    draws = draws[np.isfinite(draws)]
-    lo, hi = (np.quantile(draws, [alpha / 2, 1 - alpha / 2]) if len(draws) else (np.nan, np.nan))
-    return {"delta": float(delta), "ci_low": float(lo), "ci_high": float(hi), "n": int(n),
+        test_draws[i] = mean_dice(test[idx])
+        draws[i] = test_draws[i] - mean_dice(reference[idx])
+
+    def ci(values):
+        values = values[np.isfinite(values)]
+        return (np.quantile(values, [alpha / 2, 1 - alpha / 2]) if len(values) else (np.nan, np.nan))
+
+    lo, hi = ci(draws)
+    t_lo, t_hi = ci(test_draws)
+    return {"delta": float(delta), "ci_low": float(lo), "ci_high": float(hi), "reference": mean_dice(reference),
+            "test": mean_dice(test), "test_ci_low": float(t_lo), "test_ci_high": float(t_hi), "n": int(n),
             "n_resamples": int(n_resamples)}
 
 

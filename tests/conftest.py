@@ -87,6 +87,25 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def seg_run(tmp_path_factory):
+    """A finished segmentation run on the tiny segmentation task (dense teacher, student, baseline at a quarter of
+    the masks) with the student exported to ``student.onnx``."""
+    pytest.importorskip("segmentation_models_pytorch")
+    pytest.importorskip("monai")
+    from support.tiny import TINY_SEG_DATA, TINY_SEG_STUDENT, TINY_SEG_TEACHER
+
+    from medfm_compress.compress.distill import DistillConfig, distill
+    from medfm_compress.export.onnx import ExportConfig, export_onnx
+
+    out = tmp_path_factory.mktemp("seg-run")
+    distill(DistillConfig(data=TINY_SEG_DATA, out=str(out), teacher=TINY_SEG_TEACHER, teacher_epochs=2,
+                          student=TINY_SEG_STUDENT, epochs=3, batch_size=16, label_fraction=0.25, baseline=True,
+                          augment=False, progress=False))
+    export_onnx(ExportConfig(source=str(out), out=str(out / "student.onnx"), num_check=16))
+    return out
+
+
+@pytest.fixture(scope="session")
 def gray_onnx(tmp_path_factory):
     """A 32x32 one-channel binary model (random weights) as ONNX with medfm metadata."""
     import torch

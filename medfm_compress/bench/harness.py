@@ -19,7 +19,7 @@ __all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts", "spl
 
 # Gates that compare an artifact with the reference (so never judge the reference itself), and gates that judge
 # each artifact on its own (the reference included: a CI budget on the one model it ships must bite).
-RELATIVE_GATES = ("max_auc_drop", "min_agreement", "min_speedup")
+RELATIVE_GATES = ("max_auc_drop", "max_dice_drop", "min_agreement", "min_speedup")
 ABSOLUTE_GATES = ("max_p50_ms", "max_size_mb")
 
 
@@ -95,7 +95,9 @@ class BenchConfig:
         n_resamples, seed: paired bootstrap settings.
         max_auc_drop: non-inferiority margin in AUC percentage points: the upper 95% CI bound of the
             reference-minus-artifact macro AUC drop must be below it.
-        min_agreement: minimum top-1 agreement with the reference (0-1).
+        max_dice_drop: the same for segmentation, in mean-Dice points (100 x Dice): the upper 95% CI bound of the
+            reference-minus-artifact mean Dice drop (paired bootstrap over cases) must be below it.
+        min_agreement: minimum top-1 agreement with the reference (0-1; segmentation: pixel agreement).
         min_speedup: minimum reference p50 / artifact p50, engine-only at batch 1 (or the smallest batch).
         max_p50_ms: maximum engine-only p50 at that batch.
         max_size_mb: maximum artifact size in MB (1e6 bytes).
@@ -125,6 +127,7 @@ class BenchConfig:
     n_resamples: int = 1000
     seed: int = 0
     max_auc_drop: float | None = None
+    max_dice_drop: float | None = None
     min_agreement: float | None = None
     min_speedup: float | None = None
     max_p50_ms: float | None = None
@@ -219,10 +222,17 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     from .report import SCHEMA_VERSION, write_reports
 
     task_data = load_data(cfg.data)
-    require_task(task_data, ("multiclass", "binary", "multilabel", "embedding"), "bench")
+    require_task(task_data, ("multiclass", "binary", "multilabel", "embedding", "segmentation"), "bench")
     split = task_data.split(cfg.split)
-    if task_data.task != "multilabel" and split.labels.ndim != 1:
+    dense = task_data.task == "segmentation"
+    if not dense and task_data.task != "multilabel" and split.labels.ndim != 1:
         raise DataError(f"{cfg.data}: the {cfg.split} split has no class labels to score against")
+    if dense and cfg.max_auc_drop is not None:
+        raise UsageError(f"--max-auc-drop judges classifiers, but {cfg.data} is a segmentation task: use "
+                         "--max-dice-drop POINTS")
+    if not dense and cfg.max_dice_drop is not None:
+        raise UsageError(f"--max-dice-drop judges segmentation models, but {cfg.data} is a {task_data.task} task: "
+                         "use --max-auc-drop POINTS")
     ref_name = cfg.reference_name
     order = [(n, p) for n, p in cfg.artifacts if n == ref_name] + [(n, p) for n, p in cfg.artifacts if n != ref_name]
     # Cheap checks first, so a bad invocation fails before any progress output or model loading.
@@ -363,9 +373,17 @@ def evaluate_gates(cfg: BenchConfig, entries: list[dict]) -> list[dict]:
             ok = upper is not None and upper < cfg.max_auc_drop
             add("max_auc_drop", e, upper, cfg.max_auc_drop, ok,
                 "upper 95% CI bound of the macro AUC drop vs the reference (percentage points)")
+        if e["name"] in judged.get("max_dice_drop", ()):
+            d = e["parity"]["deltas"]["mean_dice"]
+            upper = None if not np.isfinite(d["ci_low"]) else -100.0 * d["ci_low"]
+            ok = upper is not None and upper < cfg.max_dice_drop
+            add("max_dice_drop", e, upper, cfg.max_dice_drop, ok,
+                "upper 95% CI bound of the mean Dice drop vs the reference (Dice points, paired bootstrap over cases)")
         if e["name"] in judged.get("min_agreement", ()):
             v = e["parity"]["top1_agreement"]
-            add("min_agreement", e, v, cfg.min_agreement, v >= cfg.min_agreement, "top-1 agreement with the reference")
+            add("min_agreement", e, v, cfg.min_agreement, v >= cfg.min_agreement,
+                "pixel agreement of the masks with the reference's" if "mean_dice" in e["parity"]
+                else "top-1 agreement with the reference")
         b = _gate_batch(e)
         if e["name"] in judged.get("min_speedup", ()):
             rp, ep = _p50(ref, b), _p50(e, b)

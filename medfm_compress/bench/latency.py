@@ -139,11 +139,13 @@ def measure_engines(items: dict, cfg: LatencyConfig | None = None, rounds: int =
 
 
 def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None = None) -> dict:
-    """Per-case latency of raw image -> preprocessing -> engine -> probabilities + argmax (batch 1).
+    """Per-case latency of raw image -> preprocessing -> engine -> probabilities + argmax (batch 1); for
+    segmentation the label map resized (nearest) back to the raw image's size.
 
     Cycles through ``raw_images`` so that preprocessing sees real, varying cases.
     """
     from ..metrics import probabilities
+    from ..runtime.images import resize_mask
 
     cfg = cfg or LatencyConfig()
     if len(raw_images) == 0:
@@ -158,6 +160,8 @@ def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None
         state["i"] += 1
         logits = engine.run(pre(img))
         probs = probabilities(logits, task)
+        if task == "segmentation":  # the label map, back at the image's own size
+            return probs, resize_mask(probs.argmax(1)[0].astype(np.uint8), img.shape[1:3])
         return probs, probs.argmax(1)
 
     def synced():

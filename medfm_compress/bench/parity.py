@@ -55,6 +55,8 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, task: str, label_names: lis
     """
     if task == "embedding":
         return {"accuracy": None, "macro_auc": None, "sensitivity": None, "specificity": None, "per_class": []}
+    if task == "segmentation":
+        return _evaluate_masks(logits.argmax(1), labels, label_names)
     n_cls = logits.shape[1]
     decisions = M.predicted_positive(logits, task, thresholds)
     sens, spec = M.sensitivity_specificity(decisions, M.positive_targets(labels, task, n_cls))
@@ -67,9 +69,35 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, task: str, label_names: lis
     }
 
 
+def _evaluate_masks(pred: np.ndarray, ref: np.ndarray, label_names: list[str]) -> dict:
+    """Segmentation scores of predicted label maps: mean Dice, Dice and HD95 per foreground class, pixel accuracy.
+
+    HD95 comes from MONAI (it needs torch); on an install without it the distances are left out (None).
+    """
+    from .. import segmetrics as S
+
+    per = S.dice_per_case(pred, ref, len(label_names))
+    dice = S.class_dice(per)
+    try:
+        hd = S.hd95_per_case(pred, ref, len(label_names))
+    except ImportError:
+        hd = None
+    hd_cls = [None] * len(dice) if hd is None else [
+        _finite_or_none(np.nanmean(c)) if np.isfinite(c).any() else None for c in hd.T]
+    return {
+        "accuracy": None, "macro_auc": None, "sensitivity": None, "specificity": None,
+        "mean_dice": _finite_or_none(S.mean_dice(per)),
+        "pixel_accuracy": S.pixel_agreement(pred, ref),
+        "hd95": None if hd is None or not np.isfinite(hd).any() else float(np.nanmean(hd)),
+        "per_class": [{"label": name, "dice": _finite_or_none(d), "hd95": h}
+                      for name, d, h in zip(label_names[1:], dice, hd_cls, strict=True)],
+    }
+
+
 def reference_thresholds(reference_logits: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray | None:
-    """The reference's operating point: Youden-optimal thresholds (binary, multi-label); argmax (multi-class)."""
-    if task in ("multiclass", "embedding"):
+    """The reference's operating point: Youden-optimal thresholds (binary, multi-label); argmax (multi-class and
+    each pixel of a segmentation)."""
+    if task in ("multiclass", "embedding", "segmentation"):
         return None
     n_cls = reference_logits.shape[1]
     return M.youden_thresholds(M.positive_scores(reference_logits, task), M.positive_targets(labels, task, n_cls))
@@ -81,6 +109,15 @@ def parity(reference_logits: np.ndarray, test_logits: np.ndarray, labels: np.nda
     if len(reference_logits) == 0:
         raise DataError("no held-out cases to compare on; the test split is empty")
     out = M.parity_metrics(reference_logits, test_logits, task)
+    if task == "segmentation":
+        from ..segmetrics import dice_per_case, paired_dice_bootstrap
+
+        k = reference_logits.shape[1]
+        ref_dice = dice_per_case(reference_logits.argmax(1), labels, k)
+        test_dice = dice_per_case(test_logits.argmax(1), labels, k)
+        out["deltas"] = {"mean_dice": paired_dice_bootstrap(ref_dice, test_dice, n_resamples, seed)}
+        out.update(n_resamples=n_resamples, seed=seed)
+        return out
     if task == "embedding":
         # Embeddings have no classes: agreement is their cosine with the reference, no label deltas.
         out["top1_agreement"] = None

@@ -175,11 +175,15 @@ def to_markdown(report: dict) -> str:
         "",
         "## Accuracy and parity",
         "",
-        "| artifact | backend | precision | accuracy | macro AUC [95% CI] | sensitivity | ΔAUC vs ref [95% CI] "
-        "| top-1 agreement | cosine | max-abs | SQNR dB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for a in report["artifacts"]:
+    dense = report["data"]["task"] == "segmentation"
+    if dense:
+        lines += _dense_accuracy_markdown(report)
+    else:
+        lines += ["| artifact | backend | precision | accuracy | macro AUC [95% CI] | sensitivity | ΔAUC vs ref [95% CI] "
+                  "| top-1 agreement | cosine | max-abs | SQNR dB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in ([] if dense else report["artifacts"]):
         m, p = a["metrics"], a["parity"] or {}
         auc_ci = m.get("macro_auc_ci") or [None, None]
         lines.append(
@@ -202,7 +206,8 @@ def to_markdown(report: dict) -> str:
                          f"| {_f(s['p99_ms'], '.3f')} | {_f(s['mean_ms'], '.3f')} | {_f(s['std_ms'], '.3f')} "
                          f"| {_f(s['min_ms'], '.3f')} | {_f(s['throughput_per_s'], '.1f')} | {s.get('threads')} |")
     lines += batch_choice_markdown(report)
-    lines += ["", "## End-to-end per case (raw image -> preprocessing -> engine -> probabilities), ms", "",
+    result = "label map at the image's size" if dense else "probabilities"
+    lines += ["", f"## End-to-end per case (raw image -> preprocessing -> engine -> {result}), ms", "",
               "| artifact | p50 | p90 | p99 | size MB | params | peak RSS MB |", "|---|---|---|---|---|---|---|"]
     for a in report["artifacts"]:
         s = a.get("end_to_end") or {}
@@ -210,11 +215,12 @@ def to_markdown(report: dict) -> str:
         rss = f"{s['peak_rss_bytes'] / 1e6:.0f}" if s.get("peak_rss_bytes") else "-"
         lines.append(f"| {a['name']} | {_f(s.get('p50_ms'), '.3f')} | {_f(s.get('p90_ms'), '.3f')} "
                      f"| {_f(s.get('p99_ms'), '.3f')} | {a['size_bytes'] / 1e6:.2f} | {params} | {rss} |")
-    lines += ["", "## Per-class sensitivity / AUC", ""]
+    lines += ["", "## Per-class Dice / HD95 (pixels)" if dense else "## Per-class sensitivity / AUC", ""]
     labels = [c["label"] for c in report["artifacts"][0]["metrics"]["per_class"]]
     lines += ["| artifact | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for a in report["artifacts"]:
-        cells = [f"{_f(c['sensitivity'], '.3f')} / {_f(c['auc'], '.3f')}" for c in a["metrics"]["per_class"]]
+        cells = [f"{_f(c['dice'], '.3f')} / {_f(c['hd95'], '.2f')}" if dense else
+                 f"{_f(c['sensitivity'], '.3f')} / {_f(c['auc'], '.3f')}" for c in a["metrics"]["per_class"]]
         lines.append(f"| {a['name']} | " + " | ".join(cells) + " |")
     lines += training_markdown(report.get("training"))
     lines += ["", "## Gates", ""]
@@ -228,8 +234,27 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _dense_accuracy_markdown(report: dict) -> list[str]:
+    """The accuracy and parity table of a segmentation report: Dice against the ground truth and against the
+    reference's masks."""
+    lines = ["| artifact | backend | precision | mean Dice [95% CI] | pixel accuracy | HD95 px | ΔDice vs ref [95% CI] "
+             "| Dice vs ref masks | pixel agreement | cosine | SQNR dB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in report["artifacts"]:
+        m, p = a["metrics"], a["parity"] or {}
+        ci = m.get("mean_dice_ci") or [None, None]
+        lines.append(
+            f"| {a['name']}{' (ref)' if a['reference'] else ''} | {a['backend']} | {a['precision']} "
+            f"| {_f(m.get('mean_dice'))} [{_f(ci[0])}, {_f(ci[1])}] | {_f(m.get('pixel_accuracy'))} "
+            f"| {_f(m.get('hd95'), '.2f')} | {_ci((p.get('deltas') or {}).get('mean_dice'))} "
+            f"| {_f(p.get('mean_dice'))} | {_f(p.get('top1_agreement'))} | {_f(p.get('cosine'), '.6f')} "
+            f"| {_f(p.get('sqnr_db'), '.1f')} |"
+        )
+    return lines
+
+
 # Gates that judge an artifact's outputs: one that fails them is never the artifact to use.
-_ACCURACY_GATES = ("max_auc_drop", "min_agreement")
+_ACCURACY_GATES = ("max_auc_drop", "max_dice_drop", "min_agreement")
 
 
 def batch_choices(report: dict) -> list[dict[str, Any]]:
@@ -294,26 +319,28 @@ def to_junit(report: dict) -> str:
 
 
 def plot_pareto(report: dict, path: str | os.PathLike) -> Path:
-    """Latency (engine-only p50, smallest batch) vs macro AUC, one point per artifact, with AUC CI bars."""
+    """Latency (engine-only p50, smallest batch) vs macro AUC (segmentation: mean Dice), one point per artifact,
+    with CI bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    key = "mean_dice" if report["data"]["task"] == "segmentation" else "macro_auc"
     for a in report["artifacts"]:
         measured = sorted((int(b), v["engine"]["p50_ms"]) for b, v in a["latency"].items() if "engine" in v)
-        auc = a["metrics"].get("macro_auc")
+        auc = a["metrics"].get(key)
         if not measured or auc is None:
             continue
         x = measured[0][1]
-        lo, hi = a["metrics"].get("macro_auc_ci") or [None, None]
+        lo, hi = a["metrics"].get(f"{key}_ci") or [None, None]
         yerr = [[auc - lo], [hi - auc]] if lo is not None and hi is not None else None
         ax.errorbar([x], [auc], yerr=yerr, fmt="o", capsize=4, label=a["name"])
         ax.annotate(a["name"], (x, auc), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("engine-only p50 latency (ms, log scale, smallest batch)")
-    ax.set_ylabel("macro AUC (95% bootstrap CI)")
+    ax.set_ylabel("mean Dice (95% bootstrap CI)" if key == "mean_dice" else "macro AUC (95% bootstrap CI)")
     ax.set_title("latency vs accuracy")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -342,7 +369,7 @@ def parse_regression(value: str | float) -> float:
     return v
 
 
-_HIGHER_IS_BETTER = ("accuracy", "macro_auc", "sensitivity", "top1_agreement")
+_HIGHER_IS_BETTER = ("accuracy", "macro_auc", "mean_dice", "sensitivity", "top1_agreement")
 
 
 def compare_reports(base: dict, new: dict, max_regression: float = 0.10, allow_fingerprint_mismatch: bool = False,
@@ -391,7 +418,8 @@ def compare_reports(base: dict, new: dict, max_regression: float = 0.10, allow_f
             row = {"artifact": name, "batch": bs, "quantity": "p50_ms", "base": p_b, "new": p_n, "delta": p_n - p_b,
                    "relative": rel, "regression": rel is not None and rel > max_regression}
             rows.append(row)
-        metric_pairs = [(m, b["metrics"].get(m), n["metrics"].get(m)) for m in ("accuracy", "macro_auc", "sensitivity")]
+        metric_pairs = [(m, b["metrics"].get(m), n["metrics"].get(m))
+                        for m in ("accuracy", "macro_auc", "mean_dice", "sensitivity")]
         if b.get("parity") and n.get("parity"):
             metric_pairs.append(("top1_agreement", b["parity"]["top1_agreement"], n["parity"]["top1_agreement"]))
         for m, vb, vn in metric_pairs:

@@ -6,3 +6,8 @@ from __future__ import annotations
 TINY_DATA = "synthetic?size=32&n_train=192&n_val=32&n_test=96&seed=3"
 TINY_TEACHER = "timm:medfm_resnet10_w16"
 TINY_STUDENT = "timm:medfm_resnet10_w16"
+
+# The tiny segmentation task (label maps: background, lung, heart and the lesions) and small smp networks.
+TINY_SEG_DATA = "synthetic?task=segmentation&size=32&n_train=96&n_val=16&n_test=48&seed=3"
+TINY_SEG_TEACHER = "smp:Unet:tu-medfm_resnet10_w16"
+TINY_SEG_STUDENT = "smp:Linknet:tu-medfm_resnet10_w16"
