@@ -124,7 +124,7 @@ def _dense_summary(m: dict) -> str:
                          f"{r['pixel_accuracy']:.4f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    names = list((m["student"].get("dice") or {}))
+    names = list(m["student"].get("dice") or {})
     if names:
         lines.append("Dice per class (teacher / student" + (" / baseline" if "baseline" in m else "") + "): " + ", ".join(
             f"{n} " + " / ".join("-" if m[r]["dice"].get(n) is None else f"{m[r]['dice'][n]:.3f}"

@@ -33,7 +33,15 @@ import numpy as np
 from ..errors import GateFailure, MedfmError
 from . import latency
 from .auto_precision import AUTO_TIE_PCT
-from .quantize import QuantizeConfig, QuantizeContext, QuantizedModel, gate_flags, gate_passes, gate_text, parity_text
+from .quantize import (
+    QuantizeConfig,
+    QuantizeContext,
+    QuantizedModel,
+    gate_flags,
+    gate_passes,
+    gate_text,
+    parity_text,
+)
 
 __all__ = [
     "FLAGS",

@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..runtime.images import IMAGE_SUFFIXES, MASK_SUFFIXES, read_image_file, read_mask_file, resize_image, resize_mask
+from ..runtime.images import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    read_image_file,
+    read_mask_file,
+    resize_image,
+    resize_mask,
+)
 from .dataset import SPLITS, TaskData, case_strata, validate_masks
 from .folder import draw_group_splits, refuse_straddling
 

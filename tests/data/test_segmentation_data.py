@@ -82,7 +82,7 @@ def test_mask_folder_reads_checks_and_resizes_with_nearest(tmp_path):
     assert task.task == "segmentation" and task.label_names == ["background", "liver", "tumour"]
     assert sum(len(s) for s in task.splits.values()) == 12 and len(task.split("test")) >= 1
     # Each split holds what its files say: images and masks stay paired.
-    for name, split in task.splits.items():
+    for split in task.splits.values():
         for rel, img, mask in zip(split.files, split.images, split.labels, strict=True):
             np.testing.assert_array_equal(img, np.asarray(Image.open(root / rel)))
             assert mask[6, 5] == (2 if int(rel[8:10]) % 3 == 0 else 1)
