@@ -511,6 +511,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
             else None
         )
         qm = target.fn(ctx)
+        _speed_check(ctx, qm)
 
         source_sha = sha256_file(fp32_path)
 
@@ -561,6 +562,26 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
         sum(p.stat().st_size for k, p in written.items() if k in ("model", "weights", "onnx")), size_in,
         [{**row, "path": out.with_name(row["artifact"])} for row in by_batch],
     )
+
+
+def _speed_check(ctx: QuantizeContext, qm: QuantizedModel) -> None:
+    """An int8 ONNX model shipped without a latency comparison (the first shot passed the gate, so no search
+    timed it) is timed against fp32 at batch 1 in one interleaved loop; ``report["speed_vs_fp32"]`` records it, and
+    one slower than fp32 is said in a warning line (small models at batch 1 can be: per-image int8 kernels, thread
+    dispatch). ``--precision auto`` and the search choose by speed; this only tells."""
+    from .latency import interleaved_latency_ms
+
+    if qm.save is not None or qm.precision != "int8" or "search" in qm.report or qm.provenance.get("auto"):
+        return
+    shape = (1, *ctx.input_shape)
+    ms = interleaved_latency_ms({"fp32": ("onnxruntime", ctx.fp32_proto), "q": ("onnxruntime", qm.proto)}, shape,
+                                runs=min(ctx.cfg.latency_runs, 50), rounds=3)
+    ratio = ms["fp32"] / ms["q"] if ms["q"] else None
+    qm.report["speed_vs_fp32"] = {"batch_size": 1, "fp32_ms": ms["fp32"], "ms": ms["q"], "speedup": ratio,
+                                  "engine": "onnxruntime"}
+    if ratio is not None and ratio < 1.0:
+        ctx.log(f"warning: the {qm.precision} model is slower than fp32 at batch 1 on this CPU ({ms['q']:.3f} vs "
+                f"{ms['fp32']:.3f} ms p50, ONNX Runtime's default session); --precision auto chooses by speed")
 
 
 def _per_batch_paths(qm: QuantizedModel, out: Path) -> dict[str, Path]:

@@ -617,3 +617,14 @@ def test_precision_mismatch_is_model_error(tmp_path, tiny_onnx):
     )
     with pytest.raises(ModelError, match="already fp16"):
         quantize(QuantizeConfig(input=str(res.path), out=str(tmp_path / "g.onnx"), calib_data=TINY, **FAST))
+
+
+def test_a_first_shot_int8_model_is_timed_against_fp32(gray_onnx, tiny_data, tmp_path):
+    """No search ran (the first model passed the gate), so quantize times it against fp32 itself and says so."""
+    from medfm_compress.compress.quantize import QuantizeConfig, quantize
+
+    res = quantize(QuantizeConfig(input=str(gray_onnx), calib_data=tiny_data, target="cpu", min_agreement=0.0,
+                                  num_calib=16, num_holdout=16, out=str(tmp_path / "q.onnx"), progress=False))
+    s = res.report["speed_vs_fp32"]
+    assert s["batch_size"] == 1 and s["ms"] > 0 and s["fp32_ms"] > 0
+    assert s["speedup"] == pytest.approx(s["fp32_ms"] / s["ms"])
