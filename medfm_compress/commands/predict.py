@@ -95,5 +95,6 @@ def command(
         f"predicted {res.predicted} of {res.cases} cases ({kind}){skipped} in {res.seconds:.2f} s with loading; "
         f"{res.images_per_s:.1f} images/s in the prediction loop ({res.backend}, batch {res.batch_size})"
     )
-    wrote = [res.csv_path, res.json_path] + ([res.embeddings_path] if res.embeddings_path else [])
+    wrote = [res.csv_path, res.json_path] + ([res.embeddings_path] if res.embeddings_path else []) + (
+        [f"{res.masks_path}/ ({res.predicted} label map(s) at each image's size)"] if res.masks_path else [])
     click.echo(f"wrote {', '.join(map(str, wrote))}")

@@ -17,6 +17,9 @@ Outputs, in ``cfg.out``:
   (``file``, ``label``/``labels``, ``probabilities`` by label, or ``row``; ``error`` for a skipped case), then
   the counts.
 * ``embeddings.npy`` (embedding models): float32, one row per predicted case.
+* ``masks/`` (segmentation models): one PNG label map per case (8-bit, pixel value = class index, 0 = background)
+  at the input image's own size (the model's map resized with nearest-neighbour); the CSV then has ``file``,
+  ``mask`` (its path under the output folder) and per class its area in pixels (``area_<label>``), and ``error``.
 
 Every output is written to a temporary file in ``cfg.out`` and renamed when the run succeeds: a failure leaves
 no output (and no temporary file) behind; the previous run's outputs, if any, stay intact.
@@ -58,11 +61,13 @@ __all__ = [
     "CSV_NAME",
     "JSON_NAME",
     "EMBEDDINGS_NAME",
+    "MASKS_DIR",
 ]
 
 CSV_NAME = "predictions.csv"
 JSON_NAME = "predictions.json"
 EMBEDDINGS_NAME = "embeddings.npy"
+MASKS_DIR = "masks"
 # Column names of the outputs' own fields; a label with one of these names gets a "prob_" prefix in the CSV.
 _FIXED_COLUMNS = ("file", "row", "label", "labels", "error")
 
@@ -189,11 +194,12 @@ class PredictResult:
     csv_path: Path
     json_path: Path
     embeddings_path: Path | None = None
+    masks_path: Path | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("csv_path", "json_path", "embeddings_path"):
+        for k in ("csv_path", "json_path", "embeddings_path", "masks_path"):
             d[k] = str(d[k]) if d[k] is not None else None
         return d
 
@@ -230,7 +236,17 @@ class _Outputs:
         self.task, self.labels, self.total, self.width = task, labels, total, width
         self.csv_path, self.json_path = out / CSV_NAME, out / JSON_NAME
         self.emb_path = out / EMBEDDINGS_NAME if task == "embedding" else None
+        self.masks_path = out / MASKS_DIR if task == "segmentation" else None
         self.rows = self.predicted = self.skipped = 0
+        self._mask_names: set[str] = set()
+        self._masks_tmp: Path | None = None
+        if self.masks_path is not None:
+            import shutil
+            import tempfile
+
+            # Masks go to a hidden folder beside the final one, which replaces an older one only on success.
+            self._masks_tmp = Path(tempfile.mkdtemp(prefix=".masks.tmp-", dir=out))
+            stack.callback(shutil.rmtree, self._masks_tmp, True)
         csv_tmp = stack.enter_context(atomic_path(self.csv_path))
         json_tmp = stack.enter_context(atomic_path(self.json_path))
         self._emb_tmp = stack.enter_context(atomic_path(self.emb_path)) if self.emb_path else None
@@ -249,6 +265,8 @@ class _Outputs:
             stack.callback(_close_quietly, self._emb_fh)
             self._emb_header = _npy_header(total, width)
             self._emb_fh.write(self._emb_header)
+        elif task == "segmentation":
+            self._csv.writerow(["file", "mask", *(f"area_{c}" for c in _probability_columns(labels)), "error"])
         else:
             self._csv.writerow(
                 [
@@ -269,9 +287,37 @@ class _Outputs:
         self.skipped += 1
         if self.task == "embedding":
             self._csv.writerow([name, "", reason])
+        elif self.task == "segmentation":
+            self._csv.writerow([name, "", *([""] * len(self.labels)), reason])
         else:
             self._csv.writerow([name, "", *([""] * len(self.labels)), reason])
         self._record({"file": name, "error": reason})
+
+    def _mask_file(self, name: str) -> str:
+        """A unique PNG name for a case's mask: its file stem (``_2``, ``_3``... when two cases share one)."""
+        stem = Path(str(name).split("#")[0]).stem or "case"
+        if "#" in str(name):  # a data spec's case: spec#index
+            stem = f"{stem}_{str(name).rsplit('#', 1)[1]}"
+        cand, k = f"{stem}.png", 1
+        while cand in self._mask_names:
+            k += 1
+            cand = f"{stem}_{k}.png"
+        self._mask_names.add(cand)
+        return cand
+
+    def add_masks(self, names: list[str], masks: list[np.ndarray]) -> None:
+        """Segmentation: write each label map (at its image's size) and its row of class areas."""
+        from PIL import Image
+
+        for name, mask in zip(names, masks, strict=True):
+            fname = self._mask_file(name)
+            Image.fromarray(mask.astype(np.uint8), mode="L").save(self._masks_tmp / fname, format="PNG")
+            areas = np.bincount(mask.ravel(), minlength=len(self.labels))[: len(self.labels)]
+            rel = f"{MASKS_DIR}/{fname}"
+            self._csv.writerow([name, rel, *(int(a) for a in areas), ""])
+            self._record({"file": name, "mask": rel, "areas": dict(zip(self.labels, (int(a) for a in areas),
+                                                                       strict=True))})
+        self.predicted += len(names)
 
     def add_batch(self, names: list[str], outputs: np.ndarray) -> None:
         if self.task == "embedding":
@@ -311,6 +357,14 @@ class _Outputs:
                 self._emb_fh.write(_npy_header(self.predicted, self.width, len(self._emb_header)))
                 self._emb_fh.truncate(len(self._emb_header) + self.predicted * self.width * 4)
             self._emb_fh.close()
+        if self._masks_tmp is not None:
+            import shutil
+
+            old = self.masks_path.with_name(f".{MASKS_DIR}.old-{os.getpid()}")
+            if self.masks_path.exists():
+                self.masks_path.rename(old)
+            self._masks_tmp.rename(self.masks_path)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _close_quietly(fh) -> None:
@@ -363,8 +417,8 @@ def _batch_size(engine, wanted: int) -> int:
 
 
 def _probe(engine) -> int:
-    """The output width, from one run on zeros (also the warm-up); a model whose output is not ``(N, K)`` or whose
-    run fails is a one-line error."""
+    """The output width (classes), from one run on zeros (also the warm-up); a model whose output is not ``(N, K)``
+    (segmentation: ``(N, K, H, W)``) or whose run fails is a one-line error."""
     x = np.zeros((engine.fixed_batch or 1, *engine.input_shape), dtype=np.float32)
     try:
         y = np.asarray(engine.run(x))
@@ -372,9 +426,11 @@ def _probe(engine) -> int:
         raise
     except Exception as e:  # a runtime's own exception types (shape mismatch, unsupported op)
         raise ModelError(f"{engine.path} fails on an input of shape {x.shape}: {first_line(e)}") from None
-    if y.ndim != 2 or y.shape[0] != x.shape[0]:
+    dense = engine.meta.task == "segmentation"
+    if y.ndim != (4 if dense else 2) or y.shape[0] != x.shape[0]:
         raise ModelError(
-            f"{engine.path} outputs shape {y.shape} for a batch of {x.shape[0]}; predict needs (N, K)"
+            f"{engine.path} outputs shape {y.shape} for a batch of {x.shape[0]}; predict needs "
+            + ("(N, K, H, W) for a segmentation model" if dense else "(N, K)")
         )
     return int(y.shape[1])
 
@@ -429,6 +485,7 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
             ensure_dir(out)
             buf = np.zeros((batch, *engine.input_shape), dtype=np.float32)
             names: list[str] = []
+            sizes: list[tuple[int, int]] = []  # each case's own (H, W): segmentation masks go back to it
             with contextlib.ExitStack() as stack:
                 outputs = _Outputs(stack, out, task, labels, cases.total, width, header)
                 bar = stack.enter_context(
@@ -446,23 +503,32 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
                 def flush() -> None:
                     n = len(names)
                     logits = np.asarray(engine.run(buf if engine.fixed_batch is not None else buf[:n]))[:n]
-                    result = logits.astype(np.float32) if task == "embedding" else probabilities(logits, task)
-                    outputs.add_batch(names, result.astype(np.float32, copy=False))
+                    if task == "segmentation":
+                        from .images import resize_mask
+
+                        maps = logits.argmax(1).astype(np.uint8)
+                        outputs.add_masks(names, [resize_mask(m, hw) for m, hw in zip(maps, sizes, strict=True)])
+                    else:
+                        result = logits.astype(np.float32) if task == "embedding" else probabilities(logits, task)
+                        outputs.add_batch(names, result.astype(np.float32, copy=False))
                     bar.update(n)
                     names.clear()
+                    sizes.clear()
 
                 workers = cfg.workers if cases.threadsafe else 0
                 stream = stack.enter_context(contextlib.closing(_prepared(cases, pre, workers, 2 * batch)))
                 try:
-                    for case, x, error in stream:
+                    for case, prepared, error in stream:
                         if error is not None:
                             if not cfg.skip_bad:
                                 raise error
                             outputs.add_bad(case.name, str(error))
                             bar.update(1)
                             continue
+                        x, hw = prepared
                         buf[len(names)] = x
                         names.append(case.name)
+                        sizes.append(hw)
                         if len(names) == batch:
                             flush()
                     if names:
@@ -485,6 +551,7 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
                 csv_path=outputs.csv_path,
                 json_path=outputs.json_path,
                 embeddings_path=outputs.emb_path,
+                masks_path=outputs.masks_path,
                 notes=list(cases.notes),
             )
     except BaseException:
@@ -507,8 +574,9 @@ def _write_error(out: Path, e: OSError) -> str:
 
 def _prepared(
     cases: Cases, pre, workers: int, ahead: int
-) -> Iterator[tuple[Case, np.ndarray | None, DataError | None]]:
-    """``(case, tensor, None)`` or, for a bad case, ``(case, None, error)``, in the cases' order; with ``workers``,
+) -> Iterator[tuple[Case, tuple[np.ndarray, tuple[int, int]] | None, DataError | None]]:
+    """``(case, (tensor, raw (H, W)), None)`` or, for a bad case, ``(case, None, error)``, in the cases' order; with
+    ``workers``,
     read and preprocessed by that many threads at most ``ahead`` cases ahead (memory stays bounded)."""
     if workers < 1:
         for case in cases.items:
@@ -519,7 +587,7 @@ def _prepared(
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    def done(case: Case, future) -> tuple[Case, np.ndarray | None, DataError | None]:
+    def done(case: Case, future) -> tuple[Case, tuple[np.ndarray, tuple[int, int]] | None, DataError | None]:
         try:
             return case, future.result(), None
         except DataError as e:
@@ -539,10 +607,11 @@ def _prepared(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _prepare(case: Case, pre) -> np.ndarray:
-    """One case's preprocessed ``(C, ...)`` tensor; a bad case is a DataError naming it."""
-    raw = case.load()  # readers name the file in their errors
+def _prepare(case: Case, pre) -> tuple[np.ndarray, tuple[int, int]]:
+    """One case's preprocessed ``(C, ...)`` tensor and its raw image's ``(H, W)``; a bad case is a DataError naming
+    it."""
+    raw = np.asarray(case.load())  # readers name the file in their errors
     try:
-        return pre(np.asarray(raw)[None])[0]
+        return pre(raw[None])[0], (int(raw.shape[0]), int(raw.shape[1]) if raw.ndim > 1 else 1)
     except DataError as e:
         raise DataError(f"{case.name}: {e}") from None
