@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+from support.tiny import TINY_DATA, TINY_SEG_DATA, TINY_SEG_STUDENT, TINY_SEG_TEACHER, TINY_STUDENT, TINY_TEACHER
 
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
-from medfm_compress.pipeline import DEMO_RECIPE, load_recipe, resolve_recipe, run_pipeline
+from medfm_compress.pipeline import DEMO_RECIPE, DEMO_SEG_RECIPE, load_recipe, resolve_recipe, run_pipeline
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 FAST_BENCH = {"iterations": 5, "warmup": 1, "n_resamples": 100}
@@ -249,7 +249,7 @@ def test_demo_command_ends_with_the_gain_and_the_cost(tmp_path, monkeypatch):
     raw["bench"].update(FAST_BENCH, min_speedup=0.0, max_auc_drop=100.0)
     for q in raw["quantize"]:
         q.update(num_calib=16, num_holdout=16, min_agreement=0.0)
-    monkeypatch.setattr(pipeline, "DEMO_RECIPE", raw)
+    monkeypatch.setitem(pipeline.DEMO_RECIPES, "classification", raw)
     r = CliRunner().invoke(cli, ["demo", "--quiet", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     tail = r.output[r.output.index("Demo summary"):]
@@ -259,3 +259,38 @@ def test_demo_command_ends_with_the_gain_and_the_cost(tmp_path, monkeypatch):
     assert "95% CI upper bound" in tail and "gates: all passed" in tail
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "Labelled fraction of the training split: 0.1" in md and "Distilled minus label-only macro AUC" in md
+
+
+def test_segmentation_demo_recipe_file_matches_the_builtin():
+    assert yaml.safe_load((RECIPES / "segmentation-2d.yaml").read_text()) == DEMO_SEG_RECIPE
+    rec = resolve_recipe(DEMO_SEG_RECIPE)
+    assert rec.data == "synthetic?task=segmentation" and DEMO_SEG_RECIPE["distill"]["label_fraction"] < 1.0
+    r = CliRunner().invoke(cli, ["demo", "--task", "segmentation", "--print-config"])
+    assert r.exit_code == 0 and yaml.safe_load(r.output)["bench"]["max_dice_drop"] == 1.0
+
+
+@pytest.mark.slow
+def test_segmentation_demo_runs_the_chain_and_ends_with_dice(tmp_path, monkeypatch):
+    """`demo --task segmentation` on a shrunk copy of its recipe: masks through distill, export, quantize and bench,
+    the report in Dice, and the summary's gain in Dice points with its CI."""
+    import copy
+
+    from medfm_compress import pipeline
+
+    raw = copy.deepcopy(DEMO_SEG_RECIPE)
+    raw["data"] = TINY_SEG_DATA
+    raw["distill"].update(teacher=TINY_SEG_TEACHER, teacher_epochs=2, student=TINY_SEG_STUDENT, epochs=2,
+                          batch_size=16)
+    raw["bench"].update(FAST_BENCH, min_speedup=0.0, max_dice_drop=100.0)
+    for q in raw["quantize"]:
+        q.update(num_calib=16, num_holdout=16, min_agreement=0.0, min_dice=0.0)
+    monkeypatch.setitem(pipeline.DEMO_RECIPES, "segmentation", raw)
+    r = CliRunner().invoke(cli, ["demo", "--task", "segmentation", "--quiet", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    tail = r.output[r.output.index("Demo summary"):]
+    assert "10% of the training masks: distilled student mean Dice" in tail
+    assert "distilled minus label-only:" in tail and " points, paired 95% CI [" in tail
+    assert "student-int8 (onnxruntime int8) vs teacher (torch fp32):" in tail and "mean Dice drop" in tail
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "mean Dice [95% CI]" in md and "Distilled minus label-only mean Dice:" in md
+    assert "Labelled fraction of the training split (masks): 0.1" in md

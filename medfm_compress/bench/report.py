@@ -123,6 +123,8 @@ def training_markdown(t: dict | None) -> list[str]:
     run's label fraction, the distilled-minus-baseline difference with its paired 95% CI, and warnings."""
     if not t:
         return []
+    if t.get("task") == "segmentation":
+        return _dense_training_markdown(t)
     frac = t.get("label_fraction", 1.0)
     lines = ["", "## How the student was trained", "",
              f"Labelled fraction of the training split: {frac:g}; test split {t.get('test_size')} cases.", "",
@@ -146,6 +148,44 @@ def training_markdown(t: dict | None) -> list[str]:
     r = t.get("auc_retention")
     if r is not None:
         lines.append(f"Student vs teacher macro AUC: {retention_text(r)}; top-1 agreement "
+                     f"{_f(t.get('student_teacher_agreement'))}.")
+    for w in t.get("warnings") or []:
+        lines.append(f"\n**warning:** {w}")
+    return lines
+
+
+def _verdict(ci: list) -> str:
+    if ci[0] is not None and ci[0] > 0:
+        return "distillation pays here"
+    if ci[1] is not None and ci[1] < 0:
+        return "distillation loses here"
+    return "no significant difference" if None not in ci else ""
+
+
+def _dense_training_markdown(t: dict) -> list[str]:
+    """The "How the student was trained" section of a segmentation run: mean Dice and HD95 of teacher, student
+    and label-only baseline at the run's mask fraction, distilled minus label-only with its paired 95% CI."""
+    lines = ["", "## How the student was trained", "",
+             f"Labelled fraction of the training split (masks): {t.get('label_fraction', 1.0):g}; test split "
+             f"{t.get('test_size')} cases.", "",
+             "| model | arch | params | mean Dice | HD95 px | pixel accuracy |", "|---|---|---|---|---|---|"]
+    for role in ("teacher", "student", "baseline"):
+        r = t.get(role)
+        if r:
+            name = {"student": "student (distilled)", "baseline": "baseline (labels only, same steps)"}.get(role, role)
+            params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
+            lines.append(f"| {name} | {r.get('arch', '-')} | {params} | {_f(r.get('mean_dice'))} | "
+                         f"{_f(r.get('hd95'), '.2f')} | {_f(r.get('pixel_accuracy'))} |")
+    lines.append("")
+    if t.get("distill_gain_dice") is not None:
+        ci = t.get("distill_gain_dice_ci") or [None, None]
+        verdict = _verdict(ci)
+        lines.append(f"Distilled minus label-only mean Dice: {100 * t['distill_gain_dice']:+.2f} points "
+                     f"[{_f(None if ci[0] is None else 100 * ci[0], '+.2f')}, "
+                     f"{_f(None if ci[1] is None else 100 * ci[1], '+.2f')}] (paired bootstrap 95% CI over test "
+                     "cases)" + (f": {verdict}." if verdict else "."))
+    if t.get("dice_retention") is not None:
+        lines.append(f"Student vs teacher mean Dice: {100 * t['dice_retention']:.1f}%; pixel agreement "
                      f"{_f(t.get('student_teacher_agreement'))}.")
     for w in t.get("warnings") or []:
         lines.append(f"\n**warning:** {w}")

@@ -208,7 +208,8 @@ def _teacher_cache_key(cfg: DistillConfig, task, arch: str, epochs: int, data_di
             "augment": cfg.augment,
             "labels": task.label_names,
             "v": CONFIG_VERSION,
-            "tool": "teacher-ce-1",
+            # Segmentation teachers are trained with the batch Dice + CE loss (losses.hard_label_loss).
+            "tool": "teacher-dicece-batch-1" if task.task == "segmentation" else "teacher-ce-1",
         },
         sort_keys=True,
     ).encode()
