@@ -118,42 +118,6 @@ def _ci(d: dict | None, scale: float = 1.0, fmt: str = "+.4f") -> str:
     return f"{format(scale * d['delta'], fmt)} [{lo}, {hi}]"
 
 
-def training_markdown(t: dict | None) -> list[str]:
-    """The "How the student was trained" section: test AUC of teacher, student and label-only baseline at the
-    run's label fraction, the distilled-minus-baseline difference with its paired 95% CI, and warnings."""
-    if not t:
-        return []
-    if t.get("task") == "segmentation":
-        return _dense_training_markdown(t)
-    frac = t.get("label_fraction", 1.0)
-    lines = ["", "## How the student was trained", "",
-             f"Labelled fraction of the training split: {frac:g}; test split {t.get('test_size')} cases.", "",
-             "| model | arch | params | accuracy | macro AUC |", "|---|---|---|---|---|"]
-    for role in ("teacher", "student", "baseline"):
-        r = t.get(role)
-        if r:
-            name = {"student": "student (distilled)", "baseline": "baseline (labels only, same steps)"}.get(role, role)
-            params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
-            lines.append(f"| {name} | {r.get('arch', '-')} | {params} | {_f(r.get('accuracy'))} | "
-                         f"{_f(r.get('macro_auc'))} |")
-    lines.append("")
-    if t.get("distill_gain_auc") is not None:
-        ci = t.get("distill_gain_auc_ci") or [None, None]
-        verdict = ("distillation pays here" if ci[0] is not None and ci[0] > 0 else
-                   "no significant difference" if ci[0] is not None and ci[1] is not None and ci[0] <= 0 <= ci[1]
-                   else "distillation loses here" if ci[1] is not None and ci[1] < 0 else "")
-        lines.append(f"Distilled minus label-only macro AUC: {t['distill_gain_auc']:+.4f} "
-                     f"[{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}] (paired bootstrap 95% CI over test cases)"
-                     + (f": {verdict}." if verdict else "."))
-    r = t.get("auc_retention")
-    if r is not None:
-        lines.append(f"Student vs teacher macro AUC: {retention_text(r)}; top-1 agreement "
-                     f"{_f(t.get('student_teacher_agreement'))}.")
-    for w in t.get("warnings") or []:
-        lines.append(f"\n**warning:** {w}")
-    return lines
-
-
 def _verdict(ci: list) -> str:
     if ci[0] is not None and ci[0] > 0:
         return "distillation pays here"
@@ -162,30 +126,42 @@ def _verdict(ci: list) -> str:
     return "no significant difference" if None not in ci else ""
 
 
-def _dense_training_markdown(t: dict) -> list[str]:
-    """The "How the student was trained" section of a segmentation run: mean Dice and HD95 of teacher, student
-    and label-only baseline at the run's mask fraction, distilled minus label-only with its paired 95% CI."""
+def training_markdown(t: dict | None) -> list[str]:
+    """The "How the student was trained" section: teacher, student and label-only baseline on the test split at
+    the run's label fraction (accuracy and macro AUC; segmentation: mean Dice, HD95 and pixel accuracy), the
+    distilled-minus-baseline difference with its paired 95% CI (segmentation: in Dice points), and warnings."""
+    if not t:
+        return []
+    dense = t.get("task") == "segmentation"
+    # (header, key, format) per column; the gain's key, its scale and format; the retention line.
+    cols = ([("mean Dice", "mean_dice", ".4f"), ("HD95 px", "hd95", ".2f"), ("pixel accuracy", "pixel_accuracy", ".4f")]
+            if dense else [("accuracy", "accuracy", ".4f"), ("macro AUC", "macro_auc", ".4f")])
+    gain_key, scale, fmt, unit, what = (("dice", 100.0, "+.2f", " points", "mean Dice") if dense else
+                                        ("auc", 1.0, "+.4f", "", "macro AUC"))
     lines = ["", "## How the student was trained", "",
-             f"Labelled fraction of the training split (masks): {t.get('label_fraction', 1.0):g}; test split "
-             f"{t.get('test_size')} cases.", "",
-             "| model | arch | params | mean Dice | HD95 px | pixel accuracy |", "|---|---|---|---|---|---|"]
+             f"Labelled fraction of the training split{' (masks)' if dense else ''}: {t.get('label_fraction', 1.0):g}; "
+             f"test split {t.get('test_size')} cases.", "",
+             "| model | arch | params | " + " | ".join(c[0] for c in cols) + " |", "|---|---|---|" + "---|" * len(cols)]
     for role in ("teacher", "student", "baseline"):
         r = t.get(role)
         if r:
             name = {"student": "student (distilled)", "baseline": "baseline (labels only, same steps)"}.get(role, role)
             params = f"{r['params'] / 1e6:.2f}M" if r.get("params") else "-"
-            lines.append(f"| {name} | {r.get('arch', '-')} | {params} | {_f(r.get('mean_dice'))} | "
-                         f"{_f(r.get('hd95'), '.2f')} | {_f(r.get('pixel_accuracy'))} |")
+            lines.append(f"| {name} | {r.get('arch', '-')} | {params} | "
+                         + " | ".join(_f(r.get(key), f) for _, key, f in cols) + " |")
     lines.append("")
-    if t.get("distill_gain_dice") is not None:
-        ci = t.get("distill_gain_dice_ci") or [None, None]
+    gain = t.get(f"distill_gain_{gain_key}")
+    if gain is not None:
+        ci = t.get(f"distill_gain_{gain_key}_ci") or [None, None]
         verdict = _verdict(ci)
-        lines.append(f"Distilled minus label-only mean Dice: {100 * t['distill_gain_dice']:+.2f} points "
-                     f"[{_f(None if ci[0] is None else 100 * ci[0], '+.2f')}, "
-                     f"{_f(None if ci[1] is None else 100 * ci[1], '+.2f')}] (paired bootstrap 95% CI over test "
-                     "cases)" + (f": {verdict}." if verdict else "."))
-    if t.get("dice_retention") is not None:
+        lo, hi = (None if v is None else scale * v for v in ci)
+        lines.append(f"Distilled minus label-only {what}: {scale * gain:{fmt}}{unit} [{_f(lo, fmt)}, {_f(hi, fmt)}] "
+                     "(paired bootstrap 95% CI over test cases)" + (f": {verdict}." if verdict else "."))
+    if dense and t.get("dice_retention") is not None:
         lines.append(f"Student vs teacher mean Dice: {100 * t['dice_retention']:.1f}%; pixel agreement "
+                     f"{_f(t.get('student_teacher_agreement'))}.")
+    elif not dense and t.get("auc_retention") is not None:
+        lines.append(f"Student vs teacher macro AUC: {retention_text(t['auc_retention'])}; top-1 agreement "
                      f"{_f(t.get('student_teacher_agreement'))}.")
     for w in t.get("warnings") or []:
         lines.append(f"\n**warning:** {w}")
