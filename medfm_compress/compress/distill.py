@@ -565,7 +565,7 @@ def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
     from ..models.features import FeatureTap
     from ..models.heads import Projector
     from ..models.weights import load_weights
-    from .losses import feature_kd_loss, hard_label_loss, logit_kd_loss
+    from .losses import feature_kd_loss, labelled_loss, logit_kd_loss
     from .train import LoopConfig, augment_batch, predict, run_loop
 
     cfg, task, device, teacher = run.cfg, run.task, run.device, resolved.teacher
@@ -636,11 +636,7 @@ def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
             total = total + cfg.feat_weight * fe
             shown["feat"] = float(fe.detach())
         if "ce" in losses:
-            m = labeled_mask[bi]
-            if bool(m.any()):
-                ce = hard_label_loss(s_logits[m], y_train[bi][m], task.task) * (m.float().mean())
-            else:
-                ce = s_logits.sum() * 0.0
+            ce = labelled_loss(s_logits, y_train[bi], labeled_mask[bi], task.task)
             total = total + cfg.ce_weight * ce
             shown["ce"] = float(ce.detach())
         return total, shown

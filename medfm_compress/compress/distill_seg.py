@@ -114,7 +114,7 @@ def train_dense_student(run, teacher, student, losses: tuple[str, ...]) -> dict[
     import torch
 
     from ..models.heads import Projector
-    from .losses import feature_map_kd_loss, hard_label_loss, logit_kd_loss
+    from .losses import feature_map_kd_loss, hard_label_loss, labelled_loss, logit_kd_loss
     from .taskprep import adapt_batch, autocast
     from .train import LoopConfig, augment_batch, augment_masks, run_loop
 
@@ -189,11 +189,7 @@ def train_dense_student(run, teacher, student, losses: tuple[str, ...]) -> dict[
             total = total + cfg.feat_weight * fe
             shown["feat"] = float(fe.detach())
         if "ce" in losses:
-            m = labeled_mask[bi]
-            if bool(m.any()):
-                ce = hard_label_loss(s_out[m], yb[m], "segmentation") * m.float().mean()
-            else:
-                ce = s_out.sum() * 0.0
+            ce = labelled_loss(s_out, yb, labeled_mask[bi], "segmentation")
             total = total + cfg.ce_weight * ce
             shown["ce"] = float(ce.detach())
         return total, shown

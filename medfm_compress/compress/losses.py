@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["logit_kd_loss", "feature_kd_loss", "feature_map_kd_loss", "hard_label_loss", "LOSS_NAMES"]
+__all__ = ["logit_kd_loss", "feature_kd_loss", "feature_map_kd_loss", "hard_label_loss", "labelled_loss",
+           "LOSS_NAMES"]
 
 LOSS_NAMES = ("kd", "feat", "ce")
 
@@ -80,3 +81,11 @@ def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> to
     if task == "multilabel":
         return F.binary_cross_entropy_with_logits(logits, labels.float())
     return F.cross_entropy(logits, labels.long())
+
+
+def labelled_loss(logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor, task: str) -> torch.Tensor:
+    """:func:`hard_label_loss` on the cases of a batch whose labels may be used (``labelled``, a bool mask), scaled
+    by their share of the batch; a batch without one gives a zero that keeps the graph."""
+    if bool(labelled.any()):
+        return hard_label_loss(logits[labelled], labels[labelled], task) * labelled.float().mean()
+    return logits.sum() * 0.0
