@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from support.tiny import TINY_DATA, TINY_SEG_DATA, TINY_SEG_STUDENT, TINY_SEG_TEACHER, TINY_STUDENT, TINY_TEACHER
+from support.tiny import (
+    TINY_DATA,
+    TINY_SEG_DATA,
+    TINY_SEG_STUDENT,
+    TINY_SEG_TEACHER,
+    TINY_STUDENT,
+    TINY_TEACHER,
+)
 
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
