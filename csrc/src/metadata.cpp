@@ -93,6 +93,7 @@ const char* task_name(Task task) {
     case Task::Multiclass: return "multiclass";
     case Task::Binary: return "binary";
     case Task::Multilabel: return "multilabel";
+    case Task::Segmentation: return "segmentation";
   }
   return "unknown";
 }
@@ -233,7 +234,17 @@ ModelMeta parse_metadata(const std::map<std::string, std::string>& props, const 
     if (task == "multiclass") meta.task = Task::Multiclass;
     else if (task == "binary") meta.task = Task::Binary;
     else if (task == "multilabel") meta.task = Task::Multilabel;
-    else throw Error("medfm.task: unknown task '" + task + "'");
+    else if (task == "segmentation") meta.task = Task::Segmentation;
+    else throw Error("medfm.task: this runtime runs multiclass, binary, multilabel and segmentation models, not '" +
+                     task + "'");
+    if (meta.task == Task::Segmentation) {
+      // Label maps come from softmax + argmax per pixel, the only dense postprocessing export writes.
+      auto post = props.find("medfm.postprocess");
+      if (post != props.end() && post->second != "softmax-argmax") {
+        throw Error("medfm.postprocess: segmentation postprocessing '" + post->second +
+                    "' is not supported (this runtime does softmax-argmax)");
+      }
+    }
     meta.label_names = parse_json_string_array(require(props, "medfm.label_names", source));
   } catch (const Error& e) {
     const std::string msg = e.what();

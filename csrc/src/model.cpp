@@ -19,8 +19,9 @@ namespace medfm {
 class Backend {
  public:
   virtual ~Backend() = default;
-  /// Runs an NCHW float batch; returns the logits and sets num_classes.
-  virtual std::vector<float> infer(const float* input, int64_t batch, int64_t& num_classes) const = 0;
+  /// Runs an NCHW float batch; returns the first output and sets its shape ([batch, classes] or, for dense
+  /// models, [batch, classes, height, width]).
+  virtual std::vector<float> infer(const float* input, int64_t batch, std::vector<int64_t>& shape) const = 0;
 };
 
 namespace {
@@ -74,7 +75,8 @@ class OrtBackend final : public Backend {
     }
     Ort::TypeInfo out_type = session_->GetOutputTypeInfo(0);
     auto out_shape = out_type.GetTensorTypeAndShapeInfo().GetShape();
-    if (out_shape.size() == 2 && out_shape[1] > 0) static_classes_ = out_shape[1];
+    if ((out_shape.size() == 2 || out_shape.size() == 4) && out_shape[1] > 0) static_classes_ = out_shape[1];
+    output_rank_ = out_shape.size();
     Ort::ModelMetadata md = session_->GetModelMetadata();
     for (auto& key : md.GetCustomMetadataMapKeysAllocated(alloc)) {
       props_[key.get()] = md.LookupCustomMetadataMapAllocated(key.get(), alloc).get();
@@ -84,8 +86,9 @@ class OrtBackend final : public Backend {
   const std::map<std::string, std::string>& props() const { return props_; }
   const std::vector<int64_t>& input_shape() const { return input_shape_; }
   int64_t static_classes() const { return static_classes_; }
+  size_t output_rank() const { return output_rank_; }
 
-  std::vector<float> infer(const float* input, int64_t batch, int64_t& num_classes) const override {
+  std::vector<float> infer(const float* input, int64_t batch, std::vector<int64_t>& out_shape) const override {
     std::vector<int64_t> shape = input_shape_;
     if (shape[0] > 0 && shape[0] != batch) {
       throw Error("this model was exported with a fixed batch of " + std::to_string(shape[0]) + ", got " +
@@ -104,14 +107,13 @@ class OrtBackend final : public Backend {
     if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
       throw Error("model output is not float32 logits");
     }
-    auto out_shape = info.GetShape();
-    if (out_shape.size() != 2 || out_shape[0] != batch) {
+    out_shape = info.GetShape();
+    if ((out_shape.size() != 2 && out_shape.size() != 4) || out_shape[0] != batch) {
       throw Error("model output has shape rank " + std::to_string(out_shape.size()) +
-                  "; expected logits of shape (batch, classes)");
+                  "; expected (batch, classes) logits or (batch, classes, height, width) class maps");
     }
-    num_classes = out_shape[1];
     const float* data = outputs[0].GetTensorData<float>();
-    return std::vector<float>(data, data + batch * num_classes);
+    return std::vector<float>(data, data + info.GetElementCount());
   }
 
  private:
@@ -119,6 +121,7 @@ class OrtBackend final : public Backend {
   std::string input_name_, output_name_;
   std::vector<int64_t> input_shape_;
   int64_t static_classes_ = -1;
+  size_t output_rank_ = 0;
   std::map<std::string, std::string> props_;
 };
 
@@ -150,6 +153,15 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
                   ", size " + std::to_string(pre.height) + "x" + std::to_string(pre.width) + "); re-export it");
     }
   }
+  // A segmentation model outputs class maps (rank 4), a classifier one row per image (rank 2); a mismatch is a
+  // model exported with the wrong metadata. Rank 0 means ONNX Runtime could not tell (checked at run time).
+  const size_t rank = backend->output_rank();
+  const bool dense = meta.task == Task::Segmentation;
+  if (rank != 0 && rank != (dense ? 4u : 2u)) {
+    throw Error(path + " says task " + task_name(meta.task) + " but outputs rank-" + std::to_string(rank) +
+                " tensors (" + (dense ? "segmentation needs (batch, classes, height, width) class maps"
+                                      : "a classifier outputs (batch, classes)") + "); re-export it");
+  }
   if (backend->static_classes() > 0 && !meta.label_names.empty() &&
       static_cast<int64_t>(meta.label_names.size()) != backend->static_classes()) {
     throw Error(path + " has " + std::to_string(meta.label_names.size()) + " label names but " +
@@ -162,10 +174,27 @@ Result Model::run(const float* input, int64_t batch) const {
   if (input == nullptr || batch <= 0) throw Error("run needs a non-empty batch (batch >= 1)");
   Result r;
   r.batch = batch;
+  std::vector<int64_t> shape;
   try {
-    r.logits = backend_->infer(input, batch, r.num_classes);
+    r.logits = backend_->infer(input, batch, shape);
   } catch (const Ort::Exception& e) {
     throw Error("inference failed on " + path_ + ": " + e.what());
+  }
+  r.num_classes = shape[1];
+  const bool dense = meta_.task == Task::Segmentation;
+  if (dense != (shape.size() == 4)) {
+    throw Error(path_ + " says task " + task_name(meta_.task) + " but returned rank-" + std::to_string(shape.size()) +
+                " outputs; re-export it");
+  }
+  if (!meta_.label_names.empty() && static_cast<int64_t>(meta_.label_names.size()) != r.num_classes) {
+    throw Error(path_ + " has " + std::to_string(meta_.label_names.size()) + " label names but returned " +
+                std::to_string(r.num_classes) + " classes; re-export it");
+  }
+  if (dense) {
+    r.map_height = shape[2];
+    r.map_width = shape[3];
+    r.masks = argmax_maps(r.logits.data(), batch, r.num_classes, r.map_height, r.map_width);
+    return r;
   }
   r.probabilities = probabilities(r.logits, r.num_classes, meta_.task);
   r.top1.resize(static_cast<size_t>(batch));

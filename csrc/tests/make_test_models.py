@@ -44,6 +44,24 @@ def tiny_model(channels: int, height: int, width: int, classes: int, meta: Model
     return model
 
 
+def tiny_seg_model(meta: ModelMeta) -> onnx.ModelProto:
+    """A 1x1 convolution with stride 2 from one channel to 3 class maps at half the input's size: class k scores
+    ``(k - 1) * x + k / 4 - 0.25`` at every other pixel (C++: seg_logit)."""
+    w = (np.arange(3, dtype=np.float32) - 1.0).reshape(3, 1, 1, 1)
+    b = (np.arange(3) / 4.0 - 0.25).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "W", "b"], ["maps"], kernel_shape=[1, 1], strides=[2, 2])],
+        "tiny_seg",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["batch", 3, 4, 4])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, encode_metadata(meta))
+    onnx.checker.check_model(model)
+    return model
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     gray = ModelMeta(
@@ -63,6 +81,15 @@ def main() -> None:
     onnx.save(tiny_model(1, 8, 8, 3, gray), OUT / "tiny_gray.onnx")
     onnx.save(tiny_model(3, 4, 6, 2, rgb), OUT / "tiny_rgb_multilabel.onnx")
     onnx.save(tiny_model(1, 8, 8, 3, None), OUT / "no_metadata.onnx")
+    seg = ModelMeta(
+        preprocess=PreprocessSpec(input_size=(8, 8), channels=1, mean=(0.5,), std=(0.25,)),
+        task="segmentation",
+        label_names=["background", "lung", "lesion"],
+        arch="test:conv1x1-stride2",
+    )
+    onnx.save(tiny_seg_model(seg), OUT / "tiny_seg.onnx")
+    # Segmentation metadata on a classifier's (batch, classes) output: the runtime must refuse it.
+    onnx.save(tiny_model(1, 8, 8, 3, seg), OUT / "seg_meta_on_classifier.onnx")
 
 
 if __name__ == "__main__":

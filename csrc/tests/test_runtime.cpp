@@ -135,7 +135,7 @@ void test_metadata() {
     CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "high > low");
     p = good_props();
     p["medfm.task"] = "regression";
-    CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "unknown task 'regression'");
+    CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "not 'regression'");
     p = good_props();
     p["medfm.input_size"] = "32";
     CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "expected 'H,W'");
@@ -388,6 +388,77 @@ void test_models() {
   });
 }
 
+// make_test_models.py's tiny_seg.onnx: class k scores (k - 1) * x + k / 4 - 0.25 at every other pixel.
+double seg_logit(double x, int k) { return (k - 1) * x + k / 4.0 - 0.25; }
+
+void test_segmentation() {
+  run_test("segmentation model: class maps, argmax masks, resized to the image", [] {
+    auto model = medfm::Model::load(g_data + "/tiny_seg.onnx");
+    CHECK(model.meta().task == medfm::Task::Segmentation);
+    CHECK(std::string(medfm::task_name(model.meta().task)) == "segmentation");
+    std::vector<uint8_t> px(64);
+    for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<uint8_t>((i * 53) % 256);
+    medfm::ImageView view{px.data(), medfm::PixelType::U8, 8, 8, 1};
+    auto r = model.predict({view, view});
+    CHECK(r.batch == 2 && r.num_classes == 3 && r.map_height == 4 && r.map_width == 4);
+    CHECK(r.masks.size() == 2 * 16 && r.top1.empty() && r.probabilities.empty());
+    std::vector<float> x(64);
+    medfm::preprocess_image(view, model.meta().preprocess, x.data());
+    int seen[3] = {0, 0, 0};
+    for (int row = 0; row < 4; ++row) {
+      for (int col = 0; col < 4; ++col) {
+        const double v = x[static_cast<size_t>(2 * row * 8 + 2 * col)];
+        int best = 0;
+        for (int k = 1; k < 3; ++k) if (seg_logit(v, k) > seg_logit(v, best)) best = k;
+        CHECK_NEAR(r.logits[static_cast<size_t>(2 * 16 + row * 4 + col)], seg_logit(v, 2), 1e-5);
+        CHECK(r.mask(0)[row * 4 + col] == best && r.mask(1)[row * 4 + col] == best);
+        ++seen[best];
+      }
+    }
+    CHECK(seen[0] > 0 && seen[2] > 0);  // the fixture's pixels reach both ends of the score ramp
+  });
+  run_test("argmax takes the first of equal maxima; resize_mask is numpy's nearest", [] {
+    const std::vector<float> maps = {1, 5, 2, 2, /* class 1 */ 1, 5, 3, 2};  // 1 image, 2 classes, 1x4
+    auto m = medfm::argmax_maps(maps.data(), 1, 2, 1, 4);
+    CHECK((m == std::vector<uint16_t>{0, 0, 1, 0}));
+    // 2x3 -> 5x4: source row floor((i + .5) * 2 / 5) = 0,0,1,1,1; column floor((j + .5) * 3 / 4) = 0,1,1,2.
+    const std::vector<uint16_t> small = {1, 2, 3, 4, 5, 6};
+    auto big = medfm::resize_mask(small.data(), 2, 3, 5, 4);
+    const std::vector<uint16_t> want = {1, 2, 2, 3, 1, 2, 2, 3, 4, 5, 5, 6, 4, 5, 5, 6, 4, 5, 5, 6};
+    CHECK(big == want);
+    auto down = medfm::resize_mask(want.data(), 5, 4, 2, 3);  // floor((i + .5) * 5 / 2) = 1, 3
+    CHECK((down == std::vector<uint16_t>{1, 2, 3, 4, 5, 6}));
+  });
+  run_test("write_mask: PGM 8/16-bit and .npy read back; bad names are errors", [] {
+    const std::vector<uint16_t> mask = {0, 1, 2, 3, 4, 5};
+    medfm::write_mask(g_scratch + "/m.pgm", mask.data(), 2, 3);
+    auto a = medfm::read_image(g_scratch + "/m.pgm");
+    CHECK(a.type == medfm::PixelType::U8 && a.height == 2 && a.width == 3 && a.bytes[5] == 5);
+    medfm::write_mask(g_scratch + "/m.npy", mask.data(), 2, 3);
+    auto b = medfm::read_image(g_scratch + "/m.npy");
+    CHECK(b.type == medfm::PixelType::U8 && b.height == 2 && b.width == 3 && b.bytes[4] == 4);
+    const std::vector<uint16_t> wide = {0, 300, 65535, 7};
+    medfm::write_mask(g_scratch + "/w.pgm", wide.data(), 2, 2);
+    auto c = medfm::read_image(g_scratch + "/w.pgm");
+    CHECK(c.type == medfm::PixelType::U16);
+    CHECK(reinterpret_cast<const uint16_t*>(c.bytes.data())[1] == 300);
+    medfm::write_mask(g_scratch + "/w.npy", wide.data(), 2, 2);
+    auto d = medfm::read_image(g_scratch + "/w.npy");
+    CHECK(d.type == medfm::PixelType::U16 && reinterpret_cast<const uint16_t*>(d.bytes.data())[2] == 65535);
+    CHECK_ERROR(medfm::write_mask(g_scratch + "/m.png", mask.data(), 2, 3), "use a .pgm or .npy");
+    CHECK_ERROR(medfm::write_mask(g_scratch + "/no/such/dir/m.pgm", mask.data(), 2, 3), "not writable");
+  });
+  run_test("segmentation metadata on a classifier output is refused", [] {
+    CHECK_ERROR(medfm::Model::load(g_data + "/seg_meta_on_classifier.onnx"), "says task segmentation");
+    auto props = good_props();
+    props["medfm.task"] = "segmentation";
+    props["medfm.postprocess"] = "sigmoid-threshold";
+    CHECK_ERROR(medfm::parse_metadata(props, "m.onnx"), "not supported");
+    props["medfm.task"] = "detection";
+    CHECK_ERROR(medfm::parse_metadata(props, "m.onnx"), "not 'detection'");
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -401,6 +472,7 @@ int main(int argc, char** argv) {
   test_preprocess();
   test_images();
   test_models();
+  test_segmentation();
   std::cout << g_passed << " passed, " << g_failed << " failed\n";
   return g_failed == 0 ? 0 : 1;
 }

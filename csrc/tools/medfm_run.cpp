@@ -1,6 +1,7 @@
 // medfm-run: predict on image files, or time a model, with the C++ runtime.
 //
 //   medfm-run predict MODEL.onnx IMG... [--batch N] [--threads N] [--json]
+//                     [--mask-out MASK.pgm | --mask-dir DIR]   (segmentation: label maps at each image's size)
 //   medfm-run latency MODEL.onnx [--batch 1] [--iterations 100] [--warmup 10] [--threads N] [--json]
 //                     [--images IMG...]   (end to end: decode + preprocess + run per batch)
 //   medfm-run info MODEL.onnx
@@ -17,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include "medfm/runtime.hpp"
 
 namespace {
@@ -24,6 +27,7 @@ namespace {
 const char* kUsage =
     "usage:\n"
     "  medfm-run predict MODEL.onnx IMAGE... [--batch N] [--threads N] [--json]\n"
+    "                    [--mask-out MASK.pgm|.npy (one image) | --mask-dir DIR (DIR/<stem>.mask.pgm)]\n"
     "  medfm-run latency MODEL.onnx [--batch N] [--iterations N] [--warmup N] [--threads N] [--json]\n"
     "                    [--images IMAGE...]\n"
     "  medfm-run info MODEL.onnx\n"
@@ -37,6 +41,7 @@ struct UsageError : std::runtime_error {
 struct Args {
   std::string command, model;
   std::vector<std::string> images;
+  std::string mask_out, mask_dir;
   int batch = -1, iterations = 100, warmup = 10, threads = 0;
   bool json = false;
 };
@@ -70,6 +75,8 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--warmup") a.warmup = parse_positive(arg, value(), 0);
     else if (arg == "--threads") a.threads = parse_positive(arg, value(), 0);
     else if (arg == "--images" && a.command == "latency") in_images = true;
+    else if (arg == "--mask-out" && a.command == "predict") a.mask_out = value();
+    else if (arg == "--mask-dir" && a.command == "predict") a.mask_dir = value();
     else if (arg.rfind("--", 0) == 0) throw UsageError("unknown option " + arg);
     else if (a.model.empty()) a.model = arg;
     else if (in_images) a.images.push_back(arg);
@@ -77,6 +84,11 @@ Args parse_args(int argc, char** argv) {
   }
   if (a.model.empty()) throw UsageError("no model given");
   if (a.command == "predict" && a.images.empty()) throw UsageError("predict needs at least one image");
+  if (!a.mask_out.empty() && !a.mask_dir.empty()) throw UsageError("give --mask-out or --mask-dir, not both");
+  if (!a.mask_out.empty() && a.images.size() != 1) {
+    throw UsageError("--mask-out names one mask file; for " + std::to_string(a.images.size()) +
+                     " images use --mask-dir DIR");
+  }
   return a;
 }
 
@@ -117,11 +129,67 @@ std::string label_of(const medfm::Model& model, int k) {
   return k >= 0 && static_cast<size_t>(k) < names.size() ? names[static_cast<size_t>(k)] : std::to_string(k);
 }
 
+std::string file_stem(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  const size_t dot = name.find_last_of('.');
+  return dot == std::string::npos || dot == 0 ? name : name.substr(0, dot);
+}
+
+// Segmentation: each image's label map, resized (nearest) to the image's own size, written where asked; one line
+// (or JSON object) per image with the mask's path and the pixels of each class.
+void report_masks(const Args& a, const medfm::Model& model, const medfm::Result& r,
+                  const std::vector<medfm::Image>& images, size_t start, bool& first) {
+  for (int64_t i = 0; i < r.batch; ++i) {
+    const medfm::Image& img = images[static_cast<size_t>(i)];
+    const std::string& path = a.images[start + static_cast<size_t>(i)];
+    const std::vector<uint16_t> mask = medfm::resize_mask(r.mask(i), r.map_height, r.map_width, img.height, img.width);
+    std::string out;
+    if (!a.mask_out.empty()) out = a.mask_out;
+    else if (!a.mask_dir.empty()) out = a.mask_dir + "/" + file_stem(path) + ".mask.pgm";
+    if (!out.empty()) medfm::write_mask(out, mask.data(), img.height, img.width);
+    std::vector<int64_t> area(static_cast<size_t>(r.num_classes), 0);
+    for (uint16_t v : mask) ++area[v];
+    if (a.json) {
+      std::cout << (first ? "\n" : ",\n") << "  {\"image\": " << json_string(path) << ", \"mask\": "
+                << (out.empty() ? std::string("null") : json_string(out)) << ", \"height\": " << img.height
+                << ", \"width\": " << img.width << ", \"areas\": {";
+      for (int64_t k = 0; k < r.num_classes; ++k) {
+        std::cout << (k ? ", " : "") << json_string(label_of(model, static_cast<int>(k))) << ": "
+                  << area[static_cast<size_t>(k)];
+      }
+      std::cout << "}}";
+      first = false;
+    } else {
+      std::cout << path << "\t" << (out.empty() ? "-" : out) << "\t";
+      for (int64_t k = 0; k < r.num_classes; ++k) {
+        std::cout << (k ? " " : "") << label_of(model, static_cast<int>(k)) << "=" << area[static_cast<size_t>(k)];
+      }
+      std::cout << "\n";
+    }
+  }
+}
+
 int cmd_predict(const Args& a) {
   medfm::ModelOptions opts;
   opts.intra_op_threads = a.threads;
   opts.inter_op_threads = 1;  // as the Python runtime: one graph at a time, parallel inside each operator
   const medfm::Model model = medfm::Model::load(a.model, opts);
+  const bool dense = model.meta().task == medfm::Task::Segmentation;
+  if (!dense && (!a.mask_out.empty() || !a.mask_dir.empty())) {
+    throw medfm::Error(a.model + " is a " + medfm::task_name(model.meta().task) +
+                       " model; --mask-out / --mask-dir need a segmentation model");
+  }
+  if (!a.mask_dir.empty()) {
+    struct stat st {};
+    if (stat(a.mask_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      throw medfm::Error("--mask-dir " + a.mask_dir + " is not a folder; create it first");
+    }
+  }
+  // A bad image among many must leave no masks behind: every image decodes before the first mask is written.
+  if (!a.mask_dir.empty() && a.images.size() > 1) {
+    for (const auto& path : a.images) medfm::read_image(path);
+  }
   const size_t batch = a.batch > 0 ? static_cast<size_t>(a.batch) : 16;
   if (a.json) std::cout << "[";
   bool first = true;
@@ -132,6 +200,10 @@ int cmd_predict(const Args& a) {
     for (size_t i = start; i < end; ++i) images.push_back(medfm::read_image(a.images[i]));
     for (const auto& img : images) views.push_back(img.view());
     const medfm::Result r = model.predict(views);
+    if (dense) {
+      report_masks(a, model, r, images, start, first);
+      continue;
+    }
     for (int64_t i = 0; i < r.batch; ++i) {
       const std::string& path = a.images[start + static_cast<size_t>(i)];
       const int top = r.top1[static_cast<size_t>(i)];

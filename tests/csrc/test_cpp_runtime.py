@@ -205,3 +205,48 @@ def test_latency_json_reports_percentiles(cpp_build, student_onnx, test_images, 
         str(tmp_path / "a.npy"),
     )
     assert json.loads(out.stdout)["mode"] == "end_to_end"
+
+
+def test_segmentation_masks_identical_to_python_predict(cpp_build, seg_run, tmp_path):
+    """`medfm-run predict seg.onnx case.pgm --mask-out case.mask.pgm` writes, at each image's own size, the same
+    label map as `medfm-compress predict` (PNG), pixel for pixel."""
+    from click.testing import CliRunner
+    from PIL import Image
+    from support.tiny import TINY_SEG_DATA
+
+    from medfm_compress.cli import cli
+    from medfm_compress.data import load_data
+
+    images = load_data(TINY_SEG_DATA).split("test").images[:6]
+    sizes = [(32, 32), (512, 512), (60, 40), (47, 91), (32, 32), (200, 150)]
+    (tmp_path / "png").mkdir()
+    (tmp_path / "cpp").mkdir()
+    files = []
+    for i, ((h, w), img) in enumerate(zip(sizes, images, strict=True)):
+        arr = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+        Image.fromarray(arr).save(tmp_path / "png" / f"case{i}.png")
+        files.append(write_pgm(tmp_path / f"case{i}.pgm", arr))
+    model = seg_run / "student.onnx"
+    r = CliRunner().invoke(cli, ["predict", str(model), str(tmp_path / "png"), "--out", str(tmp_path / "py"),
+                                 "--quiet", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    rows = {Path(row["file"]).stem: row for row in json.loads((tmp_path / "py" / "predictions.json").read_text())["cases"]}
+
+    out = _medfm_run(cpp_build, "predict", str(model), *map(str, files), "--threads", "1", "--batch", "4",
+                     "--mask-dir", str(tmp_path / "cpp"), "--json")
+    reported = json.loads(out.stdout)
+    labels = json.loads((tmp_path / "py" / "predictions.json").read_text())["label_names"]
+    foreground = 0
+    for i, (h, w) in enumerate(sizes):
+        want = np.asarray(Image.open(tmp_path / "py" / rows[f"case{i}"]["mask"]))
+        got = np.asarray(Image.open(tmp_path / "cpp" / f"case{i}.mask.pgm"))
+        assert got.shape == want.shape == (h, w)
+        np.testing.assert_array_equal(got, want)
+        assert reported[i]["areas"] == {n: int((want == k).sum()) for k, n in enumerate(labels)}
+        foreground += int((want > 0).sum())
+    assert foreground > 0  # the student draws organs: the comparison covers more than background
+
+    # One image, one named mask file; a classifier given --mask-out is a one-line error, exit 1.
+    single = tmp_path / "one.mask.npy"
+    _medfm_run(cpp_build, "predict", str(model), str(files[2]), "--mask-out", str(single))
+    np.testing.assert_array_equal(np.load(single), np.asarray(Image.open(tmp_path / "cpp" / "case2.mask.pgm")))

@@ -45,7 +45,9 @@ struct PreprocessSpec {
   void validate(const std::string& source) const;
 };
 
-enum class Task { Multiclass, Binary, Multilabel };
+/// What the model's output means: one row of class scores per image (classification), or one map of class
+/// scores per pixel (segmentation: output NxKxHxW, softmax + argmax per pixel gives the label map).
+enum class Task { Multiclass, Binary, Multilabel, Segmentation };
 const char* task_name(Task task);
 
 /// What a deployed model needs to be fed and read correctly (Python: medfm_compress.runtime.metadata.ModelMeta).
@@ -109,13 +111,21 @@ std::vector<float> preprocess_batch(const std::vector<ImageView>& images, const 
 // ---------------------------------------------------------------------------------------------------------
 // Inference
 
-/// Output of one batched run; row-major [batch, num_classes].
+/// Output of one batched run. Classification: row-major [batch, num_classes] logits and probabilities, top1.
+/// Segmentation: logits [batch, num_classes, map_height, map_width] and `masks`, the per-pixel argmax at the
+/// model's resolution (probabilities and top1 stay empty; resize_mask takes a label map to an image's size).
 struct Result {
   int64_t batch = 0;
   int64_t num_classes = 0;
   std::vector<float> logits;
   std::vector<float> probabilities;  ///< softmax (multiclass, binary) or sigmoid (multilabel)
   std::vector<int> top1;             ///< argmax of the logits per image
+  int64_t map_height = 0;            ///< segmentation only: the class maps' size
+  int64_t map_width = 0;
+  std::vector<uint16_t> masks;       ///< segmentation only: [batch, map_height, map_width] class indices
+
+  /// Segmentation: image i's label map at the model's resolution (map_height x map_width, row-major).
+  const uint16_t* mask(int64_t i) const { return masks.data() + i * map_height * map_width; }
 
   float logit(int64_t i, int64_t k) const { return logits[static_cast<size_t>(i * num_classes + k)]; }
   float probability(int64_t i, int64_t k) const { return probabilities[static_cast<size_t>(i * num_classes + k)]; }
@@ -123,6 +133,19 @@ struct Result {
 
 /// Softmax (or sigmoid for multilabel) over rows of `logits`, computed in double like the Python side.
 std::vector<float> probabilities(const std::vector<float>& logits, int64_t num_classes, Task task);
+
+/// Per-pixel argmax over the class maps of an [batch, classes, height, width] float buffer (the first of equal
+/// maxima, as numpy's argmax): [batch, height, width] class indices.
+std::vector<uint16_t> argmax_maps(const float* logits, int64_t batch, int64_t classes, int64_t height, int64_t width);
+
+/// A label map resized with nearest neighbour to out_height x out_width (labels never blend), the same source
+/// pixel as Python's runtime.images.resize_mask: floor((i + 0.5) * in / out).
+std::vector<uint16_t> resize_mask(const uint16_t* mask, int64_t height, int64_t width, int64_t out_height,
+                                  int64_t out_width);
+
+/// Writes a label map atomically (a temporary file renamed into place): .pgm (binary P5; 8-bit when every
+/// value is < 256, else 16-bit) or .npy (uint8 / uint16, shape (H, W)). Throws Error naming the file.
+void write_mask(const std::string& path, const uint16_t* mask, int64_t height, int64_t width);
 
 struct ModelOptions {
   int intra_op_threads = 0;  ///< 0: ONNX Runtime's default (one per physical core)
