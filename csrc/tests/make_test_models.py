@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from medfm_compress.runtime.preprocess import PreprocessSpec
 from medfm_compress.runtime.metadata import ModelMeta, encode_metadata
+from medfm_compress.runtime.preprocess import PreprocessSpec
 
 OUT = Path(__file__).parent / "data"
 
