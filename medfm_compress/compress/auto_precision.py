@@ -31,7 +31,15 @@ from .onnxruntime_quant import (
     parity_of,
     static_int8,
 )
-from .quantize import QuantizeContext, QuantizedModel, gate_passes, parity_report
+from .quantize import (
+    QuantizeContext,
+    QuantizedModel,
+    fidelity_key,
+    gate_passes,
+    gate_text,
+    parity_columns,
+    parity_report,
+)
 
 __all__ = ["AUTO_TIE_PCT", "AUTO_CANDIDATE_PROVIDERS", "register_auto_candidates", "select_precision", "auto_streams"]
 
@@ -73,6 +81,7 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
             "cosine": 1.0,
             "passes": True,
             "size_bytes": ctx.fp32_proto.ByteSize(),
+            **({"mean_dice": 1.0} if ctx.meta.task == "segmentation" else {}),
         }
     ]
     candidates: dict[str, QuantizedModel] = {"fp32": QuantizedModel(copy_proto(ctx.fp32_proto), "fp32", {}, {})}
@@ -102,8 +111,7 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
             {
                 "precision": name,
                 "latency_ms": ms,
-                "top1_agreement": p["top1_agreement"],
-                "cosine": p["cosine"],
+                **parity_columns(p),
                 "passes": gate_passes(p, cfg),
                 "size_bytes": qm.proto.ByteSize(),
             }
@@ -128,7 +136,7 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     ]
     if not passing:
         raise ModelError(f"--precision auto: no candidate can be written as {cfg.out}; give another --out")
-    decisions = {b: _decide(passing, b, cfg) for b in batch_sizes}
+    decisions = {b: _decide(passing, b, cfg, ctx.meta.task) for b in batch_sizes}
     best = decisions[batch_sizes[0]]["row"]
     for r in table:
         r["chosen"] = r is best
@@ -136,7 +144,8 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
         ctx.log(
             f"auto: {r['precision']:<13} "
             + (
-                f"{_ms_text(r)}  agreement {r['top1_agreement']:.4f}  {'pass' if r['passes'] else 'FAIL'}"
+                f"{_ms_text(r)}  " + (f"mean Dice {r['mean_dice']:.4f}  " if "mean_dice" in r else "")
+                + f"agreement {r['top1_agreement']:.4f}  {'pass' if r['passes'] else 'FAIL'}"
                 if "latency_ms" in r
                 else f"error: {r['error']}"
             )
@@ -204,13 +213,14 @@ def _time_interleaved(ctx: QuantizeContext, table: list[dict[str, Any]], candida
 _STREAMS = "@streams"
 
 
-def _decide(passing: list[dict[str, Any]], batch: int, cfg) -> dict[str, Any]:
+def _decide(passing: list[dict[str, Any]], batch: int, cfg, task: str | None = None) -> dict[str, Any]:
     """The pick at ``batch``: the fastest (candidate, streams) that passes; within AUTO_TIE_PCT of it (a tie on this
     timer) the most faithful, then one run over streams."""
     options = [(r, int(s), ms) for r in passing for s, ms in r["batch_latency_ms"][str(batch)].items()]
     fastest = min(options, key=lambda o: o[2])
     tied = [o for o in options if o[2] <= fastest[2] * (1 + AUTO_TIE_PCT / 100)]
-    row, streams, ms = max(tied, key=lambda o: (o[0]["top1_agreement"], o[0]["cosine"], -o[1], -o[2]))
+    row, streams, ms = max(tied, key=lambda o: (*fidelity_key(o[0]), -o[1], -o[2]))
+    gate = gate_text(cfg, task)
     n = len(passing)
 
     def label(r, s):
@@ -219,14 +229,16 @@ def _decide(passing: list[dict[str, Any]], batch: int, cfg) -> dict[str, Any]:
     if row is fastest[0] and streams == fastest[1]:
         reason = (
             f"{label(row, streams)}) is the fastest at batch {batch} of {n} candidate(s) that pass the parity gate "
-            f"(top-1 agreement >= {cfg.min_agreement}) on this machine (p50 over interleaved rounds of all candidates)"
+            f"({gate}) on this machine (p50 over interleaved rounds of all candidates)"
         )
     else:
         f_row, f_streams, f_ms = fastest
         reason = (
             f"{label(row, streams)}, {ms:.3f} ms) is within {AUTO_TIE_PCT:g}% of the fastest at batch {batch}, "
-            f"{label(f_row, f_streams)}, {f_ms:.3f} ms), of {n} candidate(s) that pass the parity gate (top-1 "
-            f"agreement >= {cfg.min_agreement}), and more faithful or simpler to run (agreement {row['top1_agreement']:.4f} vs "
+            f"{label(f_row, f_streams)}, {f_ms:.3f} ms), of {n} candidate(s) that pass the parity gate ({gate}), "
+            "and more faithful or simpler to run ("
+            + (f"mean Dice {row['mean_dice']:.4f} vs {f_row['mean_dice']:.4f}, " if "mean_dice" in row else "")
+            + f"agreement {row['top1_agreement']:.4f} vs "
             f"{f_row['top1_agreement']:.4f}, logit cosine {row['cosine']:.6f} vs {f_row['cosine']:.6f}); p50 over "
             "interleaved rounds of all candidates on this machine"
         )
@@ -249,6 +261,7 @@ def _recommendation(batch: int, d: dict[str, Any], fp32_row: dict[str, Any]) -> 
         "speedup_vs_fp32": fp32_ms / d["latency_ms"],
         "top1_agreement": row["top1_agreement"],
         "cosine": row["cosine"],
+        **({"mean_dice": row["mean_dice"]} if "mean_dice" in row else {}),
     }
 
 

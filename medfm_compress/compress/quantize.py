@@ -646,6 +646,20 @@ def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, floa
     return parity_metrics(ref, got, task)
 
 
+def parity_columns(parity: dict[str, Any]) -> dict[str, float]:
+    """The figures a candidate is judged and ranked by, for a table row: top-1 (pixel) agreement, logit cosine, and
+    for segmentation the mean Dice vs fp32's masks."""
+    cols = {"top1_agreement": parity["top1_agreement"], "cosine": parity["cosine"]}
+    if parity.get("mean_dice") is not None:
+        cols["mean_dice"] = float(parity["mean_dice"])
+    return cols
+
+
+def fidelity_key(row: dict[str, Any]) -> tuple[float, float, float]:
+    """Most faithful first: mean Dice (segmentation), then top-1 agreement, then cosine."""
+    return row.get("mean_dice", 1.0), row["top1_agreement"], row["cosine"]
+
+
 def gate_passes(parity: dict[str, float], cfg: QuantizeConfig) -> bool:
     """The parity gate: top-1 agreement (segmentation: pixel agreement and mean Dice vs fp32's masks) and (when
     set) cosine on held-out data."""

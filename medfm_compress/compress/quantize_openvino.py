@@ -38,6 +38,7 @@ from .quantize import (
     gate_flags,
     gate_passes,
     gate_text,
+    parity_columns,
     parity_report,
     parity_text,
     register_target,
@@ -396,8 +397,7 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
             "engine": "openvino",
             "latency_ms": latency.latency_ms(qm.proto, shape, cfg.latency_runs, engine="openvino",
                                              precision=qm.precision),
-            "top1_agreement": p["top1_agreement"],
-            "cosine": p["cosine"],
+            **parity_columns(p),
             "passes": gate_passes(p, cfg),
             "size_bytes": _model_bytes(qm.proto),
         }

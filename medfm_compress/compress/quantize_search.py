@@ -37,9 +37,11 @@ from .quantize import (
     QuantizeConfig,
     QuantizeContext,
     QuantizedModel,
+    fidelity_key,
     gate_flags,
     gate_passes,
     gate_text,
+    parity_columns,
     parity_text,
 )
 
@@ -129,9 +131,9 @@ class SearchState:
                 and (plain is None or (r["exclusion"] is None) == plain)]
 
     def best(self, engine: str | None = None, plain: bool | None = None) -> dict[str, Any] | None:
-        """The most faithful row (top-1 agreement, then cosine; the earliest of equals)."""
+        """The most faithful row (:func:`~.quantize.fidelity_key`; the earliest of equals)."""
         rows = self.judged(engine, plain)
-        return max(rows, key=lambda r: (r.get("mean_dice", 1.0), r["top1_agreement"], r["cosine"])) if rows else None
+        return max(rows, key=fidelity_key) if rows else None
 
     def any_passes(self, engine: str | None = None) -> bool:
         return any(r["passes"] for r in self.judged(engine))
@@ -148,10 +150,7 @@ class SearchState:
             row.update(passes=False, error=str(e))
         else:
             p = qm.report["parity"]
-            row.update(top1_agreement=float(p["top1_agreement"]), cosine=float(p["cosine"]),
-                       passes=gate_passes(p, cfg))
-            if "mean_dice" in p:
-                row["mean_dice"] = float(p["mean_dice"])
+            row.update({k: float(v) for k, v in parity_columns(p).items()}, passes=gate_passes(p, cfg))
             if qm.report.get("search_note"):
                 row["note"] = qm.report["search_note"]
             self.models[index] = qm
@@ -300,7 +299,7 @@ def search(ctx: QuantizeContext, ref: np.ndarray, first: SearchCandidate,
         raise GateFailure(_failure_line(state, record))
     fastest = min(eligible, key=lambda r: r["latency_ms"])
     tied = [r for r in eligible if r["latency_ms"] <= fastest["latency_ms"] * (1 + AUTO_TIE_PCT / 100)]
-    best = max(tied, key=lambda r: (r.get("mean_dice", 1.0), r["top1_agreement"], r["cosine"], -r["latency_ms"]))
+    best = max(tied, key=lambda r: (*fidelity_key(r), -r["latency_ms"]))
     for r in state.rows:
         r["chosen"] = r is best
     record["chosen"] = best["#"]

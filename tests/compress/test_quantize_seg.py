@@ -80,3 +80,24 @@ def test_min_dice_on_a_classifier_is_refused(tmp_path):
     r = CliRunner().invoke(cli, ["quantize", str(model), "--calib-data", "synthetic?size=32&n_train=64&n_val=8&n_test=16",
                                  "--target", "cpu", "--min-dice", "0.95", "--out", str(tmp_path / "q.onnx")])
     assert r.exit_code == 1 and "--min-dice gates segmentation models" in r.output
+
+
+def test_auto_precision_judges_candidates_by_dice(seg_onnx, tmp_path, monkeypatch):
+    """--precision auto on a dense model: every candidate row carries its mean Dice vs fp32's masks, the gate is the
+    Dice gate (a Dice below --min-dice fails however many pixels agree), and the pick passes it."""
+    from medfm_compress.compress import auto_precision
+    from medfm_compress.compress.quantize import QuantizeConfig, quantize
+
+    monkeypatch.setattr(auto_precision, "AUTO_CANDIDATE_PROVIDERS", [])  # the ONNX Runtime candidates only
+    res = quantize(QuantizeConfig(input=str(seg_onnx), out=str(tmp_path / "a.onnx"), calib_data=SEG, precision="auto",
+                                  min_dice=0.9, min_agreement=0.5, num_calib=32, num_holdout=32, latency_runs=5,
+                                  progress=False))
+    table = {r["precision"]: r for r in res.report["auto_table"]}
+    assert table["fp32"]["mean_dice"] == 1.0
+    built = [r for r in table.values() if "latency_ms" in r]
+    assert len(built) >= 3 and all(0.0 <= r["mean_dice"] <= 1.0 for r in built)
+    for r in built:
+        assert r["passes"] == (r["mean_dice"] >= 0.9 and r["top1_agreement"] >= 0.5), r
+    chosen = next(r for r in built if r["chosen"])
+    assert chosen["passes"] and res.precision == chosen["precision"]
+    assert "mean Dice vs fp32's masks >= 0.9" in res.report["auto_reason"]
