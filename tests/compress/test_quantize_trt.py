@@ -183,3 +183,20 @@ def test_export_cli_int8_engine_from_run_dir(tiny_run, tmp_path):
     assert side["precision"] == "int8" and side["onnx_qdq"] == "int8"
     assert side["metadata"]["medfm.precision"] == "int8"
     assert (tmp_path / "student.trt-int8.onnx").is_file()  # the QDQ ONNX the engine was built from
+
+
+def test_segmentation_student_int8_for_tensorrt_judged_by_dice(seg_run, tmp_path):
+    """A dense (smp) student through --target tensorrt: symmetric int8 QDQ judged by the Dice of its masks vs
+    fp32's, and an RTX engine builds from it with the class maps as output."""
+    from support.tiny import TINY_SEG_DATA
+
+    from medfm_compress.compress.quantize import QuantizeConfig, quantize
+
+    res = quantize(QuantizeConfig(input=str(seg_run), out=str(tmp_path / "seg.int8.onnx"), calib_data=TINY_SEG_DATA,
+                                  target="tensorrt", precision="int8", min_dice=0.5, min_agreement=0.9,
+                                  num_calib=32, num_holdout=32, progress=False))
+    assert res.meta.task == "segmentation" and _qdq(res.path) == "int8"
+    parity = res.report["parity"]
+    assert 0.5 <= parity["mean_dice"] <= 1.0 and parity["top1_agreement"] >= 0.9
+    eng = _build(res.path, tmp_path, "int8")
+    assert eng.size_bytes > 10_000
