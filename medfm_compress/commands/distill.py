@@ -29,7 +29,7 @@ from ._common import csv_option
 @click.option("--loss", "losses", default=None,
               help="Comma-separated losses: kd (logit KD), feat (embedding KD), ce (hard labels). "
               "Default kd,ce; feat with --labels none.")
-@click.option("--temperature", default=4.0, show_default=True, type=float, help="KD temperature.")
+@click.option("--temperature", default=None, type=float, help="KD temperature [default: 4; 1 for segmentation].")
 @click.option("--feat-loss", type=click.Choice(["cosine", "mse"]), default="cosine", show_default=True)
 @click.option("--labels", type=click.Choice(["full", "none"]), default="full", show_default=True,
               help="'none': distill embeddings from unlabeled images, then fit the head on the labeled subset.")
@@ -46,7 +46,8 @@ from ._common import csv_option
               help="'order': --teacher-weights' tensors map onto the architecture in order (another implementation's "
               "names); shapes must agree one by one.")
 @click.option("--head-epochs", default=30, show_default=True, type=int, help="Head-fitting epochs (--labels none).")
-@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--batch-size", default=None, type=int,
+              help="Images per step [default: 64; 16 for segmentation; 8 for volume crops].")
 @click.option("--lr", default=3e-3, show_default=True, type=float)
 @click.option("--baseline", is_flag=True, help="Also train the student on labels alone with the same budget.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
@@ -99,7 +100,8 @@ def _volume(data, eval_data, teacher, out, epochs, batch_size, lr, seed, resume,
     from ..compress.distill_volume import VolumeDistillConfig, distill_volume
 
     cfg = VolumeDistillConfig(data=data, eval_data=eval_data, teacher=teacher, out=out, epochs=epochs,
-                              batch_size=batch_size, lr=lr, seed=seed, resume=resume, progress=not quiet)
+                              lr=lr, seed=seed, resume=resume, progress=not quiet,
+                              **({"batch_size": batch_size} if batch_size is not None else {}))
     m = distill_volume(cfg).metrics
     if as_json:
         click.echo(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))

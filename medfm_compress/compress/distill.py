@@ -59,6 +59,17 @@ __all__ = [
 DEFAULT_TEACHER = "timm:resnet18"
 DEFAULT_STUDENT = "timm:medfm_resnet10_w24"
 TEACHER_EPOCHS = 4
+# Images per step when --batch-size is not given. A dense label map carries a target per pixel, so segmentation
+# learns from small batches, and needs their steps: on the synthetic task at 10% of the masks the 0.78 M-parameter
+# student (KD at T=1) reached validation mean Dice 0.43 in 6 epochs at batch 64, its lesions at Dice <= 0.17, and
+# 0.78 at batch 16, its lesions at 0.61-0.75, for about the same time per epoch.
+DEFAULT_BATCH_SIZE = {"segmentation": 16}
+DEFAULT_BATCH_SIZE_OTHER = 64
+# KD temperature when --temperature is not given. Per pixel, a high temperature flattens the teacher's confident
+# few-pixel lesions into the organ around them: on the synthetic task at 10% of the masks (batch 16, 6 epochs) the
+# student reached mean Dice 0.78 on validation at T=1 and 0.55 at T=4, where it drew no nodule.
+DEFAULT_TEMPERATURE = {"segmentation": 1.0}
+DEFAULT_TEMPERATURE_OTHER = 4.0
 TEACHER_LR = 2e-3
 CONFIG_VERSION = 1
 
@@ -74,7 +85,7 @@ class DistillConfig:
     student: str | None = None
     student_weights: str | None = None
     losses: tuple[str, ...] | None = None
-    temperature: float = 4.0
+    temperature: float | None = None  # None: DEFAULT_TEMPERATURE for the data's task
     kd_weight: float = 1.0
     feat_weight: float = 1.0
     ce_weight: float = 1.0
@@ -82,7 +93,7 @@ class DistillConfig:
     labels: Literal["full", "none"] = "full"
     label_fraction: float = 1.0
     epochs: int = 6
-    batch_size: int = 64
+    batch_size: int | None = None  # None: DEFAULT_BATCH_SIZE for the data's task
     lr: float = 3e-3
     weight_decay: float = 0.02
     head_epochs: int = 30
@@ -106,13 +117,13 @@ class DistillConfig:
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"distill config version {self.version} is not supported (expected {CONFIG_VERSION})")
         for name in ("epochs", "batch_size", "head_epochs"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.teacher_epochs is not None and self.teacher_epochs < 1:
             raise ConfigError(f"teacher-epochs must be >= 1, got {self.teacher_epochs}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ConfigError(f"label-fraction must be in (0, 1], got {self.label_fraction}")
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
@@ -352,6 +363,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     task = load_data(cfg.data, seed=cfg.seed)
     require_task(task, ("multiclass", "binary", "multilabel", "segmentation"), "distill")
     _check_model_kinds(cfg, task)
+    cfg = resolve_task_defaults(cfg, task.task)
     train, test = task.split("train"), task.split("test")
     val = task.split("val") if "val" in task.splits and len(task.splits["val"]) else None
     if len(train) < cfg.batch_size * world:
@@ -379,6 +391,16 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
         y_train=torch.from_numpy(np.asarray(train.labels)).to(device=device, dtype=label_dtype),
         labeled=labeled, steps_per_epoch=len(train) // (cfg.batch_size * world),
     )
+
+
+def resolve_task_defaults(cfg: DistillConfig, task: str) -> DistillConfig:
+    """``cfg`` with the settings left unset (``None``) that depend on the task filled in: batch size and KD
+    temperature (the manifest records the values used)."""
+    if cfg.batch_size is None:
+        cfg = dataclasses.replace(cfg, batch_size=DEFAULT_BATCH_SIZE.get(task, DEFAULT_BATCH_SIZE_OTHER))
+    if cfg.temperature is None:
+        cfg = dataclasses.replace(cfg, temperature=DEFAULT_TEMPERATURE.get(task, DEFAULT_TEMPERATURE_OTHER))
+    return cfg
 
 
 def teacher_path(spec: str | None) -> tuple[Path, Path] | None:

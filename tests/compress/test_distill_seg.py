@@ -56,7 +56,21 @@ def test_segmentation_run_writes_a_dense_student_scored_by_dice(tmp_path):
     assert mean_dice(dice_per_case(pred, test.labels, 6)) == pytest.approx(m["student"]["mean_dice"])
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert [s["stage"] for s in manifest["stages"]] == ["distill"]
+    # The temperature left unset is segmentation's (1), and the manifest records the value used.
+    assert manifest["stages"][0]["config"]["temperature"] == 1.0
     assert (tmp_path / "run" / "baseline.safetensors").is_file() and (tmp_path / "run" / "splits.csv").is_file()
+
+
+@pytest.mark.parametrize("task, batch, temperature", [("segmentation", 16, 1.0), ("multiclass", 64, 4.0),
+                                                       ("multilabel", 64, 4.0)])
+def test_unset_batch_size_and_temperature_follow_the_task(task, batch, temperature):
+    from medfm_compress.compress.distill import resolve_task_defaults
+
+    cfg = resolve_task_defaults(DistillConfig(data=SEG), task)
+    assert (cfg.batch_size, cfg.temperature) == (batch, temperature)
+    # What the user set is kept, whatever the task.
+    cfg = resolve_task_defaults(DistillConfig(data=SEG, batch_size=8, temperature=2.0), task)
+    assert (cfg.batch_size, cfg.temperature) == (8, 2.0)
 
 
 def test_distillation_moves_the_student_towards_the_teacher(tmp_path):
