@@ -1,7 +1,7 @@
 """Segmentation figures, one run on this machine: the distilled INT8 student against its teacher and its fp32 self,
 distillation against label-only training at a tenth of the masks, and a 512x512 case end to end.
 
-    python benchmarks/segmentation.py [--run runs/seg-bench] [--label-fraction 0.1] [--epochs 8] [--teacher-epochs 12]
+    python benchmarks/segmentation.py [--run runs/seg-bench] [--label-fraction 0.1] [--epochs 8] [--teacher-epochs 4]
 
 Steps (a finished run directory is reused):
   1. distill on ``synthetic?task=segmentation`` with the default dense teacher (trained on all the masks for
@@ -87,8 +87,8 @@ def main() -> None:
     ap.add_argument("--run", default=str(REPO / "runs" / "seg-bench"))
     ap.add_argument("--label-fraction", type=float, default=0.1)
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--teacher-epochs", type=int, default=12,
-                    help="epochs of the default teacher on all the masks (cached by config)")
+    ap.add_argument("--teacher-epochs", type=int, default=4,
+                    help="epochs of the default teacher on all the masks, batch 16 (cached by config)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "segmentation.json"))
     args = ap.parse_args()
     run = Path(args.run)

@@ -362,8 +362,9 @@ def parity_metrics(reference_logits: np.ndarray, test_logits: np.ndarray, task: 
     """Output agreement of a test model with the reference: top-1 agreement, cosine, max-abs, SQNR (dB).
 
     Segmentation (``(N, K, H, W)`` class maps): top-1 agreement is the label maps' pixel agreement, and
-    ``mean_dice`` the mean Dice of the test model's label maps against the reference's
-    (:mod:`medfm_compress.segmetrics`)."""
+    ``mean_dice`` the mean over classes of the Dice of the test model's label maps against the reference's over all
+    the cases' pixels (:func:`medfm_compress.segmetrics.pooled_dice`: per case, a few-pixel speck that one model
+    draws and the other does not would score that case 0)."""
     out = {
         "top1_agreement": top1_agreement(reference_logits, test_logits, task),
         "cosine": cosine_similarity(reference_logits, test_logits),
@@ -371,8 +372,8 @@ def parity_metrics(reference_logits: np.ndarray, test_logits: np.ndarray, task: 
         "sqnr_db": sqnr_db(reference_logits, test_logits),
     }
     if task == "segmentation":
-        from .segmetrics import dice_per_case, mean_dice
+        from .segmetrics import pooled_dice
 
         ref, test = np.asarray(reference_logits), np.asarray(test_logits)
-        out["mean_dice"] = mean_dice(dice_per_case(test.argmax(1), ref.argmax(1), ref.shape[1]))
+        out["mean_dice"] = pooled_dice(test.argmax(1), ref.argmax(1), ref.shape[1])
     return out

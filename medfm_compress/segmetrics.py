@@ -8,6 +8,9 @@ Conventions (those of nnU-Net's evaluation and MONAI's ``DiceMetric(ignore_empty
   case without a lesion neither helps nor hurts the lesion's Dice; a class predicted where the reference has none
   scores 0 (a false positive costs).
 - A class's Dice is the mean over the cases that score it; the mean Dice is the mean over classes.
+- :func:`pooled_dice` compares two models' masks instead (the parity of a quantized model with its fp32 self): each
+  class's Dice over all pixels of all cases, so that a one-pixel speck one model draws and the other does not costs a
+  pixel, not a whole case's score.
 
 The 95th-percentile Hausdorff distance comes from MONAI (:func:`hd95_per_case`, lazily imported: it needs torch).
 """
@@ -16,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dice_per_case", "class_dice", "mean_dice", "dice_summary", "paired_dice_bootstrap", "hd95_per_case",
-           "pixel_agreement"]
+__all__ = ["dice_per_case", "class_dice", "mean_dice", "pooled_dice", "dice_summary", "paired_dice_bootstrap",
+           "hd95_per_case", "pixel_agreement"]
 
 
 def dice_per_case(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
@@ -51,6 +54,21 @@ def mean_dice(per_case: np.ndarray) -> float:
     """The mean over classes of :func:`class_dice` (classes no case scores are left out)."""
     c = class_dice(per_case)
     return float(np.nanmean(c)) if np.isfinite(c).any() else float("nan")
+
+
+def pooled_dice(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> float:
+    """Mean over foreground classes of each class's Dice over all pixels of all cases (classes in neither set of masks
+    are left out; 1.0 when no class is in either)."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"predicted masks {pred.shape} and reference masks {ref.shape} differ in shape")
+    scores = []
+    for k in range(1, num_classes):
+        pk, rk = pred == k, ref == k
+        total = np.count_nonzero(pk) + np.count_nonzero(rk)
+        if total:
+            scores.append(2.0 * np.count_nonzero(pk & rk) / total)
+    return float(np.mean(scores)) if scores else 1.0
 
 
 def pixel_agreement(a: np.ndarray, b: np.ndarray) -> float:

@@ -87,3 +87,28 @@ def test_masks_move_with_their_images_under_augmentation():
     assert set(ya.unique().tolist()) == {0, 3} and ya.dtype == y.dtype
     assert ((xa[:, 0] > 75) == (ya == 3)).float().mean() > 0.99
     assert not torch.equal(ya, y)  # it did move
+
+
+def test_pooled_dice_counts_a_speck_as_its_pixels_not_as_a_case():
+    from medfm_compress.segmetrics import dice_per_case, mean_dice, pooled_dice
+
+    ref = np.zeros((4, 8, 8), np.uint8)
+    ref[:, 2:6, 2:6] = 1  # class 1: 16 pixels in every case
+    ref[0, 0, 0] = 2  # class 2: a one-pixel speck in case 0 only
+    pred = ref.copy()
+    pred[0, 0, 0] = 0  # the test masks miss the speck
+    # Per case, the speck's class scores 0 in case 0, the only case that has it: that class's Dice is 0.
+    assert mean_dice(dice_per_case(pred, ref, 3)) == pytest.approx(0.5)
+    # Pooled over the cases' pixels, class 1 agrees fully and class 2 has 0 of 1 pixel.
+    assert pooled_dice(pred, ref, 3) == pytest.approx(0.5)
+    pred[1, 0, 1] = 2  # the test masks draw a speck elsewhere too: still one class-2 pixel each, no overlap
+    assert pooled_dice(pred, ref, 3) == pytest.approx((1.0 + 0.0) / 2)
+    big = ref.copy()
+    big[:, 0, :] = 2  # class 2 over 8 pixels in every case; the test masks miss one of them
+    pred = big.copy()
+    pred[0, 0, 0] = 0
+    assert pooled_dice(pred, big, 3) == pytest.approx((1.0 + 2 * 31 / 63) / 2)
+    assert mean_dice(dice_per_case(pred, big, 3)) == pytest.approx((1.0 + (2 * 7 / 15 + 3) / 4) / 2)
+    assert pooled_dice(np.zeros((2, 4, 4)), np.zeros((2, 4, 4)), 3) == 1.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        pooled_dice(np.zeros((2, 4, 4)), np.zeros((2, 4, 5)), 3)
