@@ -89,9 +89,9 @@ DEMO_SEG_RECIPE: dict[str, Any] = {
     "version": 1,
     "name": "demo-segmentation",
     "out": "runs/demo-segmentation",
-    # 1000 training and 500 test images (of the default 2400 and 1000), so that the whole chain, the dense
+    # 1200 training and 500 test images (of the default 2400 and 1000), so that the whole chain, the dense
     # teacher's training included, fits in ten minutes on two cores.
-    "data": "synthetic?task=segmentation&n_train=1000&n_test=500",
+    "data": "synthetic?task=segmentation&n_train=1200&n_test=500",
     "seed": 0,
     # The dense teacher (smp:FPN:tu-resnet34, 23 M) is trained on all the masks (cached afterwards). The student
     # (smp:Linknet:tu-medfm_resnet10_w24, 0.78 M) and the label-only baseline of the same steps see the masks of a
