@@ -75,8 +75,8 @@ from ._common import csv_option, foreign_model_options
 )
 @click.option("--min-cosine", default=None, type=float, help="Gate: mean logit cosine with fp32.")
 @click.option("--min-dice", default=0.99, show_default=True, type=float,
-              help="Gate for segmentation models: mean Dice of the quantized model's masks vs fp32's on held-out "
-              "images (--min-agreement is then their pixel agreement).")
+              help="Gate for segmentation models: mean over classes of the Dice of the quantized model's masks vs "
+              "fp32's, each class over all held-out pixels (--min-agreement is then their pixel agreement).")
 @click.option(
     "--search/--no-search",
     default=True,
