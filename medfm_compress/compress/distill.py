@@ -59,17 +59,17 @@ __all__ = [
 DEFAULT_TEACHER = "timm:resnet18"
 DEFAULT_STUDENT = "timm:medfm_resnet10_w24"
 TEACHER_EPOCHS = 4
-# Images per step when --batch-size is not given. A dense label map carries a target per pixel, so segmentation
-# learns from small batches, and needs their steps: on the synthetic task at 10% of the masks the 0.78 M-parameter
-# student (KD at T=1) reached validation mean Dice 0.43 in 6 epochs at batch 64, its lesions at Dice <= 0.17, and
-# 0.78 at batch 16, its lesions at 0.61-0.75, for about the same time per epoch.
-DEFAULT_BATCH_SIZE = {"segmentation": 16}
-DEFAULT_BATCH_SIZE_OTHER = 64
-# KD temperature when --temperature is not given. Per pixel, a high temperature flattens the teacher's confident
-# few-pixel lesions into the organ around them: on the synthetic task at 10% of the masks (batch 16, 6 epochs) the
-# student reached mean Dice 0.78 on validation at T=1 and 0.55 at T=4, where it drew no nodule.
-DEFAULT_TEMPERATURE = {"segmentation": 1.0}
-DEFAULT_TEMPERATURE_OTHER = 4.0
+# Settings left unset (None) that depend on the data's task; every other task takes TASK_DEFAULTS[None].
+# batch_size: a dense label map carries a target per pixel, so segmentation learns from small batches and needs
+# their steps: on the synthetic task at 10% of the masks the 0.78 M-parameter student (KD at T=1) reached validation
+# mean Dice 0.43 in 6 epochs at batch 64, its lesions at Dice <= 0.17, and 0.78 at batch 16, its lesions at
+# 0.61-0.75, for about the same time per epoch.
+# temperature: per pixel, a high temperature flattens the teacher's confident few-pixel lesions into the organ around
+# them: at batch 16, 6 epochs, the student reached validation mean Dice 0.78 at T=1 and 0.55 at T=4 (no nodule).
+TASK_DEFAULTS: dict[str | None, dict[str, Any]] = {
+    None: {"batch_size": 64, "temperature": 4.0},
+    "segmentation": {"batch_size": 16, "temperature": 1.0},
+}
 TEACHER_LR = 2e-3
 CONFIG_VERSION = 1
 
@@ -85,7 +85,7 @@ class DistillConfig:
     student: str | None = None
     student_weights: str | None = None
     losses: tuple[str, ...] | None = None
-    temperature: float | None = None  # None: DEFAULT_TEMPERATURE for the data's task
+    temperature: float | None = None  # None: TASK_DEFAULTS for the data's task
     kd_weight: float = 1.0
     feat_weight: float = 1.0
     ce_weight: float = 1.0
@@ -93,7 +93,7 @@ class DistillConfig:
     labels: Literal["full", "none"] = "full"
     label_fraction: float = 1.0
     epochs: int = 6
-    batch_size: int | None = None  # None: DEFAULT_BATCH_SIZE for the data's task
+    batch_size: int | None = None  # None: TASK_DEFAULTS for the data's task
     lr: float = 3e-3
     weight_decay: float = 0.02
     head_epochs: int = 30
@@ -394,13 +394,11 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
 
 
 def resolve_task_defaults(cfg: DistillConfig, task: str) -> DistillConfig:
-    """``cfg`` with the settings left unset (``None``) that depend on the task filled in: batch size and KD
-    temperature (the manifest records the values used)."""
-    if cfg.batch_size is None:
-        cfg = dataclasses.replace(cfg, batch_size=DEFAULT_BATCH_SIZE.get(task, DEFAULT_BATCH_SIZE_OTHER))
-    if cfg.temperature is None:
-        cfg = dataclasses.replace(cfg, temperature=DEFAULT_TEMPERATURE.get(task, DEFAULT_TEMPERATURE_OTHER))
-    return cfg
+    """``cfg`` with the settings left unset (``None``) that depend on the task filled in from
+    :data:`TASK_DEFAULTS` (batch size, KD temperature); the manifest records the values used."""
+    defaults = TASK_DEFAULTS.get(task, TASK_DEFAULTS[None])
+    unset = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **unset) if unset else cfg
 
 
 def teacher_path(spec: str | None) -> tuple[Path, Path] | None:
