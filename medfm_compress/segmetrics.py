@@ -118,19 +118,34 @@ def paired_dice_bootstrap(reference: np.ndarray, test: np.ndarray, n_resamples: 
 
 
 def hd95_per_case(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(N, num_classes - 1)`` 95th-percentile Hausdorff distance in pixels, from MONAI's
-    ``compute_hausdorff_distance`` (NaN where the reference or the prediction lacks the class)."""
-    import torch
-    from monai.metrics import compute_hausdorff_distance
+    """``(N, num_classes - 1)`` 95th-percentile Hausdorff distance in pixels (NaN where the reference or the
+    prediction lacks the class), with MONAI's steps: the masks' edges by binary erosion and the symmetric Euclidean
+    edge-to-edge distances (``monai.metrics.utils.get_edge_surface_distance``), the larger of the two directions'
+    95th percentiles, as ``compute_hausdorff_distance(percentile=95)``.
 
-    pred_t = torch.as_tensor(np.asarray(pred, dtype=np.int64))
-    ref_t = torch.as_tensor(np.asarray(ref, dtype=np.int64))
-    onehot_p = torch.nn.functional.one_hot(pred_t, num_classes).permute(0, 3, 1, 2)
-    onehot_r = torch.nn.functional.one_hot(ref_t, num_classes).permute(0, 3, 1, 2)
-    present = (onehot_p.flatten(2).any(-1) & onehot_r.flatten(2).any(-1))[:, 1:].numpy()
+    Only the (case, class) pairs both masks contain are computed, and the edges of the whole image are taken at once
+    (the ``mask`` argument) instead of MONAI's foreground crop: the same distances (erosion pads with background at
+    the border as the crop's margin does; the distance transform is exact), without the crop transform's
+    per-pair cost, which made this ~8x slower on 64x64 cases (``tests/test_segmetrics.py`` checks it against
+    ``compute_hausdorff_distance``)."""
     import warnings
 
-    with warnings.catch_warnings():  # MONAI warns for every empty class; those are NaN below
-        warnings.simplefilter("ignore")
-        hd = compute_hausdorff_distance(onehot_p, onehot_r, include_background=False, percentile=95).numpy()
-    return np.where(present, hd, np.nan).astype(np.float64)
+    import torch
+    from monai.metrics.utils import get_edge_surface_distance
+
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"predicted masks {pred.shape} and reference masks {ref.shape} differ in shape")
+    n = len(pred)
+    out = np.full((n, max(num_classes - 1, 0)), np.nan)
+    whole = torch.ones(pred.shape[1:], dtype=torch.bool)
+    with warnings.catch_warnings():  # MONAI 1.5-1.6 passes its own deprecated argument to get_mask_edges
+        warnings.simplefilter("ignore", FutureWarning)
+        for k in range(1, num_classes):
+            pk, rk = pred == k, ref == k
+            both = pk.reshape(n, -1).any(axis=1) & rk.reshape(n, -1).any(axis=1)
+            for i in np.flatnonzero(both):
+                _, distances, _ = get_edge_surface_distance(torch.from_numpy(pk[i]), torch.from_numpy(rk[i]),
+                                                            symmetric=True, mask=whole, warn_empty=False)
+                out[i, k - 1] = max(float(torch.quantile(d.double(), 0.95)) for d in distances)
+    return out

@@ -75,6 +75,32 @@ def test_hd95_from_monai_in_pixels():
     assert hd.shape == (2, 1) and hd[0, 0] == pytest.approx(3.0) and np.isnan(hd[1, 0])
 
 
+def test_hd95_equals_monais_compute_hausdorff_distance():
+    """The per-pair path (whole-image edges, absent pairs skipped) gives MONAI's own figures, shapes touching the
+    image border and one-pixel specks included."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("monai")
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    noise = ndimage.gaussian_filter(rng.normal(size=(24, 40, 36)), (0, 3, 3))
+    ref = np.digitize(noise, np.quantile(noise, [0.5, 0.8, 0.97]))  # 4 classes, blobs that touch the border
+    pred = np.where(rng.random(ref.shape) < 0.03, rng.integers(0, 4, ref.shape), np.roll(ref, 2, axis=2))
+    pred[5], ref[6][ref[6] == 3] = 0, 0  # a class missing from a prediction and from a reference
+    hd = hd95_per_case(pred, ref, 4)
+    oh = [torch.nn.functional.one_hot(torch.as_tensor(m), 4).permute(0, 3, 1, 2) for m in (pred, ref)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = compute_hausdorff_distance(oh[0], oh[1], include_background=False, percentile=95).numpy()
+    both = oh[0].flatten(2).any(-1)[:, 1:].numpy() & oh[1].flatten(2).any(-1)[:, 1:].numpy()
+    assert (~both).any() and np.isnan(hd[~both]).all()
+    np.testing.assert_allclose(hd[both], expected[both], rtol=1e-6)
+    assert np.nanmax(hd) > 2.0  # the shifts and the specks are measured, not all zero
+
+
 def test_masks_move_with_their_images_under_augmentation():
     torch = pytest.importorskip("torch")
     from medfm_compress.compress.train import augment_batch, augment_masks
