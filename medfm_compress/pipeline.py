@@ -94,13 +94,15 @@ DEMO_SEG_RECIPE: dict[str, Any] = {
     "data": "synthetic?task=segmentation&n_train=1200&n_test=500",
     "seed": 0,
     # The dense teacher (smp:FPN:tu-resnet34, 23 M) is trained on all the masks (cached afterwards). The student
-    # (smp:Linknet:tu-medfm_resnet10_w24, 0.78 M) and the label-only baseline of the same steps see the masks of a
-    # tenth of the training images. Batch 16 and KD at T=1 are distill's defaults for segmentation.
-    "distill": {"teacher_epochs": 3, "label_fraction": 0.1, "epochs": 8, "baseline": True, "augment": False},
+    # (smp:Linknet:tu-medfm_resnet10_w24, 0.78 M) sees the masks of a tenth of the training images and the teacher's
+    # maps of all; batch 16 and KD at T=1 are distill's defaults for segmentation. 12 epochs: at 8 the student only
+    # matched its teacher (mean Dice +0.5 points, upper CI bound of the drop 1.3 > the 1-point gate). No label-only
+    # baseline (`baseline: true` adds one of the same steps, ~2.5 min here; benchmarks/segmentation.py measures the
+    # gain) and no fp16 artifact (on a CPU it only matches fp32): the ten minutes go to the chain that ships.
+    "distill": {"teacher_epochs": 3, "label_fraction": 0.1, "epochs": 12, "augment": False},
     "export": {"opset": 17},
     "quantize": [
         {"name": "int8", "target": "cpu", "precision": "int8", "auto_exclude": True},
-        {"name": "fp16", "target": "cpu", "precision": "fp16"},
     ],
     "bench": {"reference": "teacher", "batch_sizes": [1], "iterations": 200, "warmup": 20, "threads": 1,
               "max_dice_drop": 1.0, "min_speedup": 30.0, "max_size_mb": 5.0, "gate_on": ["student-int8"]},
@@ -646,6 +648,10 @@ def demo_summary(report: dict[str, Any] | None) -> list[str]:
                   f"{t['student'][metric]:.4f}, label-only baseline {t['baseline'][metric]:.4f} (same "
                   "architecture and steps)" + (f", teacher {teacher:.4f}" if teacher is not None else ""),
                   f"  distilled minus label-only: {scale * gain:{fmt}}{unit}, paired 95% CI {ci_text}: {verdict}"]
+    elif t.get("student") and (t.get("teacher") or {}).get(metric) is not None:
+        lines.append(f"  {100 * t.get('label_fraction', 1.0):g}% of the training {'masks' if dense else 'labels'}: "
+                     f"distilled student {name} {t['student'][metric]:.4f}, teacher {t['teacher'][metric]:.4f} "
+                     "(no label-only baseline: distill's --baseline adds one)")
     arts = {a["name"]: a for a in report.get("artifacts", [])}
     ref = arts.get(report.get("reference"))
     shipped = next((arts[n] for n in (report.get("config") or {}).get("gate_on") or [] if n in arts), None)
@@ -663,8 +669,9 @@ def demo_summary(report: dict[str, Any] | None) -> list[str]:
             parts.append(f"{ref_ms / ms:.0f}x faster at batch {batch} (engine p50 {ms:.3f} vs {ref_ms:.2f} ms, "
                          f"{shipped.get('threads')} thread(s) each)")
         if auc.get("delta") is not None and auc.get("ci_low") is not None:
-            parts.append(f"{name} drop {-100 * auc['delta']:.2f} points (95% CI upper bound "
-                         f"{-100 * auc['ci_low']:.2f})")
+            change = (f"{name} drop {-100 * auc['delta']:.2f} points" if auc["delta"] <= 0 else
+                      f"{name} {100 * auc['delta']:+.2f} points (higher)")
+            parts.append(f"{change} (95% CI upper bound of the drop {-100 * auc['ci_low']:.2f})")
         if shipped.get("size_bytes") and ref.get("size_bytes"):
             parts.append(f"{shipped['size_bytes'] / 1e6:.2f} MB vs {ref['size_bytes'] / 1e6:.1f} MB")
         if parts:
