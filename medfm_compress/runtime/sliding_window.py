@@ -1,0 +1,106 @@
+"""Sliding-window inference over images and volumes larger than a model's input, in NumPy (the edge install has no
+torch): the schedule and blending of MONAI's ``sliding_window_inference``, so that a mask predicted here, in the
+full install and in the C++ runtime is the same mask.
+
+- Windows: per spatial axis a step of ``int(roi * (1 - overlap))`` (at least 1; the whole axis when the window
+  spans it), starts ``0, step, 2 * step, ...`` until a window reaches the end, the last one moved back to end at
+  the border (MONAI's ``dense_patch_slices``). Windows are run ``sw_batch_size`` at a time, the cases of a batch
+  one after the other.
+- Blending: each window's output is weighted by an importance map, a separable Gaussian with sigma ``sigma_scale``
+  times the window's size per axis and peak 1, its smallest weights raised to ``max(min, 1e-3)`` (``"gaussian"``),
+  or 1 everywhere (``"constant"``); the sum of weighted outputs is divided by the sum of weights.
+- An input smaller than the window along an axis is padded with ``cval`` (half before, the rest after) and the
+  output cropped back.
+
+The model's output must have the window's spatial size (one map per class); MONAI's zoomed outputs are not
+supported. ``tests/runtime/test_sliding_window.py`` checks the result against ``monai.inferers``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+
+__all__ = ["BLEND_MODES", "window_starts", "importance_map", "sliding_window"]
+
+BLEND_MODES = ("gaussian", "constant")
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Start indices of the windows along one axis of length ``size`` (``size >= roi``)."""
+    step = roi if roi == size else max(int(roi * (1 - overlap)), 1)
+    starts = []
+    for i in range(-(-size // step)):
+        start = i * step
+        starts.append(min(start, size - roi))
+        if start + roi >= size:
+            break
+    return starts
+
+
+def importance_map(roi: Sequence[int], mode: str = "gaussian", sigma_scale: float = 0.125) -> np.ndarray:
+    """The weight of each position of a window's output (float32, ``roi``'s shape)."""
+    if mode == "constant":
+        return np.ones(tuple(roi), np.float32)
+    if mode != "gaussian":
+        raise ConfigError(f"blend mode must be one of {', '.join(BLEND_MODES)}, got {mode!r}")
+    w = np.ones((), np.float32)
+    for n in roi:
+        x = np.arange(n, dtype=np.float32) - np.float32((n - 1) / 2.0)
+        sigma = np.float32(n * sigma_scale)
+        w = np.multiply.outer(w, np.exp(x * x / (np.float32(-2.0) * sigma * sigma)).astype(np.float32))
+    return np.maximum(w, max(float(w.min()), 1e-3)).astype(np.float32)
+
+
+def sliding_window(inputs: np.ndarray, roi: Sequence[int], run: Callable[[np.ndarray], np.ndarray],
+                   overlap: float = 0.25, sw_batch_size: int = 4, mode: str = "gaussian", sigma_scale: float = 0.125,
+                   cval: float = 0.0, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Run ``run`` over windows of ``roi`` on ``inputs`` ``(N, C, *spatial)`` and blend the outputs into
+    ``(N, K, *spatial)`` float32. ``run`` takes ``(B, C, *roi)`` and returns ``(B, K, *roi)``;
+    ``progress(done, total)`` is called after every batch of windows."""
+    inputs = np.asarray(inputs)
+    roi = tuple(int(r) for r in roi)
+    dims = inputs.ndim - 2
+    if dims < 1 or len(roi) != dims:
+        raise ConfigError(f"sliding window of {len(roi)}-D windows {roi} needs inputs (N, C, {len(roi)} spatial axes), "
+                          f"got shape {inputs.shape}")
+    if any(r < 1 for r in roi):
+        raise ConfigError(f"sliding window size must be positive, got {roi}")
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"sliding window overlap must be in [0, 1), got {overlap}")
+    if sw_batch_size < 1:
+        raise ConfigError(f"sliding window batch size must be >= 1, got {sw_batch_size}")
+    weights = importance_map(roi, mode, sigma_scale)
+    spatial = inputs.shape[2:]
+    before = [max(r - s, 0) // 2 for r, s in zip(roi, spatial, strict=True)]
+    after = [max(r - s, 0) - b for r, s, b in zip(roi, spatial, before, strict=True)]
+    if any(before) or any(after):
+        inputs = np.pad(inputs, [(0, 0), (0, 0), *zip(before, after, strict=True)], constant_values=cval)
+    size = inputs.shape[2:]
+    windows = [tuple(slice(s, s + r) for s, r in zip(starts, roi, strict=True))
+               for starts in itertools.product(*(window_starts(n, r, overlap) for n, r in zip(size, roi,
+                                                                                               strict=True)))]
+    jobs = [(case, w) for case in range(len(inputs)) for w in windows]
+    count = np.zeros(size, np.float32)
+    for w in windows:
+        count[w] += weights
+    out = None
+    for i in range(0, len(jobs), sw_batch_size):
+        batch = jobs[i:i + sw_batch_size]
+        pred = np.asarray(run(np.stack([inputs[(case, slice(None), *w)] for case, w in batch])))
+        if pred.ndim != dims + 2 or pred.shape[0] != len(batch) or pred.shape[2:] != roi:
+            raise ModelError(f"sliding window: the model returned {pred.shape} for windows of {(len(batch), -1, *roi)}"
+                             f"; it must return one map per class at the window's size")
+        if out is None:
+            out = np.zeros((len(inputs), pred.shape[1], *size), np.float32)
+        for (case, w), p in zip(batch, pred, strict=True):
+            out[(case, slice(None), *w)] += p.astype(np.float32) * weights
+        if progress is not None:
+            progress(min(i + sw_batch_size, len(jobs)), len(jobs))
+    out /= count
+    crop = tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
+    return np.ascontiguousarray(out[(slice(None), slice(None), *crop)])
