@@ -308,7 +308,7 @@ def test_segmentation_demo_runs_the_chain_and_ends_with_dice(tmp_path, monkeypat
     tail = r.output[r.output.index("Demo summary"):]
     assert "10% of the training masks: distilled student mean Dice" in tail
     assert "distilled minus label-only:" in tail and " points, paired 95% CI [" in tail
-    assert "student-int8 (onnxruntime int8) vs teacher (torch fp32):" in tail and "mean Dice drop" in tail
+    assert "student-int8 (onnxruntime int8) vs teacher (torch fp32):" in tail and "95% CI upper bound of the drop" in tail
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "mean Dice [95% CI]" in md and "Distilled minus label-only mean Dice:" in md
     assert "Labelled fraction of the training split (masks): 0.1" in md
