@@ -180,7 +180,7 @@ def default_student(task) -> str:
 
 def _check_model_kinds(cfg: DistillConfig, task) -> None:
     """A classifier for segmentation data, or a segmentation network for image labels, is refused in one line."""
-    from ..models.factory import DENSE_KINDS, check_model_spec, parse_model_spec
+    from ..models.factory import check_model_spec, is_dense_kind, parse_model_spec
 
     for role, spec in (("teacher", cfg.teacher or default_teacher(task)), ("student", cfg.student or
                                                                               default_student(task))):
@@ -188,10 +188,10 @@ def _check_model_kinds(cfg: DistillConfig, task) -> None:
             continue
         check_model_spec(spec)
         kind = parse_model_spec(spec)[0]
-        if task.task == "segmentation" and kind == "timm":
+        if task.task == "segmentation" and not is_dense_kind(kind) and kind != "python":
             raise ModelError(f"--{role} {spec} is an image classifier, but {task.source} is a segmentation task: "
                              "give a dense model (smp:ARCH:ENCODER, e.g. smp:Unet:tu-resnet18)")
-        if task.task != "segmentation" and kind in DENSE_KINDS:
+        if task.task != "segmentation" and is_dense_kind(kind):
             raise ModelError(f"--{role} {spec} is a segmentation network, but {task.source} has image-level labels "
                              f"({task.task}): give a classifier (timm:NAME), or data with masks")
 
@@ -405,9 +405,9 @@ def teacher_path(spec: str | None) -> tuple[Path, Path] | None:
     """``(card, weights)`` when ``--teacher`` names a trained model on disk (a run directory, ``DIR/teacher``, a
     card or a .safetensors file) rather than an architecture; None for an architecture spec."""
     from ..models.card import resolve_model_files
-    from ..models.factory import MODEL_KINDS
+    from ..models.factory import model_kinds
 
-    if not spec or spec.split(":", 1)[0] in MODEL_KINDS:
+    if not spec or spec.split(":", 1)[0] in model_kinds():
         return None
     p = Path(spec)
     if p.is_dir() or p.suffix in (".json", ".safetensors") or (p.parent / f"{p.name}.json").is_file():

@@ -1,6 +1,7 @@
-"""Model specs: ``timm:NAME`` (any timm architecture), ``smp:ARCH:ENCODER`` (a segmentation-models-pytorch
-network, e.g. ``smp:Unet:tu-mobilenetv3_small_100`` or ``smp:FPN:tu-resnet50``: the ``tu-`` encoders are timm's)
-or ``python:pkg.module:factory`` (a user's own).
+"""Model specs, by kind (a registry: :func:`register_model_kind`): ``timm:NAME`` (any timm architecture),
+``smp:ARCH:ENCODER`` (a segmentation-models-pytorch network, e.g. ``smp:Unet:tu-mobilenetv3_small_100`` or
+``smp:FPN:tu-resnet50``: the ``tu-`` encoders are timm's), ``monai:NET?KEY=VALUE&...`` (a MONAI network, 2-D or 3-D,
+see :mod:`medfm_compress.models.monai_nets`) or ``python:pkg.module:factory`` (a user's own).
 
 A timm model gets ``in_chans`` and ``num_classes`` from the data, and ``img_size`` when the architecture
 takes one (ViTs). An smp model gets ``in_channels`` and ``classes`` (one output channel per class, the background
@@ -15,12 +16,10 @@ import inspect
 from typing import Any
 
 from ..errors import ModelError
+from .kinds import _KINDS, ModelKind, is_dense_kind, model_kinds, register_model_kind
 
-__all__ = ["check_model_spec", "create_model", "parse_model_spec", "count_params", "MODEL_KINDS", "DENSE_KINDS"]
-
-MODEL_KINDS = ("timm", "smp", "python")
-# The kinds whose models output a map per class (N, K, H, W) rather than a vector per image.
-DENSE_KINDS = ("smp",)
+__all__ = ["check_model_spec", "create_model", "parse_model_spec", "count_params", "register_model_kind",
+           "model_kinds", "is_dense_kind", "ModelKind", "MODEL_KINDS", "DENSE_KINDS"]
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
@@ -29,8 +28,9 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     if not sep or not name:
         raise ModelError(f"model spec {spec!r} must be KIND:NAME, e.g. timm:resnet18, smp:Unet:tu-resnet18 or "
                          "python:pkg.module:factory")
-    if kind not in MODEL_KINDS:
-        raise ModelError(f"unknown model kind {kind!r} in {spec!r}; use one of {', '.join(MODEL_KINDS)}")
+    if kind not in _KINDS:
+        raise ModelError(f"unknown model kind {kind!r} in {spec!r}; use one of {', '.join(_KINDS)} (e.g. "
+                         f"{', '.join(k.example for k in _KINDS.values() if k.example)})")
     return kind, name
 
 
@@ -77,10 +77,8 @@ def check_model_spec(spec: str) -> None:
     """Refuse a malformed spec or an unknown timm / smp architecture without building anything (a run checks its
     student before it spends minutes on a teacher)."""
     kind, name = parse_model_spec(spec)
-    if kind == "timm":
-        _require_timm_name(name)
-    elif kind == "smp":
-        _smp_parts(name)
+    if _KINDS[kind].check is not None:
+        _KINDS[kind].check(name)
 
 
 def _timm_accepts_img_size(name: str) -> bool:
@@ -96,37 +94,45 @@ def _timm_accepts_img_size(name: str) -> bool:
 
 def create_model(spec: str, num_classes: int, in_chans: int, img_size: int | None = None, **kwargs: Any):
     """Build the module named by ``spec`` with random weights (load weights separately)."""
+    kind, name = parse_model_spec(spec)
+    return _KINDS[kind].build(name, num_classes, in_chans, img_size, **kwargs)
+
+
+def _build_timm(name: str, num_classes: int, in_chans: int, img_size: int | None, **kwargs: Any):
+    import timm
+
+    _require_timm_name(name)
+    args: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **kwargs}
+    if img_size is not None and _timm_accepts_img_size(name):
+        args["img_size"] = img_size
+    try:
+        return timm.create_model(name, pretrained=False, **args)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as e:
+        raise ModelError(f"timm could not build {name!r} with {args}: {e}") from None
+
+
+def _build_smp(name: str, num_classes: int, in_chans: int, img_size: int | None, **kwargs: Any):
+    arch, encoder = _smp_parts(name)
+    args = {"encoder_name": encoder, "encoder_weights": None, "in_channels": in_chans, "classes": num_classes,
+            **kwargs}
+    try:
+        return _smp().create_model(arch, **args)
+    # AttributeError: a timm encoder without features_only support.
+    except (TypeError, ValueError, RuntimeError, KeyError, AssertionError, AttributeError) as e:
+        raise ModelError(f"segmentation-models-pytorch could not build {arch} on {encoder} with {args}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _build_python(name: str, num_classes: int, in_chans: int, img_size: int | None, **kwargs: Any):
     import torch
 
-    kind, name = parse_model_spec(spec)
-    if kind == "timm":
-        import timm
-
-        _require_timm_name(name)
-        args: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, **kwargs}
-        if img_size is not None and _timm_accepts_img_size(name):
-            args["img_size"] = img_size
-        try:
-            return timm.create_model(name, pretrained=False, **args)
-        except (TypeError, ValueError, RuntimeError, AssertionError) as e:
-            raise ModelError(f"timm could not build {name!r} with {args}: {e}") from None
-    if kind == "smp":
-        arch, encoder = _smp_parts(name)
-        args = {"encoder_name": encoder, "encoder_weights": None, "in_channels": in_chans, "classes": num_classes,
-                **kwargs}
-        try:
-            return _smp().create_model(arch, **args)
-        # AttributeError: a timm encoder without features_only support.
-        except (TypeError, ValueError, RuntimeError, KeyError, AssertionError, AttributeError) as e:
-            raise ModelError(f"segmentation-models-pytorch could not build {arch} on {encoder} with {args}: "
-                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     module_name, sep, fn_name = name.rpartition(":")
     if not sep:
-        raise ModelError(f"python model spec {spec!r} must be python:package.module:function")
+        raise ModelError(f"python model spec 'python:{name}' must be python:package.module:function")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ModelError(f"cannot import {module_name!r} for {spec!r} ({e}); check PYTHONPATH") from None
+        raise ModelError(f"cannot import {module_name!r} for 'python:{name}' ({e}); check PYTHONPATH") from None
     factory = getattr(module, fn_name, None)
     if not callable(factory):
         raise ModelError(f"{module_name} has no callable {fn_name!r}")
@@ -136,10 +142,20 @@ def create_model(spec: str, num_classes: int, in_chans: int, img_size: int | Non
     call = {k: v for k, v in offered.items() if v is not None and (takes_all or k in params)}
     model = factory(**call)
     if not isinstance(model, torch.nn.Module):
-        raise ModelError(f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
+        raise ModelError(f"python:{name} returned {type(model).__name__}, expected a torch.nn.Module")
     return model
 
 
 def count_params(model) -> int:
     """Number of parameters."""
     return int(sum(p.numel() for p in model.parameters()))
+
+
+register_model_kind(ModelKind("timm", _build_timm, _require_timm_name, example="timm:resnet18"))
+register_model_kind(ModelKind("smp", _build_smp, _smp_parts, dense=True, example="smp:Unet:tu-resnet18"))
+register_model_kind(ModelKind("python", _build_python, example="python:pkg.module:factory"))
+from . import monai_nets  # noqa: E402,F401  (registers monai:)
+
+# The kinds built in (a snapshot; model_kinds() and is_dense_kind() see later registrations too).
+MODEL_KINDS = model_kinds()
+DENSE_KINDS = tuple(k for k in MODEL_KINDS if is_dense_kind(k))
