@@ -78,12 +78,18 @@ def write_dicom_series(
     from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
-    series = generate_uid()
+    series, study, frame = generate_uid(), generate_uid(), generate_uid()
     nz = hu_zyx.shape[0]
     stored = np.round((hu_zyx.astype(np.float64) - intercept) / slope).astype(np.uint16)
     for k in order if order is not None else range(nz - 1, -1, -1):
         ds = ct_dataset(hu_zyx.shape[1], hu_zyx.shape[2], stored[k], slope, intercept)
         ds.SeriesInstanceUID = series
+        # The patient, study and frame-of-reference module of a real series (a DICOM SEG copies them).
+        ds.StudyInstanceUID, ds.FrameOfReferenceUID = study, frame
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "PHANTOM1", "Phantom^One", "", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
+        ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, k + 1
+        ds.SliceThickness = spacing_xyz[2]
         ds.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]  # row spacing (y), column spacing (x)
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [0.0, 0.0, -50.0 + k * spacing_xyz[2]]
