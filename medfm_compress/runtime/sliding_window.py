@@ -14,6 +14,10 @@ full install and in the C++ runtime is the same mask.
 
 The model's output must have the window's spatial size (one map per class); MONAI's zoomed outputs are not
 supported. ``tests/runtime/test_sliding_window.py`` checks the result against ``monai.inferers``.
+
+:func:`segment_volume` runs a 3-D segmentation engine over a whole raw volume this way (its preprocessing, windows
+of its input size) and returns the label map (``tests/runtime/test_segment_volume.py``: >= 99.9% of voxels equal to
+MONAI's on the same network).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 
-__all__ = ["BLEND_MODES", "window_starts", "importance_map", "sliding_window"]
+__all__ = ["BLEND_MODES", "window_starts", "importance_map", "sliding_window", "segment_volume"]
 
 BLEND_MODES = ("gaussian", "constant")
 
@@ -104,3 +108,44 @@ def sliding_window(inputs: np.ndarray, roi: Sequence[int], run: Callable[[np.nda
     out /= count
     crop = tuple(slice(b, b + s) for b, s in zip(before, spatial, strict=True))
     return np.ascontiguousarray(out[(slice(None), slice(None), *crop)])
+
+
+def segment_volume(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_size: int = 4, mode: str = "gaussian",
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """The ``(X, Y, Z)`` uint8 label map of a raw volume (HU, ``(X, Y, Z)``) by a 3-D segmentation ``engine``
+    (:class:`~medfm_compress.runtime.Engine`): the model's preprocessing (HU window to [0, 1], mean/std) on the
+    whole volume, windows of the model's input size (``medfm.input_size``, the training patch), the blended class
+    maps, their argmax. A volume smaller than a window is padded with what air (the window's low end) becomes."""
+    from .preprocess import raw_to_unit
+
+    meta = engine.meta
+    pre = meta.preprocess
+    if meta.task != "segmentation":
+        raise ModelError(f"{engine.path.name} is a {meta.task} model; a volume's label map needs a segmentation "
+                         "model")
+    if not pre.is_volume:
+        raise ModelError(f"{engine.path.name} takes 2-D images ({pre.input_size[0]}x{pre.input_size[1]}); a volume "
+                         "needs a 3-D segmentation model (input X,Y,Z)")
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ModelError(f"a volume is (X, Y, Z), got shape {volume.shape}")
+    if np.issubdtype(volume.dtype, np.floating) and not np.isfinite(volume).all():
+        from ..errors import DataError
+
+        raise DataError(f"the volume has {int((~np.isfinite(volume)).sum())} NaN or infinite voxels; clean it first")
+    mean, std = float(pre.mean[0]), float(pre.std[0])
+    x = ((raw_to_unit(volume[None], pre.window) - mean) / std).astype(np.float32)[:, None]
+    run = engine.run
+    fixed, (_, most) = engine.fixed_batch, engine.batch_range
+    if fixed is not None:  # an engine built for one batch size: the last, short batch is padded to it
+        sw_batch_size = fixed
+
+        def run(b):
+            n = len(b)
+            full = np.concatenate([b, np.repeat(b[-1:], fixed - n, axis=0)]) if n < fixed else b
+            return engine.run(full)[:n]
+    elif most is not None:
+        sw_batch_size = min(sw_batch_size, most)
+    logits = sliding_window(x, pre.input_size, run, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode,
+                            cval=(0.0 - mean) / std, progress=progress)
+    return logits[0].argmax(0).astype(np.uint8)
