@@ -9,9 +9,25 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["config_to_dict", "config_from_dict"]
+__all__ = ["config_to_dict", "config_from_dict", "option_value"]
 
 T = TypeVar("T")
+
+
+def option_value(text: str) -> Any:
+    """A ``KEY=VALUE`` option's value from its text (artifact ``?name=...`` options, ``monai:`` spec options):
+    ``true/yes/on`` and ``false/no/off`` booleans, then an int, a float, else the text itself."""
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

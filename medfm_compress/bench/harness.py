@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import config_to_dict
+from ..config import config_to_dict, option_value
 from ..errors import ConfigError, DataError, MedfmError, UsageError
 from .latency import LatencyConfig, measure_end_to_end, measure_engines
 
@@ -40,20 +40,6 @@ def parse_artifacts(items: tuple[str, ...] | list[str]) -> tuple[tuple[str, str]
     return tuple(out)
 
 
-def _option_value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def split_artifact_options(path: str) -> tuple[str, dict[str, Any]]:
     """``"runs/p?name=teacher&precision=fp16"`` -> ``("runs/p", {"name": "teacher", "precision": "fp16"})``.
 
@@ -69,7 +55,7 @@ def split_artifact_options(path: str) -> tuple[str, dict[str, Any]]:
         if not key or not eq:
             raise ConfigError(f"artifact option {kv!r} in {path!r} must be KEY=VALUE "
                               "(e.g. runs/p?name=teacher&cuda_graphs=true)")
-        opts[key] = _option_value(value)
+        opts[key] = option_value(value)
     return base, opts
 
 

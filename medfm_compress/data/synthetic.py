@@ -179,10 +179,14 @@ def generate(config: SyntheticConfig) -> dict[str, np.ndarray]:
 
 def synthetic_npz(config: SyntheticConfig, cache_dir: Path) -> Path:
     """Return the path of the cached archive for ``config``, generating it on first use."""
-    path = Path(cache_dir) / "synthetic" / f"synthetic-{config.digest()}.npz"
+    return cached_archive(Path(cache_dir) / "synthetic" / f"synthetic-{config.digest()}.npz", lambda: generate(config))
+
+
+def cached_archive(path: Path, make) -> Path:
+    """``path``, an ``.npz`` of the arrays ``make()`` returns, written atomically the first time it is asked for."""
     if path.exists():
         return path
-    arrays = generate(config)
+    arrays = make()
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_path
 from ..errors import DataError
+from .synthetic import cached_archive
 
 __all__ = ["Synthetic3DConfig", "SEGMENTATION3D_NAMES", "generate_volumes", "synthetic3d_npz"]
 
@@ -192,11 +192,5 @@ def generate_volumes(config: Synthetic3DConfig) -> dict[str, np.ndarray]:
 
 def synthetic3d_npz(config: Synthetic3DConfig, cache_dir: Path) -> Path:
     """The cached archive for ``config``, generated on first use."""
-    path = Path(cache_dir) / "synthetic" / f"synthetic3d-{config.digest()}.npz"
-    if path.exists():
-        return path
-    arrays = generate_volumes(config)
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-    return path
+    return cached_archive(Path(cache_dir) / "synthetic" / f"synthetic3d-{config.digest()}.npz",
+                          lambda: generate_volumes(config))

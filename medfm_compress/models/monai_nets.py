@@ -4,9 +4,9 @@
 
 - ``in_channels`` and ``out_channels`` come from the data (one output channel per class, the background included),
   as ``classes`` do for ``smp:``; ``spatial_dims`` is 3 unless the spec says otherwise (``spatial_dims=2``).
-- Values: integers, decimals, ``true``/``false``, comma lists (tuples: ``2,2,2``; ``2,`` is a one-item tuple),
-  anything else a string (``act=PRELU``). Options the network does not take, or required ones the spec lacks, are
-  refused in one line.
+- Values: integers, decimals, ``true``/``false`` (or ``yes``/``no``, ``on``/``off``), comma lists (tuples:
+  ``2,2,2``; ``2,`` is a one-item tuple), anything else a string (``act=PRELU``). Options the network does not
+  take, or required ones the spec lacks, are refused in one line.
 - Random weights; load weights with ``--*-weights`` as for every kind. MONAI is imported when a model is built or
   checked, never by ``import medfm_compress``.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from ..config import option_value
 from ..errors import BackendMissingError, ModelError
 from .kinds import ModelKind, register_model_kind
 
@@ -27,16 +28,8 @@ _FROM_DATA = ("in_channels", "out_channels")
 
 def _value(text: str) -> Any:
     if "," in text:
-        return tuple(_value(v) for v in text.split(",") if v != "")
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+        return tuple(option_value(v) for v in text.split(",") if v != "")
+    return option_value(text)
 
 
 def parse_monai_spec(name: str) -> tuple[str, dict[str, Any]]:
