@@ -69,12 +69,13 @@ def test_a_folder_of_compressed_files_predicts(tmp_path):
 
 
 def test_an_undecodable_syntax_is_one_line_naming_the_file_and_the_plugin(tmp_path):
-    # An install without the 'dicom' extra: pylibjpeg and its plugins refuse to import.
+    # An install without the 'dicom' extra: pylibjpeg and its plugins (and pyjpegls, which highdicom brings) refuse
+    # to import.
     code = textwrap.dedent("""
         import sys
         class _Block:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("pylibjpeg", "libjpeg", "openjpeg", "rle", "gdcm", "pyjpegls"):
+                if name.split(".")[0] in ("pylibjpeg", "libjpeg", "openjpeg", "rle", "gdcm", "pyjpegls", "jpeg_ls"):
                     raise ModuleNotFoundError(name)
         sys.meta_path.insert(0, _Block())
         from medfm_compress.cli import main
