@@ -16,7 +16,7 @@ import inspect
 from typing import Any
 
 from ..errors import ModelError
-from .kinds import _KINDS, ModelKind, is_dense_kind, model_kinds, register_model_kind
+from .kinds import ModelKind, get_kind, is_dense_kind, model_kinds, register_model_kind
 
 __all__ = ["check_model_spec", "create_model", "parse_model_spec", "count_params", "register_model_kind",
            "model_kinds", "is_dense_kind", "ModelKind", "MODEL_KINDS", "DENSE_KINDS"]
@@ -28,9 +28,10 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     if not sep or not name:
         raise ModelError(f"model spec {spec!r} must be KIND:NAME, e.g. timm:resnet18, smp:Unet:tu-resnet18 or "
                          "python:pkg.module:factory")
-    if kind not in _KINDS:
-        raise ModelError(f"unknown model kind {kind!r} in {spec!r}; use one of {', '.join(_KINDS)} (e.g. "
-                         f"{', '.join(k.example for k in _KINDS.values() if k.example)})")
+    if get_kind(kind) is None:
+        examples = [get_kind(k).example for k in model_kinds() if get_kind(k).example]
+        raise ModelError(f"unknown model kind {kind!r} in {spec!r}; use one of {', '.join(model_kinds())} (e.g. "
+                         f"{', '.join(examples)})")
     return kind, name
 
 
@@ -77,8 +78,9 @@ def check_model_spec(spec: str) -> None:
     """Refuse a malformed spec or an unknown timm / smp architecture without building anything (a run checks its
     student before it spends minutes on a teacher)."""
     kind, name = parse_model_spec(spec)
-    if _KINDS[kind].check is not None:
-        _KINDS[kind].check(name)
+    check = get_kind(kind).check
+    if check is not None:
+        check(name)
 
 
 def _timm_accepts_img_size(name: str) -> bool:
@@ -95,7 +97,7 @@ def _timm_accepts_img_size(name: str) -> bool:
 def create_model(spec: str, num_classes: int, in_chans: int, img_size: int | None = None, **kwargs: Any):
     """Build the module named by ``spec`` with random weights (load weights separately)."""
     kind, name = parse_model_spec(spec)
-    return _KINDS[kind].build(name, num_classes, in_chans, img_size, **kwargs)
+    return get_kind(kind).build(name, num_classes, in_chans, img_size, **kwargs)
 
 
 def _build_timm(name: str, num_classes: int, in_chans: int, img_size: int | None, **kwargs: Any):

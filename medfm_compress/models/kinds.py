@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ModelKind", "register_model_kind", "model_kinds", "is_dense_kind"]
+__all__ = ["ModelKind", "register_model_kind", "model_kinds", "get_kind", "is_dense_kind"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ def register_model_kind(kind: ModelKind) -> None:
 def model_kinds() -> tuple[str, ...]:
     """The registered kinds, in registration order."""
     return tuple(_KINDS)
+
+
+def get_kind(kind: str) -> ModelKind | None:
+    """The registered kind ``kind``, or None."""
+    return _KINDS.get(kind)
 
 
 def is_dense_kind(kind: str) -> bool:

@@ -72,9 +72,9 @@ def test_kinds_are_a_registry_and_monai_stays_lazy():
         assert isinstance(create_model("toy:any", 3, 1), torch.nn.Identity) and built == [("any", 3, 1)]
         assert is_dense_kind("toy")
     finally:
-        from medfm_compress.models import factory
+        from medfm_compress.models import kinds
 
-        factory._KINDS.pop("toy")
+        kinds._KINDS.pop("toy")
     code = "import sys, medfm_compress.models.factory; print('monai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
