@@ -52,8 +52,7 @@ def _smp():
     except ImportError:
         from ..errors import BackendMissingError
 
-        raise BackendMissingError("smp: models need segmentation-models-pytorch; pip install "
-                                  "'medfm-compress[seg]'") from None
+        raise BackendMissingError("segmentation-models-pytorch (smp: models)", "seg") from None
     return smp
 
 

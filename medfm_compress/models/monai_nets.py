@@ -52,7 +52,7 @@ def _net_class(net: str):
     try:
         from monai.networks import nets
     except ImportError:
-        raise BackendMissingError("monai: models need MONAI; pip install 'medfm-compress[seg]'") from None
+        raise BackendMissingError("MONAI (monai: models)", "seg") from None
     import torch
 
     cls = getattr(nets, net, None)

@@ -43,7 +43,7 @@ def write_nifti_mask(mask: np.ndarray, affine: np.ndarray, path: str | Path,
     try:
         import nibabel as nib
     except ImportError:
-        raise BackendMissingError("NIfTI masks need nibabel; pip install 'medfm-compress[nifti]'") from None
+        raise BackendMissingError("nibabel (NIfTI masks)", "nifti") from None
     path = Path(path)
     mask = _check_mask(mask, len(label_names) if label_names else None, str(path))
     affine = np.asarray(affine, dtype=np.float64)
@@ -108,7 +108,7 @@ def write_dicom_seg(mask: np.ndarray, series_dir: str | Path, label_names: Seque
         import highdicom as hd
         from pydicom.sr.codedict import codes
     except ImportError:
-        raise BackendMissingError("DICOM SEG output needs highdicom; pip install 'medfm-compress[dicom]'") from None
+        raise BackendMissingError("highdicom (DICOM SEG output)", "dicom") from None
     path = Path(path)
     if len(label_names) < 2:
         raise DataError(f"{path}: a segmentation needs the background and at least one class, got {list(label_names)}")

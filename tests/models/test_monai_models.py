@@ -78,3 +78,16 @@ def test_kinds_are_a_registry_and_monai_stays_lazy():
     code = "import sys, medfm_compress.models.factory; print('monai' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(("modules", "spec"), [(("monai", "monai.networks"), "monai:UNet?channels=8,16&strides=2,"),
+                                               (("segmentation_models_pytorch",), "smp:Unet:tu-resnet18")])
+def test_a_missing_network_library_names_its_extra(monkeypatch, modules, spec):
+    from medfm_compress.errors import BackendMissingError
+
+    for module in modules:  # as in an install without the [seg] extra
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(BackendMissingError, match=r"is not installed; install it with: pip install "
+                                                  r"'medfm-compress\[seg\]'") as e:
+        check_model_spec(spec)
+    assert "\n" not in str(e.value)

@@ -93,3 +93,16 @@ def test_dicom_seg_from_a_series_without_a_study_says_so(tmp_path):
     with pytest.raises(DataError, match="cannot reference this series from a DICOM SEG") as e:
         write_dicom_seg(np.zeros((6, 6, 4), np.uint8), series, NAMES, tmp_path / "seg.dcm")
     assert "\n" not in str(e.value) and not (tmp_path / "seg.dcm").exists()
+
+
+@pytest.mark.parametrize(("module", "call", "extra"), [
+    ("nibabel", lambda p: write_nifti_mask(np.zeros((4, 4, 4), np.uint8), np.eye(4), p / "m.nii.gz"), "nifti"),
+    ("highdicom", lambda p: write_dicom_seg(np.zeros((4, 4, 4), np.uint8), p, NAMES, p / "s.dcm"), "dicom"),
+])
+def test_a_missing_writer_library_names_its_extra(tmp_path, monkeypatch, module, call, extra):
+    from medfm_compress.errors import BackendMissingError
+
+    monkeypatch.setitem(__import__("sys").modules, module, None)  # as in an install without the extra
+    with pytest.raises(BackendMissingError, match=rf"pip install 'medfm-compress\[{extra}\]'") as e:
+        call(tmp_path)
+    assert "\n" not in str(e.value) and not list(tmp_path.iterdir())
