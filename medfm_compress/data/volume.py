@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import plistlib
-import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..errors import BackendMissingError, DataError
+from ..errors import DataError
+from ..runtime.volumes import VOLUME_KINDS, Volume, read_dicom_series, read_inv3, read_nifti, read_volume
 
 __all__ = [
     "Volume",
@@ -43,181 +41,11 @@ __all__ = [
     "fetch_invesalius_example",
 ]
 
-VOLUME_KINDS = ("nifti", "dicom-series", "inv3")
 # A crop spec is one set of unlabeled crops. It is exposed as the "test" split, the split that export checks,
 # quantization (calibration + its held-out rest) and bench read by default, so their commands need no --split.
 CROP_SPLIT = "test"
 # Voxels above this HU count as tissue for the foreground filter (air is about -1000).
 FOREGROUND_HU = -500.0
-_INV3_DTYPES = {"int16", "uint16", "int8", "uint8", "int32", "float32", "float64"}
-
-
-@dataclass
-class Volume:
-    """A CT volume in HU, ``(X, Y, Z)`` float32, with voxel spacing in mm."""
-
-    hu: np.ndarray
-    spacing: tuple[float, float, float]
-    source: str
-    info: dict[str, Any] = field(default_factory=dict)
-    _sha: str | None = None
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(v) for v in self.hu.shape)  # type: ignore[return-value]
-
-    @property
-    def sha256(self) -> str:
-        """Hash of the HU array and spacing: the identity of the volume for caches, whatever file it came from."""
-        if self._sha is None:
-            h = hashlib.sha256()
-            h.update(
-                json.dumps(
-                    {"shape": list(self.shape), "spacing": [round(s, 6) for s in self.spacing]}
-                ).encode()
-            )
-            h.update(np.ascontiguousarray(self.hu, dtype=np.float32).tobytes())
-            self._sha = h.hexdigest()
-        return self._sha
-
-
-def _check_volume(hu: np.ndarray, source: str) -> np.ndarray:
-    if hu.ndim != 3 or min(hu.shape) < 1:
-        raise DataError(f"{source}: expected a 3-D volume, got shape {hu.shape}")
-    hu = np.ascontiguousarray(hu, dtype=np.float32)
-    if not np.isfinite(hu).all():
-        raise DataError(f"{source}: the volume contains NaN/Inf voxels")
-    return hu
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Readers
-
-
-def read_nifti(path: str | Path) -> Volume:
-    """A NIfTI file, reoriented to the closest canonical (RAS+) axes; scale slope/intercept applied."""
-    try:
-        import nibabel as nib
-    except ImportError:
-        raise BackendMissingError("nibabel", "nifti") from None
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"NIfTI file {p} does not exist")
-    try:
-        img = nib.as_closest_canonical(nib.load(str(p)))
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except Exception as e:  # noqa: BLE001 - nibabel raises many types for broken files
-        raise DataError(f"{p} is not a readable NIfTI file ({type(e).__name__}: {e})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"{p}: expected a 3-D volume, got shape {data.shape} (pick one time point first)")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return Volume(_check_volume(data, str(p)), zooms, f"nifti:{p}", {"format": "nifti"})
-
-
-def read_dicom_series(directory: str | Path) -> Volume:
-    """One DICOM series from a folder: slices sorted by ImagePositionPatient along the slice normal,
-    RescaleSlope/RescaleIntercept applied (HU). Files that are not image slices (no pixel data or no
-    position) are skipped; mixed orientations or sizes are an error."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    d = Path(directory)
-    if not d.is_dir():
-        raise DataError(f"DICOM series folder {d} does not exist")
-    slices = []
-    for f in sorted(x for x in d.rglob("*") if x.is_file()):
-        try:
-            ds = pydicom.dcmread(str(f))
-        except (InvalidDicomError, OSError, ValueError, EOFError):
-            continue
-        if "PixelData" not in ds or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-            continue
-        slices.append((f, ds))
-    if len(slices) < 2:
-        raise DataError(
-            f"{d} holds {len(slices)} DICOM image slice(s) with a position; a series needs at least 2"
-        )
-    iop = np.array([float(v) for v in slices[0][1].ImageOrientationPatient])
-    size = (int(slices[0][1].Rows), int(slices[0][1].Columns))
-    for f, ds in slices:
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-3):
-            raise DataError(
-                f"{f}: orientation differs from the rest of the series; keep one series per folder"
-            )
-        if (int(ds.Rows), int(ds.Columns)) != size:
-            raise DataError(f"{f}: slice size {ds.Rows}x{ds.Columns} differs from {size[0]}x{size[1]}")
-    normal = np.cross(iop[:3], iop[3:])
-    pos = np.array([np.dot([float(v) for v in ds.ImagePositionPatient], normal) for _, ds in slices])
-    order = np.argsort(pos, kind="stable")
-    pos = pos[order]
-    if np.any(np.diff(pos) < 1e-4):
-        raise DataError(f"{d}: two slices share a position; the folder mixes series or holds duplicates")
-    hu = np.empty((len(slices), *size), dtype=np.float32)  # (Z, rows, cols)
-    for z, i in enumerate(order):
-        ds = slices[i][1]
-        try:
-            arr = ds.pixel_array.astype(np.float32)
-        except Exception as e:  # noqa: BLE001 - pixel decoding raises many types
-            raise DataError(
-                f"{slices[i][0]}: pixel data cannot be decoded ({type(e).__name__}: {e})"
-            ) from None
-        hu[z] = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
-            getattr(ds, "RescaleIntercept", 0) or 0
-        )
-    ps = getattr(slices[0][1], "PixelSpacing", None) or [1.0, 1.0]
-    dz = float(np.median(np.diff(pos)))
-    # (Z, rows, cols) -> (X = columns, Y = rows, Z)
-    vol = np.transpose(hu, (2, 1, 0))
-    return Volume(
-        _check_volume(vol, str(d)),
-        (float(ps[1]), float(ps[0]), dz),
-        f"dicom-series:{d}",
-        {"format": "dicom", "slices": len(slices)},
-    )
-
-
-def read_inv3(path: str | Path) -> Volume:
-    """An InVesalius 3 project (``.inv3``: a gzip tar holding ``main.plist`` and the raw ``matrix.dat``).
-
-    The plist's ``matrix`` entry gives dtype and shape ``(Z, Y, X)``; ``spacing`` is ``(x, y, z)`` in mm.
-    Members are read from the archive in memory; nothing is extracted to disk.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"InVesalius project {p} does not exist")
-    try:
-        with tarfile.open(str(p), "r:gz") as tar:
-            members = {m.name: m for m in tar.getmembers() if m.isfile()}
-            mains = [n for n in members if Path(n).name == "main.plist"]
-            if len(mains) != 1:
-                raise DataError(f"{p}: expected one main.plist in the archive, found {len(mains)}")
-            main = plistlib.loads(tar.extractfile(members[mains[0]]).read())
-            matrix = main.get("matrix") or {}
-            shape = tuple(int(v) for v in matrix.get("shape", ()))
-            dtype = str(matrix.get("dtype", ""))
-            fname = str(matrix.get("filename", ""))
-            spacing = tuple(float(v) for v in main.get("spacing", ()))
-            if len(shape) != 3 or dtype not in _INV3_DTYPES or len(spacing) != 3 or not fname:
-                raise DataError(f"{p}: main.plist lacks a usable matrix shape/dtype/filename or spacing")
-            name = str(Path(mains[0]).parent / fname) if Path(mains[0]).parent != Path(".") else fname
-            if name not in members:
-                raise DataError(f"{p}: the archive has no {fname} next to main.plist")
-            want = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            if members[name].size != want:
-                raise DataError(
-                    f"{p}: {fname} holds {members[name].size} bytes, the plist's shape needs {want}"
-                )
-            raw = tar.extractfile(members[name]).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"{p} is not a readable .inv3 archive ({type(e).__name__}: {e})") from None
-    except plistlib.InvalidFileException as e:
-        raise DataError(f"{p}: main.plist is not a valid plist ({e})") from None
-    arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)  # (Z, Y, X)
-    vol = np.transpose(arr, (2, 1, 0)).astype(np.float32)
-    info = {"format": "inv3", "name": main.get("name"), "modality": main.get("modality")}
-    return Volume(_check_volume(vol, str(p)), spacing, f"inv3:{p}", info)  # type: ignore[arg-type]
 
 
 def resample(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
@@ -238,17 +66,6 @@ def resample(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
         "resampled_from": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing)},
     }
     return Volume(np.ascontiguousarray(out, dtype=np.float32), spacing, volume.source, info)  # type: ignore[arg-type]
-
-
-def read_volume(kind: str, path: str | Path) -> Volume:
-    """Read a volume of ``kind`` (one of :data:`VOLUME_KINDS`)."""
-    if kind == "nifti":
-        return read_nifti(path)
-    if kind == "dicom-series":
-        return read_dicom_series(path)
-    if kind == "inv3":
-        return read_inv3(path)
-    raise DataError(f"unknown volume kind {kind!r}; use one of {', '.join(VOLUME_KINDS)}")
 
 
 def fetch_invesalius_example(cache: str | Path, name: str = "Cranium.inv3") -> Path:

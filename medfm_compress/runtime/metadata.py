@@ -18,6 +18,7 @@ medfm.channels         ``1`` or ``3``
 medfm.mean             comma-separated floats, one per channel (applied after scaling to [0, 1])
 medfm.std              comma-separated floats, one per channel
 medfm.window           ``LOW,HIGH`` intensity window applied to raw values, or empty
+medfm.spacing          volumes only, optional: ``SX,SY,SZ`` voxel spacing (mm) the model was trained at
 medfm.arch             model spec the weights belong to (e.g. ``timm:resnet18``)
 medfm.precision        ``fp32`` | ``fp16`` | ``int8`` | ...
 medfm.provenance       JSON object: source file hashes, tool version, calibration info, ...
@@ -97,6 +98,7 @@ def encode_metadata(meta: ModelMeta) -> dict[str, str]:
         "medfm.mean": _floats(pre.mean),
         "medfm.std": _floats(pre.std),
         "medfm.window": _floats(pre.window) if pre.window else "",
+        **({"medfm.spacing": _floats(pre.spacing)} if pre.spacing else {}),
         "medfm.arch": meta.arch,
         "medfm.precision": meta.precision,
         "medfm.provenance": json.dumps(meta.provenance, sort_keys=True, default=str),
@@ -122,8 +124,12 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMeta:
         window = (
             tuple(float(v) for v in props["medfm.window"].split(",")) if props.get("medfm.window") else None
         )
+        spacing = (
+            tuple(float(v) for v in props["medfm.spacing"].split(",")) if props.get("medfm.spacing") else None
+        )
         pre = PreprocessSpec(
-            input_size=size, channels=int(props["medfm.channels"]), mean=mean, std=std, window=window
+            input_size=size, channels=int(props["medfm.channels"]), mean=mean, std=std, window=window,
+            spacing=spacing,
         )
         return ModelMeta(
             preprocess=pre,

@@ -35,6 +35,8 @@ class PreprocessSpec:
         window: optional (low, high) intensity window applied to raw values (e.g. HU); values are clipped
             to it and mapped to [0, 1]. When None, integer images are divided by their dtype's maximum and
             float images are taken as already in [0, 1].
+        spacing: for a volume model, the voxel spacing (mm, x/y/z) it was trained at: a volume on another grid is
+            resampled to it before inference and its mask back to the volume's grid (None: taken as given).
     """
 
     input_size: tuple[int, int]
@@ -42,6 +44,7 @@ class PreprocessSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     window: tuple[float, float] | None = None
+    spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -58,6 +61,9 @@ class PreprocessSpec:
             )
         if self.window is not None and not self.window[1] > self.window[0]:
             raise DataError(f"intensity window must be (low, high) with high > low, got {self.window}")
+        if self.spacing is not None and (len(self.input_size) != 3 or len(self.spacing) != 3
+                                         or not all(np.isfinite(v) and v > 0 for v in self.spacing)):
+            raise DataError(f"spacing is three positive sizes in mm for a volume model, got {self.spacing}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -65,6 +71,7 @@ class PreprocessSpec:
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
         d["window"] = list(self.window) if self.window is not None else None
+        d["spacing"] = list(self.spacing) if self.spacing is not None else None
         return d
 
     @classmethod
@@ -76,6 +83,7 @@ class PreprocessSpec:
                 mean=tuple(float(v) for v in d["mean"]),
                 std=tuple(float(v) for v in d["std"]),
                 window=tuple(float(v) for v in d["window"]) if d.get("window") is not None else None,
+                spacing=tuple(float(v) for v in d["spacing"]) if d.get("spacing") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"invalid preprocessing spec {d!r}: {e}") from None
@@ -99,7 +107,14 @@ class PreprocessSpec:
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
         return ((x - mean) / std).astype(np.float32, copy=False)
 
-    def _volume(self, volumes: np.ndarray) -> np.ndarray:
+    def whole_volumes(self, volumes: np.ndarray) -> np.ndarray:
+        """Raw volumes ``(N, X, Y, Z)`` of any size to ``(N, 1, X, Y, Z)`` float32, windowed and normalised but not
+        resized: the input of a sliding window whose windows have :attr:`input_size`."""
+        if not self.is_volume:
+            raise DataError(f"whole volumes need a volume spec (input X,Y,Z); this one is {self.input_size}")
+        return self._volume(volumes, resize=False)
+
+    def _volume(self, volumes: np.ndarray, resize: bool = True) -> np.ndarray:
         x = np.asarray(volumes)
         if x.ndim == 5 and x.shape[-1] == 1:
             x = x[..., 0]
@@ -108,7 +123,7 @@ class PreprocessSpec:
         if self.channels != 1:
             raise DataError(f"volume models take 1 channel, the spec says {self.channels}")
         x = raw_to_unit(x, self.window)[:, None]
-        if tuple(x.shape[2:]) != tuple(self.input_size):
+        if resize and tuple(x.shape[2:]) != tuple(self.input_size):
             x = resize_volume_batch(x, tuple(self.input_size))
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1, 1)

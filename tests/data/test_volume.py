@@ -71,7 +71,12 @@ def test_nifti_reader_applies_scaling_and_spacing(tmp_path):
     vol = read_nifti(tmp_path / "v.nii.gz")
     assert vol.shape == (4, 5, 6)
     np.testing.assert_allclose(vol.spacing, (0.7, 0.8, 2.5), rtol=1e-6)
-    np.testing.assert_allclose(vol.hu, stored * 2.0 - 1024.0)
+    # A RAS-stored file comes back in LPS voxel order: x and y reversed, with an affine that says so.
+    np.testing.assert_allclose(vol.hu, (stored * 2.0 - 1024.0)[::-1, ::-1, :])
+    np.testing.assert_allclose(vol.affine @ [0, 0, 0, 1], [0.7 * 3, 0.8 * 4, 0, 1])
+    back, affine = vol.to_source_order(vol.hu)
+    np.testing.assert_allclose(back, stored * 2.0 - 1024.0)
+    np.testing.assert_allclose(affine, img.affine)
 
 
 def test_dicom_series_sorted_by_position_and_rescaled(tmp_path):
