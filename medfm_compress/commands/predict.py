@@ -38,6 +38,10 @@ from ._common import csv_option, foreign_model_options
     type=click.IntRange(min=0),
     help="Threads reading and preprocessing files ahead of the model (0: none).",
 )
+@click.option("--overlap", "sw_overlap", default=0.25, show_default=True, type=click.FloatRange(0.0, 0.95),
+              help="3-D models: overlap of neighbouring sliding windows (fraction of a window).")
+@click.option("--sw-batch-size", default=4, show_default=True, type=click.IntRange(min=1),
+              help="3-D models: sliding windows per engine call.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(
@@ -54,6 +58,8 @@ def command(
     mean,
     std,
     workers,
+    sw_overlap,
+    sw_batch_size,
     quiet,
     as_json,
 ):
@@ -63,6 +69,10 @@ def command(
     INPUT: image files (PNG, JPEG, NPY, DICOM), folders of them (recursively, in sorted order), or a data spec
     (e.g. synthetic?size=32, folder:DIR, medmnist:FILE.npz), whose test split is used. Preprocessing comes from
     the model's metadata. An unreadable file stops the run and nothing is written, unless --skip-bad.
+
+    A 3-D segmentation model takes volumes: nifti:FILE, dicom-series:DIR, inv3:FILE, nifti:DIR (a data set's
+    imagesTs/) or .nii/.nii.gz/.inv3 paths; each is resampled to the model's voxel spacing, segmented by sliding
+    windows and written as DIR/masks/NAME.nii.gz on the input's grid (a DICOM series also as NAME.seg.dcm).
     """
     from ..data.cases import input_cases
     from ..runtime.predict import PredictConfig, predict
@@ -82,6 +92,8 @@ def command(
         std=csv_option(std, float),
         workers=workers,
         progress=not quiet and not as_json,
+        sw_overlap=sw_overlap,
+        sw_batch_size=sw_batch_size,
     )
     res = predict(cfg, lambda meta: input_cases(cfg.inputs, window=meta.preprocess.window, exclude=cfg.out))
     if as_json:
@@ -89,6 +101,10 @@ def command(
         return
     for note in res.notes:
         click.echo(note)
+    if res.volumes:
+        click.echo(f"segmented {res.predicted} volume(s) in {res.seconds:.2f} s ({res.backend}, sliding windows of "
+                   f"{res.batch_size}); wrote {res.csv_path}, {res.json_path}, {res.masks_path}/")
+        return
     kind = "embeddings" if res.task == "embedding" else f"{res.task}, {len(res.label_names)} labels"
     skipped = f"; skipped {res.skipped} unreadable (see the error column)" if res.skipped else ""
     click.echo(

@@ -40,7 +40,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ import numpy as np
 from .._io import atomic_path, ensure_dir
 from ..errors import ConfigError, DataError, MedfmError, ModelError, first_line
 from .images import find_image_files, read_any
+from .predict_result import CSV_NAME, EMBEDDINGS_NAME, JSON_NAME, MASKS_DIR, PredictResult
 
 __all__ = [
     "Case",
@@ -64,10 +65,6 @@ __all__ = [
     "MASKS_DIR",
 ]
 
-CSV_NAME = "predictions.csv"
-JSON_NAME = "predictions.json"
-EMBEDDINGS_NAME = "embeddings.npy"
-MASKS_DIR = "masks"
 # Column names of the outputs' own fields; a label with one of these names gets a "prob_" prefix in the CSV.
 _FIXED_COLUMNS = ("file", "row", "label", "labels", "error")
 
@@ -143,6 +140,8 @@ class PredictConfig:
             its labels are then ``class_0..class_{N-1}`` and its task multi-class.
         workers: threads that read and preprocess cases ahead of the engine (at most two batches ahead; 0: in the
             calling thread). Data-spec cases are always read in the calling thread.
+        sw_overlap, sw_batch_size: a 3-D model's sliding window: the overlap of neighbouring windows (fraction of
+            the window) and the windows per engine call.
         progress: a progress bar on stderr.
     """
 
@@ -160,8 +159,14 @@ class PredictConfig:
     std: tuple[float, ...] | None = None
     workers: int = 1
     progress: bool = True
+    sw_overlap: float = 0.25
+    sw_batch_size: int = 4
 
     def __post_init__(self):
+        if not 0.0 <= self.sw_overlap < 1.0:
+            raise ConfigError(f"sliding-window overlap must be in [0, 1), got {self.sw_overlap}")
+        if self.sw_batch_size < 1:
+            raise ConfigError(f"sliding-window batch size must be >= 1, got {self.sw_batch_size}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
@@ -175,33 +180,6 @@ class PredictConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class PredictResult:
-    """What a predict run did: counts, timings and the files it wrote."""
-
-    model: str
-    backend: str
-    task: str
-    label_names: list[str]
-    cases: int
-    predicted: int
-    skipped: int
-    seconds: float
-    images_per_s: float
-    batch_size: int
-    csv_path: Path
-    json_path: Path
-    embeddings_path: Path | None = None
-    masks_path: Path | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("csv_path", "json_path", "embeddings_path", "masks_path"):
-            d[k] = str(d[k]) if d[k] is not None else None
-        return d
 
 
 def _num(p) -> float:
@@ -461,6 +439,12 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
         with _load_engine(cfg) as engine:
             meta = engine.meta
             pre, task = meta.preprocess, meta.task
+            if pre.is_volume and task == "segmentation":  # whole volumes, by sliding windows (.predict_volume)
+                from .predict_volume import predict_volumes
+
+                result = predict_volumes(cfg, engine, out)
+                result.seconds = time.perf_counter() - t_start
+                return result
             if cases is None:
                 cases = file_cases(cfg.inputs, window=pre.window, exclude=out)
             elif callable(cases):

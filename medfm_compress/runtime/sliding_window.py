@@ -116,8 +116,6 @@ def segment_volume(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_s
     (:class:`~medfm_compress.runtime.Engine`): the model's preprocessing (HU window to [0, 1], mean/std) on the
     whole volume, windows of the model's input size (``medfm.input_size``, the training patch), the blended class
     maps, their argmax. A volume smaller than a window is padded with what air (the window's low end) becomes."""
-    from .preprocess import raw_to_unit
-
     meta = engine.meta
     pre = meta.preprocess
     if meta.task != "segmentation":
@@ -134,7 +132,7 @@ def segment_volume(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_s
 
         raise DataError(f"the volume has {int((~np.isfinite(volume)).sum())} NaN or infinite voxels; clean it first")
     mean, std = float(pre.mean[0]), float(pre.std[0])
-    x = ((raw_to_unit(volume[None], pre.window) - mean) / std).astype(np.float32)[:, None]
+    x = pre.whole_volumes(volume[None])
     run = engine.run
     fixed, (_, most) = engine.fixed_batch, engine.batch_range
     if fixed is not None:  # an engine built for one batch size: the last, short batch is padded to it

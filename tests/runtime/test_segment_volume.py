@@ -3,11 +3,10 @@ model's preprocessing, Gaussian blending, padding with air), in the runtime; wro
 
 import numpy as np
 import pytest
+from support.volume_fixtures import conv3d_seg_model
 
 from medfm_compress.errors import DataError, ModelError
 from medfm_compress.runtime import Engine
-from medfm_compress.runtime.metadata import ModelMeta, encode_metadata
-from medfm_compress.runtime.preprocess import PreprocessSpec
 from medfm_compress.runtime.sliding_window import segment_volume
 
 onnx = pytest.importorskip("onnx")
@@ -15,31 +14,6 @@ pytest.importorskip("onnxruntime")
 NAMES = ["background", "liver", "spleen", "kidney"]
 PATCH = (16, 16, 12)
 WINDOW = (-200.0, 300.0)
-
-
-def _conv_model(path, weights, bias, batch="N", input_size=PATCH, task="segmentation"):
-    """Two 3x3x3 convolutions with a ReLU between (so windows' borders matter), our metadata."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    k = weights[1].shape[0]
-    dims = len(input_size)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1] * 2 * dims),
-         helper.make_node("Relu", ["h"], ["r"]),
-         helper.make_node("Conv", ["r", "w2", "b2"], ["logits"], pads=[1] * 2 * dims)],
-        "seg3d",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, *input_size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, *input_size])],
-        [numpy_helper.from_array(weights[0], "w1"), numpy_helper.from_array(bias[0], "b1"),
-         numpy_helper.from_array(weights[1], "w2"), numpy_helper.from_array(bias[1], "b2")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    pre = PreprocessSpec(tuple(input_size), 1, (0.5,), (0.25,), window=WINDOW)
-    for key, v in encode_metadata(ModelMeta(pre, task, NAMES if task == "segmentation" else NAMES[:2],
-                                            arch="test:conv3d")).items():
-        model.metadata_props.add(key=key, value=v)
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +55,7 @@ def _monai_mask(volume, params):
 ])
 def test_masks_match_monai_sliding_window(tmp_path, params, crop, batch):
     volume = np.ascontiguousarray(_phantom((48, 36, 26))[crop])
-    model = _conv_model(tmp_path / "seg3d.onnx", *params, batch=batch)
+    model = conv3d_seg_model(tmp_path / "seg3d.onnx", *params, batch=batch)
     calls = []
     with Engine.load(str(model)) as eng:
         mask = segment_volume(eng, volume, sw_batch_size=4, progress=lambda d, t: calls.append((d, t)))
@@ -93,14 +67,14 @@ def test_masks_match_monai_sliding_window(tmp_path, params, crop, batch):
 
 def test_wrong_models_and_bad_volumes_are_refused(tmp_path, params):
     volume = _phantom((48, 36, 26)).astype(np.float32)
-    flat = _conv_model(tmp_path / "seg2d.onnx", (params[0][0][..., 1], params[0][1][..., 1]), params[1],
+    flat = conv3d_seg_model(tmp_path / "seg2d.onnx", (params[0][0][..., 1], params[0][1][..., 1]), params[1],
                        input_size=(16, 16))
     with Engine.load(str(flat)) as eng, pytest.raises(ModelError, match="takes 2-D images .* needs a 3-D"):
         segment_volume(eng, volume)
-    cls = _conv_model(tmp_path / "cls.onnx", *params, task="multiclass")
+    cls = conv3d_seg_model(tmp_path / "cls.onnx", *params, task="multiclass")
     with Engine.load(str(cls)) as eng, pytest.raises(ModelError, match="is a multiclass model"):
         segment_volume(eng, volume)
-    seg = _conv_model(tmp_path / "seg3d.onnx", *params)
+    seg = conv3d_seg_model(tmp_path / "seg3d.onnx", *params)
     volume[3, 4, 5] = np.nan
     with Engine.load(str(seg)) as eng:
         with pytest.raises(DataError, match="1 NaN or infinite voxels"):

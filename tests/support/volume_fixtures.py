@@ -108,3 +108,75 @@ def crop_specs(folder: Path) -> dict[str, str]:
     common = f"inv3:{path}?crop=32,32,16&min_fg=0.2"
     return {"train": f"{common}&n=8&z=0,18&seed=0", "eval": f"{common}&n=4&z=22,40&seed=1"}
 
+
+def conv3d_seg_model(path, weights, bias, batch="N", input_size=(16, 16, 12), task="segmentation", spacing=None,
+                     names=("background", "liver", "spleen", "kidney"), window=(-200.0, 300.0)):
+    """An ONNX 3-D "segmentation model": two 3x3x3 convolutions with a ReLU between (so windows' borders matter),
+    with our metadata."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from medfm_compress.runtime.metadata import ModelMeta, encode_metadata
+    from medfm_compress.runtime.preprocess import PreprocessSpec
+
+    k = weights[1].shape[0]
+    dims = len(input_size)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["h"], pads=[1] * 2 * dims),
+         helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Conv", ["r", "w2", "b2"], ["logits"], pads=[1] * 2 * dims)],
+        "seg3d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, *input_size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, k, *input_size])],
+        [numpy_helper.from_array(weights[0], "w1"), numpy_helper.from_array(bias[0], "b1"),
+         numpy_helper.from_array(weights[1], "w2"), numpy_helper.from_array(bias[1], "b2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    pre = PreprocessSpec(tuple(input_size), 1, (0.5,), (0.25,), window=window, spacing=spacing)
+    for key, v in encode_metadata(ModelMeta(pre, task, list(names) if task == "segmentation" else list(names)[:2],
+                                            arch="test:conv3d")).items():
+        model.metadata_props.add(key=key, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_msd_folder(root: Path, n_cases: int = 4, shape=(24, 20, 16), spacing=(8.0, 7.5, 7.5), seed: int = 0,
+                     v2: bool = True, flip_first: bool = False) -> Path:
+    """A segmentation data set in the MSD / nnU-Net layout from small ``synthetic3d`` phantoms: ``dataset.json``,
+    ``imagesTr/CASE_0000.nii.gz`` (v2; MSD: ``CASE.nii.gz`` and a ``training`` list) and ``labelsTr/CASE.nii.gz``,
+    stored in RAS order with their affine; ``flip_first`` stores the first case in LPS order instead (its affine
+    says so)."""
+    import json
+
+    import nibabel as nib
+
+    from medfm_compress.data.synthetic3d import SEGMENTATION3D_NAMES, Synthetic3DConfig, generate_volumes
+
+    arrays = generate_volumes(Synthetic3DConfig(seed=seed, shape=shape, spacing=spacing, n_train=n_cases, n_val=1,
+                                                n_test=1))
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(exist_ok=True)
+    training = []
+    for i in range(n_cases):
+        img, lab = arrays["train_images"][i], arrays["train_masks"][i]  # LPS voxel order
+        if flip_first and i == 0:
+            affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+            affine[:3, 3] = [(shape[0] - 1) * spacing[0], (shape[1] - 1) * spacing[1], 0.0]
+            store_img, store_lab = img, lab
+        else:
+            affine = np.diag([*spacing, 1.0])
+            store_img, store_lab = img[::-1, ::-1].copy(), lab[::-1, ::-1].copy()
+        name = f"case_{i:03d}"
+        img_name = f"{name}_0000.nii.gz" if v2 else f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(store_img, affine), root / "imagesTr" / img_name)
+        nib.save(nib.Nifti1Image(store_lab, affine), root / "labelsTr" / f"{name}.nii.gz")
+        training.append({"image": f"./imagesTr/{img_name}", "label": f"./labelsTr/{name}.nii.gz"})
+    if v2:
+        meta = {"name": "phantoms", "channel_names": {"0": "CT"},
+                "labels": {n: i for i, n in enumerate(SEGMENTATION3D_NAMES)}, "numTraining": n_cases,
+                "file_ending": ".nii.gz"}
+    else:
+        meta = {"name": "phantoms", "modality": {"0": "CT"},
+                "labels": {str(i): n for i, n in enumerate(SEGMENTATION3D_NAMES)}, "training": training}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
