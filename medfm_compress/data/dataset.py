@@ -175,12 +175,12 @@ def case_strata(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def validate_masks(name: str, images: Any, masks: Any, label_names: list[str], source: str,
-                   files: np.ndarray | None = None) -> Split:
+                   files: np.ndarray | None = None, volume: bool = False) -> Split:
     """Check the label maps of one segmentation split against its images and class names; return the split.
 
     A mask must be an integer array (a float mask, as from an interpolating resize or a probability map, is refused),
-    ``(N,H,W)`` with its image's height and width, and hold only the indices of ``label_names`` (0 = background).
-    Errors name the offending file when ``files`` names them.
+    ``(N,H,W)`` with its image's height and width (``volume``: ``(N,X,Y,Z)`` with its volume's size), and hold only
+    the indices of ``label_names`` (0 = background). Errors name the offending file when ``files`` names them.
     """
     if not is_lazy(images):
         images = np.asarray(images)
@@ -189,14 +189,18 @@ def validate_masks(name: str, images: Any, masks: Any, label_names: list[str], s
     def which(i: int) -> str:
         return str(files[i]) if files is not None else f"{name}[{i}]"
 
-    if images.ndim == 4 and images.shape[-1] == 1:
+    if volume:
+        if images.ndim != 4 or masks.shape != tuple(images.shape):
+            raise DataError(f"{source}: {name} volumes {tuple(images.shape)} and label maps {masks.shape} must both "
+                            "be (N,X,Y,Z), of one size")
+    elif images.ndim == 4 and images.shape[-1] == 1:
         images = images.map(lambda b: b[..., 0], images.item_shape[:-1], images.dtype) if is_lazy(images) \
             else images[..., 0]
     if images.ndim not in (3, 4):
         raise DataError(f"{source}: {name}_images must be (N,H,W) or (N,H,W,C), got shape {images.shape}")
-    if masks.ndim == 4 and masks.shape[-1] == 1:
+    if masks.ndim == 4 and masks.shape[-1] == 1 and not volume:
         masks = masks[..., 0]
-    if masks.ndim != 3:
+    if masks.ndim != 3 and not volume:
         raise DataError(f"{source}: {name}_masks must be (N,H,W) integer label maps, got shape {masks.shape}")
     if masks.shape[0] != images.shape[0]:
         raise DataError(f"{source}: {name} has {images.shape[0]} images but {masks.shape[0]} masks")

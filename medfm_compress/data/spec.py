@@ -2,8 +2,10 @@
 
 Kinds: ``medmnist:FILE.npz`` (``*_masks`` label maps instead of ``*_labels``: segmentation), ``folder:DIR``
 (``images/`` + ``masks/``: segmentation), ``dicom:DIR`` and ``synthetic`` (the embedded default;
-``synthetic?seed=1&n_train=500`` changes its size and seed, ``synthetic?task=segmentation`` draws label maps); volume crops from ``nifti:FILE``,
-``dicom-series:DIR`` and ``inv3:FILE.inv3`` (see :func:`medfm_compress.data.volume.volume_task`).
+``synthetic?seed=1&n_train=500`` changes its size and seed, ``synthetic?task=segmentation`` draws label maps);
+volumetric segmentation from ``synthetic3d`` (CT-like phantoms, the embedded 3-D default) and ``nifti:DIR`` (the MSD /
+nnU-Net layout), see :mod:`medfm_compress.data.volume_seg`; volume crops from ``nifti:FILE``, ``dicom-series:DIR``
+and ``inv3:FILE.inv3`` (see :func:`medfm_compress.data.volume.volume_task`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from urllib.parse import parse_qsl
 from .._cache import cache_dir
 from ..errors import DataError
 from .dataset import TaskData
+from .volume_seg import MSD_OPTIONS, SYNTHETIC3D_OPTIONS, is_msd_folder
 
 __all__ = ["DATA_KINDS", "DEFAULT_DATA_SPEC", "parse_data_spec", "load_data", "absolute_spec"]
 
-DATA_KINDS = ("medmnist", "folder", "dicom", "synthetic", "nifti", "dicom-series", "inv3")
+DATA_KINDS = ("medmnist", "folder", "dicom", "synthetic", "synthetic3d", "nifti", "dicom-series", "inv3")
+_CROP_OPTIONS = {"crop", "n", "sampling", "z", "min_fg", "seed", "spacing"}
 DEFAULT_DATA_SPEC = "synthetic"
 
 _OPTIONS = {
@@ -25,7 +29,10 @@ _OPTIONS = {
     "folder": {"size", "seed", "stream"},
     "dicom": {"size", "seed", "window", "stream"},
     "synthetic": {"seed", "size", "n_train", "n_val", "n_test", "task"},
-    **{k: {"crop", "n", "sampling", "z", "min_fg", "seed", "spacing"} for k in ("nifti", "dicom-series", "inv3")},
+    "synthetic3d": SYNTHETIC3D_OPTIONS,
+    # nifti:FILE takes the crop options, nifti:DIR (a segmentation data set) MSD_OPTIONS: checked when read.
+    "nifti": _CROP_OPTIONS | MSD_OPTIONS,
+    **{k: _CROP_OPTIONS for k in ("dicom-series", "inv3")},
 }
 
 
@@ -35,7 +42,7 @@ def parse_data_spec(spec: str) -> tuple[str, str, dict[str, str]]:
         raise DataError("empty data spec; use e.g. medmnist:FILE.npz, folder:DIR, dicom:DIR or synthetic")
     head, _, query = spec.partition("?")
     kind, sep, path = head.partition(":")
-    if not sep and kind != "synthetic":
+    if not sep and kind not in ("synthetic", "synthetic3d"):
         if head.endswith(".npz"):
             kind, path = "medmnist", head
         else:
@@ -47,9 +54,16 @@ def parse_data_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     if unknown:
         allowed = ", ".join(sorted(_OPTIONS[kind])) or "none"
         raise DataError(f"unknown option(s) {', '.join(sorted(unknown))} for {kind}: data (allowed: {allowed})")
-    if kind != "synthetic" and not path:
+    if kind not in ("synthetic", "synthetic3d") and not path:
         raise DataError(f"data spec {spec!r} has no path; write {kind}:PATH")
     return kind, path, opts
+
+
+def _only(opts: dict[str, str], allowed: set[str], spec: str, what: str) -> None:
+    unknown = set(opts) - allowed
+    if unknown:
+        raise DataError(f"unknown option(s) {', '.join(sorted(unknown))} for {what} in {spec!r} (allowed: "
+                        f"{', '.join(sorted(allowed))})")
 
 
 def _int_opt(opts: dict[str, str], key: str, spec: str) -> int | None:
@@ -75,7 +89,7 @@ def _stream_opt(opts: dict[str, str], spec: str) -> bool | None:
 def absolute_spec(spec: str) -> str:
     """``spec`` with its path made absolute (options kept), so it names the same data from any directory."""
     kind, path, _ = parse_data_spec(spec)
-    if kind == "synthetic" or not path:
+    if kind in ("synthetic", "synthetic3d") or not path:
         return spec
     query = spec.partition("?")[2]
     return f"{kind}:{Path(path).resolve()}" + (f"?{query}" if query else "")
@@ -113,9 +127,22 @@ def _load(spec: str, require_labels: bool, seed: int) -> TaskData:
             kw["task"] = opts["task"]
         cfg = SyntheticConfig(**{k: v for k, v in kw.items() if v is not None})
         return read_medmnist(synthetic_npz(cfg, cache_dir()))
+    if kind == "synthetic3d":
+        from .volume_seg import synthetic3d_task
+
+        return synthetic3d_task(opts, spec, cache_dir(), seed=seed)
+    if kind == "nifti" and is_msd_folder(path):
+        from .volume_seg import msd_task
+
+        _only(opts, MSD_OPTIONS, spec, "nifti:DIR (a segmentation data set)")
+        return msd_task(path, opts, spec, seed=seed)
+    if kind == "nifti" and Path(path).is_dir():
+        raise DataError(f"{path} is a folder without dataset.json; nifti:DIR reads a segmentation data set "
+                        "(dataset.json + imagesTr/ + labelsTr/), nifti:FILE one volume")
     if kind in ("nifti", "dicom-series", "inv3"):
         from .volume import volume_task
 
+        _only(opts, _CROP_OPTIONS, spec, f"{kind}:FILE (volume crops)")
         return volume_task(kind, path, opts, spec, seed=seed)
     size = _int_opt(opts, "size", spec)
     split_seed = _int_opt(opts, "seed", spec)
