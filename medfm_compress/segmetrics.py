@@ -117,8 +117,9 @@ def paired_dice_bootstrap(reference: np.ndarray, test: np.ndarray, n_resamples: 
             "n_resamples": int(n_resamples)}
 
 
-def hd95_per_case(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
-    """``(N, num_classes - 1)`` 95th-percentile Hausdorff distance in pixels (NaN where the reference or the
+def hd95_per_case(pred: np.ndarray, ref: np.ndarray, num_classes: int, spacing=None) -> np.ndarray:
+    """``(N, num_classes - 1)`` 95th-percentile Hausdorff distance in pixels, or in mm given the voxel ``spacing``
+    (one size per spatial axis), (NaN where the reference or the
     prediction lacks the class), with MONAI's steps: the masks' edges by binary erosion and the symmetric Euclidean
     edge-to-edge distances (``monai.metrics.utils.get_edge_surface_distance``), the larger of the two directions'
     95th percentiles, as ``compute_hausdorff_distance(percentile=95)``.
@@ -146,6 +147,7 @@ def hd95_per_case(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.nda
             both = pk.reshape(n, -1).any(axis=1) & rk.reshape(n, -1).any(axis=1)
             for i in np.flatnonzero(both):
                 _, distances, _ = get_edge_surface_distance(torch.from_numpy(pk[i]), torch.from_numpy(rk[i]),
-                                                            symmetric=True, mask=whole, warn_empty=False)
+                                                            symmetric=True, mask=whole, warn_empty=False,
+                                                            spacing=spacing)
                 out[i, k - 1] = max(float(torch.quantile(d.double(), 0.95)) for d in distances)
     return out

@@ -117,7 +117,8 @@ def _volume(data, eval_data, teacher, out, epochs, batch_size, lr, seed, resume,
 
 
 def _dense_summary(m: dict) -> str:
-    rows = [("model", "arch", "params", "mean Dice", "HD95 px", "pixel acc")]
+    unit = m["student"].get("hd95_unit", "px")
+    rows = [("model", "arch", "params", "mean Dice", f"HD95 {unit}", "voxel acc" if unit == "mm" else "pixel acc")]
     for role in ("teacher", "student", "baseline"):
         if role in m:
             r = m[role]

@@ -33,16 +33,28 @@ def select_device(pref: str):
     return torch.device("cpu")
 
 
-def labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int) -> np.ndarray:
+def labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int, groups=None) -> np.ndarray:
     """A seeded subset of ``fraction`` of the training indices, stratified by class (label maps: by the rarest class
-    a case shows), >= 1 per class."""
-    from ..data.dataset import case_strata
+    a case shows), >= 1 per class. ``groups`` (volume patches: each one's case): whole cases are picked, so a case's
+    patches are labelled together or not at all."""
+    from ..data.dataset import case_strata, class_presence
 
     n = len(labels)
     if fraction >= 1.0:
         return np.arange(n)
     rng = np.random.default_rng([seed, 31337])
     labels = np.asarray(labels)
+    if groups is not None:
+        groups = np.asarray(groups)
+        cases, inverse = np.unique(groups, return_inverse=True)
+        k = int(labels.max()) + 1 if labels.size else 1
+        patch_presence = class_presence(labels, k)
+        presence = np.stack([patch_presence[inverse == c].any(axis=0) for c in range(len(cases))])
+        rarity = presence.sum(axis=0)
+        strat = np.array([int(np.flatnonzero(r)[np.argmin(rarity[r])]) if r.any() else 0 for r in presence])
+        picked_cases = np.concatenate([rng.choice(np.flatnonzero(strat == c), size=max(1, int(round(
+            fraction * int((strat == c).sum())))), replace=False) for c in np.unique(strat)])
+        return np.flatnonzero(np.isin(inverse, picked_cases))
     strat = case_strata(labels, int(labels.max()) + 1 if labels.size else 1) if labels.ndim == 3 else \
         (labels if task != "multilabel" else labels.argmax(1))
     picked = []
@@ -55,6 +67,15 @@ def labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int) ->
 
 def data_preprocess(task, train_images: np.ndarray, input_size=None):
     from ..runtime.preprocess import PreprocessSpec, raw_to_unit, to_nchw
+
+    if task.info.get("volume") and task.task == "segmentation":
+        # Volumes: one channel; its mean and std over the voxels of (up to 256) training patches; the voxel spacing
+        # the volumes were resampled to, so that predict puts a new scan on the same grid.
+        unit = raw_to_unit(np.asarray(train_images[:256]), task.window)
+        spacing = task.info.get("spacing_mm")
+        return PreprocessSpec(input_size=tuple(input_size) if input_size else task.image_size, channels=1,
+                              mean=(float(unit.mean()),), std=(max(float(unit.std()), 1e-3),), window=task.window,
+                              spacing=tuple(spacing) if spacing else None)
 
     unit = to_nchw(raw_to_unit(train_images[:2048], task.window), task.channels)
     mean = tuple(float(v) for v in unit.mean(axis=(0, 2, 3)))

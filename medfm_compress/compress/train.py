@@ -103,8 +103,10 @@ def batches(
     return [perm[b * global_bs : (b + 1) * global_bs][rank::world] for b in range(n_batches)]
 
 
-def _affine_params(index: np.ndarray, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample, the affine matrix and the (gain, offset) drawn from ``(seed, epoch, sample index)`` alone."""
+def _affine_params(index: np.ndarray, seed: int, epoch: int, dims: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the affine matrix and the (gain, offset) drawn from ``(seed, epoch, sample index)`` alone.
+    ``dims=3`` (volumes ``(N, C, X, Y, Z)``): the same rotation and shift in the X-Y (axial) plane, the scale on all
+    three axes."""
     n = len(index)
     params = np.empty((n, 6), dtype=np.float32)
     for i, idx in enumerate(index):
@@ -120,33 +122,43 @@ def _affine_params(index: np.ndarray, seed: int, epoch: int) -> tuple[torch.Tens
     p = torch.from_numpy(params)
     ang = p[:, 0] * math.pi / 180
     s = p[:, 3]
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.cos(ang) / s
-    theta[:, 0, 1] = -torch.sin(ang) / s
-    theta[:, 1, 0] = torch.sin(ang) / s
-    theta[:, 1, 1] = torch.cos(ang) / s
-    theta[:, 0, 2] = p[:, 1] * 2
-    theta[:, 1, 2] = p[:, 2] * 2
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    if dims == 2:
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+        theta[:, 0, 2] = p[:, 1] * 2
+        theta[:, 1, 2] = p[:, 2] * 2
+        return theta, p[:, 4:6]
+    # affine_grid's coordinates are (last axis, middle, first) = (Z, Y, X) of our volumes.
+    theta = torch.zeros(n, 3, 4)
+    theta[:, 0, 0] = 1 / s
+    theta[:, 1, 1], theta[:, 1, 2], theta[:, 2, 1], theta[:, 2, 2] = cos, -sin, sin, cos
+    theta[:, 1, 3] = p[:, 1] * 2
+    theta[:, 2, 3] = p[:, 2] * 2
     return theta, p[:, 4:6]
 
 
 def augment_batch(x: torch.Tensor, index: np.ndarray, seed: int, epoch: int) -> torch.Tensor:
-    """Small affine (rotation +-8 deg, shift +-4%, scale 0.92-1.08) and mild intensity gain/offset.
+    """Small affine (rotation +-8 deg, shift +-4%, scale 0.92-1.08) and mild intensity gain/offset; on volumes
+    (5-D batches) the rotation and shift are in the axial plane.
 
     No flips (anatomy is lateralised) and no colour jitter (grayscale modalities). Parameters for each sample
     come from ``(seed, epoch, sample index)`` alone.
     """
-    theta, gain_offset = _affine_params(index, seed, epoch)
+    dims = x.dim() - 2
+    theta, gain_offset = _affine_params(index, seed, epoch, dims)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    g, o = gain_offset[:, 0].view(-1, 1, 1, 1).to(x.dtype), gain_offset[:, 1].view(-1, 1, 1, 1).to(x.dtype)
+    shape = (-1,) + (1,) * (dims + 1)
+    g, o = gain_offset[:, 0].view(shape).to(x.dtype), gain_offset[:, 1].view(shape).to(x.dtype)
     return out * g + o
 
 
 def augment_masks(y: torch.Tensor, index: np.ndarray, seed: int, epoch: int) -> torch.Tensor:
-    """The label maps ``(N, H, W)`` of the images :func:`augment_batch` transformed with the same ``index``,
-    ``seed`` and ``epoch``: the same affine, nearest-neighbour (labels never blend), edges as for the images."""
-    theta, _ = _affine_params(index, seed, epoch)
+    """The label maps ``(N, H, W)`` (or ``(N, X, Y, Z)``) of the images :func:`augment_batch` transformed with the
+    same ``index``, ``seed`` and ``epoch``: the same affine, nearest-neighbour (labels never blend), edges as for the
+    images."""
+    theta, _ = _affine_params(index, seed, epoch, y.dim() - 1)
     ym = y.unsqueeze(1).float()
     grid = F.affine_grid(theta, list(ym.shape), align_corners=False)
     return F.grid_sample(ym, grid, mode="nearest", padding_mode="border", align_corners=False)[:, 0].to(y.dtype)
