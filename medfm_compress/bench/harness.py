@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import config_to_dict, option_value
 from ..errors import ConfigError, DataError, MedfmError, UsageError
-from .latency import LatencyConfig, measure_end_to_end, measure_engines
+from .latency import LatencyConfig, measure_end_to_end, measure_engines, measure_volume_end_to_end
 
 __all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts", "split_artifact_options",
            "RELATIVE_GATES", "ABSOLUTE_GATES"]
@@ -78,6 +78,8 @@ class BenchConfig:
         device: engine device (None: each backend's default, CPU).
         backend: force one backend for every artifact (None: chosen from each path).
         eval_batch_size: batch size used to compute logits on the split.
+        sw_batch_size, sw_overlap: volumes (3-D segmentation data): the sliding window's windows per engine call and
+            overlap, for the scores on whole cases and the end-to-end time per volume.
         n_resamples, seed: paired bootstrap settings.
         max_auc_drop: non-inferiority margin in AUC percentage points: the upper 95% CI bound of the
             reference-minus-artifact macro AUC drop must be below it.
@@ -110,6 +112,8 @@ class BenchConfig:
     device: str | None = None
     backend: str | None = None
     eval_batch_size: int = 32
+    sw_batch_size: int = 4
+    sw_overlap: float = 0.25
     n_resamples: int = 1000
     seed: int = 0
     max_auc_drop: float | None = None
@@ -139,6 +143,9 @@ class BenchConfig:
             raise ConfigError(f"batch sizes must be >= 1, got {self.batch_sizes}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if self.sw_batch_size < 1 or not 0.0 <= self.sw_overlap < 1.0:
+            raise ConfigError(f"sw_batch_size must be >= 1 and sw_overlap in [0, 1), got {self.sw_batch_size} and "
+                              f"{self.sw_overlap}")
         if self.eval_batch_size < 1 or self.n_resamples < 1:
             raise ConfigError("eval batch size and bootstrap resamples must be >= 1")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
@@ -204,7 +211,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     from ..data import load_data
     from ..data.dataset import require_task
     from ..runtime import Engine
-    from .parity import check_data_matches, evaluate, parity, predict_logits, reference_thresholds
+    from .parity import (
+        check_data_matches,
+        evaluate,
+        parity,
+        predict_logits,
+        predict_volume_logits,
+        reference_thresholds,
+    )
     from .report import SCHEMA_VERSION, write_reports
 
     task_data = load_data(cfg.data)
@@ -219,6 +233,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if not dense and cfg.max_dice_drop is not None:
         raise UsageError(f"--max-dice-drop judges segmentation models, but {cfg.data} is a {task_data.task} task: "
                          "use --max-auc-drop POINTS")
+    volume = dense and bool(task_data.info.get("volume"))
+    if volume:  # whole cases, scored as predict segments them (sliding windows); HD95 in mm
+        from ..data.volume_seg import case_shapes
+
+        shapes = case_shapes(task_data, cfg.split)
+        spacing = tuple(task_data.info.get("spacing_mm") or (1.0, 1.0, 1.0))
     ref_name = cfg.reference_name
     order = [(n, p) for n, p in cfg.artifacts if n == ref_name] + [(n, p) for n, p in cfg.artifacts if n != ref_name]
     # Cheap checks first, so a bad invocation fails before any progress output or model loading.
@@ -250,12 +270,19 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                                                       threads=cfg.threads, **options))
                 engines[name] = eng
                 check_data_matches(name, eng, task_data.task, task_data.num_classes, task_data.channels)
-                logits = predict_logits(eng, split.images, cfg.eval_batch_size)
+                if volume:
+                    if not eng.meta.preprocess.is_volume:
+                        raise DataError(f"artifact '{name}' takes 2-D images, but {cfg.data} holds volumes: bench it "
+                                        "on 2-D data, or give a 3-D model")
+                    logits = predict_volume_logits(eng, split.images, shapes, cfg.sw_batch_size, cfg.sw_overlap)
+                else:
+                    logits = predict_logits(eng, split.images, cfg.eval_batch_size)
                 bar.update(1)
                 if ref_logits is None:
                     ref_logits = logits
                     thresholds = reference_thresholds(logits, split.labels, task_data.task)
-                metrics = evaluate(logits, split.labels, task_data.task, task_data.label_names, thresholds)
+                metrics = evaluate(logits, split.labels, task_data.task, task_data.label_names, thresholds,
+                                   spacing=spacing if volume else None)
                 par = parity(ref_logits, logits, split.labels, task_data.task, thresholds, cfg.n_resamples, cfg.seed)
                 for m, d in par["deltas"].items():
                     if m in metrics:
@@ -297,7 +324,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             # Phase 3: end-to-end per case (batch 1), artifact by artifact.
             for name, eng in engines.items():
                 bar.set_postfix_str(f"{name} end-to-end")
-                if eng.batch_range[0] == 1:
+                if volume:
+                    by_name[name]["end_to_end"] = measure_volume_end_to_end(
+                        eng, split.images, shapes, spacing, cfg.sw_batch_size, cfg.sw_overlap,
+                        runs=max(3, min(cfg.iterations, 8)))
+                elif eng.batch_range[0] == 1:
                     by_name[name]["end_to_end"] = measure_end_to_end(eng, split.images, lat_cfg)
                 bar.update(1)
     finally:
@@ -311,7 +342,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "fingerprint": _fingerprint(),
         "config": config_to_dict(cfg) | {"artifacts": [list(a) for a in cfg.artifacts]},
         "data": {"spec": cfg.data, "split": cfg.split, "n": len(split), "task": task_data.task,
-                 "label_names": list(task_data.label_names)},
+                 "label_names": list(task_data.label_names),
+                 **({"volumes": True, "spacing_mm": list(spacing), "case_shapes": [list(v) for v in shapes]}
+                    if volume else {})},
         "reference": ref_name,
         "artifacts": entries,
         "gates": gates,

@@ -12,7 +12,7 @@ from .. import metrics as M
 from ..data.lazy import iter_batches
 from ..errors import DataError
 
-__all__ = ["predict_logits", "check_data_matches", "evaluate", "parity"]
+__all__ = ["predict_logits", "predict_volume_logits", "check_data_matches", "evaluate", "parity"]
 
 
 def check_data_matches(name: str, engine, task: str, num_classes: int, channels: int) -> None:
@@ -47,8 +47,28 @@ def predict_logits(engine, images: np.ndarray, batch_size: int = 32) -> np.ndarr
     return np.concatenate(out)
 
 
+def predict_volume_logits(engine, volumes: np.ndarray, shapes, sw_batch_size: int = 4, overlap: float = 0.25,
+                          progress=None) -> np.ndarray:
+    """Class maps ``(N, K, X, Y, Z)`` of whole raw volumes by sliding windows (each case cropped to its true size
+    from ``shapes``, segmented, and put back on the padded grid, whose padding is background), the way predict
+    segments a volume."""
+    from ..runtime.sliding_window import volume_logits
+
+    out = None
+    for i, shape in enumerate(shapes):
+        case = np.asarray(volumes[i])[tuple(slice(0, n) for n in shape)]
+        logits = volume_logits(engine, case, overlap=overlap, sw_batch_size=sw_batch_size)
+        if out is None:
+            out = np.zeros((len(shapes), logits.shape[0], *np.asarray(volumes[0]).shape), np.float32)
+            out[:, 0] = 1e4  # padding: background
+        out[(i, slice(None), *(slice(0, n) for n in shape))] = logits
+        if progress is not None:
+            progress(i + 1, len(shapes))
+    return out
+
+
 def evaluate(logits: np.ndarray, labels: np.ndarray, task: str, label_names: list[str],
-             thresholds: np.ndarray | None) -> dict:
+             thresholds: np.ndarray | None, spacing=None) -> dict:
     """Task metrics of one model at the reference's operating point, with the per-class breakdown.
 
     An embedding model has no labels to score: its metrics are empty and its parity (cosine) says everything.
@@ -56,7 +76,7 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, task: str, label_names: lis
     if task == "embedding":
         return {"accuracy": None, "macro_auc": None, "sensitivity": None, "specificity": None, "per_class": []}
     if task == "segmentation":
-        return _evaluate_masks(logits.argmax(1), labels, label_names)
+        return _evaluate_masks(logits.argmax(1), labels, label_names, spacing)
     n_cls = logits.shape[1]
     decisions = M.predicted_positive(logits, task, thresholds)
     sens, spec = M.sensitivity_specificity(decisions, M.positive_targets(labels, task, n_cls))
@@ -69,8 +89,9 @@ def evaluate(logits: np.ndarray, labels: np.ndarray, task: str, label_names: lis
     }
 
 
-def _evaluate_masks(pred: np.ndarray, ref: np.ndarray, label_names: list[str]) -> dict:
-    """Segmentation scores of predicted label maps: mean Dice, Dice and HD95 per foreground class, pixel accuracy.
+def _evaluate_masks(pred: np.ndarray, ref: np.ndarray, label_names: list[str], spacing=None) -> dict:
+    """Segmentation scores of predicted label maps: mean Dice, Dice and HD95 per foreground class (in mm given the
+    voxel ``spacing``, else in pixels), pixel accuracy.
 
     HD95 comes from MONAI (it needs torch); on an install without it the distances are left out (None).
     """
@@ -79,7 +100,7 @@ def _evaluate_masks(pred: np.ndarray, ref: np.ndarray, label_names: list[str]) -
     per = S.dice_per_case(pred, ref, len(label_names))
     dice = S.class_dice(per)
     try:
-        hd = S.hd95_per_case(pred, ref, len(label_names))
+        hd = S.hd95_per_case(pred, ref, len(label_names), spacing=spacing)
     except ImportError:
         hd = None
     hd_cls = [None] * len(dice) if hd is None else [
@@ -89,6 +110,7 @@ def _evaluate_masks(pred: np.ndarray, ref: np.ndarray, label_names: list[str]) -
         "mean_dice": _finite_or_none(S.mean_dice(per)),
         "pixel_accuracy": S.pixel_agreement(pred, ref),
         "hd95": None if hd is None or not np.isfinite(hd).any() else float(np.nanmean(hd)),
+        **({"hd95_unit": "mm"} if spacing is not None else {}),
         "per_class": [{"label": name, "dice": _finite_or_none(d), "hd95": h}
                       for name, d, h in zip(label_names[1:], dice, hd_cls, strict=True)],
     }

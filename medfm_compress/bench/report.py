@@ -134,7 +134,9 @@ def training_markdown(t: dict | None) -> list[str]:
         return []
     dense = t.get("task") == "segmentation"
     # (header, key, format) per column; the gain's key, its scale and format; the retention line.
-    cols = ([("mean Dice", "mean_dice", ".4f"), ("HD95 px", "hd95", ".2f"), ("pixel accuracy", "pixel_accuracy", ".4f")]
+    hd_unit = ((t.get("student") or {}).get("hd95_unit") or "px")
+    cols = ([("mean Dice", "mean_dice", ".4f"), (f"HD95 {hd_unit}", "hd95", ".2f"),
+             ("pixel accuracy", "pixel_accuracy", ".4f")]
             if dense else [("accuracy", "accuracy", ".4f"), ("macro AUC", "macro_auc", ".4f")])
     gain_key, scale, fmt, unit, what = (("dice", 100.0, "+.2f", " points", "mean Dice") if dense else
                                         ("auc", 1.0, "+.4f", "", "macro AUC"))
@@ -223,7 +225,11 @@ def to_markdown(report: dict) -> str:
                          f"| {_f(s['min_ms'], '.3f')} | {_f(s['throughput_per_s'], '.1f')} | {s.get('threads')} |")
     lines += batch_choice_markdown(report)
     result = "label map at the image's size" if dense else "probabilities"
-    lines += ["", f"## End-to-end per case (raw image -> preprocessing -> engine -> {result}), ms", "",
+    volumes = bool(report.get("data", {}).get("volumes"))
+    title = ("## End-to-end per volume (NIfTI read -> resampling -> sliding-window inference -> mask on the volume's "
+             "grid -> NIfTI written), ms" if volumes else
+             f"## End-to-end per case (raw image -> preprocessing -> engine -> {result}), ms")
+    lines += ["", title, "",
               "| artifact | p50 | p90 | p99 | size MB | params | peak RSS MB |", "|---|---|---|---|---|---|---|"]
     for a in report["artifacts"]:
         s = a.get("end_to_end") or {}
@@ -231,7 +237,8 @@ def to_markdown(report: dict) -> str:
         rss = f"{s['peak_rss_bytes'] / 1e6:.0f}" if s.get("peak_rss_bytes") else "-"
         lines.append(f"| {a['name']} | {_f(s.get('p50_ms'), '.3f')} | {_f(s.get('p90_ms'), '.3f')} "
                      f"| {_f(s.get('p99_ms'), '.3f')} | {a['size_bytes'] / 1e6:.2f} | {params} | {rss} |")
-    lines += ["", "## Per-class Dice / HD95 (pixels)" if dense else "## Per-class sensitivity / AUC", ""]
+    lines += ["", (f"## Per-class Dice / HD95 ({'mm' if volumes else 'pixels'})" if dense else
+                   "## Per-class sensitivity / AUC"), ""]
     labels = [c["label"] for c in report["artifacts"][0]["metrics"]["per_class"]]
     lines += ["| artifact | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for a in report["artifacts"]:
@@ -253,7 +260,8 @@ def to_markdown(report: dict) -> str:
 def _dense_accuracy_markdown(report: dict) -> list[str]:
     """The accuracy and parity table of a segmentation report: Dice against the ground truth and against the
     reference's masks."""
-    lines = ["| artifact | backend | precision | mean Dice [95% CI] | pixel accuracy | HD95 px | ΔDice vs ref [95% CI] "
+    unit = "mm" if report.get("data", {}).get("volumes") else "px"
+    lines = [f"| artifact | backend | precision | mean Dice [95% CI] | pixel accuracy | HD95 {unit} | ΔDice vs ref [95% CI] "
              "| Dice vs ref masks | pixel agreement | cosine | SQNR dB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in report["artifacts"]:

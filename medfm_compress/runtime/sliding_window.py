@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 
-__all__ = ["BLEND_MODES", "window_starts", "importance_map", "sliding_window", "segment_volume"]
+__all__ = ["BLEND_MODES", "window_starts", "importance_map", "sliding_window", "volume_logits", "segment_volume"]
 
 BLEND_MODES = ("gaussian", "constant")
 
@@ -110,12 +110,12 @@ def sliding_window(inputs: np.ndarray, roi: Sequence[int], run: Callable[[np.nda
     return np.ascontiguousarray(out[(slice(None), slice(None), *crop)])
 
 
-def segment_volume(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_size: int = 4, mode: str = "gaussian",
-                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """The ``(X, Y, Z)`` uint8 label map of a raw volume (HU, ``(X, Y, Z)``) by a 3-D segmentation ``engine``
-    (:class:`~medfm_compress.runtime.Engine`): the model's preprocessing (HU window to [0, 1], mean/std) on the
-    whole volume, windows of the model's input size (``medfm.input_size``, the training patch), the blended class
-    maps, their argmax. A volume smaller than a window is padded with what air (the window's low end) becomes."""
+def volume_logits(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_size: int = 4, mode: str = "gaussian",
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """The blended class maps ``(K, X, Y, Z)`` float32 of a raw volume (HU, ``(X, Y, Z)``) by a 3-D segmentation
+    ``engine`` (:class:`~medfm_compress.runtime.Engine`): the model's preprocessing (HU window to [0, 1], mean/std) on
+    the whole volume, windows of the model's input size (``medfm.input_size``, the training patch), Gaussian
+    blending. A volume smaller than a window is padded with what air (the window's low end) becomes."""
     meta = engine.meta
     pre = meta.preprocess
     if meta.task != "segmentation":
@@ -144,6 +144,11 @@ def segment_volume(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_s
             return engine.run(full)[:n]
     elif most is not None:
         sw_batch_size = min(sw_batch_size, most)
-    logits = sliding_window(x, pre.input_size, run, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode,
-                            cval=(0.0 - mean) / std, progress=progress)
-    return logits[0].argmax(0).astype(np.uint8)
+    return sliding_window(x, pre.input_size, run, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode,
+                          cval=(0.0 - mean) / std, progress=progress)[0]
+
+
+def segment_volume(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_size: int = 4, mode: str = "gaussian",
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """The ``(X, Y, Z)`` uint8 label map of a raw volume: the argmax of :func:`volume_logits`."""
+    return volume_logits(engine, volume, overlap, sw_batch_size, mode, progress).argmax(0).astype(np.uint8)
