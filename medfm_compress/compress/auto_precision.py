@@ -46,6 +46,7 @@ __all__ = ["AUTO_TIE_PCT", "AUTO_CANDIDATE_PROVIDERS", "register_auto_candidates
 # Candidates this close to the fastest (percent of its p50) are a tie on a shared machine's timer; among them the
 # most faithful to fp32 is chosen (mobilenetv3 here: int8-dynamic 0.667 vs fp16 0.671 ms, agreement 0.9975 vs 1.0).
 AUTO_TIE_PCT = 5.0
+VOLUME_SW_BATCH = 4
 
 # Providers of extra ``--precision auto`` candidates from other CPU engines (OpenVINO registers one):
 # ``fn(ctx, ref) -> [(row, QuantizedModel | None), ...]``, each row as in the auto table plus ``engine``.
@@ -70,7 +71,10 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     """Build fp32, int8 static, int8 dynamic and fp16; keep the fastest that passes the gate (fp32 always does) at
     each of ``cfg.batch_sizes`` (default batch 1)."""
     cfg = ctx.cfg
-    batch_sizes = tuple(cfg.batch_sizes or (1,))
+    # A volume model runs in a sliding window, its windows batched (runtime.sliding_window.segment_volume's default of
+    # 4 per call): it is timed at that batch unless told otherwise, so the pick is by sliding-window throughput.
+    volume = ctx.meta.task == "segmentation" and ctx.meta.preprocess.is_volume
+    batch_sizes = tuple(cfg.batch_sizes or ((VOLUME_SW_BATCH,) if volume else (1,)))
     shape = (batch_sizes[0], *ctx.input_shape)
     fp32_ms = latency.latency_ms(ctx.fp32_proto, shape, cfg.latency_runs)
     table: list[dict[str, Any]] = [

@@ -90,7 +90,7 @@ def _strata(labels: np.ndarray, task: str) -> np.ndarray:
     """One group id per image: the class (multi-class, binary), the first positive label (multi-label), or for
     label maps the rarest class the image shows."""
     labels = np.asarray(labels)
-    if labels.ndim == 3:
+    if labels.ndim >= 3:  # label maps, 2-D or 3-D
         from ..data.dataset import case_strata
 
         return case_strata(labels, int(labels.max()) + 1 if labels.size else 1)
@@ -237,8 +237,14 @@ def build_calibration(
     hold_split = next((s for s in ("val", "test") if s in nonempty and s != cal_split), None)
     if hold_split is not None:
         hs = task.splits[hold_split]
-        hold_idx = stratified_indices(hs.labels, n_holdout, seed + 1, task.task)
-        hold_raw = take(hs.images, hold_idx)
+        if task.info.get("volume") and task.task == "segmentation":
+            # Whole held-out cases: the model runs on windows of the training patch, so the gate does too.
+            from ..data.volume_seg import holdout_patches
+
+            hold_raw = holdout_patches(task, hold_split, n_holdout, seed + 1)
+        else:
+            hold_idx = stratified_indices(hs.labels, n_holdout, seed + 1, task.task)
+            hold_raw = take(hs.images, hold_idx)
     else:
         everything = np.arange(len(pool))
         rest = np.setdiff1d(everything, cal_idx)

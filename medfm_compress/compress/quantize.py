@@ -94,7 +94,8 @@ class QuantizeConfig:
         model: which model of a run directory (student, teacher, baseline).
         teacher: teacher for methods that need one (qat).
         latency_runs: timed runs per candidate when latency decides (auto, auto-exclude, search).
-        batch_sizes: with ``--precision auto``: the batch sizes the model will run at (default: batch 1). Every
+        batch_sizes: with ``--precision auto``: the batch sizes the model will run at (default: batch 1; a volume
+            model: 4, the windows per call of its sliding window). Every
             candidate is timed at each (ONNX Runtime ones at batch > 1 also as one single-threaded stream per core)
             and the choice is made per batch size: the first batch size's winner is written at ``out``, another
             model winning a later batch size beside it as ``<stem>.bs<N>.onnx|.xml``; the artifacts' metadata and

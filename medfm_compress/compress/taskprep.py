@@ -55,7 +55,7 @@ def labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int, gr
         picked_cases = np.concatenate([rng.choice(np.flatnonzero(strat == c), size=max(1, int(round(
             fraction * int((strat == c).sum())))), replace=False) for c in np.unique(strat)])
         return np.flatnonzero(np.isin(inverse, picked_cases))
-    strat = case_strata(labels, int(labels.max()) + 1 if labels.size else 1) if labels.ndim == 3 else \
+    strat = case_strata(labels, int(labels.max()) + 1 if labels.size else 1) if labels.ndim >= 3 else \
         (labels if task != "multilabel" else labels.argmax(1))
     picked = []
     for c in np.unique(strat):

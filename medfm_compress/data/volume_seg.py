@@ -35,7 +35,7 @@ from ..errors import DataError
 from ..runtime.volumes import Volume, grid_shape, read_nifti, resample_labels, resample_volume
 
 __all__ = ["VOLUME_SEG_WINDOW", "DEFAULT_PATCH", "LabelledCase", "sample_patches", "synthetic3d_task",
-           "msd_task", "is_msd_folder", "case_shapes", "SYNTHETIC3D_OPTIONS", "MSD_OPTIONS"]
+           "msd_task", "is_msd_folder", "case_shapes", "holdout_patches", "SYNTHETIC3D_OPTIONS", "MSD_OPTIONS"]
 
 # Abdominal soft-tissue window (W 400, L 40): organs, lesions and contrast; bone and air saturate.
 VOLUME_SEG_WINDOW = (-160.0, 240.0)
@@ -152,6 +152,20 @@ def case_shapes(task, split: str) -> list[tuple[int, int, int]]:
     if shapes is None:
         return [tuple(int(v) for v in task.split(split).images.shape[1:4])] * n
     return [tuple(int(v) for v in s) for s in shapes]
+
+
+def holdout_patches(task, split: str, n: int, seed: int) -> np.ndarray:
+    """``n`` patches (training size, foreground-oversampled as training is) cut from the whole cases of ``split``:
+    held-out model inputs for checks that run the model window by window (quantization's calibration gate)."""
+    s = task.split(split)
+    shapes = case_shapes(task, split)
+    cases = [LabelledCase(str(name), s.images[i][tuple(slice(0, k) for k in shapes[i])],
+                          s.labels[i][tuple(slice(0, k) for k in shapes[i])], tuple(task.info["spacing_mm"]))
+             for i, name in enumerate(s.file_names(split))]
+    per_case = max(1, -(-int(n) // len(cases)))
+    images, _, _, _ = sample_patches(cases, task.info["patch"], per_case, float(task.info.get("fg_fraction", DEFAULT_FG)),
+                                     seed, task.num_classes)
+    return images[np.random.default_rng([seed, 11]).permutation(len(images))[:n]]
 
 
 def _task(source: str, label_names: list[str], splits_cases: dict[str, list[LabelledCase]], spacing,
