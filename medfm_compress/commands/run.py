@@ -51,18 +51,19 @@ def command(recipe, from_stage, only, out, print_config, quiet, force):
 
 
 @click.command(name="demo")
-@click.option("--task", type=click.Choice(["classification", "segmentation"]), default="classification",
-              show_default=True, help="Image-level labels (recipes/demo.yaml) or label maps "
-              "(recipes/segmentation-2d.yaml).")
+@click.option("--task", type=click.Choice(["classification", "segmentation", "segmentation-3d"]),
+              default="classification", show_default=True, help="Image-level labels (recipes/demo.yaml), label maps "
+              "(recipes/segmentation-2d.yaml) or volumes (recipes/segmentation-3d.yaml).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
-              help="Run directory [default: runs/demo, runs/demo-segmentation].")
+              help="Run directory [default: runs/demo, runs/demo-segmentation, runs/demo-segmentation-3d].")
 @click.option("--print-config", is_flag=True, help="Print the demo recipe (YAML) and exit.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def demo_command(task, out, print_config, quiet):
     """The whole chain on the embedded synthetic default, offline: teacher, student distilled with a tenth of the
     labels, label-only baseline, INT8/FP16 variants, TensorRT engines, benchmark with gates. It ends with what
     distillation bought over the baseline and what the INT8 student costs against the teacher, with 95% CIs.
-    --task segmentation runs it on label maps (dense teacher and student, Dice)."""
+    --task segmentation runs it on label maps (dense teacher and student, Dice); --task segmentation-3d on CT-like
+    volumes (MONAI U-Nets on patches, whole volumes segmented by sliding windows)."""
     from .. import pipeline
 
     raw = pipeline.DEMO_RECIPES[task]

@@ -199,8 +199,10 @@ def _check_model_kinds(cfg: DistillConfig, task) -> None:
         check_model_spec(spec)
         kind = parse_model_spec(spec)[0]
         if task.task == "segmentation" and not is_dense_kind(kind) and kind != "python":
+            example = ("monai:NET, e.g. monai:UNet?channels=8,16,32,64&strides=2,2,2" if task.info.get("volume") else
+                       "smp:ARCH:ENCODER, e.g. smp:Unet:tu-resnet18")
             raise ModelError(f"--{role} {spec} is an image classifier, but {task.source} is a segmentation task: "
-                             "give a dense model (smp:ARCH:ENCODER, e.g. smp:Unet:tu-resnet18)")
+                             f"give a dense model ({example})")
         if task.task != "segmentation" and is_dense_kind(kind):
             raise ModelError(f"--{role} {spec} is a segmentation network, but {task.source} has image-level labels "
                              f"({task.task}): give a classifier (timm:NAME), or data with masks")

@@ -29,10 +29,12 @@ __all__ = ["DEFAULT_SEG_TEACHER", "DEFAULT_SEG_STUDENT", "DEFAULT_SEG3D_TEACHER"
 # 23.1 M parameters vs 0.78 M: 30x (FPN on ResNet-50 has 26.1 M but trains 2.7x slower on a 2-core CPU).
 DEFAULT_SEG_TEACHER = "smp:FPN:tu-resnet34"
 DEFAULT_SEG_STUDENT = "smp:Linknet:tu-medfm_resnet10_w24"
-# Volumes: MONAI U-Nets, 4.75 M parameters vs 0.15 M (31x); a training step on 4 patches of 48x48x32 takes 0.81 s and
-# 0.33 s on two cores.
-DEFAULT_SEG3D_TEACHER = "monai:UNet?channels=32,64,128,256&strides=2,2,2&num_res_units=2"
-DEFAULT_SEG3D_STUDENT = "monai:UNet?channels=8,16,32,64&strides=2,2,2&num_res_units=1"
+# Volumes: MONAI U-Nets, 4.75 M parameters vs 0.15 M (31x), with batch norm (folded into the convolutions at export,
+# so the deployed student is convolutions and activations only; MONAI's default instance norm stays a runtime op). On
+# synthetic3d (32x32x32 patches, 4 teacher epochs, 8 student epochs, no augmentation) the student reached test mean Dice
+# 0.683 against its teacher's 0.657; an epoch took 45 s (teacher) and 16 s (student) on two cores.
+DEFAULT_SEG3D_TEACHER = "monai:UNet?channels=32,64,128,256&strides=2,2,2&num_res_units=2&norm=batch"
+DEFAULT_SEG3D_STUDENT = "monai:UNet?channels=8,16,32,64&strides=2,2,2&num_res_units=1&norm=batch"
 # Sliding-window inference of whole volumes (scores during and after training): MONAI's default overlap.
 SW_OVERLAP = 0.25
 SW_BATCH_SIZE = 4

@@ -248,6 +248,46 @@ simple("data_unknown_kind", ["distill", "--data", "hdf5:/x", "--out", "{d}/out",
 simple("data_unknown_option", ["distill", "--data", "synthetic?colour=red", "--out", "{d}/out", "--quiet"], "unknown option")
 simple("data_synthetic_zero_size", ["distill", "--data", "synthetic?n_train=0", "--out", "{d}/out", "--quiet"], "positive")
 
+def _msd(d: Path, break_labels: bool = False) -> None:
+    import nibabel as nib
+    from support.volume_fixtures import write_msd_folder
+
+    root = write_msd_folder(d / "ds", n_cases=3)
+    if break_labels:
+        lab = root / "labelsTr" / "case_001.nii.gz"
+        img = nib.load(lab)
+        arr = np.asarray(img.dataobj).copy()
+        arr[1, 1, 1] = 7
+        nib.save(nib.Nifti1Image(arr, img.affine), lab)
+
+
+@case("volume_label_outside_dataset_json", ["distill", "--data", "nifti:{d}/ds?val=1&test=1&patch=8,8,8",
+                                            "--teacher-epochs", "1", "--out", "{d}/out", "--quiet"],
+      "not in dataset.json")
+def _(d):
+    _msd(d, break_labels=True)
+
+
+@case("volume_2d_student", ["distill", "--data", "synthetic3d?n_train=2&n_val=1&n_test=1&shape=16,16,16&patch=8,8,8",
+                            "--student", W16, "--out", "{d}/out", "--quiet"], "monai:UNet")
+def _(d):
+    pass
+
+
+@case("predict_volume_with_nan", ["predict", "{d}/seg3d.onnx", "{d}/nan.nii.gz", "--out", "{d}/out", "--quiet"], "NaN")
+def _(d):
+    import nibabel as nib
+    from support.volume_fixtures import conv3d_seg_model
+
+    rng = np.random.default_rng(0)
+    conv3d_seg_model(d / "seg3d.onnx", (rng.normal(0, 0.3, (2, 1, 3, 3, 3)).astype(np.float32),
+                                        rng.normal(0, 0.3, (4, 2, 3, 3, 3)).astype(np.float32)),
+                     (np.zeros(2, np.float32), np.zeros(4, np.float32)))
+    vol = np.zeros((20, 20, 20), np.float32)
+    vol[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), d / "nan.nii.gz")
+
+
 # ---------------- models and weights ----------------
 simple("model_unknown_timm", ["distill", "--data", TINY, "--student", "timm:resnet_nope", "--out", "{d}/out", "--quiet"],
        "unknown timm architecture")
