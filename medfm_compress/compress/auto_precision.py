@@ -89,6 +89,12 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
         }
     ]
     candidates: dict[str, QuantizedModel] = {"fp32": QuantizedModel(copy_proto(ctx.fp32_proto), "fp32", {}, {})}
+    # Dynamic int8 quantizes only DYNAMIC_OPS; a model without them (a convolutional network) would come back as
+    # fp32 under an int8 name, and could win a tie as such.
+    has_dynamic = any(n.op_type in DYNAMIC_OPS for n in ctx.fp32_proto.graph.node)
+    if not has_dynamic:
+        table.append({"precision": "int8-dynamic", "passes": False,
+                      "error": f"skipped: the model has none of the ops dynamic int8 quantizes ({', '.join(DYNAMIC_OPS)})"})
     builders = {
         "int8": lambda: static_int8(ctx, ref),
         "int8-dynamic": lambda: QuantizedModel(
@@ -102,6 +108,8 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
         ),
     }
     for name, build in builders.items():
+        if name == "int8-dynamic" and not has_dynamic:
+            continue
         ctx.log(f"auto: building {name}")
         try:
             qm = build()
