@@ -92,7 +92,10 @@ def volume_inputs(inputs) -> list[tuple[str, str, Path]]:
     return found
 
 
-def _segment(engine, name: str, kind: str, path: Path, cfg, bar) -> tuple[Any, np.ndarray, float]:
+def _segment(engine, name: str, kind: str, path: Path, cfg) -> tuple[Any, np.ndarray, float]:
+    """Read, resample, segment (a progress bar over the windows once the volume is read), and the mask back."""
+    from tqdm import tqdm
+
     from .sliding_window import segment_volume
     from .volumes import read_volume, resample_labels, resample_to_spacing
 
@@ -100,15 +103,16 @@ def _segment(engine, name: str, kind: str, path: Path, cfg, bar) -> tuple[Any, n
     volume = read_volume(kind, path)
     pre = engine.meta.preprocess
     grid = resample_to_spacing(volume, pre.spacing) if pre.spacing else volume
+    with tqdm(total=1, disable=not cfg.progress, file=sys.stderr, unit="window", desc=f"predict {name}",
+              dynamic_ncols=True) as bar:
 
-    def progress(done, total):
-        if bar is not None:
+        def progress(done, total):
             bar.total = total
             bar.n = done
             bar.refresh()
 
-    mask = segment_volume(engine, grid.hu, overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size,
-                          progress=progress)
+        mask = segment_volume(engine, grid.hu, overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size,
+                              progress=progress)
     if grid is not volume:
         mask = resample_labels(mask, volume.shape)
     return volume, mask, t0
@@ -117,8 +121,6 @@ def _segment(engine, name: str, kind: str, path: Path, cfg, bar) -> tuple[Any, n
 def predict_volumes(cfg, engine, out: Path):
     """Segment every volume of ``cfg.inputs`` with ``engine`` (a 3-D segmentation model) and write the outputs
     described in the module docstring; returns a :class:`~medfm_compress.runtime.predict.PredictResult`."""
-    from tqdm import tqdm
-
     from .predict_result import CSV_NAME, JSON_NAME, MASKS_DIR, PredictResult
     from .volume_masks import write_dicom_seg, write_nifti_mask
 
@@ -134,9 +136,7 @@ def predict_volumes(cfg, engine, out: Path):
     try:
         masks_dir = ensure_dir(out / MASKS_DIR)
         for name, kind, path in items:
-            with tqdm(total=1, disable=not cfg.progress, file=sys.stderr, unit="window", desc=f"predict {name}",
-                      dynamic_ncols=True) as bar:
-                volume, mask, t0 = _segment(engine, name, kind, path, cfg, bar)
+            volume, mask, t0 = _segment(engine, name, kind, path, cfg)
             arr, affine = volume.to_source_order(mask)
             nii = write_nifti_mask(arr, affine, masks_dir / f"{name}.nii.gz", labels)
             written.append(nii)
