@@ -534,6 +534,11 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
             preprocess=teacher_pre,
             role="teacher",
         )
+    if task.task == "segmentation":  # a network that cannot segment these inputs is refused before it trains
+        from .distill_seg import check_dense_model
+
+        check_dense_model(teacher_model.to(run.device), adapt_batch(run.x_train[:1], run.student_pre, teacher_pre),
+                          task.num_classes, f"teacher {teacher_arch}")
     teacher_weights_path: Path | None = None
     if teacher_weights:
         key_map = "name" if tpath is not None else cfg.weights_key_map

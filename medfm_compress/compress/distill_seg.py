@@ -74,11 +74,21 @@ def check_dense_model(model, x, num_classes: int, what: str) -> None:
     """Refuse, in one line, a model whose output is not one map per class at the input's size."""
     import torch
 
+    from ..errors import first_line
+
     was = model.training
     model.eval()
-    with torch.no_grad():
-        out = DenseTap(model).run(x[:1])[0]
-    model.train(was)
+    try:
+        with torch.no_grad():
+            out = DenseTap(model).run(x[:1])[0]
+    except ImportError as e:  # a network's optional dependency, imported when it runs (MONAI's einops)
+        raise ModelError(f"{what} needs a package that is not installed: {first_line(e)}") from None
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise ModelError(f"{what} fails on a {tuple(x[:1].shape)} input ({first_line(e)}); a network that "
+                         "downsamples N times needs inputs of at least 2^N voxels per axis: a larger ?patch= or a "
+                         "shallower network") from None
+    finally:
+        model.train(was)
     want = (1, num_classes, *x.shape[2:])
     if tuple(out.shape) != want:
         raise ModelError(f"{what} outputs {tuple(out.shape)} on a {tuple(x[:1].shape)} input, not {want} (one map "

@@ -93,3 +93,12 @@ def test_2d_network_for_volumes_and_3d_network_for_images_are_refused(tmp_path, 
         distill(_cfg(tmp_path / "b", data="synthetic?task=segmentation&size=32&n_train=32&n_val=8&n_test=8",
                      student=STUDENT, teacher="smp:Unet:tu-medfm_resnet10_w16"))
     assert not (tmp_path / "a" / "student.safetensors").exists()
+
+
+def test_a_network_too_deep_for_the_patch_is_refused_before_training(tmp_path, monkeypatch):
+    """SwinUNETR downsamples 5 times: 16-voxel patches are refused in one line, before the teacher trains."""
+    monkeypatch.setenv("MEDFM_CACHE_DIR", str(tmp_path / "cache"))
+    pytest.importorskip("einops")
+    with pytest.raises(ModelError, match=r"teacher monai:SwinUNETR\?feature_size=12 fails on a \(1, 1, 16, 16, 16\)"):
+        distill(_cfg(tmp_path / "a", teacher="monai:SwinUNETR?feature_size=12"))
+    assert not (tmp_path / "cache" / "teachers").exists() or not any((tmp_path / "cache" / "teachers").rglob("*.pt"))
