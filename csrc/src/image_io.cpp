@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "files.hpp"
 #include "medfm/runtime.hpp"
 
 #ifdef MEDFM_HAVE_PNG
@@ -20,22 +21,9 @@ namespace medfm {
 
 namespace {
 
-std::string lower_extension(const std::string& path) {
-  size_t dot = path.find_last_of('.');
-  size_t slash = path.find_last_of('/');
-  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return "";
-  std::string ext = path.substr(dot + 1);
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-  return ext;
-}
+using detail::lower_extension;
 
-std::vector<unsigned char> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error("cannot read image " + path + ": no such file or not readable");
-  std::vector<unsigned char> data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw Error("cannot read image " + path + ": I/O error");
-  return data;
-}
+std::vector<unsigned char> read_file(const std::string& path) { return detail::read_file(path, "image"); }
 
 void check_size(const std::string& path, int64_t h, int64_t w, int64_t c) {
   if (h <= 0 || w <= 0) throw Error("image " + path + " has no pixels (" + std::to_string(h) + "x" + std::to_string(w) + ")");
@@ -104,67 +92,14 @@ Image read_pnm(const std::string& path, const std::vector<unsigned char>& data) 
 }
 
 // --- NumPy .npy (format 1.x/2.x/3.x, C order, little-endian u1/u2/f4/f8) -----------------------------
-std::string header_value(const std::string& header, const std::string& key) {
-  size_t k = header.find("'" + key + "'");
-  if (k == std::string::npos) return "";
-  size_t colon = header.find(':', k);
-  if (colon == std::string::npos) return "";
-  size_t start = header.find_first_not_of(' ', colon + 1);
-  if (start == std::string::npos) return "";
-  size_t end;
-  if (header[start] == '(') {
-    end = header.find(')', start);
-    return end == std::string::npos ? "" : header.substr(start, end - start + 1);
-  }
-  if (header[start] == '\'') {
-    end = header.find('\'', start + 1);
-    return end == std::string::npos ? "" : header.substr(start + 1, end - start - 1);
-  }
-  end = header.find_first_of(",}", start);
-  return header.substr(start, end == std::string::npos ? std::string::npos : end - start);
-}
-
 Image read_npy(const std::string& path, const std::vector<unsigned char>& data) {
   auto bad = [&](const std::string& why) { return Error("image " + path + " is not a readable .npy array: " + why); };
-  static const unsigned char kMagic[] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
-  if (data.size() < 10 || std::memcmp(data.data(), kMagic, 6) != 0) throw bad("missing NUMPY magic");
-  const int major = data[6];
-  size_t header_len, offset;
-  if (major == 1) {
-    header_len = data[8] | (static_cast<size_t>(data[9]) << 8);
-    offset = 10;
-  } else if (major == 2 || major == 3) {
-    if (data.size() < 12) throw bad("truncated header");
-    header_len = data[8] | (static_cast<size_t>(data[9]) << 8) | (static_cast<size_t>(data[10]) << 16) |
-                 (static_cast<size_t>(data[11]) << 24);
-    offset = 12;
-  } else {
-    throw bad("unknown format version " + std::to_string(major));
-  }
-  if (data.size() < offset + header_len) throw bad("truncated header");
-  const std::string header(reinterpret_cast<const char*>(data.data() + offset), header_len);
-  const std::string descr = header_value(header, "descr");
-  const std::string fortran = header_value(header, "fortran_order");
-  const std::string shape = header_value(header, "shape");
-  if (fortran != "False") throw bad("Fortran-ordered arrays are not read; save with np.ascontiguousarray");
-  std::vector<int64_t> dims;
-  {
-    std::string inner = shape.size() >= 2 ? shape.substr(1, shape.size() - 2) : "";
-    size_t p = 0;
-    while (p < inner.size()) {
-      size_t q = inner.find(',', p);
-      std::string tok = inner.substr(p, q == std::string::npos ? std::string::npos : q - p);
-      tok.erase(std::remove(tok.begin(), tok.end(), ' '), tok.end());
-      if (!tok.empty()) {
-        if (tok.size() > 9 || !std::all_of(tok.begin(), tok.end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); })) {
-          throw bad("bad shape " + shape);
-        }
-        dims.push_back(std::stoll(tok));
-      }
-      if (q == std::string::npos) break;
-      p = q + 1;
-    }
-  }
+  const detail::NpyHeader npy = detail::parse_npy(data, bad);
+  const std::string& descr = npy.descr;
+  const std::vector<int64_t>& dims = npy.shape;
+  std::string shape = "(";
+  for (size_t i = 0; i < dims.size(); ++i) shape += (i ? ", " : "") + std::to_string(dims[i]);
+  shape += ")";
   if (dims.size() != 2 && dims.size() != 3) throw bad("shape " + shape + " is not (H,W) or (H,W,C)");
   const int64_t h = dims[0], w = dims[1], c = dims.size() == 3 ? dims[2] : 1;
   check_size(path, h, w, c);
@@ -186,7 +121,7 @@ Image read_npy(const std::string& path, const std::vector<unsigned char>& data) 
     throw bad("dtype '" + descr + "' (use uint8, uint16, float32 or float64)");
   }
   const size_t count = static_cast<size_t>(h * w * c);
-  const size_t begin = offset + header_len;
+  const size_t begin = npy.data_offset;
   if (data.size() - begin < count * item) throw bad("pixel data truncated");
   Image img;
   img.type = type;

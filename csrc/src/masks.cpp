@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "files.hpp"
 #include "medfm/runtime.hpp"
 
 namespace medfm {
@@ -72,9 +73,7 @@ void write_mask(const std::string& path, const uint16_t* mask, int64_t height, i
   const size_t n = static_cast<size_t>(height * width);
   bool wide = false;
   for (size_t i = 0; i < n && !wide; ++i) wide = mask[i] > 255;
-  const size_t dot = path.find_last_of('.'), slash = path.find_last_of('/');
-  std::string ext = dot == std::string::npos || (slash != std::string::npos && dot < slash) ? "" : path.substr(dot + 1);
-  for (char& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const std::string ext = detail::lower_extension(path);
   std::string bytes;
   if (ext == "pgm") {
     bytes = "P5\n" + std::to_string(width) + " " + std::to_string(height) + "\n" + (wide ? "65535" : "255") + "\n";
@@ -83,15 +82,7 @@ void write_mask(const std::string& path, const uint16_t* mask, int64_t height, i
       bytes.push_back(static_cast<char>(mask[i] & 0xff));
     }
   } else if (ext == "npy") {
-    std::string header = std::string("{'descr': '") + (wide ? "<u2" : "|u1") + "', 'fortran_order': False, 'shape': (" +
-                         std::to_string(height) + ", " + std::to_string(width) + "), }";
-    // Magic (6) + version (2) + length (2) + header padded with spaces to a multiple of 64, ending in '\n'.
-    while ((10 + header.size() + 1) % 64 != 0) header.push_back(' ');
-    header.push_back('\n');
-    bytes = std::string("\x93NUMPY\x01\x00", 8);
-    bytes.push_back(static_cast<char>(header.size() & 0xff));
-    bytes.push_back(static_cast<char>(header.size() >> 8));
-    bytes += header;
+    bytes = detail::npy_header(wide ? "<u2" : "|u1", {height, width});
     for (size_t i = 0; i < n; ++i) {
       bytes.push_back(static_cast<char>(mask[i] & 0xff));
       if (wide) bytes.push_back(static_cast<char>(mask[i] >> 8));  // little-endian
@@ -99,21 +90,7 @@ void write_mask(const std::string& path, const uint16_t* mask, int64_t height, i
   } else {
     throw Error("cannot write mask " + path + ": use a .pgm or .npy file name");
   }
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error("cannot write mask " + path + ": its folder is missing or not writable");
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw Error("cannot write mask " + path + ": write failed (disk full?)");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw Error("cannot write mask " + path + ": rename failed");
-  }
+  detail::write_file_atomic(path, bytes, "mask");
 }
 
 }  // namespace medfm

@@ -108,7 +108,8 @@ void PreprocessSpec::validate(const std::string& source) const {
   for (float s : std) {
     if (!(s > 0.0f)) throw Error(prefix + "std values must be positive");
   }
-  if (height <= 0 || width <= 0) throw Error(prefix + "input_size must be (height, width) > 0");
+  if (height <= 0 || width <= 0 || depth < 0) throw Error(prefix + "input_size must be (height, width) > 0");
+  if (depth > 0 && channels != 1) throw Error(prefix + "volume models take 1 channel, got " + std::to_string(channels));
   if (window && !(window->second > window->first)) {
     throw Error(prefix + "intensity window must be (low, high) with high > low");
   }
@@ -217,9 +218,24 @@ ModelMeta parse_metadata(const std::map<std::string, std::string>& props, const 
   ModelMeta meta;
   try {
     auto size = split(require(props, "medfm.input_size", source), ',');
-    if (size.size() != 2) throw Error("medfm.input_size: expected 'H,W'");
+    if (size.size() != 2 && size.size() != 3) throw Error("medfm.input_size: expected 'H,W' or 'X,Y,Z'");
     meta.preprocess.height = parse_int(size[0], "medfm.input_size");
     meta.preprocess.width = parse_int(size[1], "medfm.input_size");
+    if (size.size() == 3) {
+      meta.preprocess.depth = parse_int(size[2], "medfm.input_size");
+      if (meta.preprocess.depth <= 0) throw Error("medfm.input_size: sizes must be > 0");
+    }
+    auto spacing = props.find("medfm.spacing");
+    if (spacing != props.end() && !trim(spacing->second).empty()) {
+      for (const auto& part : split(spacing->second, ',')) {
+        const double v = parse_double(part, "medfm.spacing");
+        if (!(v > 0.0)) throw Error("medfm.spacing: sizes must be > 0 mm");
+        meta.preprocess.spacing.push_back(v);
+      }
+      if (meta.preprocess.spacing.size() != 3 || size.size() != 3) {
+        throw Error("medfm.spacing: expected 'SX,SY,SZ' on a volume model (input X,Y,Z)");
+      }
+    }
     meta.preprocess.channels = parse_int(require(props, "medfm.channels", source), "medfm.channels");
     meta.preprocess.mean = parse_floats(require(props, "medfm.mean", source), "medfm.mean");
     meta.preprocess.std = parse_floats(require(props, "medfm.std", source), "medfm.std");

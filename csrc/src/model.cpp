@@ -22,6 +22,8 @@ class Backend {
   /// Runs an NCHW float batch; returns the first output and sets its shape ([batch, classes] or, for dense
   /// models, [batch, classes, height, width]).
   virtual std::vector<float> infer(const float* input, int64_t batch, std::vector<int64_t>& shape) const = 0;
+  /// The exported batch size, or 0 for a dynamic batch axis.
+  virtual int64_t fixed_batch() const = 0;
 };
 
 namespace {
@@ -70,12 +72,13 @@ class OrtBackend final : public Backend {
       throw Error(path + " takes a non-float32 input; this runtime feeds float32 NCHW (export with fp32 I/O)");
     }
     input_shape_ = in_info.GetShape();
-    if (input_shape_.size() != 4) {
-      throw Error(path + " input has rank " + std::to_string(input_shape_.size()) + "; expected NCHW (rank 4)");
+    if (input_shape_.size() != 4 && input_shape_.size() != 5) {
+      throw Error(path + " input has rank " + std::to_string(input_shape_.size()) +
+                  "; expected NCHW (rank 4) or, for a volume model, NCXYZ (rank 5)");
     }
     Ort::TypeInfo out_type = session_->GetOutputTypeInfo(0);
     auto out_shape = out_type.GetTensorTypeAndShapeInfo().GetShape();
-    if ((out_shape.size() == 2 || out_shape.size() == 4) && out_shape[1] > 0) static_classes_ = out_shape[1];
+    if (out_shape.size() >= 2 && out_shape[1] > 0) static_classes_ = out_shape[1];
     output_rank_ = out_shape.size();
     Ort::ModelMetadata md = session_->GetModelMetadata();
     for (auto& key : md.GetCustomMetadataMapKeysAllocated(alloc)) {
@@ -87,6 +90,7 @@ class OrtBackend final : public Backend {
   const std::vector<int64_t>& input_shape() const { return input_shape_; }
   int64_t static_classes() const { return static_classes_; }
   size_t output_rank() const { return output_rank_; }
+  int64_t fixed_batch() const override { return input_shape_[0] > 0 ? input_shape_[0] : 0; }
 
   std::vector<float> infer(const float* input, int64_t batch, std::vector<int64_t>& out_shape) const override {
     std::vector<int64_t> shape = input_shape_;
@@ -95,6 +99,9 @@ class OrtBackend final : public Backend {
                   std::to_string(batch) + " images; re-export with a dynamic batch axis");
     }
     shape[0] = batch;
+    for (size_t k = 1; k < shape.size(); ++k) {
+      if (shape[k] <= 0) throw Error("the model's input has a dynamic axis " + std::to_string(k) + "; re-export it");
+    }
     size_t count = 1;
     for (int64_t d : shape) count *= static_cast<size_t>(d);
     // No shared mutable state: Session::Run is thread-safe and every buffer here is per call.
@@ -108,9 +115,9 @@ class OrtBackend final : public Backend {
       throw Error("model output is not float32 logits");
     }
     out_shape = info.GetShape();
-    if ((out_shape.size() != 2 && out_shape.size() != 4) || out_shape[0] != batch) {
+    if ((out_shape.size() != 2 && out_shape.size() != 4 && out_shape.size() != 5) || out_shape[0] != batch) {
       throw Error("model output has shape rank " + std::to_string(out_shape.size()) +
-                  "; expected (batch, classes) logits or (batch, classes, height, width) class maps");
+                  "; expected (batch, classes) logits or (batch, classes, *spatial) class maps");
     }
     const float* data = outputs[0].GetTensorData<float>();
     return std::vector<float>(data, data + info.GetElementCount());
@@ -146,20 +153,34 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   ModelMeta meta = parse_metadata(backend->props(), path);
   const auto& shape = backend->input_shape();
   const PreprocessSpec& pre = meta.preprocess;
-  const int64_t expect[3] = {pre.channels, pre.height, pre.width};
-  for (int k = 0; k < 3; ++k) {
-    if (shape[static_cast<size_t>(k + 1)] > 0 && shape[static_cast<size_t>(k + 1)] != expect[k]) {
+  std::vector<int64_t> expect = {pre.channels, pre.height, pre.width};
+  std::string size = std::to_string(pre.height) + "x" + std::to_string(pre.width);
+  if (pre.is_volume()) {
+    expect.push_back(pre.depth);
+    size += "x" + std::to_string(pre.depth);
+  }
+  if (shape.size() != expect.size() + 1) {
+    throw Error(path + " takes rank-" + std::to_string(shape.size()) + " inputs but its metadata describes " +
+                (pre.is_volume() ? "volumes (input X,Y,Z)" : "images (input H,W)") + "; re-export it");
+  }
+  for (size_t k = 0; k < expect.size(); ++k) {
+    if (shape[k + 1] > 0 && shape[k + 1] != expect[k]) {
       throw Error(path + ": input shape does not match its metadata (channels " + std::to_string(pre.channels) +
-                  ", size " + std::to_string(pre.height) + "x" + std::to_string(pre.width) + "); re-export it");
+                  ", size " + size + "); re-export it");
     }
   }
   // A segmentation model outputs class maps (rank 4), a classifier one row per image (rank 2); a mismatch is a
   // model exported with the wrong metadata. Rank 0 means ONNX Runtime could not tell (checked at run time).
   const size_t rank = backend->output_rank();
   const bool dense = meta.task == Task::Segmentation;
-  if (rank != 0 && rank != (dense ? 4u : 2u)) {
+  const size_t want_rank = dense ? shape.size() : 2u;
+  if (pre.is_volume() && !dense) {
+    throw Error(path + " takes volumes but says task " + task_name(meta.task) +
+                "; this runtime runs 3-D segmentation models only; re-export it");
+  }
+  if (rank != 0 && rank != want_rank) {
     throw Error(path + " says task " + task_name(meta.task) + " but outputs rank-" + std::to_string(rank) +
-                " tensors (" + (dense ? "segmentation needs (batch, classes, height, width) class maps"
+                " tensors (" + (dense ? "segmentation needs (batch, classes, *spatial) class maps"
                                       : "a classifier outputs (batch, classes)") + "); re-export it");
   }
   if (backend->static_classes() > 0 && !meta.label_names.empty() &&
@@ -170,26 +191,39 @@ Model Model::load(const std::string& path, const ModelOptions& options) {
   return Model(path, std::move(meta), std::move(backend));
 }
 
-Result Model::run(const float* input, int64_t batch) const {
+int64_t Model::fixed_batch() const { return backend_->fixed_batch(); }
+
+std::vector<float> Model::logits(const float* input, int64_t batch, std::vector<int64_t>& shape) const {
   if (input == nullptr || batch <= 0) throw Error("run needs a non-empty batch (batch >= 1)");
-  Result r;
-  r.batch = batch;
-  std::vector<int64_t> shape;
+  std::vector<float> out;
   try {
-    r.logits = backend_->infer(input, batch, shape);
+    out = backend_->infer(input, batch, shape);
   } catch (const Ort::Exception& e) {
     throw Error("inference failed on " + path_ + ": " + e.what());
   }
-  r.num_classes = shape[1];
-  const bool dense = meta_.task == Task::Segmentation;
-  if (dense != (shape.size() == 4)) {
+  const size_t want = meta_.task != Task::Segmentation ? 2u : (meta_.preprocess.is_volume() ? 5u : 4u);
+  if (shape.size() != want) {
     throw Error(path_ + " says task " + task_name(meta_.task) + " but returned rank-" + std::to_string(shape.size()) +
                 " outputs; re-export it");
   }
-  if (!meta_.label_names.empty() && static_cast<int64_t>(meta_.label_names.size()) != r.num_classes) {
+  if (!meta_.label_names.empty() && static_cast<int64_t>(meta_.label_names.size()) != shape[1]) {
     throw Error(path_ + " has " + std::to_string(meta_.label_names.size()) + " label names but returned " +
-                std::to_string(r.num_classes) + " classes; re-export it");
+                std::to_string(shape[1]) + " classes; re-export it");
   }
+  return out;
+}
+
+Result Model::run(const float* input, int64_t batch) const {
+  if (meta_.preprocess.is_volume()) {
+    throw Error(path_ + " is a 3-D segmentation model: its windows' class maps are blended over a whole volume "
+                "(segment_volume; medfm-run predict MODEL VOLUME.nii.gz)");
+  }
+  Result r;
+  r.batch = batch;
+  std::vector<int64_t> shape;
+  r.logits = logits(input, batch, shape);
+  r.num_classes = shape[1];
+  const bool dense = meta_.task == Task::Segmentation;
   if (dense) {
     r.map_height = shape[2];
     r.map_width = shape[3];

@@ -62,6 +62,24 @@ def tiny_seg_model(meta: ModelMeta) -> onnx.ModelProto:
     return model
 
 
+def tiny_seg3d_model(meta: ModelMeta) -> onnx.ModelProto:
+    """A 1x1x1 3-D convolution from one channel to 3 class maps at the window's size (4x4x3): class k scores
+    ``(k - 1) * x + k / 4 - 0.25`` at every voxel (C++: seg_logit), so blended windows give the same scores."""
+    w = (np.arange(3, dtype=np.float32) - 1.0).reshape(3, 1, 1, 1, 1)
+    b = (np.arange(3) / 4.0 - 0.25).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "W", "b"], ["maps"], kernel_shape=[1, 1, 1])],
+        "tiny_seg3d",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 4, 4, 3])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["batch", 3, 4, 4, 3])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, encode_metadata(meta))
+    onnx.checker.check_model(model)
+    return model
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     gray = ModelMeta(
@@ -88,6 +106,14 @@ def main() -> None:
         arch="test:conv1x1-stride2",
     )
     onnx.save(tiny_seg_model(seg), OUT / "tiny_seg.onnx")
+    seg3d = ModelMeta(
+        preprocess=PreprocessSpec(input_size=(4, 4, 3), channels=1, mean=(0.5,), std=(0.25,), window=(-100.0, 300.0),
+                                  spacing=(2.0, 2.0, 3.0)),
+        task="segmentation",
+        label_names=["background", "organ", "lesion"],
+        arch="test:conv1x1x1",
+    )
+    onnx.save(tiny_seg3d_model(seg3d), OUT / "tiny_seg3d.onnx")
     # Segmentation metadata on a classifier's (batch, classes) output: the runtime must refuse it.
     onnx.save(tiny_model(1, 8, 8, 3, seg), OUT / "seg_meta_on_classifier.onnx")
 

@@ -1,5 +1,7 @@
 // Unit tests of medfm_runtime: metadata parsing, preprocessing, image readers, models and errors.
 // Usage: test_runtime DATA_DIR SCRATCH_DIR (ctest passes both). Prints "N passed, N failed".
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -459,6 +461,110 @@ void test_segmentation() {
   });
 }
 
+
+void test_volumes() {
+  run_test("window_starts and the Gaussian importance map follow MONAI's schedule", [] {
+    CHECK((medfm::window_starts(10, 4, 0.25) == std::vector<int64_t>{0, 3, 6}));
+    CHECK((medfm::window_starts(11, 4, 0.5) == std::vector<int64_t>{0, 2, 4, 6, 7}));
+    CHECK((medfm::window_starts(4, 4, 0.5) == std::vector<int64_t>{0}));
+    CHECK((medfm::window_starts(5, 1, 0.9) == std::vector<int64_t>{0, 1, 2, 3, 4}));  // the step is at least 1
+    CHECK_ERROR(medfm::window_starts(3, 4, 0.25), "roi <= size");
+    const auto w = medfm::importance_map({4, 6, 3});
+    CHECK(w.size() == 72);
+    float lo = w[0], hi = w[0];
+    for (float v : w) { lo = std::min(lo, v); hi = std::max(hi, v); }
+    CHECK(lo >= 1e-3f && hi <= 1.0f && lo < hi);
+    CHECK(w[(1 * 6 + 2) * 3 + 1] == hi && w[(2 * 6 + 3) * 3 + 1] == hi);  // the centre voxels, symmetric
+    CHECK(w[0] == w[(3 * 6 + 5) * 3 + 2]);                                // opposite corners
+  });
+  run_test("grid_shape rounds half to even; linear and nearest resampling", [] {
+    CHECK((medfm::grid_shape({5, 7, 4}, {1.0, 1.0, 3.0}, {2.0, 2.0, 1.5}) == std::array<int64_t, 3>{2, 4, 8}));
+    CHECK((medfm::grid_shape({1, 1, 1}, {1.0, 1.0, 1.0}, {9.0, 9.0, 9.0}) == std::array<int64_t, 3>{1, 1, 1}));
+    CHECK_ERROR(medfm::grid_shape({2, 2, 2}, {1.0, 1.0, 1.0}, {1.0, 0.0, 1.0}), "positive");
+    // 2 -> 4 along x: source positions clip(-0.25, 0.25, 0.75, 1.25) = 0, 0.25, 0.75, 1.
+    const auto up = medfm::resample_volume({0.0f, 10.0f}, {2, 1, 1}, {4, 1, 1});
+    CHECK((up == std::vector<float>{0.0f, 2.5f, 7.5f, 10.0f}));
+    const std::vector<float> ramp = {0, 1, 2, 3, 4, 5};  // (1, 1, 6) along z
+    CHECK((medfm::resample_volume(ramp, {1, 1, 6}, {1, 1, 6}) == ramp));
+    const auto labels = medfm::resample_labels({1, 2}, {1, 1, 2}, {1, 1, 5});  // floor((i + .5) * 2 / 5)
+    CHECK((labels == std::vector<uint16_t>{1, 1, 2, 2, 2}));
+  });
+  run_test("3-D model: sliding windows over a volume equal the pointwise model, padding included", [] {
+    auto model = medfm::Model::load(g_data + "/tiny_seg3d.onnx");
+    const auto& pre = model.meta().preprocess;
+    CHECK(pre.is_volume() && pre.height == 4 && pre.width == 4 && pre.depth == 3 && model.fixed_batch() == 0);
+    CHECK((pre.spacing == std::vector<double>{2.0, 2.0, 3.0}));
+    CHECK_ERROR(model.run(std::vector<float>(48).data(), 1), "3-D segmentation model");
+    const std::array<int64_t, 3> shape{9, 7, 2};  // z smaller than the window: padded, then cropped
+    std::vector<float> hu(9 * 7 * 2);
+    for (size_t i = 0; i < hu.size(); ++i) hu[i] = static_cast<float>(static_cast<int>(i * 37 % 101) * 4 - 100);
+    int64_t classes = 0;
+    int64_t calls = 0;
+    medfm::SlidingWindowOptions opt;
+    opt.sw_batch_size = 3;
+    opt.progress = [&](int64_t done, int64_t total) { ++calls; CHECK(done <= total); };
+    const auto mask = medfm::segment_grid(model, hu, shape, opt, &classes);
+    CHECK(classes == 3 && mask.size() == hu.size() && calls >= 2);
+    int seen[3] = {0, 0, 0};
+    for (size_t i = 0; i < hu.size(); ++i) {
+      const double x = ((std::min(std::max(static_cast<double>(hu[i]), -100.0), 300.0) + 100.0) / 400.0 - 0.5) / 0.25;
+      int best = 0;
+      for (int k = 1; k < 3; ++k) if (seg_logit(x, k) > seg_logit(x, best)) best = k;
+      if (std::fabs(seg_logit(x, best) - std::max(seg_logit(x, (best + 1) % 3), seg_logit(x, (best + 2) % 3))) < 1e-4) continue;
+      CHECK(mask[i] == best);
+      ++seen[best];
+    }
+    CHECK(seen[0] > 0 && seen[2] > 0);
+    CHECK_ERROR(medfm::segment_grid(medfm::Model::load(g_data + "/tiny_seg.onnx"), hu, shape), "takes 2-D images");
+    opt.overlap = 1.0;
+    CHECK_ERROR(medfm::segment_grid(model, hu, shape, opt), "overlap must be in [0, 1)");
+  });
+  run_test("volume masks: .npy and NIfTI written, read back on the same grid; bad volumes are errors", [] {
+    auto model = medfm::Model::load(g_data + "/tiny_seg3d.onnx");
+    std::vector<uint16_t> mask(5 * 4 * 3);
+    for (size_t i = 0; i < mask.size(); ++i) mask[i] = static_cast<uint16_t>(i % 3);
+    medfm::Volume v;
+    v.shape = {5, 4, 3};
+    v.spacing = {2.0, 2.0, 3.0};
+    v.affine = {-2, 0, 0, 10, 0, -2, 0, 20, 0, 0, 3, -30, 0, 0, 0, 1};
+    v.source = "test";
+    const std::vector<std::string> names = {"background", "organ", "lesion"};
+    medfm::write_volume_mask(g_scratch + "/v.mask.npy", mask, v, names);
+    auto a = medfm::read_volume(g_scratch + "/v.mask.npy", {2.0, 2.0, 3.0});
+    CHECK(a.shape == v.shape && a.spacing == v.spacing);
+    for (size_t i = 0; i < mask.size(); ++i) CHECK(a.data[i] == mask[i]);
+    for (const char* name : {"/v.mask.nii", "/v.mask.nii.gz"}) {
+      if (std::string(name).find(".gz") != std::string::npos && !medfm::has_gzip_support()) continue;
+      medfm::write_volume_mask(g_scratch + name, mask, v, names);
+      auto b = medfm::read_volume(g_scratch + name);  // LPS affine: read back in the same order
+      CHECK(b.from_nifti && b.shape == v.shape);
+      for (size_t i = 0; i < mask.size(); ++i) CHECK(b.data[i] == mask[i]);
+      for (size_t k = 0; k < 16; ++k) CHECK_NEAR(b.affine[k], v.affine[k], 1e-5);
+      CHECK_NEAR(b.spacing[2], 3.0, 1e-6);
+    }
+    CHECK_ERROR(medfm::write_volume_mask(g_scratch + "/v.mask.pgm", mask, v), "name a .nii, .nii.gz or .npy");
+    CHECK_ERROR(medfm::write_volume_mask(g_scratch + "/v.npy", std::vector<uint16_t>(3), v), "not on the grid");
+    CHECK_ERROR(medfm::read_volume(g_scratch + "/missing.nii"), "no such file");
+    CHECK_ERROR(medfm::read_volume(g_scratch + "/v.mask.pgm"), "use a .nii, .nii.gz or .npy");
+    CHECK_ERROR(medfm::read_volume(g_scratch + "/m.npy"), "(X, Y, Z) array");  // a 2-D mask from above
+    {
+      std::ofstream f(g_scratch + "/short.nii", std::ios::binary);
+      f << "not a nifti file";
+    }
+    CHECK_ERROR(medfm::read_volume(g_scratch + "/short.nii"), "not a readable NIfTI file");
+    const std::vector<float> nan = {0.0f, NAN, 1.0f, 2.0f};
+    std::string bytes(reinterpret_cast<const char*>(nan.data()), 16);
+    {
+      std::ofstream f(g_scratch + "/nan.npy", std::ios::binary);
+      std::string h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 2), }";
+      while ((10 + h.size() + 1) % 64) h += ' ';
+      h += '\n';
+      f << std::string("\x93NUMPY\x01\x00", 8) << static_cast<char>(h.size()) << '\0' << h << bytes;
+    }
+    CHECK_ERROR(medfm::read_volume(g_scratch + "/nan.npy"), "1 NaN or infinite voxels");
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -473,6 +579,7 @@ int main(int argc, char** argv) {
   test_images();
   test_models();
   test_segmentation();
+  test_volumes();
   std::cout << g_passed << " passed, " << g_failed << " failed\n";
   return g_failed == 0 ? 0 : 1;
 }

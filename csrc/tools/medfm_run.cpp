@@ -2,6 +2,8 @@
 //
 //   medfm-run predict MODEL.onnx IMG... [--batch N] [--threads N] [--json]
 //                     [--mask-out MASK.pgm | --mask-dir DIR]   (segmentation: label maps at each image's size)
+//   medfm-run predict SEG3D.onnx VOLUME.nii.gz... [--mask-out MASK.nii.gz | --mask-dir DIR] [--overlap 0.25]
+//                     [--sw-batch-size 4] [--threads N] [--json]   (3-D models: sliding windows over whole volumes)
 //   medfm-run latency MODEL.onnx [--batch 1] [--iterations 100] [--warmup 10] [--threads N] [--json]
 //                     [--images IMG...]   (end to end: decode + preprocess + run per batch)
 //   medfm-run info MODEL.onnx
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "medfm/runtime.hpp"
 
@@ -28,11 +31,15 @@ const char* kUsage =
     "usage:\n"
     "  medfm-run predict MODEL.onnx IMAGE... [--batch N] [--threads N] [--json]\n"
     "                    [--mask-out MASK.pgm|.npy (one image) | --mask-dir DIR (DIR/<stem>.mask.pgm)]\n"
+    "  medfm-run predict SEG3D.onnx VOLUME... [--overlap F] [--sw-batch-size N] [--threads N] [--json]\n"
+    "                    [--mask-out MASK.nii.gz|.nii|.npy (one volume) | --mask-dir DIR (DIR/<name>.mask.nii.gz)]\n"
     "  medfm-run latency MODEL.onnx [--batch N] [--iterations N] [--warmup N] [--threads N] [--json]\n"
-    "                    [--images IMAGE...]\n"
+    "                    [--images IMAGE... | --images VOLUME... [--overlap F] [--sw-batch-size N]]\n"
     "  medfm-run info MODEL.onnx\n"
     "images: .pgm/.ppm (binary, 8/16-bit), .npy (uint8/uint16/float32/float64, HxW or HxWxC),\n"
-    "        .png (8/16-bit gray/RGB; builds with libpng)";
+    "        .png (8/16-bit gray/RGB; builds with libpng)\n"
+    "volumes (3-D models): .nii, .nii.gz (NIfTI-1; .gz builds with zlib), .npy (X,Y,Z in LPS order on the model's\n"
+    "        voxel grid)";
 
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
@@ -42,9 +49,19 @@ struct Args {
   std::string command, model;
   std::vector<std::string> images;
   std::string mask_out, mask_dir;
-  int batch = -1, iterations = 100, warmup = 10, threads = 0;
+  int batch = -1, iterations = 100, warmup = 10, threads = 0, sw_batch_size = 4;
+  double overlap = 0.25;
   bool json = false;
 };
+
+double parse_fraction(const std::string& flag, const char* value) {
+  char* end = nullptr;
+  const double v = std::strtod(value, &end);
+  if (end == value || *end != '\0' || !(v >= 0.0 && v < 1.0)) {
+    throw UsageError(flag + " needs a number in [0, 1), got '" + value + "'");
+  }
+  return v;
+}
 
 int parse_positive(const std::string& flag, const char* value, int minimum) {
   char* end = nullptr;
@@ -74,6 +91,8 @@ Args parse_args(int argc, char** argv) {
     else if (arg == "--iterations") a.iterations = parse_positive(arg, value(), 1);
     else if (arg == "--warmup") a.warmup = parse_positive(arg, value(), 0);
     else if (arg == "--threads") a.threads = parse_positive(arg, value(), 0);
+    else if (arg == "--sw-batch-size" && a.command != "info") a.sw_batch_size = parse_positive(arg, value(), 1);
+    else if (arg == "--overlap" && a.command != "info") a.overlap = parse_fraction(arg, value());
     else if (arg == "--images" && a.command == "latency") in_images = true;
     else if (arg == "--mask-out" && a.command == "predict") a.mask_out = value();
     else if (arg == "--mask-dir" && a.command == "predict") a.mask_dir = value();
@@ -170,12 +189,137 @@ void report_masks(const Args& a, const medfm::Model& model, const medfm::Result&
   }
 }
 
+bool is_volume_file(const std::string& path) {
+  auto ends = [&](const std::string& suffix) {
+    return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return ends(".nii") || ends(".nii.gz") || ends(".NII") || ends(".NII.GZ");
+}
+
+std::string volume_name(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  for (const char* suffix : {".nii.gz", ".NII.GZ", ".nii", ".NII", ".npy"}) {
+    const std::string s = suffix;
+    if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) {
+      return name.substr(0, name.size() - s.size());
+    }
+  }
+  return name;
+}
+
+medfm::SlidingWindowOptions window_options(const Args& a, const std::string& name) {
+  medfm::SlidingWindowOptions sw;
+  sw.overlap = a.overlap;
+  sw.sw_batch_size = a.sw_batch_size;
+  if (isatty(STDERR_FILENO)) {  // a progress line on a terminal, nothing in logs
+    sw.progress = [name](int64_t done, int64_t total) {
+      std::fprintf(stderr, "\r%s: %lld/%lld windows", name.c_str(), static_cast<long long>(done),
+                   static_cast<long long>(total));
+      if (done == total) std::fprintf(stderr, "\n");
+    };
+  }
+  return sw;
+}
+
+// 3-D segmentation: each volume read, resampled to the model's spacing, segmented by sliding windows, its label map
+// put back on the volume's own grid and written; one line (or JSON object) per volume with voxels and mL per class.
+// A volume that fails stops the run, and the masks this run wrote are removed.
+int predict_volumes(const Args& a, const medfm::Model& model) {
+  const auto& meta = model.meta();
+  const auto& pre = meta.preprocess;
+  const std::vector<std::string>& labels = meta.label_names;
+  std::vector<std::string> written;
+  try {
+    for (const auto& path : a.images) {
+      if (!is_volume_file(path) && path.size() >= 4 && path.compare(path.size() - 4, 4, ".npy") != 0) {
+        throw medfm::Error(path + ": " + a.model + " is a 3-D model; give it volumes (.nii, .nii.gz, .npy)");
+      }
+    }
+    if (a.json) std::cout << "[";
+    bool first = true;
+    for (const auto& path : a.images) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const medfm::Volume volume = medfm::read_volume(path, pre.spacing);
+      int64_t classes = 0;
+      const std::vector<uint16_t> mask = medfm::segment_volume(model, volume, window_options(a, volume_name(path)),
+                                                               &classes);
+      std::string out;
+      if (!a.mask_out.empty()) {
+        out = a.mask_out;
+      } else if (!a.mask_dir.empty()) {
+        const bool npy = !is_volume_file(path);
+        out = a.mask_dir + "/" + volume_name(path) + ".mask" +
+              (npy ? ".npy" : medfm::has_gzip_support() ? ".nii.gz" : ".nii");
+      }
+      if (!out.empty()) {
+        medfm::write_volume_mask(out, mask, volume, labels);
+        written.push_back(out);
+      }
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::vector<int64_t> count(static_cast<size_t>(classes), 0);
+      for (uint16_t v : mask) ++count[v];
+      const double voxel_ml = volume.spacing[0] * volume.spacing[1] * volume.spacing[2] / 1000.0;
+      if (a.json) {
+        std::cout << (first ? "\n" : ",\n") << "  {\"volume\": " << json_string(path) << ", \"mask\": "
+                  << (out.empty() ? std::string("null") : json_string(out)) << ", \"shape\": [" << volume.shape[0]
+                  << ", " << volume.shape[1] << ", " << volume.shape[2] << "], \"spacing_mm\": ["
+                  << num(volume.spacing[0]) << ", " << num(volume.spacing[1]) << ", " << num(volume.spacing[2])
+                  << "], \"seconds\": " << num(seconds) << ", \"voxels\": {";
+        for (int64_t k = 0; k < classes; ++k) {
+          std::cout << (k ? ", " : "") << json_string(label_of(model, static_cast<int>(k))) << ": "
+                    << count[static_cast<size_t>(k)];
+        }
+        std::cout << "}, \"volume_ml\": {";
+        for (int64_t k = 1; k < classes; ++k) {
+          std::cout << (k > 1 ? ", " : "") << json_string(label_of(model, static_cast<int>(k))) << ": "
+                    << num(static_cast<double>(count[static_cast<size_t>(k)]) * voxel_ml);
+        }
+        std::cout << "}}";
+        first = false;
+      } else {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%.2f s", seconds);
+        std::cout << path << "\t" << (out.empty() ? "-" : out) << "\t" << volume.shape[0] << "x" << volume.shape[1]
+                  << "x" << volume.shape[2] << "\t" << buf << "\t";
+        for (int64_t k = 1; k < classes; ++k) {
+          std::snprintf(buf, sizeof buf, "%.1f", static_cast<double>(count[static_cast<size_t>(k)]) * voxel_ml);
+          std::cout << (k > 1 ? " " : "") << label_of(model, static_cast<int>(k)) << "=" << buf << "mL";
+        }
+        std::cout << "\n";
+      }
+      std::cout.flush();
+    }
+    if (a.json) std::cout << "\n]\n";
+  } catch (...) {
+    for (const auto& p : written) std::remove(p.c_str());
+    throw;
+  }
+  return 0;
+}
+
 int cmd_predict(const Args& a) {
   medfm::ModelOptions opts;
   opts.intra_op_threads = a.threads;
   opts.inter_op_threads = 1;  // as the Python runtime: one graph at a time, parallel inside each operator
   const medfm::Model model = medfm::Model::load(a.model, opts);
   const bool dense = model.meta().task == medfm::Task::Segmentation;
+  if (model.meta().preprocess.is_volume()) {
+    if (!a.mask_dir.empty()) {
+      struct stat st {};
+      if (stat(a.mask_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        throw medfm::Error("--mask-dir " + a.mask_dir + " is not a folder; create it first");
+      }
+    }
+    return predict_volumes(a, model);
+  }
+  for (const auto& path : a.images) {
+    if (is_volume_file(path)) {
+      throw medfm::Error(path + " is a volume; " + a.model + " takes 2-D images (" +
+                         std::to_string(model.meta().preprocess.height) + "x" +
+                         std::to_string(model.meta().preprocess.width) + "): a volume needs a 3-D segmentation model");
+    }
+  }
   if (!dense && (!a.mask_out.empty() || !a.mask_dir.empty())) {
     throw medfm::Error(a.model + " is a " + medfm::task_name(model.meta().task) +
                        " model; --mask-out / --mask-dir need a segmentation model");
@@ -237,10 +381,11 @@ int cmd_latency(const Args& a) {
   opts.inter_op_threads = 1;  // as the Python runtime: one graph at a time, parallel inside each operator
   const medfm::Model model = medfm::Model::load(a.model, opts);
   const auto& pre = model.meta().preprocess;
-  const int batch = a.batch > 0 ? a.batch : 1;
+  const bool volumes = pre.is_volume();
+  const int batch = a.batch > 0 ? a.batch : (volumes ? a.sw_batch_size : 1);
   const bool end_to_end = !a.images.empty();
   const size_t per_image = static_cast<size_t>(pre.channels) * static_cast<size_t>(pre.height) *
-                           static_cast<size_t>(pre.width);
+                           static_cast<size_t>(pre.width) * static_cast<size_t>(volumes ? pre.depth : 1);
   // Engine-only input: fixed pseudo-random values in [-1, 1) (timing does not depend on them).
   std::vector<float> input(per_image * static_cast<size_t>(batch));
   uint32_t state = 12345u;
@@ -249,9 +394,19 @@ int cmd_latency(const Args& a) {
     v = static_cast<float>(state >> 8) / 8388608.0f - 1.0f;
   }
   size_t cursor = 0;
+  medfm::SlidingWindowOptions sw;
+  sw.overlap = a.overlap;
+  sw.sw_batch_size = a.sw_batch_size;
   auto one = [&]() {
     if (!end_to_end) {
-      model.run(input.data(), batch);
+      std::vector<int64_t> shape;
+      if (volumes) model.logits(input.data(), batch, shape);
+      else model.run(input.data(), batch);
+      return;
+    }
+    if (volumes) {  // one whole volume per iteration: read, resample, sliding windows, label map
+      const medfm::Volume v = medfm::read_volume(a.images[cursor++ % a.images.size()], pre.spacing);
+      medfm::segment_volume(model, v, sw);
       return;
     }
     std::vector<medfm::Image> images;
@@ -274,7 +429,8 @@ int cmd_latency(const Args& a) {
   mean /= static_cast<double>(ms.size());
   const double p50 = percentile(ms, 50), p90 = percentile(ms, 90), p99 = percentile(ms, 99);
   const double mn = *std::min_element(ms.begin(), ms.end()), mx = *std::max_element(ms.begin(), ms.end());
-  const double throughput = 1000.0 * batch / p50;
+  const int per_iteration = end_to_end && volumes ? 1 : batch;  // a whole volume per iteration end to end
+  const double throughput = 1000.0 * per_iteration / p50;
   const char* mode = end_to_end ? "end_to_end" : "engine";
   if (a.json) {
     std::cout << "{\"model\": " << json_string(a.model) << ", \"mode\": \"" << mode << "\", \"backend\": \"onnxruntime\""
@@ -282,7 +438,7 @@ int cmd_latency(const Args& a) {
               << ", \"threads\": " << a.threads << ", \"warmup\": " << a.warmup << ", \"iterations\": " << a.iterations
               << ", \"p50_ms\": " << num(p50) << ", \"p90_ms\": " << num(p90) << ", \"p99_ms\": " << num(p99)
               << ", \"mean_ms\": " << num(mean) << ", \"min_ms\": " << num(mn) << ", \"max_ms\": " << num(mx)
-              << ", \"per_image_p50_ms\": " << num(p50 / batch) << ", \"throughput_per_s\": " << num(throughput)
+              << ", \"per_image_p50_ms\": " << num(p50 / per_iteration) << ", \"throughput_per_s\": " << num(throughput)
               << ", \"samples_ms\": [";
     for (size_t i = 0; i < ms.size(); ++i) std::cout << (i ? ", " : "") << num(ms[i]);
     std::cout << "]}\n";
@@ -304,8 +460,13 @@ int cmd_info(const Args& a) {
             << "task         " << medfm::task_name(m.task) << "\n"
             << "labels       ";
   for (size_t i = 0; i < m.label_names.size(); ++i) std::cout << (i ? ", " : "") << m.label_names[i];
-  std::cout << "\ninput        " << m.preprocess.channels << "x" << m.preprocess.height << "x" << m.preprocess.width
-            << "\nmean / std   ";
+  std::cout << "\ninput        " << m.preprocess.channels << "x" << m.preprocess.height << "x" << m.preprocess.width;
+  if (m.preprocess.is_volume()) std::cout << "x" << m.preprocess.depth << " (a 3-D model: sliding windows of this size)";
+  if (!m.preprocess.spacing.empty()) {
+    std::cout << "\nspacing      " << num(m.preprocess.spacing[0]) << "," << num(m.preprocess.spacing[1]) << ","
+              << num(m.preprocess.spacing[2]) << " mm";
+  }
+  std::cout << "\nmean / std   ";
   for (size_t i = 0; i < m.preprocess.mean.size(); ++i) std::cout << (i ? "," : "") << num(m.preprocess.mean[i]);
   std::cout << " / ";
   for (size_t i = 0; i < m.preprocess.std.size(); ++i) std::cout << (i ? "," : "") << num(m.preprocess.std[i]);

@@ -12,7 +12,9 @@
 // one-line message; the library never aborts. Model::run / Model::predict are const and thread-safe.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -32,15 +34,20 @@ class Error : public std::runtime_error {
 // ---------------------------------------------------------------------------------------------------------
 // Metadata
 
-/// Mirrors Python's PreprocessSpec: raw image -> normalised NCHW float32.
+/// Mirrors Python's PreprocessSpec: raw image -> normalised NCHW float32, or (3-D models, `depth` > 0) raw volume
+/// -> normalised NCXYZ float32, where `medfm.input_size` "X,Y,Z" (the training patch, the sliding window's size)
+/// is read as height = X, width = Y, depth = Z.
 struct PreprocessSpec {
   int height = 0;
   int width = 0;
-  int channels = 0;                                 ///< 1 or 3
+  int depth = 0;                                    ///< volumes only: the window's Z size; 0 for 2-D models
+  std::vector<double> spacing;                      ///< volumes only, optional: voxel spacing (mm) of training
+  int channels = 0;                                 ///< 1 or 3 (volumes: 1)
   std::vector<float> mean;                          ///< one per channel, applied after scaling to [0, 1]
   std::vector<float> std;                           ///< one per channel, > 0
   std::optional<std::pair<double, double>> window;  ///< (low, high) intensity window on raw values
 
+  bool is_volume() const { return depth > 0; }
   /// Throws Error if the values break the rules Python's PreprocessSpec enforces.
   void validate(const std::string& source) const;
 };
@@ -168,8 +175,14 @@ class Model {
   /// The ONNX Runtime version actually loaded (the library, not the headers compiled against).
   static std::string runtime_version();
 
-  /// Engine only: `input` is an already preprocessed NCHW float32 batch of `batch` images.
+  /// Engine only: `input` is an already preprocessed NCHW float32 batch of `batch` images. 2-D models only (a
+  /// volume model's class maps are blended by segment_volume).
   Result run(const float* input, int64_t batch) const;
+  /// Engine only, any model: the first output as it comes (`shape` set to its shape), for a preprocessed batch
+  /// (NCHW, or NCXYZ for volume models).
+  std::vector<float> logits(const float* input, int64_t batch, std::vector<int64_t>& shape) const;
+  /// The batch size the model was exported with, or 0 when its batch axis is dynamic.
+  int64_t fixed_batch() const;
   /// Preprocess raw images with the model's metadata, then run them as one batch.
   Result predict(const std::vector<ImageView>& images) const;
 
@@ -179,5 +192,71 @@ class Model {
   ModelMeta meta_;
   std::unique_ptr<Backend> backend_;
 };
+
+// ---------------------------------------------------------------------------------------------------------
+// Volumes (3-D segmentation models; Python: medfm_compress.runtime.volumes and runtime.sliding_window)
+
+/// A volume as Python's runtime.volumes.Volume holds it: float32 intensities (HU for CT), C-ordered (X, Y, Z) in LPS
+/// voxel order (X toward the patient's left, Y posterior, Z superior) however the file stored it; `affine` maps
+/// (x, y, z) voxel indices of that array to NIfTI (RAS+) world mm, row-major 4x4.
+struct Volume {
+  std::array<int64_t, 3> shape{0, 0, 0};
+  std::vector<float> data;                 ///< shape[0] * shape[1] * shape[2] values, z fastest
+  std::array<double, 3> spacing{1.0, 1.0, 1.0};
+  std::array<double, 16> affine{};
+  std::string source;
+  bool from_nifti = false;                 ///< read from a NIfTI file: the fields below say how to write a mask back
+  std::array<int64_t, 3> source_shape{0, 0, 0};  ///< the file's own (i, j, k) shape
+  std::array<int, 3> source_axis{0, 1, 2};       ///< LPS axis a is the file's axis source_axis[a] ...
+  std::array<bool, 3> source_flip{};             ///< ... reversed when source_flip[a]
+  std::array<double, 16> source_affine{};        ///< the file's own voxel-to-RAS affine (nibabel's img.affine)
+};
+
+/// Reads a volume by its extension: .nii / .nii.gz (NIfTI-1, single file; any orientation, reoriented to LPS by
+/// its affine as nibabel's io_orientation does; scale slope/intercept applied; .nii.gz needs zlib,
+/// has_gzip_support()), or .npy ((X, Y, Z) int/uint/float, already LPS and on the model's grid: spacing
+/// `npy_spacing`, or 1 mm). NaN or infinite voxels are refused. Throws Error naming the file and the problem.
+Volume read_volume(const std::string& path, const std::vector<double>& npy_spacing = {});
+bool has_gzip_support();
+
+/// `shape` voxels of `spacing` mm resampled to `target` mm: the same extent, rounded half to even, at least 1.
+std::array<int64_t, 3> grid_shape(const std::array<int64_t, 3>& shape, const std::array<double, 3>& spacing,
+                                  const std::vector<double>& target);
+/// Linear resampling of an (X, Y, Z) volume to `out` (voxel centres to voxel centres, edges clamped), one axis at
+/// a time: the arithmetic of Python's runtime.volumes.resample_volume.
+std::vector<float> resample_volume(const std::vector<float>& data, const std::array<int64_t, 3>& shape,
+                                   const std::array<int64_t, 3>& out);
+/// Nearest-neighbour resampling of an (X, Y, Z) label map (Python's runtime.volumes.resample_labels).
+std::vector<uint16_t> resample_labels(const std::vector<uint16_t>& labels, const std::array<int64_t, 3>& shape,
+                                      const std::array<int64_t, 3>& out);
+
+/// Start indices of the sliding windows along an axis of `size` >= `roi` voxels (MONAI's dense_patch_slices).
+std::vector<int64_t> window_starts(int64_t size, int64_t roi, double overlap);
+/// The Gaussian importance map of a window (sigma 0.125 x the window per axis, peak 1, floor max(min, 1e-3)).
+std::vector<float> importance_map(const std::array<int64_t, 3>& roi, double sigma_scale = 0.125);
+
+struct SlidingWindowOptions {
+  double overlap = 0.25;   ///< in [0, 1)
+  int sw_batch_size = 4;   ///< windows per engine run (a model with a fixed batch runs its own)
+  /// Called after every batch of windows with (done, total).
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+/// The label map (X, Y, Z) of a raw volume already on the model's voxel grid: the model's preprocessing (HU window
+/// to [0, 1], mean/std), windows of its input size (a smaller volume padded with what air becomes), Gaussian
+/// blending, per-voxel argmax (first maximum). `num_classes` (optional) receives the class count.
+std::vector<uint16_t> segment_grid(const Model& model, const std::vector<float>& raw, const std::array<int64_t, 3>& shape,
+                                   const SlidingWindowOptions& options = {}, int64_t* num_classes = nullptr);
+
+/// A whole volume's label map on its own grid (LPS order, volume.shape): resampled to the model's spacing
+/// (medfm.spacing; linear), segment_grid, and the label map resampled back (nearest): Python's predict on volumes.
+std::vector<uint16_t> segment_volume(const Model& model, const Volume& volume, const SlidingWindowOptions& options = {},
+                                     int64_t* num_classes = nullptr);
+
+/// Writes a label map on `volume`'s grid atomically: .nii / .nii.gz (the input file's own voxel order and affine
+/// for a NIfTI input, else the LPS array with volume.affine; uint8, or uint16 above 255 classes; intent "label";
+/// `label_names` joined by ';' in descrip), or .npy ((X, Y, Z) uint8/uint16, in the same order as the .nii).
+void write_volume_mask(const std::string& path, const std::vector<uint16_t>& mask, const Volume& volume,
+                       const std::vector<std::string>& label_names = {});
 
 }  // namespace medfm
