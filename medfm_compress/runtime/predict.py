@@ -413,6 +413,19 @@ def _probe(engine) -> int:
     return int(y.shape[1])
 
 
+def _refuse_volumes(cfg, pre) -> None:
+    """A 2-D model named volumes (NIfTI, .inv3, a volume kind): one line saying a volume needs a 3-D model."""
+    from .predict_volume import VOLUME_INPUT_KINDS
+
+    for raw in cfg.inputs:
+        text = str(raw)
+        kind = text.partition(":")[0]
+        if kind in VOLUME_INPUT_KINDS or text.lower().endswith((".nii", ".nii.gz", ".inv3")):
+            size = "x".join(str(int(v)) for v in pre.input_size)
+            raise ConfigError(f"{text} is a volume; {cfg.model} takes 2-D images ({size}): a volume needs a 3-D "
+                              "segmentation model")
+
+
 def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = None) -> PredictResult:
     """Run ``cfg.model`` on every case and write ``predictions.csv``, ``predictions.json`` (and, for an embedding
     model, ``embeddings.npy``) into ``cfg.out``; see the module docstring.
@@ -446,6 +459,7 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
                 result.seconds = time.perf_counter() - t_start
                 return result
             if cases is None:
+                _refuse_volumes(cfg, pre)
                 cases = file_cases(cfg.inputs, window=pre.window, exclude=out)
             elif callable(cases):
                 cases = cases(meta)

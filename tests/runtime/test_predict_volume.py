@@ -91,6 +91,16 @@ def test_bad_volumes_stop_the_run_and_leave_nothing(tmp_path, model):
         predict(PredictConfig(model=str(model), inputs=(f"nifti:{tmp_path / 'a.nii.gz'}?crop=8,8,8",), out=str(out),
                               progress=False))
     assert not out.exists()
+    # A 2-D model given a volume: one line saying what it needs, not "not a readable image".
+    rng = np.random.default_rng(0)
+    flat = conv3d_seg_model(tmp_path / "seg2d.onnx", (rng.normal(0, 0.3, (6, 1, 3, 3)).astype(np.float32),
+                                                      rng.normal(0, 0.3, (4, 6, 3, 3)).astype(np.float32)),
+                            (np.zeros(6, np.float32), np.zeros(4, np.float32)), input_size=(16, 16))
+    for given in (str(tmp_path / "a.nii.gz"), f"inv3:{tmp_path / 'head.inv3'}"):
+        with pytest.raises(ConfigError, match=r"is a volume; .*seg2d.onnx takes 2-D images \(16x16\): a volume needs a "
+                                              r"3-D segmentation model"):
+            predict(PredictConfig(model=str(flat), inputs=(given,), out=str(out), progress=False))
+    assert not out.exists()
 
 
 def test_small_volume_is_padded(tmp_path, model):
