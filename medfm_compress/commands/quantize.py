@@ -48,7 +48,8 @@ from ._common import csv_option, foreign_model_options
     default=512,
     show_default=True,
     type=int,
-    help="Held-out images for the parity gate (val split first; at most the split's size).",
+    help="Held-out images for the parity gate (val split first; at most the split's size). A volume model at "
+    "this default is gated on 64 patches.",
 )
 @click.option(
     "--num-bins", default=2048, show_default=True, type=int, help="Histogram bins (percentile, entropy)."

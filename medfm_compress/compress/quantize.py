@@ -54,6 +54,8 @@ CALIBRATORS = ("minmax", "percentile", "entropy")
 # Seconds the recovery search may spend after the first model misses the gate (--search-budget): room for the
 # calibrator, weight-range and granularity variants and a latency-aware exclusion of a resnet18-class student.
 DEFAULT_SEARCH_BUDGET_S = 300.0
+# Held-out patches gating a volume model at the default --num-holdout (64 patches of 32^3 = 2.1 M voxels).
+VOLUME_NUM_HOLDOUT = 64
 # The options the recovery search varies when the user left them at their default (see QuantizeConfig.pinned).
 SEARCH_OPTIONS = ("calibrator", "percentile", "per_channel", "reduce_range", "auto_exclude")
 
@@ -72,7 +74,9 @@ class QuantizeConfig:
         calibrator: ``minmax`` | ``percentile`` | ``entropy``.
         num_calib: calibration images, drawn stratified by class.
         num_holdout: held-out images for the parity gate (val split first), at most the split's size. 512: a 99%
-            agreement measured on 256 images has a standard error of 0.6 pt, as wide as the gate's margin.
+            agreement measured on 256 images has a standard error of 0.6 pt, as wide as the gate's margin. A volume
+            model left at this default is gated on :data:`VOLUME_NUM_HOLDOUT` patches: each holds tens of thousands
+            of voxels, and 512 of them made the gate minutes long per candidate.
         num_bins: histogram bins of the percentile/entropy calibrators (ORT would silently use 128).
         percentile: percentile of the percentile calibrator.
         per_channel: per-channel weight scales.
@@ -475,6 +479,9 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
             cfg = dataclasses.replace(cfg, min_agreement=0.0,
                                       min_cosine=0.99 if cfg.min_cosine is None else cfg.min_cosine)
             log(f"embedding model: parity gate is cosine >= {cfg.min_cosine} on held-out crops")
+        if meta.preprocess.is_volume and cfg.num_holdout == QuantizeConfig.num_holdout:
+            cfg = dataclasses.replace(cfg, num_holdout=VOLUME_NUM_HOLDOUT)
+            log(f"volume model: parity gate on {VOLUME_NUM_HOLDOUT} held-out patches (--num-holdout to change)")
         if meta.task == "segmentation":
             log(f"segmentation model: parity gate is {gate_text(cfg, meta.task)} on held-out images")
         elif cfg.min_dice != QuantizeConfig.min_dice:

@@ -60,6 +60,15 @@ def test_volume_run_scores_whole_cases_and_exports_a_5d_student(tmp_path, monkey
 
     dims = [d.dim_value or d.dim_param for d in onnx.load(tmp_path / "s.onnx").graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [1, 16, 16, 16]
+    # Quantize at the default --num-holdout gates a volume model on 64 held-out patches (512 took minutes).
+    r = runner.invoke(cli, ["quantize", str(tmp_path / "s.onnx"), "--calib-data", VOL, "--num-calib", "8",
+                            "--min-dice", "0", "--min-agreement", "0", "--no-search", "--out",
+                            str(tmp_path / "s.int8.onnx")])
+    assert r.exit_code == 0, r.output
+    from medfm_compress.runtime.onnx_loader import read_meta
+
+    calib = read_meta(tmp_path / "s.int8.onnx").provenance["quantization"]["calibration"]
+    assert calib["num_holdout"] == 64 and "parity gate on 64 held-out patches" in r.output
     nib = pytest.importorskip("nibabel")
     nib.save(nib.Nifti1Image(task.split("test").images[0][::-1, ::-1].copy(), np.diag([5.5, 5.0, 5.0, 1.0])),
              tmp_path / "ct.nii.gz")
