@@ -45,10 +45,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from segmentation import sh  # noqa: E402  (benchmarks/segmentation.py: runs one CLI step, exits on failure)
-
-from medfm_compress._env import fingerprint  # noqa: E402
-from medfm_compress._io import atomic_write_json  # noqa: E402
+from segmentation import sh, write_figures  # noqa: E402  (benchmarks/segmentation.py: CLI steps, results)
 
 LABELS = ("background", "soft_tissue", "bone")
 SLABS, SLAB_Z = 6, 18
@@ -236,13 +233,8 @@ def main() -> None:
     if "voxel_agreement_with_python" in cpp_fig:
         targets += [("C++ mask = Python mask (fraction of voxels)", cpp_fig["voxel_agreement_with_python"],
                      ">= 0.999"), ("medfm-run predict wall (s)", cpp_fig["wall_s"], "(for reference)")]
-    for what, value, target in targets:
-        print(f"{what}: {value:.3f} (target {target})")
-    res = {"figures": figures, "targets": [{"figure": w, "value": v, "target": t} for w, v, t in targets],
-           "fingerprint": fingerprint(), "run": str(run), "data": data, "teacher_epochs": args.teacher_epochs,
-           "epochs": args.epochs}
-    atomic_write_json(REPO / "benchmarks" / "results" / "headct_3d.json", res)
-    print(f"wrote {REPO / 'benchmarks' / 'results' / 'headct_3d.json'}")
+    write_figures("headct_3d", figures, targets, run=str(run), data=data, teacher_epochs=args.teacher_epochs,
+                  epochs=args.epochs)
 
 
 if __name__ == "__main__":

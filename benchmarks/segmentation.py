@@ -56,6 +56,19 @@ def sh(args: list[str], what: str) -> str:
     return p.stdout + p.stderr
 
 
+def write_figures(name: str, figures: dict, targets: list[tuple[str, float, str]], **extra) -> Path:
+    """Print each figure beside its target and write ``benchmarks/results/<name>.json`` (figures, targets, this
+    machine's fingerprint and ``extra``)."""
+    for what, value, target in targets:
+        print(f"{what}: {value:.3f} (target {target})")
+    out = REPO / "benchmarks" / "results" / f"{name}.json"
+    atomic_write_json(out, {"figures": figures, "targets": [{"figure": w, "value": v, "target": t}
+                                                            for w, v, t in targets],
+                            "fingerprint": fingerprint(), **extra})
+    print(f"wrote {out}")
+    return out
+
+
 def end_to_end(model: Path, work: Path, n: int = 64, size: int = 512) -> dict:
     """Per-case seconds of read -> preprocess -> segment -> 512x512 mask PNG written, with the runtime's own code."""
     import numpy as np

@@ -17,7 +17,7 @@ Steps (a finished step's outputs are reused):
 
 Targets (issue 20): INT8 student vs fp32 teacher mean-Dice drop <= 1 point (upper 95% CI bound); INT8 and auto vs
 the fp32 student |delta| <= 0.6 points; auto's throughput >= 1.5x ORT fp32's at the sliding window's batch. The real
-head CT figures (Cranium.inv3 end to end <= 7 s) are not measured by this script yet.
+head CT figures (Cranium.inv3 end to end <= 7 s, teacher >= 20x slower, C++ masks) are benchmarks/headct_3d.py's.
 
 Writes benchmarks/results/segmentation_3d.json and prints each figure beside its target. Ratios only: the machine is
 noisy, absolute times are not comparable between runs.
@@ -33,10 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from segmentation import sh  # noqa: E402  (benchmarks/segmentation.py: runs one CLI step, exits on failure)
-
-from medfm_compress._env import fingerprint  # noqa: E402
-from medfm_compress._io import atomic_write_json  # noqa: E402
+from segmentation import sh, write_figures  # noqa: E402  (benchmarks/segmentation.py: CLI steps, results)
 
 
 def main() -> None:
@@ -124,15 +121,10 @@ def main() -> None:
         ("OpenVINO INT8 / ORT fp32 sliding-window throughput (batch 4, not shipped by auto unless it passes the gate)",
          figures["ov_int8_vs_ort_fp32_throughput_batch4"], "(for reference)"),
     ]
-    for what, value, target in targets:
-        print(f"{what}: {value:.3f} (target {target})")
     print(f"auto shipped {figures['auto_backend']} {figures['auto_precision']}; a volume end to end (s): "
           + ", ".join(f"{k} {v:.2f}" for k, v in figures["volume_end_to_end_s"].items()))
-    out = {"figures": figures, "targets": [{"figure": w, "value": v, "target": t} for w, v, t in targets],
-           "fingerprint": fingerprint(), "run": str(run), "data": data, "epochs": args.epochs,
-           "teacher_epochs": args.teacher_epochs}
-    atomic_write_json(REPO / "benchmarks" / "results" / "segmentation_3d.json", out)
-    print(f"wrote {REPO / 'benchmarks' / 'results' / 'segmentation_3d.json'}")
+    write_figures("segmentation_3d", figures, targets, run=str(run), data=data, epochs=args.epochs,
+                  teacher_epochs=args.teacher_epochs)
 
 
 if __name__ == "__main__":

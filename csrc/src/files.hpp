@@ -2,6 +2,7 @@
 // writes, file extensions, and the NumPy .npy header (format 1.x-3.x read, 1.0 written).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -34,5 +35,12 @@ NpyHeader parse_npy(const std::vector<unsigned char>& data, const std::function<
 
 /// The bytes of a version 1.0 .npy header for a C-ordered array (padded to a multiple of 64).
 std::string npy_header(const std::string& descr, const std::vector<int64_t>& shape);
+
+/// nifti.cpp: a NIfTI-1 file read into a Volume in LPS order (see read_volume).
+Volume read_nifti(const std::string& path);
+/// nifti.cpp: a C-ordered (i, j, k) label map written as NIfTI-1 with `affine` (sform, code aligned), atomically.
+void write_nifti_labels(const std::string& path, const std::vector<uint16_t>& labels,
+                        const std::array<int64_t, 3>& shape, const std::array<double, 16>& affine,
+                        const std::vector<std::string>& label_names);
 
 }  // namespace medfm::detail

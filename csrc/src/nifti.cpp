@@ -29,16 +29,6 @@ bool has_gzip_support() {
 #endif
 }
 
-namespace detail {
-
-// Declared in volume.cpp's use: read a NIfTI file into a Volume (LPS order).
-Volume read_nifti(const std::string& path);
-void write_nifti_labels(const std::string& path, const std::vector<uint16_t>& labels,
-                        const std::array<int64_t, 3>& shape, const std::array<double, 16>& affine,
-                        const std::vector<std::string>& label_names);
-
-}  // namespace detail
-
 namespace {
 
 constexpr size_t kHeaderSize = 348;

@@ -14,13 +14,6 @@
 
 namespace medfm {
 
-namespace detail {
-Volume read_nifti(const std::string& path);
-void write_nifti_labels(const std::string& path, const std::vector<uint16_t>& labels,
-                        const std::array<int64_t, 3>& shape, const std::array<double, 16>& affine,
-                        const std::vector<std::string>& label_names);
-}  // namespace detail
-
 namespace {
 
 using Shape = std::array<int64_t, 3>;
