@@ -446,8 +446,9 @@ int cmd_latency(const Args& a) {
     char buf[512];
     std::snprintf(buf, sizeof buf,
                   "%s  %s  batch %d  threads %d  %d iterations (%d warm-up)\n"
-                  "p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  mean %.3f ms  (%.1f images/s)\n",
-                  a.model.c_str(), mode, batch, a.threads, a.iterations, a.warmup, p50, p90, p99, mean, throughput);
+                  "p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  mean %.3f ms  (%.1f %s/s)\n",
+                  a.model.c_str(), mode, batch, a.threads, a.iterations, a.warmup, p50, p90, p99, mean, throughput,
+                  end_to_end && volumes ? "volumes" : volumes ? "windows" : "images");
     std::cout << buf;
   }
   return 0;

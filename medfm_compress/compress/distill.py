@@ -591,7 +591,8 @@ def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
     if task.task == "segmentation":
         from .distill_seg import check_dense_model
 
-        check_dense_model(teacher.model, adapt_batch(run.x_test[:1], run.student_pre, teacher_pre), task.num_classes,
+        # A training input: a volume's test cases are whole scans (windowed later), its patches what the net takes.
+        check_dense_model(teacher.model, adapt_batch(run.x_train[:1], run.student_pre, teacher_pre), task.num_classes,
                           f"teacher {teacher_arch}")
         return ResolvedTeacher(teacher, teacher_arch, teacher_pre, teacher_weights_path, {}, None)
     t_metrics, t_test_logits, _ = (

@@ -111,3 +111,13 @@ def test_a_network_too_deep_for_the_patch_is_refused_before_training(tmp_path, m
     with pytest.raises(ModelError, match=r"teacher monai:SwinUNETR\?feature_size=12 fails on a \(1, 1, 16, 16, 16\)"):
         distill(_cfg(tmp_path / "a", teacher="monai:SwinUNETR?feature_size=12"))
     assert not (tmp_path / "cache" / "teachers").exists() or not any((tmp_path / "cache" / "teachers").rglob("*.pt"))
+
+
+def test_whole_cases_need_not_fit_the_networks_stride(tmp_path, monkeypatch):
+    """Test cases of 34x30x22 voxels (not multiples of the U-Net's 4) are scored by windows of the patch: the teacher,
+    trained here and then loaded from the cache, is checked on a patch, not on a whole case."""
+    monkeypatch.setenv("MEDFM_CACHE_DIR", str(tmp_path / "cache"))
+    data = VOL.replace("shape=32,32,24", "shape=34,30,22")
+    for out in ("a", "b"):  # "b" reuses the cached teacher
+        res = distill(_cfg(tmp_path / out, data=data))
+        assert 0.0 <= res.metrics["teacher"]["mean_dice"] <= 1.0 and res.metrics["test_size"] == 2
