@@ -454,6 +454,14 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     target.check_config(cfg)
     if cfg.out and Path(cfg.out).resolve() == Path(cfg.input).resolve():
         raise ConfigError("--out must differ from the input model")
+    if cfg.out:
+        # The file type follows what the target writes (an ONNX model is not a TensorRT engine): cpu auto may also
+        # write an OpenVINO IR, which an .xml --out asks for.
+        allowed = {target.suffix} | ({".xml"} if cfg.target == "cpu" and cfg.precision == "auto" else set())
+        if Path(cfg.out).suffix.lower() not in allowed:
+            raise ConfigError(f"--out {cfg.out}: --target {cfg.target} writes {' or '.join(sorted(allowed))} "
+                              f"files; name it so" + (" (an engine is built from it by export --format tensorrt)"
+                                                      if cfg.target == "tensorrt" else ""))
 
     with tempfile.TemporaryDirectory(prefix="medfm-quant-") as tmp:
         workdir = Path(tmp)

@@ -516,6 +516,13 @@ def _(d):
     _onnx(d / "m.onnx")
 
 
+@case("quantize_out_names_another_file_type", ["quantize", "{d}/m.onnx", "--calib-data", TINY, "--target", "tensorrt",
+                                               "--precision", "fp16", "--out", "{d}/out/q.engine"],
+      "--target tensorrt writes .onnx files")
+def _(d):
+    _onnx(d / "m.onnx")
+
+
 @case("bench_unknown_backend", ["bench", "m={d}/m.onnx", "--backend", "tpu", "--data", TINY, "--out", "{d}/out"],
       "tpu")
 def _(d):
