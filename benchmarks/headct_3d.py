@@ -2,7 +2,7 @@
 SegResNet teacher on InVesalius' ``Cranium.inv3`` (a real 256x256x108 head CT), then the whole scan segmented end to
 end by the shipped student, by the teacher, and by the C++ runtime.
 
-    python benchmarks/headct_3d.py [--run runs/headct3d] [--teacher-epochs 4] [--epochs 10]
+    python benchmarks/headct_3d.py [--run runs/headct3d] [--teacher-epochs 12] [--epochs 10]
 
 The task (stated, since the scan has no manual labels): **head tissue classes from the scan's own Hounsfield units,
 cleaned** -- ``head`` = the largest connected component of voxels above -300 HU with its holes filled (sinuses and
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
@@ -118,16 +117,29 @@ def end_to_end(engine, path: Path, out: Path) -> np.ndarray:
     return arr
 
 
-def run_child(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
-    """(wall seconds, the child's own peak RSS in MB (wait4; kB on Linux), result) of a child process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+def run_child(cmd: list[str], workdir: Path) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds, the child's peak RSS in MB, result). The peak is the child's own VmHWM, polled every 10 ms once
+    it runs ``cmd`` (wait4's ru_maxrss would count the copy of this big process the child is forked as)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+", dir=workdir) as out, tempfile.TemporaryFile("w+", dir=workdir) as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        status, cmdline = Path(f"/proc/{proc.pid}/status"), Path(f"/proc/{proc.pid}/cmdline")
+        peak_kb = 0
+        while proc.poll() is None:
+            try:
+                if cmdline.read_bytes().split(b"\0")[0] == cmd[0].encode():  # exec'd: its own memory from here
+                    for line in status.read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            peak_kb = max(peak_kb, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        return wall, peak_kb / 1024, subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
 
 
 def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
@@ -139,7 +151,7 @@ def dice(a: np.ndarray, b: np.ndarray, k: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default="runs/headct3d")
-    ap.add_argument("--teacher-epochs", type=int, default=4)
+    ap.add_argument("--teacher-epochs", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--per-case", type=int, default=32)
     args = ap.parse_args()
@@ -188,7 +200,7 @@ def main() -> None:
         teacher_params = teacher.info.get("params")
     print(f"teacher: {teacher_s:.2f} s", flush=True)
     cli_s, cli_rss, proc = run_child([sys.executable, "-m", "medfm_compress", "predict", str(shipped), str(whole),
-                                      "--out", str(root / "predict"), "--threads", str(THREADS), "--quiet"])
+                                      "--out", str(root / "predict"), "--threads", str(THREADS), "--quiet"], root)
     if proc.returncode != 0:
         raise SystemExit(f"predict failed: {proc.stderr.strip()}")
     cli_mask = np.asarray(nib.load(root / "predict" / "masks" / "cranium.nii.gz").dataobj)
@@ -196,7 +208,7 @@ def main() -> None:
     cpp_fig = {"skipped": f"{cpp} is not built (make cpp)"}
     if cpp.is_file():
         cpp_s, cpp_rss, proc = run_child([str(cpp), "predict", str(shipped), str(whole), "--mask-out",
-                                          str(out / "cpp.nii.gz"), "--threads", str(THREADS)])
+                                          str(out / "cpp.nii.gz"), "--threads", str(THREADS)], root)
         if proc.returncode != 0:
             raise SystemExit(f"medfm-run failed: {proc.stderr.strip()}")
         cpp_mask = np.asarray(nib.load(out / "cpp.nii.gz").dataobj)
