@@ -340,6 +340,12 @@ void write_nifti_labels(const std::string& path, const std::vector<uint16_t>& la
   // `labels` is C-ordered (i, j, k) with k fastest; NIfTI stores i fastest.
   const size_t count = static_cast<size_t>(shape[0] * shape[1] * shape[2]);
   if (labels.size() != count) throw Error("cannot write mask " + path + ": it does not match the volume's grid");
+  for (int64_t n : shape) {
+    if (n < 1 || n > 32767) {
+      throw Error("cannot write mask " + path + ": NIfTI-1 holds at most 32767 voxels per axis, got " +
+                  std::to_string(n) + " (write a .npy mask)");
+    }
+  }
   bool wide = false;
   for (uint16_t v : labels) wide = wide || v > 255;
   std::string hdr(kHeaderSize + 4, '\0');

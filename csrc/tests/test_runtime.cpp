@@ -543,6 +543,10 @@ void test_volumes() {
       CHECK_NEAR(b.spacing[2], 3.0, 1e-6);
     }
     CHECK_ERROR(medfm::write_volume_mask(g_scratch + "/v.mask.pgm", mask, v), "name a .nii, .nii.gz or .npy");
+    medfm::Volume huge = v;
+    huge.shape = {40000, 1, 1};
+    CHECK_ERROR(medfm::write_volume_mask(g_scratch + "/huge.nii", std::vector<uint16_t>(40000), huge),
+                "at most 32767 voxels per axis");
     CHECK_ERROR(medfm::write_volume_mask(g_scratch + "/v.npy", std::vector<uint16_t>(3), v), "not on the grid");
     CHECK_ERROR(medfm::read_volume(g_scratch + "/missing.nii"), "no such file");
     CHECK_ERROR(medfm::read_volume(g_scratch + "/v.mask.pgm"), "use a .nii, .nii.gz or .npy");
