@@ -305,6 +305,10 @@ int cmd_predict(const Args& a) {
   const medfm::Model model = medfm::Model::load(a.model, opts);
   const bool dense = model.meta().task == medfm::Task::Segmentation;
   if (model.meta().preprocess.is_volume()) {
+    if (a.batch > 0) {
+      throw medfm::Error(a.model + " is a 3-D model: it runs a volume's windows --sw-batch-size at a time; --batch "
+                         "is for images");
+    }
     if (!a.mask_dir.empty()) {
       struct stat st {};
       if (stat(a.mask_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {

@@ -125,6 +125,7 @@ def test_volume_user_errors_one_line_exit_1_nothing_left(cpp_build, model, tmp_p
     ]
     two_d = Path(__file__).resolve().parents[2] / "csrc" / "tests" / "data" / "tiny_seg.onnx"
     cases.append((["predict", str(two_d), str(tmp_path / "good.nii.gz")], "a volume needs a 3-D segmentation model"))
+    cases.append((["predict", str(model), str(tmp_path / "good.nii.gz"), "--batch", "8"], "--sw-batch-size at a time"))
     for args, message in cases:
         proc = _run(cpp_build, *args)
         assert proc.returncode == 1, (args, proc.stderr)
