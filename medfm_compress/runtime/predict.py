@@ -458,8 +458,9 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
                 result = predict_volumes(cfg, engine, out)
                 result.seconds = time.perf_counter() - t_start
                 return result
-            if cases is None:
+            if cases is None or callable(cases):
                 _refuse_volumes(cfg, pre)
+            if cases is None:
                 cases = file_cases(cfg.inputs, window=pre.window, exclude=out)
             elif callable(cases):
                 cases = cases(meta)

@@ -100,6 +100,12 @@ def test_bad_volumes_stop_the_run_and_leave_nothing(tmp_path, model):
         with pytest.raises(ConfigError, match=r"is a volume; .*seg2d.onnx takes 2-D images \(16x16\): a volume needs a "
                                               r"3-D segmentation model"):
             predict(PredictConfig(model=str(flat), inputs=(given,), out=str(out), progress=False))
+    from click.testing import CliRunner
+
+    from medfm_compress.cli import cli
+
+    r = CliRunner().invoke(cli, ["predict", str(flat), str(tmp_path / "a.nii.gz"), "--out", str(out)])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1].endswith("a volume needs a 3-D segmentation model")
     assert not out.exists()
 
 
