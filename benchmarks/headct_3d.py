@@ -102,16 +102,10 @@ def write_dataset(root: Path, cranium: Path) -> tuple[Path, Path]:
 
 def end_to_end(engine, path: Path, out: Path) -> np.ndarray:
     """What ``predict`` does with a volume, in this process: read, resample, sliding window, mask back, written."""
-    from medfm_compress.runtime.sliding_window import segment_volume
+    from medfm_compress.runtime.predict_volume import segment_file
     from medfm_compress.runtime.volume_masks import write_nifti_mask
-    from medfm_compress.runtime.volumes import read_nifti, resample_labels, resample_to_spacing
 
-    pre = engine.meta.preprocess
-    vol = read_nifti(path)
-    grid = resample_to_spacing(vol, pre.spacing) if pre.spacing else vol
-    mask = segment_volume(engine, grid.hu, overlap=0.25, sw_batch_size=4)
-    if grid is not vol:
-        mask = resample_labels(mask, vol.shape)
+    vol, mask = segment_file(engine, "nifti", path, overlap=0.25, sw_batch_size=4)
     arr, affine = vol.to_source_order(mask)
     write_nifti_mask(arr, affine, out, list(engine.meta.label_names))
     return arr

@@ -80,10 +80,13 @@ struct Reader {
   }
 };
 
+double determinant(const Mat3& m) {
+  return m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
+         m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+}
+
 Mat3 inverse(const Mat3& m) {
-  const double det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) -
-                     m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
-                     m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
+  const double det = determinant(m);
   Mat3 r{};
   r[0][0] = (m[1][1] * m[2][2] - m[1][2] * m[2][1]) / det;
   r[0][1] = (m[0][2] * m[2][1] - m[0][1] * m[2][2]) / det;
@@ -288,9 +291,7 @@ Volume read_nifti(const std::string& path) {
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < 3; ++j) m[i][j] = v.source_affine[static_cast<size_t>(i * 4 + j)];
   }
-  const double det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0]) +
-                     m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
-  if (std::fabs(det) < 1e-12) throw Error(path + ": its affine is not a finite invertible matrix; fix the header (qform/sform)");
+  if (std::fabs(determinant(m)) < 1e-12) throw Error(path + ": its affine is not a finite invertible matrix; fix the header (qform/sform)");
   std::array<int, 3> world{}, sign{};
   io_orientation(v.source_affine, world, sign);
   // LPS: world axis 0 (R) and 1 (A) are wanted reversed, axis 2 (S) as it is.

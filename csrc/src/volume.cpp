@@ -385,11 +385,7 @@ std::vector<uint16_t> segment_grid(const Model& model, const std::vector<float>&
 
 std::vector<uint16_t> segment_volume(const Model& model, const Volume& volume, const SlidingWindowOptions& options,
                                      int64_t* num_classes) {
-  const PreprocessSpec& pre = model.meta().preprocess;
-  if (!pre.is_volume()) {
-    throw Error(model.path() + " takes 2-D images (" + std::to_string(pre.height) + "x" + std::to_string(pre.width) +
-                "); a volume needs a 3-D segmentation model (input X,Y,Z)");
-  }
+  const PreprocessSpec& pre = model.meta().preprocess;  // segment_grid refuses a 2-D model
   if (pre.spacing.empty()) return segment_grid(model, volume.data, volume.shape, options, num_classes);
   const Shape grid = grid_shape(volume.shape, volume.spacing, pre.spacing);
   if (grid == volume.shape) return segment_grid(model, volume.data, volume.shape, options, num_classes);

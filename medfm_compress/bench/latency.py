@@ -186,15 +186,13 @@ def measure_volume_end_to_end(engine, volumes: np.ndarray, shapes, spacing, sw_b
     import tempfile
     from pathlib import Path
 
-    from ..runtime.sliding_window import segment_volume
+    from ..runtime.predict_volume import segment_file
     from ..runtime.volume_masks import write_nifti_mask
-    from ..runtime.volumes import read_nifti, resample_labels, resample_to_spacing
 
     try:
         import nibabel as nib
     except ImportError:
         return {"skipped": "needs nibabel (the [nifti] extra) to write and read the volumes"}
-    pre = engine.meta.preprocess
     with tempfile.TemporaryDirectory(prefix="medfm-e2e-") as tmp:
         files = []
         for i, shape in enumerate(list(shapes)[:4]):
@@ -205,11 +203,7 @@ def measure_volume_end_to_end(engine, volumes: np.ndarray, shapes, spacing, sw_b
             files.append(path)
 
         def one(i: int) -> None:
-            vol = read_nifti(files[i % len(files)])
-            grid = resample_to_spacing(vol, pre.spacing) if pre.spacing else vol
-            mask = segment_volume(engine, grid.hu, overlap=overlap, sw_batch_size=sw_batch_size)
-            if grid is not vol:
-                mask = resample_labels(mask, vol.shape)
+            vol, mask = segment_file(engine, "nifti", files[i % len(files)], overlap, sw_batch_size)
             arr, affine = vol.to_source_order(mask)
             write_nifti_mask(arr, affine, Path(tmp) / "mask.nii.gz")
 

@@ -415,12 +415,12 @@ def _probe(engine) -> int:
 
 def _refuse_volumes(cfg, pre) -> None:
     """A 2-D model named volumes (NIfTI, .inv3, a volume kind): one line saying a volume needs a 3-D model."""
-    from .predict_volume import VOLUME_INPUT_KINDS
+    from .predict_volume import VOLUME_INPUT_KINDS, VOLUME_SUFFIXES
 
     for raw in cfg.inputs:
         text = str(raw)
         kind = text.partition(":")[0]
-        if kind in VOLUME_INPUT_KINDS or text.lower().endswith((".nii", ".nii.gz", ".inv3")):
+        if kind in VOLUME_INPUT_KINDS or text.lower().endswith(VOLUME_SUFFIXES):
             size = "x".join(str(int(v)) for v in pre.input_size)
             raise ConfigError(f"{text} is a volume; {cfg.model} takes 2-D images ({size}): a volume needs a 3-D "
                               "segmentation model")

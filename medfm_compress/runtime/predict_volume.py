@@ -33,14 +33,16 @@ import numpy as np
 from .._io import atomic_write_json, atomic_write_text, ensure_dir
 from ..errors import ConfigError, DataError
 
-__all__ = ["volume_inputs", "predict_volumes", "VOLUME_INPUT_KINDS"]
+__all__ = ["volume_inputs", "predict_volumes", "segment_file", "VOLUME_INPUT_KINDS", "VOLUME_SUFFIXES"]
 
 VOLUME_INPUT_KINDS = ("nifti", "dicom-series", "inv3")
+# File names that are volumes whatever model is given them (a 2-D model refuses them in one line).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".inv3")
 
 
 def _name(path: Path) -> str:
     n = path.name
-    for suffix in (".nii.gz", ".nii", ".inv3"):
+    for suffix in VOLUME_SUFFIXES:
         if n.endswith(suffix):
             return n[: -len(suffix)]
     return n
@@ -92,17 +94,29 @@ def volume_inputs(inputs) -> list[tuple[str, str, Path]]:
     return found
 
 
-def _segment(engine, name: str, kind: str, path: Path, cfg) -> tuple[Any, np.ndarray, float]:
-    """Read, resample, segment (a progress bar over the windows once the volume is read), and the mask back."""
-    from tqdm import tqdm
-
+def segment_file(engine, kind: str, path: str | Path, overlap: float = 0.25, sw_batch_size: int = 4,
+                 progress=None) -> tuple[Any, np.ndarray]:
+    """``(volume, mask)``: the volume at ``path`` (a :data:`VOLUME_INPUT_KINDS` kind) read, resampled to the model's
+    spacing, segmented by sliding windows, and its label map put back on the volume's own grid (LPS order; see
+    :meth:`~medfm_compress.runtime.volumes.Volume.to_source_order` for the file's). ``progress(done, total)`` is
+    called over the windows once the volume is read."""
     from .sliding_window import segment_volume
     from .volumes import read_volume, resample_labels, resample_to_spacing
 
-    t0 = time.perf_counter()
     volume = read_volume(kind, path)
     pre = engine.meta.preprocess
     grid = resample_to_spacing(volume, pre.spacing) if pre.spacing else volume
+    mask = segment_volume(engine, grid.hu, overlap=overlap, sw_batch_size=sw_batch_size, progress=progress)
+    if grid is not volume:
+        mask = resample_labels(mask, volume.shape)
+    return volume, mask
+
+
+def _segment(engine, name: str, kind: str, path: Path, cfg) -> tuple[Any, np.ndarray, float]:
+    """:func:`segment_file` with a progress bar over the windows, and when it started."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
     with tqdm(total=1, disable=not cfg.progress, file=sys.stderr, unit="window", desc=f"predict {name}",
               dynamic_ncols=True) as bar:
 
@@ -111,10 +125,7 @@ def _segment(engine, name: str, kind: str, path: Path, cfg) -> tuple[Any, np.nda
             bar.n = done
             bar.refresh()
 
-        mask = segment_volume(engine, grid.hu, overlap=cfg.sw_overlap, sw_batch_size=cfg.sw_batch_size,
-                              progress=progress)
-    if grid is not volume:
-        mask = resample_labels(mask, volume.shape)
+        volume, mask = segment_file(engine, kind, path, cfg.sw_overlap, cfg.sw_batch_size, progress)
     return volume, mask, t0
 
 
