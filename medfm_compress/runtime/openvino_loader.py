@@ -40,7 +40,8 @@ def require_openvino():
 
         return openvino
     except ImportError as e:
-        raise BackendMissingError("openvino", "openvino", detail=f"import openvino failed: {e}") from None
+        # Running an IR needs only the runtime; making one (NNCF) asks for [openvino] in compress.quantize_openvino.
+        raise BackendMissingError("openvino", "openvino-runtime", detail=f"import openvino failed: {e}") from None
 
 
 _CORE = None
@@ -63,9 +64,12 @@ def ov_meta_props(ov_model) -> dict[str, str]:
     return props
 
 
-# The keys encode_metadata writes (derived once so that the two never drift apart).
+# The keys encode_metadata writes (derived once so that the two never drift apart). The probe sets every optional
+# field (a volume model's window and spacing): a key written only when set would otherwise never be read back, and
+# an IR of a 3-D model would lose its voxel spacing (predict would then segment a scan on the wrong grid).
 def _meta_keys() -> tuple[str, ...]:
-    probe = ModelMeta(PreprocessSpec(input_size=(1, 1), channels=1, mean=(0.0,), std=(1.0,)), "multiclass", [])
+    probe = ModelMeta(PreprocessSpec(input_size=(1, 1, 1), channels=1, mean=(0.0,), std=(1.0,), window=(0.0, 1.0),
+                                     spacing=(1.0, 1.0, 1.0)), "segmentation", [])
     return tuple(encode_metadata(probe))
 
 

@@ -188,3 +188,25 @@ def test_export_cli_format_openvino(ir, tmp_path):
     r = CliRunner().invoke(cli, ["export", str(onnx_path), "--format", "openvino", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["path"] == str(out) and out.with_suffix(".bin").is_file()
+
+
+def test_every_metadata_key_survives_an_ir(ir, tmp_path):
+    """A volume model's window and spacing come back from an IR's rt_info like every other key (spacing was once
+    written but never read back, so predict segmented a scan on the wrong grid with an OpenVINO artifact)."""
+    import dataclasses
+
+    from medfm_compress.export import openvino as ovx
+    from medfm_compress.runtime.metadata import encode_metadata
+    from medfm_compress.runtime.onnx_loader import read_meta
+    from medfm_compress.runtime.openvino_loader import load_ir_checked
+
+    _, res = ir
+    meta = read_meta(res.path)
+    pre = dataclasses.replace(meta.preprocess, input_size=(32, 32, 8), window=(-1000.0, 1000.0), spacing=(2.0, 2.0, 1.5))
+    meta = dataclasses.replace(meta, preprocess=pre)
+    model = load_ir_checked(res.path)
+    ovx.set_ov_meta(model, meta)
+    out = ovx.save_ir(model, tmp_path / "vol.xml")
+    got = read_meta(out)
+    assert got.preprocess.spacing == (2.0, 2.0, 1.5) and got.preprocess.window == (-1000.0, 1000.0)
+    assert encode_metadata(got) == encode_metadata(meta)
