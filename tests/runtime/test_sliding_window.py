@@ -66,3 +66,36 @@ def test_bad_arguments_and_bad_models_say_so():
         sliding_window(x, (8, 8), ok, mode="median")
     with pytest.raises(ModelError, match="window's size"):
         sliding_window(x, (8, 8), lambda b: np.zeros((len(b), 2, 4, 4), np.float32))
+
+
+def test_class_argmax_is_argmax_with_first_class_on_ties():
+    from medfm_compress.runtime.sliding_window import class_argmax
+
+    rng = np.random.default_rng(0)
+    for maps in (rng.standard_normal((5, 9, 7, 4)).astype(np.float32),
+                 np.round(rng.standard_normal((4, 6, 5)) * 2),  # many ties
+                 rng.standard_normal((1, 3, 3)).astype(np.float32),
+                 rng.standard_normal((2, 11)).astype(np.float16)):
+        got = class_argmax(maps)
+        assert got.dtype == np.uint8 and got.shape == maps.shape[1:]
+        np.testing.assert_array_equal(got, maps.argmax(0))
+    with pytest.raises(ModelError, match="at most 256 classes"):
+        class_argmax(np.zeros((257, 2), np.float32))
+
+
+def test_unnormalized_blend_has_the_normalized_argmax():
+    """segment_volume skips dividing by the per-voxel weight: a positive factor, so the labels are the same."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 1, 40, 37, 21)).astype(np.float32)
+    w = rng.standard_normal((3, 1, 1, 1, 1)).astype(np.float32)
+
+    def run(b):
+        return (b * w[None, :, 0]).astype(np.float32) + rng.standard_normal((len(b), 3, *b.shape[2:])).astype(
+            np.float32)
+
+    rng_state = rng.bit_generator.state
+    normalized = sliding_window(x, (16, 16, 8), run, overlap=0.25)
+    rng.bit_generator.state = rng_state
+    raw = sliding_window(x, (16, 16, 8), run, overlap=0.25, normalize=False)
+    assert not np.allclose(raw, normalized)
+    np.testing.assert_array_equal(raw.argmax(1), normalized.argmax(1))
