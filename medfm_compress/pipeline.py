@@ -16,7 +16,9 @@ Recipe keys (see ``recipes/*.yaml``)::
     distill: {...}            # DistillConfig fields (not data/out/seed); with a volume teacher (teacher: astra-ct)
                               # VolumeDistillConfig fields: the run has no teacher artifact to bench
     export: {...}             # ExportConfig fields (not source/out); null skips export and everything after
-    quantize: [{name, ...}]   # QuantizeConfig fields per variant (not input/out); calib_data defaults to data
+    quantize: [{name, ...}]   # QuantizeConfig fields per variant (not input/out); calib_data defaults to data;
+                              # a target: cpu, precision: auto variant may set format: onnx (default) | openvino |
+                              # any (ONNX Runtime and OpenVINO candidates compete: student.<name>.onnx or .xml)
     tensorrt: [{name, source, ...}]  # TensorRTConfig fields per engine; source: 'fp32' or a quantize variant
     bench: {...}              # BenchConfig fields (not artifacts/data/out); null skips the benchmark
 """
@@ -122,7 +124,9 @@ DEMO_SEG3D_RECIPE: dict[str, Any] = {
     "distill": {"teacher_epochs": 4, "epochs": 10, "augment": False},
     "export": {"opset": 17},
     "quantize": [
-        {"name": "auto", "target": "cpu", "precision": "auto", "num_calib": 64, "num_holdout": 64},
+        # format: any: ONNX Runtime and OpenVINO (fp32, int8, bf16 where the CPU has it) compete; the winner is
+        # written as student.auto.onnx or student.auto.xml.
+        {"name": "auto", "target": "cpu", "precision": "auto", "format": "any", "num_calib": 64, "num_holdout": 64},
     ],
     "bench": {"reference": "teacher", "batch_sizes": [1, 4], "iterations": 20, "warmup": 3, "threads": 1,
               "sw_batch_size": 4, "max_dice_drop": 1.0, "min_speedup": 10.0, "gate_on": ["student-auto"]},
@@ -194,6 +198,7 @@ def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: boo
     raw = dict(raw)
     name = None
     source = None
+    fmt = raw.pop("format", None) if stage == "quantize" else None
     if named:
         name = raw.pop("name", None)
         if not isinstance(name, str) or not name or not name.replace("-", "").replace("_", "").isalnum():
@@ -208,12 +213,31 @@ def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: boo
         if key in owned:
             raise ConfigError(f"{where}.{key} is set by the pipeline; remove it from the recipe")
         if key not in valid:
-            raise _unknown(key, valid + (["name"] if named else []) + (["source"] if stage == "tensorrt" else []), where)
+            raise _unknown(key, valid + (["name"] if named else []) + (["source"] if stage == "tensorrt" else [])
+                           + (["format"] if stage == "quantize" else []), where)
     cfg = config_from_dict(cls, {**extra, **raw}, where)
+    if fmt is not None:
+        if fmt not in VARIANT_FORMATS:
+            raise ConfigError(f"{where}.format must be one of {', '.join(VARIANT_FORMATS)}, got {fmt!r}")
+        if (cfg.target, cfg.precision) != ("cpu", "auto"):
+            raise ConfigError(f"{where}.format chooses the engines of a target: cpu, precision: auto variant; "
+                              f"target {cfg.target} with precision {cfg.precision} writes "
+                              f"{_config_target_suffix(cfg.target)} files: remove format")
     out = {k: v for k, v in config_to_dict(cfg).items() if k not in owned}
     if named:
-        out = {"name": name, **({"source": source} if stage == "tensorrt" else {}), **out}
+        out = {"name": name, **({"source": source} if stage == "tensorrt" else {}),
+               **({"format": fmt} if fmt is not None else {}), **out}
     return out
+
+
+# What a cpu auto variant may write: an ONNX model (ONNX Runtime candidates), an OpenVINO IR, or whichever wins.
+VARIANT_FORMATS = ("onnx", "openvino", "any")
+
+
+def _config_target_suffix(target: str) -> str:
+    from .compress.quantize import get_target
+
+    return get_target(target).suffix
 
 
 def _check_variant(variant: dict[str, Any], source: str, where: str) -> None:
@@ -222,8 +246,8 @@ def _check_variant(variant: dict[str, Any], source: str, where: str) -> None:
     from .compress.quantize import QuantizeConfig, get_target
     from .config import config_from_dict
 
-    cfg = config_from_dict(QuantizeConfig, {**{k: v for k, v in variant.items() if k != "name"}, "input": source},
-                           where)
+    cfg = config_from_dict(QuantizeConfig, {**{k: v for k, v in variant.items() if k not in ("name", "format")},
+                                            "input": source}, where)
     try:
         get_target(cfg.target).check_config(cfg)
     except ConfigError as e:
@@ -268,14 +292,14 @@ def resolve_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     if dup:
         raise ConfigError(f"{where}: quantize variant names must be unique (repeated: {', '.join(sorted(dup))})")
     qnames = {v["name"] for v in quantize}
-    onnx_variants = {v["name"] for v in quantize if v["target"] != "openvino"}
+    onnx_variants = {v["name"] for v in quantize if v["target"] != "openvino" and v.get("format", "onnx") == "onnx"}
     for e in tensorrt:
         if e["source"] != "fp32" and e["source"] not in qnames:
             raise ConfigError(f"{where}.tensorrt '{e['name']}': source '{e['source']}' is neither 'fp32' nor a quantize "
                               f"variant ({', '.join(sorted(qnames)) or 'none defined'})")
         if e["source"] != "fp32" and e["source"] not in onnx_variants:
-            raise ConfigError(f"{where}.tensorrt '{e['name']}': source '{e['source']}' is an OpenVINO IR; TensorRT "
-                              "builds from ONNX: use 'fp32' or a tensorrt/cpu quantize variant")
+            raise ConfigError(f"{where}.tensorrt '{e['name']}': source '{e['source']}' is (or may be) an OpenVINO IR; "
+                              "TensorRT builds from ONNX: use 'fp32' or a tensorrt/cpu quantize variant without format")
     if (quantize or tensorrt) and export is None:
         raise ConfigError(f"{where}: quantize/tensorrt need the exported ONNX; do not set export: null")
     bench = None
@@ -404,11 +428,20 @@ def _gpu_available() -> bool:
         return False
 
 
-def _variant_path(run_dir: Path, variant: dict[str, Any]) -> Path:
-    """Where a quantize variant's model goes: the file type its target writes (.onnx, or .xml for openvino)."""
-    from .compress.quantize import get_target
+def _variant_stem(run_dir: Path, variant: dict[str, Any]) -> Path:
+    return run_dir / f"student.{variant['name']}"
 
-    return run_dir / f"student.{variant['name']}{get_target(variant['target']).suffix}"
+
+def _variant_path(run_dir: Path, variant: dict[str, Any]) -> Path:
+    """Where a quantize variant's model goes: the file type its target writes (.onnx, or .xml for openvino). A
+    ``format: any`` variant writes the winner's type, so its path is the file its stage wrote (``.onnx`` before)."""
+    stem = _variant_stem(run_dir, variant)
+    fmt = variant.get("format")
+    if fmt == "any":
+        xml = stem.with_name(stem.name + ".xml")
+        return xml if xml.is_file() else stem.with_name(stem.name + ".onnx")
+    suffix = ".xml" if fmt == "openvino" else _config_target_suffix(variant["target"])
+    return stem.with_name(stem.name + suffix)
 
 
 def _batch_artifacts(run_dir: Path, variant: dict[str, Any]) -> list[tuple[str, str]]:
@@ -439,7 +472,7 @@ def _stage_config(spec: StageSpec, recipe: Recipe, **owned: Any):
         from .compress.distill_volume import VolumeDistillConfig
 
         cls = VolumeDistillConfig
-    cfg_dict = {k: v for k, v in spec.config.items() if k not in ("name", "source")}
+    cfg_dict = {k: v for k, v in spec.config.items() if k not in ("name", "source", "format")}
     return config_from_dict(cls, {**cfg_dict, **owned}, spec.id)
 
 
@@ -466,8 +499,18 @@ def _run_quantize(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool
     from .compress.quantize import quantize
 
     src = str(run_dir) if spec.config.get("method") == "qat" else str(spec.reads[0])
-    return quantize(_stage_config(spec, recipe, input=src, out=str(spec.writes["model"]), progress=progress,
-                                  force=force))
+    any_engine = spec.config.get("format") == "any"
+    # format: any gives quantize a stem, which the winner's suffix completes (.onnx or .xml).
+    out = _variant_stem(run_dir, spec.config) if any_engine else spec.writes["model"]
+    res = quantize(_stage_config(spec, recipe, input=src, out=str(out), progress=progress, force=force))
+    if any_engine:
+        # The other kind's file from an earlier run would be taken for this variant's model: it goes.
+        keep = {res.path, *([res.path.with_suffix(".bin")] if res.path.suffix == ".xml" else [])}
+        for suffix in (".onnx", ".xml", ".bin"):
+            stale = out.with_name(out.name + suffix)
+            if stale not in keep and stale.is_file():
+                stale.unlink()
+    return res
 
 
 def _run_tensorrt(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
@@ -625,6 +668,9 @@ def run_pipeline(recipe: Recipe, from_stage: str | None = None, only: str | None
         atomic_write_json(state_path, state)
         t_stage = time.time()
         out = _run_stage(spec, recipe, run_dir, progress, engines, force)
+        # What a stage wrote can decide later paths (a format: any variant's .onnx or .xml): plan again.
+        plan = _plan(recipe, run_dir)
+        spec = plan[i]
         if spec.kind == "tensorrt":
             engines[spec.id.split(":", 1)[1]] = spec.writes["engine"]
         if spec.kind == "bench":

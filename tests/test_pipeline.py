@@ -89,6 +89,12 @@ def test_print_config_reproduces_the_run(tmp_path):
         (lambda r: r["distill"].update(out="x"), "set by the pipeline"),
         (lambda r: r["tensorrt"][0].update(source="nope"), "neither 'fp32' nor a quantize variant"),
         (lambda r: r.update(version=7), "version"),
+        (lambda r: r["quantize"][0].update(format="any"), "format chooses the engines of a target: cpu, precision: "
+                                                          "auto variant; target cpu with precision int8 writes .onnx"),
+        (lambda r: r["quantize"][0].update(precision="auto", format="tflite"), "format must be one of onnx, openvino, "
+                                                                                "any"),
+        (lambda r: (r["quantize"][0].update(precision="auto", format="any"),
+                    r["tensorrt"][0].update(source="int8")), "is \\(or may be\\) an OpenVINO IR"),
     ],
 )
 def test_recipe_errors_name_the_key(tmp_path, mutate, message):
@@ -343,10 +349,29 @@ def test_segmentation_3d_demo_runs_the_chain_on_volumes(tmp_path, monkeypatch):
     for q in raw["quantize"]:
         q.update(num_calib=8, num_holdout=8, min_agreement=0.0, min_dice=0.0)
     monkeypatch.setitem(pipeline.DEMO_RECIPES, "segmentation-3d", raw)
-    r = CliRunner().invoke(cli, ["demo", "--task", "segmentation-3d", "--quiet", "--out", str(tmp_path / "run")])
+    # format: any writes the winner as .onnx or .xml; files of either kind left by an earlier run must not survive
+    # beside it (they would be taken for the variant's model).
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("student.auto.onnx", "student.auto.xml", "student.auto.bin"):
+        (run / name).write_bytes(b"stale")
+    r = CliRunner().invoke(cli, ["demo", "--task", "segmentation-3d", "--quiet", "--out", str(run)])
     assert r.exit_code == 0, r.output
+    written = sorted(p.name for p in run.glob("student.auto.*"))
+    assert written in (["student.auto.onnx"], ["student.auto.bin", "student.auto.xml"]), written
+    assert all((run / n).read_bytes() != b"stale" for n in written)
+    engine = "openvino" if written[-1].endswith(".xml") else "onnxruntime"
+    from medfm_compress.runtime.onnx_loader import read_meta
+
+    shipped = read_meta(run / written[-1])
+    if shipped.precision == "bf16":  # CPUs with bf16: the IR's ConvTransposes were made sub-pixel convolutions
+        import onnx
+
+        n_up = sum(nd.op_type == "ConvTranspose" for nd in onnx.load(str(run / "student.onnx")).graph.node)
+        assert n_up > 0
+        assert shipped.provenance["quantization"]["graph_rewrites"] == {"conv_transpose_as_subpixel_conv": n_up}
     tail = r.output[r.output.index("Demo summary"):]
-    assert "student-auto (onnxruntime " in tail and "vs teacher (torch fp32):" in tail
+    assert f"student-auto ({engine} " in tail and "vs teacher (torch fp32):" in tail
     assert "a whole volume end to end (read, resample, sliding window, mask written)" in tail
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     assert "End-to-end per volume" in md and "HD95 mm" in md

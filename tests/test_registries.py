@@ -88,7 +88,7 @@ def test_recipe_refuses_a_variant_its_target_cannot_run_before_any_stage(tmp_pat
                                               "calibrator": "entropy"}]})
     with pytest.raises(ConfigError, match="--target openvino supports --precision"):
         resolve_recipe({**base, "quantize": [{"name": "o", "target": "openvino", "precision": "int8-dynamic"}]})
-    with pytest.raises(ConfigError, match="is an OpenVINO IR; TensorRT builds from ONNX"):
+    with pytest.raises(ConfigError, match="an OpenVINO IR; TensorRT builds from ONNX"):
         resolve_recipe({**base, "quantize": [{"name": "o", "target": "openvino", "precision": "int8"}],
                         "tensorrt": [{"name": "e", "source": "o", "precision": "int8"}]})
     assert not (tmp_path / "r").exists()

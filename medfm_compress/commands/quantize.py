@@ -17,7 +17,8 @@ from ._common import csv_option, foreign_model_options
     default=None,
     type=click.Path(dir_okay=False),
     help="Output ONNX, or .xml for an OpenVINO IR (default: next to the input, <name>.<precision>.onnx|.xml; "
-    "with --precision auto the suffix limits the candidates to that kind).",
+    "with --precision auto an .onnx/.xml suffix limits the candidates to that kind, and a name with neither is a "
+    "stem the winner's suffix completes, e.g. student.auto -> student.auto.xml).",
 )
 @click.option("--calib-data", default=None, help="Calibration data spec (folder:DIR needs no labels.csv).")
 @click.option(

@@ -37,6 +37,7 @@ from .quantize import (
     fidelity_key,
     gate_passes,
     gate_text,
+    out_is_stem,
     parity_columns,
     parity_report,
 )
@@ -139,12 +140,14 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
             if qm is not None:
                 candidates[row["precision"]] = qm
     _time_interleaved(ctx, table, candidates, batch_sizes)
-    # --out fixes the artifact kind: an .xml keeps only IR candidates, an .onnx only ONNX ones (at every batch size).
-    want_ir = bool(cfg.out) and str(cfg.out).lower().endswith(".xml")
+    # --out fixes the artifact kind: an .xml keeps only IR candidates, an .onnx only ONNX ones (at every batch size);
+    # a stem (no such suffix) keeps both.
+    fixed = bool(cfg.out) and not out_is_stem(cfg)
+    want_ir = fixed and str(cfg.out).lower().endswith(".xml")
     passing = [
         r
         for r in table
-        if r["passes"] and "latency_ms" in r and (not cfg.out or (r["engine"] == "openvino") == want_ir)
+        if r["passes"] and "latency_ms" in r and (not fixed or (r["engine"] == "openvino") == want_ir)
     ]
     if not passing:
         raise ModelError(f"--precision auto: no candidate can be written as {cfg.out}; give another --out")

@@ -42,6 +42,7 @@ __all__ = [
     "register_target",
     "get_target",
     "available_targets",
+    "out_is_stem",
     "quantize",
     "CALIBRATORS",
     "COMMON_OPTIONS",
@@ -66,7 +67,10 @@ class QuantizeConfig:
 
     Attributes:
         input: an ONNX file or a run directory (its ``model`` is exported first).
-        out: output ONNX path (default: next to the input, ``<stem>.<precision>.onnx``).
+        out: output ONNX path (default: next to the input, ``<stem>.<precision>.onnx``). With ``--target cpu
+            --precision auto`` an ``.onnx`` or ``.xml`` out limits the candidates to that kind; any other name is a
+            stem to which the winner's suffix is added (``student.auto`` -> ``student.auto.xml`` when an OpenVINO IR
+            wins), so every engine competes.
         calib_data: data spec of the calibration images (any spec; folders need no labels).
         target: deployment target, a registered backend name (``cpu``: ONNX Runtime).
         precision: what the target should produce (``int8``, ``int8-dynamic``, ``fp16``, ``auto`` on cpu).
@@ -437,6 +441,16 @@ def _resolve_input(cfg: QuantizeConfig, workdir: Path, log) -> tuple[Path, Any, 
     return src, proto, run_dir
 
 
+AUTO_SUFFIXES = (".onnx", ".xml")
+
+
+def out_is_stem(cfg: QuantizeConfig) -> bool:
+    """Whether ``cfg.out`` is a stem that the winner's suffix completes: ``--target cpu --precision auto`` with an
+    out that names neither an ``.onnx`` nor an ``.xml`` file (ONNX Runtime and OpenVINO candidates both compete)."""
+    return (bool(cfg.out) and cfg.target == "cpu" and cfg.precision == "auto"
+            and not str(cfg.out).lower().endswith(AUTO_SUFFIXES))
+
+
 def _default_out(cfg: QuantizeConfig, fp32_path: Path, precision: str) -> Path:
     stem = fp32_path.name[: -len(".onnx")] if fp32_path.name.endswith(".onnx") else fp32_path.stem
     return fp32_path.with_name(f"{stem}.{precision}.onnx")
@@ -454,7 +468,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
     target.check_config(cfg)
     if cfg.out and Path(cfg.out).resolve() == Path(cfg.input).resolve():
         raise ConfigError("--out must differ from the input model")
-    if cfg.out:
+    if cfg.out and not out_is_stem(cfg):
         # The file type follows what the target writes (an ONNX model is not a TensorRT engine): cpu auto may also
         # write an OpenVINO IR, which an .xml --out asks for.
         allowed = {target.suffix} | ({".xml"} if cfg.target == "cpu" and cfg.precision == "auto" else set())
@@ -520,7 +534,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
             run_dir=run_dir,
             log=log,
         )
-        out = Path(cfg.out) if cfg.out else None
+        out = Path(cfg.out) if cfg.out and not out_is_stem(cfg) else None
         rec = (
             manifest.start("quantize", cfg.to_dict(), {"model": fp32_path, "calibration": calib.source})
             if manifest is not None
@@ -548,7 +562,9 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
             }
             return dataclasses.replace(meta, precision=m.precision, provenance=provenance)
 
-        out = out or _default_out(cfg, fp32_path, qm.precision).with_suffix(qm.suffix)
+        if out is None:
+            out = (Path(str(cfg.out) + qm.suffix) if cfg.out
+                   else _default_out(cfg, fp32_path, qm.precision).with_suffix(qm.suffix))
         paths = {None: out, **_per_batch_paths(qm, out)}
         by_batch = _name_artifacts(qm, paths)
         written: dict[str, Path] = {}

@@ -192,6 +192,7 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
         "overflow_fix": overflow_fix.value,
         "bias_correction": "full",
         "excluded_nodes": sorted(cfg.exclude_nodes or []),
+        **_rewrites(fp32_model),
     }
     report: dict[str, Any] = {}
     # NNCF draws its progress bars on stdout, which must stay clean for --json: send them to stderr (or nowhere).
@@ -277,10 +278,20 @@ def _int8_ops(ov_model) -> set[str]:
     return names
 
 
-def _fp32_ov(ctx: QuantizeContext):
+def _rewrites(fp32_model) -> dict[str, Any]:
+    """Provenance of the graph rewrites made converting to OpenVINO (none: nothing)."""
+    from ..export.openvino import graph_rewrites
+
+    done = graph_rewrites(fp32_model)
+    return {"graph_rewrites": done} if done else {}
+
+
+def _fp32_ov(ctx: QuantizeContext, subpixel: bool = False):
+    """The fp32 model as an ``openvino.Model``; ``subpixel``: its upsampling ConvTransposes as sub-pixel convolutions
+    (done for bf16 only: see :mod:`~medfm_compress.export.subpixel` for where it pays)."""
     from ..export.openvino import onnx_to_ov
 
-    return onnx_to_ov(ctx.fp32_path, str(ctx.fp32_path))
+    return onnx_to_ov(ctx.fp32_path, str(ctx.fp32_path), subpixel=subpixel)
 
 
 def _ref(ctx: QuantizeContext) -> np.ndarray:
@@ -298,9 +309,11 @@ def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
 
     cfg = ctx.cfg
     ref = _ref(ctx)
+    if cfg.precision == "bf16":
+        return _float_ir(ctx, _fp32_ov(ctx, subpixel=True), ref, "bf16", gate=True)
     fp32_model = _fp32_ov(ctx)
-    if cfg.precision in ("fp32", "bf16"):
-        return _float_ir(ctx, fp32_model, ref, cfg.precision, gate=True)
+    if cfg.precision == "fp32":
+        return _float_ir(ctx, fp32_model, ref, "fp32", gate=True)
     q, prov, report = _ptq(ctx, fp32_model, ref)
     p = report["parity"]
     qm = QuantizedModel(q, "int8", {"format": "openvino-ir", **prov}, report, save=_writer(q), suffix=".xml")
@@ -334,7 +347,8 @@ def _float_ir(ctx: QuantizeContext, fp32_model, ref: np.ndarray, precision: str,
             f"held-out images: {parity_text(parity)}; use --precision fp32 or lower {gate_flags(ctx.meta.task)}; "
             "nothing written"
         )
-    prov = {"format": "openvino-ir", "weights": "fp16-compressed", "inference_precision": inference}
+    prov = {"format": "openvino-ir", "weights": "fp16-compressed", "inference_precision": inference,
+            **_rewrites(fp32_model)}
     return QuantizedModel(fp32_model, precision, prov, {"parity": parity}, save=_writer(fp32_model), suffix=".xml")
 
 
@@ -371,7 +385,8 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
     shape = (1, *ctx.input_shape)
     if cfg.out and str(cfg.out).lower().endswith(".onnx"):
         return [({"precision": "openvino", "engine": "openvino", "passes": False,
-                  "error": "skipped: --out names an .onnx file (give a .xml or no --out to consider OpenVINO)"},
+                  "error": "skipped: --out names an .onnx file (give an .xml, a stem such as "
+                                                    "student.auto, or no --out to consider OpenVINO)"},
                  None)]
     try:
         _require_nncf()
@@ -383,7 +398,7 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
               "openvino-int8": lambda: _int8_candidate(ctx, fp32_model, ref)}
     if ov_supports("bf16", "CPU"):
         # The CPU plugin's own choice on this CPU for an "fp32" model: a candidate like any other, gated on parity.
-        builds["openvino-bf16"] = lambda: _float_ir(ctx, fp32_model, ref, "bf16", gate=False)
+        builds["openvino-bf16"] = lambda: _float_ir(ctx, _fp32_ov(ctx, subpixel=True), ref, "bf16", gate=False)
     for name, build in builds.items():
         ctx.log(f"auto: building {name}")
         try:

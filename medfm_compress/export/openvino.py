@@ -28,12 +28,35 @@ from ..runtime.metadata import ModelMeta, decode_metadata, encode_metadata
 from ..runtime.openvino_loader import check_ir_files, compile_ov, ir_size_bytes, require_openvino
 from .formats import ExportOutcome, ExportRequest, register_format
 
-__all__ = ["onnx_to_ov", "set_ov_meta", "save_ir", "OpenVINOExportResult", "export_openvino"]
+__all__ = ["onnx_to_ov", "graph_rewrites", "set_ov_meta", "save_ir", "OpenVINOExportResult", "export_openvino"]
 
 
-def onnx_to_ov(model: Any, source: str = "the ONNX model"):
-    """Convert an ONNX file path or ``ModelProto`` to an ``openvino.Model``; unconvertible ops are named."""
+# Runtime-info key of an IR converted here: the graph rewrites applied to the ONNX model first (kept in the .xml).
+REWRITES_KEY = "medfm_compress_graph_rewrites"
+
+
+def onnx_to_ov(model: Any, source: str = "the ONNX model", subpixel: bool = False):
+    """Convert an ONNX file path or ``ModelProto`` to an ``openvino.Model``; unconvertible ops are named.
+
+    ``subpixel``: transposed convolutions that upsample by exactly their stride become sub-pixel convolutions first
+    (:mod:`~medfm_compress.export.subpixel`: OpenVINO's CPU plugin runs ConvTranspose in f32 only, which pays for a
+    model run in bf16); how many is in the model's runtime info (:func:`graph_rewrites`)."""
+    import onnx
+
+    from .subpixel import conv_transpose_to_subpixel
+
     ov = require_openvino()
+    proto = model if not isinstance(model, str | os.PathLike) else None
+    if proto is None and subpixel:
+        try:
+            proto = onnx.load(str(model))
+        except Exception:  # noqa: BLE001 - a file onnx cannot parse goes to OpenVINO as it is, for its own message
+            proto = None
+    rewritten = 0
+    if proto is not None and subpixel:
+        new, rewritten = conv_transpose_to_subpixel(proto)
+        if rewritten:
+            model = new
     arg = model
     if not isinstance(model, str | os.PathLike):
         # convert_model takes a path; a proto goes through a temporary file (it may hold > 2 GB otherwise).
@@ -44,7 +67,10 @@ def onnx_to_ov(model: Any, source: str = "the ONNX model"):
             tmp.close()
         arg = tmp.name
     try:
-        return ov.convert_model(str(arg))
+        converted = ov.convert_model(str(arg))
+        if rewritten:
+            converted.set_rt_info(f"conv_transpose_as_subpixel_conv={rewritten}", REWRITES_KEY)
+        return converted
     except Exception as e:  # OpConversionFailure, GeneralFailure, ...
         msg = str(e)
         m = re.search(r"No conversion rule found for operations?:\s*([^\n]+)", msg)
@@ -60,6 +86,17 @@ def onnx_to_ov(model: Any, source: str = "the ONNX model"):
     finally:
         if arg is not model:
             Path(arg).unlink(missing_ok=True)
+
+
+def graph_rewrites(ov_model) -> dict[str, int]:
+    """The rewrites :func:`onnx_to_ov` applied (``{"conv_transpose_as_subpixel_conv": 3}``; empty for none)."""
+    if not ov_model.has_rt_info(REWRITES_KEY):
+        return {}
+    out = {}
+    for item in ov_model.get_rt_info(REWRITES_KEY).astype(str).split(","):
+        name, _, count = item.partition("=")
+        out[name] = int(count)
+    return out
 
 
 def set_ov_meta(ov_model, meta: ModelMeta) -> None:

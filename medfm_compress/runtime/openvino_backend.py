@@ -33,7 +33,7 @@ class OpenVINOEngine(Engine):
     suffixes = (".xml",)
 
     def _load_impl(self) -> None:
-        require_module("openvino", "openvino", extra="openvino")
+        require_module("openvino", "openvino", extra="openvino-runtime")
         from .metadata import check_supplied_shape, resolve_metadata
         from .openvino_loader import (
             compile_ov,
@@ -94,7 +94,7 @@ class OpenVINOEngine(Engine):
             threads=threads,
             hint=str(self._compiled.get_property("PERFORMANCE_HINT")),
             inference_precision=_compiled_precision(self._compiled, precision),
-            openvino=require_module("openvino", "openvino", extra="openvino").__version__,
+            openvino=require_module("openvino", "openvino", extra="openvino-runtime").__version__,
         )
 
     def weight_files(self) -> list[Path]:

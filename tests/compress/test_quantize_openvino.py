@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,6 +196,20 @@ def test_cpu_auto_considers_openvino(fp32, tmp_path):
                                  "32", "--num-holdout", "32", "--min-agreement", "0.5", "--out", str(res_onnx)])
     assert r.exit_code == 0, r.output
     assert "skipped: --out names an .onnx" in r.output and res_onnx.is_file()
+    # A stem (neither .onnx nor .xml): both engines compete and the winner's suffix completes the name.
+    stem = tmp_path / "stem" / "student.auto"
+    stem.parent.mkdir()
+    r = CliRunner().invoke(cli, ["quantize", str(fp32), "--precision", "auto", "--calib-data", DATA, "--num-calib",
+                                 "32", "--num-holdout", "32", "--min-agreement", "0.5", "--out", str(stem), "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    rep = got["report"]
+    assert {row["engine"] for row in rep["auto_table"] if row.get("passes")} == {"onnxruntime", "openvino"}
+    (winner,) = [row for row in rep["auto_table"] if row["chosen"]]
+    suffix = ".xml" if winner["engine"] == "openvino" else ".onnx"
+    assert Path(got["path"]) == stem.with_name("student.auto" + suffix)
+    written = sorted(p.name for p in stem.parent.iterdir())
+    assert written == (["student.auto.bin", "student.auto.xml"] if suffix == ".xml" else ["student.auto.onnx"])
 
 
 @pytest.mark.slow  # runs NNCF
