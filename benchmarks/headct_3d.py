@@ -14,11 +14,13 @@ Steps (a finished step's outputs are reused):
      ``?val=1&test=1`` hold out one slab each, chosen by the split seed: the **held-out z-region** is the test slab;
   2. ``distill``: teacher ``monai:SegResNet?init_filters=32`` (18.8 M parameters) on all labels, the default student
      (MONAI U-Net 8..64, 0.15 M), patches of 48x48x16 at 2 x 2 x 1.5 mm, HU window -1000..1000;
-  3. ``export`` + ``quantize --precision auto`` (what a user ships);
+  3. ``export`` + ``quantize --precision auto --out student.auto`` (ONNX Runtime and OpenVINO candidates compete;
+     what a user ships, .onnx or .xml);
   4. the whole scan, as a NIfTI file, segmented end to end (read -> resample -> sliding window (overlap 0.25, 4
      windows per call) -> mask on the scan's grid -> NIfTI written) on 2 threads: the shipped student in this process
      (median of 3 after a warm-up), the teacher (torch, one run), the student again as a fresh ``medfm-compress
-     predict`` process (wall time including start-up, and its peak RSS), and ``medfm-run predict`` (C++) when built;
+     predict`` process (wall time including start-up, and its peak RSS), and ``medfm-run predict`` (C++) when built
+     (on the fp32 ONNX when an OpenVINO IR was shipped: C++ runs ONNX);
   5. teacher-student mask Dice per class on the held-out slab's z-range of the whole-scan masks, and the C++ mask's
      voxel agreement with Python's.
 
@@ -165,10 +167,14 @@ def main() -> None:
             "--epochs", str(args.epochs), "--quiet", "--out", str(run)], "distill")
     if not (run / "student.onnx").exists():
         sh(["export", str(run), "--out", str(run / "student.onnx")], "export")
-    shipped = run / "student.auto.onnx"
-    if not shipped.exists():
+    # A stem: ONNX Runtime and OpenVINO candidates compete; the winner is student.auto.onnx or student.auto.xml.
+    stem = run / "student.auto"
+    found = [p for p in (run / "student.auto.onnx", run / "student.auto.xml") if p.is_file()]
+    if not found:
         sh(["quantize", str(run / "student.onnx"), "--calib-data", data, "--target", "cpu", "--precision", "auto",
-            "--num-calib", "64", "--num-holdout", "64", "--out", str(shipped), "--quiet"], "quantize auto")
+            "--num-calib", "64", "--num-holdout", "64", "--out", str(stem), "--quiet"], "quantize auto")
+        found = [p for p in (run / "student.auto.onnx", run / "student.auto.xml") if p.is_file()]
+    shipped = found[0]
     with open(run / "splits.csv", newline="") as f:
         test_cases = sorted({row["group"] for row in csv.DictReader(f) if row["split"] == "test"})
     zs = sorted(int(c.removeprefix("slab")) for c in test_cases)
@@ -201,12 +207,20 @@ def main() -> None:
     cpp = REPO / "build" / "cpp" / "medfm-run"
     cpp_fig = {"skipped": f"{cpp} is not built (make cpp)"}
     if cpp.is_file():
-        cpp_s, cpp_rss, proc = run_child([str(cpp), "predict", str(shipped), str(whole), "--mask-out",
+        # The C++ runtime runs ONNX: an OpenVINO winner is compared through the fp32 ONNX it was made from, with
+        # Python's mask of that same model.
+        cpp_model, py_mask = shipped, s_mask
+        if shipped.suffix != ".onnx":
+            cpp_model = run / "student.onnx"
+            with Engine.load(cpp_model, threads=THREADS) as fp32:
+                py_mask = end_to_end(fp32, whole, out / "student-fp32.nii.gz")
+        cpp_s, cpp_rss, proc = run_child([str(cpp), "predict", str(cpp_model), str(whole), "--mask-out",
                                           str(out / "cpp.nii.gz"), "--threads", str(THREADS)], root)
         if proc.returncode != 0:
             raise SystemExit(f"medfm-run failed: {proc.stderr.strip()}")
         cpp_mask = np.asarray(nib.load(out / "cpp.nii.gz").dataobj)
-        cpp_fig = {"wall_s": cpp_s, "peak_rss_mb": cpp_rss, "voxel_agreement_with_python": float((cpp_mask == s_mask).mean())}
+        cpp_fig = {"model": cpp_model.name, "wall_s": cpp_s, "peak_rss_mb": cpp_rss,
+                   "voxel_agreement_with_python": float((cpp_mask == py_mask).mean())}
     labels = np.asarray(nib.load(root / "cranium.labels.nii.gz").dataobj)
     region = np.zeros(s_mask.shape, bool)
     for z0, z1 in held_out:
