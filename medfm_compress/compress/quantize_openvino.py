@@ -385,8 +385,8 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
     shape = (1, *ctx.input_shape)
     if cfg.out and str(cfg.out).lower().endswith(".onnx"):
         return [({"precision": "openvino", "engine": "openvino", "passes": False,
-                  "error": "skipped: --out names an .onnx file (give an .xml, a stem such as "
-                                                    "student.auto, or no --out to consider OpenVINO)"},
+                  "error": "skipped: --out names an .onnx file (give an .xml, a stem such as student.auto, or "
+                           "no --out to consider OpenVINO)"},
                  None)]
     try:
         _require_nncf()

@@ -41,22 +41,23 @@ def onnx_to_ov(model: Any, source: str = "the ONNX model", subpixel: bool = Fals
     ``subpixel``: transposed convolutions that upsample by exactly their stride become sub-pixel convolutions first
     (:mod:`~medfm_compress.export.subpixel`: OpenVINO's CPU plugin runs ConvTranspose in f32 only, which pays for a
     model run in bf16); how many is in the model's runtime info (:func:`graph_rewrites`)."""
-    import onnx
-
-    from .subpixel import conv_transpose_to_subpixel
-
     ov = require_openvino()
-    proto = model if not isinstance(model, str | os.PathLike) else None
-    if proto is None and subpixel:
-        try:
-            proto = onnx.load(str(model))
-        except Exception:  # noqa: BLE001 - a file onnx cannot parse goes to OpenVINO as it is, for its own message
-            proto = None
     rewritten = 0
-    if proto is not None and subpixel:
-        new, rewritten = conv_transpose_to_subpixel(proto)
-        if rewritten:
-            model = new
+    if subpixel:
+        import onnx
+
+        from .subpixel import conv_transpose_to_subpixel
+
+        proto = model if not isinstance(model, str | os.PathLike) else None
+        if proto is None:
+            try:
+                proto = onnx.load(str(model))
+            except Exception:  # noqa: BLE001 - a file onnx cannot parse goes to OpenVINO as it is, for its message
+                proto = None
+        if proto is not None:
+            new, rewritten = conv_transpose_to_subpixel(proto)
+            if rewritten:
+                model = new
     arg = model
     if not isinstance(model, str | os.PathLike):
         # convert_model takes a path; a proto goes through a temporary file (it may hold > 2 GB otherwise).
