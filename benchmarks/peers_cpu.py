@@ -56,10 +56,10 @@ def _student(student: str, task, n_fit: int, out_dir: Path):
 
     from medfm_compress.compress.calibration import stratified_indices
     from medfm_compress.export.onnx_build import export_model_to_onnx
-    from medfm_compress.metrics import macro_auc
     from medfm_compress.models import create_model
     from medfm_compress.runtime.metadata import ModelMeta
     from medfm_compress.runtime.preprocess import PreprocessSpec
+    from medfm_compress.runtime.tasks import get_task
 
     torch.manual_seed(0)
     train = task.split("train")
@@ -99,7 +99,7 @@ def _student(student: str, task, n_fit: int, out_dir: Path):
     test = task.split("test")
     with torch.inference_mode():
         logits = model(torch.from_numpy(pre(test.images[:256]))).numpy()
-    return model, meta, onnx_path, macro_auc(logits, test.labels[:256], task.task)
+    return model, meta, onnx_path, get_task(task.task).macro_auc(logits, test.labels[:256])
 
 
 def _distilled_student(run_dir: Path, task, out_dir: Path):
@@ -107,15 +107,15 @@ def _distilled_student(run_dir: Path, task, out_dir: Path):
     import torch
 
     from medfm_compress.export.onnx import ExportConfig, export_onnx
-    from medfm_compress.metrics import macro_auc
     from medfm_compress.models import load_model
+    from medfm_compress.runtime.tasks import get_task
 
     model, _card = load_model(run_dir, name="student")
     exported = export_onnx(ExportConfig(source=str(run_dir), out=str(out_dir / "student.onnx")))
     test = exported.meta.preprocess(task.split("test").images[:256])
     with torch.inference_mode():
         logits = model(torch.from_numpy(test)).numpy()
-    return model, exported.meta, exported.path, macro_auc(logits, task.split("test").labels[:256], task.task)
+    return model, exported.meta, exported.path, get_task(task.task).macro_auc(logits, task.split("test").labels[:256])
 
 
 def _p50_interleaved(fns: dict[str, callable], x: np.ndarray, runs: int, rounds: int = 5, warmup: int = 5):
@@ -140,8 +140,8 @@ def bench_student(student: str, args) -> dict:
     from medfm_compress.compress.calibration import stratified_indices
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
     from medfm_compress.data import load_data
-    from medfm_compress.metrics import macro_auc, top1_agreement
     from medfm_compress.runtime import Engine
+    from medfm_compress.runtime.tasks import get_task
 
     t0 = time.time()
     task = load_data(args.data, seed=0)
@@ -234,8 +234,8 @@ def bench_student(student: str, args) -> dict:
     for name, fn in fns.items():
         logits = _batched(fn, x_test, 32 if name != OURS else 32)
         rows[name] = {
-            "top1_agreement": top1_agreement(ref, logits, task.task),
-            "macro_auc": macro_auc(logits, test_labels, task.task),
+            "top1_agreement": get_task(task.task).agreement(ref, logits),
+            "macro_auc": get_task(task.task).macro_auc(logits, test_labels),
             "size_bytes": sizes[name],
         }
     shape = x_test.shape[1:]

@@ -24,8 +24,8 @@ from medfm_compress.compress.quantize_trt import (
     quantize_torch,
 )
 from medfm_compress.data import load_data
-from medfm_compress.metrics import macro_auc
 from medfm_compress.models.card import load_model
+from medfm_compress.runtime.tasks import get_task
 
 
 def main() -> None:
@@ -44,12 +44,12 @@ def main() -> None:
     x_train, x_test = card.preprocess(train.images), card.preprocess(test.images)
     calib = x_train[stratified_indices(train.labels, 256, 0, card.task)]
     t_logits = forward_logits(teacher.eval(), x_train)
-    fp32_auc = macro_auc(forward_logits(student, x_test), test.labels, card.task)
+    fp32_auc = get_task(card.task).macro_auc(forward_logits(student, x_test), test.labels)
     rows = []
     for bits in a.bits:
         qcfg = preset_config("int8", weight_bits=bits, act_bits=bits)
         ptq = quantize_torch(student, calib, quant_cfg=qcfg)
-        ptq_auc = macro_auc(forward_logits(ptq, x_test), test.labels, card.task)
+        ptq_auc = get_task(card.task).macro_auc(forward_logits(ptq, x_test), test.labels)
         qat = quantize_torch(student, calib, quant_cfg=qcfg)
         qat_distill(
             qat,
@@ -60,7 +60,7 @@ def main() -> None:
             labels=train.labels,
             progress=False,
         )
-        qat_auc = macro_auc(forward_logits(qat, x_test), test.labels, card.task)
+        qat_auc = get_task(card.task).macro_auc(forward_logits(qat, x_test), test.labels)
         ptq_drop, qat_drop = 100 * (fp32_auc - ptq_auc), 100 * (fp32_auc - qat_auc)
         applies = ptq_drop > 0.5
         recovered = (ptq_drop - qat_drop) / ptq_drop if ptq_drop > 0 else None

@@ -38,8 +38,8 @@ from medfm_compress.compress.latency import interleaved_latency_ms  # noqa: E402
 from medfm_compress.compress.quantize import QuantizeConfig, quantize  # noqa: E402
 from medfm_compress.errors import MedfmError  # noqa: E402
 from medfm_compress.export.onnx import ExportConfig, export_onnx  # noqa: E402
-from medfm_compress.metrics import task_metrics, top1_agreement  # noqa: E402
 from medfm_compress.runtime.onnx_loader import ort_session, run_onnx  # noqa: E402
+from medfm_compress.runtime.tasks import get_task  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quantize_cpu.json"
 
@@ -76,14 +76,14 @@ def bench_student(run: Path, reps: int = 2) -> dict:
     test = task.split("test")
     x = meta.preprocess(test.images)
     lf = run_onnx(ort_session(fp32.path), x, 64)
-    mf = task_metrics(lf, test.labels, task.task)
+    mf = get_task(task.task).task_metrics(lf, test.labels)
     c, h, w = x.shape[1:]
 
     def figures(path: Path, size: int) -> dict:
         lq = run_onnx(ort_session(path), x, 64)
-        mq = task_metrics(lq, test.labels, task.task)
+        mq = get_task(task.task).task_metrics(lq, test.labels)
         return {
-            "top1_agreement": top1_agreement(lf, lq, task.task),
+            "top1_agreement": get_task(task.task).agreement(lf, lq),
             "int8_macro_auc": mq["macro_auc"],
             "auc_drop_points": 100 * (mf["macro_auc"] - mq["macro_auc"]),
             "int8_accuracy": mq["accuracy"],

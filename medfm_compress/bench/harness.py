@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import config_to_dict, option_value
 from ..errors import ConfigError, DataError, MedfmError, UsageError
+from ..runtime.tasks import drop_gates, get_task, models_where, task_names
 from .latency import LatencyConfig, measure_end_to_end, measure_engines, measure_volume_end_to_end
 
 __all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts", "split_artifact_options",
@@ -222,18 +223,17 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     from .report import SCHEMA_VERSION, write_reports
 
     task_data = load_data(cfg.data)
-    require_task(task_data, ("multiclass", "binary", "multilabel", "embedding", "segmentation"), "bench")
+    require_task(task_data, task_names(), "bench")
     split = task_data.split(cfg.split)
-    dense = task_data.task == "segmentation"
-    if not dense and task_data.task != "multilabel" and split.labels.ndim != 1:
+    task = get_task(task_data.task)
+    if task.label_rank is not None and split.labels.ndim != task.label_rank:
         raise DataError(f"{cfg.data}: the {cfg.split} split has no class labels to score against")
-    if dense and cfg.max_auc_drop is not None:
-        raise UsageError(f"--max-auc-drop judges classifiers, but {cfg.data} is a segmentation task: use "
-                         "--max-dice-drop POINTS")
-    if not dense and cfg.max_dice_drop is not None:
-        raise UsageError(f"--max-dice-drop judges segmentation models, but {cfg.data} is a {task_data.task} task: "
-                         "use --max-auc-drop POINTS")
-    volume = dense and bool(task_data.info.get("volume"))
+    for gate in drop_gates():
+        if getattr(cfg, gate) is not None and gate != task.drop_gate:
+            judges = models_where(lambda t, g=gate: t.drop_gate == g)
+            raise UsageError(f"--{gate.replace('_', '-')} judges {judges}, but {cfg.data} is a {task.name} task"
+                             + (f": use --{task.drop_gate.replace('_', '-')} POINTS" if task.drop_gate else ""))
+    volume = task.dense and bool(task_data.info.get("volume"))
     if volume:  # whole cases, scored as predict segments them (sliding windows); HD95 in mm
         from ..data.volume_seg import case_shapes
 
@@ -334,7 +334,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     finally:
         bar.close()
     entries.sort(key=lambda e: [n for n, _ in cfg.artifacts].index(e["name"]))
-    gates = evaluate_gates(cfg, entries)
+    gates = evaluate_gates(cfg, entries, task)
     report = {
         "schema_version": SCHEMA_VERSION,
         "tool": "medfm-compress bench",
@@ -373,9 +373,11 @@ def _p50(entry: dict, batch: str | None) -> float | None:
     return entry["latency"][batch]["engine"]["p50_ms"]
 
 
-def evaluate_gates(cfg: BenchConfig, entries: list[dict]) -> list[dict]:
+def evaluate_gates(cfg: BenchConfig, entries: list[dict], task) -> list[dict]:
     """One record per (gate, judged artifact): name, artifact, value, threshold, passed (see
-    :meth:`BenchConfig.judged_by` for which artifacts each gate judges)."""
+    :meth:`BenchConfig.judged_by` for which artifacts each gate judges); ``task`` (a name or a task) says which drop
+    gate applies and what agreement means."""
+    task = get_task(task)
     ref = next(e for e in entries if e["reference"])
     gates: list[dict] = []
 
@@ -385,24 +387,16 @@ def evaluate_gates(cfg: BenchConfig, entries: list[dict]) -> list[dict]:
 
     judged = {gate: set(cfg.judged_by(gate)) for gate in cfg.given_gates()}
     for e in entries:
-        if e["name"] in judged.get("max_auc_drop", ()):
-            d = e["parity"]["deltas"]["macro_auc"]
-            # Drop = reference - artifact, in AUC percentage points; its upper CI bound is -(lower bound of delta).
-            upper = None if d["ci_low"] is None else -100.0 * d["ci_low"]
-            ok = upper is not None and upper < cfg.max_auc_drop
-            add("max_auc_drop", e, upper, cfg.max_auc_drop, ok,
-                "upper 95% CI bound of the macro AUC drop vs the reference (percentage points)")
-        if e["name"] in judged.get("max_dice_drop", ()):
-            d = e["parity"]["deltas"]["mean_dice"]
-            upper = None if not np.isfinite(d["ci_low"]) else -100.0 * d["ci_low"]
-            ok = upper is not None and upper < cfg.max_dice_drop
-            add("max_dice_drop", e, upper, cfg.max_dice_drop, ok,
-                "upper 95% CI bound of the mean Dice drop vs the reference (Dice points, paired bootstrap over cases)")
+        if task.drop_gate is not None and e["name"] in judged.get(task.drop_gate, ()):
+            # Drop = reference - artifact, in points (100 x the metric); its upper CI bound is -(lower bound of delta).
+            low = e["parity"]["deltas"][task.headline_metric]["ci_low"]
+            upper = None if low is None or not np.isfinite(low) else -100.0 * low
+            threshold = getattr(cfg, task.drop_gate)
+            add(task.drop_gate, e, upper, threshold, upper is not None and upper < threshold, task.drop_detail)
         if e["name"] in judged.get("min_agreement", ()):
             v = e["parity"]["top1_agreement"]
-            add("min_agreement", e, v, cfg.min_agreement, v >= cfg.min_agreement,
-                "pixel agreement of the masks with the reference's" if "mean_dice" in e["parity"]
-                else "top-1 agreement with the reference")
+            add("min_agreement", e, v, cfg.min_agreement, v is not None and v >= cfg.min_agreement,
+                task.agreement_text)
         b = _gate_batch(e)
         if e["name"] in judged.get("min_speedup", ()):
             rp, ep = _p50(ref, b), _p50(e, b)

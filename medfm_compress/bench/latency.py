@@ -145,13 +145,12 @@ def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None
 
     Cycles through ``raw_images`` so that preprocessing sees real, varying cases.
     """
-    from ..metrics import probabilities
-    from ..runtime.images import resize_mask
+    from ..runtime.tasks import get_task
 
     cfg = cfg or LatencyConfig()
     if len(raw_images) == 0:
         raise ConfigError("end-to-end latency needs at least one raw image")
-    task = engine.meta.task
+    task = get_task(engine.meta.task)
     pre = engine.meta.preprocess
     cases = [raw_images[i : i + 1] for i in range(min(len(raw_images), 64))]
     state = {"i": 0}
@@ -159,11 +158,7 @@ def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None
     def one_case():
         img = cases[state["i"] % len(cases)]
         state["i"] += 1
-        logits = engine.run(pre(img))
-        probs = probabilities(logits, task)
-        if task == "segmentation":  # the label map, back at the image's own size
-            return probs, resize_mask(probs.argmax(1)[0].astype(np.uint8), img.shape[1:3])
-        return probs, probs.argmax(1)
+        return task.case_result(engine.run(pre(img)), img.shape[1:3])
 
     def synced():
         one_case()

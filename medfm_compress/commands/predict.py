@@ -76,6 +76,7 @@ def command(
     """
     from ..data.cases import input_cases
     from ..runtime.predict import PredictConfig, predict
+    from ..runtime.tasks import get_task
 
     cfg = PredictConfig(
         model=artifact,
@@ -105,7 +106,7 @@ def command(
         click.echo(f"segmented {res.predicted} volume(s) in {res.seconds:.2f} s ({res.backend}, sliding windows of "
                    f"{res.batch_size}); wrote {res.csv_path}, {res.json_path}, {res.masks_path}/")
         return
-    kind = "embeddings" if res.task == "embedding" else f"{res.task}, {len(res.label_names)} labels"
+    kind = f"{res.task}, {len(res.label_names)} labels" if get_task(res.task).has_labels else "embeddings"
     skipped = f"; skipped {res.skipped} unreadable (see the error column)" if res.skipped else ""
     click.echo(
         f"predicted {res.predicted} of {res.cases} cases ({kind}){skipped} in {res.seconds:.2f} s with loading; "

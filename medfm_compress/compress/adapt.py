@@ -30,6 +30,7 @@ from .._io import atomic_path, atomic_write_json, ensure_dir, no_partial_output,
 from ..config import config_to_dict
 from ..errors import ConfigError, ModelError
 from ..manifest import Manifest, check_inputs
+from ..runtime.tasks import get_task
 from .artifacts import RunResult, TrainLog, write_model
 
 __all__ = ["AdaptConfig", "AdaptResult", "AdaptedTeacher", "adapt", "adapt_teacher", "METHODS", "summary_warnings",
@@ -352,7 +353,6 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
     ``work_dir/checkpoints`` holds the training checkpoint while it runs."""
     import torch
 
-    from ..metrics import macro_auc
     from ..models.card import ModelCard
     from ..models.factory import count_params
     from ..models.features import classifier_of
@@ -411,7 +411,7 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
             with torch.no_grad():
                 logits = head(f_val).float()
                 loss = float(hard_label_loss(logits, y_val, task.task))
-            auc = macro_auc(logits.cpu().numpy(), val.labels, task.task)
+            auc = get_task(task.task).macro_auc(logits.cpu().numpy(), val.labels)
             best.update(epoch, auc, loss)
             return {"val_auc": round(float(auc), 4), "val_loss": round(loss, 4)}
 
@@ -446,7 +446,7 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
             if "val" not in xs:
                 return {}
             logits, _ = predict(model, xs["val"].to(device), batch_size=64)
-            auc = macro_auc(logits, val.labels, task.task)
+            auc = get_task(task.task).macro_auc(logits, val.labels)
             loss = float(hard_label_loss(torch.from_numpy(logits).to(device), y_val, task.task))
             best.update(epoch, auc, loss)
             return {"val_auc": round(float(auc), 4), "val_loss": round(loss, 4)}

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ExportError, GateFailure, ModelError
 from ..runtime.onnx_loader import run_onnx
+from ..runtime.tasks import get_task
 from . import latency
 from .onnxruntime_quant import (
     DYNAMIC_OPS,
@@ -74,7 +75,8 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     cfg = ctx.cfg
     # A volume model runs in a sliding window, its windows batched (runtime.sliding_window.segment_volume's default of
     # 4 per call): it is timed at that batch unless told otherwise, so the pick is by sliding-window throughput.
-    volume = ctx.meta.task == "segmentation" and ctx.meta.preprocess.is_volume
+    task = get_task(ctx.meta.task)
+    volume = task.dense and ctx.meta.preprocess.is_volume
     batch_sizes = tuple(cfg.batch_sizes or ((VOLUME_SW_BATCH,) if volume else (1,)))
     shape = (batch_sizes[0], *ctx.input_shape)
     fp32_ms = latency.latency_ms(ctx.fp32_proto, shape, cfg.latency_runs)
@@ -86,7 +88,7 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
             "cosine": 1.0,
             "passes": True,
             "size_bytes": ctx.fp32_proto.ByteSize(),
-            **({"mean_dice": 1.0} if ctx.meta.task == "segmentation" else {}),
+            **{m: 1.0 for m in task.gate_metrics},
         }
     ]
     candidates: dict[str, QuantizedModel] = {"fp32": QuantizedModel(copy_proto(ctx.fp32_proto), "fp32", {}, {})}
@@ -228,7 +230,7 @@ def _time_interleaved(ctx: QuantizeContext, table: list[dict[str, Any]], candida
 _STREAMS = "@streams"
 
 
-def _decide(passing: list[dict[str, Any]], batch: int, cfg, task: str | None = None) -> dict[str, Any]:
+def _decide(passing: list[dict[str, Any]], batch: int, cfg, task: str) -> dict[str, Any]:
     """The pick at ``batch``: the fastest (candidate, streams) that passes; within AUTO_TIE_PCT of it (a tie on this
     timer) the most faithful, then one run over streams."""
     options = [(r, int(s), ms) for r in passing for s, ms in r["batch_latency_ms"][str(batch)].items()]

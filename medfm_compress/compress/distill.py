@@ -26,6 +26,7 @@ from .._io import atomic_write_json, ensure_dir, no_partial_output, sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ModelError
 from ..manifest import Manifest, check_inputs
+from ..runtime.tasks import get_task
 from .artifacts import RunResult, TrainLog, link_or_copy, write_model
 from .taskprep import (
     FrozenTeacher,
@@ -693,10 +694,8 @@ def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
         # In label-free mode the head is fitted afterwards, so a validation AUC would mean nothing yet.
         if run.x_val is None or cfg.labels == "none":
             return {}
-        from ..metrics import macro_auc
-
         val_logits, _ = predict(student, run.x_val)
-        return {"val_auc": round(macro_auc(val_logits, run.val.labels, task.task), 4)}
+        return {"val_auc": round(get_task(task.task).macro_auc(val_logits, run.val.labels), 4)}
 
     spe = run.steps_per_epoch
     run.log(f"student {student_arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={spe}")
@@ -744,7 +743,6 @@ def train_baseline(run: DistillRun, arch: str):
 def evaluate_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStudent, baseline,
                  seconds: float) -> dict[str, Any]:
     """``metrics.json``: student, teacher and baseline on the test split, agreement, retention, sizes."""
-    from ..metrics import top1_agreement
     from ..models.factory import count_params
     from ..models.features import macs_of
 
@@ -766,7 +764,7 @@ def evaluate_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStu
     }
     if resolved.test_logits is not None:
         t_auc = resolved.test_metrics["macro_auc"]
-        metrics["student_teacher_agreement"] = top1_agreement(s_logits, resolved.test_logits, task.task)
+        metrics["student_teacher_agreement"] = get_task(task.task).agreement(s_logits, resolved.test_logits)
         metrics["auc_retention"] = s_metrics["macro_auc"] / t_auc if t_auc else None
     metrics["param_ratio"] = metrics["teacher"]["params"] / metrics["student"]["params"]
     if run.x_val is not None and resolved.test_logits is not None:

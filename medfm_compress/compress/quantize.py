@@ -31,6 +31,7 @@ from .._io import sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ExportError, ModelError
 from ..models.card import MODEL_ROLES
+from ..runtime.tasks import get_task
 from .calibration import CalibrationSet, build_calibration
 
 __all__ = [
@@ -496,19 +497,17 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
         _check_meta_matches(meta, shape, str(fp32_path))
         if ours and meta.precision != "fp32":
             raise ModelError(f"{fp32_path} is already {meta.precision}; quantize the fp32 model instead")
-        if meta.task == "embedding":
-            # An embedding has no classes: its parity gate is the cosine to fp32 (default 0.99), not top-1.
+        task = get_task(meta.task)
+        if "top1_agreement" not in task.gate_metrics:
+            # No classes to agree on (an embedding): the gate is the cosine to fp32 (default 0.99), not top-1.
             cfg = dataclasses.replace(cfg, min_agreement=0.0,
-                                      min_cosine=0.99 if cfg.min_cosine is None else cfg.min_cosine)
-            log(f"embedding model: parity gate is cosine >= {cfg.min_cosine} on held-out crops")
+                                      min_cosine=DEFAULT_MIN_COSINE if cfg.min_cosine is None else cfg.min_cosine)
         if meta.preprocess.is_volume and cfg.num_holdout == QuantizeConfig.num_holdout:
             cfg = dataclasses.replace(cfg, num_holdout=VOLUME_NUM_HOLDOUT)
             log(f"volume model: parity gate on {VOLUME_NUM_HOLDOUT} held-out patches (--num-holdout to change)")
-        if meta.task == "segmentation":
-            log(f"segmentation model: parity gate is {gate_text(cfg, meta.task)} on held-out images")
-        elif cfg.min_dice != QuantizeConfig.min_dice:
-            raise ConfigError(f"--min-dice gates segmentation models; {fp32_path.name} is a {meta.task} model (its "
-                              "gate is --min-agreement / --min-cosine)")
+        if task.gate_metrics != ("top1_agreement",):
+            log(f"{task.name} model: parity gate is {gate_text(cfg, task)} on held-out images")
+        _check_gate_flags(cfg, task, fp32_path.name)
         if target.check is not None:
             target.check(proto, cfg)
         calib = build_calibration(
@@ -653,16 +652,43 @@ def _check_output(proto, cfg: QuantizeConfig) -> None:
         ) from None
 
 
-def gate_text(cfg: QuantizeConfig, task: str | None) -> str:
-    """The parity gate in words, for the task's kind of output."""
-    head = (f"mean Dice vs fp32's masks >= {cfg.min_dice}, pixel agreement >= {cfg.min_agreement}"
-            if task == "segmentation" else f"top-1 agreement >= {cfg.min_agreement}")
-    return head + (f", cosine >= {cfg.min_cosine}" if cfg.min_cosine is not None else "")
+# The option that sets the threshold of each parity metric a task's gate judges (Task.gate_metrics).
+GATE_OPTIONS = {"mean_dice": "min_dice", "top1_agreement": "min_agreement", "cosine": "min_cosine"}
+DEFAULT_MIN_COSINE = 0.99  # the cosine gate of a task judged by cosine alone, when --min-cosine is not given
 
 
-def gate_flags(task: str | None) -> str:
+def gate_text(cfg: QuantizeConfig, task) -> str:
+    """The parity gate of a model of ``task`` (a name or a task) in words."""
+    task = get_task(task)
+    words = {"mean_dice": "mean Dice vs fp32's masks", "top1_agreement": task.agreement_words, "cosine": "cosine"}
+    parts = [f"{words[m]} >= {getattr(cfg, GATE_OPTIONS[m])}" for m in task.gate_metrics if m != "cosine"]
+    if cfg.min_cosine is not None:
+        parts.append(f"cosine >= {cfg.min_cosine}")
+    return ", ".join(parts)
+
+
+def gate_flags(task) -> str:
     """The flags that loosen the parity gate of a model of ``task``."""
-    return "--min-dice/--min-agreement" if task == "segmentation" else "--min-agreement"
+    return "/".join("--" + GATE_OPTIONS[m].replace("_", "-") for m in get_task(task).gate_metrics)
+
+
+def gate_settings(cfg: QuantizeConfig, task) -> dict[str, float | None]:
+    """The gate's thresholds as recorded in a report: agreement and cosine, and those the task's gate adds."""
+    fields = ["min_agreement", "min_cosine", *(GATE_OPTIONS[m] for m in get_task(task).gate_metrics)]
+    return {f: getattr(cfg, f) for f in dict.fromkeys(fields)}
+
+
+def _check_gate_flags(cfg: QuantizeConfig, task, name: str) -> None:
+    """A gate option the model's task does not judge (--min-dice on a classifier) is refused in one line."""
+    from ..runtime.tasks import models_where
+
+    for metric, option in GATE_OPTIONS.items():
+        if option in ("min_agreement", "min_cosine") or metric in task.gate_metrics:
+            continue
+        if getattr(cfg, option) != getattr(QuantizeConfig, option):
+            models = models_where(lambda t, m=metric: m in t.gate_metrics)
+            raise ConfigError(f"--{option.replace('_', '-')} gates {models}; {name} is a {task.name} model (its gate "
+                              f"is {gate_flags(task)}{'' if 'cosine' in task.gate_metrics else ' / --min-cosine'})")
 
 
 def parity_text(p: dict[str, Any]) -> str:
@@ -673,9 +699,13 @@ def parity_text(p: dict[str, Any]) -> str:
 
 def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, float]:
     """Parity of a quantized model's logits against fp32 on the same inputs (the comparator's figures)."""
-    from ..metrics import parity_metrics
+    from ..metrics import top1_agreement
 
-    return parity_metrics(ref, got, task)
+    p = get_task(task).parity_metrics(ref, got)
+    if p["top1_agreement"] is None:
+        # No classes (an embedding): the argmax agreement is reported and ranked on, never gated (min_agreement 0).
+        p["top1_agreement"] = top1_agreement(ref, got)
+    return p
 
 
 def parity_columns(parity: dict[str, Any]) -> dict[str, float]:

@@ -150,8 +150,8 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
     nncf = _require_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 
-    from ..metrics import top1_agreement
     from ..runtime.openvino_loader import compile_ov
+    from ..runtime.tasks import get_task
 
     cfg = ctx.cfg
     transformer = is_transformer(ctx.fp32_proto, ctx.meta.arch)
@@ -220,7 +220,7 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
             r = ref[idx].astype(np.float64)
             g = got.astype(np.float64)
             per_item = ((r * g).sum(1) / np.maximum(np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1), 1e-12))
-            agreement = top1_agreement(ref[idx], got, ctx.meta.task)
+            agreement = get_task(ctx.meta.task).agreement(ref[idx], got)
             # NNCF validates the fp32 model, the PTQ model, then one model per reverted group on all held-out
             # images: show each (ranking passes on the subset have NNCF's own bar).
             if len(idx) == len(ctx.calib.holdout):

@@ -40,6 +40,7 @@ from .quantize import (
     fidelity_key,
     gate_flags,
     gate_passes,
+    gate_settings,
     gate_text,
     parity_columns,
     parity_text,
@@ -283,8 +284,7 @@ def search(ctx: QuantizeContext, ref: np.ndarray, first: SearchCandidate,
         ctx.log(f"search: {budget_note}")
     _time_passing(state)
     record = {
-        "gate": {"min_agreement": cfg.min_agreement, "min_cosine": cfg.min_cosine,
-                 **({"min_dice": cfg.min_dice} if ctx.meta.task == "segmentation" else {}),
+        "gate": {**gate_settings(cfg, ctx.meta.task),
                  "holdout_images": len(ctx.calib.holdout),
                  "holdout_split": ctx.calib.info.get("holdout_split", ctx.calib.source)},
         "budget_s": cfg.search_budget_s,
@@ -303,7 +303,7 @@ def search(ctx: QuantizeContext, ref: np.ndarray, first: SearchCandidate,
     for r in state.rows:
         r["chosen"] = r is best
     record["chosen"] = best["#"]
-    record["reason"] = _reason(best, fastest, eligible, cfg)
+    record["reason"] = _reason(best, fastest, eligible, cfg, ctx.meta.task)
     ctx.log(f"search: chose #{best['#']}: {record['reason']}")
     qm = state.models[best["#"]]
     return QuantizedModel(qm.proto, qm.precision, {**qm.provenance, "search": record}, {**qm.report, "search": record},
@@ -364,8 +364,9 @@ def _failure_line(state: SearchState, record: dict[str, Any]) -> str:
             f"{_figures(best)}{budget}; lower {gate_flags(state.ctx.meta.task)} or use --precision auto; nothing written")
 
 
-def _reason(best: dict[str, Any], fastest: dict[str, Any], eligible: list[dict[str, Any]], cfg: QuantizeConfig) -> str:
-    gate = gate_text(cfg, "segmentation" if "mean_dice" in best else None)
+def _reason(best: dict[str, Any], fastest: dict[str, Any], eligible: list[dict[str, Any]], cfg: QuantizeConfig,
+            task: str) -> str:
+    gate = gate_text(cfg, task)
     head = (f"#{best['#']} {best['engine']} {best['candidate']} ({best['latency_ms']:.3f} ms vs fp32 "
             f"{best['fp32_latency_ms']:.3f} ms, {_figures(best)})")
     if best is fastest:

@@ -372,9 +372,9 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
     from .._io import sha256_file
     from ..data import load_data
     from ..manifest import Manifest
-    from ..metrics import task_metrics, top1_agreement
     from ..models.card import load_model, resolve_model_files
     from ..runtime.metadata import ModelMeta
+    from ..runtime.tasks import get_task
     from .calibration import stratified_indices
 
     t0 = time.time()
@@ -412,10 +412,11 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
         x_test = pre(test.images)
         ref = forward_logits(model.eval(), x_test)
         q = forward_logits(qmodel, x_test)
-        metrics["top1_agreement"] = float(top1_agreement(ref, q, card.task))
-        for k, v in task_metrics(ref, test.labels, card.task).items():
+        task = get_task(card.task)
+        metrics["top1_agreement"] = float(task.agreement(ref, q))
+        for k, v in task.task_metrics(ref, test.labels).items():
             metrics[f"fp32_{k}"] = float(v)
-        for k, v in task_metrics(q, test.labels, card.task).items():
+        for k, v in task.task_metrics(q, test.labels).items():
             metrics[f"quant_{k}"] = float(v)
 
     suffix = f"trt-{cfg.precision}{'-qat' if cfg.method == 'qat' else ''}"

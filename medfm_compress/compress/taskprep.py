@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..runtime.tasks import get_task
 
 __all__ = [
     "select_device",
@@ -56,7 +57,7 @@ def labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int, gr
             fraction * int((strat == c).sum())))), replace=False) for c in np.unique(strat)])
         return np.flatnonzero(np.isin(inverse, picked_cases))
     strat = case_strata(labels, int(labels.max()) + 1 if labels.size else 1) if labels.ndim >= 3 else \
-        (labels if task != "multilabel" else labels.argmax(1))
+        get_task(task).strata(labels)
     picked = []
     for c in np.unique(strat):
         idx = np.flatnonzero(strat == c)
@@ -107,11 +108,10 @@ def adapt_batch(x, src, dst):
 
 
 def evaluate_model(model, x, labels, task, batch_size=256) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    from ..metrics import task_metrics
     from .train import predict
 
     logits, emb = predict(model, x, batch_size, embeddings=True)
-    return task_metrics(logits, labels, task), logits, emb
+    return get_task(task).task_metrics(logits, labels), logits, emb
 
 
 class FrozenTeacher:
@@ -161,13 +161,9 @@ def accepted_keywords(model) -> set[str]:
 
 
 def bootstrap_vs(reference_logits, test_logits, labels, task: str, seed: int = 0) -> dict:
-    """:func:`~medfm_compress.metrics.paired_bootstrap` at the reference's operating point (Youden's J for
-    binary and multi-label tasks, the argmax for multi-class)."""
-    from ..metrics import paired_bootstrap, positive_scores, positive_targets, youden_thresholds
-
+    """The task's paired bootstrap at the reference's operating point (Youden's J for binary and multi-label tasks,
+    the argmax for multi-class)."""
+    t = get_task(task)
     labels = np.asarray(labels)
-    thresholds = None
-    if task != "multiclass":
-        ref = np.asarray(reference_logits)
-        thresholds = youden_thresholds(positive_scores(ref, task), positive_targets(labels, task, ref.shape[1]))
-    return paired_bootstrap(reference_logits, test_logits, labels, task, thresholds=thresholds, seed=seed)
+    thresholds = t.operating_point(np.asarray(reference_logits), labels)
+    return t.paired_bootstrap(reference_logits, test_logits, labels, thresholds=thresholds, seed=seed)

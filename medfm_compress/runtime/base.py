@@ -295,10 +295,10 @@ class Engine:
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(logits, probabilities)`` for raw images (preprocessing from the model's metadata)."""
-        from ..metrics import probabilities
+        from .tasks import get_task
 
         logits = self.run(self.preprocess(images))
-        return logits, probabilities(logits, self._meta.task).astype(np.float32)
+        return logits, get_task(self._meta.task).probabilities(logits).astype(np.float32)
 
     def synchronize(self) -> None:
         """Wait for queued device work (no-op on CPU backends; GPU backends override)."""

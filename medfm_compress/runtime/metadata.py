@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import ConfigError, ModelError
 from .preprocess import PreprocessSpec
+from .tasks import get_task
 
 __all__ = [
     "ModelMeta",
@@ -48,8 +49,6 @@ __all__ = [
 
 META_FORMAT = "medfm-compress/onnx"
 META_VERSION = 1
-POSTPROCESS = {"multiclass": "softmax", "binary": "softmax", "multilabel": "sigmoid", "embedding": "none",
-               "segmentation": "softmax-argmax"}
 
 
 @dataclass
@@ -65,8 +64,8 @@ class ModelMeta:
 
     @property
     def postprocess(self) -> str:
-        """How the model's outputs become a result (``medfm.postprocess``): see the module docstring."""
-        return POSTPROCESS.get(self.task, "none")
+        """How the model's outputs become a result (``medfm.postprocess``): its task's (see the module docstring)."""
+        return get_task(self.task).postprocess
 
     @classmethod
     def from_card(cls, card, precision: str = "fp32", provenance: dict[str, Any] | None = None) -> ModelMeta:
@@ -131,9 +130,10 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMeta:
             input_size=size, channels=int(props["medfm.channels"]), mean=mean, std=std, window=window,
             spacing=spacing,
         )
+        task = get_task(props["medfm.task"], source).name
         return ModelMeta(
             preprocess=pre,
-            task=props["medfm.task"],
+            task=task,
             label_names=list(json.loads(props["medfm.label_names"])),
             arch=props.get("medfm.arch", ""),
             precision=props.get("medfm.precision", "fp32"),

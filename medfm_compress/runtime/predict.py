@@ -31,11 +31,9 @@ This module reads files and folders (:mod:`medfm_compress.runtime.images`); a da
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import json
 import os
-import struct
 import sys
 import time
 from collections import deque
@@ -50,6 +48,7 @@ from .._io import atomic_path, ensure_dir
 from ..errors import ConfigError, DataError, MedfmError, ModelError, first_line
 from .images import find_image_files, read_any
 from .predict_result import CSV_NAME, EMBEDDINGS_NAME, JSON_NAME, MASKS_DIR, PredictResult
+from .tasks import get_task
 
 __all__ = [
     "Case",
@@ -64,10 +63,6 @@ __all__ = [
     "EMBEDDINGS_NAME",
     "MASKS_DIR",
 ]
-
-# Column names of the outputs' own fields; a label with one of these names gets a "prob_" prefix in the CSV.
-_FIXED_COLUMNS = ("file", "row", "label", "labels", "error")
-
 
 @dataclass(frozen=True)
 class Case:
@@ -182,167 +177,39 @@ class PredictConfig:
         return asdict(self)
 
 
-def _num(p) -> float:
-    """A float32 value as the shortest decimal that reads back as the same float32 (the CSV's and JSON's)."""
-    return float(str(np.float32(p)))
-
-
-def _probability_columns(labels: list[str]) -> list[str]:
-    cols, seen = [], set(_FIXED_COLUMNS)
-    for name in labels:
-        col = f"prob_{name}" if name in _FIXED_COLUMNS else name
-        while col in seen:
-            col = f"{col}_"
-        seen.add(col)
-        cols.append(col)
-    return cols
-
-
 class _Outputs:
-    """The run's output files, each written to a temporary file in the output folder and renamed on success."""
+    """The run's output files: the CSV and JSON, each written to a temporary file in the output folder and renamed on
+    success, and the rows the task's writer puts in them (with any files of its own)."""
 
-    def __init__(
-        self,
-        stack: contextlib.ExitStack,
-        out: Path,
-        task: str,
-        labels: list[str],
-        total: int,
-        width: int,
-        header: dict[str, Any],
-    ):
-        self.task, self.labels, self.total, self.width = task, labels, total, width
+    def __init__(self, stack: contextlib.ExitStack, out: Path, task, labels: list[str], total: int, width: int,
+                 header: dict[str, Any]):
         self.csv_path, self.json_path = out / CSV_NAME, out / JSON_NAME
-        self.emb_path = out / EMBEDDINGS_NAME if task == "embedding" else None
-        self.masks_path = out / MASKS_DIR if task == "segmentation" else None
-        self.rows = self.predicted = self.skipped = 0
-        self._mask_names: set[str] = set()
-        self._masks_tmp: Path | None = None
-        if self.masks_path is not None:
-            import shutil
-            import tempfile
-
-            # Masks go to a hidden folder beside the final one, which replaces an older one only on success.
-            self._masks_tmp = Path(tempfile.mkdtemp(prefix=".masks.tmp-", dir=out))
-            stack.callback(shutil.rmtree, self._masks_tmp, True)
         csv_tmp = stack.enter_context(atomic_path(self.csv_path))
         json_tmp = stack.enter_context(atomic_path(self.json_path))
-        self._emb_tmp = stack.enter_context(atomic_path(self.emb_path)) if self.emb_path else None
         # Closed by finish(), where a write error surfaces; on a failed run, closed quietly.
         self._csv_fh = open(csv_tmp, "w", newline="", encoding="utf-8")
         stack.callback(_close_quietly, self._csv_fh)
         self._json_fh = open(json_tmp, "w", encoding="utf-8")
         stack.callback(_close_quietly, self._json_fh)
-        self._csv = csv.writer(self._csv_fh)
-        self._emb_fh = None
-        if task == "embedding":
-            self._csv.writerow(["file", "row", "error"])
-            # Rows are appended as they come (plain writes: no memory map, whose pages a full disk would fault
-            # on); the header says `total` rows and is rewritten, same length, if some cases were skipped.
-            self._emb_fh = open(self._emb_tmp, "wb")
-            stack.callback(_close_quietly, self._emb_fh)
-            self._emb_header = _npy_header(total, width)
-            self._emb_fh.write(self._emb_header)
-        elif task == "segmentation":
-            self._csv.writerow(["file", "mask", *(f"area_{c}" for c in _probability_columns(labels)), "error"])
-        else:
-            self._csv.writerow(
-                [
-                    "file",
-                    "labels" if task == "multilabel" else "label",
-                    *_probability_columns(labels),
-                    "error",
-                ]
-            )
+        self.writer = task.predict_writer(self._csv_fh, self._json_fh, out, labels)
+        self.writer.open(stack, total, width)
         head = json.dumps(header, indent=2)
         self._json_fh.write(head[:-2] + ',\n  "cases": [')
 
-    def _record(self, rec: dict[str, Any]) -> None:
-        self._json_fh.write(("\n    " if self.rows == 0 else ",\n    ") + json.dumps(rec, ensure_ascii=False))
-        self.rows += 1
+    @property
+    def predicted(self) -> int:
+        return self.writer.predicted
 
-    def add_bad(self, name: str, reason: str) -> None:
-        self.skipped += 1
-        if self.task == "embedding":
-            self._csv.writerow([name, "", reason])
-        elif self.task == "segmentation":
-            self._csv.writerow([name, "", *([""] * len(self.labels)), reason])
-        else:
-            self._csv.writerow([name, "", *([""] * len(self.labels)), reason])
-        self._record({"file": name, "error": reason})
-
-    def _mask_file(self, name: str) -> str:
-        """A unique PNG name for a case's mask: its file stem (``_2``, ``_3``... when two cases share one)."""
-        stem = Path(str(name).split("#")[0]).stem or "case"
-        if "#" in str(name):  # a data spec's case: spec#index
-            stem = f"{stem}_{str(name).rsplit('#', 1)[1]}"
-        cand, k = f"{stem}.png", 1
-        while cand in self._mask_names:
-            k += 1
-            cand = f"{stem}_{k}.png"
-        self._mask_names.add(cand)
-        return cand
-
-    def add_masks(self, names: list[str], masks: list[np.ndarray]) -> None:
-        """Segmentation: write each label map (at its image's size) and its row of class areas."""
-        from PIL import Image
-
-        for name, mask in zip(names, masks, strict=True):
-            fname = self._mask_file(name)
-            Image.fromarray(mask.astype(np.uint8), mode="L").save(self._masks_tmp / fname, format="PNG")
-            areas = np.bincount(mask.ravel(), minlength=len(self.labels))[: len(self.labels)]
-            rel = f"{MASKS_DIR}/{fname}"
-            self._csv.writerow([name, rel, *(int(a) for a in areas), ""])
-            self._record({"file": name, "mask": rel, "areas": dict(zip(self.labels, (int(a) for a in areas),
-                                                                       strict=True))})
-        self.predicted += len(names)
-
-    def add_batch(self, names: list[str], outputs: np.ndarray) -> None:
-        if self.task == "embedding":
-            start = self.predicted
-            self._emb_fh.write(np.ascontiguousarray(outputs, dtype="<f4").tobytes())
-            for j, name in enumerate(names):
-                self._csv.writerow([name, start + j, ""])
-                self._record({"file": name, "row": start + j})
-            self.predicted += len(names)
-            return
-        probs = outputs
-        for name, p in zip(names, probs, strict=True):
-            values = [_num(v) for v in p]
-            by_label = dict(zip(self.labels, values, strict=True))
-            if self.task == "multilabel":
-                chosen = [lab for lab, v in zip(self.labels, p, strict=True) if v >= 0.5]
-                self._csv.writerow([name, "|".join(chosen), *values, ""])
-                self._record({"file": name, "labels": chosen, "probabilities": by_label})
-            else:
-                top = self.labels[int(np.argmax(p))]
-                self._csv.writerow([name, top, *values, ""])
-                self._record({"file": name, "label": top, "probabilities": by_label})
-        self.predicted += len(names)
+    @property
+    def skipped(self) -> int:
+        return self.writer.skipped
 
     def finish(self) -> None:
-        counts = {
-            "cases": self.predicted + self.skipped,
-            "predicted": self.predicted,
-            "skipped": self.skipped,
-        }
-        self._json_fh.write(("\n  " if self.rows else "") + '],\n  "counts": ' + json.dumps(counts) + "\n}\n")
+        counts = {"cases": self.predicted + self.skipped, "predicted": self.predicted, "skipped": self.skipped}
+        self._json_fh.write(("\n  " if self.writer.rows else "") + '],\n  "counts": ' + json.dumps(counts) + "\n}\n")
         self._csv_fh.close()  # flushed here, so that a full disk is reported as such (closing again is a no-op)
         self._json_fh.close()
-        if self._emb_fh is not None:
-            if self.predicted < self.total:
-                self._emb_fh.seek(0)
-                self._emb_fh.write(_npy_header(self.predicted, self.width, len(self._emb_header)))
-                self._emb_fh.truncate(len(self._emb_header) + self.predicted * self.width * 4)
-            self._emb_fh.close()
-        if self._masks_tmp is not None:
-            import shutil
-
-            old = self.masks_path.with_name(f".{MASKS_DIR}.old-{os.getpid()}")
-            if self.masks_path.exists():
-                self.masks_path.rename(old)
-            self._masks_tmp.rename(self.masks_path)
-            shutil.rmtree(old, ignore_errors=True)
+        self.writer.finish()
 
 
 def _close_quietly(fh) -> None:
@@ -350,26 +217,6 @@ def _close_quietly(fh) -> None:
     flushing what a full disk refused must not replace the first one."""
     with contextlib.suppress(OSError):
         fh.close()
-
-
-def _npy_header(rows: int, width: int, length: int | None = None) -> bytes:
-    """The ``.npy`` (format 1.0) header of a ``(rows, width)`` little-endian float32 array, padded with spaces to
-    ``length`` bytes when given (the format allows any padding that keeps the data 64-byte aligned)."""
-    import io
-
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": "<f4", "fortran_order": False, "shape": (rows, width)}
-    )
-    head = buf.getvalue()
-    if length is None or len(head) == length:
-        return head
-    if len(head) > length:
-        raise AssertionError(
-            f"npy header for {rows} rows is longer than the one reserved ({len(head)} > {length})"
-        )
-    pad = length - len(head)
-    return head[:8] + struct.pack("<H", length - 10) + head[10:-1] + b" " * pad + b"\n"
 
 
 def _load_engine(cfg: PredictConfig):
@@ -404,12 +251,10 @@ def _probe(engine) -> int:
         raise
     except Exception as e:  # a runtime's own exception types (shape mismatch, unsupported op)
         raise ModelError(f"{engine.path} fails on an input of shape {x.shape}: {first_line(e)}") from None
-    dense = engine.meta.task == "segmentation"
-    if y.ndim != (4 if dense else 2) or y.shape[0] != x.shape[0]:
-        raise ModelError(
-            f"{engine.path} outputs shape {y.shape} for a batch of {x.shape[0]}; predict needs "
-            + ("(N, K, H, W) for a segmentation model" if dense else "(N, K)")
-        )
+    task = get_task(engine.meta.task)
+    if y.ndim != task.output_rank(len(engine.input_shape) - 1) or y.shape[0] != x.shape[0]:
+        raise ModelError(f"{engine.path} outputs shape {y.shape} for a batch of {x.shape[0]}; predict needs "
+                         f"{task.output_shape_text()} for a {task.name} model")
     return int(y.shape[1])
 
 
@@ -441,8 +286,6 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
     """
     from tqdm import tqdm
 
-    from ..metrics import probabilities
-
     t_start = time.perf_counter()
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
@@ -451,8 +294,8 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
     try:
         with _load_engine(cfg) as engine:
             meta = engine.meta
-            pre, task = meta.preprocess, meta.task
-            if pre.is_volume and task == "segmentation":  # whole volumes, by sliding windows (.predict_volume)
+            pre, task = meta.preprocess, get_task(meta.task, str(cfg.model))
+            if pre.is_volume and task.dense:  # whole volumes, by sliding windows (.predict_volume)
                 from .predict_volume import predict_volumes
 
                 result = predict_volumes(cfg, engine, out)
@@ -468,8 +311,8 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
                 raise DataError(f"no cases to predict in {', '.join(map(str, cfg.inputs))}")
             batch = _batch_size(engine, cfg.batch_size)
             width = _probe(engine)
-            labels = list(meta.label_names) or [f"class_{k}" for k in range(width)]
-            if task != "embedding" and len(labels) != width:
+            labels = task.output_labels(meta.label_names, width)
+            if labels and len(labels) != width:
                 raise ModelError(
                     f"{cfg.model} outputs {width} values per case but its metadata names "
                     f"{len(labels)} labels; re-export it"
@@ -477,8 +320,8 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
             header = {
                 "model": str(cfg.model),
                 "backend": engine.backend_name,
-                "task": task,
-                "label_names": labels if task != "embedding" else [],
+                "task": task.name,
+                "label_names": labels,
                 "inputs": [str(i) for i in cfg.inputs],
             }
             ensure_dir(out)
@@ -502,14 +345,7 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
                 def flush() -> None:
                     n = len(names)
                     logits = np.asarray(engine.run(buf if engine.fixed_batch is not None else buf[:n]))[:n]
-                    if task == "segmentation":
-                        from .images import resize_mask
-
-                        maps = logits.argmax(1).astype(np.uint8)
-                        outputs.add_masks(names, [resize_mask(m, hw) for m, hw in zip(maps, sizes, strict=True)])
-                    else:
-                        result = logits.astype(np.float32) if task == "embedding" else probabilities(logits, task)
-                        outputs.add_batch(names, result.astype(np.float32, copy=False))
+                    outputs.writer.add_batch(names, logits, sizes)
                     bar.update(n)
                     names.clear()
                     sizes.clear()
@@ -521,7 +357,7 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
                         if error is not None:
                             if not cfg.skip_bad:
                                 raise error
-                            outputs.add_bad(case.name, str(error))
+                            outputs.writer.add_bad(case.name, str(error))
                             bar.update(1)
                             continue
                         x, hw = prepared
@@ -539,8 +375,8 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
             result = PredictResult(
                 model=str(cfg.model),
                 backend=engine.backend_name,
-                task=task,
-                label_names=labels if task != "embedding" else [],
+                task=task.name,
+                label_names=labels,
                 cases=outputs.predicted + outputs.skipped,
                 predicted=outputs.predicted,
                 skipped=outputs.skipped,
@@ -549,8 +385,7 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
                 batch_size=batch,
                 csv_path=outputs.csv_path,
                 json_path=outputs.json_path,
-                embeddings_path=outputs.emb_path,
-                masks_path=outputs.masks_path,
+                **outputs.writer.paths(),
                 notes=list(cases.notes),
             )
     except BaseException:

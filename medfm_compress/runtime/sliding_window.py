@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from .tasks import get_task
 
 __all__ = ["BLEND_MODES", "window_starts", "importance_map", "sliding_window", "volume_logits", "segment_volume",
            "class_argmax"]
@@ -125,7 +126,7 @@ def volume_logits(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_si
     blending. A volume smaller than a window is padded with what air (the window's low end) becomes."""
     meta = engine.meta
     pre = meta.preprocess
-    if meta.task != "segmentation":
+    if not get_task(meta.task).dense:
         raise ModelError(f"{engine.path.name} is a {meta.task} model; a volume's label map needs a segmentation "
                          "model")
     if not pre.is_volume:

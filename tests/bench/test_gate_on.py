@@ -23,14 +23,15 @@ def _judged(gates, kind):
 
 
 def test_gate_on_limits_the_gates_to_named_artifacts():
-    every = evaluate_gates(BenchConfig(artifacts=ARTS, reference="teacher", min_speedup=30, max_size_mb=2), ENTRIES)
+    every = evaluate_gates(BenchConfig(artifacts=ARTS, reference="teacher", min_speedup=30, max_size_mb=2), ENTRIES,
+                           "multiclass")
     # Relative gates judge every artifact but the reference; absolute gates judge the reference too.
     assert _judged(every, "min_speedup") == {"fp32", "int8"}
     assert _judged(every, "max_size_mb") == {"teacher", "fp32", "int8"}
     assert {g["name"] for g in every if not g["passed"]} == {"min_speedup[fp32]", "max_size_mb[teacher]",
                                                              "max_size_mb[fp32]"}
     only = evaluate_gates(BenchConfig(artifacts=ARTS, reference="teacher", min_speedup=30, max_size_mb=2,
-                                      gate_on=("int8",)), ENTRIES)
+                                      gate_on=("int8",)), ENTRIES, "multiclass")
     assert {g["artifact"] for g in only} == {"int8"} and all(g["passed"] for g in only)
     assert only[0]["value"] == pytest.approx(40.0)
 
@@ -38,7 +39,7 @@ def test_gate_on_limits_the_gates_to_named_artifacts():
 def test_absolute_gates_judge_a_lone_reference():
     lone = (("fp32", "a"),)
     gates = evaluate_gates(BenchConfig(artifacts=lone, max_p50_ms=1e-6, max_size_mb=100),
-                           [_entry("fp32", 1.0, 3, reference=True)])
+                           [_entry("fp32", 1.0, 3, reference=True)], "multiclass")
     assert {(g["name"], g["passed"]) for g in gates} == {("max_p50_ms[fp32]", False), ("max_size_mb[fp32]", True)}
 
 

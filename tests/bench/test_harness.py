@@ -15,6 +15,8 @@ from medfm_compress import metrics as M
 from medfm_compress.bench.latency import LatencyConfig, measure_end_to_end, measure_engine, summarize
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
+from medfm_compress.runtime.tasks import get_task
+from medfm_compress.runtime.tasks.classification import BOOTSTRAP_METRICS
 
 FAST = ["--iterations", "5", "--warmup", "1", "--bootstrap", "200", "--quiet"]
 
@@ -86,21 +88,22 @@ def _random_case(seed: int, n: int, task: str, k: int = 3):
 @pytest.mark.parametrize("task,k", [("multiclass", 4), ("binary", 2), ("multilabel", 3)])
 def test_bootstrap_of_a_model_against_itself_is_exactly_zero(task, k):
     logits, labels = _random_case(1, 150, task, k)
-    th = None if task == "multiclass" else M.youden_thresholds(M.positive_scores(logits, task),
-                                                               M.positive_targets(labels, task, k))
-    res = M.paired_bootstrap(logits, logits.copy(), labels, task, th, n_resamples=300, seed=5)
-    for m in M.BOOTSTRAP_METRICS:
+    t = get_task(task)
+    th = t.operating_point(logits, labels)
+    assert (th is None) == (task == "multiclass")
+    res = t.paired_bootstrap(logits, logits.copy(), labels, th, n_resamples=300, seed=5)
+    for m in BOOTSTRAP_METRICS:
         assert res[m]["delta"] == 0.0 and res[m]["ci_low"] == 0.0 and res[m]["ci_high"] == 0.0, m
-    assert res["macro_auc"]["reference"] == pytest.approx(M.macro_auc(logits, labels, task))
-    assert res["accuracy"]["reference"] == pytest.approx(M.accuracy(logits, labels, task))
+    assert res["macro_auc"]["reference"] == pytest.approx(t.macro_auc(logits, labels))
+    assert res["accuracy"]["reference"] == pytest.approx(t.accuracy(logits, labels))
 
 
 def test_bootstrap_is_seeded_and_detects_a_worse_model():
     logits, labels = _random_case(2, 300, "multiclass", 3)
     good = logits.copy()
     good[np.arange(300), labels] += 3.0  # a model that is mostly right
-    a = M.paired_bootstrap(good, logits, labels, "multiclass", n_resamples=200, seed=0)
-    b = M.paired_bootstrap(good, logits, labels, "multiclass", n_resamples=200, seed=0)
+    a = get_task("multiclass").paired_bootstrap(good, logits, labels, n_resamples=200, seed=0)
+    b = get_task("multiclass").paired_bootstrap(good, logits, labels, n_resamples=200, seed=0)
     assert a == b
     assert a["macro_auc"]["ci_high"] < 0 and a["accuracy"]["ci_high"] < 0
 
@@ -112,7 +115,7 @@ def test_bootstrap_ci_contains_the_point_estimate(seed, n, noise, task):
     k = 2 if task == "binary" else 3
     logits, labels = _random_case(seed, n, task, k)
     other = logits + np.random.default_rng(seed + 1).normal(scale=noise, size=logits.shape)
-    res = M.paired_bootstrap(logits, other, labels, task, None if task == "multiclass" else np.full(
+    res = get_task(task).paired_bootstrap(logits, other, labels, None if task == "multiclass" else np.full(
         1 if task == "binary" else k, 0.5), n_resamples=200, seed=seed)
     for m in ("accuracy", "macro_auc"):
         r = res[m]
@@ -130,13 +133,13 @@ def test_weighted_auc_equals_rank_auc_with_unit_weights(seed, n, ties):
     rng = np.random.default_rng(seed)
     scores = rng.integers(0, 4, n).astype(float) if ties else rng.normal(size=n)
     targets = rng.random(n) > 0.5
-    got = M._weighted_auc(scores, targets, np.ones((1, n)))[0]
+    got = M.weighted_auc(scores, targets, np.ones((1, n)))[0]
     want = M.binary_auc(scores, targets)
     assert (np.isnan(got) and np.isnan(want)) or got == pytest.approx(want)
     # integer weights = repeating cases
     w = rng.integers(0, 3, n)
-    rep = M._weighted_auc(np.repeat(scores, w), np.repeat(targets, w), np.ones((1, int(w.sum()))))[0]
-    got_w = M._weighted_auc(scores, targets, w[None, :])[0]
+    rep = M.weighted_auc(np.repeat(scores, w), np.repeat(targets, w), np.ones((1, int(w.sum()))))[0]
+    got_w = M.weighted_auc(scores, targets, w[None, :])[0]
     assert (np.isnan(rep) and np.isnan(got_w)) or got_w == pytest.approx(rep)
 
 

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from medfm_compress import metrics as M
+from medfm_compress.runtime.tasks import get_task
 
 
 def test_binary_auc_known_values():
@@ -16,10 +17,10 @@ def test_binary_auc_known_values():
 
 def test_macro_auc_multiclass_and_multilabel():
     logits = np.array([[3.0, 0, 0], [0, 3, 0], [0, 0, 3], [3, 0, 0]])
-    assert M.macro_auc(logits, np.array([0, 1, 2, 0]), "multiclass") == 1.0
+    assert get_task("multiclass").macro_auc(logits, np.array([0, 1, 2, 0])) == 1.0
     ml = np.array([[2.0, -2], [-2, 2], [2, 2], [-2, -2]])
-    assert M.macro_auc(ml, np.array([[1, 0], [0, 1], [1, 1], [0, 0]]), "multilabel") == 1.0
-    assert M.accuracy(logits, np.array([0, 1, 2, 1]), "multiclass") == 0.75
+    assert get_task("multilabel").macro_auc(ml, np.array([[1, 0], [0, 1], [1, 1], [0, 0]])) == 1.0
+    assert get_task("multiclass").accuracy(logits, np.array([0, 1, 2, 1])) == 0.75
 
 
 def test_sqnr_and_cosine():

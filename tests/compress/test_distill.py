@@ -15,8 +15,8 @@ from medfm_compress.compress.losses import feature_kd_loss, hard_label_loss, log
 from medfm_compress.compress.train import batches
 from medfm_compress.data import load_data
 from medfm_compress.errors import ConfigError, ModelError
-from medfm_compress.metrics import task_metrics, top1_agreement
 from medfm_compress.models import load_model
+from medfm_compress.runtime.tasks import get_task
 
 
 def _cfg(out, **kw):
@@ -40,12 +40,12 @@ def test_run_directory_contents(tiny_run):
         m, c = load_model(tiny_run, role)
         with torch.no_grad():
             logits[role] = m.eval()(torch.from_numpy(c.preprocess(test.images))).numpy()
-        want = task_metrics(logits[role], test.labels, "multiclass")
+        want = get_task("multiclass").task_metrics(logits[role], test.labels)
         assert metrics[role]["macro_auc"] == pytest.approx(want["macro_auc"], abs=1e-6), role
         assert metrics[role]["accuracy"] == pytest.approx(want["accuracy"]), role
         assert metrics[role]["params"] == sum(p.numel() for p in m.parameters()), role
     assert metrics["student"]["macs"] > metrics["student"]["params"]  # conv weights are used at many positions
-    agreement = top1_agreement(logits["student"], logits["teacher"], "multiclass")
+    agreement = get_task("multiclass").agreement(logits["student"], logits["teacher"])
     assert metrics["student_teacher_agreement"] == pytest.approx(agreement)
     auc = {role: metrics[role]["macro_auc"] for role in ("teacher", "student", "baseline")}
     assert metrics["auc_retention"] == pytest.approx(auc["student"] / auc["teacher"])

@@ -25,8 +25,8 @@ from medfm_compress.compress.quantize import QuantizeConfig, quantize
 from medfm_compress.compress.quantize_search import SearchState, search_table_lines
 from medfm_compress.data import PreprocessSpec
 from medfm_compress.errors import ConfigError, DataError, GateFailure
-from medfm_compress.metrics import parity_metrics
 from medfm_compress.runtime.onnx_loader import read_meta, run_onnx
+from medfm_compress.runtime.tasks import get_task
 
 GATE = {"min_agreement": 0.0, "min_cosine": 0.99995}
 FAST = {"num_calib": 32, "num_holdout": 32, "num_bins": 128, "latency_runs": 5, "progress": False}
@@ -84,8 +84,8 @@ def test_search_ships_the_fastest_candidate_that_passes(tiny_onnx, tmp_path, fak
     assert any(s["stage"] == "openvino" and "--out names an .onnx" in s["status"] for s in rec["stages"])
     # The written model is the chosen one, judged on the held-out (val) images: its cosine there is the table's.
     cal = build_calibration(TINY, read_meta(out).preprocess, (1, 32, 32), 32, 32, seed=0)
-    again = parity_metrics(run_onnx(onnx.load(str(tiny_onnx)), cal.holdout), run_onnx(str(out), cal.holdout),
-                           "multiclass")
+    again = get_task("multiclass").parity_metrics(run_onnx(onnx.load(str(tiny_onnx)), cal.holdout),
+                                                  run_onnx(str(out), cal.holdout))
     assert again["cosine"] == pytest.approx(best["cosine"], abs=1e-6) and again["cosine"] >= 0.99995
     assert rec["gate"]["holdout_split"] == "val" and rec["gate"]["holdout_images"] == 32
     # One table in the output (last), the same as the metadata's.

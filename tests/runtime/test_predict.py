@@ -20,10 +20,10 @@ from support.edge import edge_cli
 
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
-from medfm_compress.metrics import probabilities
 from medfm_compress.runtime import Engine
 from medfm_compress.runtime.images import read_any
 from medfm_compress.runtime.predict import PredictConfig, predict
+from medfm_compress.runtime.tasks import get_task
 
 DATA = "synthetic?size=32&n_train=8&n_val=4&n_test=10&seed=1"
 LABELS = ["normal", "nodule", "effusion", "mass"]
@@ -176,7 +176,7 @@ def direct(model, files):
         rows = []
         for f in files:
             raw = read_any(f, pre.window)
-            rows.append(probabilities(eng.run(pre(raw[None])), eng.meta.task)[0])
+            rows.append(get_task(eng.meta.task).probabilities(eng.run(pre(raw[None])))[0])
         return np.array(rows, dtype=np.float32)
 
 
