@@ -233,12 +233,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             judges = models_where(lambda t, g=gate: t.drop_gate == g)
             raise UsageError(f"--{gate.replace('_', '-')} judges {judges}, but {cfg.data} is a {task.name} task"
                              + (f": use --{task.drop_gate.replace('_', '-')} POINTS" if task.drop_gate else ""))
-    volume = task.dense and bool(task_data.info.get("volume"))
+    volume = task.dense and task_data.volumes
     if volume:  # whole cases, scored as predict segments them (sliding windows); HD95 in mm
         from ..data.volume_seg import case_shapes
 
         shapes = case_shapes(task_data, cfg.split)
-        spacing = tuple(task_data.info.get("spacing_mm") or (1.0, 1.0, 1.0))
+        spacing = task_data.spacing_mm or (1.0, 1.0, 1.0)
     ref_name = cfg.reference_name
     order = [(n, p) for n, p in cfg.artifacts if n == ref_name] + [(n, p) for n, p in cfg.artifacts if n != ref_name]
     # Cheap checks first, so a bad invocation fails before any progress output or model loading.

@@ -14,6 +14,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from .._io import atomic_path, atomic_write_json, atomic_write_text, ensure_dir, read_json
+from ..compress.tasks.classification import retention_text
 from ..errors import ConfigError, GateFailure
 
 __all__ = [
@@ -168,13 +169,6 @@ def training_markdown(t: dict | None) -> list[str]:
     for w in t.get("warnings") or []:
         lines.append(f"\n**warning:** {w}")
     return lines
-
-
-def retention_text(r: float) -> str:
-    """AUC retention in words: over 100% is the student beating the teacher, not a share kept."""
-    if r > 1.0:
-        return f"the student beats the teacher ({100 * (r - 1):.2f}% higher macro AUC)"
-    return f"the student keeps {100 * r:.1f}% of the teacher's macro AUC"
 
 
 def to_markdown(report: dict) -> str:

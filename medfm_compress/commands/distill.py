@@ -76,6 +76,7 @@ def command(data, eval_data, teacher, teacher_weights, student, student_weights,
         raise ConfigError("--eval-data is for volume teachers (astra-ct); 2-D runs score their data's test split")
     from ..compress.distill import DistillConfig
     from ..compress.distill import distill as run
+    from ..compress.tasks import distill_task
 
     cfg = DistillConfig(
         data=data, out=out, teacher=teacher, teacher_weights=teacher_weights, student=student,
@@ -92,7 +93,7 @@ def command(data, eval_data, teacher, teacher_weights, student, student_weights,
     if as_json:
         click.echo(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=2))
         return
-    click.echo(_distill_summary(m))
+    click.echo(distill_task(m["task"]).summary(m))
     click.echo(f"artifacts in {result.out}")
 
 
@@ -114,58 +115,3 @@ def _volume(data, eval_data, teacher, out, epochs, batch_size, lr, seed, resume,
         click.echo(f"held-out crops z {e['z_range']}: cosine {e['cosine']:.4f} (centered {e['centered_cosine']:.4f}; "
                    f"mean-embedding floor {e['mean_embedding_cosine']:.4f})")
     click.echo(f"artifacts in {out}")
-
-
-def _dense_summary(m: dict) -> str:
-    unit = m["student"].get("hd95_unit", "px")
-    rows = [("model", "arch", "params", "mean Dice", f"HD95 {unit}", "voxel acc" if unit == "mm" else "pixel acc")]
-    for role in ("teacher", "student", "baseline"):
-        if role in m:
-            r = m[role]
-            hd = f"{r['hd95']:.2f}" if r.get("hd95") is not None else "-"
-            rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M", f"{r['mean_dice']:.4f}", hd,
-                         f"{r['pixel_accuracy']:.4f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    names = list(m["student"].get("dice") or {})
-    if names:
-        lines.append("Dice per class (teacher / student" + (" / baseline" if "baseline" in m else "") + "): " + ", ".join(
-            f"{n} " + " / ".join("-" if m[r]["dice"].get(n) is None else f"{m[r]['dice'][n]:.3f}"
-                                 for r in ("teacher", "student", "baseline") if r in m) for n in names))
-    lines.append(f"params ratio teacher/student: {m['param_ratio']:.1f}x")
-    if m.get("dice_retention") is not None:
-        lines.append(f"mean Dice retention: {100 * m['dice_retention']:.1f}% of the teacher's")
-    lines.append(f"student-teacher pixel agreement: {m['student_teacher_agreement']:.4f}")
-    if "distill_gain_dice" in m:
-        ci = m.get("distill_gain_dice_ci") or [None, None]
-        ci_s = f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] (paired 95% CI)" if None not in ci else ""
-        lines.append(f"distilled - baseline mean Dice: {100 * m['distill_gain_dice']:+.2f} points{ci_s}")
-    lines += [f"warning: {w}" for w in m.get("warnings", [])]
-    return "\n".join(lines)
-
-
-def _distill_summary(m: dict) -> str:
-    if m.get("task") == "segmentation":
-        return _dense_summary(m)
-    rows = [("model", "arch", "params", "accuracy", "macro AUC")]
-    for role in ("teacher", "student", "baseline"):
-        if role in m:
-            r = m[role]
-            acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
-            auc = f"{r['macro_auc']:.4f}" if "macro_auc" in r else "-"
-            rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M", acc, auc))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    from ..bench.report import retention_text
-
-    extra = [f"params ratio teacher/student: {m['param_ratio']:.1f}x"]
-    if m.get("auc_retention") is not None:
-        extra.append(f"macro AUC: {retention_text(m['auc_retention'])}")
-    if "student_teacher_agreement" in m:
-        extra.append(f"student-teacher top-1 agreement: {m['student_teacher_agreement']:.4f}")
-    if "distill_gain_auc" in m:
-        ci = m.get("distill_gain_auc_ci") or [None, None]
-        ci_s = f" [{ci[0]:+.4f}, {ci[1]:+.4f}] (paired 95% CI)" if None not in ci else ""
-        extra.append(f"distilled - baseline macro AUC: {m['distill_gain_auc']:+.4f}{ci_s}")
-    extra += [f"warning: {w}" for w in m.get("warnings", [])]
-    return "\n".join(lines + extra)

@@ -32,6 +32,8 @@ from ..errors import ConfigError, ModelError
 from ..manifest import Manifest, check_inputs
 from ..runtime.tasks import get_task
 from .artifacts import RunResult, TrainLog, write_model
+from .tasks import adaptable_task_names
+from .tasks.classification import summary_warnings
 
 __all__ = ["AdaptConfig", "AdaptResult", "AdaptedTeacher", "adapt", "adapt_teacher", "METHODS", "summary_warnings",
            "file_head_classes"]
@@ -356,12 +358,14 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
     from ..models.card import ModelCard
     from ..models.factory import count_params
     from ..models.features import classifier_of
-    from .losses import hard_label_loss
     from .taskprep import data_preprocess, labeled_subset
+    from .tasks import distill_task
     from .train import LoopConfig, augment_batch, predict, run_loop
 
-    if task.task not in ("multiclass", "binary", "multilabel"):
+    if task.task not in adaptable_task_names():
         raise ConfigError(f"adapt fits a classifier; the data's task is {task.task!r} (use distill --labels none)")
+    dtask = distill_task(task)
+    hard_loss = dtask.hard_loss
     train = task.split("train")
     test = task.split("test")
     val = task.splits.get("val")
@@ -379,7 +383,7 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
     if val is not None:
         xs["val"] = _preprocessed(pre, val.images)
     y_lab = np.asarray(train.labels)[labeled]
-    label_dtype = torch.float32 if task.task == "multilabel" else torch.int64
+    label_dtype = getattr(torch, dtask.label_dtype)
     y_t = torch.from_numpy(y_lab).to(device=device, dtype=label_dtype)
     y_val = (torch.from_numpy(np.asarray(val.labels)).to(device=device, dtype=label_dtype) if val is not None
              else None)
@@ -402,7 +406,7 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
 
         def step(batch_idx, _epoch):
             bi = torch.as_tensor(batch_idx, device=device)
-            loss = hard_label_loss(head(f_train[bi]).float(), y_t[bi], task.task)
+            loss = hard_loss(head(f_train[bi]).float(), y_t[bi])
             return loss, {"ce": float(loss.detach())}
 
         def epoch_end(epoch):
@@ -410,7 +414,7 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
                 return {}
             with torch.no_grad():
                 logits = head(f_val).float()
-                loss = float(hard_label_loss(logits, y_val, task.task))
+                loss = float(hard_loss(logits, y_val))
             auc = get_task(task.task).macro_auc(logits.cpu().numpy(), val.labels)
             best.update(epoch, auc, loss)
             return {"val_auc": round(float(auc), 4), "val_loss": round(loss, 4)}
@@ -439,7 +443,7 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
             xb = x_train[bi]
             if cfg.augment:
                 xb = augment_batch(xb.cpu(), labeled[batch_idx], cfg.seed, epoch).to(device)
-            loss = hard_label_loss(model(xb).float(), y_t[bi], task.task)
+            loss = hard_loss(model(xb).float(), y_t[bi])
             return loss, {"ce": float(loss.detach())}
 
         def epoch_end(epoch):
@@ -447,7 +451,7 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
                 return {}
             logits, _ = predict(model, xs["val"].to(device), batch_size=64)
             auc = get_task(task.task).macro_auc(logits, val.labels)
-            loss = float(hard_label_loss(torch.from_numpy(logits).to(device), y_val, task.task))
+            loss = float(hard_loss(torch.from_numpy(logits).to(device), y_val))
             best.update(epoch, auc, loss)
             return {"val_auc": round(float(auc), 4), "val_loss": round(loss, 4)}
 
@@ -506,20 +510,6 @@ def _labeled_digest(task, labeled: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def summary_warnings(metrics: dict[str, Any], task_kind: str = "multiclass") -> list[str]:
-    """``warning:`` lines an adapt run's metrics call for: teacher near chance on val, small test split."""
-    out = []
-    val = metrics.get("val") or {}
-    auc = val.get("macro_auc")
-    if auc is not None and auc < 0.6:
-        out.append(f"the adapted teacher is near chance on val (macro AUC {auc:.3f}); it has little to teach")
-    test = metrics.get("test") or {}
-    if test.get("n", 1000) < 100:
-        out.append(f"the test split has {test.get('n')} cases (< 100): its CIs are wide, read them before the point "
-                   "estimates")
-    return out
-
-
 def adapt(cfg: AdaptConfig) -> AdaptResult:
     """Run the adaptation as configured; see the module docstring for what is written."""
     from ..data import load_data
@@ -536,12 +526,12 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
         check_inputs([cfg.teacher_weights] if cfg.teacher_weights else [], False)
         device = select_device(cfg.device)
         task = load_data(cfg.data, seed=cfg.seed)
-        require_task(task, ("multiclass", "binary", "multilabel"), "adapt")
+        require_task(task, adaptable_task_names(), "adapt")
         for line in split_summary(task):
             log(line)
         adapted = adapt_teacher(cfg, task, log, device, out)
         metrics = {**adapted.metrics, "seconds": round(time.time() - t0, 1),
-                   "warnings": summary_warnings(adapted.metrics, task.task)}
+                   "warnings": summary_warnings(adapted.metrics)}
         artifacts: dict[str, Path] = {}
         artifacts["teacher_weights"], artifacts["teacher_card"] = write_model(adapted.model, adapted.card, out,
                                                                               "teacher")

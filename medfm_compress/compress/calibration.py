@@ -237,7 +237,7 @@ def build_calibration(
     hold_split = next((s for s in ("val", "test") if s in nonempty and s != cal_split), None)
     if hold_split is not None:
         hs = task.splits[hold_split]
-        if task.info.get("volume") and task.task == "segmentation":
+        if task.whole_cases:
             # Whole held-out cases: the model runs on windows of the training patch, so the gate does too.
             from ..data.volume_seg import holdout_patches
 

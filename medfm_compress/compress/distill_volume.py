@@ -99,7 +99,7 @@ def teacher_embeddings(task, teacher, cache, batch_size: int = 1, progress: bool
     """Teacher embeddings of the crops of a volume ``task`` (from :func:`load_data`), through ``cache``."""
     from ..data.volume import CropBox
 
-    if not task.info.get("volume"):
+    if not task.volumes:
         raise DataError(f"{task.source} is not a volume crop spec")
     boxes = [CropBox(*b) for b in task.info["boxes"]]
     return cache.embeddings(task.info["_volume"], boxes, teacher, batch_size=batch_size, progress=progress)

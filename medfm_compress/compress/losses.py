@@ -1,39 +1,16 @@
-"""Distillation losses: logit KD, embedding KD (through a :class:`~medfm_compress.models.heads.Projector`),
-hard-label CE/BCE; for segmentation, per-pixel KD, feature-map KD and MONAI's Dice + cross-entropy."""
+"""The distillation losses every task shares: embedding KD (through a
+:class:`~medfm_compress.models.heads.Projector`), feature-map KD, MONAI's Dice + cross-entropy, and a task's label loss
+on the labelled cases of a batch. What a loss against labels or against the teacher's outputs is for one task lives with
+the task (:mod:`medfm_compress.compress.tasks`: ``hard_loss``, ``kd_loss``)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["logit_kd_loss", "feature_kd_loss", "feature_map_kd_loss", "hard_label_loss", "labelled_loss",
-           "LOSS_NAMES"]
+__all__ = ["feature_kd_loss", "feature_map_kd_loss", "dice_ce", "labelled_loss", "LOSS_NAMES"]
 
 LOSS_NAMES = ("kd", "feat", "ce")
-
-
-def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, task: str) -> torch.Tensor:
-    """Temperature-scaled KL(teacher || student), times T^2 so gradients keep their scale (Hinton et al.).
-
-    For multi-label tasks each label is a Bernoulli: binary cross-entropy against the teacher's tempered
-    sigmoid. For segmentation (``(N, K, H, W)`` logits) the KL divergence is taken per pixel over the classes and
-    averaged over pixels; teacher maps of another size are resized (bilinear) to the student's first.
-    """
-    t = float(temperature)
-    if task == "segmentation":
-        if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
-            teacher_logits = F.interpolate(teacher_logits, size=student_logits.shape[-2:], mode="bilinear",
-                                           align_corners=False)
-        log_p_s = F.log_softmax(student_logits / t, dim=1)
-        log_p_t = F.log_softmax(teacher_logits / t, dim=1)
-        per_pixel = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-        return per_pixel.mean() * t * t
-    if task == "multilabel":
-        target = torch.sigmoid(teacher_logits / t)
-        return F.binary_cross_entropy_with_logits(student_logits / t, target) * t * t
-    log_p_s = F.log_softmax(student_logits / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / t, dim=1)
-    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * t * t
 
 
 def feature_kd_loss(projected: torch.Tensor, teacher_embedding: torch.Tensor, kind: str) -> torch.Tensor:
@@ -60,7 +37,8 @@ def feature_map_kd_loss(projected: torch.Tensor, teacher_map: torch.Tensor, kind
 _DICE_CE = None
 
 
-def _dice_ce():
+def dice_ce():
+    """MONAI's Dice + cross-entropy loss as segmentation trains with it (one instance, made on first use)."""
     global _DICE_CE
     if _DICE_CE is None:
         from monai.losses import DiceCELoss
@@ -73,19 +51,10 @@ def _dice_ce():
     return _DICE_CE
 
 
-def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
-    """Cross-entropy on class indices, BCE on 0/1 label vectors for multi-label tasks, and for segmentation
-    MONAI's ``DiceCELoss`` (Dice + cross-entropy) on ``(N, K, H, W)`` logits against ``(N, H, W)`` label maps."""
-    if task == "segmentation":
-        return _dice_ce()(logits, labels.long().unsqueeze(1))
-    if task == "multilabel":
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
-    return F.cross_entropy(logits, labels.long())
-
-
-def labelled_loss(logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor, task: str) -> torch.Tensor:
-    """:func:`hard_label_loss` on the cases of a batch whose labels may be used (``labelled``, a bool mask), scaled
-    by their share of the batch; a batch without one gives a zero that keeps the graph."""
+def labelled_loss(loss, logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """``loss(logits, labels)`` (a task's loss against labels) on the cases of a batch whose labels may be used
+    (``labelled``, a bool mask), scaled by their share of the batch; a batch without one gives a zero that keeps the
+    graph."""
     if bool(labelled.any()):
-        return hard_label_loss(logits[labelled], labels[labelled], task) * labelled.float().mean()
+        return loss(logits[labelled], labels[labelled]) * labelled.float().mean()
     return logits.sum() * 0.0

@@ -24,9 +24,18 @@ from typing import Any
 import numpy as np
 
 from ..config import config_to_dict
-from ..errors import BackendMissingError, ConfigError, DataError
+from ..errors import BackendMissingError, ConfigError, DataError, GateFailure
 from ..runtime.onnx_loader import run_onnx
-from .quantize import QuantizeContext, QuantizedModel, parity_report, register_target
+from .quantize import (
+    QuantizeContext,
+    QuantizedModel,
+    gate_flags,
+    gate_passes,
+    gate_text,
+    parity_report,
+    parity_text,
+    register_target,
+)
 
 __all__ = [
     "TRT_QUANT_PRECISIONS",
@@ -197,13 +206,14 @@ def qat_distill(
 
     import torch
 
-    from .losses import hard_label_loss, logit_kd_loss
+    from .tasks import distill_task
     from .train import LoopConfig, augment_batch, run_loop
 
     if len(train_images) != len(teacher_logits):
         raise DataError(f"{len(train_images)} training images but {len(teacher_logits)} teacher logits")
     if cfg.ce_weight > 0 and labels is None:
         raise DataError("ce_weight > 0 needs labels")
+    dtask = distill_task(task)
     x_all = torch.from_numpy(np.ascontiguousarray(train_images, dtype=np.float32))
     t_all = torch.from_numpy(np.ascontiguousarray(teacher_logits, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels)) if labels is not None else None
@@ -223,10 +233,10 @@ def qat_distill(
         if cfg.augment:
             xb = augment_batch(xb, idx, cfg.seed, epoch)
         out = qmodel(xb)
-        loss = logit_kd_loss(out, t_all[idx], cfg.temperature, task)
+        loss = dtask.kd_loss(out, t_all[idx], cfg.temperature)
         shown = {"kd": float(loss.detach())}
         if cfg.ce_weight > 0:
-            ce = hard_label_loss(out, y_all[idx], task)
+            ce = dtask.hard_loss(out, y_all[idx])
             loss = loss + cfg.ce_weight * ce
             shown["ce"] = float(ce.detach())
         return loss, shown
@@ -484,6 +494,12 @@ def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
             "parity vs fp32 on held-out images: "
             + ", ".join(f"{k} {v:.4g}" for k, v in report["parity"].items())
         )
+        if not gate_passes(report["parity"], cfg):
+            raise GateFailure(
+                f"{cfg.precision} model fails the parity gate ({gate_text(cfg, ctx.meta.task)}) on "
+                f"{len(ctx.calib.holdout)} held-out images: {parity_text(report['parity'])}; lower "
+                f"{gate_flags(ctx.meta.task)}; nothing written"
+            )
     report["engine_hint"] = f"medfm-compress export OUT.onnx --format tensorrt --precision {cfg.precision}"
     return QuantizedModel(proto, cfg.precision, prov, report)
 

@@ -69,11 +69,11 @@ def labeled_subset(labels: np.ndarray, task: str, fraction: float, seed: int, gr
 def data_preprocess(task, train_images: np.ndarray, input_size=None):
     from ..runtime.preprocess import PreprocessSpec, raw_to_unit, to_nchw
 
-    if task.info.get("volume") and task.task == "segmentation":
+    if task.volumes:
         # Volumes: one channel; its mean and std over the voxels of (up to 256) training patches; the voxel spacing
         # the volumes were resampled to, so that predict puts a new scan on the same grid.
         unit = raw_to_unit(np.asarray(train_images[:256]), task.window)
-        spacing = task.info.get("spacing_mm")
+        spacing = task.spacing_mm
         return PreprocessSpec(input_size=tuple(input_size) if input_size else task.image_size, channels=1,
                               mean=(float(unit.mean()),), std=(max(float(unit.std()), 1e-3),), window=task.window,
                               spacing=tuple(spacing) if spacing else None)

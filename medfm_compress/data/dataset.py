@@ -85,8 +85,25 @@ class TaskData:
         return len(self.label_names)
 
     @property
+    def volumes(self) -> bool:
+        """True when the images are 3-D (volume crops, or the patches and whole cases of 3-D segmentation)."""
+        return bool(self.info.get("volume"))
+
+    @property
+    def whole_cases(self) -> bool:
+        """True when val and test hold whole volumes (3-D segmentation: training patches, scored case by case),
+        each padded to the largest with its true size in ``case_shapes``."""
+        return "case_shapes" in self.info
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float] | None:
+        """The voxel spacing volumes were resampled to, where the reader recorded one."""
+        spacing = self.info.get("spacing_mm")
+        return tuple(float(v) for v in spacing) if spacing else None
+
+    @property
     def channels(self) -> int:
-        if self.info.get("volume"):
+        if self.volumes:
             return 1
         imgs = self.any_split().images
         return 1 if imgs.ndim == 3 else int(imgs.shape[-1])
@@ -94,7 +111,7 @@ class TaskData:
     @property
     def image_size(self) -> tuple[int, ...]:
         """(H, W), or (X, Y, Z) for volume crops."""
-        if self.info.get("volume"):
+        if self.volumes:
             return tuple(int(v) for v in self.any_split().images.shape[1:4])
         imgs = self.any_split().images
         return int(imgs.shape[1]), int(imgs.shape[2])

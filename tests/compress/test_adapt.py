@@ -179,13 +179,14 @@ def test_summary_is_honest_and_teacher_epochs_any_data(tmp_path, binary_npz):
 
 def test_warnings_name_what_misleads():
     from medfm_compress.compress.adapt import summary_warnings
-    from medfm_compress.compress.distill import run_warnings
+    from medfm_compress.compress.tasks import distill_task
     from medfm_compress.data.dataset import Split
 
     class _Task:
         task, num_classes, label_names = "multiclass", 2, ["normal", "lesion"]
 
     test = Split(np.zeros((120, 8, 8), np.uint8), np.array([0] * 115 + [1] * 5))
+    run_warnings = distill_task("multiclass").warnings
     w = run_warnings({"teacher": {"val": {"macro_auc": 0.52, "accuracy": 0.5}}, "student_teacher_agreement": 0.75},
                      _Task, test)
     assert len(w) == 3 and "near chance" in w[0] and "0.750" in w[1] and "lesion (5)" in w[2]

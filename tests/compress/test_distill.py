@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
 
 from medfm_compress.compress.distill import DistillConfig, distill
-from medfm_compress.compress.losses import feature_kd_loss, hard_label_loss, logit_kd_loss
+from medfm_compress.compress.losses import feature_kd_loss
+from medfm_compress.compress.tasks import distill_task
 from medfm_compress.compress.train import batches
 from medfm_compress.data import load_data
 from medfm_compress.errors import ConfigError, ModelError
@@ -96,11 +97,18 @@ def test_label_fraction_baseline_same_budget():
 
 def test_losses_behave():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
-    assert logit_kd_loss(logits, logits, 4.0, "multiclass").abs() < 1e-6
-    assert logit_kd_loss(logits, -logits, 4.0, "multiclass") > 0
+    kd = distill_task("multiclass").kd_loss
+    assert kd(logits, logits, 4.0).abs() < 1e-6
+    assert kd(logits, -logits, 4.0) > 0
     e = torch.randn(4, 8)
     assert feature_kd_loss(e, e, "cosine").abs() < 1e-6
-    assert hard_label_loss(torch.tensor([[5.0, -5.0]]), torch.tensor([[1.0, 0.0]]), "multilabel") < 0.01
+    assert distill_task("multilabel").hard_loss(torch.tensor([[5.0, -5.0]]), torch.tensor([[1.0, 0.0]])) < 0.01
+    seg = distill_task("segmentation")
+    maps = torch.randn(2, 3, 8, 8)
+    assert seg.kd_loss(maps, maps, 1.0).abs() < 1e-6 and seg.kd_loss(maps, -maps, 1.0) > 0
+    # A teacher map of another size is resized to the student's first (2-D and 3-D alike).
+    assert seg.kd_loss(maps, torch.randn(2, 3, 16, 16), 1.0) > 0
+    assert seg.kd_loss(torch.randn(1, 2, 4, 4, 4), torch.randn(1, 2, 8, 8, 8), 1.0) > 0
 
 
 def test_config_errors(tmp_path):

@@ -26,7 +26,7 @@ def _cfg(out, **kw):
 
 
 def test_segmentation_run_writes_a_dense_student_scored_by_dice(tmp_path):
-    from medfm_compress.compress.distill_seg import predict_masks
+    from medfm_compress.compress.tasks.segmentation import predict_masks
     from medfm_compress.data import load_data
     from medfm_compress.models.card import ModelCard
     from medfm_compress.models.weights import load_weights

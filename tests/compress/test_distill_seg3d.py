@@ -27,7 +27,7 @@ def _cfg(out, **kw):
 
 def test_volume_run_scores_whole_cases_and_exports_a_5d_student(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDFM_CACHE_DIR", str(tmp_path / "cache"))
-    from medfm_compress.compress.distill_seg import predict_masks
+    from medfm_compress.compress.tasks.segmentation import predict_masks
     from medfm_compress.data import load_data
     from medfm_compress.models.card import ModelCard
     from medfm_compress.models.weights import load_weights

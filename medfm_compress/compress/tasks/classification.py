@@ -1,0 +1,326 @@
+"""Distillation of classifiers (multi-class, binary, multi-label): logit KD, embedding KD through a projector, and
+the cross-entropy (binary cross-entropy per label for multi-label) on the labelled subset; label-free
+(``--labels none``) distills embeddings, then fits the head on the labelled subset's frozen embeddings."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...errors import ConfigError, ModelError
+from .base import THRESHOLDS, DistillRun, DistillTask, ResolvedTeacher, TrainedStudent, small_test_warning
+
+__all__ = ["ClassifierDistill", "DEFAULT_TEACHER", "DEFAULT_STUDENT", "summary_warnings", "retention_text"]
+
+DEFAULT_TEACHER = "timm:resnet18"
+DEFAULT_STUDENT = "timm:medfm_resnet10_w24"
+
+
+class ClassifierDistill(DistillTask):
+    """Image-level labels: one class per image (multi-class, binary) or a set of labels (multi-label)."""
+
+    teacher_tool: ClassVar[str] = "teacher-ce-1"
+    label_free_embeddings: ClassVar[bool] = True
+    adaptable: ClassVar[bool] = True
+
+    @property
+    def multilabel(self) -> bool:
+        # A label per column (0/1 vectors) rather than one class index per case.
+        return self.runtime.label_rank == 2
+
+    @property
+    def label_dtype(self) -> str:  # type: ignore[override]
+        return "float32" if self.multilabel else "int64"
+
+    def defaults(self, volumes: bool) -> dict[str, Any]:
+        return {"batch_size": 64, "temperature": 4.0}
+
+    def default_teacher(self, volumes: bool) -> str:
+        return DEFAULT_TEACHER
+
+    def default_student(self, volumes: bool) -> str:
+        return DEFAULT_STUDENT
+
+    def check_model_kind(self, role, spec, kind, data, volumes) -> None:
+        from ...models.factory import is_dense_kind
+
+        if is_dense_kind(kind):
+            raise ModelError(f"--{role} {spec} is a segmentation network, but {data.source} has image-level labels "
+                             f"({data.task}): give a classifier (timm:NAME), or data with masks")
+
+    def check_teacher_card(self, card, data) -> None:
+        # A multi-label teacher may score a superset of labels only through adapt; a class count must match.
+        if not self.multilabel and card.num_classes not in (0, data.num_classes):
+            raise ModelError(
+                f"the teacher predicts {card.num_classes} classes but the data has {data.num_classes}; "
+                "adapt it to these labels (--teacher-adapt linear|finetune, or medfm-compress adapt), or use "
+                "--labels none for embedding distillation"
+            )
+
+    # ----- losses -----
+    def hard_loss(self, logits, labels):
+        """Cross-entropy on class indices; binary cross-entropy on 0/1 label vectors (multi-label)."""
+        import torch.nn.functional as F
+
+        if self.multilabel:
+            return F.binary_cross_entropy_with_logits(logits, labels.float())
+        return F.cross_entropy(logits, labels.long())
+
+    def kd_loss(self, student_logits, teacher_logits, temperature: float):
+        """Temperature-scaled KL(teacher || student), times T^2 so gradients keep their scale (Hinton et al.); for
+        multi-label each label is a Bernoulli: binary cross-entropy against the teacher's tempered sigmoid."""
+        import torch
+        import torch.nn.functional as F
+
+        t = float(temperature)
+        if self.multilabel:
+            target = torch.sigmoid(teacher_logits / t)
+            return F.binary_cross_entropy_with_logits(student_logits / t, target) * t * t
+        log_p_s = F.log_softmax(student_logits / t, dim=1)
+        log_p_t = F.log_softmax(teacher_logits / t, dim=1)
+        return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * t * t
+
+    # ----- training -----
+    def teacher_metrics(self, run, teacher, teacher_pre):
+        from ..taskprep import adapt_batch, classifier_present, evaluate_model
+
+        task = run.task
+        if not classifier_present(teacher.model) or not (self.multilabel or teacher.card.num_classes ==
+                                                          task.num_classes):
+            return {}, None
+        metrics, logits, _ = evaluate_model(teacher.model, adapt_batch(run.x_test, run.student_pre, teacher_pre),
+                                            run.test.labels, task.task)
+        run.log(f"teacher test: accuracy={metrics['accuracy']:.4f} macro_auc={metrics['macro_auc']:.4f}")
+        return metrics, logits
+
+    def train_student(self, run: DistillRun, resolved: ResolvedTeacher, student, arch: str) -> TrainedStudent:
+        """Distill the teacher into the student (KD / feature / CE losses), then, label-free, fit its head."""
+        import torch
+
+        from ...models.features import FeatureTap
+        from ...models.heads import Projector
+        from ..losses import feature_kd_loss, labelled_loss
+        from ..taskprep import autocast
+        from ..train import LoopConfig, augment_batch, predict, run_loop
+
+        cfg, task, device, teacher = run.cfg, run.task, run.device, resolved.teacher
+        x_train, y_train, student_pre = run.x_train, run.y_train, run.student_pre
+        losses = cfg.resolved_losses()
+        if cfg.labels == "none" and set(losses) != {"feat"}:
+            raise ConfigError("--labels none distills embeddings only; use --loss feat (or leave --loss unset)")
+        if "kd" in losses and resolved.test_logits is None:
+            raise ConfigError("the teacher has no classifier head, so logit KD ('kd') is impossible; use --loss feat")
+        if "kd" in losses and not self.multilabel and teacher.card.num_classes != task.num_classes:
+            raise ConfigError(f"teacher predicts {teacher.card.num_classes} classes, data has {task.num_classes}")
+        with torch.no_grad(), FeatureTap(student) as tap:
+            student.eval()
+            _, s_emb = tap.run(x_train[:2])
+        _, t_emb = teacher.outputs(x_train[:2], student_pre)
+        projector = Projector(s_emb.shape[1], t_emb.shape[1]).to(device) if "feat" in losses else None
+
+        # Teacher outputs are fixed when nothing changes the inputs: compute them once.
+        cached_t_logits = cached_t_emb = None
+        if not cfg.augment:
+            run.log("teacher outputs cached for the training set (augmentation off, teacher frozen)")
+            cached_t_logits, cached_t_emb = teacher.outputs(x_train, student_pre)
+
+        class _Pair(torch.nn.Module):
+            def __init__(self, s, p):
+                super().__init__()
+                self.student = s
+                self.projector = p
+                self._tap = FeatureTap(s)
+
+            def forward(self, x):
+                with self._tap:
+                    logits, emb = self._tap.run(x)
+                return logits, (self.projector(emb) if self.projector is not None else emb)
+
+        net = run.wrap(_Pair(student, projector))
+        labeled_mask = torch.zeros(len(run.train), dtype=torch.bool, device=device)
+        labeled_mask[torch.as_tensor(run.labeled, device=device)] = True
+
+        def student_step(batch_idx, epoch):
+            bi = torch.as_tensor(batch_idx, device=device)
+            xb = x_train[bi]
+            if cfg.augment:
+                xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
+                with torch.no_grad():
+                    t_logits, t_e = teacher.outputs(xb, student_pre, batch_size=len(xb))
+            else:
+                t_logits = cached_t_logits[bi] if cached_t_logits is not None else None
+                t_e = cached_t_emb[bi]
+            with autocast(device):
+                s_logits, s_proj = net(xb)
+            s_logits = s_logits.float()
+            total = torch.zeros((), device=device)
+            shown = {}
+            if "kd" in losses:
+                kd = self.kd_loss(s_logits, t_logits, cfg.temperature)
+                total = total + cfg.kd_weight * kd
+                shown["kd"] = float(kd.detach())
+            if "feat" in losses:
+                fe = feature_kd_loss(s_proj.float(), t_e, cfg.feat_loss)
+                total = total + cfg.feat_weight * fe
+                shown["feat"] = float(fe.detach())
+            if "ce" in losses:
+                ce = labelled_loss(self.hard_loss, s_logits, y_train[bi], labeled_mask[bi])
+                total = total + cfg.ce_weight * ce
+                shown["ce"] = float(ce.detach())
+            return total, shown
+
+        def val_metrics(_epoch):
+            # In label-free mode the head is fitted afterwards, so a validation AUC would mean nothing yet.
+            if run.x_val is None or cfg.labels == "none":
+                return {}
+            val_logits, _ = predict(student, run.x_val)
+            return {"val_auc": round(self.runtime.macro_auc(val_logits, run.val.labels), 4)}
+
+        spe = run.steps_per_epoch
+        run.log(f"student {arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={spe}")
+        loop = LoopConfig("student", spe, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
+        modules = {"student": student} | ({"projector": projector} if projector is not None else {})
+        history = run_loop(loop, modules, student_step, np.arange(len(run.train)), run.ckpt_dir / "student.pt",
+                           cfg.resume, run.log, val_metrics, cfg.progress)
+        if cfg.labels == "none":
+            history["head"] = self.fit_head(run, student)
+        return TrainedStudent(student, arch, losses, int(s_emb.shape[1]), history)
+
+    def fit_head(self, run: DistillRun, student):
+        """Label-free mode, second step: fit the classifier on frozen embeddings of the labeled subset."""
+        import torch
+
+        from ...models.features import classifier_of
+        from ..train import LoopConfig, predict, run_loop
+
+        cfg, device, labeled = run.cfg, run.device, run.labeled
+        head = classifier_of(student)
+        if head is None:
+            raise ModelError("the student has no classifier head to fit")
+        _, emb = predict(student, run.x_train[torch.as_tensor(labeled, device=run.x_train.device)], embeddings=True)
+        emb_t = torch.from_numpy(emb).to(device)
+        y = run.y_train[torch.as_tensor(labeled, device=device)]
+        for p in head.parameters():
+            p.requires_grad_(True)
+        bs = min(cfg.batch_size, len(labeled))
+
+        def step(batch_idx, _epoch):
+            bi = torch.as_tensor(batch_idx, device=device)
+            loss = self.hard_loss(head(emb_t[bi]), y[bi])
+            return loss, {"ce": float(loss.detach())}
+
+        spe = max(1, len(labeled) // bs)
+        loop = LoopConfig("head", spe, cfg.head_epochs, 1e-2, 1e-4, bs, cfg.seed, False)
+        run.log(f"head: fitting the classifier on frozen embeddings of {len(labeled)} labeled images")
+        return run_loop(loop, {"head": head}, step, np.arange(len(labeled)), run.ckpt_dir / "head.pt", cfg.resume,
+                        run.log, progress=cfg.progress)
+
+    # ----- scoring -----
+    def run_metrics(self, run, resolved, student, baseline, seconds) -> dict[str, Any]:
+        """Student, teacher and baseline on the test split, agreement, AUC retention, sizes."""
+        from ...models.factory import count_params
+        from ...models.features import macs_of
+        from ..taskprep import adapt_batch, bootstrap_vs, evaluate_model
+
+        task, teacher = run.task, resolved.teacher
+        s_metrics, s_logits, _ = evaluate_model(student.model, run.x_test, run.test.labels, task.task)
+        example = run.x_test[:1]
+        metrics: dict[str, Any] = {
+            "task": task.task,
+            "test_size": len(run.test),
+            "student": {**s_metrics, "params": count_params(student.model), "macs": macs_of(student.model, example),
+                        "arch": student.arch},
+            "teacher": {
+                **resolved.test_metrics,
+                "params": count_params(teacher.model),
+                "macs": macs_of(teacher.model, adapt_batch(example, run.student_pre, resolved.preprocess)),
+                "arch": resolved.arch,
+                "source": teacher.source,
+            },
+        }
+        if resolved.test_logits is not None:
+            t_auc = resolved.test_metrics["macro_auc"]
+            metrics["student_teacher_agreement"] = self.runtime.agreement(s_logits, resolved.test_logits)
+            metrics["auc_retention"] = s_metrics["macro_auc"] / t_auc if t_auc else None
+        metrics["param_ratio"] = metrics["teacher"]["params"] / metrics["student"]["params"]
+        if run.x_val is not None and resolved.test_logits is not None:
+            t_val, _, _ = evaluate_model(teacher.model, adapt_batch(run.x_val, run.student_pre, resolved.preprocess),
+                                         run.val.labels, task.task)
+            metrics["teacher"]["val"] = t_val
+        if baseline is not None:
+            b_metrics, b_logits, _ = evaluate_model(baseline, run.x_test, run.test.labels, task.task)
+            metrics["baseline"] = {**b_metrics, "params": count_params(baseline), "arch": student.arch}
+            metrics["distill_gain_auc"] = s_metrics["macro_auc"] - b_metrics["macro_auc"]
+            # Paired over the same test cases: the CI of (distilled - label-only) macro AUC.
+            boot = bootstrap_vs(b_logits, s_logits, run.test.labels, task.task, seed=run.cfg.seed)
+            metrics["distill_gain_auc_ci"] = [boot["macro_auc"]["ci_low"], boot["macro_auc"]["ci_high"]]
+        metrics["warnings"] = self.warnings(metrics, run.task, run.test)
+        metrics["seconds"] = round(seconds, 1)
+        metrics["history"] = student.history
+        return metrics
+
+    def warnings(self, metrics, data, test) -> list[str]:
+        """A teacher near chance on val, a student that often disagrees with its teacher, a test split too small for
+        its CIs to mean much, classes too rare in it for their AUC to mean much."""
+        out = []
+        tv = (metrics.get("teacher") or {}).get("val") or {}
+        if tv.get("macro_auc") is not None and tv["macro_auc"] < THRESHOLDS["near_chance_auc"]:
+            out.append(f"the teacher is near chance on val (macro AUC {tv['macro_auc']:.3f}, accuracy "
+                       f"{tv.get('accuracy', float('nan')):.3f}): retention and agreement against it mean little")
+        agree = metrics.get("student_teacher_agreement")
+        if agree is not None and agree < THRESHOLDS["min_agreement"]:
+            out.append(f"student-teacher top-1 agreement is {agree:.3f} (< {THRESHOLDS['min_agreement']}): the "
+                       "student does not behave like its teacher on many cases")
+        out += small_test_warning(test)
+        if not self.multilabel:
+            lim = THRESHOLDS["min_class_cases"]
+            counts = np.bincount(np.asarray(test.labels), minlength=data.num_classes)
+            small = [f"{data.label_names[k]} ({int(c)})" for k, c in enumerate(counts) if c < lim]
+            if small:
+                out.append(f"test classes with fewer than {lim} cases: {', '.join(small)}; their AUC is noisy")
+        return out
+
+    def summary(self, m: dict[str, Any]) -> str:
+        """The run's summary as the command prints it: a table of teacher, student and baseline, then the figures."""
+        rows = [("model", "arch", "params", "accuracy", "macro AUC")]
+        for role in ("teacher", "student", "baseline"):
+            if role in m:
+                r = m[role]
+                acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
+                auc = f"{r['macro_auc']:.4f}" if "macro_auc" in r else "-"
+                rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M", acc, auc))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        extra = [f"params ratio teacher/student: {m['param_ratio']:.1f}x"]
+        if m.get("auc_retention") is not None:
+            extra.append(f"macro AUC: {retention_text(m['auc_retention'])}")
+        if "student_teacher_agreement" in m:
+            extra.append(f"student-teacher top-1 agreement: {m['student_teacher_agreement']:.4f}")
+        if "distill_gain_auc" in m:
+            ci = m.get("distill_gain_auc_ci") or [None, None]
+            ci_s = f" [{ci[0]:+.4f}, {ci[1]:+.4f}] (paired 95% CI)" if None not in ci else ""
+            extra.append(f"distilled - baseline macro AUC: {m['distill_gain_auc']:+.4f}{ci_s}")
+        extra += [f"warning: {w}" for w in m.get("warnings", [])]
+        return "\n".join(lines + extra)
+
+
+def summary_warnings(metrics: dict[str, Any]) -> list[str]:
+    """``warning:`` lines an adapt run's metrics call for: the adapted teacher near chance on val, small test split
+    (thresholds from :data:`~.base.THRESHOLDS`)."""
+    out = []
+    auc = (metrics.get("val") or {}).get("macro_auc")
+    if auc is not None and auc < THRESHOLDS["near_chance_auc"]:
+        out.append(f"the adapted teacher is near chance on val (macro AUC {auc:.3f}); it has little to teach")
+    n = (metrics.get("test") or {}).get("n", THRESHOLDS["min_test_cases"])
+    if n < THRESHOLDS["min_test_cases"]:
+        out.append(f"the test split has {n} cases (< {THRESHOLDS['min_test_cases']}): its CIs are wide, read them "
+                   "before the point estimates")
+    return out
+
+
+def retention_text(r: float) -> str:
+    """AUC retention in words: over 100% is the student beating the teacher, not a share kept."""
+    if r > 1.0:
+        return f"the student beats the teacher ({100 * (r - 1):.2f}% higher macro AUC)"
+    return f"the student keeps {100 * r:.1f}% of the teacher's macro AUC"
