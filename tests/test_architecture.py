@@ -72,3 +72,46 @@ def test_the_private_name_check_can_fail(tmp_path, monkeypatch):
     (pkg / "a" / "y.py").write_text("from .x import _hidden\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", pkg)
     assert private_imports() == ["medfm_compress.a.y: from medfm_compress.a.x import _hidden"]
+
+
+# ----- tasks are plug-ins: nothing outside the task modules branches on a task's name ---------------------------
+
+TASK_MODULES = (PACKAGE / "runtime" / "tasks", PACKAGE / "compress" / "tasks")
+# The names a branch could test: every registered task, and the made-up "segmentation-3d" of volumes.
+TASK_WORDS = {"multiclass", "binary", "multilabel", "embedding", "segmentation", "segmentation-3d", "regression"}
+
+
+def task_name_branches(root: Path = PACKAGE, skip: tuple[Path, ...] = TASK_MODULES) -> list[str]:
+    """``file:line`` of every comparison with a task's name (``task == "segmentation"``, ``x in ("binary", ...)``)
+    and every read of a data set's ``"volume"`` flag, outside the task modules (``TaskData.volumes`` is the one
+    reader of that flag)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if any(path.is_relative_to(s) for s in skip):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            hit = False
+            if isinstance(node, ast.Compare):
+                for side in (node.left, *node.comparators):
+                    consts = side.elts if isinstance(side, ast.Tuple | ast.List | ast.Set) else [side]
+                    hit |= any(isinstance(c, ast.Constant) and c.value in TASK_WORDS for c in consts)
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+                hit = bool(node.args) and isinstance(node.args[0], ast.Constant) and node.args[0].value == "volume"
+            elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+                hit = isinstance(node.slice, ast.Constant) and node.slice.value == "volume"
+            if hit:
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    allowed = {"medfm_compress/data/dataset.py"}  # TaskData.volumes
+    return [f for f in found if f.split(":")[0] not in allowed]
+
+
+def test_no_task_name_branches_outside_the_task_modules():
+    assert task_name_branches() == []
+
+
+def test_the_task_branch_check_can_fail(tmp_path):
+    pkg = tmp_path / "medfm_compress"
+    pkg.mkdir()
+    (pkg / "a.py").write_text('def f(task, info):\n    if task.task == "segmentation":\n        pass\n'
+                              '    return x in ("binary", "multiclass") or info.get("volume")\n')
+    assert task_name_branches(pkg, ()) == ["medfm_compress/a.py:2", "medfm_compress/a.py:4", "medfm_compress/a.py:4"]

@@ -130,7 +130,7 @@ def _demo_report(gain_ci, passed=True):
         return {"1": {"engine": {"p50_ms": ms}}}
 
     return {
-        "reference": "teacher", "passed": passed, "config": {"gate_on": ["student-int8"]},
+        "reference": "teacher", "passed": passed, "data": {"task": "multiclass"}, "config": {"gate_on": ["student-int8"]},
         "gates": [{"name": "min_speedup[student-int8]", "passed": passed}],
         "artifacts": [
             {"name": "teacher", "backend": "torch", "precision": "fp32", "size_bytes": 44.7e6, "latency": lat(20.0)},

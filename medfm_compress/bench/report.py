@@ -14,8 +14,8 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from .._io import atomic_path, atomic_write_json, atomic_write_text, ensure_dir, read_json
-from ..compress.tasks.classification import retention_text
 from ..errors import ConfigError, GateFailure
+from ..runtime.tasks import drop_gates, get_task
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -25,7 +25,6 @@ __all__ = [
     "training_markdown",
     "batch_choices",
     "batch_choice_markdown",
-    "retention_text",
     "to_junit",
     "plot_pareto",
     "compare_reports",
@@ -127,22 +126,20 @@ def _verdict(ci: list) -> str:
     return "no significant difference" if None not in ci else ""
 
 
-def training_markdown(t: dict | None) -> list[str]:
+def training_markdown(t: dict | None, task: str | None = None) -> list[str]:
     """The "How the student was trained" section: teacher, student and label-only baseline on the test split at
-    the run's label fraction (accuracy and macro AUC; segmentation: mean Dice, HD95 and pixel accuracy), the
-    distilled-minus-baseline difference with its paired 95% CI (segmentation: in Dice points), and warnings."""
+    the run's label fraction (in the columns of the run's task, or ``task`` where the metrics name none), the
+    distilled-minus-baseline difference with its paired 95% CI (in the task's points), and warnings."""
     if not t:
         return []
-    dense = t.get("task") == "segmentation"
-    # (header, key, format) per column; the gain's key, its scale and format; the retention line.
-    hd_unit = ((t.get("student") or {}).get("hd95_unit") or "px")
-    cols = ([("mean Dice", "mean_dice", ".4f"), (f"HD95 {hd_unit}", "hd95", ".2f"),
-             ("pixel accuracy", "pixel_accuracy", ".4f")]
-            if dense else [("accuracy", "accuracy", ".4f"), ("macro AUC", "macro_auc", ".4f")])
-    gain_key, scale, fmt, unit, what = (("dice", 100.0, "+.2f", " points", "mean Dice") if dense else
-                                        ("auc", 1.0, "+.4f", "", "macro AUC"))
+    task = get_task(t.get("task") or task)
+    cols = task.score_columns(t.get("student") or {})
+    gain_key, scale, fmt, unit, what = (task.gain_key, task.points, task.points_fmt, task.points_unit,
+                                        task.headline_words)
+    masks = task.label_words != "labels"
     lines = ["", "## How the student was trained", "",
-             f"Labelled fraction of the training split{' (masks)' if dense else ''}: {t.get('label_fraction', 1.0):g}; "
+             f"Labelled fraction of the training split{f' ({task.label_words})' if masks else ''}: "
+             f"{t.get('label_fraction', 1.0):g}; "
              f"test split {t.get('test_size')} cases.", "",
              "| model | arch | params | " + " | ".join(c[0] for c in cols) + " |", "|---|---|---|" + "---|" * len(cols)]
     for role in ("teacher", "student", "baseline"):
@@ -160,12 +157,10 @@ def training_markdown(t: dict | None) -> list[str]:
         lo, hi = (None if v is None else scale * v for v in ci)
         lines.append(f"Distilled minus label-only {what}: {scale * gain:{fmt}}{unit} [{_f(lo, fmt)}, {_f(hi, fmt)}] "
                      "(paired bootstrap 95% CI over test cases)" + (f": {verdict}." if verdict else "."))
-    if dense and t.get("dice_retention") is not None:
-        lines.append(f"Student vs teacher mean Dice: {100 * t['dice_retention']:.1f}%; pixel agreement "
-                     f"{_f(t.get('student_teacher_agreement'))}.")
-    elif not dense and t.get("auc_retention") is not None:
-        lines.append(f"Student vs teacher macro AUC: {retention_text(t['auc_retention'])}; top-1 agreement "
-                     f"{_f(t.get('student_teacher_agreement'))}.")
+    retention = t.get(f"{task.gain_key}_retention")
+    if retention is not None:
+        lines.append(f"Student vs teacher {task.headline_words}: {task.retention_words(retention)}; "
+                     f"{task.agreement_words} {_f(t.get('student_teacher_agreement'))}.")
     for w in t.get("warnings") or []:
         lines.append(f"\n**warning:** {w}")
     return lines
@@ -188,23 +183,9 @@ def to_markdown(report: dict) -> str:
         "## Accuracy and parity",
         "",
     ]
-    dense = report["data"]["task"] == "segmentation"
-    if dense:
-        lines += _dense_accuracy_markdown(report)
-    else:
-        lines += ["| artifact | backend | precision | accuracy | macro AUC [95% CI] | sensitivity | ΔAUC vs ref [95% CI] "
-                  "| top-1 agreement | cosine | max-abs | SQNR dB |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for a in ([] if dense else report["artifacts"]):
-        m, p = a["metrics"], a["parity"] or {}
-        auc_ci = m.get("macro_auc_ci") or [None, None]
-        lines.append(
-            f"| {a['name']}{' (ref)' if a['reference'] else ''} | {a['backend']} | {a['precision']} "
-            f"| {_f(m['accuracy'])} | {_f(m['macro_auc'])} [{_f(auc_ci[0])}, {_f(auc_ci[1])}] "
-            f"| {_f(m.get('sensitivity'))} | {_ci((p.get('deltas') or {}).get('macro_auc'))} "
-            f"| {_f(p.get('top1_agreement'))} | {_f(p.get('cosine'), '.6f')} | {_f(p.get('max_abs'), '.3g')} "
-            f"| {_f(p.get('sqnr_db'), '.1f')} |"
-        )
+    task = get_task(report["data"]["task"])
+    volumes = bool(report.get("data", {}).get("volumes"))
+    lines += _accuracy_markdown(report, task.report_columns(volumes))
     lines += ["", "## Latency (engine-only, ms)", "",
               "| artifact | batch | p50 | p90 | p99 | mean | std | min | throughput/s | threads |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -218,11 +199,9 @@ def to_markdown(report: dict) -> str:
                          f"| {_f(s['p99_ms'], '.3f')} | {_f(s['mean_ms'], '.3f')} | {_f(s['std_ms'], '.3f')} "
                          f"| {_f(s['min_ms'], '.3f')} | {_f(s['throughput_per_s'], '.1f')} | {s.get('threads')} |")
     lines += batch_choice_markdown(report)
-    result = "label map at the image's size" if dense else "probabilities"
-    volumes = bool(report.get("data", {}).get("volumes"))
     title = ("## End-to-end per volume (NIfTI read -> resampling -> sliding-window inference -> mask on the volume's "
              "grid -> NIfTI written), ms" if volumes else
-             f"## End-to-end per case (raw image -> preprocessing -> engine -> {result}), ms")
+             f"## End-to-end per case (raw image -> preprocessing -> engine -> {task.result_words}), ms")
     lines += ["", title, "",
               "| artifact | p50 | p90 | p99 | size MB | params | peak RSS MB |", "|---|---|---|---|---|---|---|"]
     for a in report["artifacts"]:
@@ -231,15 +210,14 @@ def to_markdown(report: dict) -> str:
         rss = f"{s['peak_rss_bytes'] / 1e6:.0f}" if s.get("peak_rss_bytes") else "-"
         lines.append(f"| {a['name']} | {_f(s.get('p50_ms'), '.3f')} | {_f(s.get('p90_ms'), '.3f')} "
                      f"| {_f(s.get('p99_ms'), '.3f')} | {a['size_bytes'] / 1e6:.2f} | {params} | {rss} |")
-    lines += ["", (f"## Per-class Dice / HD95 ({'mm' if volumes else 'pixels'})" if dense else
-                   "## Per-class sensitivity / AUC"), ""]
+    title, cell_keys = task.per_class_table(volumes)
+    lines += ["", f"## {title}", ""]
     labels = [c["label"] for c in report["artifacts"][0]["metrics"]["per_class"]]
     lines += ["| artifact | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for a in report["artifacts"]:
-        cells = [f"{_f(c['dice'], '.3f')} / {_f(c['hd95'], '.2f')}" if dense else
-                 f"{_f(c['sensitivity'], '.3f')} / {_f(c['auc'], '.3f')}" for c in a["metrics"]["per_class"]]
+        cells = [" / ".join(_f(c.get(k), f) for k, f in cell_keys) for c in a["metrics"]["per_class"]]
         lines.append(f"| {a['name']} | " + " | ".join(cells) + " |")
-    lines += training_markdown(report.get("training"))
+    lines += training_markdown(report.get("training"), report["data"]["task"])
     lines += ["", "## Gates", ""]
     if report["gates"]:
         lines += ["| gate | value | threshold | result |", "|---|---|---|---|"]
@@ -251,28 +229,31 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _dense_accuracy_markdown(report: dict) -> list[str]:
-    """The accuracy and parity table of a segmentation report: Dice against the ground truth and against the
-    reference's masks."""
-    unit = "mm" if report.get("data", {}).get("volumes") else "px"
-    lines = [f"| artifact | backend | precision | mean Dice [95% CI] | pixel accuracy | HD95 {unit} | ΔDice vs ref [95% CI] "
-             "| Dice vs ref masks | pixel agreement | cosine | SQNR dB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+def _accuracy_markdown(report: dict, columns: list[tuple[str, str, str, str]]) -> list[str]:
+    """The accuracy and parity table: per artifact, its scores against the labels and its agreement with the
+    reference, in the columns its task names (:meth:`~medfm_compress.runtime.tasks.Task.report_columns`)."""
+    lines = ["| artifact | backend | precision | " + " | ".join(c[0] for c in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for a in report["artifacts"]:
         m, p = a["metrics"], a["parity"] or {}
-        ci = m.get("mean_dice_ci") or [None, None]
-        lines.append(
-            f"| {a['name']}{' (ref)' if a['reference'] else ''} | {a['backend']} | {a['precision']} "
-            f"| {_f(m.get('mean_dice'))} [{_f(ci[0])}, {_f(ci[1])}] | {_f(m.get('pixel_accuracy'))} "
-            f"| {_f(m.get('hd95'), '.2f')} | {_ci((p.get('deltas') or {}).get('mean_dice'))} "
-            f"| {_f(p.get('mean_dice'))} | {_f(p.get('top1_agreement'))} | {_f(p.get('cosine'), '.6f')} "
-            f"| {_f(p.get('sqnr_db'), '.1f')} |"
-        )
+        cells = []
+        for _, source, key, fmt in columns:
+            if source == "metric":
+                cells.append(_f(m.get(key), fmt))
+            elif source == "metric_ci":
+                ci = m.get(f"{key}_ci") or [None, None]
+                cells.append(f"{_f(m.get(key), fmt)} [{_f(ci[0], fmt)}, {_f(ci[1], fmt)}]")
+            elif source == "delta":
+                cells.append(_ci((p.get("deltas") or {}).get(key)))
+            else:
+                cells.append(_f(p.get(key), fmt))
+        lines.append(f"| {a['name']}{' (ref)' if a['reference'] else ''} | {a['backend']} | {a['precision']} | "
+                     + " | ".join(cells) + " |")
     return lines
 
 
 # Gates that judge an artifact's outputs: one that fails them is never the artifact to use.
-_ACCURACY_GATES = ("max_auc_drop", "max_dice_drop", "min_agreement")
+_ACCURACY_GATES = (*drop_gates(), "min_agreement")
 
 
 def batch_choices(report: dict) -> list[dict[str, Any]]:
@@ -345,7 +326,7 @@ def plot_pareto(report: dict, path: str | os.PathLike) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    key = "mean_dice" if report["data"]["task"] == "segmentation" else "macro_auc"
+    key = get_task(report["data"]["task"]).headline_metric
     for a in report["artifacts"]:
         measured = sorted((int(b), v["engine"]["p50_ms"]) for b, v in a["latency"].items() if "engine" in v)
         auc = a["metrics"].get(key)

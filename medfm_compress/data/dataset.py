@@ -144,7 +144,7 @@ class TaskData:
     def class_counts(self, split: str) -> np.ndarray:
         """Images per class (segmentation: images in which the class has at least one pixel)."""
         labels = self.split(split).labels
-        if self.task in ("multilabel", "segmentation"):
+        if np.asarray(labels).ndim > 1:  # label vectors or label maps
             return class_presence(labels, self.num_classes).sum(axis=0)
         return np.bincount(labels, minlength=self.num_classes)
 
@@ -152,15 +152,17 @@ class TaskData:
 def require_task(task: TaskData, accepted: tuple[str, ...], what: str) -> None:
     """Refuse, in one line, a task of a type ``what`` (a command or stage) does not handle: a segmentation data set
     given to a classification stage, or the reverse."""
+    from ..runtime.tasks import get_task
+
     if task.task in accepted:
         return
-    if task.task == "segmentation":
-        raise DataError(f"{task.source} is a segmentation task (a label map per image); {what} handles "
-                        f"{', '.join(accepted)} tasks in this version, not segmentation: give it a data set with "
+    if get_task(task.task).dense:
+        raise DataError(f"{task.source} is a {task.task} task (a label map per image); {what} handles "
+                        f"{', '.join(accepted)} tasks in this version, not {task.task}: give it a data set with "
                         "image-level labels (labels.csv, *_labels)")
     raise DataError(f"{task.source} is a {task.task} task; {what} handles {', '.join(accepted)} tasks: give it a "
                     "data set with masks (images/ + masks/, *_masks, synthetic?task=segmentation)"
-                    if accepted == ("segmentation",) else
+                    if accepted and all(get_task(a).dense for a in accepted) else
                     f"{task.source} is a {task.task} task; {what} handles {', '.join(accepted)} tasks")
 
 

@@ -54,7 +54,7 @@ def split_labels(task: TaskData, name: str) -> list[str]:
     segmentation ``mask:`` + the first 16 hex digits of the SHA-256 of its label map as read (after any resize)."""
     labels = np.asarray(task.splits[name].labels)
     names = task.label_names
-    if task.task == "segmentation":
+    if labels.ndim >= 3:  # label maps
         return [f"mask:{hashlib.sha256(np.ascontiguousarray(m).tobytes()).hexdigest()[:16]}" for m in labels]
     if not names:
         return [""] * len(labels)

@@ -30,7 +30,15 @@ __all__ = ["SyntheticConfig", "LABEL_NAMES", "SEGMENTATION_NAMES", "SYNTHETIC_TA
 
 LABEL_NAMES = ["normal", "nodule", "consolidation", "effusion"]
 SEGMENTATION_NAMES = ["background", "lung", "heart", "nodule", "consolidation", "effusion"]
-SYNTHETIC_TASKS = ("classification", "segmentation")
+# What each variant keeps of a drawn scene: its archive key, its label names, and from the image's class and the
+# scene's label map, what the archive stores (the classes as a column; the label maps themselves).
+_VARIANTS = {
+    "classification": ("labels", LABEL_NAMES, lambda classes, masks: classes[:, None]),
+    "segmentation": ("masks", SEGMENTATION_NAMES, lambda classes, masks: masks),
+}
+SYNTHETIC_TASKS = tuple(_VARIANTS)
+# The archives made before the segmentation variant existed keep their digest: the first variant is not hashed.
+_FIRST_VARIANT = SYNTHETIC_TASKS[0]
 _LUNG, _HEART = 1, 2
 _LESION_CLASS = {1: 3, 2: 4, 3: 5}  # image class -> its lesion's label in the map
 _CLASS_PROBS = (0.4, 0.2, 0.2, 0.2)
@@ -59,7 +67,7 @@ class SyntheticConfig:
 
     def digest(self) -> str:
         fields = asdict(self)
-        if self.task == "classification":  # the archives made before segmentation keep their digest
+        if self.task == _FIRST_VARIANT:
             del fields["task"]
         blob = json.dumps({**fields, "v": _GENERATOR_VERSION}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -168,11 +176,9 @@ def generate(config: SyntheticConfig) -> dict[str, np.ndarray]:
         labels = rng.choice(len(LABEL_NAMES), size=n, p=_CLASS_PROBS).astype(np.int64)
         drawn = [_one_image(rng, int(lab), config.size) for lab in labels]
         out[f"{split}_images"] = np.stack([im for im, _ in drawn])
-        if config.task == "segmentation":
-            out[f"{split}_masks"] = np.stack([m for _, m in drawn])
-        else:
-            out[f"{split}_labels"] = labels[:, None]
-    names = SEGMENTATION_NAMES if config.task == "segmentation" else LABEL_NAMES
+        key, _, stored = _VARIANTS[config.task]
+        out[f"{split}_{key}"] = stored(labels, np.stack([m for _, m in drawn]))
+    names = _VARIANTS[config.task][1]
     out["label_names"] = np.array(json.dumps(names))
     return out
 

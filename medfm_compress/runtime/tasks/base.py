@@ -50,6 +50,14 @@ class Task:
         models_text: the models of this task, in words (``classifiers``).
         agreement_text: what :meth:`agreement` measures, in words.
         label_rank: the rank of a split's label array (None: checked by the data layer).
+
+    How reports and summaries show it:
+        headline_words: the headline metric in words (``macro AUC``).
+        gain_key: the suffix of a distill run's gain and retention figures (``distill_gain_auc``, ``auc_retention``).
+        points: the scale a difference of the headline metric is shown at (100: in points), with ``points_fmt``
+            and ``points_unit``.
+        label_words: what the labels are called (``labels``, ``masks``).
+        result_words: what ``predict`` makes of a case's outputs.
     """
 
     name: ClassVar[str] = ""
@@ -64,6 +72,13 @@ class Task:
     models_text: ClassVar[str] = "models"
     agreement_text: ClassVar[str] = "top-1 agreement with the reference"
     label_rank: ClassVar[int | None] = 1
+    headline_words: ClassVar[str] = ""
+    gain_key: ClassVar[str] = ""
+    points: ClassVar[float] = 1.0
+    points_fmt: ClassVar[str] = "+.4f"
+    points_unit: ClassVar[str] = ""
+    label_words: ClassVar[str] = "labels"
+    result_words: ClassVar[str] = "probabilities"
 
     # ----- outputs -----
     def output_rank(self, spatial_dims: int) -> int:
@@ -113,6 +128,27 @@ class Task:
                      thresholds: np.ndarray | None, n_resamples: int, seed: int) -> dict[str, dict]:
         """Per task metric, the test model's score minus the reference's with a paired bootstrap 95% CI."""
         return {}
+
+    # ----- how reports show it -----
+    def report_columns(self, volumes: bool) -> list[tuple[str, str, str, str]]:
+        """The accuracy-and-parity table's columns after artifact, backend and precision: ``(header, source, key,
+        format)``, ``source`` one of ``metric`` (the artifact's score), ``metric_ci`` (with its 95% CI), ``delta``
+        (its paired difference to the reference with CI) and ``parity`` (agreement with the reference's outputs)."""
+        return [("cosine", "parity", "cosine", ".6f"), ("max-abs", "parity", "max_abs", ".3g"),
+                ("SQNR dB", "parity", "sqnr_db", ".1f")]
+
+    def score_columns(self, metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """The training table's score columns (teacher, student, baseline on the test split): ``(header, key,
+        format)``; ``metrics`` is the student's entry of ``metrics.json``."""
+        return []
+
+    def per_class_table(self, volumes: bool) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """The per-class table's title and the ``(key, format)`` of each cell's figures."""
+        return "Per-class scores", ()
+
+    def retention_words(self, retention: float) -> str:
+        """A student's headline metric as a share of its teacher's, in words."""
+        return f"{100 * retention:.1f}%"
 
     # ----- what predict writes -----
     def predict_writer(self, csv_file, json_file, out: Path, labels: list[str]) -> PredictWriter:

@@ -25,6 +25,8 @@ class Classification(Task):
 
     postprocess: ClassVar[str] = "softmax"
     headline_metric: ClassVar[str | None] = "macro_auc"
+    headline_words: ClassVar[str] = "macro AUC"
+    gain_key: ClassVar[str] = "auc"
     drop_gate: ClassVar[str | None] = "max_auc_drop"
     drop_detail: ClassVar[str] = "upper 95% CI bound of the macro AUC drop vs the reference (percentage points)"
     models_text: ClassVar[str] = "classifiers"
@@ -148,6 +150,24 @@ class Classification(Task):
 
     def label_deltas(self, reference_logits, test_logits, labels, thresholds, n_resamples, seed) -> dict:
         return self.paired_bootstrap(reference_logits, test_logits, labels, thresholds, n_resamples, seed)
+
+    # ----- reports -----
+    def report_columns(self, volumes):
+        return [("accuracy", "metric", "accuracy", ".4f"), ("macro AUC [95% CI]", "metric_ci", "macro_auc", ".4f"),
+                ("sensitivity", "metric", "sensitivity", ".4f"), ("ΔAUC vs ref [95% CI]", "delta", "macro_auc", ""),
+                ("top-1 agreement", "parity", "top1_agreement", ".4f"), *super().report_columns(volumes)]
+
+    def score_columns(self, metrics):
+        return [("accuracy", "accuracy", ".4f"), ("macro AUC", "macro_auc", ".4f")]
+
+    def per_class_table(self, volumes):
+        return "Per-class sensitivity / AUC", (("sensitivity", ".3f"), ("auc", ".3f"))
+
+    def retention_words(self, retention):
+        """Over 100% is the student beating the teacher, not a share kept."""
+        if retention > 1.0:
+            return f"the student beats the teacher ({100 * (retention - 1):.2f}% higher macro AUC)"
+        return f"the student keeps {100 * retention:.1f}% of the teacher's macro AUC"
 
     # ----- predict -----
     def choose(self, probs: np.ndarray, labels: list[str]) -> tuple[str, Any]:

@@ -22,6 +22,7 @@ class Embedding(Task):
     postprocess: ClassVar[str] = "none"
     has_labels: ClassVar[bool] = False
     gate_metrics: ClassVar[tuple[str, ...]] = ("cosine",)
+    result_words: ClassVar[str] = "embedding"
 
     def agreement(self, reference, test):
         """Embeddings have no classes: their agreement is their cosine (``parity_metrics``), not a top-1."""

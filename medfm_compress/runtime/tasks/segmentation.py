@@ -33,6 +33,32 @@ class Segmentation(Task):
     models_text: ClassVar[str] = "segmentation models"
     agreement_text: ClassVar[str] = "pixel agreement of the masks with the reference's"
     label_rank: ClassVar[int | None] = None
+    headline_words: ClassVar[str] = "mean Dice"
+    gain_key: ClassVar[str] = "dice"
+    points: ClassVar[float] = 100.0
+    points_fmt: ClassVar[str] = "+.2f"
+    points_unit: ClassVar[str] = " points"
+    label_words: ClassVar[str] = "masks"
+    result_words: ClassVar[str] = "label map at the image's size"
+
+    def report_columns(self, volumes):
+        return [("mean Dice [95% CI]", "metric_ci", "mean_dice", ".4f"),
+                ("pixel accuracy", "metric", "pixel_accuracy", ".4f"),
+                (f"HD95 {'mm' if volumes else 'px'}", "metric", "hd95", ".2f"),
+                ("ΔDice vs ref [95% CI]", "delta", "mean_dice", ""), ("Dice vs ref masks", "parity", "mean_dice", ".4f"),
+                ("pixel agreement", "parity", "top1_agreement", ".4f"), ("cosine", "parity", "cosine", ".6f"),
+                ("SQNR dB", "parity", "sqnr_db", ".1f")]
+
+    def score_columns(self, metrics):
+        unit = metrics.get("hd95_unit") or "px"
+        return [("mean Dice", "mean_dice", ".4f"), (f"HD95 {unit}", "hd95", ".2f"),
+                ("pixel accuracy", "pixel_accuracy", ".4f")]
+
+    def per_class_table(self, volumes):
+        return f"Per-class Dice / HD95 ({'mm' if volumes else 'pixels'})", (("dice", ".3f"), ("hd95", ".2f"))
+
+    def retention_words(self, retention):
+        return f"{100 * retention:.1f}%"
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return M.softmax(np.asarray(logits, dtype=np.float64))
