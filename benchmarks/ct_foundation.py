@@ -13,7 +13,7 @@ upper one, and a margin of slices between them is touched by no crop. Figures:
 2. latency per 96x96x64 crop, INT8 student (ONNX Runtime, static QDQ) vs teacher fp32 (torch), both on the same
    threads in the same process; target >= 50x.
 
-Stages are the library's own (distill_volume -> export_onnx -> quantize -> run_bench). Teacher embeddings are
+Stages are the library's own (distill -> export_onnx -> quantize -> run_bench). Teacher embeddings are
 cached on disk, so a rerun spends no teacher time. Writes benchmarks/results/ct_foundation.json. Usage:
     python benchmarks/ct_foundation.py [--n-train 128] [--n-eval 32] [--epochs 40] [--threads 2]
 """
@@ -66,11 +66,11 @@ def main() -> None:
 
     from medfm_compress.bench.harness import BenchConfig, run_bench
     from medfm_compress.bench.latency import LatencyConfig, measure_callable
-    from medfm_compress.compress.distill_volume import VolumeDistillConfig, distill_volume, teacher_embeddings
+    from medfm_compress.compress.distill import DistillConfig, distill
+    from medfm_compress.compress.embedding_cache import EmbeddingCache, crop_embeddings
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
     from medfm_compress.data import load_data
     from medfm_compress.data.volume import (
-        EmbeddingCache,
         fetch_invesalius_example,
         hu_window,
         read_inv3,
@@ -104,8 +104,8 @@ def main() -> None:
         if m["train"]["spec"] != train_spec or m["eval"]["spec"] != eval_spec:
             raise SystemExit(f"{args.run_dir} was distilled from other crops; run without --reuse-run")
     else:
-        m = distill_volume(
-            VolumeDistillConfig(
+        m = distill(
+            DistillConfig(
                 data=train_spec,
                 eval_data=eval_spec,
                 teacher=args.teacher,
@@ -150,9 +150,9 @@ def main() -> None:
     teacher = load_teacher(args.teacher, seed=args.seed)
     cache = EmbeddingCache(cache_dir() / "embeddings")
     eval_task = load_data(eval_spec)
-    t_eval = teacher_embeddings(eval_task, teacher, cache)
+    t_eval = crop_embeddings(eval_task, teacher, cache)
     train_task = load_data(train_spec)
-    t_train = teacher_embeddings(train_task, teacher, cache)
+    t_train = crop_embeddings(train_task, teacher, cache)
     center = t_train.mean(0)
     crops = eval_task.split("test").images
     held_out: dict[str, dict] = {}

@@ -13,8 +13,8 @@ Recipe keys (see ``recipes/*.yaml``)::
     out: runs/demo            # run directory
     data: synthetic           # data spec for training, calibration and the benchmark
     seed: 0
-    distill: {...}            # DistillConfig fields (not data/out/seed); with a volume teacher (teacher: astra-ct)
-                              # VolumeDistillConfig fields: the run has no teacher artifact to bench
+    distill: {...}            # DistillConfig fields (not data/out/seed); a foundation teacher (teacher: astra-ct)
+                              # is a package, not an artifact of the run: there is no teacher to bench
     export: {...}             # ExportConfig fields (not source/out); null skips export and everything after
     quantize: [{name, ...}]   # QuantizeConfig fields per variant (not input/out); calib_data defaults to data;
                               # a target: cpu, precision: auto variant may set format: onnx (default) | openvino |
@@ -161,9 +161,10 @@ class Recipe:
     version: int = RECIPE_VERSION
 
     @property
-    def volume(self) -> bool:
-        """True when the distill stage is volume distillation from a CT foundation teacher."""
-        return _is_volume_distill(self.distill)
+    def teacher_in_run(self) -> bool:
+        """Whether the distill stage writes its teacher into the run directory (a foundation encoder from a package,
+        ``teacher: astra-ct``, is not copied there)."""
+        return _teacher_in_run(self.distill)
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "name": self.name, "out": self.out, "data": self.data, "seed": self.seed,
@@ -171,11 +172,20 @@ class Recipe:
                 "bench": self.bench}
 
 
-def _is_volume_distill(raw_distill: Any) -> bool:
-    """A distill section naming a volume foundation teacher (``astra-ct``...) runs volume distillation."""
-    from .models.foundation import is_teacher_spec
+def _teacher_in_run(raw_distill: Any) -> bool:
+    """Whether a distill section's teacher source writes the teacher into the run directory."""
+    from .compress.distill import DistillConfig
+    from .compress.teachers import teacher_source
+    from .config import config_from_dict
 
-    return isinstance(raw_distill, dict) and is_teacher_spec(str(raw_distill.get("teacher") or ""))
+    if not isinstance(raw_distill, dict):
+        return True
+    try:
+        cfg = config_from_dict(DistillConfig, {k: v for k, v in raw_distill.items() if k in DistillConfig.__dataclass_fields__},
+                               "distill")
+        return teacher_source(cfg).writes_artifact()
+    except MedfmError:  # a section that does not validate is reported where it is checked
+        return True
 
 
 def _unknown(key: str, valid, where: str) -> ConfigError:
@@ -189,10 +199,6 @@ def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: boo
     from .config import config_from_dict, config_to_dict
 
     cls = _config_classes()[stage]
-    if stage == "distill" and _is_volume_distill(raw):
-        from .compress.distill_volume import VolumeDistillConfig
-
-        cls = VolumeDistillConfig
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
     raw = dict(raw)
@@ -306,8 +312,7 @@ def resolve_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     if not ("bench" in raw and raw["bench"] is None):
         braw = raw.get("bench") or {}
         # Validate against the names the bench stage will give its artifacts (engines only run on GPUs).
-        volume = _is_volume_distill(distill)
-        names = [*([] if volume else ["teacher"]), *(["baseline"] if distill.get("baseline") else []), "student-fp32",
+        names = [*(["teacher"] if _teacher_in_run(distill) else []), *(["baseline"] if distill.get("baseline") else []), "student-fp32",
                  *(f"student-{q['name']}" for q in quantize if q["target"] != "tensorrt"),
                  *(f"student-{e['name']}" for e in tensorrt)]
         bench = _section("bench", braw, f"{where}.bench", {"artifacts": tuple((n, "x") for n in dict.fromkeys(names)),
@@ -363,8 +368,8 @@ def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
     distill_writes = {"student_weights": run_dir / "student.safetensors", "student_card": run_dir / "student.json",
                       "teacher_weights": run_dir / "teacher.safetensors", "teacher_card": run_dir / "teacher.json",
                       "metrics": run_dir / "metrics.json"}
-    if recipe.volume:
-        # The volume teacher is a pip-installed package, not an artifact of the run.
+    if not recipe.teacher_in_run:
+        # A foundation teacher is a pip-installed package, not an artifact of the run.
         del distill_writes["teacher_weights"], distill_writes["teacher_card"]
     if recipe.distill.get("baseline"):
         distill_writes |= {"baseline_weights": run_dir / "baseline.safetensors", "baseline_card": run_dir / "baseline.json"}
@@ -381,7 +386,7 @@ def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
         path = _variant_path(run_dir, q)
         qpaths[q["name"]] = path
         reads = [fp32]
-        if q.get("method") == "qat" and not recipe.volume:
+        if q.get("method") == "qat" and recipe.teacher_in_run:
             reads = [fp32, distill_writes["student_weights"], distill_writes["teacher_weights"]]
         writes = {"model": path, **({"weights": path.with_suffix(".bin")} if path.suffix == ".xml" else {})}
         out.append(StageSpec(f"quantize:{q['name']}", "quantize", q, reads, writes))
@@ -391,7 +396,7 @@ def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
         out.append(StageSpec(f"tensorrt:{e['name']}", "tensorrt", e, [src],
                              {"engine": path, "sidecar": path.with_name(path.name + ".json")}))
     if recipe.bench is not None:
-        reads = [*([] if recipe.volume else [distill_writes["teacher_weights"]]), fp32, *qpaths.values()]
+        reads = [*([distill_writes["teacher_weights"]] if recipe.teacher_in_run else []), fp32, *qpaths.values()]
         if recipe.distill.get("baseline"):
             reads.append(distill_writes["baseline_weights"])
         out.append(StageSpec("bench", "bench", recipe.bench, reads,
@@ -468,20 +473,12 @@ def _stage_config(spec: StageSpec, recipe: Recipe, **owned: Any):
     from .config import config_from_dict
 
     cls = _config_classes()[spec.kind]
-    if spec.kind == "distill" and recipe.volume:
-        from .compress.distill_volume import VolumeDistillConfig
-
-        cls = VolumeDistillConfig
     cfg_dict = {k: v for k, v in spec.config.items() if k not in ("name", "source", "format")}
     return config_from_dict(cls, {**cfg_dict, **owned}, spec.id)
 
 
 def _run_distill(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
                  force: bool) -> Any:
-    if recipe.volume:
-        from .compress.distill_volume import distill_volume
-
-        return distill_volume(_stage_config(spec, recipe, out=str(run_dir), progress=progress))
     from .compress.distill import distill
 
     return distill(_stage_config(spec, recipe, out=str(run_dir), progress=progress, force=force))
@@ -526,7 +523,7 @@ def _run_bench(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
     from .bench.harness import run_bench
     from .bench.report import write_reports
 
-    artifacts = [] if recipe.volume else [("teacher", str(run_dir / "teacher"))]
+    artifacts = [("teacher", str(run_dir / "teacher"))] if recipe.teacher_in_run else []
     if recipe.distill.get("baseline"):
         artifacts.append(("baseline", str(run_dir / "baseline")))
     artifacts.append(("student-fp32", str(run_dir / "student.onnx")))
@@ -542,8 +539,8 @@ def _run_bench(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
     if gate_on is not None:
         present = {n for n, _ in artifacts}
         gate_on = [n for n in gate_on if n in present]
-    # A volume run is benchmarked on its held-out crops when it has them.
-    bench_data = (recipe.distill.get("eval_data") or recipe.data) if recipe.volume else recipe.data
+    # Data without a test split of its own (volume crops) is benchmarked on its held-out data when the run has it.
+    bench_data = recipe.distill.get("eval_data") or recipe.data
     cfg = _stage_config(spec, recipe, artifacts=artifacts, data=bench_data, gate_on=gate_on,
                         out=str(spec.writes["report"].parent), progress=progress, force=force)
     report = run_bench(cfg)
@@ -560,7 +557,7 @@ def _training_summary(run_dir: Path, recipe: Recipe) -> dict[str, Any] | None:
     from ._io import read_json
 
     path = run_dir / "metrics.json"
-    if recipe.volume or not path.is_file():
+    if not recipe.teacher_in_run or not path.is_file():
         return None
     m = read_json(path, "distill metrics")
     keep = ("accuracy", "macro_auc", "mean_dice", "hd95", "pixel_accuracy", "params", "arch")

@@ -8,8 +8,6 @@ card), ``teacher.json`` (+ weights), ``baseline.*`` with ``baseline=True``, ``me
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -20,22 +18,18 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import __version__
-from .._cache import cache_dir
-from .._io import atomic_write_json, ensure_dir, no_partial_output, sha256_file
+from .._io import atomic_write_json, ensure_dir, no_partial_output
 from ..config import config_to_dict
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from ..manifest import Manifest, check_inputs
 from .artifacts import RunResult, TrainLog, link_or_copy, write_model
 from .taskprep import (
-    FrozenTeacher,
     accepted_keywords,
-    adapt_batch,
-    autocast,
-    data_preprocess,
     labeled_subset,
     select_device,
 )
 from .tasks import DistillRun, DistillTask, ResolvedTeacher, TrainedStudent, distill_task, distill_task_names
+from .teachers import teacher_path, teacher_source, train_supervised
 
 __all__ = [
     "DistillConfig",
@@ -48,11 +42,8 @@ __all__ = [
     "train_baseline",
     "write_run",
     "resolve_task_defaults",
-    "TEACHER_EPOCHS",
 ]
 
-TEACHER_EPOCHS = 4
-TEACHER_LR = 2e-3
 CONFIG_VERSION = 1
 
 
@@ -74,15 +65,23 @@ class DistillConfig:
     feat_loss: Literal["cosine", "mse"] = "cosine"
     labels: Literal["full", "none"] = "full"
     label_fraction: float = 1.0
-    epochs: int = 6
-    batch_size: int | None = None  # None: the data's task's default (DistillTask.defaults)
-    lr: float = 3e-3
+    epochs: int | None = None  # None: the data's task's default (DistillTask.defaults), as batch_size, lr, augment
+    batch_size: int | None = None
+    lr: float | None = None
     weight_decay: float = 0.02
     head_epochs: int = 30
     teacher_epochs: int | None = None
     teacher_adapt: Literal["linear", "finetune"] | None = None
     weights_key_map: Literal["name", "order"] = "name"
-    augment: bool = True
+    augment: bool | None = None
+    # Held-out data scored after every epoch, for data without a test split of its own (volume crops).
+    eval_data: str | None = None
+    # The 3-D embedding student of volume crops (default student only): stage widths, embedding head's hidden width.
+    widths: tuple[int, ...] | None = None
+    head_hidden: int | None = None
+    # A foundation teacher's embedding cache (default <cache>/embeddings) and its batch when filling it.
+    cache: str | None = None
+    teacher_batch_size: int | None = None
     baseline: bool = False
     seed: int = 0
     resume: bool = False
@@ -96,9 +95,11 @@ class DistillConfig:
         from ..data.spec import parse_data_spec
 
         parse_data_spec(self.data)  # a malformed spec is reported before anything else
+        if self.eval_data is not None:
+            parse_data_spec(self.eval_data)
         if self.version != CONFIG_VERSION:
             raise ConfigError(f"distill config version {self.version} is not supported (expected {CONFIG_VERSION})")
-        for name in ("epochs", "batch_size", "head_epochs"):
+        for name in ("epochs", "batch_size", "head_epochs", "head_hidden", "teacher_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.teacher_epochs is not None and self.teacher_epochs < 1:
@@ -107,7 +108,9 @@ class DistillConfig:
             raise ConfigError(f"label-fraction must be in (0, 1], got {self.label_fraction}")
         if self.temperature is not None and self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.lr <= 0:
+        if self.widths is not None and (len(self.widths) < 2 or min(self.widths) < 1):
+            raise ConfigError(f"widths needs at least two positive channel counts, got {self.widths}")
+        if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.losses is not None:
             bad = [x for x in self.losses if x not in LOSS_NAMES]
@@ -150,10 +153,11 @@ def _check_model_kinds(cfg: DistillConfig, task, dtask: DistillTask) -> None:
     """A network unfit for the data (a classifier for label maps, a 2-D network for volumes...) is refused in one
     line, before anything trains."""
     from ..models.factory import check_model_spec, parse_model_spec
+    from ..models.foundation import is_teacher_spec
 
     for role, spec in (("teacher", cfg.teacher or dtask.default_teacher(task.volumes)),
                        ("student", cfg.student or dtask.default_student(task.volumes))):
-        if teacher_path(spec) is not None:
+        if teacher_path(spec) is not None or is_teacher_spec(spec):  # a model on disk, a foundation encoder
             continue
         check_model_spec(spec)
         dtask.check_model_kind(role, spec, parse_model_spec(spec)[0], task, task.volumes)
@@ -171,64 +175,6 @@ def _init_distributed(device) -> bool:
     return True
 
 
-def _teacher_cache_key(cfg: DistillConfig, task, arch: str, epochs: int, data_digest: str) -> str:
-    blob = json.dumps(
-        {
-            "data": data_digest,
-            "arch": arch,
-            "epochs": epochs,
-            "seed": cfg.seed,
-            "batch_size": cfg.batch_size,
-            "augment": cfg.augment,
-            "labels": task.label_names,
-            "v": CONFIG_VERSION,
-            # How the task trains a teacher from scratch (its loss): a change there is a new teacher.
-            "tool": distill_task(task).teacher_tool,
-        },
-        sort_keys=True,
-    ).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def data_digest_of(cfg: DistillConfig, task) -> str:
-    from ..data.spec import parse_data_spec
-
-    kind, path, _ = parse_data_spec(cfg.data)
-    if kind == "medmnist":
-        return sha256_file(path)
-    # Generated and folder data: hash the arrays themselves, so a change of generator or files shows.
-    h = hashlib.sha256()
-    for name in ("train", "val", "test"):
-        if name in task.splits:
-            h.update(np.ascontiguousarray(task.splits[name].images).tobytes())
-            h.update(np.ascontiguousarray(task.splits[name].labels).tobytes())
-    return h.hexdigest()
-
-
-def _train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs: int, lr: float, ckpt: Path):
-    """Label-only training on ``idx`` of the training set (the default teacher, the baseline)."""
-    import torch
-
-    from .train import LoopConfig, augment_batch, run_loop
-
-    cfg, device, x, y, dtask = run.cfg, run.device, run.x_train, run.y_train, run.dtask
-    net = run.wrap(model)
-
-    def step(batch_idx, epoch):
-        xb = x[torch.as_tensor(batch_idx, device=x.device)]
-        yb = y[torch.as_tensor(batch_idx, device=y.device)]
-        if cfg.augment:
-            xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
-            yb = dtask.augment_targets(yb, batch_idx, cfg.seed, epoch)  # label maps move with their images
-        with autocast(device):
-            logits = net(xb)
-            loss = dtask.hard_loss(logits.float(), yb)
-        return loss, {"loss": float(loss.detach())}
-
-    loop = LoopConfig(name, run.steps_per_epoch, epochs, lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
-    return run_loop(loop, {"model": model}, step, idx, ckpt, cfg.resume, run.log, progress=cfg.progress)
-
-
 def prepare_run(cfg: DistillConfig) -> DistillRun:
     """Device and process group, output folder and log, input checks, and the data as preprocessed tensors."""
     import torch
@@ -237,12 +183,14 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     from ..data.dataset import require_task
     from ..data.digest import data_digest, split_summary
     from ..models.factory import check_model_spec
+
+    # A mistyped architecture is refused before anything is read or trained (the default teacher takes minutes);
+    # whether it suits the task, and whether the teacher's source can serve the run, once the data is read.
+    from ..models.foundation import is_teacher_spec
     from .train import dist_info
 
-    # A mistyped architecture is refused before anything is trained (the default teacher takes minutes); whether
-    # it suits the task is checked once the data is read.
     for spec in (cfg.teacher, cfg.student):
-        if spec and teacher_path(spec) is None:
+        if spec and teacher_path(spec) is None and not is_teacher_spec(spec):
             check_model_spec(spec)
     device = select_device(cfg.device)
     distributed = _init_distributed(device)
@@ -267,27 +215,31 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     task = load_data(cfg.data, seed=cfg.seed)
     require_task(task, distill_task_names(), "distill")
     dtask = distill_task(task)
+    dtask.check_config(cfg, task)
     _check_model_kinds(cfg, task, dtask)
+    source = teacher_source(cfg)
+    source.check(cfg)
+    source.check_data(cfg, task)
     cfg = resolve_task_defaults(cfg, dtask, task.volumes)
-    train, test = task.split("train"), task.split("test")
-    val = task.split("val") if "val" in task.splits and len(task.splits["val"]) else None
+    train, val, test, eval_task = dtask.load_splits(cfg, task)
     if len(train) < cfg.batch_size * world:
         raise ConfigError(
             f"the train split has {len(train)} images, fewer than one batch ({cfg.batch_size} x {world} ranks); "
             "lower --batch-size"
         )
     log(f"data {task.source}: task={task.task} classes={task.num_classes} channels={task.channels} "
-        f"size={task.image_size} train/val/test={len(train)}/{len(val) if val else 0}/{len(test)}")
+        f"size={task.image_size} train/val/test={len(train)}/{len(val) if val else 0}/{len(test) if test else 0}")
     for line in split_summary(task):
         log(line)
     if rank == 0:
         data_digest(task, cfg.data, cfg.seed)  # hashed now, as read; write_run records it with splits.csv
 
-    student_pre = data_preprocess(task, train.images)
+    student_pre = dtask.student_preprocess(cfg, task, train)
     # Volumes: val and test hold whole cases, segmented by sliding windows of the training patch's size.
-    whole = student_pre.whole_volumes if task.volumes else student_pre
-    labeled = labeled_subset(np.asarray(train.labels), task.task, cfg.label_fraction, cfg.seed,
-                             groups=train.groups if task.volumes else None)
+    whole = student_pre.whole_volumes if task.whole_cases else student_pre
+    labeled = (labeled_subset(np.asarray(train.labels), task.task, cfg.label_fraction, cfg.seed,
+                              groups=train.groups if task.whole_cases else None)
+               if dtask.runtime.has_labels else np.arange(len(train)))
     log(f"labels: {cfg.labels}; labeled subset {len(labeled)}/{len(train)} (fraction {cfg.label_fraction})")
     return DistillRun(
         cfg=cfg, device=device, distributed=distributed, rank=rank, world=world, out=out, log=log,
@@ -295,9 +247,9 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
         student_pre=student_pre,
         x_train=torch.from_numpy(student_pre(train.images)).to(device),
         x_val=torch.from_numpy(whole(val.images)).to(device) if val is not None else None,
-        x_test=torch.from_numpy(whole(test.images)).to(device),
+        x_test=torch.from_numpy(whole(test.images)).to(device) if test is not None else None,
         y_train=torch.from_numpy(np.asarray(train.labels)).to(device=device, dtype=getattr(torch, dtask.label_dtype)),
-        labeled=labeled, steps_per_epoch=len(train) // (cfg.batch_size * world),
+        labeled=labeled, steps_per_epoch=len(train) // (cfg.batch_size * world), eval_task=eval_task,
     )
 
 
@@ -310,167 +262,10 @@ def resolve_task_defaults(cfg: DistillConfig, task, volumes: bool = False) -> Di
     return dataclasses.replace(cfg, **unset) if unset else cfg
 
 
-def teacher_path(spec: str | None) -> tuple[Path, Path] | None:
-    """``(card, weights)`` when ``--teacher`` names a trained model on disk (a run directory, ``DIR/teacher``, a
-    card or a .safetensors file) rather than an architecture; None for an architecture spec."""
-    from ..models.card import resolve_model_files
-    from ..models.factory import model_kinds
-
-    if not spec or spec.split(":", 1)[0] in model_kinds():
-        return None
-    p = Path(spec)
-    if p.is_dir() or p.suffix in (".json", ".safetensors") or (p.parent / f"{p.name}.json").is_file():
-        return resolve_model_files(p, "teacher")
-    return None
-
-
-def adapted_teacher(run: DistillRun) -> tuple[Path, Path]:
-    """``--teacher-adapt``: the teacher adapted to this run's labels (see :mod:`.adapt`), cached by the teacher
-    weights' hash, the data digest and the adapt config; returns its ``(card, weights)``."""
-    from ..data.digest import data_digest
-    from .adapt import AdaptConfig, adapt_teacher
-
-    cfg = run.cfg
-    acfg = AdaptConfig(teacher=cfg.teacher, data=cfg.data, out=str(run.out), teacher_weights=cfg.teacher_weights,
-                       weights_key_map=cfg.weights_key_map, method=cfg.teacher_adapt,
-                       label_fraction=cfg.label_fraction, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
-    blob = json.dumps({
-        "weights": sha256_file(cfg.teacher_weights) if cfg.teacher_weights else None,
-        "data": data_digest(run.task, cfg.data, cfg.seed)["sha256"],
-        "config": {k: v for k, v in acfg.to_dict().items() if k not in ("out", "progress", "device", "data")},
-        "tool": "adapt-1",
-    }, sort_keys=True).encode()
-    tdir = cache_dir() / "adapted" / hashlib.sha256(blob).hexdigest()[:16]
-    card, weights = tdir / "teacher.json", tdir / "teacher.safetensors"
-    if card.is_file() and weights.is_file():
-        run.log(f"teacher: adapted ({cfg.teacher_adapt}) teacher cached at {tdir}")
-        return card, weights
-    if run.rank == 0:
-        run.log(f"teacher: adapting {cfg.teacher} to {run.task.source} ({cfg.teacher_adapt}, {len(run.labeled)} "
-                f"labelled images), cached by weights hash, data digest and config at {tdir}")
-        ensure_dir(tdir)
-        adapted = adapt_teacher(acfg, run.task, run.log, run.device, tdir)
-        atomic_write_json(tdir / "metrics.json", {k: v for k, v in adapted.metrics.items() if k != "history"})
-        write_model(adapted.model, adapted.card, tdir, "teacher")
-        m = adapted.metrics.get("val") or adapted.metrics.get("test") or {}
-        if m:
-            run.log(f"teacher: adapted, {'val' if 'val' in adapted.metrics else 'test'} macro AUC "
-                    f"{m['macro_auc']:.4f} [{m['macro_auc_ci'][0]:.4f}, {m['macro_auc_ci'][1]:.4f}]")
-    _barrier(run)
-    return card, weights
-
-
 def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
-    """The teacher: from ``--teacher-weights`` (with its card when one sits beside them), a factory that loads its
-    own weights, or the default teacher trained on the synthetic task's full labels and cached by config hash."""
-    from ..models.card import ModelCard
-    from ..models.factory import count_params, create_model
-    from ..models.weights import load_weights
-
-    cfg, task, log, dtask = run.cfg, run.task, run.log, run.dtask
-    teacher_weights = cfg.teacher_weights
-    teacher_card_path = None
-    tpath = adapted_teacher(run) if cfg.teacher_adapt else teacher_path(cfg.teacher)
-    if tpath is not None:  # a run directory's teacher (adapt --out DIR, or a cached --teacher-adapt)
-        teacher_card_path, teacher_weights = tpath
-        teacher_arch = ModelCard.load(teacher_card_path).arch
-    else:
-        teacher_arch = cfg.teacher or dtask.default_teacher(task.volumes)
-        if teacher_weights:
-            cand = Path(teacher_weights).with_suffix(".json")
-            if cand.is_file():
-                teacher_card_path = cand
-    teacher_pre = run.student_pre
-    if teacher_card_path is not None:
-        tcard = ModelCard.load(teacher_card_path)
-        teacher_pre = tcard.preprocess
-        if tcard.arch != teacher_arch:
-            raise ModelError(f"{teacher_card_path} describes {tcard.arch}, but --teacher is {teacher_arch}")
-        dtask.check_teacher_card(tcard, task)
-        if tcard.num_classes and tcard.label_names and list(tcard.label_names) != list(task.label_names):
-            raise ModelError(
-                f"the teacher's classes {tcard.label_names} are not the data's {task.label_names}; adapt it to "
-                "these labels (--teacher-adapt linear|finetune, or medfm-compress adapt)"
-            )
-        teacher_model = tcard.build()
-    else:
-        head, in_ch, size = task.num_classes, task.channels, run.student_pre.input_size[0]
-        if teacher_weights and cfg.labels == "none" and dtask.label_free_embeddings:
-            # An embedding teacher keeps its own head (any label set, or none) and input channels: only its
-            # features are distilled, from the data re-expressed in its preprocessing.
-            from ..models.weights import first_conv_in_chans
-            from .adapt import file_head_classes, teacher_preprocess
-
-            in_ch = first_conv_in_chans(teacher_weights) or task.channels
-            head = file_head_classes(teacher_arch, teacher_weights, cfg.weights_key_map, in_ch, size) or head
-        teacher_model = create_model(teacher_arch, head, in_ch, size)
-        if in_ch != task.channels:
-            teacher_pre = teacher_preprocess(teacher_model, task, in_ch, size, run.student_pre, pretrained=True)
-        tcard = ModelCard(
-            arch=teacher_arch,
-            num_classes=head,
-            in_chans=in_ch,
-            img_size=run.student_pre.input_size[0] if "img_size" in accepted_keywords(teacher_model) else None,
-            task=task.task,
-            label_names=task.label_names if head == task.num_classes else [],
-            preprocess=teacher_pre,
-            role="teacher",
-        )
-    # A network whose outputs the task cannot use is refused before it trains; a training input (a volume's test cases
-    # are whole scans, windowed later; its patches are what the network takes).
-    dtask.check_network(teacher_model.to(run.device), adapt_batch(run.x_train[:1], run.student_pre, teacher_pre),
-                        task.num_classes, f"teacher {teacher_arch}")
-    teacher_weights_path: Path | None = None
-    if teacher_weights:
-        key_map = "name" if tpath is not None else cfg.weights_key_map
-        try:
-            load_weights(teacher_model, teacher_weights, what=f"teacher {teacher_arch}", key_map=key_map)
-        except ModelError as e:
-            if teacher_card_path is not None:
-                raise
-            raise ModelError(f"{e} (if the file predicts another label set, add --teacher-adapt linear|finetune)") \
-                from None
-        teacher_source = (f"adapted ({cfg.teacher_adapt}) from {cfg.teacher_weights or cfg.teacher}, cached at "
-                          f"{Path(teacher_weights).parent}" if cfg.teacher_adapt else f"weights {teacher_weights}")
-        teacher_weights_path = Path(teacher_weights)
-    elif teacher_arch.startswith("python:"):
-        teacher_source = f"factory {teacher_arch} (loads its own weights)"
-    elif cfg.data.startswith("synthetic") or cfg.teacher_epochs is not None:
-        epochs = cfg.teacher_epochs or TEACHER_EPOCHS
-        key = _teacher_cache_key(cfg, task, teacher_arch, epochs, data_digest_of(cfg, task))
-        tdir = cache_dir() / "teachers" / key
-        tw = tdir / "teacher.safetensors"
-        if tw.exists():
-            load_weights(teacher_model, tw, what=f"cached teacher {teacher_arch}")
-            log(f"teacher: no --teacher-weights; using the default teacher {teacher_arch} trained on the full labels, "
-                f"cached at {tdir}")
-        else:
-            if run.rank == 0:
-                log(f"teacher: no --teacher-weights; training {teacher_arch} on the full labels of {task.source} "
-                    f"({epochs} epochs), cached by config hash at {tdir}")
-            ensure_dir(tdir)
-            _train_supervised(run, "teacher", teacher_model, np.arange(len(run.train)), epochs, TEACHER_LR,
-                              tdir / "teacher-checkpoint.pt")
-            teacher_model = teacher_model.to(run.device)
-            if run.rank == 0:
-                tcard.num_params = count_params(teacher_model)
-                tcard.provenance = {"trained_on": task.source, "epochs": epochs, "cache_key": key}
-                write_model(teacher_model, tcard, tdir, "teacher")
-                (tdir / "teacher-checkpoint.pt").unlink(missing_ok=True)
-            if run.distributed:
-                import torch.distributed as dist
-
-                dist.barrier()
-        teacher_source = f"default teacher trained on full labels, cached at {tdir}"
-        teacher_weights_path = tw
-    else:
-        raise ModelError(
-            f"teacher {teacher_arch} has no weights; pass --teacher-weights FILE (.safetensors or .pt), or "
-            "--teacher-epochs N to train it from scratch on these labels"
-        )
-    teacher = FrozenTeacher(teacher_model.to(run.device), tcard, teacher_source)
-    t_metrics, t_test_logits = dtask.teacher_metrics(run, teacher, teacher_pre)
-    return ResolvedTeacher(teacher, teacher_arch, teacher_pre, teacher_weights_path, t_metrics, t_test_logits)
+    """The run's teacher, from the source its config names (:func:`~medfm_compress.compress.teachers.teacher_source`:
+    a foundation encoder, an adapted teacher, a run directory, a weight file, a factory, or trained from scratch)."""
+    return teacher_source(run.cfg).resolve(run)
 
 
 def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
@@ -484,7 +279,9 @@ def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
     cfg, task = run.cfg, run.task
     student_arch = cfg.student or run.dtask.default_student(task.volumes)
     torch.manual_seed(cfg.seed)
-    student = create_model(student_arch, task.num_classes, task.channels, run.student_pre.input_size[0]).to(run.device)
+    kwargs = run.dtask.student_kwargs(cfg, resolved)
+    student = create_model(student_arch, task.num_classes, task.channels, run.student_pre.input_size[0],
+                           **kwargs).to(run.device)
     if cfg.student_weights:
         load_weights(student, cfg.student_weights, what=f"student {student_arch}")
     return run.dtask.train_student(run, resolved, student, student_arch)
@@ -504,7 +301,7 @@ def train_baseline(run: DistillRun, arch: str):
         load_weights(baseline, cfg.student_weights, what=f"baseline {arch}")
     run.log(f"baseline {arch}: labels only, {len(run.labeled)} labeled images, same budget "
             f"({cfg.epochs} x {run.steps_per_epoch} steps)")
-    _train_supervised(run, "baseline", baseline, run.labeled, cfg.epochs, cfg.lr, run.ckpt_dir / "baseline.pt")
+    train_supervised(run, "baseline", baseline, run.labeled, cfg.epochs, cfg.lr, run.ckpt_dir / "baseline.pt")
     return baseline
 
 
@@ -533,16 +330,17 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
         img_size=run.student_pre.input_size[0] if "img_size" in accepted_keywords(student.model) else None,
         task=task.task, label_names=task.label_names, preprocess=run.student_pre,
         num_params=count_params(student.model), embedding_dim=student.embedding_dim, role="student",
-        provenance=provenance,
+        provenance=provenance, model_kwargs=dict(student.model_kwargs),
     )
     artifacts["student_weights"], artifacts["student_card"] = write_model(student.model, scard, out, "student")
-    tcard_out = dataclasses.replace(teacher.card, num_params=count_params(teacher.model), role="teacher",
-                                    provenance={**teacher.card.provenance, "source": teacher.source})
-    artifacts["teacher_card"] = tcard_out.save(out / "teacher.json")
-    if resolved.weights_path is not None and resolved.weights_path.suffix == ".safetensors":
-        artifacts["teacher_weights"] = link_or_copy(resolved.weights_path, out / "teacher.safetensors")
-    else:
-        artifacts["teacher_weights"] = save_state_dict(teacher.model, out / "teacher.safetensors")
+    if teacher_source(cfg).writes_artifact():  # a packaged foundation encoder is not copied into every run
+        tcard_out = dataclasses.replace(teacher.card, num_params=count_params(teacher.model), role="teacher",
+                                        provenance={**teacher.card.provenance, "source": teacher.source})
+        artifacts["teacher_card"] = tcard_out.save(out / "teacher.json")
+        if resolved.weights_path is not None and resolved.weights_path.suffix == ".safetensors":
+            artifacts["teacher_weights"] = link_or_copy(resolved.weights_path, out / "teacher.safetensors")
+        else:
+            artifacts["teacher_weights"] = save_state_dict(teacher.model, out / "teacher.safetensors")
     if baseline is not None:
         bcard = dataclasses.replace(scard, role="baseline", provenance={**provenance, "losses": ["ce"],
                                     "labeled_images": int(len(run.labeled))})
@@ -551,7 +349,7 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
     artifacts["splits"] = write_splits_csv(task, out / SPLITS_CSV)
     rec = run.manifest.start("distill", {**cfg.to_dict(), "resolved_losses": list(student.losses)},
                              {"data": cfg.data} | ({"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights
-                                                   else {}))
+                                                   else {}) | ({"eval_data": cfg.eval_data} if cfg.eval_data else {}))
     rec.inputs["data"]["digest"] = data_digest(task, cfg.data, cfg.seed)  # what was read, per split
     run.manifest.finish(rec, artifacts, {k: v for k, v in metrics.items() if k != "history"})
     shutil.rmtree(run.ckpt_dir, ignore_errors=True)

@@ -1,5 +1,5 @@
-"""CT volumes: readers (NIfTI, DICOM series, InVesalius ``.inv3``), HU windowing, seeded crops and an on-disk
-cache of teacher embeddings per crop.
+"""CT volumes: readers (NIfTI, DICOM series, InVesalius ``.inv3``), HU windowing and seeded crops (a teacher's
+embeddings of them are cached by :mod:`medfm_compress.compress.embedding_cache`).
 
 A :class:`Volume` holds Hounsfield units as float32 in ``(X, Y, Z)`` order (Z = slice axis), the order the
 CT encoders in :mod:`medfm_compress.models.foundation` take (``[B, 1, X, Y, Z]``). Crops are
@@ -11,8 +11,6 @@ Data specs (``load_data``): ``nifti:FILE.nii[.gz]``, ``dicom-series:DIR``, ``inv
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +34,6 @@ __all__ = [
     "grid_crops",
     "z_split",
     "extract_crops",
-    "EmbeddingCache",
     "volume_task",
     "fetch_invesalius_example",
 ]
@@ -253,84 +250,6 @@ def extract_crops(volume: Volume, boxes: list[CropBox]) -> np.ndarray:
     if not boxes:
         raise DataError("no crops to extract")
     return np.stack([volume.hu[b.slices()] for b in boxes]).astype(np.float32, copy=False)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Teacher embeddings cached on disk
-
-
-class EmbeddingCache:
-    """Teacher embeddings per crop in ``directory``, one ``.npy`` per (volume sha256, crop box, window,
-    teacher id), written atomically. The teacher is the slow part; a rerun reads every embedding back."""
-
-    def __init__(self, directory: str | Path):
-        from .._io import ensure_dir
-
-        self.directory = ensure_dir(directory)
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def key(volume_sha256: str, box: CropBox, teacher_id: str, window: tuple[float, float]) -> str:
-        blob = json.dumps(
-            {
-                "volume": volume_sha256,
-                "box": box.as_list(),
-                "teacher": teacher_id,
-                "window": list(window),
-                "v": 1,
-            },
-            sort_keys=True,
-        ).encode()
-        return hashlib.sha256(blob).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.directory / key[:2] / f"{key}.npy"
-
-    def embeddings(
-        self, volume: Volume, boxes: list[CropBox], teacher, batch_size: int = 1, progress: bool = True
-    ) -> np.ndarray:
-        """``(N, D)`` float32 teacher embeddings of ``boxes``; computed (and stored) only where missing."""
-        import torch
-        from tqdm.auto import tqdm
-
-        from .._io import atomic_path, ensure_dir
-
-        keys = [self.key(volume.sha256, b, teacher.teacher_id, teacher.window) for b in boxes]
-        out: list[np.ndarray | None] = [None] * len(boxes)
-        todo = []
-        for i, k in enumerate(keys):
-            p = self.path(k)
-            if p.is_file():
-                try:
-                    out[i] = np.load(p, allow_pickle=False)
-                    self.hits += 1
-                    continue
-                except (OSError, ValueError):
-                    pass  # a damaged entry is recomputed and overwritten
-            todo.append(i)
-        self.misses += len(todo)
-        bar = tqdm(
-            total=len(todo),
-            desc=f"teacher {teacher.spec}",
-            unit="crop",
-            disable=not progress or not todo,
-            leave=False,
-        )
-        for s in range(0, len(todo), batch_size):
-            idx = todo[s : s + batch_size]
-            x = hu_window(extract_crops(volume, [boxes[i] for i in idx]), teacher.window)[:, None]
-            emb = teacher.embed(torch.from_numpy(np.ascontiguousarray(x))).cpu().numpy().astype(np.float32)
-            for j, i in enumerate(idx):
-                p = self.path(keys[i])
-                ensure_dir(p.parent)
-                with atomic_path(p, suffix=".npy") as tmp:
-                    with open(tmp, "wb") as fh:
-                        np.save(fh, emb[j], allow_pickle=False)
-                out[i] = emb[j]
-            bar.update(len(idx))
-        bar.close()
-        return np.stack(out).astype(np.float32)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ..errors import BackendMissingError, ModelError
 
 __all__ = [
     "TEACHER_SPECS",
+    "teacher_window",
     "ASTRA_INSTALL",
     "CHEST_WINDOW",
     "WIDE_WINDOW",
@@ -64,6 +65,13 @@ class VolumeTeacher:
 
 def is_teacher_spec(spec: str) -> bool:
     return spec in TEACHER_SPECS
+
+
+def teacher_window(spec: str) -> tuple[float, float]:
+    """The HU window the teacher ``spec`` embeds crops in (known without loading it)."""
+    if not is_teacher_spec(spec):
+        raise ModelError(f"unknown teacher {spec!r}; volume teachers are {', '.join(TEACHER_SPECS)}")
+    return CHEST_WINDOW
 
 
 class GapEncoder(nn.Module):

@@ -18,14 +18,11 @@ def specs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(specs, tmp_path_factory):
-    from medfm_compress.compress.distill_volume import VolumeDistillConfig, distill_volume
+    from medfm_compress.compress.distill import DistillConfig, distill
 
     out = tmp_path_factory.mktemp("run")
-    return distill_volume(
-        VolumeDistillConfig(
-            data=specs["train"], eval_data=specs["eval"], out=str(out), epochs=1, progress=False, **TINY
-        )
-    )
+    return distill(DistillConfig(data=specs["train"], eval_data=specs["eval"], out=str(out), epochs=1, progress=False,
+                                 **TINY))
 
 
 def test_distill_writes_a_loadable_5d_student(run):
@@ -45,7 +42,12 @@ def test_distill_writes_a_loadable_5d_student(run):
     assert card.preprocess.window == (-1000.0, 200.0) and card.embedding_dim == 2048
     assert model(torch.zeros(2, 1, 32, 32, 16)).shape == (2, 2048)
     manifest = json.loads((run.out / "manifest.json").read_text())
-    assert manifest["stages"][-1]["stage"] == "distill" if "stages" in manifest else True
+    rec = manifest["stages"][-1]
+    assert rec["stage"] == "distill" and set(rec["inputs"]) == {"data", "eval_data"}
+    # The defaults of volume crops (30 epochs at lr 2e-3, no augmentation) are the task's, recorded as used.
+    assert rec["config"]["lr"] == 0.002 and rec["config"]["augment"] is False and rec["config"]["epochs"] == 1
+    # A packaged foundation encoder is not copied into the run.
+    assert not (run.out / "teacher.json").exists() and not (run.out / "teacher.safetensors").exists()
 
 
 def test_export_quantize_bench_on_5d(run, specs, tmp_path):

@@ -47,16 +47,62 @@ def test_cli_distill_with_a_volume_teacher(specs, tmp_path):
     assert m["teacher"]["spec"] == "astra-ct-tiny" and m["eval"]["n"] == 4
     assert (out / "student.safetensors").is_file()
     bad = CliRunner().invoke(cli, ["distill", "--eval-data", specs["eval"], "--out", str(tmp_path / "x")])
-    assert bad.exit_code == 1 and "--eval-data is for volume teachers" in bad.output
+    assert bad.exit_code == 1 and "--eval-data applies to volume crops" in bad.output
 
 
-def test_config_refuses_non_volume_data():
-    from medfm_compress.compress.distill_volume import VolumeDistillConfig
+@pytest.mark.parametrize("args, message", [
+    # A foundation teacher on image data, and an image teacher on volume crops.
+    (["--data", "synthetic?size=32&n_train=8&n_val=4&n_test=4"], "is a CT volume encoder; give --data volume crops"),
+    (["--teacher", "timm:resnet18"], "their teacher is a foundation encoder"),
+    # Every flag that does not apply to volume crops is refused by name, before anything trains.
+    (["--loss", "kd"], "--loss does not apply"),
+    (["--temperature", "2"], "--temperature does not apply"),
+    (["--label-fraction", "0.5"], "--label-fraction does not apply"),
+    (["--baseline"], "--baseline does not apply"),
+    (["--head-epochs", "3"], "--head-epochs does not apply"),
+    (["--augment"], "--augment does not apply"),
+    (["--teacher-weights", "w.safetensors"], "--teacher-weights does not apply to --teacher astra-ct-tiny"),
+    (["--teacher-epochs", "2"], "--teacher-epochs does not apply"),
+    (["--student", "timm:resnet18", "--widths", "8,16"], "--widths and --head-hidden shape the default 3-D student"),
+])
+def test_the_volume_teacher_refuses_what_does_not_apply(specs, tmp_path, args, message):
+    from medfm_compress.cli import cli
 
-    with pytest.raises(ConfigError, match="not a volume spec"):
-        VolumeDistillConfig(data="synthetic")
-    with pytest.raises(ConfigError, match="unknown volume teacher"):
-        VolumeDistillConfig(data="inv3:x.inv3", teacher="timm:resnet18")
+    base = {"--data": specs["train"], "--teacher": "astra-ct-tiny"}
+    for flag in args[::2]:
+        base.pop(flag, None)
+    argv = ["distill", *(x for kv in base.items() for x in kv), *args, "--epochs", "1", "--out", str(tmp_path / "r")]
+    r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 1 and message in r.output.strip().splitlines()[-1], r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_command_and_the_recipe_resolve_to_the_same_config(specs):
+    """The CT recipe and the distill command with the same settings build the same DistillConfig, defaults included
+    (the command once passed click's own epochs and lr over the volume defaults)."""
+    from medfm_compress.cli import cli
+    from medfm_compress.compress import distill as distill_module
+    from medfm_compress.pipeline import _plan, _stage_config, load_recipe
+
+    recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "ct-foundation-3d.yaml")
+    spec = next(s for s in _plan(recipe, Path("/tmp/x")) if s.kind == "distill")
+    from_recipe = _stage_config(spec, recipe, out="o", progress=False)
+    seen = {}
+
+    def fake(cfg):
+        seen["cfg"] = cfg
+        raise ConfigError("stop")
+
+    d = recipe.distill
+    argv = ["distill", "--data", recipe.data, "--teacher", d["teacher"], "--eval-data", d["eval_data"],
+            "--epochs", str(d["epochs"]), "--batch-size", str(d["batch_size"]), "--lr", str(d["lr"]), "--out", "o",
+            "--quiet"]
+    import unittest.mock as mock
+
+    with mock.patch.object(distill_module, "distill", fake):
+        r = CliRunner().invoke(cli, argv)
+    assert r.exit_code == 1, r.output
+    assert seen["cfg"] == from_recipe
 
 
 @pytest.mark.slow
@@ -64,7 +110,7 @@ def test_recipe_runs_the_volume_chain_and_caches(specs, tmp_path):
     from medfm_compress.pipeline import load_recipe, resolve_recipe, run_pipeline
 
     shipped = load_recipe(Path(__file__).parents[2] / "recipes" / "ct-foundation-3d.yaml")
-    assert shipped.volume and shipped.distill["teacher"] == "astra-ct"
+    assert not shipped.teacher_in_run and shipped.distill["teacher"] == "astra-ct"
     raw = {
         "name": "ct-tiny",
         "out": str(tmp_path / "p"),

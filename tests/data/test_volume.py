@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from support.volume_fixtures import head_like, write_dicom_series, write_inv3
 
+from medfm_compress.compress.embedding_cache import EmbeddingCache
 from medfm_compress.data import load_data
 from medfm_compress.data.volume import (
     CropBox,
-    EmbeddingCache,
     extract_crops,
     grid_crops,
     hu_window,

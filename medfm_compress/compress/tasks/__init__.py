@@ -15,12 +15,13 @@ from .base import (
     register_distill_task,
 )
 from .classification import ClassifierDistill
+from .embedding import EmbeddingDistill
 from .segmentation import SegmentationDistill
 
 __all__ = ["DistillTask", "DistillRun", "ResolvedTeacher", "TrainedStudent", "THRESHOLDS", "distill_task",
            "distill_task_names", "adaptable_task_names", "register_distill_task"]
 
 for _task in (ClassifierDistill("multiclass"), ClassifierDistill("binary"), ClassifierDistill("multilabel"),
-              SegmentationDistill("segmentation")):
+              SegmentationDistill("segmentation"), EmbeddingDistill("embedding")):
     register_distill_task(_task)
 del _task

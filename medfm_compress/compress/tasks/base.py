@@ -13,7 +13,7 @@ Task modules import this module, never each other; the package's ``__init__`` re
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -75,6 +75,7 @@ class DistillRun:
     y_train: Any
     labeled: np.ndarray
     steps_per_epoch: int
+    eval_task: Any = None  # held-out data from --eval-data (data without a test split of its own)
 
     def wrap(self, module):
         """``module`` on the run's device, wrapped in DDP when the run is distributed."""
@@ -105,6 +106,7 @@ class TrainedStudent:
     losses: tuple[str, ...]
     embedding_dim: int
     history: dict[str, Any]
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # what the student was built with (its card keeps it)
 
 
 class DistillTask:
@@ -133,14 +135,38 @@ class DistillTask:
 
     # ----- defaults -----
     def defaults(self, volumes: bool) -> dict[str, Any]:
-        """Settings left unset (None) in a ``DistillConfig`` that depend on the task: batch size, KD temperature."""
-        raise NotImplementedError
+        """Settings left unset (None) in a ``DistillConfig`` that depend on the task: epochs, learning rate,
+        augmentation, batch size, KD temperature."""
+        return {"epochs": 6, "lr": 3e-3, "augment": True}
 
     def default_teacher(self, volumes: bool) -> str:
         raise NotImplementedError
 
     def default_student(self, volumes: bool) -> str:
         raise NotImplementedError
+
+    # ----- the run's data -----
+    def check_config(self, cfg, data) -> None:
+        """Refuse, in one line, settings that do not apply to this task's data (once it is read)."""
+        for field_, flag in (("eval_data", "--eval-data"), ("widths", "--widths"), ("head_hidden", "--head-hidden")):
+            if getattr(cfg, field_) is not None:
+                raise ConfigError(f"{flag} applies to volume crops distilled from a foundation teacher (astra-ct); "
+                                  f"{data.source} is a {data.task} task: it is scored on its own test split")
+
+    def load_splits(self, cfg, data) -> tuple[Any, Any, Any, Any]:
+        """``(train, val or None, test, eval data or None)`` of the run."""
+        val = data.split("val") if "val" in data.splits and len(data.splits["val"]) else None
+        return data.split("train"), val, data.split("test"), None
+
+    def student_preprocess(self, cfg, data, train):
+        """The student's preprocessing, from the training images (mean/std, size, window, voxel spacing)."""
+        from ..taskprep import data_preprocess
+
+        return data_preprocess(data, train.images)
+
+    def student_kwargs(self, cfg, resolved: ResolvedTeacher) -> dict[str, Any]:
+        """Keyword arguments the student's factory is called with (recorded in its card)."""
+        return {}
 
     # ----- checks -----
     def check_model_kind(self, role: str, spec: str, kind: str, data, volumes: bool) -> None:

@@ -34,7 +34,7 @@ class ClassifierDistill(DistillTask):
         return "float32" if self.multilabel else "int64"
 
     def defaults(self, volumes: bool) -> dict[str, Any]:
-        return {"batch_size": 64, "temperature": 4.0}
+        return {**super().defaults(volumes), "batch_size": 64, "temperature": 4.0}
 
     def default_teacher(self, volumes: bool) -> str:
         return DEFAULT_TEACHER

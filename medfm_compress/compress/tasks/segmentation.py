@@ -216,7 +216,7 @@ class SegmentationDistill(DistillTask):
     # around them: at batch 16, 6 epochs, the student reached validation mean Dice 0.78 at T=1 and 0.55 at T=4.
     # Volumes: patches of 48x48x32 voxels, 4 to a batch (a step of the default teacher takes 0.8 s on two cores).
     def defaults(self, volumes: bool) -> dict[str, Any]:
-        return {"batch_size": 4 if volumes else 16, "temperature": 1.0}
+        return {**super().defaults(volumes), "batch_size": 4 if volumes else 16, "temperature": 1.0}
 
     def default_teacher(self, volumes: bool) -> str:
         return DEFAULT_SEG3D_TEACHER if volumes else DEFAULT_SEG_TEACHER

@@ -1,0 +1,482 @@
+"""Where a distillation run's teacher comes from, as plug-ins: one :class:`TeacherSource` per kind of source.
+
+- ``foundation``: a foundation encoder shipped in a package (``astra-ct``), paid once per crop through the on-disk
+  :class:`~medfm_compress.compress.embedding_cache.EmbeddingCache`;
+- ``adapted``: a pretrained encoder adapted to the data's labels first (``--teacher-adapt linear|finetune``), cached;
+- ``run``: a trained model on disk (a run directory's teacher, a card, a ``.safetensors`` file with its card);
+- ``weights``: an architecture and a weight file in its own layout (``--teacher-weights``, keys by name or order);
+- ``factory``: a ``python:`` factory that loads its own weights;
+- ``scratch``: the architecture trained from scratch on the data's full labels, cached by config hash.
+
+:func:`teacher_source` picks the first that matches the config, in that order. Each returns a
+:class:`~medfm_compress.compress.tasks.ResolvedTeacher`; the distiller does not ask which source made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._cache import cache_dir
+from .._io import atomic_write_json, ensure_dir, sha256_file
+from ..errors import ConfigError, ModelError
+from .artifacts import write_model
+from .taskprep import FrozenTeacher, accepted_keywords, adapt_batch, autocast
+from .tasks import DistillRun, ResolvedTeacher, distill_task
+
+__all__ = ["TeacherSource", "FoundationTeacher", "register_teacher_source", "teacher_source", "teacher_sources",
+           "teacher_path", "train_supervised", "TEACHER_EPOCHS", "TEACHER_LR"]
+
+TEACHER_EPOCHS = 4
+TEACHER_LR = 2e-3
+_TEACHER_KEY_VERSION = 1  # part of a scratch teacher's cache key
+
+
+class TeacherSource:
+    """One kind of teacher source. ``matches`` says whether a config names it; ``check`` refuses a config it cannot
+    serve before any data is read; ``resolve`` gives the run's teacher."""
+
+    name: ClassVar[str] = ""
+
+    def matches(self, cfg) -> bool:
+        raise NotImplementedError
+
+    def check(self, cfg) -> None:
+        """Refuse, in one line, settings this source cannot honour (before the data is read)."""
+        for field, flag in (("cache", "--cache"), ("teacher_batch_size", "--teacher-batch-size")):
+            if getattr(cfg, field) is not None:
+                raise ConfigError(f"{flag} applies to a foundation teacher's embedding cache (astra-ct); "
+                                  f"--teacher {cfg.teacher or '(default)'} has none")
+
+    def check_data(self, cfg, data) -> None:
+        """Refuse, in one line, data this source cannot teach on (once it is read)."""
+
+    def resolve(self, run: DistillRun) -> ResolvedTeacher:
+        raise NotImplementedError
+
+    def writes_artifact(self) -> bool:
+        """Whether the run directory gets the teacher's card and weights (a packaged encoder does not)."""
+        return True
+
+    def __repr__(self) -> str:
+        return f"<teacher source {self.name}>"
+
+
+_SOURCES: list[TeacherSource] = []
+
+
+def register_teacher_source(source: TeacherSource) -> TeacherSource:
+    """Register a source; the order of registration is the order :func:`teacher_source` tries them in."""
+    if any(s.name == source.name for s in _SOURCES):
+        raise ValueError(f"teacher source {source.name!r} is already registered")
+    _SOURCES.append(source)
+    return source
+
+
+def teacher_sources() -> tuple[str, ...]:
+    return tuple(s.name for s in _SOURCES)
+
+
+def teacher_source(cfg) -> TeacherSource:
+    """The source of ``cfg``'s teacher: the first registered one that matches; a config none serves is a one-line
+    error saying what would."""
+    for source in _SOURCES:
+        if source.matches(cfg):
+            return source
+    raise ModelError(
+        f"teacher {cfg.teacher} has no weights; pass --teacher-weights FILE (.safetensors or .pt), or "
+        "--teacher-epochs N to train it from scratch on these labels"
+    )
+
+
+# ----- shared by the sources of a torch model ------------------------------------------------------------------
+
+
+def teacher_path(spec: str | None) -> tuple[Path, Path] | None:
+    """``(card, weights)`` when ``--teacher`` names a trained model on disk (a run directory, ``DIR/teacher``, a
+    card or a .safetensors file) rather than an architecture; None for an architecture spec."""
+    from ..models.card import resolve_model_files
+    from ..models.factory import model_kinds
+    from ..models.foundation import is_teacher_spec
+
+    if not spec or spec.split(":", 1)[0] in model_kinds() or is_teacher_spec(spec):
+        return None
+    p = Path(spec)
+    if p.is_dir() or p.suffix in (".json", ".safetensors") or (p.parent / f"{p.name}.json").is_file():
+        return resolve_model_files(p, "teacher")
+    return None
+
+
+def train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs: int, lr: float, ckpt: Path):
+    """Label-only training on ``idx`` of the training set with the task's loss (a teacher from scratch, the
+    baseline)."""
+    import torch
+
+    from .train import LoopConfig, augment_batch, run_loop
+
+    cfg, device, x, y, dtask = run.cfg, run.device, run.x_train, run.y_train, run.dtask
+    net = run.wrap(model)
+
+    def step(batch_idx, epoch):
+        xb = x[torch.as_tensor(batch_idx, device=x.device)]
+        yb = y[torch.as_tensor(batch_idx, device=y.device)]
+        if cfg.augment:
+            xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
+            yb = dtask.augment_targets(yb, batch_idx, cfg.seed, epoch)  # label maps move with their images
+        with autocast(device):
+            logits = net(xb)
+            loss = dtask.hard_loss(logits.float(), yb)
+        return loss, {"loss": float(loss.detach())}
+
+    loop = LoopConfig(name, run.steps_per_epoch, epochs, lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
+    return run_loop(loop, {"model": model}, step, idx, ckpt, cfg.resume, run.log, progress=cfg.progress)
+
+
+def _from_card(run: DistillRun, card_path: Path, arch: str):
+    """``(model, card, preprocessing)`` of a teacher described by its card, checked against the data's labels."""
+    from ..models.card import ModelCard
+
+    task, dtask = run.task, run.dtask
+    tcard = ModelCard.load(card_path)
+    if tcard.arch != arch:
+        raise ModelError(f"{card_path} describes {tcard.arch}, but --teacher is {arch}")
+    dtask.check_teacher_card(tcard, task)
+    if tcard.num_classes and tcard.label_names and list(tcard.label_names) != list(task.label_names):
+        raise ModelError(
+            f"the teacher's classes {tcard.label_names} are not the data's {task.label_names}; adapt it to "
+            "these labels (--teacher-adapt linear|finetune, or medfm-compress adapt)"
+        )
+    return tcard.build(), tcard, tcard.preprocess
+
+
+def _from_arch(run: DistillRun, arch: str, weights: str | None = None):
+    """``(model, card, preprocessing)`` of a teacher built from its architecture for the data's labels; a label-free
+    embedding teacher with a weight file keeps the file's own head and input channels."""
+    from ..models.card import ModelCard
+    from ..models.factory import create_model
+
+    cfg, task, dtask = run.cfg, run.task, run.dtask
+    pre = run.student_pre
+    head, in_ch, size = task.num_classes, task.channels, run.student_pre.input_size[0]
+    if weights and cfg.labels == "none" and dtask.label_free_embeddings:
+        # Only its features are distilled, from the data re-expressed in its preprocessing.
+        from ..models.weights import first_conv_in_chans
+        from .adapt import file_head_classes
+
+        in_ch = first_conv_in_chans(weights) or task.channels
+        head = file_head_classes(arch, weights, cfg.weights_key_map, in_ch, size) or head
+    model = create_model(arch, head, in_ch, size)
+    if in_ch != task.channels:
+        from .adapt import teacher_preprocess
+
+        pre = teacher_preprocess(model, task, in_ch, size, run.student_pre, pretrained=True)
+    tcard = ModelCard(arch=arch, num_classes=head, in_chans=in_ch,
+                      img_size=size if "img_size" in accepted_keywords(model) else None, task=task.task,
+                      label_names=task.label_names if head == task.num_classes else [], preprocess=pre,
+                      role="teacher")
+    return model, tcard, pre
+
+
+def _checked(run: DistillRun, model, pre, arch: str) -> None:
+    """A network whose outputs the task cannot use is refused before it trains or loads (on a training input: a
+    volume's test cases are whole scans, windowed later; its patches are what the network takes)."""
+    run.dtask.check_network(model.to(run.device), adapt_batch(run.x_train[:1], run.student_pre, pre),
+                            run.task.num_classes, f"teacher {arch}")
+
+
+def _load(model, weights, arch: str, key_map: str, hint: bool) -> None:
+    from ..models.weights import load_weights
+
+    try:
+        load_weights(model, weights, what=f"teacher {arch}", key_map=key_map)
+    except ModelError as e:
+        if not hint:
+            raise
+        raise ModelError(f"{e} (if the file predicts another label set, add --teacher-adapt linear|finetune)") from None
+
+
+def _resolved(run: DistillRun, model, tcard, pre, arch: str, weights: Path | None, source: str) -> ResolvedTeacher:
+    teacher = FrozenTeacher(model.to(run.device), tcard, source)
+    metrics, logits = run.dtask.teacher_metrics(run, teacher, pre)
+    return ResolvedTeacher(teacher, arch, pre, weights, metrics, logits)
+
+
+def _barrier(run: DistillRun) -> None:
+    if run.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class _ModelSource(TeacherSource):
+    def check(self, cfg) -> None:
+        from ..models.factory import check_model_spec
+
+        super().check(cfg)
+        if cfg.teacher and teacher_path(cfg.teacher) is None:
+            check_model_spec(cfg.teacher)
+
+    def check_data(self, cfg, data) -> None:
+        if not distill_task(data).runtime.has_labels:
+            raise ConfigError(f"{data.source} has no labels to train or check a --teacher {cfg.teacher or ''} on; "
+                              "its teacher is a foundation encoder (astra-ct, astra-ct-tiny)")
+
+
+# ----- the sources ---------------------------------------------------------------------------------------------
+
+
+class AdaptedSource(_ModelSource):
+    """``--teacher-adapt``: the teacher adapted to this run's labels (see :mod:`.adapt`), cached by the teacher
+    weights' hash, the data digest and the adapt config."""
+
+    name: ClassVar[str] = "adapted"
+
+    def matches(self, cfg) -> bool:
+        return bool(cfg.teacher_adapt)
+
+    def _adapted(self, run: DistillRun) -> tuple[Path, Path]:
+        from ..data.digest import data_digest
+        from .adapt import AdaptConfig, adapt_teacher
+
+        cfg = run.cfg
+        acfg = AdaptConfig(teacher=cfg.teacher, data=cfg.data, out=str(run.out), teacher_weights=cfg.teacher_weights,
+                           weights_key_map=cfg.weights_key_map, method=cfg.teacher_adapt,
+                           label_fraction=cfg.label_fraction, seed=cfg.seed, device=cfg.device,
+                           progress=cfg.progress)
+        blob = json.dumps({
+            "weights": sha256_file(cfg.teacher_weights) if cfg.teacher_weights else None,
+            "data": data_digest(run.task, cfg.data, cfg.seed)["sha256"],
+            "config": {k: v for k, v in acfg.to_dict().items() if k not in ("out", "progress", "device", "data")},
+            "tool": "adapt-1",
+        }, sort_keys=True).encode()
+        tdir = cache_dir() / "adapted" / hashlib.sha256(blob).hexdigest()[:16]
+        card, weights = tdir / "teacher.json", tdir / "teacher.safetensors"
+        if card.is_file() and weights.is_file():
+            run.log(f"teacher: adapted ({cfg.teacher_adapt}) teacher cached at {tdir}")
+            return card, weights
+        if run.rank == 0:
+            run.log(f"teacher: adapting {cfg.teacher} to {run.task.source} ({cfg.teacher_adapt}, {len(run.labeled)} "
+                    f"labelled images), cached by weights hash, data digest and config at {tdir}")
+            ensure_dir(tdir)
+            adapted = adapt_teacher(acfg, run.task, run.log, run.device, tdir)
+            atomic_write_json(tdir / "metrics.json", {k: v for k, v in adapted.metrics.items() if k != "history"})
+            write_model(adapted.model, adapted.card, tdir, "teacher")
+            m = adapted.metrics.get("val") or adapted.metrics.get("test") or {}
+            if m:
+                run.log(f"teacher: adapted, {'val' if 'val' in adapted.metrics else 'test'} macro AUC "
+                        f"{m['macro_auc']:.4f} [{m['macro_auc_ci'][0]:.4f}, {m['macro_auc_ci'][1]:.4f}]")
+        _barrier(run)
+        return card, weights
+
+    def resolve(self, run: DistillRun) -> ResolvedTeacher:
+        from ..models.card import ModelCard
+
+        card_path, weights = self._adapted(run)
+        arch = ModelCard.load(card_path).arch
+        model, tcard, pre = _from_card(run, card_path, arch)
+        _checked(run, model, pre, arch)
+        _load(model, weights, arch, "name", hint=False)
+        source = (f"adapted ({run.cfg.teacher_adapt}) from {run.cfg.teacher_weights or run.cfg.teacher}, cached at "
+                  f"{Path(weights).parent}")
+        return _resolved(run, model, tcard, pre, arch, Path(weights), source)
+
+
+class RunDirSource(_ModelSource):
+    """A trained model on disk: a run directory's teacher (``adapt --out DIR`` writes ``DIR/teacher``), a card, or a
+    ``.safetensors`` file with its card."""
+
+    name: ClassVar[str] = "run"
+
+    def matches(self, cfg) -> bool:
+        return teacher_path(cfg.teacher) is not None
+
+    def resolve(self, run: DistillRun) -> ResolvedTeacher:
+        from ..models.card import ModelCard
+
+        card_path, weights = teacher_path(run.cfg.teacher)
+        arch = ModelCard.load(card_path).arch
+        model, tcard, pre = _from_card(run, card_path, arch)
+        _checked(run, model, pre, arch)
+        _load(model, weights, arch, "name", hint=False)
+        return _resolved(run, model, tcard, pre, arch, Path(weights), f"weights {weights}")
+
+
+class WeightsSource(_ModelSource):
+    """``--teacher ARCH --teacher-weights FILE``: the file's tensors by name, or in order (``--weights-key-map
+    order``) for another implementation's names; a card beside the file describes its labels and preprocessing."""
+
+    name: ClassVar[str] = "weights"
+
+    def matches(self, cfg) -> bool:
+        return bool(cfg.teacher_weights)
+
+    def resolve(self, run: DistillRun) -> ResolvedTeacher:
+        cfg = run.cfg
+        arch = cfg.teacher or run.dtask.default_teacher(run.task.volumes)
+        card_path = Path(cfg.teacher_weights).with_suffix(".json")
+        if card_path.is_file():
+            model, tcard, pre = _from_card(run, card_path, arch)
+        else:
+            card_path = None
+            model, tcard, pre = _from_arch(run, arch, cfg.teacher_weights)
+        _checked(run, model, pre, arch)
+        _load(model, cfg.teacher_weights, arch, cfg.weights_key_map, hint=card_path is None)
+        return _resolved(run, model, tcard, pre, arch, Path(cfg.teacher_weights), f"weights {cfg.teacher_weights}")
+
+
+class FactorySource(_ModelSource):
+    """``--teacher python:pkg.module:factory``: the factory builds the model with its weights."""
+
+    name: ClassVar[str] = "factory"
+
+    def matches(self, cfg) -> bool:
+        return bool(cfg.teacher) and cfg.teacher.startswith("python:")
+
+    def resolve(self, run: DistillRun) -> ResolvedTeacher:
+        arch = run.cfg.teacher
+        model, tcard, pre = _from_arch(run, arch)
+        _checked(run, model, pre, arch)
+        return _resolved(run, model, tcard, pre, arch, None, f"factory {arch} (loads its own weights)")
+
+
+class ScratchSource(_ModelSource):
+    """The architecture (default: the task's) trained on the data's full labels, cached by a hash of the data, the
+    architecture and the training settings: the embedded synthetic default's teacher, or ``--teacher-epochs N``."""
+
+    name: ClassVar[str] = "scratch"
+
+    def matches(self, cfg) -> bool:
+        return cfg.data.startswith("synthetic") or cfg.teacher_epochs is not None
+
+    @staticmethod
+    def cache_key(cfg, task, arch: str, epochs: int, data_digest: str) -> str:
+        blob = json.dumps({
+            "data": data_digest, "arch": arch, "epochs": epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "augment": cfg.augment, "labels": task.label_names, "v": _TEACHER_KEY_VERSION,
+            # How the task trains a teacher from scratch (its loss): a change there is a new teacher.
+            "tool": distill_task(task).teacher_tool,
+        }, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @staticmethod
+    def data_digest(cfg, task) -> str:
+        from ..data.spec import parse_data_spec
+
+        kind, path, _ = parse_data_spec(cfg.data)
+        if kind == "medmnist":
+            return sha256_file(path)
+        # Generated and folder data: hash the arrays themselves, so a change of generator or files shows.
+        h = hashlib.sha256()
+        for name in ("train", "val", "test"):
+            if name in task.splits:
+                h.update(np.ascontiguousarray(task.splits[name].images).tobytes())
+                h.update(np.ascontiguousarray(task.splits[name].labels).tobytes())
+        return h.hexdigest()
+
+    def resolve(self, run: DistillRun) -> ResolvedTeacher:
+        from ..models.factory import count_params
+        from ..models.weights import load_weights
+
+        cfg, task, log = run.cfg, run.task, run.log
+        arch = cfg.teacher or run.dtask.default_teacher(task.volumes)
+        model, tcard, pre = _from_arch(run, arch)
+        _checked(run, model, pre, arch)
+        epochs = cfg.teacher_epochs or TEACHER_EPOCHS
+        key = self.cache_key(cfg, task, arch, epochs, self.data_digest(cfg, task))
+        tdir = cache_dir() / "teachers" / key
+        tw = tdir / "teacher.safetensors"
+        if tw.exists():
+            load_weights(model, tw, what=f"cached teacher {arch}")
+            log(f"teacher: no --teacher-weights; using the default teacher {arch} trained on the full labels, "
+                f"cached at {tdir}")
+        else:
+            if run.rank == 0:
+                log(f"teacher: no --teacher-weights; training {arch} on the full labels of {task.source} "
+                    f"({epochs} epochs), cached by config hash at {tdir}")
+            ensure_dir(tdir)
+            train_supervised(run, "teacher", model, np.arange(len(run.train)), epochs, TEACHER_LR,
+                             tdir / "teacher-checkpoint.pt")
+            model = model.to(run.device)
+            if run.rank == 0:
+                tcard.num_params = count_params(model)
+                tcard.provenance = {"trained_on": task.source, "epochs": epochs, "cache_key": key}
+                write_model(model, tcard, tdir, "teacher")
+                (tdir / "teacher-checkpoint.pt").unlink(missing_ok=True)
+            _barrier(run)
+        return _resolved(run, model, tcard, pre, arch, tw, f"default teacher trained on full labels, cached at {tdir}")
+
+
+class FoundationTeacher:
+    """A frozen foundation encoder from a package (:func:`medfm_compress.models.foundation.load_teacher`) whose
+    embeddings of a data set's crops come through the on-disk cache: the teacher runs once per crop, ever."""
+
+    card = None  # nothing of it is written into the run directory: the package is the artifact
+
+    def __init__(self, spec: str, seed: int, cache: str | None, batch_size: int | None, progress: bool):
+        from ..models.foundation import load_teacher
+        from .embedding_cache import EmbeddingCache
+
+        self.encoder = load_teacher(spec, seed=seed)
+        self.model = self.encoder.model
+        self.cache = EmbeddingCache(cache or cache_dir() / "embeddings")
+        self.batch_size = batch_size or 1
+        self.progress = progress
+        self.source = f"foundation encoder {spec} (id {self.encoder.teacher_id})"
+
+    @property
+    def params(self) -> int:
+        return self.encoder.params
+
+    def embeddings(self, data) -> np.ndarray:
+        """``(N, D)`` float32 embeddings of the crops of ``data`` (a volume crop data set)."""
+        from .embedding_cache import crop_embeddings
+
+        return crop_embeddings(data, self.encoder, self.cache, self.batch_size, self.progress)
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.encoder.spec, "id": self.encoder.teacher_id, "params": self.encoder.params,
+                **self.encoder.info}
+
+
+class FoundationSource(TeacherSource):
+    """A foundation encoder named by its spec (``astra-ct``: the Astra/Merlin I3ResNet-152 CT encoder; ``astra-ct-tiny``
+    a random-weight stand-in of its interface for tests), taught label-free on volume crops."""
+
+    name: ClassVar[str] = "foundation"
+
+    def matches(self, cfg) -> bool:
+        from ..models.foundation import is_teacher_spec
+
+        return is_teacher_spec(cfg.teacher or "")
+
+    def check(self, cfg) -> None:
+        for field, flag in (("teacher_weights", "--teacher-weights"), ("teacher_adapt", "--teacher-adapt"),
+                            ("teacher_epochs", "--teacher-epochs")):
+            if getattr(cfg, field):
+                raise ConfigError(f"{flag} does not apply to --teacher {cfg.teacher}: a foundation encoder loads its "
+                                  "own weights from its package and is used as it is")
+
+    def check_data(self, cfg, data) -> None:
+        if not data.volumes or "boxes" not in data.info:
+            raise ConfigError(f"--teacher {cfg.teacher} is a CT volume encoder; give --data volume crops "
+                              "(inv3:FILE, nifti:FILE or dicom-series:DIR with ?crop=X,Y,Z&n=N)")
+
+    def writes_artifact(self) -> bool:
+        return False
+
+    def resolve(self, run: DistillRun) -> ResolvedTeacher:
+        cfg = run.cfg
+        teacher = FoundationTeacher(cfg.teacher, cfg.seed, cfg.cache, cfg.teacher_batch_size, cfg.progress)
+        run.log(f"teacher {cfg.teacher} ({teacher.params / 1e6:.1f} M params, id {teacher.encoder.teacher_id}); "
+                f"embeddings cached per crop in {teacher.cache.directory}")
+        return ResolvedTeacher(teacher, cfg.teacher, run.student_pre, None, {}, None)
+
+
+for _source in (FoundationSource(), AdaptedSource(), RunDirSource(), WeightsSource(), FactorySource(),
+                ScratchSource()):
+    register_teacher_source(_source)
+del _source
