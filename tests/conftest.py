@@ -87,6 +87,22 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def reg_run(tmp_path_factory):
+    """A finished regression run on the tiny regression task (teacher, student, baseline at half the values) with the
+    student exported to ``student.onnx``."""
+    from support.tiny import TINY_REG_DATA
+
+    from medfm_compress.compress.distill import DistillConfig, distill
+    from medfm_compress.export.onnx import ExportConfig, export_onnx
+
+    out = tmp_path_factory.mktemp("reg-run")
+    distill(DistillConfig(data=TINY_REG_DATA, out=str(out), teacher=TINY_TEACHER, teacher_epochs=2, student=TINY_STUDENT,
+                          epochs=2, batch_size=32, label_fraction=0.5, baseline=True, progress=False))
+    export_onnx(ExportConfig(source=str(out), out=str(out / "student.onnx"), num_check=16))
+    return out
+
+
+@pytest.fixture(scope="session")
 def seg_run(tmp_path_factory):
     """A finished segmentation run on the tiny segmentation task (dense teacher, student, baseline at a quarter of
     the masks) with the student exported to ``student.onnx``."""

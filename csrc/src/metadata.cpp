@@ -94,6 +94,7 @@ const char* task_name(Task task) {
     case Task::Binary: return "binary";
     case Task::Multilabel: return "multilabel";
     case Task::Segmentation: return "segmentation";
+    case Task::Regression: return "regression";
   }
   return "unknown";
 }
@@ -251,8 +252,17 @@ ModelMeta parse_metadata(const std::map<std::string, std::string>& props, const 
     else if (task == "binary") meta.task = Task::Binary;
     else if (task == "multilabel") meta.task = Task::Multilabel;
     else if (task == "segmentation") meta.task = Task::Segmentation;
-    else throw Error("medfm.task: this runtime runs multiclass, binary, multilabel and segmentation models, not '" +
-                     task + "'");
+    else if (task == "regression") meta.task = Task::Regression;
+    else throw Error("medfm.task: this runtime runs multiclass, binary, multilabel, segmentation and regression "
+                     "models, not '" + task + "'");
+    if (meta.task == Task::Regression) {
+      // A regression model's outputs are its values in the targets' units: nothing to apply.
+      auto post = props.find("medfm.postprocess");
+      if (post != props.end() && post->second != "identity") {
+        throw Error("medfm.postprocess: regression postprocessing '" + post->second +
+                    "' is not supported (this runtime reads the values as they are: identity)");
+      }
+    }
     if (meta.task == Task::Segmentation) {
       // Label maps come from softmax + argmax per pixel, the only dense postprocessing export writes.
       auto post = props.find("medfm.postprocess");

@@ -203,6 +203,7 @@ std::vector<float> probabilities(const std::vector<float>& logits, int64_t num_c
   if (num_classes <= 0 || logits.size() % static_cast<size_t>(num_classes) != 0) {
     throw Error("logits do not form rows of " + std::to_string(num_classes) + " classes");
   }
+  if (task == Task::Regression) return logits;  // the values, in the targets' units
   std::vector<float> probs(logits.size());
   const size_t k = static_cast<size_t>(num_classes);
   for (size_t row = 0; row < logits.size() / k; ++row) {

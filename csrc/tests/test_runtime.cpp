@@ -258,6 +258,19 @@ void test_preprocess() {
     auto s = medfm::probabilities({0.0f, 2.0f}, 2, medfm::Task::Multilabel);
     CHECK_NEAR(s[0], 0.5, 1e-7);
     CHECK_NEAR(s[1], 1.0 / (1.0 + std::exp(-2.0)), 1e-7);
+    auto v = medfm::probabilities({-3.5f, 187.25f}, 1, medfm::Task::Regression);  // values as they are
+    CHECK(v.size() == 2 && v[0] == -3.5f && v[1] == 187.25f);
+  });
+  run_test("regression metadata: values in the target's units, identity postprocessing", [] {
+    auto props = good_props();
+    props["medfm.task"] = "regression";
+    props["medfm.postprocess"] = "identity";
+    props["medfm.label_names"] = "[\"bone_age_months\"]";
+    auto meta = medfm::parse_metadata(props, "m.onnx");
+    CHECK(meta.task == medfm::Task::Regression && std::string(medfm::task_name(meta.task)) == "regression");
+    CHECK(meta.label_names.size() == 1 && meta.label_names[0] == "bone_age_months");
+    props["medfm.postprocess"] = "softmax";
+    CHECK_ERROR(medfm::parse_metadata(props, "m.onnx"), "regression postprocessing 'softmax' is not supported");
   });
 }
 

@@ -355,6 +355,24 @@ int cmd_predict(const Args& a) {
     for (int64_t i = 0; i < r.batch; ++i) {
       const std::string& path = a.images[start + static_cast<size_t>(i)];
       const int top = r.top1[static_cast<size_t>(i)];
+      if (model.meta().task == medfm::Task::Regression) {  // one value per target, no class to pick
+        if (a.json) {
+          std::cout << (first ? "\n" : ",\n") << "  {\"image\": " << json_string(path) << ", \"values\": {";
+          for (int64_t k = 0; k < r.num_classes; ++k) {
+            std::cout << (k ? ", " : "") << json_string(label_of(model, static_cast<int>(k))) << ": "
+                      << num(r.probability(i, k));
+          }
+          std::cout << "}}";
+          first = false;
+        } else {
+          std::cout << path << "\t";
+          for (int64_t k = 0; k < r.num_classes; ++k) {
+            std::cout << (k ? " " : "") << label_of(model, static_cast<int>(k)) << "=" << num(r.probability(i, k));
+          }
+          std::cout << "\n";
+        }
+        continue;
+      }
       if (a.json) {
         std::cout << (first ? "\n" : ",\n") << "  {\"image\": " << json_string(path) << ", \"top1\": " << top
                   << ", \"label\": " << json_string(label_of(model, top)) << ", \"logits\": [";

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..config import config_to_dict, option_value
 from ..errors import ConfigError, DataError, MedfmError, UsageError
-from ..runtime.tasks import drop_gates, get_task, models_where, task_names
+from ..runtime.tasks import drop_gates, get_task, loss_upper_bound, models_where, task_names
 from .latency import LatencyConfig, measure_end_to_end, measure_engines, measure_volume_end_to_end
 
 __all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts", "split_artifact_options",
@@ -20,7 +20,7 @@ __all__ = ["BenchConfig", "run_bench", "evaluate_gates", "parse_artifacts", "spl
 
 # Gates that compare an artifact with the reference (so never judge the reference itself), and gates that judge
 # each artifact on its own (the reference included: a CI budget on the one model it ships must bite).
-RELATIVE_GATES = ("max_auc_drop", "max_dice_drop", "min_agreement", "min_speedup")
+RELATIVE_GATES = (*drop_gates(), "min_agreement", "min_speedup")
 ABSOLUTE_GATES = ("max_p50_ms", "max_size_mb")
 
 
@@ -86,6 +86,8 @@ class BenchConfig:
             reference-minus-artifact macro AUC drop must be below it.
         max_dice_drop: the same for segmentation, in mean-Dice points (100 x Dice): the upper 95% CI bound of the
             reference-minus-artifact mean Dice drop (paired bootstrap over cases) must be below it.
+        max_mae_increase: the same for regression, in the target's units: the upper 95% CI bound of the
+            artifact-minus-reference mean absolute error must be below it.
         min_agreement: minimum top-1 agreement with the reference (0-1; segmentation: pixel agreement).
         min_speedup: minimum reference p50 / artifact p50, engine-only at batch 1 (or the smallest batch).
         max_p50_ms: maximum engine-only p50 at that batch.
@@ -119,6 +121,7 @@ class BenchConfig:
     seed: int = 0
     max_auc_drop: float | None = None
     max_dice_drop: float | None = None
+    max_mae_increase: float | None = None
     min_agreement: float | None = None
     min_speedup: float | None = None
     max_p50_ms: float | None = None
@@ -388,9 +391,8 @@ def evaluate_gates(cfg: BenchConfig, entries: list[dict], task) -> list[dict]:
     judged = {gate: set(cfg.judged_by(gate)) for gate in cfg.given_gates()}
     for e in entries:
         if task.drop_gate is not None and e["name"] in judged.get(task.drop_gate, ()):
-            # Drop = reference - artifact, in points (100 x the metric); its upper CI bound is -(lower bound of delta).
-            low = e["parity"]["deltas"][task.headline_metric]["ci_low"]
-            upper = None if low is None or not np.isfinite(low) else -100.0 * low
+            # How much worse than the reference, at the upper 95% CI bound of the paired bootstrap.
+            upper = loss_upper_bound(task, e["parity"]["deltas"][task.headline_metric])
             threshold = getattr(cfg, task.drop_gate)
             add(task.drop_gate, e, upper, threshold, upper is not None and upper < threshold, task.drop_detail)
         if e["name"] in judged.get("min_agreement", ()):

@@ -35,6 +35,9 @@ from ._common import csv_option
 @click.option("--max-dice-drop", default=None, type=float,
               help="Gate (segmentation): upper 95% CI bound of the mean Dice drop vs the reference, in Dice points "
               "(1.0 = 0.01), paired bootstrap over cases.")
+@click.option("--max-mae-increase", default=None, type=float,
+              help="Gate (regression): upper 95% CI bound of the mean absolute error's increase over the reference, in "
+              "the target's units, paired bootstrap over cases.")
 @click.option("--min-agreement", default=None, type=float,
               help="Gate: minimum top-1 agreement with the reference (segmentation: pixel agreement of the masks).")
 @click.option("--min-speedup", default=None, type=float, help="Gate: minimum reference p50 / artifact p50 (batch 1).")
@@ -50,7 +53,7 @@ from ._common import csv_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--force", is_flag=True, help="Benchmark artifacts whose hash differs from their run manifest.")
 def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, warmup_s, duration_s, rounds, threads,
-            device, backend, n_resamples, seed, max_auc_drop, max_dice_drop, min_agreement, min_speedup, max_p50_ms, max_size_mb, gate_on, out, quiet,
+            device, backend, n_resamples, seed, max_auc_drop, max_dice_drop, max_mae_increase, min_agreement, min_speedup, max_p50_ms, max_size_mb, gate_on, out, quiet,
             as_json, force):
     """Benchmark ARTIFACTS (NAME=PATH ...): latency, accuracy parity against --reference, gates.
 
@@ -70,7 +73,8 @@ def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, 
         batch_sizes=csv_option(batch_sizes, int), iterations=iterations, warmup=warmup, warmup_s=warmup_s,
         duration_s=duration_s, rounds=rounds, threads=threads, device=device, backend=backend,
         n_resamples=n_resamples, seed=seed,
-        max_auc_drop=max_auc_drop, max_dice_drop=max_dice_drop, min_agreement=min_agreement, min_speedup=min_speedup, max_p50_ms=max_p50_ms,
+        max_auc_drop=max_auc_drop, max_dice_drop=max_dice_drop, max_mae_increase=max_mae_increase,
+        min_agreement=min_agreement, min_speedup=min_speedup, max_p50_ms=max_p50_ms,
         max_size_mb=max_size_mb, gate_on=csv_option(gate_on), out=out, progress=not quiet and not as_json, force=force,
     )
     report = run_bench(cfg)

@@ -79,6 +79,9 @@ from ._common import csv_option, foreign_model_options
 @click.option("--min-dice", default=0.99, show_default=True, type=float,
               help="Gate for segmentation models: mean over classes of the Dice of the quantized model's masks vs "
               "fp32's, each class over all held-out pixels (--min-agreement is then their pixel agreement).")
+@click.option("--min-pearson", default=None, type=float,
+              help="Gate for regression models: Pearson r of the quantized model's outputs with fp32's on held-out "
+              "images [default: 0.99].")
 @click.option(
     "--search/--no-search",
     default=True,
@@ -139,6 +142,7 @@ def command(
     min_agreement,
     min_cosine,
     min_dice,
+    min_pearson,
     search,
     search_budget,
     batch_sizes,
@@ -181,6 +185,7 @@ def command(
         min_agreement=min_agreement,
         min_cosine=min_cosine,
         min_dice=min_dice,
+        **({"min_pearson": min_pearson} if min_pearson is not None else {}),
         fp16_io=fp16_io,
         allow_random_calibration=allow_random_calibration,
         input_size=input_size,

@@ -87,9 +87,14 @@ class CalibrationReader:
 
 
 def _strata(labels: np.ndarray, task: str) -> np.ndarray:
-    """One group id per image: the class (multi-class, binary), the first positive label (multi-label), or for
-    label maps the rarest class the image shows."""
+    """One group id per image: the class (multi-class, binary), the first positive label (multi-label), the quintile
+    of a continuous value (regression), or for label maps the rarest class the image shows."""
+    from ..data.dataset import label_strata
+    from ..runtime.tasks import get_task
+
     labels = np.asarray(labels)
+    if get_task(task).continuous:
+        return label_strata(labels, continuous=True)
     if labels.ndim >= 3:  # label maps, 2-D or 3-D
         from ..data.dataset import case_strata
 

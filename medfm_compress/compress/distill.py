@@ -241,6 +241,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
                               groups=train.groups if task.whole_cases else None)
                if dtask.runtime.has_labels else np.arange(len(train)))
     log(f"labels: {cfg.labels}; labeled subset {len(labeled)}/{len(train)} (fraction {cfg.label_fraction})")
+    y_train, label_state = dtask.prepare_labels(np.asarray(train.labels))
     return DistillRun(
         cfg=cfg, device=device, distributed=distributed, rank=rank, world=world, out=out, log=log,
         ckpt_dir=ckpt_dir, manifest=manifest, task=task, dtask=dtask, train=train, val=val, test=test,
@@ -248,7 +249,8 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
         x_train=torch.from_numpy(student_pre(train.images)).to(device),
         x_val=torch.from_numpy(whole(val.images)).to(device) if val is not None else None,
         x_test=torch.from_numpy(whole(test.images)).to(device) if test is not None else None,
-        y_train=torch.from_numpy(np.asarray(train.labels)).to(device=device, dtype=getattr(torch, dtask.label_dtype)),
+        y_train=torch.from_numpy(np.asarray(y_train)).to(device=device, dtype=getattr(torch, dtask.label_dtype)),
+        label_state=label_state,
         labeled=labeled, steps_per_epoch=len(train) // (cfg.batch_size * world), eval_task=eval_task,
     )
 
@@ -284,7 +286,9 @@ def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
                            **kwargs).to(run.device)
     if cfg.student_weights:
         load_weights(student, cfg.student_weights, what=f"student {student_arch}")
-    return run.dtask.train_student(run, resolved, student, student_arch)
+    trained = run.dtask.train_student(run, resolved, student, student_arch)
+    run.dtask.finish_model(trained.model, run)
+    return trained
 
 
 def train_baseline(run: DistillRun, arch: str):
@@ -302,6 +306,7 @@ def train_baseline(run: DistillRun, arch: str):
     run.log(f"baseline {arch}: labels only, {len(run.labeled)} labeled images, same budget "
             f"({cfg.epochs} x {run.steps_per_epoch} steps)")
     train_supervised(run, "baseline", baseline, run.labeled, cfg.epochs, cfg.lr, run.ckpt_dir / "baseline.pt")
+    run.dtask.finish_model(baseline, run)
     return baseline
 
 

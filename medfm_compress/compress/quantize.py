@@ -97,6 +97,8 @@ class QuantizeConfig:
         min_cosine: parity gate, mean logit cosine with fp32 on held-out data (None disables).
         min_dice: parity gate of segmentation models, mean Dice of the quantized model's label maps against
             fp32's on held-out images (with ``min_agreement`` as their pixel agreement).
+        min_pearson: parity gate of regression models, Pearson r of the quantized model's outputs with fp32's on
+            held-out images.
         fp16_io: with ``fp16``, make the model's input and output float16 too.
         allow_random_calibration: calibrate on random tensors when no data is given (recorded in metadata).
         input_size, channels, mean, std: preprocessing of an ONNX without medfm metadata.
@@ -140,6 +142,7 @@ class QuantizeConfig:
     min_agreement: float = 0.99
     min_cosine: float | None = None
     min_dice: float = 0.99
+    min_pearson: float = 0.99
     fp16_io: bool = False
     allow_random_calibration: bool = False
     input_size: int | None = None
@@ -176,6 +179,8 @@ class QuantizeConfig:
             raise ConfigError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
         if not 0.0 <= self.min_dice <= 1.0:
             raise ConfigError(f"--min-dice must be in [0, 1], got {self.min_dice}")
+        if not -1.0 <= self.min_pearson <= 1.0:
+            raise ConfigError(f"--min-pearson must be in [-1, 1], got {self.min_pearson}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.model not in MODEL_ROLES:
@@ -266,7 +271,7 @@ class QuantizeResult:
 # honours them (register_target(options=...)), and quantize() refuses one set away from its default otherwise.
 COMMON_OPTIONS = frozenset({
     "input", "out", "calib_data", "target", "precision", "method", "num_calib", "num_holdout", "min_agreement",
-    "min_cosine", "min_dice", "allow_random_calibration", "input_size", "channels", "mean", "std", "model", "seed",
+    "min_cosine", "min_dice", "min_pearson", "allow_random_calibration", "input_size", "channels", "mean", "std", "model", "seed",
     "force",
     "progress", "version", "pinned",
 })
@@ -499,9 +504,10 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
             raise ModelError(f"{fp32_path} is already {meta.precision}; quantize the fp32 model instead")
         task = get_task(meta.task)
         if "top1_agreement" not in task.gate_metrics:
-            # No classes to agree on (an embedding): the gate is the cosine to fp32 (default 0.99), not top-1.
-            cfg = dataclasses.replace(cfg, min_agreement=0.0,
-                                      min_cosine=DEFAULT_MIN_COSINE if cfg.min_cosine is None else cfg.min_cosine)
+            # No classes to agree on (an embedding, a regression): its own figures are the gate, not top-1; an
+            # embedding's is the cosine to fp32 (default 0.99).
+            cosine = DEFAULT_MIN_COSINE if cfg.min_cosine is None and "cosine" in task.gate_metrics else cfg.min_cosine
+            cfg = dataclasses.replace(cfg, min_agreement=0.0, min_cosine=cosine)
         if meta.preprocess.is_volume and cfg.num_holdout == QuantizeConfig.num_holdout:
             cfg = dataclasses.replace(cfg, num_holdout=VOLUME_NUM_HOLDOUT)
             log(f"volume model: parity gate on {VOLUME_NUM_HOLDOUT} held-out patches (--num-holdout to change)")
@@ -653,14 +659,16 @@ def _check_output(proto, cfg: QuantizeConfig) -> None:
 
 
 # The option that sets the threshold of each parity metric a task's gate judges (Task.gate_metrics).
-GATE_OPTIONS = {"mean_dice": "min_dice", "top1_agreement": "min_agreement", "cosine": "min_cosine"}
+GATE_OPTIONS = {"mean_dice": "min_dice", "pearson_r": "min_pearson", "top1_agreement": "min_agreement",
+                "cosine": "min_cosine"}
 DEFAULT_MIN_COSINE = 0.99  # the cosine gate of a task judged by cosine alone, when --min-cosine is not given
 
 
 def gate_text(cfg: QuantizeConfig, task) -> str:
     """The parity gate of a model of ``task`` (a name or a task) in words."""
     task = get_task(task)
-    words = {"mean_dice": "mean Dice vs fp32's masks", "top1_agreement": task.agreement_words, "cosine": "cosine"}
+    words = {"mean_dice": "mean Dice vs fp32's masks", "pearson_r": "Pearson r vs fp32's outputs",
+             "top1_agreement": task.agreement_words, "cosine": "cosine"}
     parts = [f"{words[m]} >= {getattr(cfg, GATE_OPTIONS[m])}" for m in task.gate_metrics if m != "cosine"]
     if cfg.min_cosine is not None:
         parts.append(f"cosine >= {cfg.min_cosine}")
@@ -693,6 +701,8 @@ def _check_gate_flags(cfg: QuantizeConfig, task, name: str) -> None:
 
 def parity_text(p: dict[str, Any]) -> str:
     """A parity record's figures in words (mean Dice first for segmentation)."""
+    if p.get("pearson_r") is not None:
+        return f"Pearson r {p['pearson_r']:.5f}, mean absolute difference {p['mae']:.4g}, cosine {p['cosine']:.5f}"
     dice = f"mean Dice {p['mean_dice']:.4f}, pixel agreement" if p.get("mean_dice") is not None else "top-1 agreement"
     return f"{dice} {p['top1_agreement']:.4f}, cosine {p['cosine']:.5f}"
 
@@ -712,21 +722,22 @@ def parity_columns(parity: dict[str, Any]) -> dict[str, float]:
     """The figures a candidate is judged and ranked by, for a table row: top-1 (pixel) agreement, logit cosine, and
     for segmentation the mean Dice vs fp32's masks."""
     cols = {"top1_agreement": parity["top1_agreement"], "cosine": parity["cosine"]}
-    if parity.get("mean_dice") is not None:
-        cols["mean_dice"] = float(parity["mean_dice"])
+    for key in ("mean_dice", "pearson_r"):
+        if parity.get(key) is not None:
+            cols[key] = float(parity[key])
     return cols
 
 
 def fidelity_key(row: dict[str, Any]) -> tuple[float, float, float]:
-    """Most faithful first: mean Dice (segmentation), then top-1 agreement, then cosine."""
-    return row.get("mean_dice", 1.0), row["top1_agreement"], row["cosine"]
+    """Most faithful first: mean Dice (segmentation) or Pearson r (regression), then top-1 agreement, then cosine."""
+    return row.get("mean_dice", row.get("pearson_r", 1.0)), row["top1_agreement"], row["cosine"]
 
 
 def gate_passes(parity: dict[str, float], cfg: QuantizeConfig) -> bool:
-    """The parity gate: top-1 agreement (segmentation: pixel agreement and mean Dice vs fp32's masks) and (when
-    set) cosine on held-out data."""
-    if parity["top1_agreement"] < cfg.min_agreement:
-        return False
-    if "mean_dice" in parity and not parity["mean_dice"] >= cfg.min_dice:
-        return False
-    return cfg.min_cosine is None or parity["cosine"] >= cfg.min_cosine
+    """The parity gate: every figure of ``parity`` that a gate option sets a threshold for (top-1 or pixel agreement,
+    mean Dice vs fp32's masks, Pearson r vs fp32's outputs, cosine when set) on held-out data; a NaN fails."""
+    for metric, option in GATE_OPTIONS.items():
+        threshold, value = getattr(cfg, option), parity.get(metric)
+        if threshold is not None and value is not None and not value >= threshold:
+            return False
+    return True

@@ -400,6 +400,7 @@ class ScratchSource(_ModelSource):
             ensure_dir(tdir)
             train_supervised(run, "teacher", model, np.arange(len(run.train)), epochs, TEACHER_LR,
                              tdir / "teacher-checkpoint.pt")
+            run.dtask.finish_model(model, run)
             model = model.to(run.device)
             if run.rank == 0:
                 tcard.num_params = count_params(model)

@@ -8,14 +8,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
+from ..runtime.tasks import get_task, task_names
 from .lazy import LazyImages, is_lazy, iter_batches, take
 
 __all__ = ["Split", "TaskData", "TASKS", "SPLITS", "class_presence", "validate_masks", "require_task",
-           "case_strata"]
+           "case_strata", "label_strata", "validate_values"]
 
-# "embedding": unlabeled volume crops for label-free embedding distillation (data/volume.py).
-# "segmentation": an integer label map per image (class 0 is the background; data/masks.py).
-TASKS = ("multiclass", "binary", "multilabel", "embedding", "segmentation")
+# The tasks a data set can be: the runtime's registered ones ("embedding": unlabeled volume crops for label-free
+# embedding distillation, data/volume.py; "segmentation": an integer label map per image, data/masks.py;
+# "regression": a continuous value per image).
+TASKS = task_names()
 SPLITS = ("train", "val", "test")
 
 
@@ -144,6 +146,8 @@ class TaskData:
     def class_counts(self, split: str) -> np.ndarray:
         """Images per class (segmentation: images in which the class has at least one pixel)."""
         labels = self.split(split).labels
+        if get_task(self.task).continuous:
+            raise DataError(f"{self.source} holds continuous values, not classes to count")
         if np.asarray(labels).ndim > 1:  # label vectors or label maps
             return class_presence(labels, self.num_classes).sum(axis=0)
         return np.bincount(labels, minlength=self.num_classes)
@@ -152,8 +156,6 @@ class TaskData:
 def require_task(task: TaskData, accepted: tuple[str, ...], what: str) -> None:
     """Refuse, in one line, a task of a type ``what`` (a command or stage) does not handle: a segmentation data set
     given to a classification stage, or the reverse."""
-    from ..runtime.tasks import get_task
-
     if task.task in accepted:
         return
     if get_task(task.task).dense:
@@ -240,6 +242,36 @@ def validate_masks(name: str, images: Any, masks: Any, label_names: list[str], s
             raise DataError(f"{source}: mask of {which(i)} has label value {v}, outside the {k} named classes "
                             f"(0..{k - 1}: {', '.join(label_names)}); name every class in labels.json or fix the mask")
     return Split(images, masks.astype(np.uint8 if k <= 256 else np.int64))
+
+
+def label_strata(labels: np.ndarray, continuous: bool = False) -> np.ndarray:
+    """One stratum per case for a stratified draw: its class, its first positive label (multi-label), or for
+    continuous values the quintile of the (first) value."""
+    labels = np.asarray(labels)
+    if continuous:
+        values = labels.reshape(len(labels), -1)[:, 0].astype(np.float64)
+        if len(values) < 5:
+            return np.zeros(len(values), dtype=np.int64)
+        return np.searchsorted(np.quantile(values, [0.2, 0.4, 0.6, 0.8]), values, side="right").astype(np.int64)
+    return labels if labels.ndim == 1 else labels.argmax(1)
+
+
+def validate_values(name: str, images: Any, values: Any, source: str) -> Split:
+    """Check one split of a regression set: images as :func:`validate_split` does, and ``(N,)`` or ``(N, K)`` finite
+    numbers, one row per image; returns the split with float32 values."""
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim not in (1, 2) or not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise DataError(f"{source}: {name}_values must be (N,) or (N,K) numbers, got {values.dtype} {values.shape}")
+    if values.size and not np.isfinite(values.astype(np.float64)).all():
+        bad = int((~np.isfinite(values.astype(np.float64).reshape(len(values), -1))).any(axis=1).argmax())
+        raise DataError(f"{source}: {name}_values has NaN/Inf (first at row {bad}); every image needs a finite value")
+    n = int(images.shape[0]) if hasattr(images, "shape") else len(images)
+    if n != len(values):
+        raise DataError(f"{source}: {name}_images has {n} images but {name}_values has {len(values)} values")
+    split = validate_split(name, images, np.zeros(len(values), np.int64), source)
+    return Split(split.images, values.astype(np.float32))
 
 
 def validate_split(name: str, images: Any, labels: Any, source: str) -> Split:

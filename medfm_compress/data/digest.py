@@ -23,6 +23,7 @@ import numpy as np
 
 from .._io import atomic_write_text, sha256_file
 from ..errors import DataError, MedfmError
+from ..runtime.tasks import get_task
 from .dataset import SPLITS, Split, TaskData, class_presence
 from .lazy import iter_batches
 
@@ -54,6 +55,8 @@ def split_labels(task: TaskData, name: str) -> list[str]:
     segmentation ``mask:`` + the first 16 hex digits of the SHA-256 of its label map as read (after any resize)."""
     labels = np.asarray(task.splits[name].labels)
     names = task.label_names
+    if get_task(task.task).continuous:
+        return [",".join(f"{v:.7g}" for v in np.atleast_1d(row)) for row in labels]
     if labels.ndim >= 3:  # label maps
         return [f"mask:{hashlib.sha256(np.ascontiguousarray(m).tobytes()).hexdigest()[:16]}" for m in labels]
     if not names:
@@ -185,7 +188,10 @@ def split_summary(task: TaskData) -> list[str]:
             for g in set(split.groups.tolist()):
                 where.setdefault(g, set()).add(name)
         line = f"split {name}: {len(split)} images in {n_groups} groups"
-        if labeled and len(split):
+        if get_task(task.task).continuous and len(split):
+            values = np.asarray(split.labels, dtype=np.float64)
+            line += f" | values {values.min():.4g}..{values.max():.4g}, mean {values.mean():.4g}"
+        elif labeled and len(split):
             members = class_presence(split.labels, task.num_classes)
             parts = []
             for k, cls in enumerate(task.label_names):

@@ -1,7 +1,7 @@
 """Readers for image folders and DICOM folders with a ``labels.csv``.
 
-``labels.csv`` columns: ``file`` (path relative to the folder) and either ``label`` (a class name or index)
-or ``labels`` (``|``-separated class names, multi-label). An optional ``split`` column (train/val/test)
+``labels.csv`` columns: ``file`` (path relative to the folder) and either ``label`` (a class name or index),
+``labels`` (``|``-separated class names, multi-label) or ``value`` (a number: a regression target, e.g. bone age). An optional ``split`` column (train/val/test)
 assigns splits; otherwise a seeded 70/10/20 split is drawn, stratified by label, BY GROUP: an optional
 ``group`` column (patient or study id) names each image's group, and all images of a group land in one split.
 Without a ``group`` column DICOM files are grouped by their PatientID (else StudyInstanceUID) header and other
@@ -30,7 +30,8 @@ import numpy as np
 
 from ..errors import DataError
 from ..runtime.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_file, read_image_file
-from .dataset import SPLITS, Split, TaskData, infer_task, validate_split
+from ..runtime.tasks import get_task
+from .dataset import SPLITS, Split, TaskData, infer_task, label_strata, validate_split, validate_values
 from .lazy import LazyImages, memory_budget_bytes, take
 
 __all__ = ["read_folder", "read_dicom_folder", "read_image_file", "read_dicom_file", "dicom_group", "draw_group_splits",
@@ -54,9 +55,10 @@ def _read_labels_csv(root: Path, source: str, require: bool):
     if not rows:
         raise DataError(f"{csv_path} has no rows; add one row per image")
     cols = set(rows[0])
-    if "file" not in cols or not ({"label", "labels"} & cols):
+    if "file" not in cols or not ({"label", "labels", "value"} & cols):
         raise DataError(
-            f"{csv_path} needs columns 'file' and 'label' (or 'labels' for multi-label); has {sorted(cols)}"
+            f"{csv_path} needs columns 'file' and 'label' (or 'labels' for multi-label, 'value' for a continuous "
+            f"target); has {sorted(cols)}"
         )
     return rows
 
@@ -102,6 +104,7 @@ def _collect(
         images = _load_images([str(p) for p in found], reader, source, stream, finite_checked)
         return _Collected(images, np.zeros(len(found), dtype=np.int64), ["unlabeled"], "multiclass", files)
     multilabel = "labels" in rows[0] and "label" not in rows[0]
+    continuous = "value" in rows[0] and not ({"label", "labels"} & set(rows[0]))
     group_col = "group" in rows[0]
     raw_labels, paths, rels, splits, groups = [], [], [], [], []
     # os.path, not pathlib, per row: a resolved Path costs ~10x a str and pathlib interns every path part,
@@ -116,11 +119,23 @@ def _collect(
             raise DataError(f"{root / 'labels.csv'} line {i}: '{rel}' points outside {root}")
         paths.append(path)
         rels.append(rel)
-        raw_labels.append((row.get("labels") if multilabel else row.get("label")) or "")
+        raw_labels.append(row.get("labels" if multilabel else "value" if continuous else "label") or "")
         splits.append((row.get("split") or "").strip().lower())
         group = (row.get("group") or "").strip() if group_col else (group_of(path) if group_of else None)
         groups.append(group or rel)
-    if multilabel:
+    if continuous:
+        labels = np.empty(len(raw_labels), dtype=np.float32)
+        for i, text in enumerate(raw_labels):
+            try:
+                labels[i] = float(text)
+            except ValueError:
+                raise DataError(f"{root / 'labels.csv'} line {i + 2}: value {text!r} of {rels[i]} is not a number; "
+                                "every image needs a numeric value") from None
+        if not np.isfinite(labels).all():
+            i = int(np.flatnonzero(~np.isfinite(labels))[0])
+            raise DataError(f"{root / 'labels.csv'} line {i + 2}: value of {rels[i]} is not finite")
+        names, task = ["value"], "regression"
+    elif multilabel:
         names = sorted({n for lab in raw_labels for n in lab.split("|") if n})
         labels = np.zeros((len(raw_labels), len(names)), dtype=np.float32)
         for i, lab in enumerate(raw_labels):
@@ -218,7 +233,7 @@ def _assign_splits(col: _Collected, seed: int, csv_path: Path) -> dict[str, np.n
         if col.group_col:
             refuse_straddling(col.groups, split_arr, csv_path)
         return {s: np.flatnonzero(split_arr == s) for s in SPLITS}
-    return draw_group_splits(col.labels, col.groups, seed)
+    return draw_group_splits(label_strata(col.labels, _continuous(col)), col.groups, seed)
 
 
 def refuse_straddling(groups: np.ndarray, split_arr: np.ndarray, csv_path: Path) -> None:
@@ -247,7 +262,7 @@ def draw_group_splits(labels: np.ndarray, groups: np.ndarray | None, seed: int) 
     train group closest to that split's share moves there.
     """
     n = len(labels)
-    strat = labels if labels.ndim == 1 else labels.argmax(1)
+    strat = label_strata(labels)
     if groups is None:
         group_of = np.arange(n)
     else:
@@ -280,6 +295,11 @@ def draw_group_splits(labels: np.ndarray, groups: np.ndarray | None, seed: int) 
     return {s: np.flatnonzero(image_split == s).astype(np.int64) for s in SPLITS}
 
 
+def _continuous(col: _Collected) -> bool:
+    """Whether the labels read are continuous values (a regression target) rather than classes."""
+    return col.task is not None and get_task(col.task).continuous
+
+
 def _task_from(col: _Collected, source: str, seed: int, labeled: bool, root: Path) -> TaskData:
     info = {"root": os.path.realpath(root)}
     if not labeled:
@@ -289,8 +309,9 @@ def _task_from(col: _Collected, source: str, seed: int, labeled: bool, root: Pat
         )
     idx = _assign_splits(col, seed, root / "labels.csv")
     splits = {}
+    validate = validate_values if _continuous(col) else validate_split
     for s, i in idx.items():
-        split = validate_split(s, take(col.images, i), col.labels[i], source)
+        split = validate(s, take(col.images, i), col.labels[i], source)
         split.files, split.groups = col.files[i], col.groups[i]
         splits[s] = split
     task = col.task

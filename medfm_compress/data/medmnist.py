@@ -1,7 +1,8 @@
 """Reader for the MedMNIST ``.npz`` layout (``train_images``, ``train_labels``, ``val_*``, ``test_*``).
 
 Segmentation archives hold ``*_masks`` (``(N,H,W)`` integer label maps, 0 = background) instead of ``*_labels``,
-and ``label_names`` naming every class from the background up.
+and ``label_names`` naming every class from the background up. Regression archives hold ``*_values`` (a number per
+image, ``(N,)``, or ``(N,K)`` for K targets) and optionally ``label_names`` naming the targets.
 
 An archive whose image arrays exceed :func:`~medfm_compress.data.lazy.memory_budget_bytes` (or read with
 ``stream=True``) is not loaded: ``np.load`` cannot memory-map a member of an ``.npz``, so each image array is
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .dataset import SPLITS, TaskData, infer_task, validate_masks, validate_split
+from .dataset import SPLITS, TaskData, infer_task, validate_masks, validate_split, validate_values
 from .lazy import LazyImages, memory_budget_bytes
 
 __all__ = ["read_medmnist"]
@@ -53,6 +54,8 @@ def read_medmnist(path: str | Path, label_names: list[str] | None = None, stream
             stored_names = json.loads(str(raw)) if raw.ndim == 0 else [str(x) for x in raw.tolist()]
         if any(k.endswith("_masks") for k in keys):
             return _read_masks(p, npz, keys, label_names or stored_names, stream, source)
+        if any(k.endswith("_values") for k in keys):
+            return _read_values(p, npz, keys, label_names or stored_names, stream, source)
         splits = {}
         for name in SPLITS:
             ik, lk = f"{name}_images", f"{name}_labels"
@@ -123,6 +126,45 @@ def _read_masks(p: Path, npz, keys: set[str], names: list[str] | None, stream: b
     if "val" not in splits:
         splits = _carve_val(splits)
     return TaskData(source=source, task="segmentation", label_names=list(names), splits=splits)
+
+
+def _read_values(p: Path, npz, keys: set[str], names: list[str] | None, stream: bool, source: str) -> TaskData:
+    """A regression archive: ``*_images`` with ``*_values`` (a number per image, or K per image), the targets named by
+    ``label_names`` (default ``value``, or ``value_0..``)."""
+    if any(k.endswith(("_labels", "_masks")) for k in keys):
+        raise DataError(f"{p} holds *_values and *_labels or *_masks arrays; a MedMNIST archive is one task: keep the "
+                        "values (regression) or the labels (classification)")
+    splits = {}
+    for name in SPLITS:
+        ik, vk = f"{name}_images", f"{name}_values"
+        if ik not in keys and vk not in keys:
+            continue
+        if ik not in keys or vk not in keys:
+            missing = ik if ik not in keys else vk
+            raise DataError(f"{p} has no '{missing}' array; a regression archive needs both {ik} and {vk}")
+        try:
+            images = _lazy_member(p, npz.zip, ik, source) if stream else npz[ik]
+            splits[name] = validate_values(name, images, npz[vk], source)
+        except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DataError(f"{p}: cannot read '{ik}'/'{vk}' ({e}); the archive is corrupt") from None
+        splits[name].files = np.array([f"{ik}[{i}]" for i in range(len(splits[name]))], dtype=object)
+    if "train" not in splits or "test" not in splits:
+        raise DataError(f"{p} lacks the train/test arrays of a regression archive (found: {', '.join(sorted(keys))}); "
+                        "expected train_images, train_values, test_images, test_values (val_* optional)")
+    widths = {1 if s.labels.ndim == 1 else s.labels.shape[1] for s in splits.values()}
+    if len(widths) > 1:
+        raise DataError(f"{p}: the splits' values have different widths {sorted(widths)}; every image needs the same "
+                        "targets")
+    k = widths.pop()
+    names = list(names) if names else (["value"] if k == 1 else [f"value_{i}" for i in range(k)])
+    if len(names) != k:
+        raise DataError(f"{p}: {len(names)} label names for {k} target(s) per image; name each target once")
+    shapes = {tuple(s.images.shape[1:]) for s in splits.values()}
+    if len(shapes) > 1:
+        raise DataError(f"{p}: splits have different image shapes {sorted(shapes)}; all splits must match")
+    if "val" not in splits:
+        splits = _carve_val(splits)
+    return TaskData(source=source, task="regression", label_names=names, splits=splits)
 
 
 def _carve_val(splits: dict) -> dict:

@@ -2,7 +2,8 @@
 
 Kinds: ``medmnist:FILE.npz`` (``*_masks`` label maps instead of ``*_labels``: segmentation), ``folder:DIR``
 (``images/`` + ``masks/``: segmentation), ``dicom:DIR`` and ``synthetic`` (the embedded default;
-``synthetic?seed=1&n_train=500`` changes its size and seed, ``synthetic?task=segmentation`` draws label maps);
+``synthetic?seed=1&n_train=500`` changes its size and seed, ``synthetic?task=segmentation`` draws label maps,
+``synthetic?task=regression`` the lesion's area in percent of the image as a continuous target);
 volumetric segmentation from ``synthetic3d`` (CT-like phantoms, the embedded 3-D default) and ``nifti:DIR`` (the MSD /
 nnU-Net layout), see :mod:`medfm_compress.data.volume_seg`; volume crops from ``nifti:FILE``, ``dicom-series:DIR``
 and ``inv3:FILE.inv3`` (see :func:`medfm_compress.data.volume.volume_task`).

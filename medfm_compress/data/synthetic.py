@@ -30,11 +30,16 @@ __all__ = ["SyntheticConfig", "LABEL_NAMES", "SEGMENTATION_NAMES", "SYNTHETIC_TA
 
 LABEL_NAMES = ["normal", "nodule", "consolidation", "effusion"]
 SEGMENTATION_NAMES = ["background", "lung", "heart", "nodule", "consolidation", "effusion"]
+_FIRST_LESION = 3  # label maps: 1 lung, 2 heart, 3.. the lesions
 # What each variant keeps of a drawn scene: its archive key, its label names, and from the image's class and the
 # scene's label map, what the archive stores (the classes as a column; the label maps themselves).
 _VARIANTS = {
     "classification": ("labels", LABEL_NAMES, lambda classes, masks: classes[:, None]),
     "segmentation": ("masks", SEGMENTATION_NAMES, lambda classes, masks: masks),
+    # A continuous target measured on the scene: the lesion's area in percent of the image (0 without a lesion).
+    "regression": ("values", ["lesion_area_pct"],
+                   lambda classes, masks: (masks >= _FIRST_LESION).reshape(len(masks), -1).mean(1).astype(np.float32)
+                   * np.float32(100.0)),
 }
 SYNTHETIC_TASKS = tuple(_VARIANTS)
 # The archives made before the segmentation variant existed keep their digest: the first variant is not hashed.

@@ -52,9 +52,10 @@ struct PreprocessSpec {
   void validate(const std::string& source) const;
 };
 
-/// What the model's output means: one row of class scores per image (classification), or one map of class
-/// scores per pixel (segmentation: output NxKxHxW, softmax + argmax per pixel gives the label map).
-enum class Task { Multiclass, Binary, Multilabel, Segmentation };
+/// What the model's output means: one row of class scores per image (classification), one map of class
+/// scores per pixel (segmentation: output NxKxHxW, softmax + argmax per pixel gives the label map), or one row of
+/// values per image in the targets' own units (regression: medfm.postprocess "identity").
+enum class Task { Multiclass, Binary, Multilabel, Segmentation, Regression };
 const char* task_name(Task task);
 
 /// What a deployed model needs to be fed and read correctly (Python: medfm_compress.runtime.metadata.ModelMeta).
@@ -125,7 +126,7 @@ struct Result {
   int64_t batch = 0;
   int64_t num_classes = 0;
   std::vector<float> logits;
-  std::vector<float> probabilities;  ///< softmax (multiclass, binary) or sigmoid (multilabel)
+  std::vector<float> probabilities;  ///< softmax (multiclass, binary), sigmoid (multilabel), the values (regression)
   std::vector<int> top1;             ///< argmax of the logits per image
   int64_t map_height = 0;            ///< segmentation only: the class maps' size
   int64_t map_width = 0;
@@ -138,7 +139,8 @@ struct Result {
   float probability(int64_t i, int64_t k) const { return probabilities[static_cast<size_t>(i * num_classes + k)]; }
 };
 
-/// Softmax (or sigmoid for multilabel) over rows of `logits`, computed in double like the Python side.
+/// Softmax (or sigmoid for multilabel) over rows of `logits`, computed in double like the Python side; a regression
+/// model's outputs are its values, returned as they are.
 std::vector<float> probabilities(const std::vector<float>& logits, int64_t num_classes, Task task);
 
 /// Per-pixel argmax over the class maps of an [batch, classes, height, width] float buffer (the first of equal

@@ -16,12 +16,13 @@ from .base import (
 )
 from .classification import ClassifierDistill
 from .embedding import EmbeddingDistill
+from .regression import ValueDistill
 from .segmentation import SegmentationDistill
 
 __all__ = ["DistillTask", "DistillRun", "ResolvedTeacher", "TrainedStudent", "THRESHOLDS", "distill_task",
            "distill_task_names", "adaptable_task_names", "register_distill_task"]
 
 for _task in (ClassifierDistill("multiclass"), ClassifierDistill("binary"), ClassifierDistill("multilabel"),
-              SegmentationDistill("segmentation"), EmbeddingDistill("embedding")):
+              SegmentationDistill("segmentation"), EmbeddingDistill("embedding"), ValueDistill("regression")):
     register_distill_task(_task)
 del _task

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...errors import ConfigError
+from ...errors import ConfigError, ModelError
 from ...runtime.tasks import Task, get_task
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "distill_task_names",
     "adaptable_task_names",
     "small_test_warning",
+    "distill_logits",
+    "fit_head",
 ]
 
 # The thresholds of the warnings a distill or adapt summary prints (and report.md repeats), in one place.
@@ -76,6 +78,7 @@ class DistillRun:
     labeled: np.ndarray
     steps_per_epoch: int
     eval_task: Any = None  # held-out data from --eval-data (data without a test split of its own)
+    label_state: Any = None  # what DistillTask.prepare_labels did to the training labels
 
     def wrap(self, module):
         """``module`` on the run's device, wrapped in DDP when the run is distributed."""
@@ -191,6 +194,22 @@ class DistillTask:
         """A batch's labels after the augmentation its images got (image-level labels: unchanged)."""
         return labels
 
+    def prepare_labels(self, labels: np.ndarray) -> tuple[np.ndarray, Any]:
+        """The training labels as the models learn them, and what :meth:`finish_model` needs to undo that (here:
+        unchanged, None)."""
+        return labels, None
+
+    def teacher_targets(self, teacher_outputs, run: DistillRun):
+        """The teacher's outputs in the scale the student learns in (see :meth:`prepare_labels`)."""
+        return teacher_outputs
+
+    def finish_model(self, model, run: DistillRun) -> None:
+        """Turn a model trained on :meth:`prepare_labels`' labels into one that outputs the data's own (here: as is)."""
+
+    def teacher_outputs_match(self, card, data) -> bool:
+        """Whether a teacher's outputs can be distilled one to one into the data's (logit KD)."""
+        return card.num_classes == data.num_classes
+
     # ----- training and scoring -----
     def teacher_metrics(self, run: DistillRun, teacher, teacher_pre) -> tuple[dict[str, float], np.ndarray | None]:
         """The teacher's test metrics and outputs, where the task scores them before training (else ``({}, None)``)."""
@@ -251,3 +270,130 @@ def distill_task(task) -> DistillTask:
     if found is None:
         raise ConfigError(f"distillation does not handle {name} tasks; it handles {', '.join(_DISTILL_TASKS)}")
     return found
+
+
+def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeacher, student, arch: str,
+                   val_metrics_of: Callable[[np.ndarray], dict[str, float]]) -> TrainedStudent:
+    """Distill the teacher into a student with a head (outputs per image): the task's KD on the teacher's outputs
+    (``kd``), embedding KD through a projector (``feat``), the task's label loss on the labelled subset (``ce``); then,
+    label-free, fit its head on the labelled subset's frozen embeddings (:func:`fit_head`). ``val_metrics_of(outputs)``
+    scores the validation split after each epoch (the student's outputs as trained)."""
+    import torch
+
+    from ...models.features import FeatureTap
+    from ...models.heads import Projector
+    from ..losses import feature_kd_loss, labelled_loss
+    from ..taskprep import autocast
+    from ..train import LoopConfig, augment_batch, predict, run_loop
+
+    cfg, task, device, teacher = run.cfg, run.task, run.device, resolved.teacher
+    x_train, y_train, student_pre = run.x_train, run.y_train, run.student_pre
+    losses = cfg.resolved_losses()
+    if cfg.labels == "none" and set(losses) != {"feat"}:
+        raise ConfigError("--labels none distills embeddings only; use --loss feat (or leave --loss unset)")
+    if "kd" in losses and resolved.test_logits is None:
+        raise ConfigError("the teacher has no classifier head, so logit KD ('kd') is impossible; use --loss feat")
+    if "kd" in losses and not dtask.teacher_outputs_match(teacher.card, task):
+        raise ConfigError(f"teacher predicts {teacher.card.num_classes} outputs, data has {task.num_classes}")
+    with torch.no_grad(), FeatureTap(student) as tap:
+        student.eval()
+        _, s_emb = tap.run(x_train[:2])
+    _, t_emb = teacher.outputs(x_train[:2], student_pre)
+    projector = Projector(s_emb.shape[1], t_emb.shape[1]).to(device) if "feat" in losses else None
+
+    # Teacher outputs are fixed when nothing changes the inputs: compute them once.
+    cached_t_logits = cached_t_emb = None
+    if not cfg.augment:
+        run.log("teacher outputs cached for the training set (augmentation off, teacher frozen)")
+        cached_t_logits, cached_t_emb = teacher.outputs(x_train, student_pre)
+
+    class _Pair(torch.nn.Module):
+        def __init__(self, s, p):
+            super().__init__()
+            self.student = s
+            self.projector = p
+            self._tap = FeatureTap(s)
+
+        def forward(self, x):
+            with self._tap:
+                logits, emb = self._tap.run(x)
+            return logits, (self.projector(emb) if self.projector is not None else emb)
+
+    net = run.wrap(_Pair(student, projector))
+    labeled_mask = torch.zeros(len(run.train), dtype=torch.bool, device=device)
+    labeled_mask[torch.as_tensor(run.labeled, device=device)] = True
+
+    def student_step(batch_idx, epoch):
+        bi = torch.as_tensor(batch_idx, device=device)
+        xb = x_train[bi]
+        if cfg.augment:
+            xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
+            with torch.no_grad():
+                t_logits, t_e = teacher.outputs(xb, student_pre, batch_size=len(xb))
+        else:
+            t_logits = cached_t_logits[bi] if cached_t_logits is not None else None
+            t_e = cached_t_emb[bi]
+        with autocast(device):
+            s_logits, s_proj = net(xb)
+        s_logits = s_logits.float()
+        total = torch.zeros((), device=device)
+        shown = {}
+        if "kd" in losses:
+            kd = dtask.kd_loss(s_logits, dtask.teacher_targets(t_logits, run), cfg.temperature)
+            total = total + cfg.kd_weight * kd
+            shown["kd"] = float(kd.detach())
+        if "feat" in losses:
+            fe = feature_kd_loss(s_proj.float(), t_e, cfg.feat_loss)
+            total = total + cfg.feat_weight * fe
+            shown["feat"] = float(fe.detach())
+        if "ce" in losses:
+            ce = labelled_loss(dtask.hard_loss, s_logits, y_train[bi], labeled_mask[bi])
+            total = total + cfg.ce_weight * ce
+            shown["ce"] = float(ce.detach())
+        return total, shown
+
+    def val_metrics(_epoch):
+        # In label-free mode the head is fitted afterwards, so a validation score would mean nothing yet.
+        if run.x_val is None or cfg.labels == "none":
+            return {}
+        val_logits, _ = predict(student, run.x_val)
+        return val_metrics_of(val_logits)
+
+    spe = run.steps_per_epoch
+    run.log(f"student {arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={spe}")
+    loop = LoopConfig("student", spe, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
+    modules = {"student": student} | ({"projector": projector} if projector is not None else {})
+    history = run_loop(loop, modules, student_step, np.arange(len(run.train)), run.ckpt_dir / "student.pt",
+                       cfg.resume, run.log, val_metrics, cfg.progress)
+    if cfg.labels == "none":
+        history["head"] = fit_head(dtask, run, student)
+    return TrainedStudent(student, arch, losses, int(s_emb.shape[1]), history)
+
+def fit_head(dtask: DistillTask, run: DistillRun, student):
+    """Label-free mode, second step: fit the classifier on frozen embeddings of the labeled subset."""
+    import torch
+
+    from ...models.features import classifier_of
+    from ..train import LoopConfig, predict, run_loop
+
+    cfg, device, labeled = run.cfg, run.device, run.labeled
+    head = classifier_of(student)
+    if head is None:
+        raise ModelError("the student has no classifier head to fit")
+    _, emb = predict(student, run.x_train[torch.as_tensor(labeled, device=run.x_train.device)], embeddings=True)
+    emb_t = torch.from_numpy(emb).to(device)
+    y = run.y_train[torch.as_tensor(labeled, device=device)]
+    for p in head.parameters():
+        p.requires_grad_(True)
+    bs = min(cfg.batch_size, len(labeled))
+
+    def step(batch_idx, _epoch):
+        bi = torch.as_tensor(batch_idx, device=device)
+        loss = dtask.hard_loss(head(emb_t[bi]), y[bi])
+        return loss, {"ce": float(loss.detach())}
+
+    spe = max(1, len(labeled) // bs)
+    loop = LoopConfig("head", spe, cfg.head_epochs, 1e-2, 1e-4, bs, cfg.seed, False)
+    run.log(f"head: fitting the classifier on frozen embeddings of {len(labeled)} labeled images")
+    return run_loop(loop, {"head": head}, step, np.arange(len(labeled)), run.ckpt_dir / "head.pt", cfg.resume,
+                    run.log, progress=cfg.progress)

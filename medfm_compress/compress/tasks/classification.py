@@ -8,8 +8,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...errors import ConfigError, ModelError
-from .base import THRESHOLDS, DistillRun, DistillTask, ResolvedTeacher, TrainedStudent, small_test_warning
+from ...errors import ModelError
+from .base import (
+    THRESHOLDS,
+    DistillRun,
+    DistillTask,
+    ResolvedTeacher,
+    TrainedStudent,
+    distill_logits,
+    small_test_warning,
+)
 
 __all__ = ["ClassifierDistill", "DEFAULT_TEACHER", "DEFAULT_STUDENT", "summary_warnings", "retention_text"]
 
@@ -48,6 +56,9 @@ class ClassifierDistill(DistillTask):
         if is_dense_kind(kind):
             raise ModelError(f"--{role} {spec} is a segmentation network, but {data.source} has image-level labels "
                              f"({data.task}): give a classifier (timm:NAME), or data with masks")
+
+    def teacher_outputs_match(self, card, data) -> bool:
+        return self.multilabel or card.num_classes == data.num_classes
 
     def check_teacher_card(self, card, data) -> None:
         # A multi-label teacher may score a superset of labels only through adapt; a class count must match.
@@ -95,126 +106,12 @@ class ClassifierDistill(DistillTask):
         return metrics, logits
 
     def train_student(self, run: DistillRun, resolved: ResolvedTeacher, student, arch: str) -> TrainedStudent:
-        """Distill the teacher into the student (KD / feature / CE losses), then, label-free, fit its head."""
-        import torch
+        """Logit KD / embedding KD / cross-entropy (:func:`~.base.distill_logits`), validation macro AUC."""
 
-        from ...models.features import FeatureTap
-        from ...models.heads import Projector
-        from ..losses import feature_kd_loss, labelled_loss
-        from ..taskprep import autocast
-        from ..train import LoopConfig, augment_batch, predict, run_loop
-
-        cfg, task, device, teacher = run.cfg, run.task, run.device, resolved.teacher
-        x_train, y_train, student_pre = run.x_train, run.y_train, run.student_pre
-        losses = cfg.resolved_losses()
-        if cfg.labels == "none" and set(losses) != {"feat"}:
-            raise ConfigError("--labels none distills embeddings only; use --loss feat (or leave --loss unset)")
-        if "kd" in losses and resolved.test_logits is None:
-            raise ConfigError("the teacher has no classifier head, so logit KD ('kd') is impossible; use --loss feat")
-        if "kd" in losses and not self.multilabel and teacher.card.num_classes != task.num_classes:
-            raise ConfigError(f"teacher predicts {teacher.card.num_classes} classes, data has {task.num_classes}")
-        with torch.no_grad(), FeatureTap(student) as tap:
-            student.eval()
-            _, s_emb = tap.run(x_train[:2])
-        _, t_emb = teacher.outputs(x_train[:2], student_pre)
-        projector = Projector(s_emb.shape[1], t_emb.shape[1]).to(device) if "feat" in losses else None
-
-        # Teacher outputs are fixed when nothing changes the inputs: compute them once.
-        cached_t_logits = cached_t_emb = None
-        if not cfg.augment:
-            run.log("teacher outputs cached for the training set (augmentation off, teacher frozen)")
-            cached_t_logits, cached_t_emb = teacher.outputs(x_train, student_pre)
-
-        class _Pair(torch.nn.Module):
-            def __init__(self, s, p):
-                super().__init__()
-                self.student = s
-                self.projector = p
-                self._tap = FeatureTap(s)
-
-            def forward(self, x):
-                with self._tap:
-                    logits, emb = self._tap.run(x)
-                return logits, (self.projector(emb) if self.projector is not None else emb)
-
-        net = run.wrap(_Pair(student, projector))
-        labeled_mask = torch.zeros(len(run.train), dtype=torch.bool, device=device)
-        labeled_mask[torch.as_tensor(run.labeled, device=device)] = True
-
-        def student_step(batch_idx, epoch):
-            bi = torch.as_tensor(batch_idx, device=device)
-            xb = x_train[bi]
-            if cfg.augment:
-                xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
-                with torch.no_grad():
-                    t_logits, t_e = teacher.outputs(xb, student_pre, batch_size=len(xb))
-            else:
-                t_logits = cached_t_logits[bi] if cached_t_logits is not None else None
-                t_e = cached_t_emb[bi]
-            with autocast(device):
-                s_logits, s_proj = net(xb)
-            s_logits = s_logits.float()
-            total = torch.zeros((), device=device)
-            shown = {}
-            if "kd" in losses:
-                kd = self.kd_loss(s_logits, t_logits, cfg.temperature)
-                total = total + cfg.kd_weight * kd
-                shown["kd"] = float(kd.detach())
-            if "feat" in losses:
-                fe = feature_kd_loss(s_proj.float(), t_e, cfg.feat_loss)
-                total = total + cfg.feat_weight * fe
-                shown["feat"] = float(fe.detach())
-            if "ce" in losses:
-                ce = labelled_loss(self.hard_loss, s_logits, y_train[bi], labeled_mask[bi])
-                total = total + cfg.ce_weight * ce
-                shown["ce"] = float(ce.detach())
-            return total, shown
-
-        def val_metrics(_epoch):
-            # In label-free mode the head is fitted afterwards, so a validation AUC would mean nothing yet.
-            if run.x_val is None or cfg.labels == "none":
-                return {}
-            val_logits, _ = predict(student, run.x_val)
+        def val_auc(val_logits):
             return {"val_auc": round(self.runtime.macro_auc(val_logits, run.val.labels), 4)}
 
-        spe = run.steps_per_epoch
-        run.log(f"student {arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={spe}")
-        loop = LoopConfig("student", spe, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
-        modules = {"student": student} | ({"projector": projector} if projector is not None else {})
-        history = run_loop(loop, modules, student_step, np.arange(len(run.train)), run.ckpt_dir / "student.pt",
-                           cfg.resume, run.log, val_metrics, cfg.progress)
-        if cfg.labels == "none":
-            history["head"] = self.fit_head(run, student)
-        return TrainedStudent(student, arch, losses, int(s_emb.shape[1]), history)
-
-    def fit_head(self, run: DistillRun, student):
-        """Label-free mode, second step: fit the classifier on frozen embeddings of the labeled subset."""
-        import torch
-
-        from ...models.features import classifier_of
-        from ..train import LoopConfig, predict, run_loop
-
-        cfg, device, labeled = run.cfg, run.device, run.labeled
-        head = classifier_of(student)
-        if head is None:
-            raise ModelError("the student has no classifier head to fit")
-        _, emb = predict(student, run.x_train[torch.as_tensor(labeled, device=run.x_train.device)], embeddings=True)
-        emb_t = torch.from_numpy(emb).to(device)
-        y = run.y_train[torch.as_tensor(labeled, device=device)]
-        for p in head.parameters():
-            p.requires_grad_(True)
-        bs = min(cfg.batch_size, len(labeled))
-
-        def step(batch_idx, _epoch):
-            bi = torch.as_tensor(batch_idx, device=device)
-            loss = self.hard_loss(head(emb_t[bi]), y[bi])
-            return loss, {"ce": float(loss.detach())}
-
-        spe = max(1, len(labeled) // bs)
-        loop = LoopConfig("head", spe, cfg.head_epochs, 1e-2, 1e-4, bs, cfg.seed, False)
-        run.log(f"head: fitting the classifier on frozen embeddings of {len(labeled)} labeled images")
-        return run_loop(loop, {"head": head}, step, np.arange(len(labeled)), run.ckpt_dir / "head.pt", cfg.resume,
-                        run.log, progress=cfg.progress)
+        return distill_logits(self, run, resolved, student, arch, val_auc)
 
     # ----- scoring -----
     def run_metrics(self, run, resolved, student, baseline, seconds) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from .base import (
     Task,
     drop_gates,
     get_task,
+    loss_upper_bound,
     models_where,
     register_task,
     task_names,
@@ -15,11 +16,12 @@ from .base import (
 )
 from .classification import Binary, MultiClass, MultiLabel
 from .embedding import Embedding
+from .regression import Regression
 from .segmentation import Segmentation
 
 __all__ = ["Task", "PredictWriter", "get_task", "register_task", "task_names", "tasks_where", "models_where",
-           "drop_gates"]
+           "drop_gates", "loss_upper_bound"]
 
-for _task in (MultiClass(), Binary(), MultiLabel(), Embedding(), Segmentation()):
+for _task in (MultiClass(), Binary(), MultiLabel(), Embedding(), Segmentation(), Regression()):
     register_task(_task)
 del _task

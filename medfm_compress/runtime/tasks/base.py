@@ -24,6 +24,7 @@ from ... import metrics as M
 from ...errors import ConfigError, ModelError
 
 __all__ = ["Task", "PredictWriter", "register_task", "get_task", "task_names", "tasks_where", "models_where", "drop_gates",
+           "loss_upper_bound",
            "FIXED_COLUMNS", "label_columns"]
 
 _TASKS: dict[str, Task] = {}
@@ -45,11 +46,14 @@ class Task:
             telling first.
         agreement_words: what :meth:`agreement` is called in a gate's description.
         headline_metric: the task metric (a key of :meth:`evaluate`) a report leads with and a drop gate judges.
-        drop_gate: bench's non-inferiority gate on that metric (a ``BenchConfig`` field), None where there is none.
+        higher_is_better: whether a higher headline metric is better (AUC, Dice) or worse (an error).
+        drop_gate: bench's non-inferiority gate on that metric (a ``BenchConfig`` field), None where there is none:
+            the upper 95% CI bound of the loss against the reference, times ``gate_scale`` (100: in points).
         drop_detail: what that gate's value is, in words.
         models_text: the models of this task, in words (``classifiers``).
         agreement_text: what :meth:`agreement` measures, in words.
         label_rank: the rank of a split's label array (None: checked by the data layer).
+        continuous: labels are continuous values (a regression target), not class indices or 0/1 vectors.
 
     How reports and summaries show it:
         headline_words: the headline metric in words (``macro AUC``).
@@ -67,11 +71,14 @@ class Task:
     gate_metrics: ClassVar[tuple[str, ...]] = ("top1_agreement",)
     agreement_words: ClassVar[str] = "top-1 agreement"
     headline_metric: ClassVar[str | None] = None
+    higher_is_better: ClassVar[bool] = True
     drop_gate: ClassVar[str | None] = None
+    gate_scale: ClassVar[float] = 100.0
     drop_detail: ClassVar[str] = ""
     models_text: ClassVar[str] = "models"
     agreement_text: ClassVar[str] = "top-1 agreement with the reference"
     label_rank: ClassVar[int | None] = 1
+    continuous: ClassVar[bool] = False
     headline_words: ClassVar[str] = ""
     gain_key: ClassVar[str] = ""
     points: ClassVar[float] = 1.0
@@ -263,6 +270,15 @@ def tasks_where(predicate: Callable[[Task], bool]) -> tuple[str, ...]:
 def models_where(predicate: Callable[[Task], bool]) -> str:
     """The models of the tasks for which ``predicate`` holds, in words (``classifiers and segmentation models``)."""
     return " and ".join(dict.fromkeys(t.models_text for t in _TASKS.values() if predicate(t)))
+
+
+def loss_upper_bound(task: Task, delta: dict[str, Any]) -> float | None:
+    """The upper 95% CI bound of how much worse a model is than the reference on the task's headline metric, in the
+    drop gate's scale, from the paired bootstrap of ``test - reference`` (None where the CI is undefined)."""
+    bound = delta.get("ci_low") if task.higher_is_better else delta.get("ci_high")
+    if bound is None or not np.isfinite(bound):
+        return None
+    return (-bound if task.higher_is_better else bound) * task.gate_scale
 
 
 def drop_gates() -> tuple[str, ...]:
