@@ -136,8 +136,8 @@ void test_metadata() {
     p["medfm.window"] = "5,5";
     CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "high > low");
     p = good_props();
-    p["medfm.task"] = "regression";
-    CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "not 'regression'");
+    p["medfm.task"] = "keypoints";
+    CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "not 'keypoints'");
     p = good_props();
     p["medfm.input_size"] = "32";
     CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "expected 'H,W'");

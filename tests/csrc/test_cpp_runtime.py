@@ -250,3 +250,21 @@ def test_segmentation_masks_identical_to_python_predict(cpp_build, seg_run, tmp_
     single = tmp_path / "one.mask.npy"
     _medfm_run(cpp_build, "predict", str(model), str(files[2]), "--mask-out", str(single))
     np.testing.assert_array_equal(np.load(single), np.asarray(Image.open(tmp_path / "cpp" / "case2.mask.pgm")))
+
+
+def test_regression_values_match_python(cpp_build, reg_run, tmp_path):
+    """A regression model: medfm-run prints each image's value in the target's units, as Python's predict does."""
+    from support.tiny import TINY_REG_DATA
+
+    from medfm_compress.data import load_data
+
+    images = load_data(TINY_REG_DATA).split("test").images[:12]
+    files = [write_pgm(tmp_path / f"r{i:02d}.pgm", img) for i, img in enumerate(images)]
+    model = reg_run / "student.onnx"
+    _, py_values = python_predict(model, images)
+    rows = json.loads(_medfm_run(cpp_build, "predict", str(model), *map(str, files), "--threads", "1", "--json").stdout)
+    cpp_values = np.asarray([[r["values"]["lesion_area_pct"]] for r in rows], dtype=np.float32)
+    assert cpp_values.shape == py_values.shape == (12, 1)
+    np.testing.assert_allclose(cpp_values, py_values, atol=1e-4)
+    text = _medfm_run(cpp_build, "predict", str(model), str(files[0]), "--threads", "1").stdout
+    assert text.startswith(f"{files[0]}\tlesion_area_pct=")
