@@ -701,21 +701,22 @@ def demo_summary(report: dict[str, Any] | None) -> list[str]:
     if name is None:  # not a bench report (its data names the task)
         return lines
     task = get_task(name)
-    metric, name, scale, fmt = task.headline_metric, task.headline_words, task.points, task.points_fmt
-    gain = t.get(f"distill_gain_{task.gain_key}")
-    ci = t.get(f"distill_gain_{task.gain_key}_ci") or [None, None]
+    shown = task.shown
+    metric, name, scale, fmt = task.headline_metric, shown.headline, shown.points, shown.points_fmt
+    gain = t.get(f"distill_gain_{shown.gain_key}")
+    ci = t.get(f"distill_gain_{shown.gain_key}_ci") or [None, None]
     if gain is not None and t.get("student") and t.get("baseline"):
         verdict = ("distillation pays" if ci[0] is not None and ci[0] > 0 else
                    "distillation loses" if ci[1] is not None and ci[1] < 0 else "no significant difference")
         ci_text = f"[{scale * ci[0]:{fmt}}, {scale * ci[1]:{fmt}}]" if None not in ci else "[unknown]"
         teacher = (t.get("teacher") or {}).get(metric)
-        what, unit = task.label_words, task.points_unit
+        what, unit = shown.labels, shown.points_unit
         lines += [f"  {100 * t.get('label_fraction', 1.0):g}% of the training {what}: distilled student {name} "
                   f"{t['student'][metric]:.4f}, label-only baseline {t['baseline'][metric]:.4f} (same "
                   "architecture and steps)" + (f", teacher {teacher:.4f}" if teacher is not None else ""),
                   f"  distilled minus label-only: {scale * gain:{fmt}}{unit}, paired 95% CI {ci_text}: {verdict}"]
     elif t.get("student") and (t.get("teacher") or {}).get(metric) is not None:
-        lines.append(f"  {100 * t.get('label_fraction', 1.0):g}% of the training {task.label_words}: "
+        lines.append(f"  {100 * t.get('label_fraction', 1.0):g}% of the training {shown.labels}: "
                      f"distilled student {name} {t['student'][metric]:.4f}, teacher {t['teacher'][metric]:.4f} "
                      "(no label-only baseline: distill's --baseline adds one)")
     arts = {a["name"]: a for a in report.get("artifacts", [])}

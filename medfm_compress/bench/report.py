@@ -15,7 +15,7 @@ from xml.etree import ElementTree as ET
 
 from .._io import atomic_path, atomic_write_json, atomic_write_text, ensure_dir, read_json
 from ..errors import ConfigError, GateFailure
-from ..runtime.tasks import drop_gates, get_task
+from ..runtime.tasks import Shown, drop_gates, get_task
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -134,11 +134,11 @@ def training_markdown(t: dict | None, task: str | None = None) -> list[str]:
         return []
     task = get_task(t.get("task") or task)
     cols = task.score_columns(t.get("student") or {})
-    gain_key, scale, fmt, unit, what = (task.gain_key, task.points, task.points_fmt, task.points_unit,
-                                        task.headline_words)
-    masks = task.label_words != "labels"
+    shown = task.shown
+    gain_key, scale, fmt, unit, what = shown.gain_key, shown.points, shown.points_fmt, shown.points_unit, shown.headline
+    masks = shown.labels != Shown.labels
     lines = ["", "## How the student was trained", "",
-             f"Labelled fraction of the training split{f' ({task.label_words})' if masks else ''}: "
+             f"Labelled fraction of the training split{f' ({shown.labels})' if masks else ''}: "
              f"{t.get('label_fraction', 1.0):g}; "
              f"test split {t.get('test_size')} cases.", "",
              "| model | arch | params | " + " | ".join(c[0] for c in cols) + " |", "|---|---|---|" + "---|" * len(cols)]
@@ -157,9 +157,9 @@ def training_markdown(t: dict | None, task: str | None = None) -> list[str]:
         lo, hi = (None if v is None else scale * v for v in ci)
         lines.append(f"Distilled minus label-only {what}: {scale * gain:{fmt}}{unit} [{_f(lo, fmt)}, {_f(hi, fmt)}] "
                      "(paired bootstrap 95% CI over test cases)" + (f": {verdict}." if verdict else "."))
-    retention = t.get(f"{task.gain_key}_retention")
+    retention = t.get(f"{gain_key}_retention")
     if retention is not None:
-        lines.append(f"Student vs teacher {task.headline_words}: {task.retention_words(retention)}; "
+        lines.append(f"Student vs teacher {shown.headline}: {task.retention_words(retention)}; "
                      f"{task.agreement_words} {_f(t.get('student_teacher_agreement'))}.")
     for w in t.get("warnings") or []:
         lines.append(f"\n**warning:** {w}")
@@ -201,7 +201,7 @@ def to_markdown(report: dict) -> str:
     lines += batch_choice_markdown(report)
     title = ("## End-to-end per volume (NIfTI read -> resampling -> sliding-window inference -> mask on the volume's "
              "grid -> NIfTI written), ms" if volumes else
-             f"## End-to-end per case (raw image -> preprocessing -> engine -> {task.result_words}), ms")
+             f"## End-to-end per case (raw image -> preprocessing -> engine -> {task.shown.result}), ms")
     lines += ["", title, "",
               "| artifact | p50 | p90 | p99 | size MB | params | peak RSS MB |", "|---|---|---|---|---|---|---|"]
     for a in report["artifacts"]:

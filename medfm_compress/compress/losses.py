@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["feature_kd_loss", "feature_map_kd_loss", "dice_ce", "labelled_loss", "LOSS_NAMES"]
+__all__ = ["feature_kd_loss", "feature_map_kd_loss", "dice_ce", "labelled_loss", "weighted_terms", "LOSS_NAMES"]
 
 LOSS_NAMES = ("kd", "feat", "ce")
 
@@ -58,3 +58,16 @@ def labelled_loss(loss, logits: torch.Tensor, labels: torch.Tensor, labelled: to
     if bool(labelled.any()):
         return loss(logits[labelled], labels[labelled]) * labelled.float().mean()
     return logits.sum() * 0.0
+
+
+def weighted_terms(cfg, losses: tuple[str, ...], device, terms) -> tuple[torch.Tensor, dict[str, float]]:
+    """One step's loss: each of ``losses`` computed by its callable in ``terms`` and weighted by the config's
+    ``<name>_weight``, summed in the order kd, feat, ce; and each term's value, for the log."""
+    total = torch.zeros((), device=device)
+    shown = {}
+    for name in LOSS_NAMES:
+        if name in losses:
+            value = terms[name]()
+            total = total + getattr(cfg, f"{name}_weight") * value
+            shown[name] = float(value.detach())
+    return total, shown

@@ -23,6 +23,7 @@ import numpy as np
 
 from .._cache import cache_dir
 from .._io import atomic_write_json, ensure_dir, sha256_file
+from .._registry import Registry
 from ..errors import ConfigError, ModelError
 from .artifacts import write_model
 from .taskprep import FrozenTeacher, accepted_keywords, adapt_batch, autocast
@@ -66,19 +67,16 @@ class TeacherSource:
         return f"<teacher source {self.name}>"
 
 
-_SOURCES: list[TeacherSource] = []
+_SOURCES: Registry[TeacherSource] = Registry("teacher source")
 
 
 def register_teacher_source(source: TeacherSource) -> TeacherSource:
     """Register a source; the order of registration is the order :func:`teacher_source` tries them in."""
-    if any(s.name == source.name for s in _SOURCES):
-        raise ValueError(f"teacher source {source.name!r} is already registered")
-    _SOURCES.append(source)
-    return source
+    return _SOURCES.register(source.name, source)
 
 
 def teacher_sources() -> tuple[str, ...]:
-    return tuple(s.name for s in _SOURCES)
+    return _SOURCES.names()
 
 
 def teacher_source(cfg) -> TeacherSource:

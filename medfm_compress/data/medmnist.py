@@ -56,26 +56,12 @@ def read_medmnist(path: str | Path, label_names: list[str] | None = None, stream
             return _read_masks(p, npz, keys, label_names or stored_names, stream, source)
         if any(k.endswith("_values") for k in keys):
             return _read_values(p, npz, keys, label_names or stored_names, stream, source)
-        splits = {}
-        for name in SPLITS:
-            ik, lk = f"{name}_images", f"{name}_labels"
-            if ik not in keys and lk not in keys:
-                continue
-            if ik not in keys or lk not in keys:
-                missing = ik if ik not in keys else lk
-                raise DataError(f"{p} has no '{missing}' array; a MedMNIST archive needs both {ik} and {lk}")
-            try:
-                images = _lazy_member(p, npz.zip, ik, source) if stream else npz[ik]
-                splits[name] = validate_split(name, images, npz[lk], source)
-                # Each image named by its place in the archive, kept when val is carved out of train.
-                splits[name].files = np.array([f"{ik}[{i}]" for i in range(len(splits[name]))], dtype=object)
-            except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
-                raise DataError(f"{p}: cannot read '{ik}'/'{lk}' ({e}); the archive is corrupt") from None
-        if "train" not in splits or "test" not in splits:
-            raise DataError(
-                f"{p} lacks the train/test arrays of the MedMNIST layout (found: {', '.join(sorted(keys)) or 'nothing'}); "
-                "expected train_images, train_labels, test_images, test_labels (val_* optional)"
-            )
+        arrays = _arrays(p, npz, keys, "labels", stream, source)
+        try:
+            splits = {name: _named(validate_split(name, images, labels, source), name)
+                      for name, (images, labels) in arrays.items()}
+        except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:  # a member read while it is checked
+            raise DataError(f"{p}: cannot read its arrays ({e}); the archive is corrupt") from None
         window = tuple(float(v) for v in npz["window"].tolist()) if "window" in keys else None
     shapes = {tuple(s.images.shape[1:]) for s in splits.values()}
     if len(shapes) > 1:
@@ -96,30 +82,14 @@ def _read_masks(p: Path, npz, keys: set[str], names: list[str] | None, stream: b
     if any(k.endswith("_labels") for k in keys):
         raise DataError(f"{p} holds both *_labels and *_masks arrays; a MedMNIST archive is one task: keep the "
                         "label maps (segmentation) or the labels (classification)")
-    arrays = {}
-    for name in SPLITS:
-        ik, mk = f"{name}_images", f"{name}_masks"
-        if ik not in keys and mk not in keys:
-            continue
-        if ik not in keys or mk not in keys:
-            missing = ik if ik not in keys else mk
-            raise DataError(f"{p} has no '{missing}' array; a segmentation archive needs both {ik} and {mk}")
-        try:
-            arrays[name] = (_lazy_member(p, npz.zip, ik, source) if stream else npz[ik], npz[mk])
-        except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
-            raise DataError(f"{p}: cannot read '{ik}'/'{mk}' ({e}); the archive is corrupt") from None
-    if "train" not in arrays or "test" not in arrays:
-        raise DataError(f"{p} lacks the train/test arrays of a segmentation archive (found: {', '.join(sorted(keys))}); "
-                        "expected train_images, train_masks, test_images, test_masks (val_* optional)")
+    arrays = _arrays(p, npz, keys, "masks", stream, source)
     if names is None:
         top = max(int(m.max()) if m.size else 0 for _, m in arrays.values())
         names = ["background"] + [f"class_{k}" for k in range(1, max(top, 1) + 1)]
     if len(names) < 2:
         raise DataError(f"{p}: label_names must name the background and at least one class, got {names}")
-    splits = {}
-    for name, (images, masks) in arrays.items():
-        splits[name] = validate_masks(name, images, masks, list(names), source)
-        splits[name].files = np.array([f"{name}_images[{i}]" for i in range(len(splits[name]))], dtype=object)
+    splits = {name: _named(validate_masks(name, images, masks, list(names), source), name)
+              for name, (images, masks) in arrays.items()}
     shapes = {tuple(s.images.shape[1:]) for s in splits.values()}
     if len(shapes) > 1:
         raise DataError(f"{p}: splits have different image shapes {sorted(shapes)}; all splits must match")
@@ -134,23 +104,8 @@ def _read_values(p: Path, npz, keys: set[str], names: list[str] | None, stream: 
     if any(k.endswith(("_labels", "_masks")) for k in keys):
         raise DataError(f"{p} holds *_values and *_labels or *_masks arrays; a MedMNIST archive is one task: keep the "
                         "values (regression) or the labels (classification)")
-    splits = {}
-    for name in SPLITS:
-        ik, vk = f"{name}_images", f"{name}_values"
-        if ik not in keys and vk not in keys:
-            continue
-        if ik not in keys or vk not in keys:
-            missing = ik if ik not in keys else vk
-            raise DataError(f"{p} has no '{missing}' array; a regression archive needs both {ik} and {vk}")
-        try:
-            images = _lazy_member(p, npz.zip, ik, source) if stream else npz[ik]
-            splits[name] = validate_values(name, images, npz[vk], source)
-        except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
-            raise DataError(f"{p}: cannot read '{ik}'/'{vk}' ({e}); the archive is corrupt") from None
-        splits[name].files = np.array([f"{ik}[{i}]" for i in range(len(splits[name]))], dtype=object)
-    if "train" not in splits or "test" not in splits:
-        raise DataError(f"{p} lacks the train/test arrays of a regression archive (found: {', '.join(sorted(keys))}); "
-                        "expected train_images, train_values, test_images, test_values (val_* optional)")
+    splits = {name: _named(validate_values(name, images, values, source), name)
+              for name, (images, values) in _arrays(p, npz, keys, "values", stream, source).items()}
     widths = {1 if s.labels.ndim == 1 else s.labels.shape[1] for s in splits.values()}
     if len(widths) > 1:
         raise DataError(f"{p}: the splits' values have different widths {sorted(widths)}; every image needs the same "
@@ -165,6 +120,35 @@ def _read_values(p: Path, npz, keys: set[str], names: list[str] | None, stream: 
     if "val" not in splits:
         splits = _carve_val(splits)
     return TaskData(source=source, task="regression", label_names=names, splits=splits)
+
+
+def _arrays(p: Path, npz, keys: set[str], targets: str, stream: bool, source: str) -> dict[str, tuple]:
+    """Per split present, its ``(images, targets)`` arrays (``targets``: ``labels``, ``masks`` or ``values``); images
+    memory-mapped or extracted when ``stream``. A split with one array and not the other, an archive without train and
+    test, and an unreadable member are one-line errors."""
+    arrays = {}
+    for name in SPLITS:
+        ik, tk = f"{name}_images", f"{name}_{targets}"
+        if ik not in keys and tk not in keys:
+            continue
+        if ik not in keys or tk not in keys:
+            missing = ik if ik not in keys else tk
+            raise DataError(f"{p} has no '{missing}' array; a MedMNIST-layout archive needs both {ik} and {tk}")
+        try:
+            arrays[name] = (_lazy_member(p, npz.zip, ik, source) if stream else npz[ik], npz[tk])
+        except (ValueError, zipfile.BadZipFile, EOFError, OSError) as e:
+            raise DataError(f"{p}: cannot read '{ik}'/'{tk}' ({e}); the archive is corrupt") from None
+    if "train" not in arrays or "test" not in arrays:
+        raise DataError(f"{p} lacks the train/test arrays of the MedMNIST layout (found: "
+                        f"{', '.join(sorted(keys)) or 'nothing'}); expected train_images, train_{targets}, test_images, "
+                        f"test_{targets} (val_* optional)")
+    return arrays
+
+
+def _named(split, name: str):
+    """``split`` with each image named by its place in the archive (kept when val is carved out of train)."""
+    split.files = np.array([f"{name}_images[{i}]" for i in range(len(split))], dtype=object)
+    return split
 
 
 def _carve_val(splits: dict) -> dict:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..._registry import Registry
 from ...errors import ConfigError, ModelError
 from ...runtime.tasks import Task, get_task
 
@@ -79,6 +80,14 @@ class DistillRun:
     steps_per_epoch: int
     eval_task: Any = None  # held-out data from --eval-data (data without a test split of its own)
     label_state: Any = None  # what DistillTask.prepare_labels did to the training labels
+
+    def labelled_mask(self):
+        """A bool tensor on the run's device: which training cases' labels may be used."""
+        import torch
+
+        mask = torch.zeros(len(self.train), dtype=torch.bool, device=self.device)
+        mask[torch.as_tensor(self.labeled, device=self.device)] = True
+        return mask
 
     def wrap(self, module):
         """``module`` on the run's device, wrapped in DDP when the run is distributed."""
@@ -227,9 +236,41 @@ class DistillTask:
         """What a reader of the run's summary must not miss."""
         return small_test_warning(test)
 
-    def summary(self, metrics: dict[str, Any]) -> str:
-        """The run's summary as ``distill`` prints it."""
-        raise NotImplementedError
+    def summary(self, m: dict[str, Any]) -> str:
+        """The run's summary as ``distill`` prints it: teacher, student and baseline in the task's score columns, the
+        parameter ratio, the student's headline metric against its teacher's, their agreement, the distilled-minus-
+        label-only difference with its paired 95% CI (in the task's points), then the warnings."""
+        shown = self.runtime.shown
+        lines = [*self.model_table(m), *self.summary_details(m), f"params ratio teacher/student: {m['param_ratio']:.1f}x"]
+        if m.get(f"{shown.gain_key}_retention") is not None:
+            lines.append(f"{shown.headline}: {self.runtime.retention_words(m[f'{shown.gain_key}_retention'])}")
+        if m.get("student_teacher_agreement") is not None:
+            lines.append(f"student-teacher {self.runtime.agreement_words}: {m['student_teacher_agreement']:.4f}")
+        gain = m.get(f"distill_gain_{shown.gain_key}")
+        if gain is not None:
+            lo, hi = m.get(f"distill_gain_{shown.gain_key}_ci") or [None, None]
+            scale, fmt = shown.points, shown.points_fmt
+            ci = f" [{scale * lo:{fmt}}, {scale * hi:{fmt}}] (paired 95% CI)" if None not in (lo, hi) else ""
+            lines.append(f"{self.gain_words}: {scale * gain:{fmt}}{shown.points_unit}{ci}")
+        return "\n".join(lines + [f"warning: {w}" for w in m.get("warnings", [])])
+
+    gain_words: ClassVar[str] = "distilled - baseline"
+
+    def summary_details(self, m: dict[str, Any]) -> list[str]:
+        """Lines a task adds after its table (e.g. per class)."""
+        return []
+
+    def model_table(self, m: dict[str, Any]) -> list[str]:
+        """Teacher, student and baseline in the task's score columns, aligned (the head of a summary)."""
+        cols = self.runtime.score_columns(m.get("student") or {})
+        rows = [("model", "arch", "params", *(c[0] for c in cols))]
+        for role in ("teacher", "student", "baseline"):
+            if role in m:
+                r = m[role]
+                rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M",
+                             *(format(r[k], f) if r.get(k) is not None else "-" for _, k, f in cols)))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
     def __repr__(self) -> str:
         return f"<distill task {self.name}>"
@@ -241,25 +282,22 @@ def small_test_warning(test) -> list[str]:
     return [f"the test split has {n} cases (< {lim}): its CIs are wide"] if n < lim else []
 
 
-_DISTILL_TASKS: dict[str, DistillTask] = {}
+_DISTILL_TASKS: Registry[DistillTask] = Registry("distill task")
 
 
 def register_distill_task(task: DistillTask) -> DistillTask:
     """Register how distillation treats one runtime task; a second registration of a name is an error (a bug)."""
-    if task.name in _DISTILL_TASKS:
-        raise ValueError(f"distill task {task.name!r} is already registered")
-    _DISTILL_TASKS[task.name] = task
-    return task
+    return _DISTILL_TASKS.register(task.name, task)
 
 
 def distill_task_names() -> tuple[str, ...]:
     """The tasks distillation handles."""
-    return tuple(_DISTILL_TASKS)
+    return _DISTILL_TASKS.names()
 
 
 def adaptable_task_names() -> tuple[str, ...]:
     """The tasks ``adapt`` fits a pretrained encoder to."""
-    return tuple(n for n, t in _DISTILL_TASKS.items() if t.adaptable)
+    return tuple(t.name for t in _DISTILL_TASKS if t.adaptable)
 
 
 def distill_task(task) -> DistillTask:
@@ -268,7 +306,7 @@ def distill_task(task) -> DistillTask:
     name = getattr(task, "task", None) or getattr(task, "name", None) or str(task)
     found = _DISTILL_TASKS.get(name)
     if found is None:
-        raise ConfigError(f"distillation does not handle {name} tasks; it handles {', '.join(_DISTILL_TASKS)}")
+        raise ConfigError(f"distillation does not handle {name} tasks; it handles {', '.join(_DISTILL_TASKS.names())}")
     return found
 
 
@@ -282,7 +320,7 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
 
     from ...models.features import FeatureTap
     from ...models.heads import Projector
-    from ..losses import feature_kd_loss, labelled_loss
+    from ..losses import feature_kd_loss, labelled_loss, weighted_terms
     from ..taskprep import autocast
     from ..train import LoopConfig, augment_batch, predict, run_loop
 
@@ -320,8 +358,7 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
             return logits, (self.projector(emb) if self.projector is not None else emb)
 
     net = run.wrap(_Pair(student, projector))
-    labeled_mask = torch.zeros(len(run.train), dtype=torch.bool, device=device)
-    labeled_mask[torch.as_tensor(run.labeled, device=device)] = True
+    labeled_mask = run.labelled_mask()
 
     def student_step(batch_idx, epoch):
         bi = torch.as_tensor(batch_idx, device=device)
@@ -336,21 +373,11 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
         with autocast(device):
             s_logits, s_proj = net(xb)
         s_logits = s_logits.float()
-        total = torch.zeros((), device=device)
-        shown = {}
-        if "kd" in losses:
-            kd = dtask.kd_loss(s_logits, dtask.teacher_targets(t_logits, run), cfg.temperature)
-            total = total + cfg.kd_weight * kd
-            shown["kd"] = float(kd.detach())
-        if "feat" in losses:
-            fe = feature_kd_loss(s_proj.float(), t_e, cfg.feat_loss)
-            total = total + cfg.feat_weight * fe
-            shown["feat"] = float(fe.detach())
-        if "ce" in losses:
-            ce = labelled_loss(dtask.hard_loss, s_logits, y_train[bi], labeled_mask[bi])
-            total = total + cfg.ce_weight * ce
-            shown["ce"] = float(ce.detach())
-        return total, shown
+        return weighted_terms(cfg, losses, device, {
+            "kd": lambda: dtask.kd_loss(s_logits, dtask.teacher_targets(t_logits, run), cfg.temperature),
+            "feat": lambda: feature_kd_loss(s_proj.float(), t_e, cfg.feat_loss),
+            "ce": lambda: labelled_loss(dtask.hard_loss, s_logits, y_train[bi], labeled_mask[bi]),
+        })
 
     def val_metrics(_epoch):
         # In label-free mode the head is fitted afterwards, so a validation score would mean nothing yet.

@@ -19,7 +19,7 @@ from .base import (
     small_test_warning,
 )
 
-__all__ = ["ClassifierDistill", "DEFAULT_TEACHER", "DEFAULT_STUDENT", "summary_warnings", "retention_text"]
+__all__ = ["ClassifierDistill", "DEFAULT_TEACHER", "DEFAULT_STUDENT", "summary_warnings"]
 
 DEFAULT_TEACHER = "timm:resnet18"
 DEFAULT_STUDENT = "timm:medfm_resnet10_w24"
@@ -29,6 +29,7 @@ class ClassifierDistill(DistillTask):
     """Image-level labels: one class per image (multi-class, binary) or a set of labels (multi-label)."""
 
     teacher_tool: ClassVar[str] = "teacher-ce-1"
+    gain_words: ClassVar[str] = "distilled - baseline macro AUC"
     label_free_embeddings: ClassVar[bool] = True
     adaptable: ClassVar[bool] = True
 
@@ -178,28 +179,6 @@ class ClassifierDistill(DistillTask):
                 out.append(f"test classes with fewer than {lim} cases: {', '.join(small)}; their AUC is noisy")
         return out
 
-    def summary(self, m: dict[str, Any]) -> str:
-        """The run's summary as the command prints it: a table of teacher, student and baseline, then the figures."""
-        rows = [("model", "arch", "params", "accuracy", "macro AUC")]
-        for role in ("teacher", "student", "baseline"):
-            if role in m:
-                r = m[role]
-                acc = f"{r['accuracy']:.4f}" if "accuracy" in r else "-"
-                auc = f"{r['macro_auc']:.4f}" if "macro_auc" in r else "-"
-                rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M", acc, auc))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        extra = [f"params ratio teacher/student: {m['param_ratio']:.1f}x"]
-        if m.get("auc_retention") is not None:
-            extra.append(f"macro AUC: {retention_text(m['auc_retention'])}")
-        if "student_teacher_agreement" in m:
-            extra.append(f"student-teacher top-1 agreement: {m['student_teacher_agreement']:.4f}")
-        if "distill_gain_auc" in m:
-            ci = m.get("distill_gain_auc_ci") or [None, None]
-            ci_s = f" [{ci[0]:+.4f}, {ci[1]:+.4f}] (paired 95% CI)" if None not in ci else ""
-            extra.append(f"distilled - baseline macro AUC: {m['distill_gain_auc']:+.4f}{ci_s}")
-        extra += [f"warning: {w}" for w in m.get("warnings", [])]
-        return "\n".join(lines + extra)
 
 
 def summary_warnings(metrics: dict[str, Any]) -> list[str]:
@@ -214,10 +193,3 @@ def summary_warnings(metrics: dict[str, Any]) -> list[str]:
         out.append(f"the test split has {n} cases (< {THRESHOLDS['min_test_cases']}): its CIs are wide, read them "
                    "before the point estimates")
     return out
-
-
-def retention_text(r: float) -> str:
-    """AUC retention in words: over 100% is the student beating the teacher, not a share kept."""
-    if r > 1.0:
-        return f"the student beats the teacher ({100 * (r - 1):.2f}% higher macro AUC)"
-    return f"the student keeps {100 * r:.1f}% of the teacher's macro AUC"

@@ -10,20 +10,15 @@ bootstrap 95% CI.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from ...errors import ModelError
-from .base import (
-    THRESHOLDS,
-    DistillRun,
-    DistillTask,
-    ResolvedTeacher,
-    TrainedStudent,
-    distill_logits,
-    small_test_warning,
-)
+from .base import THRESHOLDS, DistillTask, distill_logits, small_test_warning
+
+if TYPE_CHECKING:
+    from .base import DistillRun, ResolvedTeacher, TrainedStudent
 
 __all__ = ["ValueDistill"]
 
@@ -177,21 +172,4 @@ class ValueDistill(DistillTask):
                        "do not follow its teacher's")
         return out + small_test_warning(test)
 
-    def summary(self, m: dict[str, Any]) -> str:
-        rows = [("model", "arch", "params", "MAE", "RMSE", "Pearson r")]
-        for role in ("teacher", "student", "baseline"):
-            if role in m:
-                r = m[role]
-                rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M",
-                             *(f"{r[k]:.4g}" if r.get(k) is not None else "-" for k in ("mae", "rmse", "pearson_r"))))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-        lines.append(f"params ratio teacher/student: {m['param_ratio']:.1f}x")
-        if m.get("student_teacher_agreement") is not None:
-            lines.append(f"student-teacher Pearson r: {m['student_teacher_agreement']:.4f}")
-        if "distill_gain_mae" in m:
-            ci = m.get("distill_gain_mae_ci") or [None, None]
-            ci_s = f" [{ci[0]:+.4g}, {ci[1]:+.4g}] (paired 95% CI)" if None not in ci else ""
-            lines.append(f"baseline - distilled MAE: {m['distill_gain_mae']:+.4g}{ci_s}")
-        lines += [f"warning: {w}" for w in m.get("warnings", [])]
-        return "\n".join(lines)
+    gain_words: ClassVar[str] = "baseline - distilled MAE"

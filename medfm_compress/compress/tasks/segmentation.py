@@ -287,7 +287,7 @@ class SegmentationDistill(DistillTask):
         import torch
 
         from ...models.heads import Projector
-        from ..losses import feature_map_kd_loss, labelled_loss
+        from ..losses import feature_map_kd_loss, labelled_loss, weighted_terms
         from ..taskprep import adapt_batch, autocast
         from ..train import LoopConfig, augment_batch, augment_masks, run_loop
 
@@ -329,8 +329,7 @@ class SegmentationDistill(DistillTask):
                 return out, (self.projector(feats) if self.projector is not None else None)
 
         net = run.wrap(_Pair(student, projector))
-        labeled_mask = torch.zeros(len(run.train), dtype=torch.bool, device=device)
-        labeled_mask[torch.as_tensor(run.labeled, device=device)] = True
+        labeled_mask = run.labelled_mask()
 
         def step(batch_idx, epoch):
             bi = torch.as_tensor(batch_idx, device=device)
@@ -347,24 +346,14 @@ class SegmentationDistill(DistillTask):
             with autocast(device):
                 s_out, s_proj = net(xb)
             s_out = s_out.float()
-            total = torch.zeros((), device=device)
-            shown = {}
-            if "kd" in losses:
+            return weighted_terms(cfg, losses, device, {
                 # Soft per-pixel KL, plus Dice + CE against the teacher's label map: averaged over pixels, the KL is
                 # the background's and the organs'; the batch Dice gives each class, a few-pixel lesion included, a
                 # term of its own (with the KL alone the student never drew a lesion its teacher drew at Dice 0.67-0.88).
-                kd = self.kd_loss(s_out, t_out, cfg.temperature) + self.hard_loss(s_out, t_out.argmax(1))
-                total = total + cfg.kd_weight * kd
-                shown["kd"] = float(kd.detach())
-            if "feat" in losses:
-                fe = feature_map_kd_loss(s_proj.float(), t_feat, cfg.feat_loss)
-                total = total + cfg.feat_weight * fe
-                shown["feat"] = float(fe.detach())
-            if "ce" in losses:
-                ce = labelled_loss(self.hard_loss, s_out, yb, labeled_mask[bi])
-                total = total + cfg.ce_weight * ce
-                shown["ce"] = float(ce.detach())
-            return total, shown
+                "kd": lambda: self.kd_loss(s_out, t_out, cfg.temperature) + self.hard_loss(s_out, t_out.argmax(1)),
+                "feat": lambda: feature_map_kd_loss(s_proj.float(), t_feat, cfg.feat_loss),
+                "ce": lambda: labelled_loss(self.hard_loss, s_out, yb, labeled_mask[bi]),
+            })
 
         def val_metrics(_epoch):
             if run.x_val is None:
@@ -444,30 +433,13 @@ class SegmentationDistill(DistillTask):
             out.append(f"test classes shown by fewer than {lim} cases: {', '.join(small)}; their Dice is noisy")
         return out
 
-    def summary(self, m: dict[str, Any]) -> str:
-        """The run's summary as the command prints it: a table of teacher, student and baseline, then the figures."""
-        unit = m["student"].get("hd95_unit", "px")
-        rows = [("model", "arch", "params", "mean Dice", f"HD95 {unit}", "voxel acc" if unit == "mm" else "pixel acc")]
-        for role in ("teacher", "student", "baseline"):
-            if role in m:
-                r = m[role]
-                hd = f"{r['hd95']:.2f}" if r.get("hd95") is not None else "-"
-                rows.append((role, r["arch"], f"{r['params'] / 1e6:.2f}M", f"{r['mean_dice']:.4f}", hd,
-                             f"{r['pixel_accuracy']:.4f}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    gain_words: ClassVar[str] = "distilled - baseline mean Dice"
+
+    def summary_details(self, m: dict[str, Any]) -> list[str]:
         names = list(m["student"].get("dice") or {})
-        if names:
-            lines.append("Dice per class (teacher / student" + (" / baseline" if "baseline" in m else "") + "): " + ", ".join(
-                f"{n} " + " / ".join("-" if m[r]["dice"].get(n) is None else f"{m[r]['dice'][n]:.3f}"
-                                     for r in ("teacher", "student", "baseline") if r in m) for n in names))
-        lines.append(f"params ratio teacher/student: {m['param_ratio']:.1f}x")
-        if m.get("dice_retention") is not None:
-            lines.append(f"mean Dice retention: {100 * m['dice_retention']:.1f}% of the teacher's")
-        lines.append(f"student-teacher pixel agreement: {m['student_teacher_agreement']:.4f}")
-        if "distill_gain_dice" in m:
-            ci = m.get("distill_gain_dice_ci") or [None, None]
-            ci_s = f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] (paired 95% CI)" if None not in ci else ""
-            lines.append(f"distilled - baseline mean Dice: {100 * m['distill_gain_dice']:+.2f} points{ci_s}")
-        lines += [f"warning: {w}" for w in m.get("warnings", [])]
-        return "\n".join(lines)
+        if not names:
+            return []
+        roles = [r for r in ("teacher", "student", "baseline") if r in m]
+        return [f"Dice per class ({' / '.join(roles)}): " + ", ".join(
+            f"{n} " + " / ".join("-" if m[r]["dice"].get(n) is None else f"{m[r]['dice'][n]:.3f}" for r in roles)
+            for n in names)]

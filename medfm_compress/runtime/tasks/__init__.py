@@ -5,6 +5,7 @@ The built-in tasks are registered here, explicitly; a new task is one module bes
 
 from .base import (
     PredictWriter,
+    Shown,
     Task,
     drop_gates,
     get_task,
@@ -19,7 +20,7 @@ from .embedding import Embedding
 from .regression import Regression
 from .segmentation import Segmentation
 
-__all__ = ["Task", "PredictWriter", "get_task", "register_task", "task_names", "tasks_where", "models_where",
+__all__ = ["Task", "Shown", "PredictWriter", "get_task", "register_task", "task_names", "tasks_where", "models_where",
            "drop_gates", "loss_upper_bound"]
 
 for _task in (MultiClass(), Binary(), MultiLabel(), Embedding(), Segmentation(), Regression()):

@@ -15,22 +15,46 @@ import contextlib
 import csv
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ... import metrics as M
+from ..._registry import Registry
 from ...errors import ConfigError, ModelError
 
-__all__ = ["Task", "PredictWriter", "register_task", "get_task", "task_names", "tasks_where", "models_where", "drop_gates",
+__all__ = ["Task", "Shown", "PredictWriter", "register_task", "get_task", "task_names", "tasks_where", "models_where", "drop_gates",
            "loss_upper_bound",
            "FIXED_COLUMNS", "label_columns"]
 
-_TASKS: dict[str, Task] = {}
+_TASKS: Registry[Task] = Registry("task")
 
 # Column names of predict's own fields; a label with one of these names gets a "prob_" prefix in the CSV.
 FIXED_COLUMNS = ("file", "row", "label", "labels", "error")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How reports and summaries show a task.
+
+    Attributes:
+        headline: the headline metric in words (``macro AUC``).
+        gain_key: the suffix of a distill run's gain and retention figures (``distill_gain_auc``, ``auc_retention``).
+        points: the scale a difference of the headline metric is shown at (100: in points), with ``points_fmt`` and
+            ``points_unit``.
+        labels: what the labels are called (``labels``, ``masks``).
+        result: what ``predict`` makes of a case's outputs.
+    """
+
+    headline: str = ""
+    gain_key: str = ""
+    points: float = 1.0
+    points_fmt: str = "+.4f"
+    points_unit: str = ""
+    labels: str = "labels"
+    result: str = "probabilities"
 
 
 class Task:
@@ -55,13 +79,7 @@ class Task:
         label_rank: the rank of a split's label array (None: checked by the data layer).
         continuous: labels are continuous values (a regression target), not class indices or 0/1 vectors.
 
-    How reports and summaries show it:
-        headline_words: the headline metric in words (``macro AUC``).
-        gain_key: the suffix of a distill run's gain and retention figures (``distill_gain_auc``, ``auc_retention``).
-        points: the scale a difference of the headline metric is shown at (100: in points), with ``points_fmt``
-            and ``points_unit``.
-        label_words: what the labels are called (``labels``, ``masks``).
-        result_words: what ``predict`` makes of a case's outputs.
+        shown: how reports and summaries show the task (:class:`Shown`).
     """
 
     name: ClassVar[str] = ""
@@ -79,13 +97,7 @@ class Task:
     agreement_text: ClassVar[str] = "top-1 agreement with the reference"
     label_rank: ClassVar[int | None] = 1
     continuous: ClassVar[bool] = False
-    headline_words: ClassVar[str] = ""
-    gain_key: ClassVar[str] = ""
-    points: ClassVar[float] = 1.0
-    points_fmt: ClassVar[str] = "+.4f"
-    points_unit: ClassVar[str] = ""
-    label_words: ClassVar[str] = "labels"
-    result_words: ClassVar[str] = "probabilities"
+    shown: ClassVar[Shown] = Shown()
 
     # ----- outputs -----
     def output_rank(self, spatial_dims: int) -> int:
@@ -163,9 +175,9 @@ class Task:
         raise NotImplementedError
 
     def case_result(self, logits: np.ndarray, raw_hw: tuple[int, ...]) -> Any:
-        """What ``predict`` makes of one case's outputs (bench's end-to-end timing measures this path)."""
-        probs = self.probabilities(logits)
-        return probs, probs.argmax(1)
+        """What ``predict`` makes of one case's outputs (bench's end-to-end timing measures this path): here the
+        outputs as float32, as written."""
+        return np.asarray(self.probabilities(logits), dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -235,17 +247,12 @@ def number(p) -> float:
 
 def register_task(task: Task) -> Task:
     """Register one task object under its name; a second task of the same name is an error (a bug)."""
-    if not task.name:
-        raise ValueError(f"{type(task).__name__} has no name")
-    if task.name in _TASKS:
-        raise ValueError(f"task {task.name!r} is already registered ({_TASKS[task.name]!r})")
-    _TASKS[task.name] = task
-    return task
+    return _TASKS.register(task.name, task)
 
 
 def task_names() -> tuple[str, ...]:
     """The registered tasks' names, in registration order."""
-    return tuple(_TASKS)
+    return _TASKS.names()
 
 
 def get_task(name: str | Task, source: str | None = None) -> Task:
@@ -257,19 +264,19 @@ def get_task(name: str | Task, source: str | None = None) -> Task:
     if task is None:
         where = f"{source} names " if source else ""
         raise (ModelError if source else ConfigError)(
-            f"{where}unknown task {name!r}; known tasks: {', '.join(_TASKS)}"
+            f"{where}unknown task {name!r}; known tasks: {', '.join(_TASKS.names())}"
         )
     return task
 
 
 def tasks_where(predicate: Callable[[Task], bool]) -> tuple[str, ...]:
     """Names of the registered tasks for which ``predicate`` holds (e.g. the tasks with labels)."""
-    return tuple(n for n, t in _TASKS.items() if predicate(t))
+    return tuple(t.name for t in _TASKS if predicate(t))
 
 
 def models_where(predicate: Callable[[Task], bool]) -> str:
     """The models of the tasks for which ``predicate`` holds, in words (``classifiers and segmentation models``)."""
-    return " and ".join(dict.fromkeys(t.models_text for t in _TASKS.values() if predicate(t)))
+    return " and ".join(dict.fromkeys(t.models_text for t in _TASKS if predicate(t)))
 
 
 def loss_upper_bound(task: Task, delta: dict[str, Any]) -> float | None:
@@ -283,4 +290,4 @@ def loss_upper_bound(task: Task, delta: dict[str, Any]) -> float | None:
 
 def drop_gates() -> tuple[str, ...]:
     """The drop gates of the registered tasks (bench's non-inferiority margins), each once."""
-    return tuple(dict.fromkeys(t.drop_gate for t in _TASKS.values() if t.drop_gate))
+    return tuple(dict.fromkeys(t.drop_gate for t in _TASKS if t.drop_gate))

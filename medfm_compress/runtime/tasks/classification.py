@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ... import metrics as M
-from .base import PredictWriter, Task, label_columns, number
+from .base import PredictWriter, Shown, Task, label_columns, number
 
 __all__ = ["Classification", "MultiClass", "Binary", "MultiLabel", "BOOTSTRAP_METRICS"]
 
@@ -25,8 +25,7 @@ class Classification(Task):
 
     postprocess: ClassVar[str] = "softmax"
     headline_metric: ClassVar[str | None] = "macro_auc"
-    headline_words: ClassVar[str] = "macro AUC"
-    gain_key: ClassVar[str] = "auc"
+    shown: ClassVar[Shown] = Shown(headline="macro AUC", gain_key="auc")
     drop_gate: ClassVar[str | None] = "max_auc_drop"
     drop_detail: ClassVar[str] = "upper 95% CI bound of the macro AUC drop vs the reference (percentage points)"
     models_text: ClassVar[str] = "classifiers"
@@ -170,6 +169,10 @@ class Classification(Task):
         return f"the student keeps {100 * retention:.1f}% of the teacher's macro AUC"
 
     # ----- predict -----
+    def case_result(self, logits, raw_hw):
+        probs = self.probabilities(logits)
+        return probs, probs.argmax(1)
+
     def choose(self, probs: np.ndarray, labels: list[str]) -> tuple[str, Any]:
         """One case's decision from its probabilities: ``(JSON key, value)``; the CSV shows it as text."""
         return "label", labels[int(np.argmax(probs))]

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..._io import atomic_path
 from ..predict_result import EMBEDDINGS_NAME
-from .base import PredictWriter, Task
+from .base import PredictWriter, Shown, Task
 
 __all__ = ["Embedding"]
 
@@ -22,7 +22,7 @@ class Embedding(Task):
     postprocess: ClassVar[str] = "none"
     has_labels: ClassVar[bool] = False
     gate_metrics: ClassVar[tuple[str, ...]] = ("cosine",)
-    result_words: ClassVar[str] = "embedding"
+    shown: ClassVar[Shown] = Shown(result="embedding")
 
     def agreement(self, reference, test):
         """Embeddings have no classes: their agreement is their cosine (``parity_metrics``), not a top-1."""
@@ -34,9 +34,6 @@ class Embedding(Task):
     def evaluate(self, logits, labels, label_names, thresholds=None, spacing=None):
         """No labels to score: the metrics are empty and the parity (cosine) says everything."""
         return {"accuracy": None, "macro_auc": None, "sensitivity": None, "specificity": None, "per_class": []}
-
-    def case_result(self, logits, raw_hw):
-        return np.asarray(logits, dtype=np.float32)
 
     def predict_writer(self, csv_file, json_file, out, labels) -> PredictWriter:
         return _EmbeddingWriter(csv_file, json_file, out, labels)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ... import metrics as M
-from .base import PredictWriter, Task, label_columns, number
+from .base import PredictWriter, Shown, Task, label_columns, number
 
 __all__ = ["Regression"]
 
@@ -28,14 +28,10 @@ class Regression(Task):
                                   "target's units)")
     models_text: ClassVar[str] = "regression models"
     agreement_text: ClassVar[str] = "Pearson r of the outputs with the reference's"
-    agreement_words: ClassVar[str] = "Pearson r with the reference"
+    agreement_words: ClassVar[str] = "Pearson r"
     label_rank: ClassVar[int | None] = None  # (N,) one target, (N, K) several
     continuous: ClassVar[bool] = True
-    headline_words: ClassVar[str] = "MAE"
-    gain_key: ClassVar[str] = "mae"
-    points_fmt: ClassVar[str] = "+.4g"
-    label_words: ClassVar[str] = "values"
-    result_words: ClassVar[str] = "values"
+    shown: ClassVar[Shown] = Shown(headline="MAE", gain_key="mae", points_fmt="+.4g", labels="values", result="values")
 
     @staticmethod
     def _columns(a) -> np.ndarray:
@@ -119,9 +115,6 @@ class Regression(Task):
 
     def retention_words(self, retention):
         return f"{100 * retention:.1f}% of the teacher's MAE"
-
-    def case_result(self, logits, raw_hw):
-        return np.asarray(logits, dtype=np.float32)
 
     def predict_writer(self, csv_file, json_file, out, labels) -> PredictWriter:
         return _ValueWriter(csv_file, json_file, out, labels)

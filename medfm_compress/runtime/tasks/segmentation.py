@@ -15,7 +15,7 @@ import numpy as np
 from ... import metrics as M
 from ... import segmetrics as S
 from ..predict_result import MASKS_DIR
-from .base import PredictWriter, Task, label_columns
+from .base import PredictWriter, Shown, Task, label_columns
 
 __all__ = ["Segmentation"]
 
@@ -33,13 +33,7 @@ class Segmentation(Task):
     models_text: ClassVar[str] = "segmentation models"
     agreement_text: ClassVar[str] = "pixel agreement of the masks with the reference's"
     label_rank: ClassVar[int | None] = None
-    headline_words: ClassVar[str] = "mean Dice"
-    gain_key: ClassVar[str] = "dice"
-    points: ClassVar[float] = 100.0
-    points_fmt: ClassVar[str] = "+.2f"
-    points_unit: ClassVar[str] = " points"
-    label_words: ClassVar[str] = "masks"
-    result_words: ClassVar[str] = "label map at the image's size"
+    shown: ClassVar[Shown] = Shown("mean Dice", "dice", 100.0, "+.2f", " points", "masks", "label map at the image's size")
 
     def report_columns(self, volumes):
         return [("mean Dice [95% CI]", "metric_ci", "mean_dice", ".4f"),
@@ -58,7 +52,7 @@ class Segmentation(Task):
         return f"Per-class Dice / HD95 ({'mm' if volumes else 'pixels'})", (("dice", ".3f"), ("hd95", ".2f"))
 
     def retention_words(self, retention):
-        return f"{100 * retention:.1f}%"
+        return f"{100 * retention:.1f}% of the teacher's"
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return M.softmax(np.asarray(logits, dtype=np.float64))
