@@ -6,7 +6,7 @@ reads: a re-run skips what has not changed and says so; a stage interrupted (eve
 cache entry and is redone. ``pipeline.json`` in the run directory holds the cache entries; ``manifest.json``
 holds every stage's record.
 
-Recipe keys (see ``recipes/*.yaml``)::
+Recipe keys (see the shipped ``medfm_compress/recipes/*.yaml``, runnable by name: ``medfm-compress run demo``)::
 
     version: 1
     name: demo
@@ -39,7 +39,7 @@ from . import __version__
 from ._io import atomic_write_json, ensure_dir, sha256_file
 from .errors import ConfigError, MedfmError
 
-__all__ = ["Recipe", "load_recipe", "resolve_recipe", "run_pipeline", "DEMO_RECIPE", "DEMO_SEG_RECIPE", "DEMO_SEG3D_RECIPE", "DEMO_RECIPES",
+__all__ = ["Recipe", "load_recipe", "resolve_recipe", "run_pipeline", "DEMOS", "demo_recipe", "packaged_recipes",
            "STAGES", "PipelineResult", "demo_summary"]
 
 RECIPE_VERSION = 1
@@ -56,82 +56,22 @@ _OWNED = {
 # Typical stage durations on a 2-core CPU, for the ETA before a run has its own history.
 _TYPICAL_S = {"distill": 300.0, "export": 10.0, "quantize": 20.0, "tensorrt": 10.0, "bench": 60.0}
 
-DEMO_RECIPE: dict[str, Any] = {
-    "version": 1,
-    "name": "demo",
-    "out": "runs/demo",
-    "data": "synthetic",
-    "seed": 0,
-    # A tenth of the training labels: where a label-only student falls short and a teacher (trained on the full
-    # labels, standing for a foundation model pretrained elsewhere) has something to teach. 10 epochs let the
-    # student reach the teacher's AUC; the baseline gets the same steps on the labelled tenth.
-    "distill": {"label_fraction": 0.1, "epochs": 10, "baseline": True, "augment": False},
-    "export": {"opset": 17},
-    "quantize": [
-        # auto_exclude: where plain int8 misses the gate (this student on AVX2-only CPUs: agreement 0.985), keep
-        # the costliest-to-quantize nodes in fp32 until it holds (2 nodes there); on CPUs where it holds, a no-op.
-        {"name": "int8", "target": "cpu", "precision": "int8", "auto_exclude": True},
-        {"name": "fp16", "target": "cpu", "precision": "fp16"},
-        {"name": "trt-int8", "target": "tensorrt", "precision": "int8"},
-    ],
-    "tensorrt": [
-        {"name": "trt-fp16", "source": "fp32", "precision": "fp16", "batch_sizes": [1, 8]},
-        {"name": "trt-int8", "source": "trt-int8", "precision": "int8", "batch_sizes": [1, 8]},
-    ],
-    # The gates judge the INT8 student that ships; the others are measured and reported alongside. One thread
-    # for every engine: on a shared 2-core machine two threads per engine make the teacher's p50 swing tenfold
-    # with other jobs' load, while one thread on one core is steady (and what a scanner console spares).
-    "bench": {"reference": "teacher", "batch_sizes": [1], "iterations": 200, "warmup": 20, "threads": 1,
-              "max_auc_drop": 1.0, "min_speedup": 30.0, "max_size_mb": 5.0, "gate_on": ["student-int8"]},
-}
+# The recipes that ship with the package (medfm_compress/recipes/*.yaml), by name: `medfm-compress run NAME`.
+RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
+# `medfm-compress demo --task T` runs DEMOS[T], on the embedded synthetic data.
+DEMOS = {"classification": "demo", "segmentation": "segmentation-2d", "segmentation-3d": "segmentation-3d"}
 
 
-# `medfm-compress demo --task segmentation`: the same chain on label maps (recipes/segmentation-2d.yaml).
-DEMO_SEG_RECIPE: dict[str, Any] = {
-    "version": 1,
-    "name": "demo-segmentation",
-    "out": "runs/demo-segmentation",
-    # 1200 training and 500 test images (of the default 2400 and 1000), so that the whole chain, the dense
-    # teacher's training included, fits in ten minutes on two cores.
-    "data": "synthetic?task=segmentation&n_train=1200&n_test=500",
-    "seed": 0,
-    # The dense teacher (smp:FPN:tu-resnet34, 23 M) is trained on all the masks (cached afterwards). The student
-    # (smp:Linknet:tu-medfm_resnet10_w24, 0.78 M) sees the masks of a tenth of the training images and the teacher's
-    # maps of all; batch 16 and KD at T=1 are distill's defaults for segmentation. 12 epochs: at 8 the student only
-    # matched its teacher (mean Dice +0.5 points, upper CI bound of the drop 1.3 > the 1-point gate). No label-only
-    # baseline (`baseline: true` adds one of the same steps, ~2.5 min here; benchmarks/segmentation.py measures the
-    # gain) and no fp16 artifact (on a CPU it only matches fp32): the ten minutes go to the chain that ships.
-    "distill": {"teacher_epochs": 3, "label_fraction": 0.1, "epochs": 12, "augment": False},
-    "export": {"opset": 17},
-    "quantize": [
-        {"name": "int8", "target": "cpu", "precision": "int8", "auto_exclude": True},
-    ],
-    "bench": {"reference": "teacher", "batch_sizes": [1], "iterations": 200, "warmup": 20, "threads": 1,
-              "max_dice_drop": 1.0, "min_speedup": 30.0, "max_size_mb": 5.0, "gate_on": ["student-int8"]},
-}
-# `medfm-compress demo --task segmentation-3d`: the chain on volumes (recipes/segmentation-3d.yaml): synthetic3d
-# phantoms, MONAI U-Nets trained on 32x32x32 patches, whole held-out volumes segmented by sliding windows. The teacher
-# (4 epochs, 2.5 min here) and the student (all masks, 10 epochs, 2.8 min) fit the ten minutes with the rest of the
-# chain. `precision: auto` times every ONNX Runtime candidate at batch 4 (the sliding window's windows per call) and
-# ships the fastest that passes the Dice gate: on AVX2-only CPUs ONNX Runtime's static INT8 Conv3D runs 3.2x slower
-# than fp32 (73.6 vs 22.7 ms per 4 windows), so auto keeps fp32 there rather than ship a slower INT8.
-DEMO_SEG3D_RECIPE: dict[str, Any] = {
-    "version": 1,
-    "name": "demo-segmentation-3d",
-    "out": "runs/demo-segmentation-3d",
-    "data": "synthetic3d?patch=32,32,32",
-    "seed": 0,
-    "distill": {"teacher_epochs": 4, "epochs": 10, "augment": False},
-    "export": {"opset": 17},
-    "quantize": [
-        # format: any: ONNX Runtime and OpenVINO (fp32, int8, bf16 where the CPU has it) compete; the winner is
-        # written as student.auto.onnx or student.auto.xml.
-        {"name": "auto", "target": "cpu", "precision": "auto", "format": "any", "num_calib": 64, "num_holdout": 64},
-    ],
-    "bench": {"reference": "teacher", "batch_sizes": [1, 4], "iterations": 20, "warmup": 3, "threads": 1,
-              "sw_batch_size": 4, "max_dice_drop": 1.0, "min_speedup": 10.0, "gate_on": ["student-auto"]},
-}
-DEMO_RECIPES = {"classification": DEMO_RECIPE, "segmentation": DEMO_SEG_RECIPE, "segmentation-3d": DEMO_SEG3D_RECIPE}
+def packaged_recipes() -> dict[str, Path]:
+    """The shipped recipes by name (the file's stem)."""
+    return {p.stem: p for p in sorted(RECIPE_DIR.glob("*.yaml"))}
+
+
+def demo_recipe(demo: str) -> dict[str, Any]:
+    """The raw recipe (a dict, as in its YAML file) of ``medfm-compress demo --task demo``."""
+    if demo not in DEMOS:
+        raise ConfigError(f"unknown demo {demo!r}; choose one of {', '.join(DEMOS)}")
+    return _read_yaml(packaged_recipes()[DEMOS[demo]])
 
 
 def _config_classes() -> dict[str, type]:
@@ -322,20 +262,28 @@ def resolve_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and resolve a YAML recipe (safe loader: no Python objects)."""
+    """Read and resolve a YAML recipe (safe loader: no Python objects): a file, or the name of a shipped recipe
+    (:func:`packaged_recipes`)."""
+    p = Path(path)
+    if not p.exists() and str(path) in packaged_recipes():
+        p = packaged_recipes()[str(path)]
+    return resolve_recipe(_read_yaml(p), where=str(p))
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
     import yaml
 
-    p = Path(path)
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"recipe {p} does not exist") from None
+        raise ConfigError(f"recipe {p} does not exist; give a recipe file or the name of a shipped one "
+                          f"({', '.join(packaged_recipes())})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"recipe {p} cannot be read ({e})") from None
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"recipe {p} is not valid YAML ({first})") from None
-    return resolve_recipe(raw if raw is not None else {}, where=str(p))
+    return raw if raw is not None else {}
 
 
 # ---------------------------------------------------------------------------------------------------------

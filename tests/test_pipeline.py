@@ -17,9 +17,11 @@ from support.tiny import (
 
 from medfm_compress.cli import cli
 from medfm_compress.errors import ConfigError
-from medfm_compress.pipeline import DEMO_RECIPE, DEMO_SEG_RECIPE, load_recipe, resolve_recipe, run_pipeline
+from medfm_compress.pipeline import RECIPE_DIR as RECIPES
+from medfm_compress.pipeline import demo_recipe, load_recipe, resolve_recipe, run_pipeline
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+DEMO_RECIPE = demo_recipe("classification")
+DEMO_SEG_RECIPE = demo_recipe("segmentation")
 FAST_BENCH = {"iterations": 5, "warmup": 1, "n_resamples": 100}
 
 
@@ -118,9 +120,11 @@ def test_bad_yaml_and_unknown_stage(tmp_path):
     assert r.exit_code == 1 and "not a stage" in r.stderr
 
 
-def test_demo_recipe_file_matches_the_builtin():
-    assert yaml.safe_load((RECIPES / "demo.yaml").read_text()) == DEMO_RECIPE
+def test_the_demo_runs_its_shipped_recipe():
     resolve_recipe(DEMO_RECIPE)
+    demo = CliRunner().invoke(cli, ["demo", "--print-config"])
+    by_name = CliRunner().invoke(cli, ["run", "demo", "--print-config"])
+    assert demo.exit_code == by_name.exit_code == 0 and demo.output == by_name.output
     # The demo shows distillation where it pays: scarce labels, against a label-only baseline of the same steps.
     assert DEMO_RECIPE["distill"]["label_fraction"] < 1.0 and DEMO_RECIPE["distill"]["baseline"]
 
@@ -272,7 +276,7 @@ def test_demo_command_ends_with_the_gain_and_the_cost(tmp_path, monkeypatch):
     raw["bench"].update(FAST_BENCH, min_speedup=0.0, max_auc_drop=100.0)
     for q in raw["quantize"]:
         q.update(num_calib=16, num_holdout=16, min_agreement=0.0)
-    monkeypatch.setitem(pipeline.DEMO_RECIPES, "classification", raw)
+    monkeypatch.setattr(pipeline, "demo_recipe", lambda task: raw)
     r = CliRunner().invoke(cli, ["demo", "--quiet", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     tail = r.output[r.output.index("Demo summary"):]
@@ -284,8 +288,7 @@ def test_demo_command_ends_with_the_gain_and_the_cost(tmp_path, monkeypatch):
     assert "Labelled fraction of the training split: 0.1" in md and "Distilled minus label-only macro AUC" in md
 
 
-def test_segmentation_demo_recipe_file_matches_the_builtin():
-    assert yaml.safe_load((RECIPES / "segmentation-2d.yaml").read_text()) == DEMO_SEG_RECIPE
+def test_the_segmentation_demo_runs_its_shipped_recipe():
     rec = resolve_recipe(DEMO_SEG_RECIPE)
     assert rec.data.startswith("synthetic?task=segmentation") and DEMO_SEG_RECIPE["distill"]["label_fraction"] < 1.0
     r = CliRunner().invoke(cli, ["demo", "--task", "segmentation", "--print-config"])
@@ -308,7 +311,7 @@ def test_segmentation_demo_runs_the_chain_and_ends_with_dice(tmp_path, monkeypat
     raw["bench"].update(FAST_BENCH, min_speedup=0.0, max_dice_drop=100.0)
     for q in raw["quantize"]:
         q.update(num_calib=16, num_holdout=16, min_agreement=0.0, min_dice=0.0)
-    monkeypatch.setitem(pipeline.DEMO_RECIPES, "segmentation", raw)
+    monkeypatch.setattr(pipeline, "demo_recipe", lambda task: raw)
     r = CliRunner().invoke(cli, ["demo", "--task", "segmentation", "--quiet", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     tail = r.output[r.output.index("Demo summary"):]
@@ -320,11 +323,8 @@ def test_segmentation_demo_runs_the_chain_and_ends_with_dice(tmp_path, monkeypat
     assert "Labelled fraction of the training split (masks): 0.1" in md
 
 
-def test_segmentation_3d_demo_recipe_file_matches_the_builtin():
-    from medfm_compress.pipeline import DEMO_SEG3D_RECIPE
-
-    assert yaml.safe_load((RECIPES / "segmentation-3d.yaml").read_text()) == DEMO_SEG3D_RECIPE
-    assert resolve_recipe(DEMO_SEG3D_RECIPE).data.startswith("synthetic3d")
+def test_the_segmentation_3d_demo_runs_its_shipped_recipe():
+    assert resolve_recipe(demo_recipe("segmentation-3d")).data.startswith("synthetic3d")
     r = CliRunner().invoke(cli, ["demo", "--task", "segmentation-3d", "--print-config"])
     assert r.exit_code == 0 and yaml.safe_load(r.output)["bench"]["sw_batch_size"] == 4
 
@@ -337,10 +337,9 @@ def test_segmentation_3d_demo_runs_the_chain_on_volumes(tmp_path, monkeypatch):
     import copy
 
     from medfm_compress import pipeline
-    from medfm_compress.pipeline import DEMO_SEG3D_RECIPE
 
     monkeypatch.setenv("MEDFM_CACHE_DIR", str(tmp_path / "cache"))
-    raw = copy.deepcopy(DEMO_SEG3D_RECIPE)
+    raw = copy.deepcopy(demo_recipe("segmentation-3d"))
     raw["data"] = "synthetic3d?n_train=4&n_val=1&n_test=2&shape=32,32,24&patch=16,16,16&per_case=4"
     raw["distill"].update(teacher="monai:UNet?channels=12,24,48&strides=2,2&num_res_units=1&norm=batch",
                           student="monai:UNet?channels=4,8,16&strides=2,2&num_res_units=0&norm=batch",
@@ -348,7 +347,7 @@ def test_segmentation_3d_demo_runs_the_chain_on_volumes(tmp_path, monkeypatch):
     raw["bench"].update(FAST_BENCH, min_speedup=0.0, max_dice_drop=100.0)
     for q in raw["quantize"]:
         q.update(num_calib=8, num_holdout=8, min_agreement=0.0, min_dice=0.0)
-    monkeypatch.setitem(pipeline.DEMO_RECIPES, "segmentation-3d", raw)
+    monkeypatch.setattr(pipeline, "demo_recipe", lambda task: raw)
     # format: any writes the winner as .onnx or .xml; files of either kind left by an earlier run must not survive
     # beside it (they would be taken for the variant's model).
     run = tmp_path / "run"

@@ -1,10 +1,12 @@
-"""``medfm-compress run RECIPE.yaml`` and ``medfm-compress demo``."""
+"""``medfm-compress run RECIPE`` and ``medfm-compress demo``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+from ..pipeline import DEMOS
 
 
 def _finish(result, tail: list[str] | None = None) -> None:
@@ -38,7 +40,8 @@ def _finish(result, tail: list[str] | None = None) -> None:
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--force", is_flag=True, help="Let stages use run-directory files whose hash differs from the manifest.")
 def command(recipe, from_stage, only, out, print_config, quiet, force):
-    """Run the whole chain described by RECIPE (YAML); unchanged stages are taken from the cache."""
+    """Run the whole chain described by RECIPE (a YAML file, or the name of a shipped recipe: demo, segmentation-2d,
+    segmentation-3d, ct-foundation-3d, ...); unchanged stages are taken from the cache."""
     from ..pipeline import dump_recipe, load_recipe, run_pipeline
 
     rec = load_recipe(recipe)
@@ -51,9 +54,9 @@ def command(recipe, from_stage, only, out, print_config, quiet, force):
 
 
 @click.command(name="demo")
-@click.option("--task", type=click.Choice(["classification", "segmentation", "segmentation-3d"]),
-              default="classification", show_default=True, help="Image-level labels (recipes/demo.yaml), label maps "
-              "(recipes/segmentation-2d.yaml) or volumes (recipes/segmentation-3d.yaml).")
+@click.option("--task", type=click.Choice(list(DEMOS)), default=next(iter(DEMOS)), show_default=True,
+              help="Which demo: " + "; ".join(f"{task}: the shipped recipe {name}" for task, name in DEMOS.items())
+              + " (medfm-compress run NAME runs one, --print-config shows it).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Run directory [default: runs/demo, runs/demo-segmentation, runs/demo-segmentation-3d].")
 @click.option("--print-config", is_flag=True, help="Print the demo recipe (YAML) and exit.")
@@ -66,7 +69,7 @@ def demo_command(task, out, print_config, quiet):
     volumes (MONAI U-Nets on patches, whole volumes segmented by sliding windows)."""
     from .. import pipeline
 
-    raw = pipeline.DEMO_RECIPES[task]
+    raw = pipeline.demo_recipe(task)
     rec = pipeline.resolve_recipe({**raw, "out": out or raw["out"]}, where="demo recipe")
     dump_recipe, run_pipeline, demo_summary = pipeline.dump_recipe, pipeline.run_pipeline, pipeline.demo_summary
     if print_config:

@@ -84,7 +84,7 @@ def test_the_command_and_the_recipe_resolve_to_the_same_config(specs):
     from medfm_compress.compress import distill as distill_module
     from medfm_compress.pipeline import _plan, _stage_config, load_recipe
 
-    recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "ct-foundation-3d.yaml")
+    recipe = load_recipe("ct-foundation-3d")
     spec = next(s for s in _plan(recipe, Path("/tmp/x")) if s.kind == "distill")
     from_recipe = _stage_config(spec, recipe, out="o", progress=False)
     seen = {}
@@ -109,7 +109,7 @@ def test_the_command_and_the_recipe_resolve_to_the_same_config(specs):
 def test_recipe_runs_the_volume_chain_and_caches(specs, tmp_path):
     from medfm_compress.pipeline import load_recipe, resolve_recipe, run_pipeline
 
-    shipped = load_recipe(Path(__file__).parents[2] / "recipes" / "ct-foundation-3d.yaml")
+    shipped = load_recipe("ct-foundation-3d")
     assert not shipped.teacher_in_run and shipped.distill["teacher"] == "astra-ct"
     raw = {
         "name": "ct-tiny",
