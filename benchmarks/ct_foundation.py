@@ -74,13 +74,13 @@ def main() -> None:
         fetch_invesalius_example,
         hu_window,
         read_inv3,
-        resample,
         z_split,
     )
     from medfm_compress.export.onnx import ExportConfig, export_onnx
     from medfm_compress.metrics import centered_cosine_similarity, cosine_similarity
     from medfm_compress.models.foundation import load_teacher
     from medfm_compress.runtime import Engine
+    from medfm_compress.runtime.volumes import resample_to_spacing
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -88,7 +88,7 @@ def main() -> None:
     spacing = tuple(float(v) for v in args.spacing.split(","))
     crop = tuple(int(v) for v in args.crop.split(","))
     raw = read_inv3(path)
-    vol = resample(raw, spacing)
+    vol = resample_to_spacing(raw, spacing)
     (zlo_a, zhi_a), (zlo_b, zhi_b) = z_split(vol.shape[2], crop[2], args.margin)
     common = f"crop={args.crop}&spacing={args.spacing}&min_fg={args.min_fg}"
     train_spec = f"inv3:{path}?{common}&n={args.n_train}&z={zlo_a},{zhi_a}&seed={args.seed}"

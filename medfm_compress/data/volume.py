@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..runtime.volumes import VOLUME_KINDS, Volume, read_dicom_series, read_inv3, read_nifti, read_volume
+from ..runtime.volumes import (
+    VOLUME_KINDS,
+    Volume,
+    read_dicom_series,
+    read_inv3,
+    read_nifti,
+    read_volume,
+    resample_to_spacing,
+)
 
 __all__ = [
     "Volume",
@@ -28,7 +36,6 @@ __all__ = [
     "read_dicom_series",
     "read_inv3",
     "read_volume",
-    "resample",
     "hu_window",
     "random_crops",
     "grid_crops",
@@ -43,26 +50,6 @@ __all__ = [
 CROP_SPLIT = "test"
 # Voxels above this HU count as tissue for the foreground filter (air is about -1000).
 FOREGROUND_HU = -500.0
-
-
-def resample(volume: Volume, spacing: tuple[float, float, float]) -> Volume:
-    """Trilinear resampling to ``spacing`` (mm); e.g. isotropic voxels so thick-slice scans give deep crops."""
-    import torch
-    import torch.nn.functional as F
-
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise DataError(f"spacing must be three positive numbers in mm, got {spacing}")
-    size = [
-        max(1, int(round(n * s / t))) for n, s, t in zip(volume.shape, volume.spacing, spacing, strict=True)
-    ]
-    t = torch.from_numpy(np.ascontiguousarray(volume.hu))[None, None]
-    out = F.interpolate(t, size=size, mode="trilinear", align_corners=True)[0, 0].numpy()
-    info = {
-        **volume.info,
-        "resampled_from": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing)},
-    }
-    return Volume(np.ascontiguousarray(out, dtype=np.float32), spacing, volume.source, info)  # type: ignore[arg-type]
 
 
 def fetch_invesalius_example(cache: str | Path, name: str = "Cranium.inv3") -> Path:
@@ -285,7 +272,9 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
             ) from None
         if len(target) != 3:
             raise DataError(f"spacing={opts['spacing']!r} in {spec!r} must be three numbers SX,SY,SZ (mm)")
-        vol = resample(vol, target)  # type: ignore[arg-type]
+        # The one resampler (the runtime's, which predict and the C++ runtime use too): linear, voxel centres to voxel
+        # centres, the affine following the grid.
+        vol = resample_to_spacing(vol, target)
     size = _triple(opts.get("crop", "96,96,64"), "crop", spec)
     try:
         n = int(opts.get("n", "16"))

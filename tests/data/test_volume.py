@@ -20,10 +20,10 @@ from medfm_compress.data.volume import (
     read_dicom_series,
     read_inv3,
     read_nifti,
-    resample,
     z_split,
 )
 from medfm_compress.errors import DataError
+from medfm_compress.runtime.volumes import resample_to_spacing
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +136,14 @@ def test_grid_crops_and_z_split(inv3):
 
 def test_resample_to_isotropic(inv3):
     vol = read_inv3(inv3)  # spacing (0.9, 0.8, 1.5), shape (48, 48, 40)
-    iso = resample(vol, (0.9, 0.9, 0.9))
+    iso = resample_to_spacing(vol, (0.9, 0.9, 0.9))
     assert iso.shape == (48, round(48 * 0.8 / 0.9), round(40 * 1.5 / 0.9))
     assert abs(float(iso.hu.mean()) - float(vol.hu.mean())) < 30
+    # A crop spec's ?spacing= goes through the same resampler as predict (and the C++ runtime): the same voxels.
+    task = load_data(f"inv3:{inv3}?crop=16,16,8&sampling=grid&min_fg=0&spacing=0.9,0.9,0.9")
+    box = task.info["boxes"][0]
+    np.testing.assert_array_equal(task.split("test").images[0],
+                                  iso.hu[box[0]:box[0] + 16, box[1]:box[1] + 16, box[2]:box[2] + 8])
 
 
 def test_volume_spec_through_load_data(inv3):
