@@ -18,10 +18,11 @@ from typing import Any
 from ._env import fingerprint
 from ._io import atomic_write_json, sha256_file
 from .errors import IntegrityError, MedfmError
+from .layout import RunLayout
 
 __all__ = ["Manifest", "StageRecord", "MANIFEST_NAME", "MANIFEST_VERSION", "check_inputs"]
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = RunLayout(".").manifest.name
 MANIFEST_VERSION = 1
 
 

@@ -37,24 +37,39 @@ from typing import Any
 
 from . import __version__
 from ._io import atomic_write_json, ensure_dir, sha256_file
+from ._registry import Registry
 from .errors import ConfigError, MedfmError
+from .layout import RunLayout
 
 __all__ = ["Recipe", "load_recipe", "resolve_recipe", "run_pipeline", "DEMOS", "demo_recipe", "packaged_recipes",
            "STAGES", "PipelineResult", "demo_summary"]
 
 RECIPE_VERSION = 1
-STAGES = ("distill", "export", "quantize", "tensorrt", "bench")
-_TOP_KEYS = ("version", "name", "out", "data", "seed", *STAGES)
-# Fields the pipeline sets itself; a recipe must not set them.
-_OWNED = {
-    "distill": {"data", "out", "seed", "resume", "progress", "version", "force"},
-    "export": {"source", "out", "force", "version"},
-    "quantize": {"input", "out", "progress", "force"},
-    "tensorrt": {"onnx", "out", "version", "force"},
-    "bench": {"artifacts", "data", "out", "progress", "force"},
-}
-# Typical stage durations on a 2-core CPU, for the ETA before a run has its own history.
-_TYPICAL_S = {"distill": 300.0, "export": 10.0, "quantize": 20.0, "tensorrt": 10.0, "bench": 60.0}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One kind of pipeline stage: how the pipeline plans, validates and runs it.
+
+    Attributes:
+        kind: its recipe key (``distill``, ``export``...).
+        config: the name of its config class (``module:Class``, imported when a recipe is checked).
+        owned: the config fields the pipeline sets itself (a recipe must not).
+        typical_s: its typical duration on a 2-core CPU, for the ETA before a run has its own history.
+        run: ``run(spec, recipe, run_dir, progress, engines, force)`` runs one planned stage of this kind.
+    """
+
+    kind: str
+    config: str
+    owned: frozenset[str]
+    typical_s: float
+    run: Any
+
+    def config_class(self) -> type:
+        import importlib
+
+        module, name = self.config.split(":")
+        return getattr(importlib.import_module(module, __package__), name)
 
 # The recipes that ship with the package (medfm_compress/recipes/*.yaml), by name: `medfm-compress run NAME`.
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
@@ -72,17 +87,6 @@ def demo_recipe(demo: str) -> dict[str, Any]:
     if demo not in DEMOS:
         raise ConfigError(f"unknown demo {demo!r}; choose one of {', '.join(DEMOS)}")
     return _read_yaml(packaged_recipes()[DEMOS[demo]])
-
-
-def _config_classes() -> dict[str, type]:
-    from .bench.harness import BenchConfig
-    from .compress.distill import DistillConfig
-    from .compress.quantize import QuantizeConfig
-    from .export.onnx import ExportConfig
-    from .export.tensorrt import TensorRTConfig
-
-    return {"distill": DistillConfig, "export": ExportConfig, "quantize": QuantizeConfig, "tensorrt": TensorRTConfig,
-            "bench": BenchConfig}
 
 
 @dataclass
@@ -138,7 +142,7 @@ def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: boo
     """Validate one stage section against its config class; return all its fields (defaults filled)."""
     from .config import config_from_dict, config_to_dict
 
-    cls = _config_classes()[stage]
+    cls = _STAGES.get(stage).config_class()
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(raw).__name__}")
     raw = dict(raw)
@@ -153,7 +157,7 @@ def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: boo
             source = raw.pop("source", "fp32")
             if not isinstance(source, str):
                 raise ConfigError(f"{where}.source must be 'fp32' or the name of a quantize variant")
-    owned = _OWNED[stage]
+    owned = _STAGES.get(stage).owned
     valid = [f.name for f in dataclasses.fields(cls) if f.name not in owned]
     for key in raw:
         if key in owned:
@@ -205,8 +209,9 @@ def resolve_recipe(raw: dict[str, Any], where: str = "recipe") -> Recipe:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a YAML mapping")
     for key in raw:
-        if key not in _TOP_KEYS:
-            raise _unknown(key, _TOP_KEYS, where)
+        top = ("version", "name", "out", "data", "seed", *STAGES)
+        if key not in top:
+            raise _unknown(key, top, where)
     if raw.get("version", RECIPE_VERSION) != RECIPE_VERSION:
         raise ConfigError(f"{where} has version {raw.get('version')!r}; this tool reads version {RECIPE_VERSION}")
     for key, typ in (("name", str), ("out", str), ("data", str), ("seed", int)):
@@ -313,20 +318,21 @@ class PipelineResult:
 
 def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
     out: list[StageSpec] = []
-    distill_writes = {"student_weights": run_dir / "student.safetensors", "student_card": run_dir / "student.json",
-                      "teacher_weights": run_dir / "teacher.safetensors", "teacher_card": run_dir / "teacher.json",
-                      "metrics": run_dir / "metrics.json"}
+    layout = RunLayout(run_dir)
+    distill_writes = {"student_weights": layout.weights("student"), "student_card": layout.card("student"),
+                      "teacher_weights": layout.weights("teacher"), "teacher_card": layout.card("teacher"),
+                      "metrics": layout.metrics}
     if not recipe.teacher_in_run:
         # A foundation teacher is a pip-installed package, not an artifact of the run.
         del distill_writes["teacher_weights"], distill_writes["teacher_card"]
     if recipe.distill.get("baseline"):
-        distill_writes |= {"baseline_weights": run_dir / "baseline.safetensors", "baseline_card": run_dir / "baseline.json"}
+        distill_writes |= {"baseline_weights": layout.weights("baseline"), "baseline_card": layout.card("baseline")}
     d_reads = [Path(recipe.distill["teacher_weights"])] if recipe.distill.get("teacher_weights") else []
     out.append(StageSpec("distill", "distill", {"data": recipe.data, "seed": recipe.seed, **recipe.distill}, d_reads,
                          distill_writes))
     if recipe.export is None:
         return out
-    fp32 = run_dir / "student.onnx"
+    fp32 = layout.onnx
     out.append(StageSpec("export", "export", recipe.export, [distill_writes["student_weights"],
                                                               distill_writes["student_card"]], {"onnx": fp32}))
     qpaths = {}
@@ -340,7 +346,7 @@ def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
         out.append(StageSpec(f"quantize:{q['name']}", "quantize", q, reads, writes))
     for e in recipe.tensorrt:
         src = fp32 if e["source"] == "fp32" else qpaths[e["source"]]
-        path = run_dir / f"student.{e['name']}.engine"
+        path = layout.engine(e["name"])
         out.append(StageSpec(f"tensorrt:{e['name']}", "tensorrt", e, [src],
                              {"engine": path, "sidecar": path.with_name(path.name + ".json")}))
     if recipe.bench is not None:
@@ -348,7 +354,7 @@ def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
         if recipe.distill.get("baseline"):
             reads.append(distill_writes["baseline_weights"])
         out.append(StageSpec("bench", "bench", recipe.bench, reads,
-                             {"report": run_dir / "report" / "report.json"}))
+                             {"report": layout.report}))
     return out
 
 
@@ -382,7 +388,7 @@ def _gpu_available() -> bool:
 
 
 def _variant_stem(run_dir: Path, variant: dict[str, Any]) -> Path:
-    return run_dir / f"student.{variant['name']}"
+    return RunLayout(run_dir).variant_stem(variant["name"])
 
 
 def _variant_path(run_dir: Path, variant: dict[str, Any]) -> Path:
@@ -420,7 +426,7 @@ def _stage_config(spec: StageSpec, recipe: Recipe, **owned: Any):
     """The stage's config object: the recipe section plus the fields the pipeline owns."""
     from .config import config_from_dict
 
-    cls = _config_classes()[spec.kind]
+    cls = _STAGES.get(spec.kind).config_class()
     cfg_dict = {k: v for k, v in spec.config.items() if k not in ("name", "source", "format")}
     return config_from_dict(cls, {**cfg_dict, **owned}, spec.id)
 
@@ -471,10 +477,11 @@ def _run_bench(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
     from .bench.harness import run_bench
     from .bench.report import write_reports
 
-    artifacts = [("teacher", str(run_dir / "teacher"))] if recipe.teacher_in_run else []
+    layout = RunLayout(run_dir)
+    artifacts = [("teacher", str(layout.model("teacher")))] if recipe.teacher_in_run else []
     if recipe.distill.get("baseline"):
-        artifacts.append(("baseline", str(run_dir / "baseline")))
-    artifacts.append(("student-fp32", str(run_dir / "student.onnx")))
+        artifacts.append(("baseline", str(layout.model("baseline"))))
+    artifacts.append(("student-fp32", str(layout.onnx)))
     for q in recipe.quantize:
         # QDQ models made for TensorRT are not meant for the CPU runtime; their engines are benched on GPUs.
         if q["target"] != "tensorrt":
@@ -501,29 +508,48 @@ def _run_bench(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, e
 
 def _training_summary(run_dir: Path, recipe: Recipe) -> dict[str, Any] | None:
     """What report.md says about how the student was trained: label fraction, teacher / student / label-only
-    baseline test AUC, distilled minus baseline with its paired 95% CI, and the distill run's warnings."""
+    baseline in the task's score columns, distilled minus baseline with its paired 95% CI, and the distill run's
+    warnings."""
     from ._io import read_json
+    from .runtime.tasks import get_task
 
-    path = run_dir / "metrics.json"
+    path = RunLayout(run_dir).metrics
     if not recipe.teacher_in_run or not path.is_file():
         return None
     m = read_json(path, "distill metrics")
-    keep = ("accuracy", "macro_auc", "mean_dice", "hd95", "pixel_accuracy", "params", "arch")
+    task = get_task(m["task"])
+    keep = (*(key for _, key, _ in task.score_columns(m.get("student") or {})), "hd95_unit", "params", "arch")
     out: dict[str, Any] = {"label_fraction": recipe.distill.get("label_fraction", 1.0),
                            "test_size": m.get("test_size"), "task": m.get("task")}
     for role in ("teacher", "student", "baseline"):
         if role in m:
             out[role] = {k: m[role][k] for k in keep if k in m[role]}
-    for k in ("student_teacher_agreement", "auc_retention", "distill_gain_auc", "distill_gain_auc_ci",
-              "dice_retention", "distill_gain_dice", "distill_gain_dice_ci", "warnings"):
+    gain = task.shown.gain_key
+    for k in ("student_teacher_agreement", f"{gain}_retention", f"distill_gain_{gain}", f"distill_gain_{gain}_ci",
+              "warnings"):
         if k in m:
             out[k] = m[k]
     return out
 
 
-# Stage kind -> the function that runs it; _plan makes only these kinds, in STAGES order.
-STAGE_RUNNERS = {"distill": _run_distill, "export": _run_export, "quantize": _run_quantize,
-                 "tensorrt": _run_tensorrt, "bench": _run_bench}
+# The stages, registered in the one place, in the order a recipe runs them; _plan makes only these kinds.
+_STAGES: Registry[Stage] = Registry("pipeline stage")
+for _stage in (
+    Stage("distill", ".compress.distill:DistillConfig",
+          frozenset({"data", "out", "seed", "resume", "progress", "version", "force"}), 300.0, _run_distill),
+    Stage("export", ".export.onnx:ExportConfig", frozenset({"source", "out", "force", "version"}), 10.0, _run_export),
+    Stage("quantize", ".compress.quantize:QuantizeConfig", frozenset({"input", "out", "progress", "force"}), 20.0,
+          _run_quantize),
+    Stage("tensorrt", ".export.tensorrt:TensorRTConfig", frozenset({"onnx", "out", "version", "force"}), 10.0,
+          _run_tensorrt),
+    Stage("bench", ".bench.harness:BenchConfig", frozenset({"artifacts", "data", "out", "progress", "force"}), 60.0,
+          _run_bench),
+):
+    _STAGES.register(_stage.kind, _stage)
+del _stage
+STAGES = _STAGES.names()
+# Stage kind -> the function that runs it.
+STAGE_RUNNERS = {s.kind: s.run for s in _STAGES}
 
 
 def _run_stage(spec: StageSpec, recipe: Recipe, run_dir: Path, progress: bool, engines: dict[str, Path],
@@ -570,7 +596,7 @@ def run_pipeline(recipe: Recipe, from_stage: str | None = None, only: str | None
 
     start = match(from_stage, "--from")
     only_idx = match(only, "--only")
-    state_path = run_dir / "pipeline.json"
+    state_path = RunLayout(run_dir).pipeline_state
     try:
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     except ValueError:
@@ -584,7 +610,7 @@ def run_pipeline(recipe: Recipe, from_stage: str | None = None, only: str | None
         selected = [only_idx]
     else:  # a stage kind: every variant of it
         selected = [i for i, s in enumerate(plan) if s.kind == only]
-    durations = {s.id: state.get(s.id, {}).get("seconds", _TYPICAL_S[s.kind]) for s in plan}
+    durations = {s.id: state.get(s.id, {}).get("seconds", _STAGES.get(s.kind).typical_s) for s in plan}
     for n, i in enumerate(selected, start=1):
         spec = plan[i]
         missing = [p for p in spec.reads if not p.is_file()]
@@ -625,7 +651,7 @@ def run_pipeline(recipe: Recipe, from_stage: str | None = None, only: str | None
         atomic_write_json(state_path, state)
         result.ran.append(spec.id)
     if recipe.bench is not None:
-        rdir = run_dir / "report"
+        rdir = RunLayout(run_dir).report_dir
         result.report_files = {n: rdir / n for n in ("report.json", "report.md", "junit.xml", "pareto.png")
                                if (rdir / n).exists()}
     result.seconds = round(time.time() - t0, 1)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import config_to_dict, option_value
 from ..errors import ConfigError, DataError, MedfmError, UsageError
+from ..layout import RunLayout
 from ..runtime.tasks import drop_gates, get_task, loss_upper_bound, models_where, task_names
 from .latency import LatencyConfig, measure_end_to_end, measure_engines, measure_volume_end_to_end
 
@@ -198,7 +199,7 @@ def _artifact_files(path: str, options: dict[str, Any]) -> list[Path]:
     p = Path(path)
     if p.is_dir():
         name = options.get("name", "student")
-        return [p / f"{name}.safetensors", p / f"{name}.json"]
+        return [RunLayout(p).weights(name), RunLayout(p).card(name)]
     if not p.exists() or p.suffix.lower() == ".json":
         return [p.with_suffix(".json"), p.with_suffix(".safetensors")]
     if p.suffix.lower() == ".xml":

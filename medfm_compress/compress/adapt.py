@@ -29,6 +29,7 @@ from .._cache import cache_dir
 from .._io import atomic_path, atomic_write_json, ensure_dir, no_partial_output, sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ModelError
+from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
 from ..runtime.tasks import get_task
 from .artifacts import RunResult, TrainLog, write_model
@@ -389,7 +390,7 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
              else None)
     epochs, lr, patience = cfg.resolved_epochs, cfg.resolved_lr, cfg.resolved_patience
     model = model.to(device)
-    ckpt_dir = ensure_dir(Path(work_dir) / "checkpoints")
+    ckpt_dir = ensure_dir(RunLayout(work_dir).checkpoints)
     bs = min(cfg.batch_size, len(labeled))
     spe = max(1, len(labeled) // bs)
 
@@ -514,15 +515,16 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     """Run the adaptation as configured; see the module docstring for what is written."""
     from ..data import load_data
     from ..data.dataset import require_task
-    from ..data.digest import SPLITS_CSV, data_digest, split_summary, write_splits_csv
+    from ..data.digest import data_digest, split_summary, write_splits_csv
     from .taskprep import select_device
 
     t0 = time.time()
     out = Path(cfg.out)
-    with no_partial_output(out, keep_log="train.log"):
+    layout = RunLayout(out)
+    with no_partial_output(out, keep_log=layout.train_log.name):
         ensure_dir(out)
-        (out / "train.log").unlink(missing_ok=True)
-        log = TrainLog(out / "train.log", echo=cfg.progress)
+        layout.train_log.unlink(missing_ok=True)
+        log = TrainLog(layout.train_log, echo=cfg.progress)
         check_inputs([cfg.teacher_weights] if cfg.teacher_weights else [], False)
         device = select_device(cfg.device)
         task = load_data(cfg.data, seed=cfg.seed)
@@ -535,8 +537,8 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
         artifacts: dict[str, Path] = {}
         artifacts["teacher_weights"], artifacts["teacher_card"] = write_model(adapted.model, adapted.card, out,
                                                                               "teacher")
-        artifacts["metrics"] = atomic_write_json(out / "metrics.json", metrics)
-        artifacts["splits"] = write_splits_csv(task, out / SPLITS_CSV)
+        artifacts["metrics"] = atomic_write_json(layout.metrics, metrics)
+        artifacts["splits"] = write_splits_csv(task, layout.splits)
         manifest = Manifest(out)
         rec = manifest.start("adapt", cfg.to_dict(), {"data": cfg.data} | (
             {"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights else {}))

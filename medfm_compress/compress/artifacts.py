@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import __version__
 from .._io import atomic_path
+from ..layout import RunLayout
 
 __all__ = ["TrainLog", "write_model", "link_or_copy", "RunResult"]
 
@@ -45,9 +46,10 @@ def write_model(model, card, out: Path, name: str) -> tuple[Path, Path]:
     """``out/<name>.safetensors`` and ``out/<name>.json`` (the model card), each written atomically."""
     from ..models.weights import save_state_dict
 
-    w = save_state_dict(model, out / f"{name}.safetensors",
+    layout = RunLayout(out)
+    w = save_state_dict(model, layout.weights(name),
                         metadata={"arch": card.arch, "tool": f"medfm-compress {__version__}"})
-    c = card.save(out / f"{name}.json")
+    c = card.save(layout.card(name))
     return w, c
 
 

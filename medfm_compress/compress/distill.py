@@ -21,6 +21,7 @@ from .. import __version__
 from .._io import atomic_write_json, ensure_dir, no_partial_output
 from ..config import config_to_dict
 from ..errors import ConfigError
+from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
 from .artifacts import RunResult, TrainLog, link_or_copy, write_model
 from .taskprep import (
@@ -199,16 +200,17 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     np.random.seed(cfg.seed)
 
     out = ensure_dir(cfg.out)
-    log = TrainLog(out / "train.log", echo=cfg.progress and rank == 0)
+    layout = RunLayout(out)
+    log = TrainLog(layout.train_log, echo=cfg.progress and rank == 0)
     if rank == 0 and not cfg.resume:
         # A fresh run must not mix with an older one's checkpoints or outputs.
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    ckpt_dir = ensure_dir(out / "checkpoints")
+        shutil.rmtree(layout.checkpoints, ignore_errors=True)
+    ckpt_dir = ensure_dir(layout.checkpoints)
     manifest = Manifest(out)
     if cfg.resume:
-        for name in ("student.safetensors", "student.json"):
-            if (out / name).exists():
-                manifest.check_input(out / name, cfg.force)
+        for path in (layout.weights("student"), layout.card("student")):
+            if path.exists():
+                manifest.check_input(path, cfg.force)
     # Weights taken from another run directory must still be what its manifest recorded.
     check_inputs([w for w in (cfg.teacher_weights, cfg.student_weights) if w], cfg.force)
 
@@ -313,13 +315,14 @@ def train_baseline(run: DistillRun, arch: str):
 def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStudent, baseline,
               metrics: dict[str, Any]) -> dict[str, Path]:
     """Student, teacher and baseline weights + cards, ``metrics.json`` and the manifest record (rank 0)."""
-    from ..data.digest import SPLITS_CSV, data_digest, write_splits_csv
+    from ..data.digest import data_digest, write_splits_csv
     from ..data.spec import absolute_spec
     from ..models.card import ModelCard
     from ..models.factory import count_params
     from ..models.weights import save_state_dict
 
     cfg, task, out, teacher = run.cfg, run.task, run.out, resolved.teacher
+    layout = RunLayout(out)
     provenance = {
         "tool": f"medfm-compress {__version__}",
         "data": task.source,
@@ -341,17 +344,17 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
     if teacher_source(cfg).writes_artifact():  # a packaged foundation encoder is not copied into every run
         tcard_out = dataclasses.replace(teacher.card, num_params=count_params(teacher.model), role="teacher",
                                         provenance={**teacher.card.provenance, "source": teacher.source})
-        artifacts["teacher_card"] = tcard_out.save(out / "teacher.json")
-        if resolved.weights_path is not None and resolved.weights_path.suffix == ".safetensors":
-            artifacts["teacher_weights"] = link_or_copy(resolved.weights_path, out / "teacher.safetensors")
+        artifacts["teacher_card"] = tcard_out.save(layout.card("teacher"))
+        if resolved.weights_path is not None and resolved.weights_path.suffix == layout.weights("teacher").suffix:
+            artifacts["teacher_weights"] = link_or_copy(resolved.weights_path, layout.weights("teacher"))
         else:
-            artifacts["teacher_weights"] = save_state_dict(teacher.model, out / "teacher.safetensors")
+            artifacts["teacher_weights"] = save_state_dict(teacher.model, layout.weights("teacher"))
     if baseline is not None:
         bcard = dataclasses.replace(scard, role="baseline", provenance={**provenance, "losses": ["ce"],
                                     "labeled_images": int(len(run.labeled))})
         artifacts["baseline_weights"], artifacts["baseline_card"] = write_model(baseline, bcard, out, "baseline")
-    artifacts["metrics"] = atomic_write_json(out / "metrics.json", metrics)
-    artifacts["splits"] = write_splits_csv(task, out / SPLITS_CSV)
+    artifacts["metrics"] = atomic_write_json(layout.metrics, metrics)
+    artifacts["splits"] = write_splits_csv(task, layout.splits)
     rec = run.manifest.start("distill", {**cfg.to_dict(), "resolved_losses": list(student.losses)},
                              {"data": cfg.data} | ({"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights
                                                    else {}) | ({"eval_data": cfg.eval_data} if cfg.eval_data else {}))
@@ -371,7 +374,7 @@ def distill(cfg: DistillConfig) -> DistillResult:
 
     t_start = time.time()
     # A run that fails leaves nothing it created but train.error.log; an interrupted one keeps its checkpoint.
-    with no_partial_output(cfg.out, keep_log="train.log", keep_on=(Interrupted,)):
+    with no_partial_output(cfg.out, keep_log=RunLayout(cfg.out).train_log.name, keep_on=(Interrupted,)):
         run = prepare_run(cfg)
         resolved = resolve_teacher(run)
         student = train_student(run, resolved)

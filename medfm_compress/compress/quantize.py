@@ -30,6 +30,7 @@ from .. import __version__
 from .._io import sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ExportError, ModelError
+from ..layout import RunLayout
 from ..models.card import MODEL_ROLES
 from ..runtime.tasks import get_task
 from .calibration import CalibrationSet, build_calibration
@@ -434,7 +435,7 @@ def _resolve_input(cfg: QuantizeConfig, workdir: Path, log) -> tuple[Path, Any, 
 
     src = Path(cfg.input)
     if src.is_dir():
-        if not (src / f"{cfg.model}.json").is_file():
+        if not RunLayout(src).card(cfg.model).is_file():
             raise ModelError(
                 f"{src} is a directory without {cfg.model}.json; give an .onnx file or a run directory"
             )
@@ -443,7 +444,7 @@ def _resolve_input(cfg: QuantizeConfig, workdir: Path, log) -> tuple[Path, Any, 
         res = export_onnx(ExportConfig(source=str(src), out=str(out), model=cfg.model, force=cfg.force))
         return res.path, load_onnx_checked(res.path), src
     proto = load_onnx_checked(src)
-    run_dir = src.parent if (src.parent / "manifest.json").is_file() else None
+    run_dir = src.parent if RunLayout(src.parent).manifest.is_file() else None
     return src, proto, run_dir
 
 
@@ -487,7 +488,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
         workdir = Path(tmp)
         fp32_path, proto, run_dir = _resolve_input(cfg, workdir, log)
         manifest = (
-            Manifest(run_dir) if run_dir is not None and (run_dir / "manifest.json").is_file() else None
+            Manifest(run_dir) if run_dir is not None and RunLayout(run_dir).manifest.is_file() else None
         )
         if manifest is not None:
             manifest.check_input(fp32_path, cfg.force)

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import config_to_dict
 from ..errors import BackendMissingError, ConfigError, DataError, GateFailure
+from ..layout import RunLayout
 from ..runtime.onnx_loader import run_onnx
 from .quantize import (
     QuantizeContext,
@@ -446,7 +447,7 @@ def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> 
         },
     }
     meta = ModelMeta.from_card(card, cfg.precision, provenance)
-    manifest = Manifest(run_dir) if run_dir is not None and (run_dir / "manifest.json").exists() else None
+    manifest = Manifest(run_dir) if run_dir is not None and RunLayout(run_dir).manifest.exists() else None
     rec = (
         manifest.start("quantize", cfg.to_dict(), {"weights": weights_path, "card": card_path})
         if manifest

@@ -25,6 +25,7 @@ from .._cache import cache_dir
 from .._io import atomic_write_json, ensure_dir, sha256_file
 from .._registry import Registry
 from ..errors import ConfigError, ModelError
+from ..layout import RunLayout
 from .artifacts import write_model
 from .taskprep import FrozenTeacher, accepted_keywords, adapt_batch, autocast
 from .tasks import DistillRun, ResolvedTeacher, distill_task
@@ -252,7 +253,7 @@ class AdaptedSource(_ModelSource):
             "tool": "adapt-1",
         }, sort_keys=True).encode()
         tdir = cache_dir() / "adapted" / hashlib.sha256(blob).hexdigest()[:16]
-        card, weights = tdir / "teacher.json", tdir / "teacher.safetensors"
+        card, weights = RunLayout(tdir).card("teacher"), RunLayout(tdir).weights("teacher")
         if card.is_file() and weights.is_file():
             run.log(f"teacher: adapted ({cfg.teacher_adapt}) teacher cached at {tdir}")
             return card, weights
@@ -261,7 +262,7 @@ class AdaptedSource(_ModelSource):
                     f"labelled images), cached by weights hash, data digest and config at {tdir}")
             ensure_dir(tdir)
             adapted = adapt_teacher(acfg, run.task, run.log, run.device, tdir)
-            atomic_write_json(tdir / "metrics.json", {k: v for k, v in adapted.metrics.items() if k != "history"})
+            atomic_write_json(RunLayout(tdir).metrics, {k: v for k, v in adapted.metrics.items() if k != "history"})
             write_model(adapted.model, adapted.card, tdir, "teacher")
             m = adapted.metrics.get("val") or adapted.metrics.get("test") or {}
             if m:
@@ -386,7 +387,7 @@ class ScratchSource(_ModelSource):
         epochs = cfg.teacher_epochs or TEACHER_EPOCHS
         key = self.cache_key(cfg, task, arch, epochs, self.data_digest(cfg, task))
         tdir = cache_dir() / "teachers" / key
-        tw = tdir / "teacher.safetensors"
+        tw = RunLayout(tdir).weights("teacher")
         if tw.exists():
             load_weights(model, tw, what=f"cached teacher {arch}")
             log(f"teacher: no --teacher-weights; using the default teacher {arch} trained on the full labels, "

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..export.formats import ExportOutcome, ExportRequest, register_format
 from ..export.tensorrt import EngineResult, TensorRTConfig, build_engine
+from ..layout import RunLayout
 
 __all__ = ["export_tensorrt"]
 
@@ -42,9 +43,9 @@ def export_tensorrt(
             from ..models.card import ModelCard
             from .quantize import QuantizeConfig, quantize
 
-            if calib_data is None and (src / f"{model}.json").is_file():
+            if calib_data is None and RunLayout(src).card(model).is_file():
                 # Calibrate on the data the model was trained on unless told otherwise.
-                calib_data = ModelCard.load(src / f"{model}.json").provenance.get("data")
+                calib_data = ModelCard.load(RunLayout(src).card(model)).provenance.get("data")
 
             onnx_path = base / f"{stem}.trt-{precision}.onnx"
             quantize(

@@ -23,6 +23,7 @@ import numpy as np
 
 from .._io import atomic_write_text, sha256_file
 from ..errors import DataError, MedfmError
+from ..layout import RunLayout
 from ..runtime.tasks import get_task
 from .dataset import SPLITS, Split, TaskData, class_presence
 from .lazy import iter_batches
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 DIGEST_VERSION = 1
-SPLITS_CSV = "splits.csv"
+SPLITS_CSV = RunLayout(".").splits.name
 # Names listed per kind of change before "... (N more)".
 _SHOWN = 5
 _CONTENT_KEY = "_content_digest"

@@ -18,6 +18,7 @@ from .. import __version__
 from .._io import sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, DataError, ExportError
+from ..layout import RunLayout
 from ..models.card import MODEL_ROLES
 from ..runtime.metadata import ModelMeta
 from .formats import ExportOutcome, ExportRequest, register_format
@@ -99,10 +100,10 @@ def _training_data(card, run_dir: Path | None) -> str | None:
     from ..data.spec import parse_data_spec
 
     prov = card.provenance
-    if not (prov.get("data") or prov.get("trained_on")) and run_dir is not None and (run_dir / "student.json").is_file():
+    if not (prov.get("data") or prov.get("trained_on")) and run_dir is not None and RunLayout(run_dir).card("student").is_file():
         from ..models.card import ModelCard
 
-        prov = ModelCard.load(run_dir / "student.json").provenance
+        prov = ModelCard.load(RunLayout(run_dir).card("student")).provenance
     spec = prov.get("data") or prov.get("trained_on")
     # A relative folder path names the data from the directory distill ran in; from elsewhere, the absolute one.
     if spec and prov.get("data_absolute"):
@@ -123,7 +124,7 @@ def export_onnx(cfg: ExportConfig) -> ExportResult:
     src = Path(cfg.source)
     card_path, weights_path = resolve_model_files(src, cfg.model)
     run_dir = src if src.is_dir() else None
-    manifest = Manifest(run_dir) if run_dir is not None and (run_dir / "manifest.json").exists() else None
+    manifest = Manifest(run_dir) if run_dir is not None and RunLayout(run_dir).manifest.exists() else None
     if manifest is not None:
         manifest.check_input(weights_path, cfg.force)
     model, card = load_model(src, cfg.model)

@@ -8,6 +8,7 @@ from typing import Any
 
 from .._io import atomic_write_json, read_json
 from ..errors import ModelError
+from ..layout import RunLayout
 from ..runtime.preprocess import PreprocessSpec
 
 __all__ = ["ModelCard", "load_model", "resolve_model_files", "CARD_FORMAT", "CARD_VERSION", "MODEL_ROLES"]
@@ -95,7 +96,7 @@ def resolve_model_files(path: str | Path, name: str = "student") -> tuple[Path, 
     """Find ``(card.json, weights.safetensors)`` from a run directory, a card or a weight file."""
     p = Path(path)
     if p.is_dir():
-        card, weights = p / f"{name}.json", p / f"{name}.safetensors"
+        card, weights = RunLayout(p).card(name), RunLayout(p).weights(name)
     elif p.suffix == ".json":
         card, weights = p, p.with_suffix(".safetensors")
     elif p.suffix == ".safetensors":
