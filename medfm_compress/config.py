@@ -35,7 +35,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        out[f.name] = list(v) if isinstance(v, tuple) else v
+        out[f.name] = list(v) if isinstance(v, tuple) else config_to_dict(v) if dataclasses.is_dataclass(v) else v
     return out
 
 
@@ -96,6 +96,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a nested config (a backend's own settings)
+        if isinstance(value, hint):
+            return value
+        return config_from_dict(hint, value, where)
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")

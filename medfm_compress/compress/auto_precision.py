@@ -79,6 +79,8 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     volume = task.dense and ctx.meta.preprocess.is_volume
     batch_sizes = tuple(cfg.batch_sizes or ((VOLUME_SW_BATCH,) if volume else (1,)))
     shape = (batch_sizes[0], *ctx.input_shape)
+    # Each candidate's own timing when built (the table's build_latency_ms); the decision times them all again in one
+    # interleaved loop through the context's timer.
     fp32_ms = latency.latency_ms(ctx.fp32_proto, shape, cfg.latency_runs)
     table: list[dict[str, Any]] = [
         {
@@ -215,7 +217,7 @@ def _time_interleaved(ctx: QuantizeContext, table: list[dict[str, Any]], candida
         if b > 1 and streams > 1:
             models.update({f"{k}{_STREAMS}{streams}": (*v, streams) for k, v in timed.items() if v[0] == "onnxruntime"})
         dtypes = {k: dtype16 for k in models if k.split(_STREAMS)[0] == "fp16"}
-        ms = latency.interleaved_latency_ms(models, (b, *ctx.input_shape), cfg.latency_runs, dtypes)
+        ms = ctx.time_ms(models, (b, *ctx.input_shape), dtypes)
         for key, value in ms.items():
             name, _, n = key.partition(_STREAMS)
             row = next(r for r in table if r["precision"] == name)

@@ -4,8 +4,8 @@
 flags) or a run directory (exported first), builds a calibration set, hands both to the backend registered
 for ``cfg.target`` and writes the backend's model atomically with updated ``medfm.*`` metadata.
 
-Backends register themselves with :func:`register_target`; modules named ``medfm_compress.compress.quantize_*``
-are imported on first use, so a new target needs a new module only::
+Backends register themselves with :func:`register_target`; the modules of :data:`TARGET_MODULES` are imported on
+first use, so a new target is a module plus its name in that list::
 
     @register_target("mytarget", precisions=("int8",), methods=("ptq",), options=("calibrator",))
     def quantize_mytarget(ctx: QuantizeContext) -> QuantizedModel: ...
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import pkgutil
 import sys
 import tempfile
 import time
@@ -64,6 +63,37 @@ SEARCH_OPTIONS = ("calibrator", "percentile", "per_channel", "reduce_range", "au
 
 
 @dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware distillation of a fake-quant student. ``None`` means "use the default".
+
+    Defaults from benchmarks/qat_recovery.py: on a tiny synthetic run KD alone at lr 1e-4 for 3 epochs did not
+    recover a 4-bit PTQ loss; KD + hard-label CE at lr 5e-4 for 5 epochs did. On the resnet18_w32 student
+    (results/qat_recovery-w32.json) these settings took a 4-bit PTQ drop of 4.57 AUC points to -0.34."""
+
+    epochs: int = 5
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    temperature: float = 2.0
+    ce_weight: float = 1.0
+    seed: int = 0
+    augment: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"QAT epochs must be >= 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"QAT lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"QAT batch size must be >= 1, got {self.batch_size}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclass(frozen=True)
 class QuantizeConfig:
     """``medfm-compress quantize``. ``None`` means "use the default".
 
@@ -105,6 +135,7 @@ class QuantizeConfig:
         input_size, channels, mean, std: preprocessing of an ONNX without medfm metadata.
         model: which model of a run directory (student, teacher, baseline).
         teacher: teacher for methods that need one (qat).
+        qat: the quantization-aware distillation's settings (``--method qat``; None: :class:`QATConfig`'s defaults).
         latency_runs: timed runs per candidate when latency decides (auto, auto-exclude, search).
         batch_sizes: with ``--precision auto``: the batch sizes the model will run at (default: batch 1; a volume
             model: 4, the windows per call of its sliding window). Every
@@ -152,6 +183,7 @@ class QuantizeConfig:
     std: tuple[float, ...] | None = None
     model: str = "student"
     teacher: str | None = None
+    qat: QATConfig | None = None
     latency_runs: int = 50
     batch_sizes: tuple[int, ...] | None = None
     search: bool = True
@@ -234,6 +266,16 @@ class QuantizeContext:
     workdir: Path
     run_dir: Path | None = None
     log: Callable[[str], None] = print
+    # Times candidates: ``timer(models, shape, runs, dtypes)`` -> p50 ms by name, each model a ``name -> (engine,
+    # model[, precision[, streams]])`` entry (latency.interleaved_latency_ms; tests inject their own).
+    timer: Callable[..., dict[str, float]] | None = None
+
+    def time_ms(self, models: dict[str, tuple], shape: tuple[int, ...], dtypes: dict[str, Any] | None = None
+                ) -> dict[str, float]:
+        """p50 latency (ms) of each candidate at ``shape``, all timed in the same interleaved rounds."""
+        from . import latency
+
+        return (self.timer or latency.interleaved_latency_ms)(models, shape, self.cfg.latency_runs, dtypes)
 
 
 @dataclass
@@ -312,6 +354,9 @@ class QuantTarget:
 
 
 _TARGETS: dict[str, QuantTarget] = {}
+# The modules that register quantization targets, imported on first use (a backend whose optional dependency is
+# missing must not take the other targets down).
+TARGET_MODULES = ("quantize_ort", "quantize_openvino", "quantize_trt")
 _DISCOVERED = False
 _BROKEN: dict[str, str] = {}
 
@@ -352,15 +397,11 @@ def _discover() -> None:
     if _DISCOVERED:
         return
     _DISCOVERED = True
-    from .. import compress
-
-    for mod in pkgutil.iter_modules(compress.__path__):
-        if mod.name.startswith("quantize_"):
-            try:
-                importlib.import_module(f"{compress.__name__}.{mod.name}")
-            except ImportError as e:
-                # A backend whose optional dependency is missing must not take the other targets down.
-                _BROKEN[mod.name] = f"{type(e).__name__}: {e}"
+    for name in TARGET_MODULES:
+        try:
+            importlib.import_module(f"{__package__}.{name}")
+        except ImportError as e:
+            _BROKEN[name] = f"{type(e).__name__}: {e}"
 
 
 def available_targets() -> dict[str, QuantTarget]:
@@ -463,8 +504,10 @@ def _default_out(cfg: QuantizeConfig, fp32_path: Path, precision: str) -> Path:
     return fp32_path.with_name(f"{stem}.{precision}.onnx")
 
 
-def quantize(cfg: QuantizeConfig) -> QuantizeResult:
-    """Quantize ``cfg.input`` for ``cfg.target``; writes nothing unless every check passes."""
+def quantize(cfg: QuantizeConfig, timer: Callable[..., dict[str, float]] | None = None) -> QuantizeResult:
+    """Quantize ``cfg.input`` for ``cfg.target``; writes nothing unless every check passes. ``timer`` times latency
+    candidates (default :func:`medfm_compress.compress.latency.interleaved_latency_ms`; see
+    :attr:`QuantizeContext.timer`)."""
     from ..export.onnx_build import save_onnx, set_meta
     from ..manifest import Manifest
     from ..runtime.metadata import decode_metadata, meta_from_flags
@@ -539,6 +582,7 @@ def quantize(cfg: QuantizeConfig) -> QuantizeResult:
             workdir=workdir,
             run_dir=run_dir,
             log=log,
+            timer=timer,
         )
         out = Path(cfg.out) if cfg.out and not out_is_stem(cfg) else None
         rec = (
@@ -609,11 +653,12 @@ def _speed_check(ctx: QuantizeContext, qm: QuantizedModel) -> None:
     dispatch). ``--precision auto`` and the search choose by speed; this only tells."""
     from .latency import interleaved_latency_ms
 
+    timer = ctx.timer or interleaved_latency_ms
     if qm.save is not None or qm.precision != "int8" or "search" in qm.report or qm.provenance.get("auto"):
         return
     shape = (1, *ctx.input_shape)
-    ms = interleaved_latency_ms({"fp32": ("onnxruntime", ctx.fp32_proto), "q": ("onnxruntime", qm.proto)}, shape,
-                                runs=min(ctx.cfg.latency_runs, 50), rounds=3)
+    ms = timer({"fp32": ("onnxruntime", ctx.fp32_proto), "q": ("onnxruntime", qm.proto)}, shape,
+               runs=min(ctx.cfg.latency_runs, 50), rounds=3)
     ratio = ms["fp32"] / ms["q"] if ms["q"] else None
     qm.report["speed_vs_fp32"] = {"batch_size": 1, "fp32_ms": ms["fp32"], "ms": ms["q"], "speedup": ratio,
                                   "engine": "onnxruntime"}

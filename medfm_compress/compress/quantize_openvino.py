@@ -358,8 +358,7 @@ def _int8_candidate(ctx: QuantizeContext, fp32_model, ref: np.ndarray) -> Quanti
     moves int8 towards fp32 speed, so otherwise it cannot win (on mobilenetv3 here it took > 10 min for nothing)."""
 
     def worth_restoring(q, report) -> bool:
-        ms = latency.interleaved_latency_ms({"int8": ("openvino", q), "fp32": ("openvino", fp32_model)},
-                                    (1, *ctx.input_shape), ctx.cfg.latency_runs)
+        ms = ctx.time_ms({"int8": ("openvino", q), "fp32": ("openvino", fp32_model)}, (1, *ctx.input_shape))
         if ms["int8"] < ms["fp32"]:
             return True
         why = (f"accuracy control skipped: plain int8 ({ms['int8']:.2f} ms) is no faster than OpenVINO fp32 "

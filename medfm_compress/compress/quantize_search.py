@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import GateFailure, MedfmError
-from . import latency
 from .auto_precision import AUTO_TIE_PCT
 from .quantize import (
     QuantizeConfig,
@@ -324,7 +323,7 @@ def _time_passing(state: SearchState) -> None:
             fp32 = state.candidates[r["#"]].fp32()
             models[f"fp32:{engine}"] = (engine, fp32) if engine == "onnxruntime" else (engine, fp32, "fp32")
         models[f"#{r['#']}"] = (engine, qm.proto) if engine == "onnxruntime" else (engine, qm.proto, qm.precision)
-    ms = latency.interleaved_latency_ms(models, (1, *state.ctx.input_shape), cfg.latency_runs)
+    ms = state.ctx.time_ms(models, (1, *state.ctx.input_shape))
     want_ir = str(cfg.out).lower().endswith(".xml") if cfg.out else None
     for r in passing:
         r["latency_ms"], r["fp32_latency_ms"] = ms[f"#{r['#']}"], ms[f"fp32:{r['engine']}"]

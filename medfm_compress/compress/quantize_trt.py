@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import config_to_dict
 from ..errors import BackendMissingError, ConfigError, DataError, GateFailure
-from ..layout import RunLayout
 from ..runtime.onnx_loader import run_onnx
 from .quantize import (
+    QATConfig,
     QuantizeContext,
     QuantizedModel,
     gate_flags,
@@ -46,9 +44,6 @@ __all__ = [
     "quantize_torch",
     "qat_distill",
     "export_quantized_onnx",
-    "TrtQuantizeConfig",
-    "TrtQuantizeResult",
-    "quantize_run_for_tensorrt",
     "forward_logits",
 ]
 
@@ -142,37 +137,6 @@ def quantize_torch(
     with _quiet():
         qmodel = mtq.quantize(qmodel, cfg, forward_loop)
     return qmodel.eval()
-
-
-@dataclass(frozen=True)
-class QATConfig:
-    """Quantization-aware distillation of a fake-quant student. ``None`` means "use the default".
-
-    Defaults from benchmarks/qat_recovery.py: on a tiny synthetic run KD alone at lr 1e-4 for 3 epochs did not
-    recover a 4-bit PTQ loss; KD + hard-label CE at lr 5e-4 for 5 epochs did. On the resnet18_w32 student
-    (results/qat_recovery-w32.json) these settings took a 4-bit PTQ drop of 4.57 AUC points to -0.34."""
-
-    epochs: int = 5
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    temperature: float = 2.0
-    ce_weight: float = 1.0
-    seed: int = 0
-    augment: bool = False
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ConfigError(f"QAT epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"QAT lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise ConfigError(f"QAT batch size must be >= 1, got {self.batch_size}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
 
 @dataclass
@@ -309,162 +273,13 @@ class _quiet:
         self._stack.close()
 
 
-# --------------------------------------------------------------------------------------------------------------
-# The stage: run directory -> QDQ ONNX for TensorRT
-
-
-@dataclass(frozen=True)
-class TrtQuantizeConfig:
-    """``medfm-compress quantize RUN_DIR --target tensorrt``. ``None`` means "use the default".
-
-    Attributes:
-        source: run directory (or card/safetensors) holding the torch model; ModelOpt quantizes torch modules.
-        out: output ONNX path (default ``<run>/<model>.trt-<precision>[-qat].onnx``).
-        precision: ``int8`` | ``fp8``.
-        method: ``ptq`` (calibrate only) | ``qat`` (calibrate, then distill from the teacher with quantizers on).
-        calib_data: data spec for calibration/QAT (default: the data the model was trained on).
-        num_calib: calibration images, drawn stratified by class from the train split.
-        teacher: where the QAT teacher comes from (default: the run directory's teacher).
-    """
-
-    source: str
-    out: str | None = None
-    model: str = "student"
-    precision: str = "int8"
-    method: str = "ptq"
-    calib_data: str | None = None
-    num_calib: int = 256
-    teacher: str | None = None
-    qat: QATConfig = field(default_factory=QATConfig)
-    seed: int = 0
-    version: int = 1
-
-    def __post_init__(self):
-        if self.version != 1:
-            raise ConfigError(
-                f"tensorrt quantize config version {self.version} is not supported (expected 1)"
-            )
-        if self.precision not in TRT_QUANT_PRECISIONS:
-            raise ConfigError(
-                f"--precision for --target tensorrt must be one of {', '.join(TRT_QUANT_PRECISIONS)} "
-                "(fp16: export the fp32 ONNX and build with --precision fp16), got "
-                f"{self.precision!r}"
-            )
-        if self.method not in ("ptq", "qat"):
-            raise ConfigError(f"--method must be ptq or qat, got {self.method!r}")
-        if self.num_calib < 1:
-            raise ConfigError(f"--num-calib must be >= 1, got {self.num_calib}")
-
-    def to_dict(self) -> dict[str, Any]:
-        import dataclasses
-
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class TrtQuantizeResult:
-    path: Path
-    precision: str
-    method: str
-    metrics: dict[str, float]
-    qat_history: list[dict[str, float]]
-    seconds: float
-
-
-def quantize_run_for_tensorrt(cfg: TrtQuantizeConfig, progress: bool = True) -> TrtQuantizeResult:
-    """Quantize a trained model for TensorRT (PTQ or QAT) and write symmetric QDQ ONNX with our metadata.
-
-    Metrics on the test split (fp32 vs fake-quant torch): top-1 agreement and the task metric of each, so the
-    cost of quantization is printed next to the artifact.
-    """
-    import torch
-
-    from .. import __version__
-    from .._io import sha256_file
-    from ..data import load_data
-    from ..manifest import Manifest
-    from ..models.card import load_model, resolve_model_files
-    from ..runtime.metadata import ModelMeta
-    from ..runtime.tasks import get_task
-    from .calibration import stratified_indices
-
-    t0 = time.time()
-    src = Path(cfg.source)
-    card_path, weights_path = resolve_model_files(src, cfg.model)
-    run_dir = src if src.is_dir() else None
-    model, card = load_model(src, cfg.model)
-    data_spec = cfg.calib_data or card.provenance.get("data")
-    if not data_spec:
-        raise ConfigError(f"{card_path} names no training data; pass --calib-data SPEC")
-    task_data = load_data(data_spec, require_labels=True, seed=cfg.seed)
-    train = task_data.splits.get("train")
-    if train is None or len(train) == 0:
-        raise DataError(f"{data_spec} has no train split to calibrate on")
-    pre = card.preprocess
-    calib_idx = stratified_indices(train.labels, cfg.num_calib, cfg.seed, card.task)
-    calib = pre(train.images[calib_idx])
-    if calib.shape[1] != card.in_chans:
-        raise DataError(f"calibration images have {calib.shape[1]} channels; the model takes {card.in_chans}")
-
-    qmodel = quantize_torch(model, calib, cfg.precision)
-    history: list[dict[str, float]] = []
-    if cfg.method == "qat":
-        teacher_src = cfg.teacher or str(src)
-        teacher, _ = load_model(teacher_src, "teacher")
-        x_train = pre(train.images)
-        t_logits = forward_logits(teacher.eval(), x_train)
-        history = qat_distill(
-            qmodel, t_logits, x_train, card.task, cfg.qat, labels=train.labels, progress=progress
-        ).history
-
-    metrics: dict[str, float] = {}
-    test = task_data.splits.get("test")
-    if test is not None and len(test):
-        x_test = pre(test.images)
-        ref = forward_logits(model.eval(), x_test)
-        q = forward_logits(qmodel, x_test)
-        task = get_task(card.task)
-        metrics["top1_agreement"] = float(task.agreement(ref, q))
-        for k, v in task.task_metrics(ref, test.labels).items():
-            metrics[f"fp32_{k}"] = float(v)
-        for k, v in task.task_metrics(q, test.labels).items():
-            metrics[f"quant_{k}"] = float(v)
-
-    suffix = f"trt-{cfg.precision}{'-qat' if cfg.method == 'qat' else ''}"
-    out = Path(cfg.out) if cfg.out else (run_dir or weights_path.parent) / f"{cfg.model}.{suffix}.onnx"
-    provenance = {
-        "tool": f"medfm-compress {__version__}",
-        "source_weights": weights_path.name,
-        "source_weights_sha256": sha256_file(weights_path),
-        "quantization": {
-            "target": "tensorrt",
-            "backend": "nvidia-modelopt",
-            "precision": cfg.precision,
-            "method": cfg.method,
-            "calib_data": data_spec,
-            "num_calib": int(len(calib_idx)),
-            **({"qat": cfg.qat.to_dict()} if cfg.method == "qat" else {}),
-        },
-    }
-    meta = ModelMeta.from_card(card, cfg.precision, provenance)
-    manifest = Manifest(run_dir) if run_dir is not None and RunLayout(run_dir).manifest.exists() else None
-    rec = (
-        manifest.start("quantize", cfg.to_dict(), {"weights": weights_path, "card": card_path})
-        if manifest
-        else None
-    )
-    export_quantized_onnx(qmodel, meta, out, torch.from_numpy(calib[:1].copy()))
-    if manifest is not None and rec is not None:
-        manifest.finish(rec, {"onnx": out}, metrics)
-    return TrtQuantizeResult(out, cfg.precision, cfg.method, metrics, history, round(time.time() - t0, 2))
-
 
 # --------------------------------------------------------------------------------------------------------------
 # ``medfm-compress quantize --target tensorrt`` (the quantize stage's registry)
 
 
 
-@register_target("tensorrt", precisions=("int8", "fp8", "fp16"), methods=("ptq", "qat"), options=("teacher",))
+@register_target("tensorrt", precisions=("int8", "fp8", "fp16"), methods=("ptq", "qat"), options=("teacher", "qat"))
 def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
     """Symmetric QDQ ONNX for TensorRT.
 
@@ -526,7 +341,7 @@ def _torch_path(ctx: QuantizeContext):
             raise DataError(f"{spec} has no train split for QAT")
         x_train = card.preprocess(train.images)
         teacher, _ = load_model(cfg.teacher or ctx.run_dir, "teacher")
-        qcfg = QATConfig(seed=cfg.seed)
+        qcfg = cfg.qat or QATConfig(seed=cfg.seed)
         ctx.log(f"QAT: {qcfg.epochs} epochs of KD from the teacher on {len(x_train)} images")
         hist = qat_distill(
             qmodel,

@@ -166,7 +166,6 @@ def auto_exclude(
 ) -> AutoExcludeResult:
     """Exclude the most damaging nodes until the parity gate holds on held-out data, staying faster than fp32."""
     from ..runtime.onnx_loader import run_onnx
-    from . import latency
 
     cfg = ctx.cfg
     full = sq.quantize(exclude=base_exclude)
@@ -212,8 +211,7 @@ def auto_exclude(
         k = len(excluded)
         # fp32 and the candidate timed in one interleaved loop: two separate timings on a drifting machine
         # can differ by more than the speed-up being judged.
-        both = latency.interleaved_latency_ms({"fp32": ("onnxruntime", ctx.fp32_proto), "int8": ("onnxruntime", proto)},
-                                      shape, cfg.latency_runs)
+        both = ctx.time_ms({"fp32": ("onnxruntime", ctx.fp32_proto), "int8": ("onnxruntime", proto)}, shape)
         ms, fp32_ms = both["int8"], both["fp32"]
         step["latency_ms"], step["fp32_latency_ms"] = ms, fp32_ms
         if ms >= fp32_ms:

@@ -191,9 +191,8 @@ def test_auto_takes_the_most_faithful_of_a_timing_tie(tiny_onnx, tmp_path, monke
         def fake(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
             return {k: {"fp32": fp32_ms, "int8": 1.0}.get(k, 5.0) for k in models}
 
-        monkeypatch.setattr(latency, "interleaved_latency_ms", fake)
         return quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / f"t{fp32_ms}.onnx"), calib_data=TINY,
-                                       precision="auto", min_agreement=0.0, **FAST))
+                                       precision="auto", min_agreement=0.0, **FAST), timer=fake)
 
     res = pick(1.03)
     rows = {r["precision"]: r for r in res.report["auto_table"]}
@@ -212,10 +211,10 @@ def test_auto_decides_on_the_interleaved_timing(tiny_onnx, tmp_path, monkeypatch
         seen.update(models)
         return {k: (1.0 if k == "fp32" else 2.0) for k in models}
 
-    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_interleaved)
     res = quantize(
         QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "i.onnx"), calib_data=TINY, precision="auto",
-                       min_agreement=0.0, **FAST)
+                       min_agreement=0.0, **FAST),
+        timer=fake_interleaved,
     )
     assert {"fp32", "int8", "int8-dynamic", "fp16"} <= set(seen)
     assert res.precision == "fp32" and "interleaved" in res.report["auto_reason"]
@@ -237,7 +236,6 @@ def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
     def fake_interleaved(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
         return {k: 10.0 - 0.1 * _ops(m).count("QuantizeLinear") for k, (_engine, m) in models.items()}
 
-    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_interleaved)
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
     cfg = QuantizeConfig(
         input=str(tiny_onnx),
@@ -250,7 +248,7 @@ def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
     )
     # Deterministic (fixed calibration sample, faked timer): keeping a few of the worst nodes in fp32 meets
     # the cosine gate that plain int8 misses, so this writes a model; a GateFailure here is a regression.
-    res = quantize(cfg)
+    res = quantize(cfg, timer=fake_interleaved)
     ae = res.report["auto_exclude"]
     assert ae["excluded"] and res.report["parity"]["cosine"] >= 0.99995
     assert res.report["parity_naive"]["cosine"] < 0.99995
@@ -269,13 +267,12 @@ def test_auto_exclude_refuses_a_model_no_faster_than_fp32(tiny_onnx, tmp_path, m
     def fp32_fastest(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
         return {k: 1.0 if k == "fp32" else 2.0 for k in models}
 
-    monkeypatch.setattr(latency, "interleaved_latency_ms", fp32_fastest)
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
     cfg = QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "x.onnx"), calib_data=TINY,
                          min_agreement=0.0, min_cosine=0.99995, auto_exclude=True, search=False, **FAST)
     msg = r"only with \d+ of \d+ nodes in fp32, and that model is not faster than fp32 \(2\.00 vs 1\.00 ms\)"
     with pytest.raises(GateFailure, match=msg):
-        quantize(cfg)
+        quantize(cfg, timer=fp32_fastest)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -52,11 +52,11 @@ def test_auto_chooses_per_batch_size_and_writes_the_other_winner(tiny_onnx, tmp_
     """int8 wins batch 1; at batch 32 fp16 run as two streams wins: both files are written and every artifact's
     metadata, the report and the result name the file and run settings for each batch size."""
     seen: list = []
-    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_timer(
+    timer = (fake_timer(
         {1: {"fp32": 2.0, "int8": 1.0}, 32: {"fp32": 20.0, "int8": 30.0, "int8@streams2": 25.0, "fp16@streams2": 9.0}},
         seen))
     res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "auto.onnx"), calib_data=TINY,
-                                  precision="auto", batch_sizes=(1, 32), min_agreement=0.0, **FAST))
+                                  precision="auto", batch_sizes=(1, 32), min_agreement=0.0, **FAST), timer=timer)
     # One interleaved loop per batch size; streams only where there is a batch to split.
     assert [b for b, _ in seen] == [1, 32]
     assert not any("@streams" in k for k in seen[0][1])
@@ -102,12 +102,12 @@ def test_an_ir_winning_batch_32_is_written_beside_the_onnx(tiny_onnx, tmp_path, 
                   "cosine": 1.0, "passes": True, "size_bytes": 7}, qm)]
 
     monkeypatch.setattr(auto_precision, "AUTO_CANDIDATE_PROVIDERS", [ir_candidates])
-    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_timer(
+    timer = (fake_timer(
         {1: {"fp32": 2.0, "int8": 1.0}, 32: {"fp32": 20.0, "openvino-int8": 6.0}}))
     src = tmp_path / "student.onnx"
     shutil.copy(tiny_onnx, src)
     res = quantize(QuantizeConfig(input=str(src), calib_data=TINY, precision="auto", batch_sizes=(1, 32),
-                                  min_agreement=0.0, **FAST))
+                                  min_agreement=0.0, **FAST), timer=timer)
     assert res.path == tmp_path / "student.int8.onnx"
     ir = tmp_path / "student.int8.bs32.xml"
     assert [(r["batch_size"], r["path"], r["engine"]) for r in res.by_batch] == [
@@ -121,10 +121,10 @@ def test_an_ir_winning_batch_32_is_written_beside_the_onnx(tiny_onnx, tmp_path, 
 
 def test_one_model_for_every_batch_size_is_written_once(tiny_onnx, tmp_path, monkeypatch, two_cores):
     """int8 wins both batch sizes (as two streams at batch 8): one file; the table says how to run it at each."""
-    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_timer(
+    timer = (fake_timer(
         {1: {"fp32": 2.0, "int8": 1.0}, 8: {"fp32": 10.0, "int8": 8.0, "int8@streams2": 5.0}}))
     res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "one.onnx"), calib_data=TINY,
-                                  precision="auto", batch_sizes=(8, 1, 8), min_agreement=0.0, **FAST))
+                                  precision="auto", batch_sizes=(8, 1, 8), min_agreement=0.0, **FAST), timer=timer)
     assert [p.name for p in tmp_path.iterdir()] == ["one.onnx"]
     # Duplicates go, the order stays: the first batch size given decides the model at --out.
     assert [(r["batch_size"], r["path"].name, r["streams"]) for r in res.by_batch] == [(8, "one.onnx", 2),
@@ -135,10 +135,10 @@ def test_one_model_for_every_batch_size_is_written_once(tiny_onnx, tmp_path, mon
 def test_a_tie_at_a_batch_size_keeps_the_simpler_run(tiny_onnx, tmp_path, monkeypatch, two_cores):
     """Within AUTO_TIE_PCT the most faithful wins, then one run over streams: int8 as streams 3% faster than int8
     as one run is no reason to recommend streams."""
-    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_timer(
+    timer = (fake_timer(
         {1: {"int8": 1.0}, 16: {"fp32": 20.0, "int8": 10.3, "int8@streams2": 10.0}}))
     res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "t.onnx"), calib_data=TINY,
-                                  precision="auto", batch_sizes=(1, 16), min_agreement=0.0, **FAST))
+                                  precision="auto", batch_sizes=(1, 16), min_agreement=0.0, **FAST), timer=timer)
     row = res.by_batch[1]
     assert (row["candidate"], row["streams"], row["latency_ms"]) == ("int8", 1, 10.3)
     assert "within 5% of the fastest at batch 16" in res.report["auto_reason"]
@@ -146,9 +146,9 @@ def test_a_tie_at_a_batch_size_keeps_the_simpler_run(tiny_onnx, tmp_path, monkey
 
 def test_without_batch_sizes_auto_times_batch_1_only(tiny_onnx, tmp_path, monkeypatch, two_cores):
     seen: list = []
-    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_timer({1: {"fp32": 1.0}}, seen))
+    timer = (fake_timer({1: {"fp32": 1.0}}, seen))
     res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "b1.onnx"), calib_data=TINY,
-                                  precision="auto", min_agreement=0.0, **FAST))
+                                  precision="auto", min_agreement=0.0, **FAST), timer=timer)
     assert [b for b, _ in seen] == [1] and res.by_batch == [] and "auto_by_batch" not in res.report
     assert "by_batch" not in read_meta(res.path).provenance["quantization"]["auto"]
 
@@ -182,11 +182,11 @@ def test_pipeline_benches_the_artifact_of_each_batch_size(tiny_onnx, tmp_path, m
     """The bench stage of a recipe adds, per batch size, the artifact and run settings the auto variant names."""
     from medfm_compress.pipeline import _batch_artifacts
 
-    monkeypatch.setattr(latency, "interleaved_latency_ms", fake_timer(
+    timer = (fake_timer(
         {1: {"fp32": 2.0, "int8": 1.0}, 4: {"fp32": 9.0, "int8@streams2": 3.0}, 32: {"fp16": 5.0}}))
     variant = {"name": "auto", "target": "cpu", "precision": "auto", "batch_sizes": [1, 4, 32]}
     quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "student.auto.onnx"), calib_data=TINY,
-                            precision="auto", batch_sizes=(1, 4, 32), min_agreement=0.0, **FAST))
+                            precision="auto", batch_sizes=(1, 4, 32), min_agreement=0.0, **FAST), timer=timer)
     assert _batch_artifacts(tmp_path, variant) == [
         ("student-auto-bs4", f"{tmp_path / 'student.auto.onnx'}?streams=2"),
         ("student-auto-bs32", str(tmp_path / "student.auto.bs32.onnx"))]

@@ -95,11 +95,13 @@ def test_search_ships_the_fastest_candidate_that_passes(tiny_onnx, tmp_path, fak
 
 
 def test_nothing_faster_than_fp32_ships_nothing(tiny_onnx, tmp_path, monkeypatch):
-    """Candidates pass the gate but none beats fp32: exit 3, one line naming the best one's figures."""
-    monkeypatch.setattr(latency, "interleaved_latency_ms", _fp32_fastest)
+    """Candidates pass the gate but none beats fp32: refused, one line naming the best one's figures."""
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
-    line = _one_line_exit_3(_cli(tiny_onnx, *CLI_FAST, "--calibrator", "minmax", "--out", tmp_path / "n.onnx",
-                                 "--quiet"), tmp_path)
+    with pytest.raises(GateFailure) as e:
+        quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "n.onnx"), calib_data=TINY,
+                                pinned=("calibrator",), **GATE, **FAST), timer=_fp32_fastest)
+    line = str(e.value)
+    assert list(tmp_path.iterdir()) == [] and "\n" not in line
     assert "passes (top-1 agreement 1.0000, cosine " in line
     assert "takes 2.00 ms vs 1.00 ms for fp32 on onnxruntime" in line and "nothing written" in line
 
@@ -146,7 +148,6 @@ def test_search_is_deterministic_and_leaves_given_options_alone(tiny_onnx, tmp_p
 def test_auto_exclude_pins_the_exclusion_method(tiny_onnx, tmp_path, monkeypatch):
     """With --auto-exclude the search's exclusion is the user's (most damaging first), never the latency-aware one;
     its first model, refused as no faster than fp32, is a row of the table, not the end."""
-    monkeypatch.setattr(latency, "interleaved_latency_ms", _fp32_fastest)
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
     seen = []
     real_evaluate = SearchState.evaluate
@@ -159,7 +160,7 @@ def test_auto_exclude_pins_the_exclusion_method(tiny_onnx, tmp_path, monkeypatch
     monkeypatch.setattr(SearchState, "evaluate", spy)
     with pytest.raises(GateFailure, match="parity gate"):
         quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "a.onnx"), calib_data=TINY,
-                                auto_exclude=True, pinned=("calibrator",), **GATE, **FAST))
+                                auto_exclude=True, pinned=("calibrator",), **GATE, **FAST), timer=_fp32_fastest)
     assert seen[0]["exclusion"] == "most-damaging" and "not faster than fp32" in seen[0]["error"]
     assert len(seen) > 1 and {r["exclusion"] for r in seen} <= {None, "most-damaging"}
     assert list(tmp_path.iterdir()) == []
@@ -264,17 +265,15 @@ def test_openvino_target_searches_nncf_remedies(tmp_path, monkeypatch):
     x = read_meta(path).preprocess(load_data(data).split("val").images)
     logits = run_onnx(str(path), x)
     helper_onnx(path, tied=True, tie_offset=float(np.median(logits[:, 0] - logits[:, 1])))
-    monkeypatch.setattr(latency, "interleaved_latency_ms", _fp32_fastest)
     out = tmp_path / "o" / "t.xml"
     out.parent.mkdir()
     cfg = dict(input=str(path), calib_data=data, target="openvino", num_calib=32, num_holdout=32, min_agreement=1.0,
                latency_runs=5, progress=False, out=str(out))
     with pytest.raises(GateFailure, match="takes 2.00 ms vs 1.00 ms for fp32 on openvino|no quantized model"):
-        quantize(QuantizeConfig(**cfg))
+        quantize(QuantizeConfig(**cfg), timer=_fp32_fastest)
     assert list(out.parent.iterdir()) == []
-    monkeypatch.setattr(latency, "interleaved_latency_ms",
-                        lambda models, *a, **k: {m: 2.0 if m.startswith("fp32") else 1.0 for m in models})
-    res = quantize(QuantizeConfig(**cfg))
+    res = quantize(QuantizeConfig(**cfg), timer=lambda models, *a, **k: {m: 2.0 if m.startswith("fp32") else 1.0
+                                                                          for m in models})
     rec = res.meta.provenance["quantization"]["search"]
     assert rec["table"][0]["top1_agreement"] < 1.0 and res.report["parity"]["top1_agreement"] == 1.0
     assert {r["engine"] for r in rec["table"]} == {"openvino"} and out.is_file() and out.with_suffix(".bin").is_file()

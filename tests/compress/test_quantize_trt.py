@@ -111,34 +111,23 @@ def test_onnx_file_int8_ptq_via_modelopt_onnx(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_qat_distillation_writes_a_buildable_qdq_model(tiny_run, tmp_path):
-    import json
 
-    from medfm_compress.compress.quantize_trt import QATConfig, TrtQuantizeConfig, quantize_run_for_tensorrt
+    from medfm_compress.compress.quantize import QATConfig, QuantizeConfig, quantize
     from medfm_compress.runtime.onnx_loader import read_meta
 
     # KD alone (ce_weight 0): the one-epoch tiny run's teacher is at chance, so with the default hard-label
     # term the CE gradient dominates and the KD loss stays put (0.0143 -> 0.0143 measured); alone, QAT must
-    # bring it down.
-    res = quantize_run_for_tensorrt(
-        TrtQuantizeConfig(
-            str(tiny_run),
-            out=str(tmp_path / "qat.onnx"),
-            method="qat",
-            num_calib=64,
-            qat=QATConfig(epochs=2, batch_size=32, ce_weight=0.0),
-        ),
-        progress=False,
-    )
-    kd = [h["kd"] for h in res.qat_history]
-    # Measured here: 0.0120 -> 0.0076; the second epoch of fake-quant training must have lowered the KD loss.
-    assert [h["epoch"] for h in res.qat_history] == [1, 2] and kd[1] < 0.8 * kd[0], res.qat_history
-    # The fp32 side of the figures is the run's own student on the same test split.
-    student = json.loads((tiny_run / "metrics.json").read_text())["student"]
-    assert res.metrics["fp32_macro_auc"] == pytest.approx(student["macro_auc"], abs=1e-6)
-    assert res.metrics["fp32_accuracy"] == pytest.approx(student["accuracy"])
-    assert set(res.metrics) >= {"top1_agreement", "quant_macro_auc", "quant_accuracy"}
+    # bring it down. The QAT settings are the TensorRT target's own config, nested in the quantize config.
+    res = quantize(QuantizeConfig(input=str(tiny_run), out=str(tmp_path / "qat.onnx"), target="tensorrt", calib_data=TINY_DATA,
+                                  method="qat", num_calib=64, num_holdout=32, min_agreement=0.0,
+                                  qat=QATConfig(epochs=2, batch_size=32, ce_weight=0.0), progress=False))
     qat = read_meta(res.path).provenance["quantization"]["qat"]
+    kd = [h["kd"] for h in qat["history"]]
+    # Measured here: 0.0120 -> 0.0076; the second epoch of fake-quant training must have lowered the KD loss.
+    assert [h["epoch"] for h in qat["history"]] == [1, 2] and kd[1] < 0.8 * kd[0], qat["history"]
     assert qat["epochs"] == 2 and qat["ce_weight"] == 0.0
+    # Judged like every quantized model: parity with the fp32 student on held-out images.
+    assert {"top1_agreement", "cosine"} <= set(res.report["parity"])
     assert _qdq(res.path) == "int8"
     _build(res.path, tmp_path, "int8")
 
@@ -149,13 +138,24 @@ def test_qat_distillation_writes_a_buildable_qdq_model(tiny_run, tmp_path):
         ({"precision": "int4"}, "precision"),
         ({"method": "awq"}, "method"),
         ({"num_calib": 0}, "num-calib"),
+        ({"qat": {"epochs": 0}}, "QAT epochs must be >= 1"),
+        ({"qat": {"epoch": 2}}, "unknown key 'epoch' in quantize.qat; did you mean 'epochs'"),
     ],
 )
-def test_trt_quantize_config_rejects_bad_values(kwargs, match):
-    from medfm_compress.compress.quantize_trt import TrtQuantizeConfig
+def test_tensorrt_quantize_config_rejects_bad_values(tiny_run, kwargs, match):
+    from medfm_compress.compress.quantize import QuantizeConfig, quantize
+    from medfm_compress.config import config_from_dict
 
     with pytest.raises(ConfigError, match=match):
-        TrtQuantizeConfig("run", **kwargs)
+        quantize(config_from_dict(QuantizeConfig, {"input": str(tiny_run), "target": "tensorrt", **kwargs},
+                                  "quantize"))
+
+
+def test_qat_settings_are_refused_by_a_target_without_qat(gray_onnx):
+    from medfm_compress.compress.quantize import QATConfig, QuantizeConfig, quantize
+
+    with pytest.raises(ConfigError, match="qat"):
+        quantize(QuantizeConfig(input=str(gray_onnx), target="cpu", qat=QATConfig(epochs=2)))
 
 
 def test_export_cli_int8_engine_from_run_dir(tiny_run, tmp_path):
