@@ -33,6 +33,7 @@ from .onnxruntime_quant import (
     static_int8,
 )
 from .quantize import (
+    AUTO_TIE_PCT,
     QuantizeContext,
     QuantizedModel,
     fidelity_key,
@@ -41,13 +42,13 @@ from .quantize import (
     out_is_stem,
     parity_columns,
     parity_report,
+    pick_candidate,
 )
 
 __all__ = ["AUTO_TIE_PCT", "AUTO_CANDIDATE_PROVIDERS", "register_auto_candidates", "select_precision", "auto_streams"]
 
 # Candidates this close to the fastest (percent of its p50) are a tie on a shared machine's timer; among them the
 # most faithful to fp32 is chosen (mobilenetv3 here: int8-dynamic 0.667 vs fp16 0.671 ms, agreement 0.9975 vs 1.0).
-AUTO_TIE_PCT = 5.0
 VOLUME_SW_BATCH = 4
 
 # Providers of extra ``--precision auto`` candidates from other CPU engines (OpenVINO registers one):
@@ -236,9 +237,7 @@ def _decide(passing: list[dict[str, Any]], batch: int, cfg, task: str) -> dict[s
     """The pick at ``batch``: the fastest (candidate, streams) that passes; within AUTO_TIE_PCT of it (a tie on this
     timer) the most faithful, then one run over streams."""
     options = [(r, int(s), ms) for r in passing for s, ms in r["batch_latency_ms"][str(batch)].items()]
-    fastest = min(options, key=lambda o: o[2])
-    tied = [o for o in options if o[2] <= fastest[2] * (1 + AUTO_TIE_PCT / 100)]
-    row, streams, ms = max(tied, key=lambda o: (*fidelity_key(o[0]), -o[1], -o[2]))
+    (row, streams, ms), fastest = pick_candidate(options, lambda o: o[2], lambda o: (*fidelity_key(o[0]), -o[1], -o[2]))
     gate = gate_text(cfg, task)
     n = len(passing)
 

@@ -18,10 +18,10 @@ import importlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +33,8 @@ from ..layout import RunLayout
 from ..models.card import MODEL_ROLES
 from ..runtime.tasks import get_task
 from .calibration import CalibrationSet, build_calibration
+
+T = TypeVar("T")
 
 __all__ = [
     "QuantizeConfig",
@@ -772,6 +774,22 @@ def parity_columns(parity: dict[str, Any]) -> dict[str, float]:
         if parity.get(key) is not None:
             cols[key] = float(parity[key])
     return cols
+
+
+# Latencies within this many percent of the fastest are a tie on this timer (two timings of one model differ by
+# about that much on a shared machine): among tied candidates the most faithful is picked.
+AUTO_TIE_PCT = 5.0
+
+
+def pick_candidate(options: Sequence[T], ms: Callable[[T], float], fidelity: Callable[[T], tuple]) -> tuple[T, T]:
+    """``(chosen, fastest)`` of candidates that all pass the gate: the fastest by ``ms``, unless others are within
+    :data:`AUTO_TIE_PCT` of it, then the most faithful of those by ``fidelity`` (higher is better; the first of equals).
+    The one rule ``--precision auto``, the recovery search and their per-batch choices share."""
+    if not options:
+        raise ValueError("no candidate to pick from")
+    fastest = min(options, key=ms)
+    tied = [o for o in options if ms(o) <= ms(fastest) * (1 + AUTO_TIE_PCT / 100)]
+    return max(tied, key=fidelity), fastest
 
 
 def fidelity_key(row: dict[str, Any]) -> tuple[float, float, float]:

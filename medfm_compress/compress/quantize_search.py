@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import GateFailure, MedfmError
-from .auto_precision import AUTO_TIE_PCT
 from .quantize import (
+    AUTO_TIE_PCT,
     QuantizeConfig,
     QuantizeContext,
     QuantizedModel,
@@ -43,6 +43,7 @@ from .quantize import (
     gate_text,
     parity_columns,
     parity_text,
+    pick_candidate,
 )
 
 __all__ = [
@@ -296,9 +297,7 @@ def search(ctx: QuantizeContext, ref: np.ndarray, first: SearchCandidate,
     eligible = [r for r in state.rows if r.get("eligible")]
     if not eligible:
         raise GateFailure(_failure_line(state, record))
-    fastest = min(eligible, key=lambda r: r["latency_ms"])
-    tied = [r for r in eligible if r["latency_ms"] <= fastest["latency_ms"] * (1 + AUTO_TIE_PCT / 100)]
-    best = max(tied, key=lambda r: (*fidelity_key(r), -r["latency_ms"]))
+    best, fastest = pick_candidate(eligible, lambda r: r["latency_ms"], lambda r: (*fidelity_key(r), -r["latency_ms"]))
     for r in state.rows:
         r["chosen"] = r is best
     record["chosen"] = best["#"]
