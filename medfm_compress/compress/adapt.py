@@ -26,13 +26,13 @@ import numpy as np
 
 from .. import __version__
 from .._cache import cache_dir
-from .._io import atomic_path, atomic_write_json, ensure_dir, no_partial_output, sha256_file
+from .._io import atomic_path, ensure_dir, no_partial_output, sha256_file
 from ..config import config_to_dict
 from ..errors import ConfigError, ModelError
 from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
 from ..runtime.tasks import get_task
-from .artifacts import RunResult, TrainLog, write_model
+from .artifacts import RunResult, TrainLog, record_run, write_model
 from .tasks import adaptable_task_names
 from .tasks.classification import summary_warnings
 
@@ -515,7 +515,7 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
     """Run the adaptation as configured; see the module docstring for what is written."""
     from ..data import load_data
     from ..data.dataset import require_task
-    from ..data.digest import data_digest, split_summary, write_splits_csv
+    from ..data.digest import split_summary
     from .taskprep import select_device
 
     t0 = time.time()
@@ -537,11 +537,6 @@ def adapt(cfg: AdaptConfig) -> AdaptResult:
         artifacts: dict[str, Path] = {}
         artifacts["teacher_weights"], artifacts["teacher_card"] = write_model(adapted.model, adapted.card, out,
                                                                               "teacher")
-        artifacts["metrics"] = atomic_write_json(layout.metrics, metrics)
-        artifacts["splits"] = write_splits_csv(task, layout.splits)
-        manifest = Manifest(out)
-        rec = manifest.start("adapt", cfg.to_dict(), {"data": cfg.data} | (
-            {"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights else {}))
-        rec.inputs["data"]["digest"] = data_digest(task, cfg.data, cfg.seed)
-        manifest.finish(rec, artifacts, {k: v for k, v in metrics.items() if k != "history"})
+        record_run(Manifest(out), "adapt", cfg.to_dict(), {"data": cfg.data} | (
+            {"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights else {}), task, cfg.seed, artifacts, metrics)
     return AdaptResult(out=out, metrics=metrics, artifacts=artifacts)

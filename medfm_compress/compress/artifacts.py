@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .._io import atomic_path
+from .._io import atomic_path, atomic_write_json
 from ..layout import RunLayout
 
 __all__ = ["TrainLog", "write_model", "link_or_copy", "RunResult"]
@@ -64,3 +64,19 @@ def link_or_copy(src: Path, dst: Path) -> Path:
         except OSError:
             shutil.copyfile(src, tmp)
     return dst
+
+
+def record_run(manifest, stage: str, config: dict[str, Any], inputs: dict[str, Any], task, seed: int,
+               artifacts: dict[str, Path], metrics: dict[str, Any]) -> dict[str, Path]:
+    """The end of a training stage (distill, adapt), the same for each: ``metrics.json`` and ``splits.csv`` (which
+    file went to which split) written atomically into the run directory, then the stage's manifest record, its
+    data input with what was read of each split. Returns ``artifacts`` with the two files added."""
+    from ..data.digest import data_digest, write_splits_csv
+
+    layout = RunLayout(manifest.run_dir)
+    artifacts["metrics"] = atomic_write_json(layout.metrics, metrics)
+    artifacts["splits"] = write_splits_csv(task, layout.splits)
+    rec = manifest.start(stage, config, inputs)
+    rec.inputs["data"]["digest"] = data_digest(task, inputs["data"], seed)
+    manifest.finish(rec, artifacts, {k: v for k, v in metrics.items() if k != "history"})
+    return artifacts

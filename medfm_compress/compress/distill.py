@@ -18,12 +18,12 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import __version__
-from .._io import atomic_write_json, ensure_dir, no_partial_output
+from .._io import ensure_dir, no_partial_output
 from ..config import config_to_dict
 from ..errors import ConfigError
 from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
-from .artifacts import RunResult, TrainLog, link_or_copy, write_model
+from .artifacts import RunResult, TrainLog, link_or_copy, record_run, write_model
 from .taskprep import (
     accepted_keywords,
     labeled_subset,
@@ -315,7 +315,6 @@ def train_baseline(run: DistillRun, arch: str):
 def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStudent, baseline,
               metrics: dict[str, Any]) -> dict[str, Path]:
     """Student, teacher and baseline weights + cards, ``metrics.json`` and the manifest record (rank 0)."""
-    from ..data.digest import data_digest, write_splits_csv
     from ..data.spec import absolute_spec
     from ..models.card import ModelCard
     from ..models.factory import count_params
@@ -353,13 +352,10 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
         bcard = dataclasses.replace(scard, role="baseline", provenance={**provenance, "losses": ["ce"],
                                     "labeled_images": int(len(run.labeled))})
         artifacts["baseline_weights"], artifacts["baseline_card"] = write_model(baseline, bcard, out, "baseline")
-    artifacts["metrics"] = atomic_write_json(layout.metrics, metrics)
-    artifacts["splits"] = write_splits_csv(task, layout.splits)
-    rec = run.manifest.start("distill", {**cfg.to_dict(), "resolved_losses": list(student.losses)},
-                             {"data": cfg.data} | ({"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights
-                                                   else {}) | ({"eval_data": cfg.eval_data} if cfg.eval_data else {}))
-    rec.inputs["data"]["digest"] = data_digest(task, cfg.data, cfg.seed)  # what was read, per split
-    run.manifest.finish(rec, artifacts, {k: v for k, v in metrics.items() if k != "history"})
+    inputs = ({"data": cfg.data} | ({"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights else {})
+              | ({"eval_data": cfg.eval_data} if cfg.eval_data else {}))
+    record_run(run.manifest, "distill", {**cfg.to_dict(), "resolved_losses": list(student.losses)}, inputs, task,
+               cfg.seed, artifacts, metrics)
     shutil.rmtree(run.ckpt_dir, ignore_errors=True)
     return artifacts
 
