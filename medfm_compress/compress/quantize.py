@@ -28,7 +28,7 @@ import numpy as np
 from .. import __version__
 from .._io import sha256_file
 from ..config import config_to_dict
-from ..errors import ConfigError, ExportError, ModelError
+from ..errors import ConfigError, ExportError, GateFailure, ModelError
 from ..layout import RunLayout
 from ..models.card import MODEL_ROLES
 from ..runtime.tasks import get_task
@@ -726,6 +726,15 @@ def gate_text(cfg: QuantizeConfig, task) -> str:
 def gate_flags(task) -> str:
     """The flags that loosen the parity gate of a model of ``task``."""
     return "/".join("--" + GATE_OPTIONS[m].replace("_", "-") for m in get_task(task).gate_metrics)
+
+
+def check_gate(parity: dict[str, Any], ctx: QuantizeContext, what: str, hint: str = "") -> None:
+    """Refuse ``what`` (e.g. ``int8 model``) in one line when its ``parity`` on the held-out images misses the gate:
+    the gate, the figures, ``hint`` (remedies worth trying before lowering the gate), the flags that lower it."""
+    cfg, task = ctx.cfg, ctx.meta.task
+    if not gate_passes(parity, cfg):
+        raise GateFailure(f"{what} fails the parity gate ({gate_text(cfg, task)}) on {len(ctx.calib.holdout)} held-out "
+                          f"images: {parity_text(parity)}; {hint}lower {gate_flags(task)}; nothing written")
 
 
 def gate_settings(cfg: QuantizeConfig, task) -> dict[str, float | None]:

@@ -31,11 +31,9 @@ from .quantize import (
     CALIBRATORS,
     QuantizeContext,
     QuantizedModel,
-    gate_flags,
+    check_gate,
     gate_passes,
-    gate_text,
     parity_report,
-    parity_text,
     register_target,
 )
 from .quantize_search import (
@@ -105,13 +103,8 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
         )
     else:
         return select_precision(ctx, ref)
-    if not gate_passes(qm.report["parity"], cfg):
-        p = qm.report["parity"]
-        hint = "try --auto-exclude, another --calibrator, " if precision == "int8" else ""
-        raise GateFailure(
-            f"{precision} model fails the parity gate ({gate_text(cfg, ctx.meta.task)}) on {len(ctx.calib.holdout)} "
-            f"held-out images: {parity_text(p)}; {hint}or lower {gate_flags(ctx.meta.task)}; nothing written"
-        )
+    hint = "try --auto-exclude, another --calibrator, or " if precision == "int8" else "or "
+    check_gate(qm.report["parity"], ctx, f"{precision} model", hint)
     return qm
 
 

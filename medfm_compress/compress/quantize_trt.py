@@ -22,17 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendMissingError, ConfigError, DataError, GateFailure
+from ..errors import BackendMissingError, ConfigError, DataError
 from ..runtime.onnx_loader import run_onnx
 from .quantize import (
     QATConfig,
     QuantizeContext,
     QuantizedModel,
-    gate_flags,
-    gate_passes,
-    gate_text,
+    check_gate,
     parity_report,
-    parity_text,
     register_target,
 )
 
@@ -310,12 +307,7 @@ def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
             "parity vs fp32 on held-out images: "
             + ", ".join(f"{k} {v:.4g}" for k, v in report["parity"].items())
         )
-        if not gate_passes(report["parity"], cfg):
-            raise GateFailure(
-                f"{cfg.precision} model fails the parity gate ({gate_text(cfg, ctx.meta.task)}) on "
-                f"{len(ctx.calib.holdout)} held-out images: {parity_text(report['parity'])}; lower "
-                f"{gate_flags(ctx.meta.task)}; nothing written"
-            )
+        check_gate(report["parity"], ctx, f"{cfg.precision} model")
     report["engine_hint"] = f"medfm-compress export OUT.onnx --format tensorrt --precision {cfg.precision}"
     return QuantizedModel(proto, cfg.precision, prov, report)
 
