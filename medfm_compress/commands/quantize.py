@@ -6,8 +6,17 @@ import json
 
 import click
 
+from ..compress.quantize import CALIBRATORS, DEFAULT_SEARCH_BUDGET_S, QuantizeConfig, quantize
 from ..models.card import MODEL_ROLES
 from ._common import csv_option, foreign_model_options
+
+_FIELDS = QuantizeConfig.__dataclass_fields__
+
+
+def _default(name: str) -> str:
+    """The config's default of a field, for the help text (its one home: QuantizeConfig)."""
+    value = _FIELDS[name].default
+    return f" [default: {value}]" if value is not None else ""
 
 
 @click.command(name="quantize")
@@ -21,81 +30,57 @@ from ._common import csv_option, foreign_model_options
     "stem the winner's suffix completes, e.g. student.auto -> student.auto.xml).",
 )
 @click.option("--calib-data", default=None, help="Calibration data spec (folder:DIR needs no labels.csv).")
-@click.option(
-    "--target",
-    default="cpu",
-    show_default=True,
-    help="Deployment target: cpu (ONNX Runtime; auto also tries OpenVINO), openvino (IR + NNCF), tensorrt.",
-)
-@click.option(
-    "--precision",
-    default="int8",
-    show_default=True,
-    help="cpu: int8 (static QDQ U8S8), int8-dynamic, fp16, auto (fastest that passes the gate); "
-    "openvino: int8, fp32, bf16 (CPUs with native bf16; the IR is run at bf16).",
-)
-@click.option("--method", default="ptq", show_default=True, help="ptq (post-training).")
-@click.option(
-    "--calibrator",
-    type=click.Choice(["minmax", "percentile", "entropy"]),
-    default="minmax",
-    show_default=True,
-)
-@click.option(
-    "--num-calib", default=256, show_default=True, type=int, help="Calibration images (stratified)."
-)
-@click.option(
-    "--num-holdout",
-    default=512,
-    show_default=True,
-    type=int,
-    help="Held-out images for the parity gate (val split first; at most the split's size). A volume model at "
-    "this default is gated on 64 patches.",
-)
-@click.option(
-    "--num-bins", default=2048, show_default=True, type=int, help="Histogram bins (percentile, entropy)."
-)
-@click.option("--percentile", default=99.999, show_default=True, type=float)
-@click.option("--per-tensor", is_flag=True, help="Per-tensor instead of per-channel weight scales.")
+@click.option("--target", default=None, help="Deployment target: cpu (ONNX Runtime; auto also tries OpenVINO), "
+              "openvino (IR + NNCF), tensorrt." + _default("target"))
+@click.option("--precision", default=None, help="cpu: int8 (static QDQ U8S8), int8-dynamic, fp16, auto (fastest that "
+              "passes the gate); openvino: int8, fp32, bf16 (CPUs with native bf16; the IR is run at bf16)."
+              + _default("precision"))
+@click.option("--method", default=None, help="ptq (post-training); qat (tensorrt, from a run directory)."
+              + _default("method"))
+@click.option("--calibrator", type=click.Choice(CALIBRATORS), default=None, help="Activation ranges."
+              + _default("calibrator"))
+@click.option("--num-calib", default=None, type=int, help="Calibration images (stratified)." + _default("num_calib"))
+@click.option("--num-holdout", default=None, type=int, help="Held-out images for the parity gate (val split first; at "
+              "most the split's size). A volume model at this default is gated on 64 patches." + _default("num_holdout"))
+@click.option("--num-bins", default=None, type=int, help="Histogram bins (percentile, entropy)." + _default("num_bins"))
+@click.option("--percentile", default=None, type=float, help="Percentile calibrator's percentile."
+              + _default("percentile"))
+@click.option("--per-tensor", is_flag=True, default=None, help="Per-tensor instead of per-channel weight scales.")
 @click.option(
     "--full-range-weights",
     is_flag=True,
+    default=None,
     help="cpu/openvino int8: full 8-bit weights instead of the 7-bit range that ONNX Runtime's U8S8 kernels (and "
     "OpenVINO's, NNCF overflow fix) need on x86 without VNNI (they saturate otherwise); only for VNNI-only "
     "deployments.",
 )
-@click.option(
-    "--auto-exclude", is_flag=True, help="Keep the most damaging nodes in fp32 until the gate holds."
-)
+@click.option("--auto-exclude", is_flag=True, default=None,
+              help="Keep the most damaging nodes in fp32 until the gate holds.")
 @click.option("--exclude", default=None, help="Comma-separated node names to keep in fp32.")
-@click.option(
-    "--min-agreement",
-    default=0.99,
-    show_default=True,
-    type=float,
-    help="Gate: top-1 agreement with fp32 on held-out data.",
-)
-@click.option("--min-cosine", default=None, type=float, help="Gate: mean logit cosine with fp32.")
-@click.option("--min-dice", default=0.99, show_default=True, type=float,
+@click.option("--min-agreement", default=None, type=float, help="Gate: top-1 agreement with fp32 on held-out data."
+              + _default("min_agreement"))
+@click.option("--min-cosine", default=None, type=float, help="Gate: mean logit cosine with fp32 (an embedding model's "
+              "gate, 0.99 when not given).")
+@click.option("--min-dice", default=None, type=float,
               help="Gate for segmentation models: mean over classes of the Dice of the quantized model's masks vs "
-              "fp32's, each class over all held-out pixels (--min-agreement is then their pixel agreement).")
+              "fp32's, each class over all held-out pixels (--min-agreement is then their pixel agreement)."
+              + _default("min_dice"))
 @click.option("--min-pearson", default=None, type=float,
               help="Gate for regression models: Pearson r of the quantized model's outputs with fp32's on held-out "
-              "images [default: 0.99].")
+              "images." + _default("min_pearson"))
 @click.option(
     "--search/--no-search",
-    default=True,
-    show_default=True,
+    default=None,
     help="int8 on cpu/openvino: when the first model misses the gate, try calibrators, percentiles, weight range, "
     "per-channel/per-tensor, latency-aware exclusion and (cpu) OpenVINO, and write the fastest that passes and beats "
-    "fp32; options given explicitly are not varied. --no-search: refuse at once (exit 3).",
+    "fp32; options given explicitly are not varied. --no-search: refuse at once (exit 3)." + _default("search"),
 )
 @click.option(
     "--search-budget",
     default=None,
     type=float,
     metavar="SECONDS",
-    help="Seconds the search may spend, checked before each candidate [default: 300].",
+    help=f"Seconds the search may spend, checked before each candidate [default: {DEFAULT_SEARCH_BUDGET_S:g}].",
 )
 @click.option(
     "--batch-sizes",
@@ -105,103 +90,32 @@ from ._common import csv_option, foreign_model_options
     "size (ONNX Runtime also timed as one single-threaded stream per core at batch > 1), another model winning a "
     "later batch size is written beside --out as <stem>.bs<N>.onnx|.xml [default: 1].",
 )
-@click.option("--fp16-io", is_flag=True, help="With fp16: float16 input and output too.")
-@click.option(
-    "--allow-random-calibration", is_flag=True, help="Calibrate on random tensors (recorded in metadata)."
-)
+@click.option("--fp16-io", is_flag=True, default=None, help="With fp16: float16 input and output too.")
+@click.option("--allow-random-calibration", is_flag=True, default=None,
+              help="Calibrate on random tensors (recorded in metadata).")
 @foreign_model_options
-@click.option(
-    "--model",
-    "model_name",
-    type=click.Choice(MODEL_ROLES),
-    default="student",
-    show_default=True,
-    help="Which model of a run directory.",
-)
+@click.option("--model", "model_name", type=click.Choice(MODEL_ROLES), default=None,
+              help="Which model of a run directory." + _default("model"))
 @click.option("--teacher", default=None, help="Teacher for methods that need one (qat).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--force", is_flag=True, help="Use an input whose hash differs from the run manifest.")
+@click.option("--seed", default=None, type=int, help="Sampling seed." + _default("seed"))
+@click.option("--force", is_flag=True, default=None, help="Use an input whose hash differs from the run manifest.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(
-    input_path,
-    out,
-    calib_data,
-    target,
-    precision,
-    method,
-    calibrator,
-    num_calib,
-    num_holdout,
-    num_bins,
-    percentile,
-    per_tensor,
-    full_range_weights,
-    auto_exclude,
-    exclude,
-    min_agreement,
-    min_cosine,
-    min_dice,
-    min_pearson,
-    search,
-    search_budget,
-    batch_sizes,
-    fp16_io,
-    allow_random_calibration,
-    input_size,
-    channels,
-    mean,
-    std,
-    model_name,
-    teacher,
-    seed,
-    force,
-    quiet,
-    as_json,
-):
+def command(input_path, per_tensor, full_range_weights, exclude, mean, std, batch_sizes, model_name, quiet, as_json,
+            **options):
     """Quantize INPUT (an ONNX file or a run directory) for a deployment target.
 
     The output keeps the model's metadata with the new precision and the calibration provenance; a model that
-    fails the parity gate on held-out data is not written.
+    fails the parity gate on held-out data is not written. Options left out take QuantizeConfig's defaults.
     """
-    from ..compress.quantize import QuantizeConfig, quantize
-
-    cfg = QuantizeConfig(
-        input=input_path,
-        out=out,
-        calib_data=calib_data,
-        target=target,
-        precision=precision,
-        method=method,
-        calibrator=calibrator,
-        num_calib=num_calib,
-        num_holdout=num_holdout,
-        num_bins=num_bins,
-        percentile=percentile,
-        per_channel=not per_tensor,
-        reduce_range=not full_range_weights,
-        auto_exclude=auto_exclude,
-        exclude_nodes=csv_option(exclude),
-        min_agreement=min_agreement,
-        min_cosine=min_cosine,
-        min_dice=min_dice,
-        **({"min_pearson": min_pearson} if min_pearson is not None else {}),
-        fp16_io=fp16_io,
-        allow_random_calibration=allow_random_calibration,
-        input_size=input_size,
-        channels=channels,
-        mean=csv_option(mean, float),
-        std=csv_option(std, float),
-        model=model_name,
-        teacher=teacher,
-        search=search,
-        search_budget=search_budget,
-        batch_sizes=csv_option(batch_sizes, int),
-        pinned=_given(click.get_current_context()),
-        seed=seed,
-        force=force,
-        progress=not quiet and not as_json,
-    )
+    given = {k: v for k, v in options.items() if v is not None}
+    renamed = {"per_channel": None if per_tensor is None else not per_tensor,
+               "reduce_range": None if full_range_weights is None else not full_range_weights,
+               "exclude_nodes": csv_option(exclude), "mean": csv_option(mean, float), "std": csv_option(std, float),
+               "batch_sizes": csv_option(batch_sizes, int), "model": model_name}
+    given |= {k: v for k, v in renamed.items() if v is not None}
+    cfg = QuantizeConfig(input=input_path, **given, pinned=_given(click.get_current_context()),
+                         progress=not quiet and not as_json)
     res = quantize(cfg)
     if as_json:
         click.echo(
