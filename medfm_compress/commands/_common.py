@@ -29,3 +29,15 @@ def foreign_model_options(fn):
     )):
         fn = option(fn)
     return fn
+
+
+def field_default(config: type, name: str) -> str:
+    """``" [default: X]"`` for help text, from a config dataclass's own default of ``name`` (defaults live once, in
+    the config); empty where the field defaults to None (the library then decides)."""
+    value = config.__dataclass_fields__[name].default
+    return f" [default: {value}]" if value is not None else ""
+
+
+def given_options(options: dict) -> dict:
+    """The options given on the command line (every option defaults to None), as config keyword arguments."""
+    return {k: v for k, v in options.items() if v is not None}

@@ -6,6 +6,13 @@ import json
 
 import click
 
+from ..compress.adapt import METHODS, AdaptConfig
+from ._common import field_default, given_options
+
+
+def _default(name: str) -> str:
+    return field_default(AdaptConfig, name)
+
 
 @click.command(name="adapt")
 @click.option("--teacher", required=True,
@@ -13,16 +20,16 @@ import click
 @click.option("--teacher-weights", default=None, type=click.Path(dir_okay=False),
               help="Its pretrained weights (.safetensors, or .pt/.pth read with weights_only); the head may predict "
               "another label set (it is replaced) or be absent.")
-@click.option("--weights-key-map", type=click.Choice(["name", "order"]), default="name", show_default=True,
+@click.option("--weights-key-map", type=click.Choice(["name", "order"]), default=None,
               help="'order': the file's tensors map onto the architecture in order (weights written by another "
-              "implementation of the same network); shapes must agree one by one.")
-@click.option("--data", default="synthetic", show_default=True, help="Data spec with labels (folder:DIR, dicom:DIR, "
-              "medmnist:FILE.npz, synthetic).")
-@click.option("--method", type=click.Choice(["linear", "finetune"]), default="linear", show_default=True,
+              "implementation of the same network); shapes must agree one by one." + _default("weights_key_map"))
+@click.option("--data", default=None, help="Data spec with labels (folder:DIR, dicom:DIR, medmnist:FILE.npz, "
+              "synthetic)." + _default("data"))
+@click.option("--method", type=click.Choice(METHODS), default=None,
               help="linear: a new head on the frozen encoder (features computed once, cached); finetune: the encoder "
-              "at --encoder-lr-scale x lr and the new head at lr.")
-@click.option("--label-fraction", default=1.0, show_default=True, type=float,
-              help="Fraction of the training labels used (stratified, seeded).")
+              "at --encoder-lr-scale x lr and the new head at lr." + _default("method"))
+@click.option("--label-fraction", default=None, type=float,
+              help="Fraction of the training labels used (stratified, seeded)." + _default("label_fraction"))
 @click.option("--input-size", default=None, type=int, help="Teacher input size in pixels (default: the data's).")
 @click.option("--finetune-blocks", default=None, type=int,
               help="finetune: train only the last N blocks/stages of the encoder (default: all layers).")
@@ -31,30 +38,27 @@ import click
 @click.option("--patience", default=None, type=int, help="Epochs without a val AUC gain before stopping "
               "(default 10 linear, 3 finetune).")
 @click.option("--lr", default=None, type=float, help="Head learning rate (default 1e-2 linear, 1e-3 finetune).")
-@click.option("--encoder-lr-scale", default=0.1, show_default=True, type=float)
-@click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--augment/--no-augment", default=True, show_default=True, help="finetune: small affine + intensity "
-              "augmentation.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--out", default="runs/adapt", show_default=True, type=click.Path(file_okay=False))
+@click.option("--encoder-lr-scale", default=None, type=float, help="finetune: the encoder's share of the learning "
+              "rate." + _default("encoder_lr_scale"))
+@click.option("--batch-size", default=None, type=int, help="Images per step." + _default("batch_size"))
+@click.option("--augment/--no-augment", default=None, help="finetune: small affine + intensity augmentation."
+              + _default("augment"))
+@click.option("--seed", default=None, type=int, help="Seed of everything random." + _default("seed"))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where to train."
+              + _default("device"))
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory to write."
+              + _default("out"))
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON on stdout.")
-def command(teacher, teacher_weights, weights_key_map, data, method, label_fraction, input_size, finetune_blocks,
-            epochs, patience, lr, encoder_lr_scale, batch_size, augment, seed, device, out, quiet, as_json):
+def command(quiet, as_json, **options):
     """Adapt a pretrained foundation model to your labels: a linear probe or fine-tuning.
 
     Writes OUT/teacher.safetensors + OUT/teacher.json, which `distill --teacher OUT/teacher` takes, and
     OUT/metrics.json with val/test accuracy and macro AUC and their bootstrap 95% CIs.
     """
-    from ..compress.adapt import AdaptConfig, adapt
+    from ..compress.adapt import adapt
 
-    cfg = AdaptConfig(
-        teacher=teacher, teacher_weights=teacher_weights, weights_key_map=weights_key_map, data=data, method=method,
-        label_fraction=label_fraction, input_size=input_size, finetune_blocks=finetune_blocks, epochs=epochs,
-        patience=patience, lr=lr, encoder_lr_scale=encoder_lr_scale, batch_size=batch_size, augment=augment, seed=seed,
-        device=device, out=out, progress=not quiet,
-    )
+    cfg = AdaptConfig(**given_options(options), progress=not quiet)
     result = adapt(cfg)
     m = result.metrics
     if as_json:

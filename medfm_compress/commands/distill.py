@@ -16,15 +16,11 @@ from ..compress.distill import DistillConfig
 from ..compress.losses import LOSS_NAMES
 from ..compress.tasks import distill_task, distill_task_names
 from ..errors import ConfigError
-from ._common import csv_option
-
-_FIELDS = DistillConfig.__dataclass_fields__
+from ._common import csv_option, field_default, given_options
 
 
 def _default(name: str) -> str:
-    """The config's default of a field, for the help text."""
-    value = _FIELDS[name].default
-    return f" [default: {value}]" if value is not None else ""
+    return field_default(DistillConfig, name)
 
 
 def _choices(name: str) -> list[str]:
@@ -110,7 +106,7 @@ def command(losses, widths, quiet, as_json, **options):
     """
     from ..compress.distill import distill as run
 
-    given = {k: v for k, v in options.items() if v is not None}
+    given = given_options(options)
     if losses is not None:
         given["losses"] = csv_option(losses)
     if widths is not None:

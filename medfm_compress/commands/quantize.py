@@ -8,15 +8,11 @@ import click
 
 from ..compress.quantize import CALIBRATORS, DEFAULT_SEARCH_BUDGET_S, QuantizeConfig, quantize
 from ..models.card import MODEL_ROLES
-from ._common import csv_option, foreign_model_options
-
-_FIELDS = QuantizeConfig.__dataclass_fields__
+from ._common import csv_option, field_default, foreign_model_options, given_options
 
 
 def _default(name: str) -> str:
-    """The config's default of a field, for the help text (its one home: QuantizeConfig)."""
-    value = _FIELDS[name].default
-    return f" [default: {value}]" if value is not None else ""
+    return field_default(QuantizeConfig, name)
 
 
 @click.command(name="quantize")
@@ -108,7 +104,7 @@ def command(input_path, per_tensor, full_range_weights, exclude, mean, std, batc
     The output keeps the model's metadata with the new precision and the calibration provenance; a model that
     fails the parity gate on held-out data is not written. Options left out take QuantizeConfig's defaults.
     """
-    given = {k: v for k, v in options.items() if v is not None}
+    given = given_options(options)
     renamed = {"per_channel": None if per_tensor is None else not per_tensor,
                "reduce_range": None if full_range_weights is None else not full_range_weights,
                "exclude_nodes": csv_option(exclude), "mean": csv_option(mean, float), "std": csv_option(std, float),
