@@ -6,38 +6,48 @@ import json
 
 import click
 
-from ._common import csv_option
+from ..bench.harness import BenchConfig, parse_artifacts, run_bench
+from ..runtime.tasks import drop_gates, get_task, models_where, task_names
+from ._common import csv_option, field_default, given_options
+
+
+def _default(name: str) -> str:
+    return field_default(BenchConfig, name)
+
+
+def _drop_gate_options(fn):
+    """One ``--<gate>`` option per drop gate of the registered tasks (``--max-auc-drop`` for classifiers...), its help
+    from the tasks that use it: a new task's gate is a new option without an edit here."""
+    for gate in reversed(drop_gates()):
+        models = models_where(lambda t, g=gate: t.drop_gate == g)
+        detail = next(get_task(n).drop_detail for n in task_names() if get_task(n).drop_gate == gate)
+        fn = click.option(f"--{gate.replace('_', '-')}", gate, default=None, type=float,
+                          help=f"Gate ({models}): the {detail} must be below it.")(fn)
+    return fn
 
 
 @click.command(name="bench")
 @click.argument("artifacts", nargs=-1, required=True)
 @click.option("--reference", default=None, help="Name of the artifact the others are compared with (default: first).")
-@click.option("--data", default="synthetic", show_default=True,
-              help="Data spec whose --split holds real held-out cases with labels.")
-@click.option("--split", default="test", show_default=True, help="Split to evaluate on.")
-@click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated batch sizes to time.")
-@click.option("--iterations", default=100, show_default=True, type=int, help="Timed calls per measurement.")
-@click.option("--warmup", default=10, show_default=True, type=int, help="Untimed warm-up calls.")
-@click.option("--warmup-s", default=0.0, show_default=True, type=float, help="Minimum warm-up time (s).")
+@click.option("--data", default=None, help="Data spec whose --split holds real held-out cases with labels."
+              + _default("data"))
+@click.option("--split", default=None, help="Split to evaluate on." + _default("split"))
+@click.option("--batch-sizes", default=None, help="Comma-separated batch sizes to time [default: 1].")
+@click.option("--iterations", default=None, type=int, help="Timed calls per measurement." + _default("iterations"))
+@click.option("--warmup", default=None, type=int, help="Untimed warm-up calls." + _default("warmup"))
+@click.option("--warmup-s", default=None, type=float, help="Minimum warm-up time (s)." + _default("warmup_s"))
 @click.option("--duration", "duration_s", default=None, type=float,
               help="Time for at least this many seconds per measurement (instead of --iterations alone).")
-@click.option("--rounds", default=5, show_default=True, type=int,
+@click.option("--rounds", default=None, type=int,
               help="Interleaved timing rounds: each times every artifact and batch size in turn "
-                   "(--iterations and --duration are totals split over the rounds).")
+                   "(--iterations and --duration are totals split over the rounds)." + _default("rounds"))
 @click.option("--threads", default=None, type=int, help="Intra-op CPU threads (default: all cores).")
 @click.option("--device", default=None, help="cpu, cuda[:N] (default: cpu).")
 @click.option("--backend", default=None, help="Force one runtime backend for every artifact.")
-@click.option("--bootstrap", "n_resamples", default=1000, show_default=True, type=int,
-              help="Paired bootstrap resamples for the confidence intervals.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--max-auc-drop", default=None, type=float,
-              help="Gate: upper 95% CI bound of the macro AUC drop vs the reference, in AUC points (1.0 = 0.01).")
-@click.option("--max-dice-drop", default=None, type=float,
-              help="Gate (segmentation): upper 95% CI bound of the mean Dice drop vs the reference, in Dice points "
-              "(1.0 = 0.01), paired bootstrap over cases.")
-@click.option("--max-mae-increase", default=None, type=float,
-              help="Gate (regression): upper 95% CI bound of the mean absolute error's increase over the reference, in "
-              "the target's units, paired bootstrap over cases.")
+@click.option("--bootstrap", "n_resamples", default=None, type=int,
+              help="Paired bootstrap resamples for the confidence intervals." + _default("n_resamples"))
+@click.option("--seed", default=None, type=int, help="Bootstrap seed." + _default("seed"))
+@_drop_gate_options
 @click.option("--min-agreement", default=None, type=float,
               help="Gate: minimum top-1 agreement with the reference (segmentation: pixel agreement of the masks).")
 @click.option("--min-speedup", default=None, type=float, help="Gate: minimum reference p50 / artifact p50 (batch 1).")
@@ -51,10 +61,9 @@ from ._common import csv_option
               help="Directory for report.json, report.md, junit.xml and pareto.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-@click.option("--force", is_flag=True, help="Benchmark artifacts whose hash differs from their run manifest.")
-def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, warmup_s, duration_s, rounds, threads,
-            device, backend, n_resamples, seed, max_auc_drop, max_dice_drop, max_mae_increase, min_agreement, min_speedup, max_p50_ms, max_size_mb, gate_on, out, quiet,
-            as_json, force):
+@click.option("--force", is_flag=True, default=None, help="Benchmark artifacts whose hash differs from their run "
+              "manifest.")
+def command(artifacts, batch_sizes, gate_on, quiet, as_json, **options):
     """Benchmark ARTIFACTS (NAME=PATH ...): latency, accuracy parity against --reference, gates.
 
     Exit status 0 when every gate holds, 3 when a gate fails (reports are written first), 1 for bad input, 2 for
@@ -64,19 +73,12 @@ def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, 
     medfm-compress bench teacher=runs/p/teacher student=runs/p/student.onnx --reference teacher \\
         --data medmnist:pneumoniamnist_64.npz --batch-sizes 1,8 --max-auc-drop 1.0 --out reports/p
     """
-    from ..bench.harness import BenchConfig, parse_artifacts, run_bench
     from ..bench.report import to_markdown
     from ..errors import GateFailure
 
-    cfg = BenchConfig(
-        artifacts=parse_artifacts(artifacts), reference=reference, data=data, split=split,
-        batch_sizes=csv_option(batch_sizes, int), iterations=iterations, warmup=warmup, warmup_s=warmup_s,
-        duration_s=duration_s, rounds=rounds, threads=threads, device=device, backend=backend,
-        n_resamples=n_resamples, seed=seed,
-        max_auc_drop=max_auc_drop, max_dice_drop=max_dice_drop, max_mae_increase=max_mae_increase,
-        min_agreement=min_agreement, min_speedup=min_speedup, max_p50_ms=max_p50_ms,
-        max_size_mb=max_size_mb, gate_on=csv_option(gate_on), out=out, progress=not quiet and not as_json, force=force,
-    )
+    given = given_options(options) | given_options({"batch_sizes": csv_option(batch_sizes, int),
+                                                    "gate_on": csv_option(gate_on)})
+    cfg = BenchConfig(artifacts=parse_artifacts(artifacts), **given, progress=not quiet and not as_json)
     report = run_bench(cfg)
     if as_json:
         from ..bench.report import jsonable
@@ -84,8 +86,8 @@ def command(artifacts, reference, data, split, batch_sizes, iterations, warmup, 
         click.echo(json.dumps(jsonable(report), indent=2))
     else:
         click.echo(to_markdown(_clean(report)))
-        if out:
-            click.echo(f"reports in {out}")
+        if cfg.out:
+            click.echo(f"reports in {cfg.out}")
     failed = [g["name"] for g in report["gates"] if not g["passed"]]
     if failed:
         raise GateFailure(f"{len(failed)} gate(s) failed: {', '.join(failed)}")
