@@ -65,3 +65,24 @@ def test_nan_images_error(runner, tmp_path):
     r = runner.invoke(cli, ["distill", "--data", f"medmnist:{tmp_path / 'nan.npz'}", "--teacher", TINY_TEACHER,
                             "--teacher-weights", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "o"), "--quiet"])
     assert r.exit_code == 1 and "NaN" in r.stderr
+
+
+def test_distill_and_adapt_restate_no_default(monkeypatch):
+    """Options left out are the config's own defaults (they live once, in DistillConfig and AdaptConfig); the options
+    given reach the config parsed."""
+    from support.cli import config_built
+
+    from medfm_compress.compress import adapt, distill
+    from medfm_compress.compress.adapt import AdaptConfig
+    from medfm_compress.compress.distill import DistillConfig
+
+    assert config_built(monkeypatch, distill, "distill", ["distill", "--quiet"]) == DistillConfig(progress=False)
+    cfg = config_built(monkeypatch, distill, "distill", ["distill", "--quiet", "--loss", "kd,feat", "--widths",
+                                                         "8,16", "--temperature", "2", "--device", "cpu"])
+    assert cfg == DistillConfig(progress=False, losses=("kd", "feat"), widths=(8, 16), temperature=2.0, device="cpu")
+    cfg = config_built(monkeypatch, adapt, "adapt", ["adapt", "--teacher", "timm:resnet18", "--quiet"])
+    assert cfg == AdaptConfig(teacher="timm:resnet18", progress=False)
+    cfg = config_built(monkeypatch, adapt, "adapt", ["adapt", "--teacher", "timm:resnet18", "--quiet", "--method", "finetune",
+                                                     "--no-augment", "--label-fraction", "0.5"])
+    assert cfg == AdaptConfig(teacher="timm:resnet18", progress=False, method="finetune", augment=False,
+                              label_fraction=0.5)

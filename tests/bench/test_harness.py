@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.cli import config_built
 from support.tiny import TINY_DATA
 
 from medfm_compress import metrics as M
@@ -283,23 +284,17 @@ def test_measure_engines_interleaves_rounds_and_splits_iterations():
         measure_engines(items, rounds=0)
 
 
+
 def test_the_bench_cli_restates_no_default(monkeypatch):
     """Options left out on the command line are BenchConfig's own defaults; the drop gates are one option per task
     gate, generated from the task registry."""
     from medfm_compress.bench.harness import BenchConfig
     from medfm_compress.commands import bench as command
 
-    seen = {}
-
-    def capture(cfg):
-        seen["cfg"] = cfg
-        raise ConfigError("captured")
-
-    monkeypatch.setattr(command, "run_bench", capture)
-    r = CliRunner().invoke(cli, ["bench", "a=x.onnx", "--quiet"])
-    assert r.exit_code == 1 and seen["cfg"] == BenchConfig(artifacts=(("a", "x.onnx"),), progress=False)
-    r = CliRunner().invoke(cli, ["bench", "a=x.onnx", "b=y.onnx", "--quiet", "--batch-sizes", "1,4",
-                                 "--max-dice-drop", "2", "--max-mae-increase", "0.5", "--gate-on", "b"])
-    assert r.exit_code == 1 and seen["cfg"] == BenchConfig(
-        artifacts=(("a", "x.onnx"), ("b", "y.onnx")), progress=False, batch_sizes=(1, 4), max_dice_drop=2.0,
-        max_mae_increase=0.5, gate_on=("b",))
+    cfg = config_built(monkeypatch, command, "run_bench", ["bench", "a=x.onnx", "--quiet"])
+    assert cfg == BenchConfig(artifacts=(("a", "x.onnx"),), progress=False)
+    cfg = config_built(monkeypatch, command, "run_bench", [
+        "bench", "a=x.onnx", "b=y.onnx", "--quiet", "--batch-sizes", "1,4", "--max-dice-drop", "2",
+        "--max-mae-increase", "0.5", "--gate-on", "b"])
+    assert cfg == BenchConfig(artifacts=(("a", "x.onnx"), ("b", "y.onnx")), progress=False, batch_sizes=(1, 4),
+                              max_dice_drop=2.0, max_mae_increase=0.5, gate_on=("b",))

@@ -9,6 +9,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
+from support.cli import config_built
 from support.quant_models import tiny_resnet_onnx
 from support.tiny import TINY_DATA as TINY
 
@@ -627,22 +628,16 @@ def test_a_first_shot_int8_model_is_timed_against_fp32(gray_onnx, tiny_data, tmp
     assert s["speedup"] == pytest.approx(s["fp32_ms"] / s["ms"])
 
 
-def test_the_cli_restates_no_default(tmp_path, monkeypatch):
+
+def test_the_cli_restates_no_default(monkeypatch):
     """Options left out on the command line are QuantizeConfig's own defaults (defaults live once, in the config);
     the flags given are passed, the searched ones pinned."""
     from medfm_compress.commands import quantize as command
 
-    seen = {}
-
-    def capture(cfg):
-        seen["cfg"] = cfg
-        raise ConfigError("captured")
-
-    monkeypatch.setattr(command, "quantize", capture)
-    r = CliRunner().invoke(cli, ["quantize", "m.onnx", "--quiet"])
-    assert r.exit_code == 1 and seen["cfg"] == QuantizeConfig(input="m.onnx", progress=False)
-    r = CliRunner().invoke(cli, ["quantize", "m.onnx", "--quiet", "--per-tensor", "--calibrator", "minmax",
-                                 "--min-pearson", "0.95", "--exclude", "a,b"])
-    assert r.exit_code == 1 and seen["cfg"] == QuantizeConfig(
-        input="m.onnx", progress=False, per_channel=False, calibrator="minmax", min_pearson=0.95,
-        exclude_nodes=("a", "b"), pinned=("calibrator", "per_channel"))
+    cfg = config_built(monkeypatch, command, "quantize", ["quantize", "m.onnx", "--quiet"])
+    assert cfg == QuantizeConfig(input="m.onnx", progress=False)
+    cfg = config_built(monkeypatch, command, "quantize", [
+        "quantize", "m.onnx", "--quiet", "--per-tensor", "--calibrator", "minmax", "--min-pearson", "0.95",
+        "--exclude", "a,b"])
+    assert cfg == QuantizeConfig(input="m.onnx", progress=False, per_channel=False, calibrator="minmax",
+                                 min_pearson=0.95, exclude_nodes=("a", "b"), pinned=("calibrator", "per_channel"))
