@@ -31,6 +31,7 @@ from ..config import config_to_dict
 from ..errors import ConfigError, ExportError, GateFailure, ModelError
 from ..layout import RunLayout
 from ..models.card import MODEL_ROLES
+from ..runtime.onnx_loader import image_input
 from ..runtime.tasks import get_task
 from .calibration import CalibrationSet, build_calibration
 
@@ -422,41 +423,6 @@ def get_target(name: str) -> QuantTarget:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _input_shape(proto, source: str) -> tuple[int, int, int]:
-    """``(C, H, W)`` (or ``(C, X, Y, Z)`` for a volume model) of the model's single input; no batch axis or a
-    dynamic spatial size is an error."""
-    init = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in init]
-    if len(inputs) != 1:
-        raise ModelError(f"{source} has {len(inputs)} inputs; quantization needs a single image input")
-    dims = inputs[0].type.tensor_type.shape.dim
-    if len(dims) not in (4, 5):
-        raise ModelError(
-            f"{source}: input {inputs[0].name!r} has rank {len(dims)}; expected NCHW (or NCXYZ) with a batch axis "
-            "(re-export with a dynamic batch dimension)"
-        )
-    if dims[0].HasField("dim_value") and dims[0].dim_value != 1:
-        raise ModelError(
-            f"{source}: input {inputs[0].name!r} has a fixed batch of {dims[0].dim_value}; "
-            "re-export with a dynamic batch axis"
-        )
-    if dims[0].HasField("dim_value") and dims[0].dim_value == 1 and not dims[0].dim_param:
-        # Batch fixed at 1 is a model with no batch axis to speak of: ORT's calibration feeds batches.
-        raise ModelError(
-            f"{source}: input {inputs[0].name!r} has no batch axis (batch fixed at 1); "
-            "re-export with a dynamic batch dimension (medfm-compress export does)"
-        )
-    chw = []
-    for d in dims[1:]:
-        if not d.HasField("dim_value") or d.dim_value <= 0:
-            raise ModelError(
-                f"{source}: input {inputs[0].name!r} has a dynamic C/H/W dimension; re-export with a "
-                "static spatial size"
-            )
-        chw.append(int(d.dim_value))
-    return tuple(chw)  # type: ignore[return-value]
-
-
 def _check_meta_matches(meta, shape: tuple[int, int, int], source: str) -> None:
     pre = meta.preprocess
     if pre.channels != shape[0]:
@@ -537,7 +503,7 @@ def quantize(cfg: QuantizeConfig, timer: Callable[..., dict[str, float]] | None 
         )
         if manifest is not None:
             manifest.check_input(fp32_path, cfg.force)
-        shape = _input_shape(proto, str(fp32_path))
+        _, shape = image_input(proto, str(fp32_path), ranks=(4, 5))
         props = {p.key: p.value for p in proto.metadata_props}
         ours = props.get("medfm.format") is not None
         meta = (

@@ -200,30 +200,6 @@ def qdq_kind(proto) -> str | None:
     return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
-def _input_chw(proto) -> tuple[str, tuple[int, int, int]]:
-    inits = {t.name for t in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ExportError(f"the ONNX model has {len(inputs)} inputs; medfm engines take one image tensor")
-    dims = inputs[0].type.tensor_type.shape.dim
-    if len(dims) != 4:
-        raise ExportError(f"ONNX input {inputs[0].name!r} has rank {len(dims)}; expected NCHW")
-    if dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-        raise ExportError(
-            f"ONNX input {inputs[0].name!r} has a fixed batch size {dims[0].dim_value}; re-export it "
-            "with a dynamic batch axis (medfm-compress export does)"
-        )
-    chw = []
-    for d in dims[1:]:
-        if not d.HasField("dim_value") or d.dim_value <= 0:
-            raise ExportError(
-                f"ONNX input {inputs[0].name!r} has a dynamic channel/spatial size; export with a fixed "
-                "input size"
-            )
-        chw.append(int(d.dim_value))
-    return inputs[0].name, tuple(chw)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Build
 
@@ -242,7 +218,7 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
 
     from ..manifest import check_inputs
     from ..runtime.metadata import encode_metadata
-    from ..runtime.onnx_loader import load_onnx_checked, read_meta
+    from ..runtime.onnx_loader import image_input, load_onnx_checked, read_meta
     from .onnx_build import to_fp16
 
     t0 = time.time()
@@ -252,7 +228,7 @@ def build_engine(cfg: TensorRTConfig, progress: bool = True) -> EngineResult:
     src = Path(cfg.onnx)
     proto = load_onnx_checked(src)
     meta = read_meta(proto)
-    input_name, chw = _input_chw(proto)
+    input_name, chw = image_input(proto, str(src), error=ExportError)
     if tuple(chw) != (meta.preprocess.channels, *meta.preprocess.input_size):
         raise ExportError(
             f"{src}: input shape {chw} disagrees with its metadata "

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendMissingError, ConfigError, ModelError, first_line
+from ..errors import BackendMissingError, ConfigError, MedfmError, ModelError, first_line
 from .metadata import ModelMeta, decode_metadata
 
 __all__ = ["load_onnx_checked", "read_meta", "read_onnx_meta", "ort_session", "run_onnx", "require_onnx",
@@ -56,6 +56,31 @@ def read_meta(path_or_model) -> ModelMeta:
     if isinstance(path_or_model, str | Path):
         return read_onnx_meta(path_or_model)
     return decode_metadata({p.key: p.value for p in path_or_model.metadata_props}, "the ONNX model")
+
+
+def image_input(proto, source: str, ranks: tuple[int, ...] = (4,), error: type[MedfmError] = ModelError):
+    """``(name, shape)`` of a model's single image input, ``shape`` without the batch axis: ``(C, H, W)``, or
+    ``(C, X, Y, Z)`` where ``ranks`` takes 5. A fixed batch, a dynamic C/H/W or another input is ``error``."""
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise error(f"{source} has {len(inputs)} inputs; medfm models take one image tensor")
+    name, dims = inputs[0].name, inputs[0].type.tensor_type.shape.dim
+    if len(dims) not in ranks:
+        layouts = " or ".join({4: "NCHW", 5: "NCXYZ"}.get(r, f"rank {r}") for r in ranks)
+        raise error(f"{source}: input {name!r} has rank {len(dims)}; expected {layouts} with a batch axis")
+    if dims[0].HasField("dim_value"):
+        raise error(
+            f"{source}: input {name!r} has a fixed batch of {dims[0].dim_value}; re-export it with a dynamic batch "
+            "axis (medfm-compress export does)"
+        )
+    shape = []
+    for d in dims[1:]:
+        if not d.HasField("dim_value") or d.dim_value <= 0:
+            raise error(f"{source}: input {name!r} has a dynamic channel or spatial size; re-export it with a fixed "
+                        "input size")
+        shape.append(int(d.dim_value))
+    return name, tuple(shape)
 
 
 def load_onnx_checked(path) -> Any:
