@@ -29,11 +29,32 @@ __all__ = ["RunLayout", "MODEL_SUFFIXES"]
 MODEL_SUFFIXES = (".safetensors", ".json")
 
 
+class _File:
+    """A file (or folder) at a fixed place in the run directory, read as an attribute: ``RunLayout(run).manifest``."""
+
+    def __init__(self, *parts: str, doc: str = ""):
+        self.parts = parts
+        self.__doc__ = doc or "/".join(parts)
+
+    def __get__(self, layout, owner=None):
+        return self if layout is None else layout.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Where each file of the run directory ``root`` is."""
 
     root: Path
+
+    manifest = _File("manifest.json")
+    metrics = _File("metrics.json")
+    train_log = _File("train.log")
+    checkpoints = _File("checkpoints")
+    splits = _File("splits.csv")
+    onnx = _File("student.onnx", doc="The exported fp32 student.")
+    pipeline_state = _File("pipeline.json", doc="What the pipeline ran and the hashes it cached each stage under.")
+    report_dir = _File("report")
+    report = _File("report", "report.json")
 
     def __init__(self, root: str | Path):
         object.__setattr__(self, "root", Path(root))
@@ -50,47 +71,9 @@ class RunLayout:
         """A model by role as its loaders name it: the path without a suffix (``RUN/teacher``)."""
         return self.root / role
 
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def train_log(self) -> Path:
-        return self.root / "train.log"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def splits(self) -> Path:
-        return self.root / "splits.csv"
-
-    @property
-    def onnx(self) -> Path:
-        """The exported fp32 student."""
-        return self.root / "student.onnx"
-
     def variant_stem(self, name: str) -> Path:
         """A quantized variant without its suffix (the target, or the winner of ``format: any``, completes it)."""
         return self.root / f"student.{name}"
 
     def engine(self, name: str) -> Path:
         return self.root / f"student.{name}.engine"
-
-    @property
-    def pipeline_state(self) -> Path:
-        """What the pipeline ran and the content hashes it cached each stage under."""
-        return self.root / "pipeline.json"
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def report(self) -> Path:
-        return self.report_dir / "report.json"
