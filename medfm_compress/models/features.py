@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .taps import ModuleTap, first_output
+
 __all__ = ["FeatureTap", "classifier_of", "macs_of"]
 
 
@@ -28,36 +30,24 @@ def classifier_of(model: nn.Module) -> nn.Module | None:
     return last
 
 
-class FeatureTap:
+class FeatureTap(ModuleTap):
     """Context that records the classifier's input while a model runs.
 
-    Usage: ``with FeatureTap(model) as tap: logits = model(x); emb = tap.embedding``.
+    Usage: ``with FeatureTap(model) as tap: logits, emb = tap.run(x)``.
     """
 
     def __init__(self, model: nn.Module):
+        super().__init__(classifier_of(model), pre=True)
         self.model = model
-        self.head = classifier_of(model)
-        self.embedding: torch.Tensor | None = None
-        self._handle = None
+        self.head = self.module
 
-    def _hook(self, _module, inputs):
-        self.embedding = torch.flatten(inputs[0], 1)
-
-    def __enter__(self) -> FeatureTap:
-        if self.head is not None:
-            self._handle = self.head.register_forward_pre_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+    @property
+    def embedding(self) -> torch.Tensor | None:
+        return None if self.seen is None else torch.flatten(self.seen[0], 1)
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Return ``(logits, embedding)``; logits is None for a head-less encoder."""
-        out = self.model(x)
-        if isinstance(out, tuple | list):
-            out = out[0]
+        out = first_output(self.model(x))
         if self.head is None:
             return None, torch.flatten(out, 1)
         return out, self.embedding

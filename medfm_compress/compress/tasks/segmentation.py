@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...errors import ConfigError, ModelError
+from ...models.taps import ModuleTap, first_output
 from .base import THRESHOLDS, DistillRun, DistillTask, ResolvedTeacher, TrainedStudent, small_test_warning
 
 __all__ = ["SegmentationDistill", "DEFAULT_SEG_TEACHER", "DEFAULT_SEG_STUDENT", "DEFAULT_SEG3D_TEACHER",
@@ -40,34 +41,20 @@ SW_OVERLAP = 0.25
 SW_BATCH_SIZE = 4
 
 
-class DenseTap:
+class DenseTap(ModuleTap):
     """Runs a dense model and records its encoder's deepest feature map (smp models: ``model.encoder`` returns the
     feature pyramid). ``run(x)`` returns ``(class maps, features or None)``."""
 
     def __init__(self, model):
+        super().__init__(getattr(model, "encoder", None), pre=False)
         self.model = model
-        self.encoder = getattr(model, "encoder", None)
-        self.features = None
-        self._handle = None
 
-    def _hook(self, _module, _inputs, output):
-        self.features = output[-1] if isinstance(output, list | tuple) else output
-
-    def __enter__(self) -> DenseTap:
-        if self.encoder is not None:
-            self._handle = self.encoder.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+    @property
+    def features(self):
+        return self.seen[-1] if isinstance(self.seen, list | tuple) else self.seen
 
     def run(self, x):
-        out = self.model(x)
-        if isinstance(out, list | tuple):
-            out = out[0]
-        return out, self.features
+        return first_output(self.model(x)), self.features
 
 
 def check_dense_model(model, x, num_classes: int, what: str) -> None:
