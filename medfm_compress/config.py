@@ -39,6 +39,13 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
+class DictConfig:
+    """A stage's config dataclass: ``to_dict()`` is its plain, JSON-serialisable form (what manifests record)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
 def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build ``cls`` from ``data``; unknown keys are errors naming the nearest valid key."""
     if not isinstance(data, dict):

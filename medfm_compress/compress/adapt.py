@@ -27,7 +27,7 @@ import numpy as np
 from .. import __version__
 from .._cache import cache_dir
 from .._io import atomic_path, ensure_dir, no_partial_output, sha256_file
-from ..config import config_to_dict
+from ..config import DictConfig
 from ..errors import ConfigError, ModelError
 from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
@@ -48,7 +48,7 @@ DEFAULT_PATIENCE = {"linear": 10, "finetune": 3}
 
 
 @dataclass(frozen=True)
-class AdaptConfig:
+class AdaptConfig(DictConfig):
     """Everything that defines an adaptation run. ``None`` means "use the method's default"."""
 
     teacher: str
@@ -112,9 +112,6 @@ class AdaptConfig:
     @property
     def resolved_patience(self) -> int:
         return self.patience or DEFAULT_PATIENCE[self.method]
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import __version__
 from .._io import ensure_dir, no_partial_output
-from ..config import config_to_dict
+from ..config import DictConfig
 from ..errors import ConfigError
 from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
@@ -49,7 +49,7 @@ CONFIG_VERSION = 1
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(DictConfig):
     """Everything that defines a distillation run. ``None`` means "use the default"."""
 
     data: str = "synthetic"
@@ -142,9 +142,6 @@ class DistillConfig:
         if self.losses is not None:
             return tuple(self.losses)
         return ("feat",) if self.labels == "none" else ("kd", "ce")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
 
 DistillResult = RunResult

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import __version__
 from .._io import sha256_file
-from ..config import config_to_dict
+from ..config import DictConfig
 from ..errors import ConfigError, ExportError, GateFailure, ModelError
 from ..layout import RunLayout
 from ..models.card import MODEL_ROLES
@@ -66,7 +66,7 @@ SEARCH_OPTIONS = ("calibrator", "percentile", "per_channel", "reduce_range", "au
 
 
 @dataclass(frozen=True)
-class QATConfig:
+class QATConfig(DictConfig):
     """Quantization-aware distillation of a fake-quant student. ``None`` means "use the default".
 
     Defaults from benchmarks/qat_recovery.py: on a tiny synthetic run KD alone at lr 1e-4 for 3 epochs did not
@@ -92,12 +92,9 @@ class QATConfig:
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
 
 @dataclass(frozen=True)
-class QuantizeConfig:
+class QuantizeConfig(DictConfig):
     """``medfm-compress quantize``. ``None`` means "use the default".
 
     Attributes:
@@ -251,9 +248,6 @@ class QuantizeConfig:
         their default."""
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         return frozenset(self.pinned) | {n for n in SEARCH_OPTIONS if getattr(self, n) != defaults[n]}
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
 
 @dataclass

@@ -10,13 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .. import __version__
 from .._io import sha256_file
-from ..config import config_to_dict
+from ..config import DictConfig
 from ..errors import ConfigError, DataError, ExportError
 from ..layout import RunLayout
 from ..models.card import MODEL_ROLES
@@ -34,7 +33,7 @@ CONFIG_VERSION = 1
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(DictConfig):
     """``medfm-compress export``. ``None`` means "use the default"."""
 
     source: str
@@ -64,9 +63,6 @@ class ExportConfig:
             raise ConfigError(f"--atol must be > 0, got {self.atol}")
         if self.num_check < 1:
             raise ConfigError(f"num-check must be >= 1, got {self.num_check}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
 
 @dataclass

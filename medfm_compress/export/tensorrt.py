@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_path, atomic_write_bytes, atomic_write_json, sha256_file
-from ..config import config_to_dict
+from ..config import DictConfig
 from ..errors import ConfigError, ExportError
 from ..runtime.tensorrt_loader import (
     FLAVOUR_NAMES,
@@ -73,7 +73,7 @@ RTX_DEFAULT_TARGETS = ("sm80", "sm86", "sm89", "sm120")
 
 
 @dataclass(frozen=True)
-class TensorRTConfig:
+class TensorRTConfig(DictConfig):
     """One engine build. ``None`` means "use the default".
 
     Attributes:
@@ -133,9 +133,6 @@ class TensorRTConfig:
             object.__setattr__(self, "targets", t)
         if Path(self.out).suffix.lower() not in (".engine", ".plan"):
             raise ConfigError(f"engine path {self.out} must end in .engine or .plan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
 
 @dataclass
