@@ -56,6 +56,8 @@ class Stage:
         config: the name of its config class (``module:Class``, imported when a recipe is checked).
         owned: the config fields the pipeline sets itself (a recipe must not).
         typical_s: its typical duration on a 2-core CPU, for the ETA before a run has its own history.
+        plan: ``plan(recipe, layout)``: the units of work of this kind the recipe asks for (``StageSpec``: config,
+            the files read, the files written), none where the recipe has no such section.
         run: ``run(spec, recipe, run_dir, progress, engines, force)`` runs one planned stage of this kind.
     """
 
@@ -63,6 +65,7 @@ class Stage:
     config: str
     owned: frozenset[str]
     typical_s: float
+    plan: Any
     run: Any
 
     def config_class(self) -> type:
@@ -316,46 +319,66 @@ class PipelineResult:
     seconds: float = 0.0
 
 
-def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
-    out: list[StageSpec] = []
-    layout = RunLayout(run_dir)
-    distill_writes = {"student_weights": layout.weights("student"), "student_card": layout.card("student"),
-                      "teacher_weights": layout.weights("teacher"), "teacher_card": layout.card("teacher"),
-                      "metrics": layout.metrics}
-    if not recipe.teacher_in_run:
-        # A foundation teacher is a pip-installed package, not an artifact of the run.
-        del distill_writes["teacher_weights"], distill_writes["teacher_card"]
+def _distill_outputs(recipe: Recipe, layout: RunLayout) -> dict[str, Path]:
+    out = {"student_weights": layout.weights("student"), "student_card": layout.card("student")}
+    if recipe.teacher_in_run:  # a foundation teacher is a pip-installed package, not an artifact of the run
+        out |= {"teacher_weights": layout.weights("teacher"), "teacher_card": layout.card("teacher")}
+    out["metrics"] = layout.metrics
     if recipe.distill.get("baseline"):
-        distill_writes |= {"baseline_weights": layout.weights("baseline"), "baseline_card": layout.card("baseline")}
-    d_reads = [Path(recipe.distill["teacher_weights"])] if recipe.distill.get("teacher_weights") else []
-    out.append(StageSpec("distill", "distill", {"data": recipe.data, "seed": recipe.seed, **recipe.distill}, d_reads,
-                         distill_writes))
+        out |= {"baseline_weights": layout.weights("baseline"), "baseline_card": layout.card("baseline")}
+    return out
+
+
+def _plan_distill(recipe: Recipe, layout: RunLayout) -> list[StageSpec]:
+    reads = [Path(recipe.distill["teacher_weights"])] if recipe.distill.get("teacher_weights") else []
+    return [StageSpec("distill", "distill", {"data": recipe.data, "seed": recipe.seed, **recipe.distill}, reads,
+                      _distill_outputs(recipe, layout))]
+
+
+def _plan_export(recipe: Recipe, layout: RunLayout) -> list[StageSpec]:
     if recipe.export is None:
-        return out
-    fp32 = layout.onnx
-    out.append(StageSpec("export", "export", recipe.export, [distill_writes["student_weights"],
-                                                              distill_writes["student_card"]], {"onnx": fp32}))
-    qpaths = {}
+        return []
+    return [StageSpec("export", "export", recipe.export, [layout.weights("student"), layout.card("student")],
+                      {"onnx": layout.onnx})]
+
+
+def _plan_quantize(recipe: Recipe, layout: RunLayout) -> list[StageSpec]:
+    out = []
     for q in recipe.quantize:
-        path = _variant_path(run_dir, q)
-        qpaths[q["name"]] = path
-        reads = [fp32]
+        path = _variant_path(layout.root, q)
+        reads = [layout.onnx]
         if q.get("method") == "qat" and recipe.teacher_in_run:
-            reads = [fp32, distill_writes["student_weights"], distill_writes["teacher_weights"]]
+            reads += [layout.weights("student"), layout.weights("teacher")]
         writes = {"model": path, **({"weights": path.with_suffix(".bin")} if path.suffix == ".xml" else {})}
         out.append(StageSpec(f"quantize:{q['name']}", "quantize", q, reads, writes))
+    return out
+
+
+def _plan_tensorrt(recipe: Recipe, layout: RunLayout) -> list[StageSpec]:
+    variants = {q["name"]: q for q in recipe.quantize}
+    out = []
     for e in recipe.tensorrt:
-        src = fp32 if e["source"] == "fp32" else qpaths[e["source"]]
+        src = layout.onnx if e["source"] == "fp32" else _variant_path(layout.root, variants[e["source"]])
         path = layout.engine(e["name"])
         out.append(StageSpec(f"tensorrt:{e['name']}", "tensorrt", e, [src],
                              {"engine": path, "sidecar": path.with_name(path.name + ".json")}))
-    if recipe.bench is not None:
-        reads = [*([distill_writes["teacher_weights"]] if recipe.teacher_in_run else []), fp32, *qpaths.values()]
-        if recipe.distill.get("baseline"):
-            reads.append(distill_writes["baseline_weights"])
-        out.append(StageSpec("bench", "bench", recipe.bench, reads,
-                             {"report": layout.report}))
     return out
+
+
+def _plan_bench(recipe: Recipe, layout: RunLayout) -> list[StageSpec]:
+    if recipe.bench is None or recipe.export is None:  # bench compares the exported student with the others
+        return []
+    reads = [*([layout.weights("teacher")] if recipe.teacher_in_run else []), layout.onnx,
+             *(_variant_path(layout.root, q) for q in recipe.quantize)]
+    if recipe.distill.get("baseline"):
+        reads.append(layout.weights("baseline"))
+    return [StageSpec("bench", "bench", recipe.bench, reads, {"report": layout.report})]
+
+
+def _plan(recipe: Recipe, run_dir: Path) -> list[StageSpec]:
+    """Every unit of work of the recipe, in order: each registered stage plans its own."""
+    layout = RunLayout(run_dir)
+    return [spec for stage in _STAGES for spec in stage.plan(recipe, layout)]
 
 
 def _cache_key(spec: StageSpec) -> str:
@@ -532,18 +555,20 @@ def _training_summary(run_dir: Path, recipe: Recipe) -> dict[str, Any] | None:
     return out
 
 
-# The stages, registered in the one place, in the order a recipe runs them; _plan makes only these kinds.
+# The stages, registered in the one place, in the order a recipe runs them; each plans and runs its own work.
 _STAGES: Registry[Stage] = Registry("pipeline stage")
 for _stage in (
     Stage("distill", ".compress.distill:DistillConfig",
-          frozenset({"data", "out", "seed", "resume", "progress", "version", "force"}), 300.0, _run_distill),
-    Stage("export", ".export.onnx:ExportConfig", frozenset({"source", "out", "force", "version"}), 10.0, _run_export),
+          frozenset({"data", "out", "seed", "resume", "progress", "version", "force"}), 300.0, _plan_distill,
+          _run_distill),
+    Stage("export", ".export.onnx:ExportConfig", frozenset({"source", "out", "force", "version"}), 10.0, _plan_export,
+          _run_export),
     Stage("quantize", ".compress.quantize:QuantizeConfig", frozenset({"input", "out", "progress", "force"}), 20.0,
-          _run_quantize),
+          _plan_quantize, _run_quantize),
     Stage("tensorrt", ".export.tensorrt:TensorRTConfig", frozenset({"onnx", "out", "version", "force"}), 10.0,
-          _run_tensorrt),
+          _plan_tensorrt, _run_tensorrt),
     Stage("bench", ".bench.harness:BenchConfig", frozenset({"artifacts", "data", "out", "progress", "force"}), 60.0,
-          _run_bench),
+          _plan_bench, _run_bench),
 ):
     _STAGES.register(_stage.kind, _stage)
 del _stage

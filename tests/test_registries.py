@@ -77,8 +77,19 @@ def test_export_formats_refuse_options_they_ignore(tmp_path):
     assert res.exit_code == 1 and "--batch-sizes do(es) not apply to --format openvino" in res.output
 
 
-def test_pipeline_stages_are_a_table():
+def test_pipeline_stages_are_a_table(tmp_path):
+    """Each registered stage plans its own units of work; the plan is theirs, in the registry's order."""
+    from medfm_compress import pipeline
+    from medfm_compress.layout import RunLayout
+
     assert tuple(STAGE_RUNNERS) == STAGES
+    recipe = pipeline.load_recipe("demo")
+    plan = pipeline._plan(recipe, tmp_path)
+    assert [s.kind for s in plan] == sorted((s.kind for s in plan), key=STAGES.index)
+    assert {s.kind for s in plan} == set(STAGES)
+    for stage in pipeline._STAGES:
+        assert all(s.kind == stage.kind for s in stage.plan(recipe, RunLayout(tmp_path)))
+    assert plan[-1].reads[:2] == [RunLayout(tmp_path).weights("teacher"), RunLayout(tmp_path).onnx]
 
 
 def test_recipe_refuses_a_variant_its_target_cannot_run_before_any_stage(tmp_path):
