@@ -77,6 +77,7 @@ class TaskData:
     splits: dict[str, Split]
     window: tuple[float, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    volumes: bool = False  # 3-D images: volume crops, or the patches and whole cases of 3-D segmentation
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -85,11 +86,6 @@ class TaskData:
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
-
-    @property
-    def volumes(self) -> bool:
-        """True when the images are 3-D (volume crops, or the patches and whole cases of 3-D segmentation)."""
-        return bool(self.info.get("volume"))
 
     @property
     def whole_cases(self) -> bool:

@@ -300,7 +300,6 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
         raise DataError(f"sampling={sampling!r} in {spec!r} must be random or grid")
     crops = extract_crops(vol, boxes)
     info = {
-        "volume": True,
         "volume_sha256": vol.sha256,
         "volume_shape": list(vol.shape),
         "spacing_mm": list(vol.spacing),
@@ -319,4 +318,5 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
         splits={CROP_SPLIT: Split(crops, np.zeros(len(crops), np.int64), files, groups)},
         window=None,
         info=info,
+        volumes=True,
     )

@@ -187,7 +187,6 @@ def _task(source: str, label_names: list[str], splits_cases: dict[str, list[Labe
         split = validate_masks(name, imgs, labs, label_names, source, files, volume=True)
         splits[name] = Split(split.images, split.labels, files, groups)
     info = {
-        "volume": True,
         "spacing_mm": [float(s) for s in spacing],
         "patch": list(sampling["patch"]),
         "patches_per_case": sampling["per_case"],
@@ -196,7 +195,7 @@ def _task(source: str, label_names: list[str], splits_cases: dict[str, list[Labe
         **extra,
     }
     return TaskData(source=source, task="segmentation", label_names=list(label_names), splits=splits,
-                    window=tuple(sampling["window"]), info=info)
+                    window=tuple(sampling["window"]), info=info, volumes=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

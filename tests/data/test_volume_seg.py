@@ -19,7 +19,7 @@ def test_synthetic3d_task_patches_and_whole_cases(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDFM_CACHE_DIR", str(tmp_path))
     task = load_data(SMALL)
     train, val, test = task.split("train"), task.split("val"), task.split("test")
-    assert task.task == "segmentation" and task.info["volume"] and task.image_size == (16, 16, 16)
+    assert task.task == "segmentation" and task.volumes and task.image_size == (16, 16, 16)
     assert train.images.shape == (24, 16, 16, 16) and train.labels.shape == (24, 16, 16, 16)
     assert test.images.shape == (2, 32, 32, 24) and val.images.shape == (1, 32, 32, 24)
     assert list(np.unique(train.groups)) == [f"train_{i:03d}" for i in range(4)]
