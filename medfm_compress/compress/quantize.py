@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import __version__
 from .._io import sha256_file
+from .._registry import Registry
 from ..config import DictConfig
 from ..errors import ConfigError, ExportError, GateFailure, ModelError
 from ..layout import RunLayout
@@ -350,7 +351,7 @@ class QuantTarget:
             )
 
 
-_TARGETS: dict[str, QuantTarget] = {}
+_TARGETS: Registry[QuantTarget] = Registry("quantization target", origin=lambda t: t.fn.__module__)
 # The modules that register quantization targets, imported on first use (a backend whose optional dependency is
 # missing must not take the other targets down).
 TARGET_MODULES = ("quantize_ort", "quantize_openvino", "quantize_trt")
@@ -379,11 +380,8 @@ def register_target(
         raise ValueError(f"quantization target {name!r} declares unknown options {sorted(unknown)}")
 
     def deco(fn: Callable[[QuantizeContext], QuantizedModel]):
-        if name in _TARGETS:
-            raise ValueError(
-                f"quantization target {name!r} is already registered by {_TARGETS[name].fn.__module__}"
-            )
-        _TARGETS[name] = QuantTarget(name, fn, tuple(precisions), tuple(methods), check, tuple(options), suffix)
+        target = QuantTarget(name, fn, tuple(precisions), tuple(methods), check, tuple(options), suffix)
+        _TARGETS.register(name, target)
         return fn
 
     return deco
@@ -403,7 +401,7 @@ def _discover() -> None:
 
 def available_targets() -> dict[str, QuantTarget]:
     _discover()
-    return dict(_TARGETS)
+    return {t.name: t for t in _TARGETS}
 
 
 def get_target(name: str) -> QuantTarget:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._registry import Registry
 from ..errors import ConfigError
 
 __all__ = [
@@ -106,7 +107,7 @@ class ExportFormat:
     description: str = ""
 
 
-_FORMATS: dict[str, ExportFormat] = {}
+_FORMATS: Registry[ExportFormat] = Registry("export format", origin=lambda f: f.fn.__module__)
 _IMPORT_ERRORS: dict[str, str] = {}
 
 
@@ -118,11 +119,9 @@ def register_format(name: str, options: tuple[str, ...], description: str = ""):
         raise ValueError(f"export format {name!r} declares unknown options {sorted(unknown)}")
 
     def deco(fn: Callable[[ExportRequest], ExportOutcome]):
-        if name in _FORMATS:
-            raise ValueError(f"export format {name!r} is already registered by {_FORMATS[name].fn.__module__}")
         if FORMAT_MODULES.get(name, fn.__module__) != fn.__module__:
             raise ValueError(f"export format {name!r} is already registered by {FORMAT_MODULES[name]}")
-        _FORMATS[name] = ExportFormat(name, fn, tuple(options), description)
+        _FORMATS.register(name, ExportFormat(name, fn, tuple(options), description))
         return fn
 
     return deco
@@ -139,14 +138,14 @@ def _load(name: str) -> None:
 
 def available_formats() -> list[str]:
     """Every format name this install knows (whether or not its extra is installed)."""
-    return sorted(set(FORMAT_MODULES) | set(_FORMATS))
+    return sorted(set(FORMAT_MODULES) | set(_FORMATS.names()))
 
 
 def get_format(name: str) -> ExportFormat:
     """The registered format ``name``; unknown or not importable is a one-line error."""
     _load(name)
     if name in _FORMATS:
-        return _FORMATS[name]
+        return _FORMATS.get(name)
     if name in _IMPORT_ERRORS:
         raise ConfigError(
             f"export format {name!r} needs the 'export' extra ({_IMPORT_ERRORS[name]}): "

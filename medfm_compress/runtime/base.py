@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._io import sha256_file
+from .._registry import Registry
 from ..errors import BackendMissingError, ConfigError, DataError, ModelError
 
 __all__ = [
@@ -47,7 +48,8 @@ _BACKEND_MODULES: dict[str, tuple[str, str | None]] = {
 _SUFFIX_HINTS = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".xml": "openvino",
                  ".safetensors": "torch", ".json": "torch"}
 
-_REGISTRY: dict[str, type[Engine]] = {}
+_REGISTRY: Registry[type[Engine]] = Registry("runtime backend",
+                                             origin=lambda c: f"{c.__module__}.{c.__qualname__}")
 # Backends whose module failed to import: name -> the import error.
 _UNAVAILABLE: dict[str, str] = {}
 _modules_loaded = False
@@ -57,15 +59,10 @@ def register_backend(name: str):
     """Class decorator registering an :class:`Engine` subclass under ``name``; a duplicate name is an error."""
 
     def wrap(cls: type[Engine]) -> type[Engine]:
-        if name in _REGISTRY:
-            raise ValueError(
-                f"runtime backend {name!r} is already registered by {_REGISTRY[name].__module__}."
-                f"{_REGISTRY[name].__qualname__}"
-            )
         if not (isinstance(cls, type) and issubclass(cls, Engine)):
             raise TypeError(f"@register_backend({name!r}) must decorate an Engine subclass, got {cls!r}")
         cls.backend_name = name
-        _REGISTRY[name] = cls
+        _REGISTRY.register(name, cls)
         return cls
 
     return wrap
@@ -88,7 +85,7 @@ def _load_backend_modules() -> None:
 def available_backends() -> list[str]:
     """Names of the registered backends (whether or not their package is installed)."""
     _load_backend_modules()
-    return sorted(_REGISTRY)
+    return sorted(_REGISTRY.names())
 
 
 def get_backend(name: str) -> type[Engine]:
@@ -98,17 +95,17 @@ def get_backend(name: str) -> type[Engine]:
         raise BackendMissingError(f"the {name} runtime backend", _BACKEND_MODULES[name][1] or "all",
                                   detail=_UNAVAILABLE[name])
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown runtime backend {name!r}; available backends: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+        raise ConfigError(f"unknown runtime backend {name!r}; available backends: {', '.join(available_backends())}")
+    return _REGISTRY.get(name)
 
 
 def backend_for_path(path: str | os.PathLike) -> str:
     """Pick the backend for an artifact from its path (directory, suffix, or run-directory stem)."""
     _load_backend_modules()
     p = Path(path)
-    for name in sorted(_REGISTRY, key=lambda n: _REGISTRY[n].priority):
-        if _REGISTRY[name].accepts(p):
-            return name
+    for cls in sorted(_REGISTRY, key=lambda c: c.priority):
+        if cls.accepts(p):
+            return cls.backend_name
     hint = "torch" if p.is_dir() else _SUFFIX_HINTS.get(p.suffix.lower())
     if hint and hint not in _REGISTRY:
         get_backend(hint)  # names the extra that installs it
@@ -116,7 +113,7 @@ def backend_for_path(path: str | os.PathLike) -> str:
     if not p.exists() and not p.parent.joinpath(f"{p.name}.json").exists():
         raise ModelError(f"{p} does not exist; give a run directory, a model card (.json), .safetensors or .onnx file")
     raise ConfigError(
-        f"cannot tell which runtime backend runs {p}; pass backend= one of {', '.join(sorted(_REGISTRY))}"
+        f"cannot tell which runtime backend runs {p}; pass backend= one of {', '.join(available_backends())}"
     )
 
 
