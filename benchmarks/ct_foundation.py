@@ -105,7 +105,7 @@ def main() -> None:
             raise SystemExit(f"{args.run_dir} was distilled from other crops; run without --reuse-run")
     else:
         m = distill(
-            DistillConfig(
+            DistillConfig.from_options(
                 data=train_spec,
                 eval_data=eval_spec,
                 teacher=args.teacher,
@@ -122,7 +122,7 @@ def main() -> None:
     exp = export_onnx(ExportConfig(source=args.run_dir, num_check=8, data=eval_spec))
     # Per-tensor scales: on this 3-D student per-channel QDQ kept only cosine 0.983 to fp32 (per-tensor 0.9998).
     q = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(exp.path),
             calib_data=train_spec,
             num_calib=64,

@@ -29,8 +29,8 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.time()
-    full = distill(DistillConfig(data=args.data, out=f"{args.out}/full", epochs=args.epochs, seed=args.seed))
-    few = distill(DistillConfig(data=args.data, out=f"{args.out}/frac", epochs=args.epochs, seed=args.seed,
+    full = distill(DistillConfig.from_options(data=args.data, out=f"{args.out}/full", epochs=args.epochs, seed=args.seed))
+    few = distill(DistillConfig.from_options(data=args.data, out=f"{args.out}/frac", epochs=args.epochs, seed=args.seed,
                                 label_fraction=args.label_fraction, baseline=True))
     m, f = full.metrics, few.metrics
     ratio = m["param_ratio"]

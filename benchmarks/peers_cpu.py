@@ -4,7 +4,7 @@ For each student (a timm architecture at the embedded synthetic data's 64x64 siz
 parameters randomised plus a ridge-fitted linear head, see ``_student``) and the same calibration and test
 images, one process measures:
 
-* ours: ``QuantizeConfig(target="cpu", precision="auto")``, the artifact it writes (ONNX or OpenVINO IR), run
+* ours: ``QuantizeConfig.from_options(target="cpu", precision="auto")``, the artifact it writes (ONNX or OpenVINO IR), run
   through our ``Engine`` (the path our users take);
 * ``ort-static-defaults``: ``onnxruntime.quantization.quantize_static`` with its defaults (QDQ, S8S8, MinMax)
   on the same calibration images, run in a default ``InferenceSession``;
@@ -163,7 +163,7 @@ def bench_student(student: str, args) -> dict:
 
     # --- ours -------------------------------------------------------------------------------------------
     tq = time.time()
-    res = quantize(QuantizeConfig(input=str(onnx_path), calib_data=args.data, target="cpu", precision="auto",
+    res = quantize(QuantizeConfig.from_options(input=str(onnx_path), calib_data=args.data, target="cpu", precision="auto",
                                   num_calib=args.num_calib, latency_runs=args.runs, progress=False,
                                   auto_exclude=args.auto_exclude, out=None))
     ours_seconds = time.time() - tq

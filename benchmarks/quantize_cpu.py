@@ -57,7 +57,7 @@ def student_run(args) -> list[Path]:
 
     out = Path(args.out) / args.student.split(":")[-1]
     if not (out / "student.safetensors").is_file():
-        distill(DistillConfig(student=args.student, out=str(out), epochs=args.epochs, seed=0))
+        distill(DistillConfig.from_options(student=args.student, out=str(out), epochs=args.epochs, seed=0))
     return [out]
 
 
@@ -71,7 +71,7 @@ def bench_student(run: Path, reps: int = 2) -> dict:
     meta = fp32.meta
     data_spec = meta.provenance.get("data") or meta.provenance.get("check_data")
     common = {"input": str(fp32.path), "calib_data": data_spec, "progress": False}
-    q = quantize(QuantizeConfig(out=str(run / "student.int8.onnx"), min_agreement=0.0, **common))
+    q = quantize(QuantizeConfig.from_options(out=str(run / "student.int8.onnx"), min_agreement=0.0, **common))
     task = load_data(data_spec)
     test = task.split("test")
     x = meta.preprocess(test.images)
@@ -93,7 +93,7 @@ def bench_student(run: Path, reps: int = 2) -> dict:
 
     paths = {"fp32": fp32.path, "int8": q.path}
     try:
-        qa = quantize(QuantizeConfig(out=str(run / "student.int8-ae.onnx"), auto_exclude=True, **common))
+        qa = quantize(QuantizeConfig.from_options(out=str(run / "student.int8-ae.onnx"), auto_exclude=True, **common))
         paths["int8_ae"] = qa.path
     except MedfmError as e:
         qa = None
@@ -162,7 +162,7 @@ def bench_batch(run: Path, paths: dict[str, Path], data_spec: str, chw, reps: in
     common = {"input": str(paths["fp32"]), "calib_data": data_spec, "progress": False}
     try:
         for precision in ("fp32", "int8"):
-            ov = quantize(QuantizeConfig(target="openvino", precision=precision, min_agreement=0.0, search=False,
+            ov = quantize(QuantizeConfig.from_options(target="openvino", precision=precision, min_agreement=0.0, search=False,
                                          out=str(run / f"student.{precision}.xml"), **common))
             artifacts[f"ov-{precision}"] = {"path": str(ov.path), "parity": ov.report.get("parity")}
             for b in (1, 32):
@@ -176,7 +176,7 @@ def bench_batch(run: Path, paths: dict[str, Path], data_spec: str, chw, reps: in
     t0 = time.time()
     # --auto-exclude: the int8 candidates are held to the default gate the way a user's are (ORT's U8S8 student
     # misses 0.99 agreement on AVX2-only CPUs without it); the recipe's variant sets it too.
-    res = quantize(QuantizeConfig(input=str(auto_dir / "student.onnx"), calib_data=data_spec, precision="auto",
+    res = quantize(QuantizeConfig.from_options(input=str(auto_dir / "student.onnx"), calib_data=data_spec, precision="auto",
                                   batch_sizes=(1, 32), auto_exclude=True, progress=True))
     artifacts["auto"] = {"path": str(res.path), "precision": res.precision, "seconds": round(time.time() - t0, 1),
                          "by_batch": [{k: (str(v) if k == "path" else v) for k, v in r.items()} for r in res.by_batch],
@@ -320,7 +320,7 @@ def bench_auto(workdir: Path, photos: str) -> dict:
     model = _random_bn(timm.create_model("mobilenetv3_small_100", pretrained=False).eval())
     fp32 = _export_plain(model, "timm:mobilenetv3_small_100", workdir / "mnv3.onnx")
     res = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(fp32),
             out=str(workdir / "mnv3.auto.onnx"),
             calib_data=photos,
@@ -354,10 +354,10 @@ def bench_real(workdir: Path, photos: str, min_agreement: float) -> dict:
         "progress": True,
     }
     naive = quantize(
-        QuantizeConfig(input=str(fp32), out=str(workdir / "effl0.naive.onnx"), min_agreement=0.0, **common)
+        QuantizeConfig.from_options(input=str(fp32), out=str(workdir / "effl0.naive.onnx"), min_agreement=0.0, **common)
     )
     auto = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(fp32),
             out=str(workdir / "effl0.auto.onnx"),
             auto_exclude=True,

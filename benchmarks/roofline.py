@@ -62,7 +62,7 @@ def student_int8(fp32: Path, workdir: Path) -> Path:
 
     data = read_meta(fp32).provenance.get("data") or "synthetic"
     out = workdir / "student.int8.onnx"
-    quantize(QuantizeConfig(input=str(fp32), out=str(out), calib_data=data, target="cpu", precision="int8",
+    quantize(QuantizeConfig.from_options(input=str(fp32), out=str(out), calib_data=data, target="cpu", precision="int8",
                             min_agreement=0.0, progress=False))
     return out
 

@@ -16,7 +16,7 @@ Recipe keys (see the shipped ``medfm_compress/recipes/*.yaml``, runnable by name
     distill: {...}            # DistillConfig fields (not data/out/seed); a foundation teacher (teacher: astra-ct)
                               # is a package, not an artifact of the run: there is no teacher to bench
     export: {...}             # ExportConfig fields (not source/out); null skips export and everything after
-    quantize: [{name, ...}]   # QuantizeConfig fields per variant (not input/out); calib_data defaults to data;
+    quantize: [{name, ...}]   # QuantizeConfig options per variant (not input/out); calib_data defaults to data;
                               # a target: cpu, precision: auto variant may set format: onnx (default) | openvino |
                               # any (ONNX Runtime and OpenVINO candidates compete: student.<name>.onnx or .xml)
     tensorrt: [{name, source, ...}]  # TensorRTConfig fields per engine; source: 'fp32' or a quantize variant
@@ -26,7 +26,6 @@ Recipe keys (see the shipped ``medfm_compress/recipes/*.yaml``, runnable by name
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import hashlib
 import json
@@ -128,8 +127,8 @@ def _teacher_in_run(raw_distill: Any) -> bool:
     if not isinstance(raw_distill, dict):
         return True
     try:
-        cfg = config_from_dict(DistillConfig, {k: v for k, v in raw_distill.items() if k in DistillConfig.__dataclass_fields__},
-                               "distill")
+        known = set(DistillConfig.option_names())
+        cfg = config_from_dict(DistillConfig, {k: v for k, v in raw_distill.items() if k in known}, "distill")
         return teacher_source(cfg).writes_artifact()
     except MedfmError:  # a section that does not validate is reported where it is checked
         return True
@@ -143,7 +142,7 @@ def _unknown(key: str, valid, where: str) -> ConfigError:
 
 def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: bool = False) -> dict[str, Any]:
     """Validate one stage section against its config class; return all its fields (defaults filled)."""
-    from .config import config_from_dict, config_to_dict
+    from .config import config_from_dict
 
     cls = _STAGES.get(stage).config_class()
     if not isinstance(raw, dict):
@@ -161,14 +160,14 @@ def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: boo
             if not isinstance(source, str):
                 raise ConfigError(f"{where}.source must be 'fp32' or the name of a quantize variant")
     owned = _STAGES.get(stage).owned
-    valid = [f.name for f in dataclasses.fields(cls) if f.name not in owned]
+    valid = [name for name in cls.option_names() if name not in owned]
     for key in raw:
         if key in owned:
             raise ConfigError(f"{where}.{key} is set by the pipeline; remove it from the recipe")
         if key not in valid:
             raise _unknown(key, valid + (["name"] if named else []) + (["source"] if stage == "tensorrt" else [])
                            + (["format"] if stage == "quantize" else []), where)
-    cfg = config_from_dict(cls, {**extra, **raw}, where)
+    cfg = config_from_dict(cls, {**extra, **raw}, f"{where} ('{name}')" if named else where)
     if fmt is not None:
         if fmt not in VARIANT_FORMATS:
             raise ConfigError(f"{where}.format must be one of {', '.join(VARIANT_FORMATS)}, got {fmt!r}")
@@ -176,7 +175,7 @@ def _section(stage: str, raw: Any, where: str, extra: dict[str, Any], named: boo
             raise ConfigError(f"{where}.format chooses the engines of a target: cpu, precision: auto variant; "
                               f"target {cfg.target} with precision {cfg.precision} writes "
                               f"{_config_target_suffix(cfg.target)} files: remove format")
-    out = {k: v for k, v in config_to_dict(cfg).items() if k not in owned}
+    out = {k: v for k, v in cfg.to_options().items() if k not in owned}
     if named:
         out = {"name": name, **({"source": source} if stage == "tensorrt" else {}),
                **({"format": fmt} if fmt is not None else {}), **out}

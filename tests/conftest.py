@@ -78,7 +78,7 @@ def tiny_run(tmp_path_factory):
     from medfm_compress.compress.distill import DistillConfig, distill
 
     out = tmp_path_factory.mktemp("tiny-run")
-    cfg = DistillConfig(
+    cfg = DistillConfig.from_options(
         data=TINY_DATA, out=str(out), teacher=TINY_TEACHER, student=TINY_STUDENT, teacher_epochs=1, epochs=1,
         batch_size=32, baseline=True, progress=False,
     )
@@ -96,7 +96,7 @@ def reg_run(tmp_path_factory):
     from medfm_compress.export.onnx import ExportConfig, export_onnx
 
     out = tmp_path_factory.mktemp("reg-run")
-    distill(DistillConfig(data=TINY_REG_DATA, out=str(out), teacher=TINY_TEACHER, teacher_epochs=2, student=TINY_STUDENT,
+    distill(DistillConfig.from_options(data=TINY_REG_DATA, out=str(out), teacher=TINY_TEACHER, teacher_epochs=2, student=TINY_STUDENT,
                           epochs=2, batch_size=32, label_fraction=0.5, baseline=True, progress=False))
     export_onnx(ExportConfig(source=str(out), out=str(out / "student.onnx"), num_check=16))
     return out
@@ -114,7 +114,7 @@ def seg_run(tmp_path_factory):
     from medfm_compress.export.onnx import ExportConfig, export_onnx
 
     out = tmp_path_factory.mktemp("seg-run")
-    distill(DistillConfig(data=TINY_SEG_DATA, out=str(out), teacher=TINY_SEG_TEACHER, teacher_epochs=2,
+    distill(DistillConfig.from_options(data=TINY_SEG_DATA, out=str(out), teacher=TINY_SEG_TEACHER, teacher_epochs=2,
                           student=TINY_SEG_STUDENT, epochs=3, batch_size=16, label_fraction=0.25, baseline=True,
                           augment=False, progress=False))
     export_onnx(ExportConfig(source=str(out), out=str(out / "student.onnx"), num_check=16))

@@ -76,10 +76,10 @@ def test_distill_and_adapt_restate_no_default(monkeypatch):
     from medfm_compress.compress.adapt import AdaptConfig
     from medfm_compress.compress.distill import DistillConfig
 
-    assert config_built(monkeypatch, distill, "distill", ["distill", "--quiet"]) == DistillConfig(progress=False)
+    assert config_built(monkeypatch, distill, "distill", ["distill", "--quiet"]) == DistillConfig.from_options(progress=False)
     cfg = config_built(monkeypatch, distill, "distill", ["distill", "--quiet", "--loss", "kd,feat", "--widths",
                                                          "8,16", "--temperature", "2", "--device", "cpu"])
-    assert cfg == DistillConfig(progress=False, losses=("kd", "feat"), widths=(8, 16), temperature=2.0, device="cpu")
+    assert cfg == DistillConfig.from_options(progress=False, losses=("kd", "feat"), widths=(8, 16), temperature=2.0, device="cpu")
     cfg = config_built(monkeypatch, adapt, "adapt", ["adapt", "--teacher", "timm:resnet18", "--quiet"])
     assert cfg == AdaptConfig(teacher="timm:resnet18", progress=False)
     cfg = config_built(monkeypatch, adapt, "adapt", ["adapt", "--teacher", "timm:resnet18", "--quiet", "--method", "finetune",

@@ -11,25 +11,34 @@ from support.tiny import TINY_DATA as TINY
 
 from medfm_compress.cli import cli
 from medfm_compress.compress.quantize import (
-    COMMON_OPTIONS,
+    BackendConfig,
+    ModelOptConfig,
+    NNCFConfig,
+    OnnxRuntimeConfig,
     QuantizeConfig,
     available_targets,
+    handler_for,
     register_target,
 )
+from medfm_compress.compress.quantize_config import backend_config, backend_config_classes
 from medfm_compress.errors import ConfigError
 from medfm_compress.export.formats import ExportRequest, available_formats, export_artifact, register_format
 from medfm_compress.pipeline import STAGE_RUNNERS, STAGES, resolve_recipe, run_pipeline
 
 
-def test_every_quantize_option_is_honoured_by_some_target_and_declared_options_exist():
+def test_every_backend_config_has_one_handler_found_by_its_type():
     targets = available_targets()
     assert {"cpu", "openvino", "tensorrt"} <= set(targets)
-    fields = {f.name for f in dataclasses.fields(QuantizeConfig)}
-    honoured = set().union(*(t.options for t in targets.values()))
-    assert honoured <= fields
-    # An option no target reads would be accepted by none: every target-specific field has a home.
-    assert fields - COMMON_OPTIONS == honoured
+    classes = backend_config_classes()
+    assert set(classes) == set(targets)
+    for name, target in targets.items():
+        assert target.config is classes[name]
+        assert handler_for(classes[name]()) is target
+    assert (classes["cpu"], classes["openvino"], classes["tensorrt"]) == (OnnxRuntimeConfig, NNCFConfig, ModelOptConfig)
     assert targets["openvino"].suffix == ".xml" and targets["cpu"].suffix == ".onnx"
+    # Every flat option has one home: the top level, a common part, or backend configs (shared fields by inheritance).
+    names = QuantizeConfig.option_names()
+    assert len(names) == len(set(names)) and {"calibrator", "min_dice", "num_calib", "teacher", "target"} <= set(names)
 
 
 @pytest.mark.parametrize("target, option, value", [
@@ -38,12 +47,12 @@ def test_every_quantize_option_is_honoured_by_some_target_and_declared_options_e
     ("openvino", "percentile", 99.0), ("cpu", "teacher", "runs/x/teacher"),
 ])
 def test_a_target_refuses_an_option_it_would_ignore(target, option, value):
-    precision = "int8"
-    cfg = QuantizeConfig(input="m.onnx", target=target, precision=precision, **{option: value})
-    with pytest.raises(ConfigError, match=rf"--target {target} does not use {option}"):
-        available_targets()[target].check_config(cfg)
-    # The default value of the same option is not "given": accepted.
-    available_targets()[target].check_config(QuantizeConfig(input="m.onnx", target=target, precision=precision))
+    with pytest.raises(ConfigError, match=rf"--target {target} does not use {option} "):
+        QuantizeConfig.from_options(input="m.onnx", target=target, **{option: value})
+    # Without it the same target is fine, and the option's backend takes it.
+    assert QuantizeConfig.from_options(input="m.onnx", target=target).target == target
+    owner = next(n for n, c in backend_config_classes().items() if option in {f.name for f in dataclasses.fields(c)})
+    assert getattr(QuantizeConfig.from_options(input="m.onnx", target=owner, **{option: value}).backend, option) == value
 
 
 def test_quantize_cli_refuses_an_ignored_option_in_one_line(tmp_path):
@@ -56,13 +65,22 @@ def test_quantize_cli_refuses_an_ignored_option_in_one_line(tmp_path):
 
 def test_registering_twice_is_an_error():
     with pytest.raises(ValueError, match="already registered"):
-        register_target("cpu", precisions=("int8",))(lambda ctx: None)
+        register_target(OnnxRuntimeConfig, precisions=("int8",))(lambda ctx: None)
+    with pytest.raises(ValueError, match="already registered"):
+        backend_config("cpu")(OnnxRuntimeConfig)
     with pytest.raises(ValueError, match="already registered"):
         register_format("onnx", options=())(lambda req: None)
     with pytest.raises(ValueError, match="unknown options"):
         register_format("x-new", options=("no_such_field",))
-    with pytest.raises(ValueError, match="unknown options"):
-        register_target("y-new", precisions=("int8",), options=("no_such_field",))
+
+    @dataclasses.dataclass(frozen=True)
+    class Unregistered(BackendConfig):
+        pass
+
+    with pytest.raises(ValueError, match="not a registered backend config"):
+        register_target(Unregistered, precisions=("int8",))
+    with pytest.raises(ConfigError, match="not a registered backend config"):
+        QuantizeConfig(input="m.onnx", backend=Unregistered())
 
 
 def test_export_formats_refuse_options_they_ignore(tmp_path):

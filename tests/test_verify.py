@@ -40,7 +40,7 @@ def _folder_run(tmp_path):
     patient_folder(root, patients=18, size=32, seed=5)
     teacher = save_state_dict(create_model(TINY_TEACHER, 2, 1, 32), tmp_path / "t" / "teacher.safetensors")
     spec = f"folder:{root}?size=32"
-    distill(DistillConfig(data=spec, out=str(tmp_path / "run"), teacher=TINY_TEACHER, teacher_weights=str(teacher),
+    distill(DistillConfig.from_options(data=spec, out=str(tmp_path / "run"), teacher=TINY_TEACHER, teacher_weights=str(teacher),
                           student=TINY_STUDENT, epochs=1, batch_size=8, head_epochs=1, progress=False))
     return root, spec, tmp_path / "run"
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import config_to_dict, option_value
+from ..config import DictConfig, option_value
 from ..errors import ConfigError, DataError, MedfmError, UsageError
 from ..layout import RunLayout
 from ..runtime.tasks import drop_gates, get_task, loss_upper_bound, models_where, task_names
@@ -62,7 +62,7 @@ def split_artifact_options(path: str) -> tuple[str, dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(DictConfig):
     """What to benchmark and which gates to apply.
 
     Attributes:
@@ -344,7 +344,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "tool": "medfm-compress bench",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": _fingerprint(),
-        "config": config_to_dict(cfg) | {"artifacts": [list(a) for a in cfg.artifacts]},
+        "config": cfg.to_dict() | {"artifacts": [list(a) for a in cfg.artifacts]},
         "data": {"spec": cfg.data, "split": cfg.split, "n": len(split), "task": task_data.task,
                  "label_names": list(task_data.label_names),
                  **({"volumes": True, "spacing_mm": list(spacing), "case_shapes": [list(v) for v in shapes]}

@@ -34,7 +34,10 @@ def foreign_model_options(fn):
 def field_default(config: type, name: str) -> str:
     """``" [default: X]"`` for help text, from a config dataclass's own default of ``name`` (defaults live once, in
     the config); empty where the field defaults to None (the library then decides)."""
-    value = config.__dataclass_fields__[name].default
+    from ..config import PartedConfig
+
+    value = (config.option_default(name) if issubclass(config, PartedConfig)
+             else config.__dataclass_fields__[name].default)
     return f" [default: {value}]" if value is not None else ""
 
 

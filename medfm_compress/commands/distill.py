@@ -25,7 +25,7 @@ def _default(name: str) -> str:
 
 def _choices(name: str) -> list[str]:
     """The values a ``Literal`` field of the config takes."""
-    return [str(v) for v in typing.get_args(typing.get_type_hints(DistillConfig)[name])]
+    return [str(v) for v in typing.get_args(DistillConfig.option_type(name))]
 
 
 def _task_defaults(key: str) -> str:
@@ -114,7 +114,7 @@ def command(losses, widths, quiet, as_json, **options):
             given["widths"] = tuple(int(v) for v in csv_option(widths))
         except ValueError:
             raise ConfigError(f"--widths {widths}: give channel counts as integers, e.g. 16,32,64,128") from None
-    cfg = DistillConfig(**given, progress=not quiet)
+    cfg = DistillConfig.from_options("", **given, progress=not quiet)
     result = run(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun only rank 0 reports

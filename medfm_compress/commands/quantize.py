@@ -110,8 +110,9 @@ def command(input_path, per_tensor, full_range_weights, exclude, mean, std, batc
                "exclude_nodes": csv_option(exclude), "mean": csv_option(mean, float), "std": csv_option(std, float),
                "batch_sizes": csv_option(batch_sizes, int), "model": model_name}
     given |= {k: v for k, v in renamed.items() if v is not None}
-    cfg = QuantizeConfig(input=input_path, **given, pinned=_given(click.get_current_context()),
-                         progress=not quiet and not as_json)
+    pinned = _given(click.get_current_context())
+    cfg = QuantizeConfig.from_options("", input=input_path, **given, **({"pinned": pinned} if pinned else {}),
+                                      progress=not quiet and not as_json)
     res = quantize(cfg)
     if as_json:
         click.echo(

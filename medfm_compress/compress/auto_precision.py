@@ -72,17 +72,17 @@ def auto_streams() -> int:
 
 def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     """Build fp32, int8 static, int8 dynamic and fp16; keep the fastest that passes the gate (fp32 always does) at
-    each of ``cfg.batch_sizes`` (default batch 1)."""
+    each of ``cfg.backend.batch_sizes`` (default batch 1)."""
     cfg = ctx.cfg
     # A volume model runs in a sliding window, its windows batched (runtime.sliding_window.segment_volume's default of
     # 4 per call): it is timed at that batch unless told otherwise, so the pick is by sliding-window throughput.
     task = get_task(ctx.meta.task)
     volume = task.dense and ctx.meta.preprocess.is_volume
-    batch_sizes = tuple(cfg.batch_sizes or ((VOLUME_SW_BATCH,) if volume else (1,)))
+    batch_sizes = tuple(cfg.backend.batch_sizes or ((VOLUME_SW_BATCH,) if volume else (1,)))
     shape = (batch_sizes[0], *ctx.input_shape)
     # Each candidate's own timing when built (the table's build_latency_ms); the decision times them all again in one
     # interleaved loop through the context's timer.
-    fp32_ms = latency.latency_ms(ctx.fp32_proto, shape, cfg.latency_runs)
+    fp32_ms = latency.latency_ms(ctx.fp32_proto, shape, cfg.backend.latency_runs)
     table: list[dict[str, Any]] = [
         {
             "precision": "fp32",
@@ -109,7 +109,7 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
         "fp16": lambda: QuantizedModel(
             p := fp16_model(ctx),
             "fp16",
-            {"fp16_io": cfg.fp16_io},
+            {"fp16_io": cfg.backend.fp16_io},
             {"parity": parity_report(ref, run_onnx(p, ctx.calib.holdout), ctx.meta.task)},
         ),
     }
@@ -122,8 +122,8 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
         except (ModelError, ExportError, GateFailure) as e:
             table.append({"precision": name, "error": str(e), "passes": False})
             continue
-        dtype = np.float16 if name == "fp16" and cfg.fp16_io else np.float32
-        ms = latency.latency_ms(qm.proto, shape, cfg.latency_runs, input_dtype=dtype)
+        dtype = np.float16 if name == "fp16" and cfg.backend.fp16_io else np.float32
+        ms = latency.latency_ms(qm.proto, shape, cfg.backend.latency_runs, input_dtype=dtype)
         p = qm.report["parity"]
         table.append(
             {
@@ -211,7 +211,7 @@ def _time_interleaved(ctx: QuantizeContext, table: list[dict[str, Any]], candida
         for r in table
         if "latency_ms" in r and r["precision"] in candidates
     }
-    dtype16 = np.float16 if cfg.fp16_io else np.float32
+    dtype16 = np.float16 if cfg.backend.fp16_io else np.float32
     streams = auto_streams()
     for b in batch_sizes:
         models: dict[str, tuple[Any, ...]] = dict(timed)

@@ -1,6 +1,6 @@
 """Knowledge distillation: a large teacher into a small task-specific student.
 
-``distill(DistillConfig(...))`` writes into ``config.out``: ``student.safetensors`` + ``student.json`` (model
+``distill(DistillConfig.from_options(...))`` writes into ``config.out``: ``student.safetensors`` + ``student.json`` (model
 card), ``teacher.json`` (+ weights), ``baseline.*`` with ``baseline=True``, ``metrics.json``,
 ``manifest.json`` and ``train.log``.
 """
@@ -11,19 +11,18 @@ import dataclasses
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from .. import __version__
 from .._io import ensure_dir, no_partial_output
-from ..config import DictConfig
 from ..errors import ConfigError
 from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
 from .artifacts import RunResult, TrainLog, link_or_copy, record_run, write_model
+from .distill_config import DistillConfig, DistillLoopConfig, LossConfig, StudentConfig, TeacherConfig
 from .taskprep import (
     accepted_keywords,
     labeled_subset,
@@ -34,6 +33,10 @@ from .teachers import teacher_path, teacher_source, train_supervised
 
 __all__ = [
     "DistillConfig",
+    "TeacherConfig",
+    "StudentConfig",
+    "LossConfig",
+    "DistillLoopConfig",
     "DistillResult",
     "DistillRun",
     "distill",
@@ -45,105 +48,6 @@ __all__ = [
     "resolve_task_defaults",
 ]
 
-CONFIG_VERSION = 1
-
-
-@dataclass(frozen=True)
-class DistillConfig(DictConfig):
-    """Everything that defines a distillation run. ``None`` means "use the default"."""
-
-    data: str = "synthetic"
-    out: str = "runs/distill"
-    teacher: str | None = None
-    teacher_weights: str | None = None
-    student: str | None = None
-    student_weights: str | None = None
-    losses: tuple[str, ...] | None = None
-    temperature: float | None = None  # None: the data's task's default (DistillTask.defaults)
-    kd_weight: float = 1.0
-    feat_weight: float = 1.0
-    ce_weight: float = 1.0
-    feat_loss: Literal["cosine", "mse"] = "cosine"
-    labels: Literal["full", "none"] = "full"
-    label_fraction: float = 1.0
-    epochs: int | None = None  # None: the data's task's default (DistillTask.defaults), as batch_size, lr, augment
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float = 0.02
-    head_epochs: int = 30
-    teacher_epochs: int | None = None
-    teacher_adapt: Literal["linear", "finetune"] | None = None
-    weights_key_map: Literal["name", "order"] = "name"
-    augment: bool | None = None
-    # Held-out data scored after every epoch, for data without a test split of its own (volume crops).
-    eval_data: str | None = None
-    # The 3-D embedding student of volume crops (default student only): stage widths, embedding head's hidden width.
-    widths: tuple[int, ...] | None = None
-    head_hidden: int | None = None
-    # A foundation teacher's embedding cache (default <cache>/embeddings) and its batch when filling it.
-    cache: str | None = None
-    teacher_batch_size: int | None = None
-    baseline: bool = False
-    seed: int = 0
-    resume: bool = False
-    force: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    progress: bool = True
-    version: int = CONFIG_VERSION
-
-    def __post_init__(self):
-        from ..compress.losses import LOSS_NAMES
-        from ..data.spec import parse_data_spec
-
-        parse_data_spec(self.data)  # a malformed spec is reported before anything else
-        if self.eval_data is not None:
-            parse_data_spec(self.eval_data)
-        if self.version != CONFIG_VERSION:
-            raise ConfigError(f"distill config version {self.version} is not supported (expected {CONFIG_VERSION})")
-        for name in ("epochs", "batch_size", "head_epochs", "head_hidden", "teacher_batch_size"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.teacher_epochs is not None and self.teacher_epochs < 1:
-            raise ConfigError(f"teacher-epochs must be >= 1, got {self.teacher_epochs}")
-        if not 0.0 < self.label_fraction <= 1.0:
-            raise ConfigError(f"label-fraction must be in (0, 1], got {self.label_fraction}")
-        if self.temperature is not None and self.temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-        if self.widths is not None and (len(self.widths) < 2 or min(self.widths) < 1):
-            raise ConfigError(f"widths needs at least two positive channel counts, got {self.widths}")
-        if self.lr is not None and self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.losses is not None:
-            bad = [x for x in self.losses if x not in LOSS_NAMES]
-            if bad or not self.losses:
-                raise ConfigError(f"unknown loss(es) {bad or '(none)'}; choose from {', '.join(LOSS_NAMES)}")
-            if self.labels == "none" and "ce" in self.losses:
-                raise ConfigError("--labels none trains without labels; drop 'ce' from --loss")
-        if self.teacher_weights and not self.teacher:
-            raise ConfigError("--teacher-weights needs --teacher naming its architecture (e.g. timm:vit_small_patch16_224)")
-        if self.teacher is None and not self.data.startswith("synthetic") and self.teacher_epochs is None:
-            raise ConfigError(
-                "no --teacher given for real data: pass --teacher ARCH --teacher-weights FILE (add --teacher-adapt "
-                "linear|finetune when it predicts another label set), a run directory's teacher (adapt --out DIR: "
-                "--teacher DIR/teacher), or --teacher-epochs N to train one from scratch on these labels"
-            )
-        if self.teacher_adapt is not None and self.teacher_adapt not in ("linear", "finetune"):
-            raise ConfigError(f"unknown --teacher-adapt {self.teacher_adapt!r}; choose linear or finetune")
-        if self.teacher_adapt and self.teacher_epochs is not None:
-            raise ConfigError("--teacher-adapt adapts pretrained weights; --teacher-epochs trains from scratch: pick one")
-        if self.teacher_adapt and (self.teacher is None or teacher_path(self.teacher) is not None):
-            raise ConfigError("--teacher-adapt needs --teacher ARCH (with --teacher-weights for a pretrained model)")
-        if self.weights_key_map != "name" and not self.teacher_weights:
-            raise ConfigError("--weights-key-map applies to --teacher-weights; give the weight file")
-        if self.student_weights and not self.student:
-            raise ConfigError("--student-weights needs --student naming its architecture")
-
-    def resolved_losses(self) -> tuple[str, ...]:
-        if self.losses is not None:
-            return tuple(self.losses)
-        return ("feat",) if self.labels == "none" else ("kd", "ce")
-
-
 DistillResult = RunResult
 
 
@@ -153,8 +57,8 @@ def _check_model_kinds(cfg: DistillConfig, task, dtask: DistillTask) -> None:
     from ..models.factory import check_model_spec, parse_model_spec
     from ..models.foundation import is_teacher_spec
 
-    for role, spec in (("teacher", cfg.teacher or dtask.default_teacher(task.volumes)),
-                       ("student", cfg.student or dtask.default_student(task.volumes))):
+    for role, spec in (("teacher", cfg.teacher.spec or dtask.default_teacher(task.volumes)),
+                       ("student", cfg.student.spec or dtask.default_student(task.volumes))):
         if teacher_path(spec) is not None or is_teacher_spec(spec):  # a model on disk, a foundation encoder
             continue
         check_model_spec(spec)
@@ -187,7 +91,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     from ..models.foundation import is_teacher_spec
     from .train import dist_info
 
-    for spec in (cfg.teacher, cfg.student):
+    for spec in (cfg.teacher.spec, cfg.student.spec):
         if spec and teacher_path(spec) is None and not is_teacher_spec(spec):
             check_model_spec(spec)
     device = select_device(cfg.device)
@@ -209,7 +113,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
             if path.exists():
                 manifest.check_input(path, cfg.force)
     # Weights taken from another run directory must still be what its manifest recorded.
-    check_inputs([w for w in (cfg.teacher_weights, cfg.student_weights) if w], cfg.force)
+    check_inputs([w for w in (cfg.teacher.weights, cfg.student.weights) if w], cfg.force)
 
     task = load_data(cfg.data, seed=cfg.seed)
     require_task(task, distill_task_names(), "distill")
@@ -221,9 +125,9 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     source.check_data(cfg, task)
     cfg = resolve_task_defaults(cfg, dtask, task.volumes)
     train, val, test, eval_task = dtask.load_splits(cfg, task)
-    if len(train) < cfg.batch_size * world:
+    if len(train) < cfg.loop.batch_size * world:
         raise ConfigError(
-            f"the train split has {len(train)} images, fewer than one batch ({cfg.batch_size} x {world} ranks); "
+            f"the train split has {len(train)} images, fewer than one batch ({cfg.loop.batch_size} x {world} ranks); "
             "lower --batch-size"
         )
     log(f"data {task.source}: task={task.task} classes={task.num_classes} channels={task.channels} "
@@ -250,7 +154,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
         x_test=torch.from_numpy(whole(test.images)).to(device) if test is not None else None,
         y_train=torch.from_numpy(np.asarray(y_train)).to(device=device, dtype=getattr(torch, dtask.label_dtype)),
         label_state=label_state,
-        labeled=labeled, steps_per_epoch=len(train) // (cfg.batch_size * world), eval_task=eval_task,
+        labeled=labeled, steps_per_epoch=len(train) // (cfg.loop.batch_size * world), eval_task=eval_task,
     )
 
 
@@ -259,8 +163,8 @@ def resolve_task_defaults(cfg: DistillConfig, task, volumes: bool = False) -> Di
     from its :meth:`~medfm_compress.compress.tasks.DistillTask.defaults` (batch size, KD temperature; ``volumes``:
     3-D data); the manifest records the values used."""
     defaults = distill_task(task).defaults(volumes)
-    unset = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
-    return dataclasses.replace(cfg, **unset) if unset else cfg
+    unset = {k: v for k, v in defaults.items() if cfg.get_option(k) is None}
+    return cfg.replace_options(**unset) if unset else cfg
 
 
 def resolve_teacher(run: DistillRun) -> ResolvedTeacher:
@@ -278,13 +182,13 @@ def train_student(run: DistillRun, resolved: ResolvedTeacher) -> TrainedStudent:
     from ..models.weights import load_weights
 
     cfg, task = run.cfg, run.task
-    student_arch = cfg.student or run.dtask.default_student(task.volumes)
+    student_arch = cfg.student.spec or run.dtask.default_student(task.volumes)
     torch.manual_seed(cfg.seed)
     kwargs = run.dtask.student_kwargs(cfg, resolved)
     student = create_model(student_arch, task.num_classes, task.channels, run.student_pre.input_size[0],
                            **kwargs).to(run.device)
-    if cfg.student_weights:
-        load_weights(student, cfg.student_weights, what=f"student {student_arch}")
+    if cfg.student.weights:
+        load_weights(student, cfg.student.weights, what=f"student {student_arch}")
     trained = run.dtask.train_student(run, resolved, student, student_arch)
     run.dtask.finish_model(trained.model, run)
     return trained
@@ -300,11 +204,11 @@ def train_baseline(run: DistillRun, arch: str):
     cfg, task = run.cfg, run.task
     torch.manual_seed(cfg.seed)
     baseline = create_model(arch, task.num_classes, task.channels, run.student_pre.input_size[0]).to(run.device)
-    if cfg.student_weights:
-        load_weights(baseline, cfg.student_weights, what=f"baseline {arch}")
+    if cfg.student.weights:
+        load_weights(baseline, cfg.student.weights, what=f"baseline {arch}")
     run.log(f"baseline {arch}: labels only, {len(run.labeled)} labeled images, same budget "
-            f"({cfg.epochs} x {run.steps_per_epoch} steps)")
-    train_supervised(run, "baseline", baseline, run.labeled, cfg.epochs, cfg.lr, run.ckpt_dir / "baseline.pt")
+            f"({cfg.loop.epochs} x {run.steps_per_epoch} steps)")
+    train_supervised(run, "baseline", baseline, run.labeled, cfg.loop.epochs, cfg.loop.lr, run.ckpt_dir / "baseline.pt")
     run.dtask.finish_model(baseline, run)
     return baseline
 
@@ -349,7 +253,7 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
         bcard = dataclasses.replace(scard, role="baseline", provenance={**provenance, "losses": ["ce"],
                                     "labeled_images": int(len(run.labeled))})
         artifacts["baseline_weights"], artifacts["baseline_card"] = write_model(baseline, bcard, out, "baseline")
-    inputs = ({"data": cfg.data} | ({"teacher_weights": cfg.teacher_weights} if cfg.teacher_weights else {})
+    inputs = ({"data": cfg.data} | ({"teacher_weights": cfg.teacher.weights} if cfg.teacher.weights else {})
               | ({"eval_data": cfg.eval_data} if cfg.eval_data else {}))
     record_run(run.manifest, "distill", {**cfg.to_dict(), "resolved_losses": list(student.losses)}, inputs, task,
                cfg.seed, artifacts, metrics)

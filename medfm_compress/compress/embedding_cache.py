@@ -96,8 +96,7 @@ def crop_embeddings(data, teacher, cache: EmbeddingCache, batch_size: int = 1, p
     :class:`~medfm_compress.data.dataset.TaskData`), through ``cache``."""
     from ..errors import DataError
 
-    boxes = data.info.get("boxes")
-    if not data.volumes or boxes is None:
+    if data.crops is None:
         raise DataError(f"{data.source} is not a volume crop spec (inv3:, nifti:, dicom-series: with ?crop=)")
-    return cache.embeddings(data.info["_volume"], [CropBox(*b) for b in boxes], teacher, batch_size=batch_size,
-                            progress=progress)
+    return cache.embeddings(data.crops.volume, [CropBox(*b) for b in data.crops.boxes], teacher,
+                            batch_size=batch_size, progress=progress)

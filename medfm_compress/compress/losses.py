@@ -61,7 +61,7 @@ def labelled_loss(loss, logits: torch.Tensor, labels: torch.Tensor, labelled: to
 
 
 def weighted_terms(cfg, losses: tuple[str, ...], device, terms) -> tuple[torch.Tensor, dict[str, float]]:
-    """One step's loss: each of ``losses`` computed by its callable in ``terms`` and weighted by the config's
+    """One step's loss: each of ``losses`` computed by its callable in ``terms`` and weighted by the loss config's
     ``<name>_weight``, summed in the order kd, feat, ce; and each term's value, for the log."""
     total = torch.zeros((), device=device)
     shown = {}

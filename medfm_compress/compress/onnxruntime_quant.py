@@ -208,15 +208,15 @@ def static_int8(ctx: QuantizeContext, ref: np.ndarray, sq: StaticQuantizer | Non
     whose ranges are reused); with ``auto_exclude`` and a failed gate, the costliest-to-keep nodes go back to fp32."""
     if sq is None:
         cfg = ctx.cfg
-        sq = StaticQuantizer(ctx.fp32_path, ctx.calib.images, ctx.workdir, cfg.calibrator, cfg.per_channel,
-                             cfg.num_bins, cfg.percentile, cfg.reduce_range)
+        sq = StaticQuantizer(ctx.fp32_path, ctx.calib.images, ctx.workdir, cfg.backend.calibrator, cfg.backend.per_channel,
+                             cfg.backend.num_bins, cfg.backend.percentile, cfg.backend.reduce_range)
     cfg = ctx.cfg
-    exclude = list(cfg.exclude_nodes or [])
+    exclude = list(cfg.backend.exclude_nodes or [])
     proto = sq.quantize(exclude=exclude)
     parity = parity_of(ctx, ref, proto)
     prov = static_provenance(cfg)
     report: dict[str, Any] = {"parity_naive": parity}
-    if cfg.auto_exclude and not gate_passes(parity, cfg):
+    if cfg.backend.auto_exclude and not gate_passes(parity, cfg):
         res = auto_exclude(ctx, sq, ref, exclude)
         proto, parity = res.proto, res.parity
         prov["auto_exclude"] = {"excluded": res.excluded, "steps": res.steps}
@@ -235,17 +235,17 @@ def static_int8(ctx: QuantizeContext, ref: np.ndarray, sq: StaticQuantizer | Non
 def static_provenance(cfg) -> dict[str, Any]:
     """What a static int8 model of ``cfg``'s settings records about how it was quantized."""
     prov: dict[str, Any] = {
-        "calibrator": cfg.calibrator,
+        "calibrator": cfg.backend.calibrator,
         "activations": "uint8",
-        "weights": "int8 (7-bit range)" if cfg.reduce_range else "int8",
-        "per_channel": cfg.per_channel,
-        "reduce_range": cfg.reduce_range,
+        "weights": "int8 (7-bit range)" if cfg.backend.reduce_range else "int8",
+        "per_channel": cfg.backend.per_channel,
+        "reduce_range": cfg.backend.reduce_range,
         "format": "QDQ",
     }
-    if cfg.calibrator != "minmax":
-        prov["num_bins"] = cfg.num_bins
-    if cfg.calibrator == "percentile":
-        prov["percentile"] = cfg.percentile
+    if cfg.backend.calibrator != "minmax":
+        prov["num_bins"] = cfg.backend.num_bins
+    if cfg.backend.calibrator == "percentile":
+        prov["percentile"] = cfg.backend.percentile
     return prov
 
 
@@ -260,10 +260,10 @@ def dynamic_int8(ctx: QuantizeContext):
             str(preprocessed(ctx.fp32_path, ctx.workdir)),
             str(out),
             op_types_to_quantize=DYNAMIC_OPS,
-            per_channel=ctx.cfg.per_channel,
-            reduce_range=ctx.cfg.reduce_range,
+            per_channel=ctx.cfg.backend.per_channel,
+            reduce_range=ctx.cfg.backend.reduce_range,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(ctx.cfg.exclude_nodes or []) or None,
+            nodes_to_exclude=list(ctx.cfg.backend.exclude_nodes or []) or None,
         )
     except Exception as e:
         raise ModelError(
@@ -275,7 +275,7 @@ def dynamic_int8(ctx: QuantizeContext):
 def fp16_model(ctx: QuantizeContext):
     from ..export.onnx_build import to_fp16
 
-    return to_fp16(ctx.fp32_proto, keep_io_types=not ctx.cfg.fp16_io)
+    return to_fp16(ctx.fp32_proto, keep_io_types=not ctx.cfg.backend.fp16_io)
 
 
 def copy_proto(proto):

@@ -28,228 +28,53 @@ import numpy as np
 from .. import __version__
 from .._io import sha256_file
 from .._registry import Registry
-from ..config import DictConfig
 from ..errors import ConfigError, ExportError, GateFailure, ModelError
 from ..layout import RunLayout
-from ..models.card import MODEL_ROLES
 from ..runtime.onnx_loader import image_input
 from ..runtime.tasks import get_task
 from .calibration import CalibrationSet, build_calibration
+from .quantize_config import (
+    CALIBRATORS,
+    DEFAULT_SEARCH_BUDGET_S,
+    SEARCH_OPTIONS,
+    VOLUME_NUM_HOLDOUT,
+    BackendConfig,
+    CalibrationConfig,
+    GateConfig,
+    ModelOptConfig,
+    NNCFConfig,
+    OnnxRuntimeConfig,
+    QATConfig,
+    QuantizeConfig,
+    backend_config_class,
+    backend_config_classes,
+)
 
 T = TypeVar("T")
 
 __all__ = [
     "QuantizeConfig",
+    "CalibrationConfig",
+    "GateConfig",
+    "BackendConfig",
+    "OnnxRuntimeConfig",
+    "NNCFConfig",
+    "ModelOptConfig",
+    "QATConfig",
     "QuantizeResult",
     "QuantizeContext",
     "QuantizedModel",
     "QuantTarget",
     "register_target",
     "get_target",
+    "handler_for",
     "available_targets",
     "out_is_stem",
     "quantize",
     "CALIBRATORS",
-    "COMMON_OPTIONS",
     "SEARCH_OPTIONS",
     "DEFAULT_SEARCH_BUDGET_S",
 ]
-
-CONFIG_VERSION = 1
-CALIBRATORS = ("minmax", "percentile", "entropy")
-# Seconds the recovery search may spend after the first model misses the gate (--search-budget): room for the
-# calibrator, weight-range and granularity variants and a latency-aware exclusion of a resnet18-class student.
-DEFAULT_SEARCH_BUDGET_S = 300.0
-# Held-out patches gating a volume model at the default --num-holdout (64 patches of 32^3 = 2.1 M voxels).
-VOLUME_NUM_HOLDOUT = 64
-# The options the recovery search varies when the user left them at their default (see QuantizeConfig.pinned).
-SEARCH_OPTIONS = ("calibrator", "percentile", "per_channel", "reduce_range", "auto_exclude")
-
-
-@dataclass(frozen=True)
-class QATConfig(DictConfig):
-    """Quantization-aware distillation of a fake-quant student. ``None`` means "use the default".
-
-    Defaults from benchmarks/qat_recovery.py: on a tiny synthetic run KD alone at lr 1e-4 for 3 epochs did not
-    recover a 4-bit PTQ loss; KD + hard-label CE at lr 5e-4 for 5 epochs did. On the resnet18_w32 student
-    (results/qat_recovery-w32.json) these settings took a 4-bit PTQ drop of 4.57 AUC points to -0.34."""
-
-    epochs: int = 5
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    temperature: float = 2.0
-    ce_weight: float = 1.0
-    seed: int = 0
-    augment: bool = False
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ConfigError(f"QAT epochs must be >= 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"QAT lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise ConfigError(f"QAT batch size must be >= 1, got {self.batch_size}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
-
-
-@dataclass(frozen=True)
-class QuantizeConfig(DictConfig):
-    """``medfm-compress quantize``. ``None`` means "use the default".
-
-    Attributes:
-        input: an ONNX file or a run directory (its ``model`` is exported first).
-        out: output ONNX path (default: next to the input, ``<stem>.<precision>.onnx``). With ``--target cpu
-            --precision auto`` an ``.onnx`` or ``.xml`` out limits the candidates to that kind; any other name is a
-            stem to which the winner's suffix is added (``student.auto`` -> ``student.auto.xml`` when an OpenVINO IR
-            wins), so every engine competes.
-        calib_data: data spec of the calibration images (any spec; folders need no labels).
-        target: deployment target, a registered backend name (``cpu``: ONNX Runtime).
-        precision: what the target should produce (``int8``, ``int8-dynamic``, ``fp16``, ``auto`` on cpu).
-        method: ``ptq`` (post-training); targets may register more (``qat``).
-        calibrator: ``minmax`` | ``percentile`` | ``entropy``.
-        num_calib: calibration images, drawn stratified by class.
-        num_holdout: held-out images for the parity gate (val split first), at most the split's size. 512: a 99%
-            agreement measured on 256 images has a standard error of 0.6 pt, as wide as the gate's margin. A volume
-            model left at this default is gated on :data:`VOLUME_NUM_HOLDOUT` patches: each holds tens of thousands
-            of voxels, and 512 of them made the gate minutes long per candidate.
-        num_bins: histogram bins of the percentile/entropy calibrators (ORT would silently use 128).
-        percentile: percentile of the percentile calibrator.
-        per_channel: per-channel weight scales.
-        reduce_range: 7-bit weights (range -64..64) for ONNX Runtime's int8 (cpu target). ORT's U8S8 kernels on
-            x86 without VNNI (AVX2, AVX-512 without VNNI) add pairs of uint8 x int8 products in 16 bits, which
-            saturates for full-range weights; measured on this AVX2 machine, a resnet18-class student's logits
-            came out at 22.3 dB SQNR fused vs 33.9 dB for the same QDQ model unfused, and 32.1 dB with 7-bit
-            weights at the same speed. On the openvino target the same flag sets NNCF's overflow fix on every
-            layer (NNCF's default: the first only). Off (``--full-range-weights``) only for VNNI-only deployments.
-        auto_exclude: keep the most damaging nodes in fp32 until the parity gate holds.
-        exclude_nodes: node names always kept in fp32.
-        min_agreement: parity gate, top-1 agreement with fp32 on held-out data (0 disables).
-        min_cosine: parity gate, mean logit cosine with fp32 on held-out data (None disables).
-        min_dice: parity gate of segmentation models, mean Dice of the quantized model's label maps against
-            fp32's on held-out images (with ``min_agreement`` as their pixel agreement).
-        min_pearson: parity gate of regression models, Pearson r of the quantized model's outputs with fp32's on
-            held-out images.
-        fp16_io: with ``fp16``, make the model's input and output float16 too.
-        allow_random_calibration: calibrate on random tensors when no data is given (recorded in metadata).
-        input_size, channels, mean, std: preprocessing of an ONNX without medfm metadata.
-        model: which model of a run directory (student, teacher, baseline).
-        teacher: teacher for methods that need one (qat).
-        qat: the quantization-aware distillation's settings (``--method qat``; None: :class:`QATConfig`'s defaults).
-        latency_runs: timed runs per candidate when latency decides (auto, auto-exclude, search).
-        batch_sizes: with ``--precision auto``: the batch sizes the model will run at (default: batch 1; a volume
-            model: 4, the windows per call of its sliding window). Every
-            candidate is timed at each (ONNX Runtime ones at batch > 1 also as one single-threaded stream per core)
-            and the choice is made per batch size: the first batch size's winner is written at ``out``, another
-            model winning a later batch size beside it as ``<stem>.bs<N>.onnx|.xml``; the artifacts' metadata and
-            the report say which file and run settings (``streams``) to use at which batch size.
-        search: when the first int8 model misses the parity gate, search the target's remedies (calibrators and
-            percentiles, weight range, per-channel or per-tensor weights, latency-aware exclusion of nodes, and on
-            ``cpu`` OpenVINO) and ship the fastest candidate that passes and is faster than fp32
-            (:mod:`medfm_compress.compress.quantize_search`); off: the first model ships or is refused.
-        search_budget: seconds the search may spend (default :data:`DEFAULT_SEARCH_BUDGET_S`); checked before each
-            candidate starts, so a candidate under way finishes.
-        pinned: options of :data:`SEARCH_OPTIONS` the user set explicitly; the search never varies them (nor any
-            option set away from its default). The CLI names every such flag given on the command line.
-        seed: sampling seed.
-        force: use an input whose hash differs from the run manifest.
-        progress: print progress lines.
-    """
-
-    input: str
-    out: str | None = None
-    calib_data: str | None = None
-    target: str = "cpu"
-    precision: str = "int8"
-    method: str = "ptq"
-    calibrator: str = "minmax"
-    num_calib: int = 256
-    num_holdout: int = 512
-    num_bins: int = 2048
-    percentile: float = 99.999
-    per_channel: bool = True
-    reduce_range: bool = True
-    auto_exclude: bool = False
-    exclude_nodes: tuple[str, ...] | None = None
-    min_agreement: float = 0.99
-    min_cosine: float | None = None
-    min_dice: float = 0.99
-    min_pearson: float = 0.99
-    fp16_io: bool = False
-    allow_random_calibration: bool = False
-    input_size: int | None = None
-    channels: int | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    model: str = "student"
-    teacher: str | None = None
-    qat: QATConfig | None = None
-    latency_runs: int = 50
-    batch_sizes: tuple[int, ...] | None = None
-    search: bool = True
-    search_budget: float | None = None
-    pinned: tuple[str, ...] = ()
-    seed: int = 0
-    force: bool = False
-    progress: bool = True
-    version: int = CONFIG_VERSION
-
-    def __post_init__(self):
-        if self.version != CONFIG_VERSION:
-            raise ConfigError(
-                f"quantize config version {self.version} is not supported (expected {CONFIG_VERSION})"
-            )
-        if self.calibrator not in CALIBRATORS:
-            raise ConfigError(
-                f"--calibrator must be one of {', '.join(CALIBRATORS)}, got {self.calibrator!r}"
-            )
-        for name in ("num_calib", "num_holdout", "num_bins", "latency_runs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.min_agreement <= 1.0:
-            raise ConfigError(f"--min-agreement must be in [0, 1], got {self.min_agreement}")
-        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
-            raise ConfigError(f"--min-cosine must be in [-1, 1], got {self.min_cosine}")
-        if not 0.0 <= self.min_dice <= 1.0:
-            raise ConfigError(f"--min-dice must be in [0, 1], got {self.min_dice}")
-        if not -1.0 <= self.min_pearson <= 1.0:
-            raise ConfigError(f"--min-pearson must be in [-1, 1], got {self.min_pearson}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile}")
-        if self.model not in MODEL_ROLES:
-            raise ConfigError(f"--model must be student, teacher or baseline, got {self.model!r}")
-        if self.search_budget is not None:
-            if not self.search:
-                raise ConfigError("--search-budget has no effect with --no-search; give one of them")
-            if not self.search_budget > 0:
-                raise ConfigError(f"--search-budget must be > 0 seconds, got {self.search_budget}")
-        if self.batch_sizes is not None:
-            sizes = tuple(self.batch_sizes)
-            if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
-                raise ConfigError(
-                    f"batch_sizes (--batch-sizes) must be positive integers, e.g. 1,32; got {self.batch_sizes!r}"
-                )
-            if self.precision != "auto":
-                raise ConfigError(
-                    "batch_sizes (--batch-sizes) chooses the model per batch size with precision auto; precision "
-                    f"{self.precision} makes one model for every batch size: remove batch_sizes"
-                )
-            object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(sizes)))
-        unknown = sorted(set(self.pinned) - set(SEARCH_OPTIONS))
-        if unknown:
-            raise ConfigError(f"pinned names unknown search options {unknown}; valid: {', '.join(SEARCH_OPTIONS)}")
-
-    @property
-    def search_budget_s(self) -> float:
-        return DEFAULT_SEARCH_BUDGET_S if self.search_budget is None else float(self.search_budget)
-
-    def pinned_options(self) -> frozenset[str]:
-        """The options of :data:`SEARCH_OPTIONS` the search keeps as given: named in ``pinned`` or set away from
-        their default."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        return frozenset(self.pinned) | {n for n in SEARCH_OPTIONS if getattr(self, n) != defaults[n]}
-
 
 @dataclass
 class QuantizeContext:
@@ -273,7 +98,7 @@ class QuantizeContext:
         """p50 latency (ms) of each candidate at ``shape``, all timed in the same interleaved rounds."""
         from . import latency
 
-        return (self.timer or latency.interleaved_latency_ms)(models, shape, self.cfg.latency_runs, dtypes)
+        return (self.timer or latency.interleaved_latency_ms)(models, shape, self.cfg.backend.latency_runs, dtypes)
 
 
 @dataclass
@@ -308,51 +133,34 @@ class QuantizeResult:
     by_batch: list[dict[str, Any]] = field(default_factory=list)
 
 
-# QuantizeConfig fields every target reads; the others are target options that a target declares when it
-# honours them (register_target(options=...)), and quantize() refuses one set away from its default otherwise.
-COMMON_OPTIONS = frozenset({
-    "input", "out", "calib_data", "target", "precision", "method", "num_calib", "num_holdout", "min_agreement",
-    "min_cosine", "min_dice", "min_pearson", "allow_random_calibration", "input_size", "channels", "mean", "std", "model", "seed",
-    "force",
-    "progress", "version", "pinned",
-})
-
-
 @dataclass(frozen=True)
 class QuantTarget:
-    name: str
+    """A backend's handler, registered for its config class (:mod:`medfm_compress.compress.quantize_config`)."""
+
+    config: type[BackendConfig]
     fn: Callable[[QuantizeContext], QuantizedModel]
     precisions: tuple[str, ...]
     methods: tuple[str, ...]
     check: Callable[[Any, QuantizeConfig], None] | None = None
-    options: tuple[str, ...] = ()
     suffix: str = ".onnx"
 
+    @property
+    def name(self) -> str:
+        return self.config.target
+
     def check_config(self, cfg: QuantizeConfig) -> None:
-        """One-line errors for a precision or method this target lacks, or an option it would ignore."""
+        """One-line errors for a precision or method this backend lacks (an option it does not take cannot be
+        set: its config class has no such field)."""
         if cfg.precision not in self.precisions:
             raise ConfigError(
                 f"--target {self.name} supports --precision {', '.join(self.precisions)}; got {cfg.precision!r}"
             )
         if cfg.method not in self.methods:
             raise ConfigError(f"--target {self.name} supports --method {', '.join(self.methods)}; got {cfg.method!r}")
-        self.refuse_ignored(cfg)
-
-    def refuse_ignored(self, cfg: QuantizeConfig) -> None:
-        """One-line error for a target option ``cfg`` sets (away from its default) that this target ignores."""
-        ignored = [f.name for f in dataclasses.fields(cfg)
-                   if f.name not in COMMON_OPTIONS and f.name not in self.options
-                   and getattr(cfg, f.name) != f.default]
-        if ignored:
-            flags = ", ".join(f"{n} ({getattr(cfg, n)!r})" for n in ignored)
-            raise ConfigError(
-                f"--target {self.name} does not use {flags}; remove it (this target's options: "
-                f"{', '.join(self.options) or 'none'})"
-            )
 
 
-_TARGETS: Registry[QuantTarget] = Registry("quantization target", origin=lambda t: t.fn.__module__)
-# The modules that register quantization targets, imported on first use (a backend whose optional dependency is
+_TARGETS: Registry[QuantTarget] = Registry("quantization handler", origin=lambda t: t.fn.__module__)
+# The modules that register quantization handlers, imported on first use (a backend whose optional dependency is
 # missing must not take the other targets down).
 TARGET_MODULES = ("quantize_ort", "quantize_openvino", "quantize_trt")
 _DISCOVERED = False
@@ -360,28 +168,24 @@ _BROKEN: dict[str, str] = {}
 
 
 def register_target(
-    name: str,
+    config: type[BackendConfig],
     precisions: tuple[str, ...],
     methods: tuple[str, ...] = ("ptq",),
     check: Callable[[Any, QuantizeConfig], None] | None = None,
-    options: tuple[str, ...] = (),
     suffix: str = ".onnx",
 ):
-    """Decorator registering a quantization backend for ``--target name``; a duplicate name is an error.
+    """Decorator registering the handler of a backend config class (registered with
+    :func:`~medfm_compress.compress.quantize_config.backend_config`); a second handler for one class is an error.
 
     ``check(fp32_proto, cfg)``, when given, runs before calibration data is loaded and raises a
-    :class:`~medfm_compress.errors.MedfmError` for a model the target cannot handle (e.g. an unsupported op).
-    ``options``: the :class:`QuantizeConfig` fields beyond :data:`COMMON_OPTIONS` the target honours; any other
-    set away from its default is refused. ``suffix``: the file the target writes (``.onnx``, ``.xml``).
+    :class:`~medfm_compress.errors.MedfmError` for a model the backend cannot handle (e.g. an unsupported op).
+    ``suffix``: the file the backend writes (``.onnx``, ``.xml``).
     """
-    fields = {f.name for f in dataclasses.fields(QuantizeConfig)}
-    unknown = set(options) - fields
-    if unknown:
-        raise ValueError(f"quantization target {name!r} declares unknown options {sorted(unknown)}")
+    if backend_config_classes().get(config.target) is not config:
+        raise ValueError(f"{config.__name__} is not a registered backend config (decorate it with @backend_config)")
 
     def deco(fn: Callable[[QuantizeContext], QuantizedModel]):
-        target = QuantTarget(name, fn, tuple(precisions), tuple(methods), check, tuple(options), suffix)
-        _TARGETS.register(name, target)
+        _TARGETS.register(config.target, QuantTarget(config, fn, tuple(precisions), tuple(methods), check, suffix))
         return fn
 
     return deco
@@ -404,12 +208,19 @@ def available_targets() -> dict[str, QuantTarget]:
     return {t.name: t for t in _TARGETS}
 
 
-def get_target(name: str) -> QuantTarget:
-    targets = available_targets()
-    if name not in targets:
+def handler_for(backend: BackendConfig) -> QuantTarget:
+    """The handler registered for ``backend``'s type."""
+    _discover()
+    target = _TARGETS.get(type(backend).target)
+    if target is None or target.config is not type(backend):
         broken = f" (backend modules that failed to import: {', '.join(sorted(_BROKEN))})" if _BROKEN else ""
-        raise ConfigError(f"unknown --target {name!r}; available: {', '.join(sorted(targets)) or 'none'}{broken}")
-    return targets[name]
+        raise ConfigError(f"--target {type(backend).target} has no quantization backend here{broken}")
+    return target
+
+
+def get_target(name: str) -> QuantTarget:
+    """The handler of ``--target name``."""
+    return handler_for(backend_config_class(name)())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -474,7 +285,7 @@ def quantize(cfg: QuantizeConfig, timer: Callable[..., dict[str, float]] | None 
 
     t0 = time.time()
     log = (lambda s: print(s, file=sys.stderr, flush=True)) if cfg.progress else (lambda s: None)
-    target = get_target(cfg.target)
+    target = handler_for(cfg.backend)
     target.check_config(cfg)
     if cfg.out and Path(cfg.out).resolve() == Path(cfg.input).resolve():
         raise ConfigError("--out must differ from the input model")
@@ -510,10 +321,11 @@ def quantize(cfg: QuantizeConfig, timer: Callable[..., dict[str, float]] | None 
         if "top1_agreement" not in task.gate_metrics:
             # No classes to agree on (an embedding, a regression): its own figures are the gate, not top-1; an
             # embedding's is the cosine to fp32 (default 0.99).
-            cosine = DEFAULT_MIN_COSINE if cfg.min_cosine is None and "cosine" in task.gate_metrics else cfg.min_cosine
-            cfg = dataclasses.replace(cfg, min_agreement=0.0, min_cosine=cosine)
-        if meta.preprocess.is_volume and cfg.num_holdout == QuantizeConfig.num_holdout:
-            cfg = dataclasses.replace(cfg, num_holdout=VOLUME_NUM_HOLDOUT)
+            cosine = (DEFAULT_MIN_COSINE if cfg.gate.min_cosine is None and "cosine" in task.gate_metrics
+                      else cfg.gate.min_cosine)
+            cfg = cfg.with_gate(min_agreement=0.0, min_cosine=cosine)
+        if meta.preprocess.is_volume and cfg.gate.num_holdout == GateConfig.num_holdout:
+            cfg = cfg.with_gate(num_holdout=VOLUME_NUM_HOLDOUT)
             log(f"volume model: parity gate on {VOLUME_NUM_HOLDOUT} held-out patches (--num-holdout to change)")
         if task.gate_metrics != ("top1_agreement",):
             log(f"{task.name} model: parity gate is {gate_text(cfg, task)} on held-out images")
@@ -521,13 +333,13 @@ def quantize(cfg: QuantizeConfig, timer: Callable[..., dict[str, float]] | None 
         if target.check is not None:
             target.check(proto, cfg)
         calib = build_calibration(
-            cfg.calib_data,
+            cfg.calibration.calib_data,
             meta.preprocess,
             shape,
-            cfg.num_calib,
-            cfg.num_holdout,
+            cfg.calibration.num_calib,
+            cfg.gate.num_holdout,
             cfg.seed,
-            cfg.allow_random_calibration,
+            cfg.calibration.allow_random_calibration,
         )
         log(
             f"calibration: {len(calib.images)} images, held-out: {len(calib.holdout)} images ({calib.source})"
@@ -618,7 +430,7 @@ def _speed_check(ctx: QuantizeContext, qm: QuantizedModel) -> None:
         return
     shape = (1, *ctx.input_shape)
     ms = timer({"fp32": ("onnxruntime", ctx.fp32_proto), "q": ("onnxruntime", qm.proto)}, shape,
-               runs=min(ctx.cfg.latency_runs, 50), rounds=3)
+               runs=min(ctx.cfg.backend.latency_runs, 50), rounds=3)
     ratio = ms["fp32"] / ms["q"] if ms["q"] else None
     qm.report["speed_vs_fp32"] = {"batch_size": 1, "fp32_ms": ms["fp32"], "ms": ms["q"], "speedup": ratio,
                                   "engine": "onnxruntime"}
@@ -675,9 +487,9 @@ def gate_text(cfg: QuantizeConfig, task) -> str:
     task = get_task(task)
     words = {"mean_dice": "mean Dice vs fp32's masks", "pearson_r": "Pearson r vs fp32's outputs",
              "top1_agreement": task.agreement_words, "cosine": "cosine"}
-    parts = [f"{words[m]} >= {getattr(cfg, GATE_OPTIONS[m])}" for m in task.gate_metrics if m != "cosine"]
-    if cfg.min_cosine is not None:
-        parts.append(f"cosine >= {cfg.min_cosine}")
+    parts = [f"{words[m]} >= {getattr(cfg.gate, GATE_OPTIONS[m])}" for m in task.gate_metrics if m != "cosine"]
+    if cfg.gate.min_cosine is not None:
+        parts.append(f"cosine >= {cfg.gate.min_cosine}")
     return ", ".join(parts)
 
 
@@ -698,7 +510,7 @@ def check_gate(parity: dict[str, Any], ctx: QuantizeContext, what: str, hint: st
 def gate_settings(cfg: QuantizeConfig, task) -> dict[str, float | None]:
     """The gate's thresholds as recorded in a report: agreement and cosine, and those the task's gate adds."""
     fields = ["min_agreement", "min_cosine", *(GATE_OPTIONS[m] for m in get_task(task).gate_metrics)]
-    return {f: getattr(cfg, f) for f in dict.fromkeys(fields)}
+    return {f: getattr(cfg.gate, f) for f in dict.fromkeys(fields)}
 
 
 def _check_gate_flags(cfg: QuantizeConfig, task, name: str) -> None:
@@ -708,7 +520,7 @@ def _check_gate_flags(cfg: QuantizeConfig, task, name: str) -> None:
     for metric, option in GATE_OPTIONS.items():
         if option in ("min_agreement", "min_cosine") or metric in task.gate_metrics:
             continue
-        if getattr(cfg, option) != getattr(QuantizeConfig, option):
+        if getattr(cfg.gate, option) != getattr(GateConfig, option):
             models = models_where(lambda t, m=metric: m in t.gate_metrics)
             raise ConfigError(f"--{option.replace('_', '-')} gates {models}; {name} is a {task.name} model (its gate "
                               f"is {gate_flags(task)}{'' if 'cosine' in task.gate_metrics else ' / --min-cosine'})")
@@ -768,7 +580,7 @@ def gate_passes(parity: dict[str, float], cfg: QuantizeConfig) -> bool:
     """The parity gate: every figure of ``parity`` that a gate option sets a threshold for (top-1 or pixel agreement,
     mean Dice vs fp32's masks, Pearson r vs fp32's outputs, cosine when set) on held-out data; a NaN fails."""
     for metric, option in GATE_OPTIONS.items():
-        threshold, value = getattr(cfg, option), parity.get(metric)
+        threshold, value = getattr(cfg.gate, option), parity.get(metric)
         if threshold is not None and value is not None and not value >= threshold:
             return False
     return True

@@ -43,6 +43,7 @@ from .quantize import (
     parity_text,
     register_target,
 )
+from .quantize_config import NNCFConfig
 from .quantize_search import (
     SearchCandidate,
     SearchStage,
@@ -110,7 +111,7 @@ def _check_openvino(proto, cfg) -> None:
     from ..export.openvino import onnx_to_ov
 
     _require_nncf()
-    if cfg.calibrator == "entropy":
+    if cfg.backend.calibrator == "entropy":
         raise ConfigError("--target openvino supports --calibrator minmax or percentile (NNCF has no entropy one)")
     if cfg.out and not str(cfg.out).lower().endswith(".xml"):
         raise ConfigError(f"--target openvino writes an IR: give --out ending in .xml (the .bin goes beside it), "
@@ -162,17 +163,17 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
     kwargs: dict[str, Any] = {"subset_size": len(ctx.calib.images)}
     if transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-    if cfg.exclude_nodes:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(cfg.exclude_nodes))
-    # The same saturation as ORT's U8S8 kernels without VNNI (see QuantizeConfig.reduce_range): NNCF's default
+    if cfg.backend.exclude_nodes:
+        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(cfg.backend.exclude_nodes))
+    # The same saturation as ORT's U8S8 kernels without VNNI (see Int8SearchConfig.reduce_range): NNCF's default
     # halves the weight range of the first layer only; all layers measured 0.934 -> 0.964 test agreement on a
     # distilled resnet18 here at the same speed. Full bias correction (not NNCF's fast one): 0.964 -> 0.972.
     from nncf.quantization.advanced_parameters import OverflowFix
 
-    overflow_fix = OverflowFix.ENABLE if cfg.reduce_range else OverflowFix.FIRST_LAYER
+    overflow_fix = OverflowFix.ENABLE if cfg.backend.reduce_range else OverflowFix.FIRST_LAYER
     adv: dict[str, Any] = {"overflow_fix": overflow_fix}
     kwargs["fast_bias_correction"] = False
-    if not cfg.per_channel:
+    if not cfg.backend.per_channel:
         from nncf.quantization.advanced_parameters import QuantizationParameters
 
         adv["weights_quantization_params"] = QuantizationParameters(per_channel=False)
@@ -181,17 +182,17 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
     # minmax means what it means for ONNX Runtime: the global min and max over the calibration set (NNCF's own
     # default for activations averages the per-image minima and maxima, which clips the rarer large values).
     adv["activations_range_estimator_params"] = (
-        RangeEstimatorParametersSet.MEAN_QUANTILE if cfg.calibrator == "percentile" else RangeEstimatorParametersSet.MINMAX
+        RangeEstimatorParametersSet.MEAN_QUANTILE if cfg.backend.calibrator == "percentile" else RangeEstimatorParametersSet.MINMAX
     )
     kwargs["advanced_parameters"] = AdvancedQuantizationParameters(**adv)
     prov: dict[str, Any] = {
         "tool": f"nncf {nncf.__version__}",
         "model_type": "transformer" if transformer else "default",
-        "calibrator": cfg.calibrator,
-        "per_channel": cfg.per_channel,
+        "calibrator": cfg.backend.calibrator,
+        "per_channel": cfg.backend.per_channel,
         "overflow_fix": overflow_fix.value,
         "bias_correction": "full",
-        "excluded_nodes": sorted(cfg.exclude_nodes or []),
+        "excluded_nodes": sorted(cfg.backend.exclude_nodes or []),
         **_rewrites(fp32_model),
     }
     report: dict[str, Any] = {}
@@ -206,7 +207,7 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
         raise ModelError(f"NNCF cannot quantize this model: {str(e).strip().splitlines()[0][:300]}") from None
     parity = parity_report(ref, _run_ov(compile_ov(q, "CPU"), ctx.calib.holdout), ctx.meta.task)
     report["parity_naive"] = parity
-    if cfg.auto_exclude and not gate_passes(parity, cfg) and (worth_restoring is None or worth_restoring(q, report)):
+    if cfg.backend.auto_exclude and not gate_passes(parity, cfg) and (worth_restoring is None or worth_restoring(q, report)):
         ctx.log("openvino: PTQ misses the gate; NNCF accuracy-controlled quantization on top-1 agreement")
         calls, t0 = [0], time.perf_counter()
         ranking_images = min(AC_RANKING_IMAGES, len(ctx.calib.holdout))
@@ -226,7 +227,7 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
             if len(idx) == len(ctx.calib.holdout):
                 calls[0] += 1
                 ctx.log(f"openvino accuracy control: validation {calls[0]} ({len(idx)} images): top-1 agreement "
-                        f"{agreement:.4f} (gate {cfg.min_agreement}), {time.perf_counter() - t0:.0f} s")
+                        f"{agreement:.4f} (gate {cfg.gate.min_agreement}), {time.perf_counter() - t0:.0f} s")
             return agreement, [float(v) for v in per_item]
 
         holdout = BatchIterable(ctx.calib.holdout, 1, lambda i, x: (x, np.array([i])))
@@ -247,7 +248,7 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
                     calib,
                     val,
                     validate,
-                    max_drop=1.0 - cfg.min_agreement,
+                    max_drop=1.0 - cfg.gate.min_agreement,
                     drop_type=nncf.DropType.ABSOLUTE,
                     subset_size=len(ctx.calib.images),
                     **ac_kwargs,
@@ -257,7 +258,7 @@ def _ptq(ctx: QuantizeContext, fp32_model, ref: np.ndarray, worth_restoring=None
                 f"NNCF accuracy-controlled quantization failed: {str(e).strip().splitlines()[0][:300]}"
             ) from None
         parity = parity_report(ref, _run_ov(compile_ov(q, "CPU"), ctx.calib.holdout), ctx.meta.task)
-        prov["accuracy_control"] = {"metric": "top1_agreement", "max_drop": round(1.0 - cfg.min_agreement, 6),
+        prov["accuracy_control"] = {"metric": "top1_agreement", "max_drop": round(1.0 - cfg.gate.min_agreement, 6),
                                     "ranking": "per-image logit cosine to fp32",
                                     "ranking_images": ranking_images}
         # What NNCF gave back to fp32: compute ops int8 after plain PTQ that no longer read a FakeQuantize.
@@ -300,10 +301,7 @@ def _ref(ctx: QuantizeContext) -> np.ndarray:
     return run_onnx(ort_session(ctx.fp32_proto), ctx.calib.holdout)
 
 
-@register_target("openvino", precisions=OPENVINO_PRECISIONS, methods=("ptq",), check=_check_openvino,
-                 options=("calibrator", "per_channel", "reduce_range", "auto_exclude", "exclude_nodes", "latency_runs",
-                          "search", "search_budget"),
-                 suffix=".xml")
+@register_target(NNCFConfig, precisions=OPENVINO_PRECISIONS, methods=("ptq",), check=_check_openvino, suffix=".xml")
 def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
     """OpenVINO IR: fp32 or bf16 conversion, or NNCF int8 (accuracy-controlled with ``--auto-exclude``)."""
 
@@ -317,16 +315,16 @@ def quantize_openvino(ctx: QuantizeContext) -> QuantizedModel:
     q, prov, report = _ptq(ctx, fp32_model, ref)
     p = report["parity"]
     qm = QuantizedModel(q, "int8", {"format": "openvino-ir", **prov}, report, save=_writer(q), suffix=".xml")
-    if not gate_passes(p, cfg) and cfg.search:
+    if not gate_passes(p, cfg) and cfg.backend.search:
         settings = {**base_settings(cfg, percentiles=False),
-                    "exclusion": "nncf-accuracy-control" if cfg.auto_exclude else None,
+                    "exclusion": "nncf-accuracy-control" if cfg.backend.auto_exclude else None,
                     "fp32_nodes": len(report.get("auto_exclude", {}).get("excluded", []))}
         first = SearchCandidate(ENGINE, settings, settings_label(settings), lambda: qm, lambda: fp32_model)
         return search(ctx, ref, first, cache={"ov_fp32": fp32_model})
     if not gate_passes(p, cfg):
         raise GateFailure(
             f"int8 model fails the parity gate ({gate_text(cfg, ctx.meta.task)}) on {len(ctx.calib.holdout)} "
-            f"held-out images: {parity_text(p)}; {'' if cfg.auto_exclude else 'try --auto-exclude, '}or lower "
+            f"held-out images: {parity_text(p)}; {'' if cfg.backend.auto_exclude else 'try --auto-exclude, '}or lower "
             f"{gate_flags(ctx.meta.task)}; nothing written"
         )
     return qm
@@ -409,7 +407,7 @@ def openvino_auto_candidates(ctx: QuantizeContext, ref: np.ndarray) -> list[tupl
         row = {
             "precision": name,
             "engine": "openvino",
-            "latency_ms": latency.latency_ms(qm.proto, shape, cfg.latency_runs, engine="openvino",
+            "latency_ms": latency.latency_ms(qm.proto, shape, cfg.backend.latency_runs, engine="openvino",
                                              precision=qm.precision),
             **parity_columns(p),
             "passes": gate_passes(p, cfg),
@@ -443,8 +441,8 @@ def _ov_candidate(state: SearchState, s: dict[str, Any], accuracy_control: bool 
     s = {**s, "percentile": None, "exclusion": "nncf-accuracy-control" if accuracy_control else None, "fp32_nodes": 0}
 
     def build() -> QuantizedModel:
-        cfg = dataclasses.replace(ctx.cfg, calibrator=s["calibrator"], per_channel=s["per_channel"],
-                                  reduce_range=s["reduce_range"], auto_exclude=accuracy_control)
+        cfg = ctx.cfg.with_backend(calibrator=s["calibrator"], per_channel=s["per_channel"],
+                                   reduce_range=s["reduce_range"], auto_exclude=accuracy_control)
         qm = _int8_candidate(dataclasses.replace(ctx, cfg=cfg), _search_fp32(state), ref)
         ae = qm.report.get("auto_exclude", {})
         s["fp32_nodes"] = len(ae.get("excluded", []))
@@ -462,7 +460,7 @@ def _nncf_settings(state: SearchState, engine: str) -> dict[str, Any]:
     row = state.best(engine, plain=True)
     s = {k: row[k] for k in ("calibrator", "per_channel", "reduce_range")} if row is not None else base_settings(cfg)
     if s["calibrator"] not in NNCF_CALIBRATORS:
-        s["calibrator"] = cfg.calibrator if cfg.calibrator in NNCF_CALIBRATORS else "minmax"
+        s["calibrator"] = cfg.backend.calibrator if cfg.backend.calibrator in NNCF_CALIBRATORS else "minmax"
     return s
 
 
@@ -497,8 +495,8 @@ def openvino_cpu_search_stages(ctx: QuantizeContext, ref: np.ndarray) -> list[Se
     def skip(state: SearchState) -> str | None:
         if cfg.out and str(cfg.out).lower().endswith(".onnx"):
             return "--out names an .onnx file (give a .xml or no --out to consider OpenVINO)"
-        if "calibrator" in cfg.pinned_options() and cfg.calibrator not in NNCF_CALIBRATORS:
-            return f"--calibrator {cfg.calibrator} is pinned and NNCF has no such calibrator"
+        if "calibrator" in cfg.backend.pinned_options() and cfg.backend.calibrator not in NNCF_CALIBRATORS:
+            return f"--calibrator {cfg.backend.calibrator} is pinned and NNCF has no such calibrator"
         try:
             _require_nncf()
             _search_fp32(state)
@@ -509,7 +507,7 @@ def openvino_cpu_search_stages(ctx: QuantizeContext, ref: np.ndarray) -> list[Se
     def int8(state: SearchState) -> Iterator[SearchCandidate]:
         s = _nncf_settings(state, "onnxruntime")
         yield _ov_candidate(state, s)
-        if "calibrator" not in cfg.pinned_options() and not state.any_passes(ENGINE):
+        if "calibrator" not in cfg.backend.pinned_options() and not state.any_passes(ENGINE):
             yield _ov_candidate(state, {**s, "calibrator": next(c for c in NNCF_CALIBRATORS if c != s["calibrator"])})
 
     ac = _accuracy_control_stage(60)

@@ -36,6 +36,7 @@ from .quantize import (
     parity_report,
     register_target,
 )
+from .quantize_config import OnnxRuntimeConfig
 from .quantize_search import (
     SearchCandidate,
     SearchStage,
@@ -64,9 +65,7 @@ def _check_cpu(proto, cfg) -> None:
     ort_session(proto)
 
 
-@register_target("cpu", precisions=CPU_PRECISIONS, methods=("ptq",), check=_check_cpu,
-                 options=("calibrator", "num_bins", "percentile", "per_channel", "reduce_range", "auto_exclude",
-                          "exclude_nodes", "fp16_io", "latency_runs", "batch_sizes", "search", "search_budget"))
+@register_target(OnnxRuntimeConfig, precisions=CPU_PRECISIONS, methods=("ptq",), check=_check_cpu)
 def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
     """ONNX Runtime CPU: static QDQ U8S8 int8 (searched for a passing model when it misses the gate), dynamic int8,
     fp16, or the fastest that passes (auto)."""
@@ -74,23 +73,23 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
     precision = cfg.precision
     ref = run_onnx(ctx.fp32_proto, ctx.calib.holdout)
     if precision == "int8":
-        sq = StaticQuantizer(ctx.fp32_path, ctx.calib.images, ctx.workdir, cfg.calibrator, cfg.per_channel,
-                             cfg.num_bins, cfg.percentile, cfg.reduce_range)
+        sq = StaticQuantizer(ctx.fp32_path, ctx.calib.images, ctx.workdir, cfg.backend.calibrator, cfg.backend.per_channel,
+                             cfg.backend.num_bins, cfg.backend.percentile, cfg.backend.reduce_range)
         try:
             qm = static_int8(ctx, ref, sq)
         except GateFailure as e:  # --auto-exclude could not reach the gate, or only with a model slower than fp32
-            if not cfg.search:
+            if not cfg.backend.search:
                 raise
             return _search_int8(ctx, ref, sq, e)
-        if cfg.search and not gate_passes(qm.report["parity"], cfg):
+        if cfg.backend.search and not gate_passes(qm.report["parity"], cfg):
             return _search_int8(ctx, ref, sq, qm)
     elif precision == "int8-dynamic":
         proto = dynamic_int8(ctx)
         qm = QuantizedModel(
             proto,
             "int8-dynamic",
-            {"ops": DYNAMIC_OPS, "weights": "int8", "per_channel": cfg.per_channel,
-             "reduce_range": cfg.reduce_range},
+            {"ops": DYNAMIC_OPS, "weights": "int8", "per_channel": cfg.backend.per_channel,
+             "reduce_range": cfg.backend.reduce_range},
             {"parity": parity_of(ctx, ref, proto)},
         )
     elif precision == "fp16":
@@ -98,7 +97,7 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
         qm = QuantizedModel(
             proto,
             "fp16",
-            {"fp16_io": cfg.fp16_io},
+            {"fp16_io": cfg.backend.fp16_io},
             {"parity": parity_report(ref, run_onnx(proto, ctx.calib.holdout), ctx.meta.task)},
         )
     else:
@@ -114,7 +113,7 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
 def _search_int8(ctx: QuantizeContext, ref: np.ndarray, sq: StaticQuantizer, first: QuantizedModel | GateFailure):
     """Search from the first int8 model (or the error its --auto-exclude ended in), reusing its calibration."""
     cfg = ctx.cfg
-    settings = {**base_settings(cfg), "exclusion": "most-damaging" if cfg.auto_exclude else None}
+    settings = {**base_settings(cfg), "exclusion": "most-damaging" if cfg.backend.auto_exclude else None}
     if isinstance(first, QuantizedModel):
         settings["fp32_nodes"] = len(first.report.get("auto_exclude", {}).get("excluded", []))
 
@@ -129,9 +128,9 @@ def _search_int8(ctx: QuantizeContext, ref: np.ndarray, sq: StaticQuantizer, fir
 
 def _variant(ctx: QuantizeContext, s: dict[str, Any], auto_exclude: bool = False) -> QuantizeContext:
     """``ctx`` with the settings ``s`` (what static_int8 and its provenance read)."""
-    percentile = ctx.cfg.percentile if s["percentile"] is None else s["percentile"]
-    cfg = dataclasses.replace(ctx.cfg, calibrator=s["calibrator"], percentile=percentile,
-                              per_channel=s["per_channel"], reduce_range=s["reduce_range"], auto_exclude=auto_exclude)
+    percentile = ctx.cfg.backend.percentile if s["percentile"] is None else s["percentile"]
+    cfg = ctx.cfg.with_backend(calibrator=s["calibrator"], percentile=percentile, per_channel=s["per_channel"],
+                               reduce_range=s["reduce_range"], auto_exclude=auto_exclude)
     return dataclasses.replace(ctx, cfg=cfg)
 
 
@@ -141,9 +140,9 @@ def _quantizer(state: SearchState, s: dict[str, Any]) -> StaticQuantizer:
     quantizers = state.cache.setdefault("ort_quantizers", {})
     key = (s["calibrator"], s["percentile"])
     if key not in quantizers:
-        percentile = ctx.cfg.percentile if s["percentile"] is None else s["percentile"]
+        percentile = ctx.cfg.backend.percentile if s["percentile"] is None else s["percentile"]
         quantizers[key] = StaticQuantizer(ctx.fp32_path, ctx.calib.images, ctx.workdir, s["calibrator"], True,
-                                          ctx.cfg.num_bins, percentile, True)
+                                          ctx.cfg.backend.num_bins, percentile, True)
     return quantizers[key].with_weights(s["per_channel"], s["reduce_range"])
 
 
@@ -159,7 +158,7 @@ def _exclusion(state: SearchState, s: dict[str, Any]) -> SearchCandidate:
     """Nodes of the most faithful plain setting kept in fp32: the user's --auto-exclude method (most damaging
     first) when given, else the cheapest for the fidelity they bring back."""
     ctx, ref = state.ctx, state.ref
-    most_damaging = "auto_exclude" in ctx.cfg.pinned_options()
+    most_damaging = "auto_exclude" in ctx.cfg.backend.pinned_options()
     s = {**s, "exclusion": "most-damaging" if most_damaging else "latency-aware", "fp32_nodes": 0}
 
     def build() -> QuantizedModel:
@@ -169,7 +168,7 @@ def _exclusion(state: SearchState, s: dict[str, Any]) -> SearchCandidate:
             qm = static_int8(vctx, ref, sq)
             s["fp32_nodes"] = len(qm.report.get("auto_exclude", {}).get("excluded", []))
             return qm
-        user = list(ctx.cfg.exclude_nodes or [])
+        user = list(ctx.cfg.backend.exclude_nodes or [])
         res = cheapest_exclusion(vctx, sq, ref, user, should_stop=state.spent)
         s["fp32_nodes"] = len(res.excluded)
         prov = {**static_provenance(vctx.cfg), "excluded_nodes": sorted(set(user) | set(res.excluded)),

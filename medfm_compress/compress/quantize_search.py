@@ -9,7 +9,7 @@ nodes; OpenVINO (:mod:`medfm_compress.compress.quantize_openvino`) contributes N
 ``cpu``, and its own settings to ``openvino``.
 
 * Every candidate is judged on the held-out images, never on the calibration images.
-* An option the user pinned (:meth:`QuantizeConfig.pinned_options`) is never varied; its stage says so.
+* An option the user pinned (:meth:`Int8SearchConfig.pinned_options`) is never varied; its stage says so.
 * The budget (``--search-budget``) is checked before each candidate starts; what it cut is said.
 * The candidates that pass and the fp32 model of each of their engines are timed in one interleaved loop (as
   ``--precision auto`` does); a candidate not faster than fp32 on its engine does not ship. Of the rest the fastest
@@ -165,15 +165,17 @@ class SearchState:
                    f"agreement {row['top1_agreement']:.4f} cosine {row['cosine']:.5f} "
                    f"{'passes' if row['passes'] else 'misses'} the gate") if "top1_agreement" in row else row["error"]
         ctx.log(f"search: #{index} {cand.engine} {row['candidate']}: {figures} "
-                f"({time.perf_counter() - self.started:.0f} of {cfg.search_budget_s:g} s)")
+                f"({time.perf_counter() - self.started:.0f} of {cfg.backend.search_budget_s:g} s)")
         return row
 
 
 def base_settings(cfg: QuantizeConfig, percentiles: bool = True) -> dict[str, Any]:
-    """The settings ``cfg`` asks for, as a plain (no exclusion) candidate's."""
-    return {"calibrator": cfg.calibrator,
-            "percentile": cfg.percentile if percentiles and cfg.calibrator == "percentile" else None,
-            "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range, "exclusion": None, "fp32_nodes": 0}
+    """The settings ``cfg`` asks for, as a plain (no exclusion) candidate's (a percentile only where the backend
+    has one: ONNX Runtime's, not NNCF's)."""
+    b = cfg.backend
+    percentile = getattr(b, "percentile", None) if percentiles and b.calibrator == "percentile" else None
+    return {"calibrator": b.calibrator, "percentile": percentile, "per_channel": b.per_channel,
+            "reduce_range": b.reduce_range, "exclusion": None, "fp32_nodes": 0}
 
 
 def settings_label(s: dict[str, Any]) -> str:
@@ -200,26 +202,27 @@ def setting_stages(
         return {k: row[k] for k in SETTINGS} if row is not None else dict(start(state))
 
     def pinned(state: SearchState) -> frozenset[str]:
-        return state.ctx.cfg.pinned_options()
+        return state.ctx.cfg.backend.pinned_options()
 
     def calibrator_skip(state: SearchState) -> str | None:
         cfg, p = state.ctx.cfg, pinned(state)
         if "calibrator" not in p:
             return None
-        if cfg.calibrator == "percentile" and percentiles and "percentile" not in p:
+        if cfg.backend.calibrator == "percentile" and percentiles and "percentile" not in p:
             return None
-        if cfg.calibrator not in calibrators:
-            return f"pinned by --calibrator {cfg.calibrator}, which {engine} does not have"
+        if cfg.backend.calibrator not in calibrators:
+            return f"pinned by --calibrator {cfg.backend.calibrator}, which {engine} does not have"
         flags = " and ".join(FLAGS[o] for o in ("calibrator", "percentile") if o in p)
         return f"pinned by {flags}"
 
     def calibrator_candidates(state: SearchState) -> Iterator[SearchCandidate]:
         cfg, p = state.ctx.cfg, pinned(state)
         b = base(state)
-        for cal in ([cfg.calibrator] if "calibrator" in p else list(calibrators)):
+        for cal in ([cfg.backend.calibrator] if "calibrator" in p else list(calibrators)):
             values: list[float | None] = [None]
             if cal == "percentile" and percentiles:
-                values = [cfg.percentile] if "percentile" in p else list(dict.fromkeys((cfg.percentile, *percentiles)))
+                user = cfg.backend.percentile
+                values = [user] if "percentile" in p else list(dict.fromkeys((user, *percentiles)))
             for v in values:
                 yield make(state, {**b, "calibrator": cal, "percentile": v})
 
@@ -243,13 +246,13 @@ def setting_stages(
 def search(ctx: QuantizeContext, ref: np.ndarray, first: SearchCandidate,
            cache: dict[str, Any] | None = None) -> QuantizedModel:
     """Judge ``first`` (the model as requested, which missed the gate), then the stages registered for the target,
-    within ``cfg.search_budget_s``; return the fastest candidate that passes and beats fp32, with the search's
+    within ``cfg.backend.search_budget_s``; return the fastest candidate that passes and beats fp32, with the search's
     record in its provenance and report. Nothing ships: :class:`GateFailure`."""
     cfg = ctx.cfg
     t0 = time.perf_counter()
-    state = SearchState(ctx, ref, deadline=t0 + cfg.search_budget_s, started=t0, cache=dict(cache or {}))
+    state = SearchState(ctx, ref, deadline=t0 + cfg.backend.search_budget_s, started=t0, cache=dict(cache or {}))
     ctx.log(f"search: the first {cfg.precision} model cannot ship (parity gate, or its --auto-exclude gave up); trying "
-            f"the remedies of --target {cfg.target} for up to {cfg.search_budget_s:g} s (--search-budget; --no-search "
+            f"the remedies of --target {cfg.target} for up to {cfg.backend.search_budget_s:g} s (--search-budget; --no-search "
             "refuses instead)")
     state.evaluate(first, "as requested")
     stages = sorted((s for provider in SEARCH_STAGE_PROVIDERS.get(cfg.target, []) for s in provider(ctx, ref)),
@@ -279,7 +282,7 @@ def search(ctx: QuantizeContext, ref: np.ndarray, first: SearchCandidate,
         log.append({"stage": stage.name, "status": status})
         if stopped:
             cut.append(stage.name)
-    budget_note = (f"the search budget ({cfg.search_budget_s:g} s) ran out before: {', '.join(cut)}" if cut else None)
+    budget_note = (f"the search budget ({cfg.backend.search_budget_s:g} s) ran out before: {', '.join(cut)}" if cut else None)
     if budget_note:
         ctx.log(f"search: {budget_note}")
     _time_passing(state)
@@ -287,10 +290,10 @@ def search(ctx: QuantizeContext, ref: np.ndarray, first: SearchCandidate,
         "gate": {**gate_settings(cfg, ctx.meta.task),
                  "holdout_images": len(ctx.calib.holdout),
                  "holdout_split": ctx.calib.info.get("holdout_split", ctx.calib.source)},
-        "budget_s": cfg.search_budget_s,
+        "budget_s": cfg.backend.search_budget_s,
         "elapsed_s": round(time.perf_counter() - t0, 1),
         "budget_spent": budget_note,
-        "pinned": sorted(cfg.pinned_options()),
+        "pinned": sorted(cfg.backend.pinned_options()),
         "stages": log,
         "table": state.rows,
     }

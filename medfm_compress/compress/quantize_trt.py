@@ -32,6 +32,7 @@ from .quantize import (
     parity_report,
     register_target,
 )
+from .quantize_config import ModelOptConfig
 
 __all__ = [
     "TRT_QUANT_PRECISIONS",
@@ -276,7 +277,7 @@ class _quiet:
 
 
 
-@register_target("tensorrt", precisions=("int8", "fp8", "fp16"), methods=("ptq", "qat"), options=("teacher", "qat"))
+@register_target(ModelOptConfig, precisions=("int8", "fp8", "fp16"), methods=("ptq", "qat"))
 def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
     """Symmetric QDQ ONNX for TensorRT.
 
@@ -327,13 +328,13 @@ def _torch_path(ctx: QuantizeContext):
     qmodel = quantize_torch(model, ctx.calib.images, cfg.precision)
     prov: dict[str, Any] = {"backend": "nvidia-modelopt (torch)", "preset": _PRESETS[cfg.precision]}
     if cfg.method == "qat":
-        spec = cfg.calib_data or card.provenance.get("data")
+        spec = cfg.calibration.calib_data or card.provenance.get("data")
         train = load_data(spec, require_labels=True, seed=cfg.seed).splits.get("train")
         if train is None or len(train) == 0:
             raise DataError(f"{spec} has no train split for QAT")
         x_train = card.preprocess(train.images)
-        teacher, _ = load_model(cfg.teacher or ctx.run_dir, "teacher")
-        qcfg = cfg.qat or QATConfig(seed=cfg.seed)
+        teacher, _ = load_model(cfg.backend.teacher or ctx.run_dir, "teacher")
+        qcfg = cfg.backend.qat or QATConfig(seed=cfg.seed)
         ctx.log(f"QAT: {qcfg.epochs} epochs of KD from the teacher on {len(x_train)} images")
         hist = qat_distill(
             qmodel,

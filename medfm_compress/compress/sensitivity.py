@@ -221,7 +221,7 @@ def auto_exclude(
             )
         return AutoExcludeResult(proto, parity, excluded, steps, [s.to_dict() for s in ranking], ms, fp32_ms)
     raise GateFailure(
-        f"auto-exclude could not reach the parity gate (min agreement {cfg.min_agreement}) even with all "
+        f"auto-exclude could not reach the parity gate (min agreement {cfg.gate.min_agreement}) even with all "
         f"{len(ranking)} nodes in fp32; nothing written"
     )
 

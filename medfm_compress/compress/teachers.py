@@ -50,9 +50,9 @@ class TeacherSource:
     def check(self, cfg) -> None:
         """Refuse, in one line, settings this source cannot honour (before the data is read)."""
         for field, flag in (("cache", "--cache"), ("teacher_batch_size", "--teacher-batch-size")):
-            if getattr(cfg, field) is not None:
+            if cfg.get_option(field) is not None:
                 raise ConfigError(f"{flag} applies to a foundation teacher's embedding cache (astra-ct); "
-                                  f"--teacher {cfg.teacher or '(default)'} has none")
+                                  f"--teacher {cfg.teacher.spec or '(default)'} has none")
 
     def check_data(self, cfg, data) -> None:
         """Refuse, in one line, data this source cannot teach on (once it is read)."""
@@ -87,7 +87,7 @@ def teacher_source(cfg) -> TeacherSource:
         if source.matches(cfg):
             return source
     raise ModelError(
-        f"teacher {cfg.teacher} has no weights; pass --teacher-weights FILE (.safetensors or .pt), or "
+        f"teacher {cfg.teacher.spec} has no weights; pass --teacher-weights FILE (.safetensors or .pt), or "
         "--teacher-epochs N to train it from scratch on these labels"
     )
 
@@ -123,7 +123,7 @@ def train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs:
     def step(batch_idx, epoch):
         xb = x[torch.as_tensor(batch_idx, device=x.device)]
         yb = y[torch.as_tensor(batch_idx, device=y.device)]
-        if cfg.augment:
+        if cfg.loop.augment:
             xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
             yb = dtask.augment_targets(yb, batch_idx, cfg.seed, epoch)  # label maps move with their images
         with autocast(device):
@@ -131,7 +131,7 @@ def train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs:
             loss = dtask.hard_loss(logits.float(), yb)
         return loss, {"loss": float(loss.detach())}
 
-    loop = LoopConfig(name, run.steps_per_epoch, epochs, lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
+    loop = LoopConfig(name, run.steps_per_epoch, epochs, lr, cfg.loop.weight_decay, cfg.loop.batch_size, cfg.seed, cfg.loop.augment)
     return run_loop(loop, {"model": model}, step, idx, ckpt, cfg.resume, run.log, progress=cfg.progress)
 
 
@@ -167,7 +167,7 @@ def _from_arch(run: DistillRun, arch: str, weights: str | None = None):
         from .adapt import file_head_classes
 
         in_ch = first_conv_in_chans(weights) or task.channels
-        head = file_head_classes(arch, weights, cfg.weights_key_map, in_ch, size) or head
+        head = file_head_classes(arch, weights, cfg.teacher.weights_key_map, in_ch, size) or head
     model = create_model(arch, head, in_ch, size)
     if in_ch != task.channels:
         from .adapt import teacher_preprocess
@@ -216,12 +216,12 @@ class _ModelSource(TeacherSource):
         from ..models.factory import check_model_spec
 
         super().check(cfg)
-        if cfg.teacher and teacher_path(cfg.teacher) is None:
-            check_model_spec(cfg.teacher)
+        if cfg.teacher.spec and teacher_path(cfg.teacher.spec) is None:
+            check_model_spec(cfg.teacher.spec)
 
     def check_data(self, cfg, data) -> None:
         if not distill_task(data).runtime.has_labels:
-            raise ConfigError(f"{data.source} has no labels to train or check a --teacher {cfg.teacher or ''} on; "
+            raise ConfigError(f"{data.source} has no labels to train or check a --teacher {cfg.teacher.spec or ''} on; "
                               "its teacher is a foundation encoder (astra-ct, astra-ct-tiny)")
 
 
@@ -235,19 +235,19 @@ class AdaptedSource(_ModelSource):
     name: ClassVar[str] = "adapted"
 
     def matches(self, cfg) -> bool:
-        return bool(cfg.teacher_adapt)
+        return bool(cfg.teacher.adapt)
 
     def _adapted(self, run: DistillRun) -> tuple[Path, Path]:
         from ..data.digest import data_digest
         from .adapt import AdaptConfig, adapt_teacher
 
         cfg = run.cfg
-        acfg = AdaptConfig(teacher=cfg.teacher, data=cfg.data, out=str(run.out), teacher_weights=cfg.teacher_weights,
-                           weights_key_map=cfg.weights_key_map, method=cfg.teacher_adapt,
+        acfg = AdaptConfig(teacher=cfg.teacher.spec, data=cfg.data, out=str(run.out), teacher_weights=cfg.teacher.weights,
+                           weights_key_map=cfg.teacher.weights_key_map, method=cfg.teacher.adapt,
                            label_fraction=cfg.label_fraction, seed=cfg.seed, device=cfg.device,
                            progress=cfg.progress)
         blob = json.dumps({
-            "weights": sha256_file(cfg.teacher_weights) if cfg.teacher_weights else None,
+            "weights": sha256_file(cfg.teacher.weights) if cfg.teacher.weights else None,
             "data": data_digest(run.task, cfg.data, cfg.seed)["sha256"],
             "config": {k: v for k, v in acfg.to_dict().items() if k not in ("out", "progress", "device", "data")},
             "tool": "adapt-1",
@@ -255,10 +255,10 @@ class AdaptedSource(_ModelSource):
         tdir = cache_dir() / "adapted" / hashlib.sha256(blob).hexdigest()[:16]
         card, weights = RunLayout(tdir).card("teacher"), RunLayout(tdir).weights("teacher")
         if card.is_file() and weights.is_file():
-            run.log(f"teacher: adapted ({cfg.teacher_adapt}) teacher cached at {tdir}")
+            run.log(f"teacher: adapted ({cfg.teacher.adapt}) teacher cached at {tdir}")
             return card, weights
         if run.rank == 0:
-            run.log(f"teacher: adapting {cfg.teacher} to {run.task.source} ({cfg.teacher_adapt}, {len(run.labeled)} "
+            run.log(f"teacher: adapting {cfg.teacher.spec} to {run.task.source} ({cfg.teacher.adapt}, {len(run.labeled)} "
                     f"labelled images), cached by weights hash, data digest and config at {tdir}")
             ensure_dir(tdir)
             adapted = adapt_teacher(acfg, run.task, run.log, run.device, tdir)
@@ -279,7 +279,7 @@ class AdaptedSource(_ModelSource):
         model, tcard, pre = _from_card(run, card_path, arch)
         _checked(run, model, pre, arch)
         _load(model, weights, arch, "name", hint=False)
-        source = (f"adapted ({run.cfg.teacher_adapt}) from {run.cfg.teacher_weights or run.cfg.teacher}, cached at "
+        source = (f"adapted ({run.cfg.teacher.adapt}) from {run.cfg.teacher.weights or run.cfg.teacher.spec}, cached at "
                   f"{Path(weights).parent}")
         return _resolved(run, model, tcard, pre, arch, Path(weights), source)
 
@@ -291,12 +291,12 @@ class RunDirSource(_ModelSource):
     name: ClassVar[str] = "run"
 
     def matches(self, cfg) -> bool:
-        return teacher_path(cfg.teacher) is not None
+        return teacher_path(cfg.teacher.spec) is not None
 
     def resolve(self, run: DistillRun) -> ResolvedTeacher:
         from ..models.card import ModelCard
 
-        card_path, weights = teacher_path(run.cfg.teacher)
+        card_path, weights = teacher_path(run.cfg.teacher.spec)
         arch = ModelCard.load(card_path).arch
         model, tcard, pre = _from_card(run, card_path, arch)
         _checked(run, model, pre, arch)
@@ -311,20 +311,20 @@ class WeightsSource(_ModelSource):
     name: ClassVar[str] = "weights"
 
     def matches(self, cfg) -> bool:
-        return bool(cfg.teacher_weights)
+        return bool(cfg.teacher.weights)
 
     def resolve(self, run: DistillRun) -> ResolvedTeacher:
         cfg = run.cfg
-        arch = cfg.teacher or run.dtask.default_teacher(run.task.volumes)
-        card_path = Path(cfg.teacher_weights).with_suffix(".json")
+        arch = cfg.teacher.spec or run.dtask.default_teacher(run.task.volumes)
+        card_path = Path(cfg.teacher.weights).with_suffix(".json")
         if card_path.is_file():
             model, tcard, pre = _from_card(run, card_path, arch)
         else:
             card_path = None
-            model, tcard, pre = _from_arch(run, arch, cfg.teacher_weights)
+            model, tcard, pre = _from_arch(run, arch, cfg.teacher.weights)
         _checked(run, model, pre, arch)
-        _load(model, cfg.teacher_weights, arch, cfg.weights_key_map, hint=card_path is None)
-        return _resolved(run, model, tcard, pre, arch, Path(cfg.teacher_weights), f"weights {cfg.teacher_weights}")
+        _load(model, cfg.teacher.weights, arch, cfg.teacher.weights_key_map, hint=card_path is None)
+        return _resolved(run, model, tcard, pre, arch, Path(cfg.teacher.weights), f"weights {cfg.teacher.weights}")
 
 
 class FactorySource(_ModelSource):
@@ -333,10 +333,10 @@ class FactorySource(_ModelSource):
     name: ClassVar[str] = "factory"
 
     def matches(self, cfg) -> bool:
-        return bool(cfg.teacher) and cfg.teacher.startswith("python:")
+        return bool(cfg.teacher.spec) and cfg.teacher.spec.startswith("python:")
 
     def resolve(self, run: DistillRun) -> ResolvedTeacher:
-        arch = run.cfg.teacher
+        arch = run.cfg.teacher.spec
         model, tcard, pre = _from_arch(run, arch)
         _checked(run, model, pre, arch)
         return _resolved(run, model, tcard, pre, arch, None, f"factory {arch} (loads its own weights)")
@@ -349,13 +349,13 @@ class ScratchSource(_ModelSource):
     name: ClassVar[str] = "scratch"
 
     def matches(self, cfg) -> bool:
-        return cfg.data.startswith("synthetic") or cfg.teacher_epochs is not None
+        return cfg.data.startswith("synthetic") or cfg.teacher.epochs is not None
 
     @staticmethod
     def cache_key(cfg, task, arch: str, epochs: int, data_digest: str) -> str:
         blob = json.dumps({
-            "data": data_digest, "arch": arch, "epochs": epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
-            "augment": cfg.augment, "labels": task.label_names, "v": _TEACHER_KEY_VERSION,
+            "data": data_digest, "arch": arch, "epochs": epochs, "seed": cfg.seed, "batch_size": cfg.loop.batch_size,
+            "augment": cfg.loop.augment, "labels": task.label_names, "v": _TEACHER_KEY_VERSION,
             # How the task trains a teacher from scratch (its loss): a change there is a new teacher.
             "tool": distill_task(task).teacher_tool,
         }, sort_keys=True).encode()
@@ -381,10 +381,10 @@ class ScratchSource(_ModelSource):
         from ..models.weights import load_weights
 
         cfg, task, log = run.cfg, run.task, run.log
-        arch = cfg.teacher or run.dtask.default_teacher(task.volumes)
+        arch = cfg.teacher.spec or run.dtask.default_teacher(task.volumes)
         model, tcard, pre = _from_arch(run, arch)
         _checked(run, model, pre, arch)
-        epochs = cfg.teacher_epochs or TEACHER_EPOCHS
+        epochs = cfg.teacher.epochs or TEACHER_EPOCHS
         key = self.cache_key(cfg, task, arch, epochs, self.data_digest(cfg, task))
         tdir = cache_dir() / "teachers" / key
         tw = RunLayout(tdir).weights("teacher")
@@ -451,18 +451,19 @@ class FoundationSource(TeacherSource):
     def matches(self, cfg) -> bool:
         from ..models.foundation import is_teacher_spec
 
-        return is_teacher_spec(cfg.teacher or "")
+        return is_teacher_spec(cfg.teacher.spec or "")
 
     def check(self, cfg) -> None:
         for field, flag in (("teacher_weights", "--teacher-weights"), ("teacher_adapt", "--teacher-adapt"),
                             ("teacher_epochs", "--teacher-epochs")):
-            if getattr(cfg, field):
-                raise ConfigError(f"{flag} does not apply to --teacher {cfg.teacher}: a foundation encoder loads its "
+            if cfg.get_option(field):
+                raise ConfigError(f"{flag} does not apply to --teacher {cfg.teacher.spec}: a foundation encoder loads its "
                                   "own weights from its package and is used as it is")
 
+
     def check_data(self, cfg, data) -> None:
-        if not data.volumes or "boxes" not in data.info:
-            raise ConfigError(f"--teacher {cfg.teacher} is a CT volume encoder; give --data volume crops "
+        if data.crops is None:
+            raise ConfigError(f"--teacher {cfg.teacher.spec} is a CT volume encoder; give --data volume crops "
                               "(inv3:FILE, nifti:FILE or dicom-series:DIR with ?crop=X,Y,Z&n=N)")
 
     def writes_artifact(self) -> bool:
@@ -470,10 +471,10 @@ class FoundationSource(TeacherSource):
 
     def resolve(self, run: DistillRun) -> ResolvedTeacher:
         cfg = run.cfg
-        teacher = FoundationTeacher(cfg.teacher, cfg.seed, cfg.cache, cfg.teacher_batch_size, cfg.progress)
-        run.log(f"teacher {cfg.teacher} ({teacher.params / 1e6:.1f} M params, id {teacher.encoder.teacher_id}); "
+        teacher = FoundationTeacher(cfg.teacher.spec, cfg.seed, cfg.teacher.cache, cfg.teacher.batch_size, cfg.progress)
+        run.log(f"teacher {cfg.teacher.spec} ({teacher.params / 1e6:.1f} M params, id {teacher.encoder.teacher_id}); "
                 f"embeddings cached per crop in {teacher.cache.directory}")
-        return ResolvedTeacher(teacher, cfg.teacher, run.student_pre, None, {}, None)
+        return ResolvedTeacher(teacher, cfg.teacher.spec, run.student_pre, None, {}, None)
 
 
 for _source in (FoundationSource(), AdaptedSource(), RunDirSource(), WeightsSource(), FactorySource(),

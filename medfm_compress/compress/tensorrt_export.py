@@ -49,7 +49,7 @@ def export_tensorrt(
 
             onnx_path = base / f"{stem}.trt-{precision}.onnx"
             quantize(
-                QuantizeConfig(
+                QuantizeConfig.from_options(
                     input=str(src),
                     out=str(onnx_path),
                     calib_data=calib_data,

@@ -11,7 +11,7 @@ from ..errors import DataError
 from ..runtime.tasks import get_task, task_names
 from .lazy import LazyImages, is_lazy, iter_batches, take
 
-__all__ = ["Split", "TaskData", "TASKS", "SPLITS", "class_presence", "validate_masks", "require_task",
+__all__ = ["Split", "TaskData", "VolumeCrops", "VolumeCases", "TASKS", "SPLITS", "class_presence", "validate_masks", "require_task",
            "case_strata", "label_strata", "validate_values"]
 
 # The tasks a data set can be: the runtime's registered ones ("embedding": unlabeled volume crops for label-free
@@ -67,9 +67,43 @@ class Split:
         return self.groups if self.groups is not None else self.file_names(split)
 
 
+@dataclass(frozen=True)
+class VolumeCrops:
+    """Crops of one volume, embedded by a foundation encoder (:mod:`medfm_compress.data.volume`): the volume they
+    were cut from, each crop's box (``x, y, z, sx, sy, sz`` in voxels), the z range sampled and the crop size."""
+
+    volume: Any  # medfm_compress.runtime.volumes.Volume
+    boxes: tuple[tuple[int, int, int, int, int, int], ...]
+    z_range: tuple[int, int]
+    size: tuple[int, int, int]
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in self.volume.spacing)
+
+    @property
+    def volume_sha256(self) -> str:
+        return self.volume.sha256
+
+
+@dataclass(frozen=True)
+class VolumeCases:
+    """3-D segmentation (:mod:`medfm_compress.data.volume_seg`): train holds patches sampled from whole cases
+    (``patches_per_case`` of ``patch`` voxels, ``fg_fraction`` of them centred on foreground), val and test whole
+    cases padded to the largest, each one's true ``(X, Y, Z)`` in ``case_shapes[split]``; every case resampled to
+    ``spacing_mm``."""
+
+    spacing_mm: tuple[float, float, float]
+    patch: tuple[int, int, int]
+    patches_per_case: int
+    fg_fraction: float
+    case_shapes: dict[str, tuple[tuple[int, int, int], ...]]
+
+
 @dataclass
 class TaskData:
-    """A classification task: its splits, label names and what the images look like."""
+    """A task's data: its splits, label names and what the images look like. ``info`` says where the data came from
+    (a folder's root, a generator's settings); 3-D data says what it is in ``crops`` or ``cases``."""
 
     source: str
     task: str
@@ -77,11 +111,19 @@ class TaskData:
     splits: dict[str, Split]
     window: tuple[float, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    volumes: bool = False  # 3-D images: volume crops, or the patches and whole cases of 3-D segmentation
+    crops: VolumeCrops | None = None
+    cases: VolumeCases | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise DataError(f"unknown task type {self.task!r}; expected one of {', '.join(TASKS)}")
+        if self.crops is not None and self.cases is not None:
+            raise ValueError("a data set holds volume crops or whole cases, not both")
+
+    @property
+    def volumes(self) -> bool:
+        """3-D images: volume crops, or the patches and whole cases of 3-D segmentation."""
+        return self.crops is not None or self.cases is not None
 
     @property
     def num_classes(self) -> int:
@@ -90,14 +132,14 @@ class TaskData:
     @property
     def whole_cases(self) -> bool:
         """True when val and test hold whole volumes (3-D segmentation: training patches, scored case by case),
-        each padded to the largest with its true size in ``case_shapes``."""
-        return "case_shapes" in self.info
+        each padded to the largest with its true size in ``cases.case_shapes``."""
+        return self.cases is not None
 
     @property
     def spacing_mm(self) -> tuple[float, float, float] | None:
-        """The voxel spacing volumes were resampled to, where the reader recorded one."""
-        spacing = self.info.get("spacing_mm")
-        return tuple(float(v) for v in spacing) if spacing else None
+        """The voxel spacing volumes were resampled to (None for 2-D data)."""
+        volume = self.cases or self.crops
+        return volume.spacing_mm if volume is not None else None
 
     @property
     def channels(self) -> int:

@@ -260,7 +260,7 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
     ``grid``), ``z=LO,HI`` (slice range, half-open, after resampling), ``min_fg`` (minimum tissue fraction,
     default 0.3), ``spacing=SX,SY,SZ`` (resample to this voxel spacing in mm first), ``seed``. ``info`` records the volume hash and the crop boxes, so embeddings can be cached per crop.
     """
-    from .dataset import Split, TaskData
+    from .dataset import Split, TaskData, VolumeCrops
 
     vol = read_volume(kind, path)
     if "spacing" in opts:
@@ -299,15 +299,8 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
     else:
         raise DataError(f"sampling={sampling!r} in {spec!r} must be random or grid")
     crops = extract_crops(vol, boxes)
-    info = {
-        "volume_sha256": vol.sha256,
-        "volume_shape": list(vol.shape),
-        "spacing_mm": list(vol.spacing),
-        "boxes": [b.as_list() for b in boxes],
-        "z_range": list(z_range) if z_range else [0, vol.shape[2]],
-        "crop": list(size),
-        "_volume": vol,
-    }
+    crop_info = VolumeCrops(vol, tuple(tuple(b.as_list()) for b in boxes),
+                            tuple(z_range) if z_range else (0, vol.shape[2]), tuple(size))
     # One volume is one case: every crop of it is in the one split, its group the volume.
     groups = np.full(len(crops), str(path), dtype=object)
     files = np.array([f"{path}@{','.join(map(str, b.as_list()))}" for b in boxes], dtype=object)
@@ -317,6 +310,6 @@ def volume_task(kind: str, path: str, opts: dict[str, str], spec: str, seed: int
         label_names=[],
         splits={CROP_SPLIT: Split(crops, np.zeros(len(crops), np.int64), files, groups)},
         window=None,
-        info=info,
-        volumes=True,
+        info={"volume_shape": list(vol.shape)},
+        crops=crop_info,
     )

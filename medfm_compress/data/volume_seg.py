@@ -8,11 +8,11 @@ The task's splits hold different things, as a volume network is trained and run:
   from those the case shows, so a small lesion gets as many patches as the liver), the rest anywhere (nnU-Net's
   oversampling). A case smaller than a patch is padded (air, background). ``groups`` names each patch's case.
 - ``val`` and ``test``: whole **cases** ``(N, X, Y, Z)``, scored by sliding-window inference. Cases of different sizes
-  are padded (air, background) to the largest; ``info["case_shapes"][split]`` keeps each one's true size, and
+  are padded (air, background) to the largest; ``cases.case_shapes[split]`` keeps each one's true size, and
   scores are taken on it.
 
 Every volume is in LPS voxel order (:mod:`medfm_compress.runtime.volumes`) on one voxel spacing
-(``info["spacing_mm"]``, recorded in the model card so that predict resamples a new scan to it), in Hounsfield units
+(``cases.spacing_mm``, recorded in the model card so that predict resamples a new scan to it), in Hounsfield units
 with an intensity window (``?window=LO,HI``, default the abdominal soft-tissue window -160..240 HU).
 
 ``nifti:DIR`` reads ``DIR/dataset.json`` (its ``labels``: MSD's ``{"0": "background", ...}`` or nnU-Net v2's
@@ -147,7 +147,7 @@ def _stack_cases(cases: list[LabelledCase]) -> tuple[np.ndarray, np.ndarray, lis
 
 def case_shapes(task, split: str) -> list[tuple[int, int, int]]:
     """The true ``(X, Y, Z)`` of each case of a whole-case split (before padding to the largest)."""
-    shapes = (task.info.get("case_shapes") or {}).get(split)
+    shapes = task.cases.case_shapes.get(split) if task.cases is not None else None
     n = len(task.split(split))
     if shapes is None:
         return [tuple(int(v) for v in task.split(split).images.shape[1:4])] * n
@@ -160,17 +160,16 @@ def holdout_patches(task, split: str, n: int, seed: int) -> np.ndarray:
     s = task.split(split)
     shapes = case_shapes(task, split)
     cases = [LabelledCase(str(name), s.images[i][tuple(slice(0, k) for k in shapes[i])],
-                          s.labels[i][tuple(slice(0, k) for k in shapes[i])], tuple(task.info["spacing_mm"]))
+                          s.labels[i][tuple(slice(0, k) for k in shapes[i])], task.cases.spacing_mm)
              for i, name in enumerate(s.file_names(split))]
     per_case = max(1, -(-int(n) // len(cases)))
-    images, _, _, _ = sample_patches(cases, task.info["patch"], per_case, float(task.info.get("fg_fraction", DEFAULT_FG)),
-                                     seed, task.num_classes)
+    images, _, _, _ = sample_patches(cases, task.cases.patch, per_case, task.cases.fg_fraction, seed, task.num_classes)
     return images[np.random.default_rng([seed, 11]).permutation(len(images))[:n]]
 
 
 def _task(source: str, label_names: list[str], splits_cases: dict[str, list[LabelledCase]], spacing,
           sampling: dict[str, Any], extra: dict[str, Any]):
-    from .dataset import Split, TaskData, validate_masks
+    from .dataset import Split, TaskData, VolumeCases, validate_masks
 
     splits: dict[str, Split] = {}
     shapes: dict[str, list[list[int]]] = {}
@@ -186,16 +185,13 @@ def _task(source: str, label_names: list[str], splits_cases: dict[str, list[Labe
             files = groups = np.array([c.name for c in cases], dtype=object)
         split = validate_masks(name, imgs, labs, label_names, source, files, volume=True)
         splits[name] = Split(split.images, split.labels, files, groups)
-    info = {
-        "spacing_mm": [float(s) for s in spacing],
-        "patch": list(sampling["patch"]),
-        "patches_per_case": sampling["per_case"],
-        "fg_fraction": sampling["fg"],
-        "case_shapes": shapes,
-        **extra,
-    }
+    cases_info = VolumeCases(
+        spacing_mm=tuple(float(s) for s in spacing), patch=tuple(sampling["patch"]),
+        patches_per_case=sampling["per_case"], fg_fraction=float(sampling["fg"]),
+        case_shapes={k: tuple(tuple(int(v) for v in shape) for shape in v) for k, v in shapes.items()},
+    )
     return TaskData(source=source, task="segmentation", label_names=list(label_names), splits=splits,
-                    window=tuple(sampling["window"]), info=info, volumes=True)
+                    window=tuple(sampling["window"]), info=dict(extra), cases=cases_info)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def _adapt_cfg(out, data, weights, **kw):
 def test_linear_probe_other_label_set_then_distill(tmp_path, tiny_run, binary_npz):
     # The tiny run's teacher predicts 4 classes; distill refuses it on 2 and points at adapting.
     with pytest.raises(ModelError, match="--teacher-adapt"):
-        distill(DistillConfig(data=binary_npz, teacher=TINY_TEACHER, teacher_weights=str(tiny_run / "teacher.safetensors"),
+        distill(DistillConfig.from_options(data=binary_npz, teacher=TINY_TEACHER, teacher_weights=str(tiny_run / "teacher.safetensors"),
                               out=str(tmp_path / "refused"), batch_size=32, progress=False))
     assert not (tmp_path / "refused").exists() or [p.name for p in (tmp_path / "refused").iterdir()] == [
         "train.error.log"]
@@ -67,7 +67,7 @@ def test_linear_probe_other_label_set_then_distill(tmp_path, tiny_run, binary_np
     adapt(_adapt_cfg(tmp_path / "ad2", binary_npz, tiny_run / "teacher.safetensors"))
     assert "features: cached" in (tmp_path / "ad2" / "train.log").read_text()
     # distill takes the adapted teacher as a run-directory stem.
-    r = distill(DistillConfig(data=binary_npz, teacher=str(tmp_path / "ad" / "teacher"), student=TINY_STUDENT,
+    r = distill(DistillConfig.from_options(data=binary_npz, teacher=str(tmp_path / "ad" / "teacher"), student=TINY_STUDENT,
                               epochs=1, batch_size=32, out=str(tmp_path / "d"), progress=False))
     assert r.metrics["teacher"]["macro_auc"] == pytest.approx(m["test"]["macro_auc"], abs=1e-6)
 
@@ -76,14 +76,14 @@ def test_distill_teacher_adapt_inline_is_cached(tmp_path, tiny_run, binary_npz):
     kw = dict(data=binary_npz, teacher=TINY_TEACHER, teacher_weights=str(tiny_run / "teacher.safetensors"),
               teacher_adapt="linear", student=TINY_STUDENT, epochs=1, batch_size=32, label_fraction=0.25,
               progress=False)
-    distill(DistillConfig(out=str(tmp_path / "a"), **kw))
+    distill(DistillConfig.from_options(out=str(tmp_path / "a"), **kw))
     assert "teacher: adapting" in (tmp_path / "a" / "train.log").read_text()
-    r = distill(DistillConfig(out=str(tmp_path / "b"), **kw))
+    r = distill(DistillConfig.from_options(out=str(tmp_path / "b"), **kw))
     log = (tmp_path / "b" / "train.log").read_text()
     assert "adapted (linear) teacher cached" in log
     assert "adapted (linear)" in r.metrics["teacher"]["source"]
     with pytest.raises(ConfigError, match="pick one"):
-        DistillConfig(out=str(tmp_path / "c"), **{**kw, "teacher_epochs": 2})
+        DistillConfig.from_options(out=str(tmp_path / "c"), **{**kw, "teacher_epochs": 2})
 
 
 def test_finetune_last_blocks_only(tmp_path, tiny_run):
@@ -150,7 +150,7 @@ def test_embedding_teacher_with_foreign_head_channels_and_names(tmp_path):
     torch.manual_seed(0)
     sd = create_model(TINY_TEACHER, 10, 3).state_dict()
     torch.save({f"m{i}.{k.replace('.', '_')}": v for i, (k, v) in enumerate(sd.items())}, tmp_path / "fm.pt")
-    r = distill(DistillConfig(data=TINY_DATA, teacher=TINY_TEACHER, teacher_weights=str(tmp_path / "fm.pt"),
+    r = distill(DistillConfig.from_options(data=TINY_DATA, teacher=TINY_TEACHER, teacher_weights=str(tmp_path / "fm.pt"),
                               weights_key_map="order", labels="none", student=TINY_STUDENT, epochs=1, head_epochs=2,
                               batch_size=32, out=str(tmp_path / "emb"), progress=False))
     card = json.loads((tmp_path / "emb" / "teacher.json").read_text())

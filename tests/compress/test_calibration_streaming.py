@@ -98,7 +98,7 @@ def test_nncf_calibration_streamed_equals_in_memory(small_folder, gray_onnx, mon
     outs = []
     for streamed in (True, False):
         cal = _calib(small_folder, gray_onnx, streamed, monkeypatch)
-        cfg = QuantizeConfig(
+        cfg = QuantizeConfig.from_options(
             input=str(gray_onnx), target="openvino", calib_data="x", min_agreement=0.0, progress=False
         )
         ctx = _context(cfg, gray_onnx, cal, None)
@@ -119,7 +119,7 @@ def test_modelopt_onnx_calibration_streamed_equals_in_memory(small_folder, gray_
         cal = _calib(small_folder, gray_onnx, streamed, monkeypatch)
         work = tmp_path / str(streamed)
         work.mkdir()
-        cfg = QuantizeConfig(input=str(gray_onnx), target="tensorrt", calib_data="x", progress=False)
+        cfg = QuantizeConfig.from_options(input=str(gray_onnx), target="tensorrt", calib_data="x", progress=False)
         ctx = _context(cfg, gray_onnx, cal, work)
         proto, _ = _onnx_path(ctx)
         models.append({i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer})
@@ -141,7 +141,7 @@ def test_distill_on_a_streamed_folder_trains_the_same_student(small_folder, tmp_
     for streamed in (1, 0):
         out = tmp_path / f"o{streamed}"
         distill(
-            DistillConfig(
+            DistillConfig.from_options(
                 data=f"folder:{small_folder}?size=32&stream={streamed}",
                 out=str(out),
                 teacher=w16,

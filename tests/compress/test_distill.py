@@ -24,7 +24,7 @@ def _cfg(out, **kw):
     base = dict(data=TINY_DATA, out=str(out), teacher=TINY_TEACHER, student=TINY_STUDENT, teacher_epochs=1, epochs=1,
                 batch_size=32, progress=False)
     base.update(kw)
-    return DistillConfig(**base)
+    return DistillConfig.from_options(**base)
 
 
 def test_run_directory_contents(tiny_run):
@@ -117,13 +117,13 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown loss"):
         _cfg(tmp_path, losses=("kd", "dice"))
     with pytest.raises(ConfigError, match="--teacher"):
-        DistillConfig(teacher_weights="x.safetensors")
+        DistillConfig.from_options(teacher_weights="x.safetensors")
     with pytest.raises(ConfigError, match="no --teacher given for real data"):
-        distill(DistillConfig(data="medmnist:/nonexistent.npz", out=str(tmp_path / "o"), progress=False))
+        distill(DistillConfig.from_options(data="medmnist:/nonexistent.npz", out=str(tmp_path / "o"), progress=False))
     with pytest.raises(ModelError, match="has no weights"):
         np.savez(tmp_path / "d.npz", train_images=np.zeros((40, 16, 16), np.uint8), train_labels=np.arange(40) % 2,
                  test_images=np.zeros((8, 16, 16), np.uint8), test_labels=np.arange(8) % 2)
-        distill(DistillConfig(data=f"medmnist:{tmp_path / 'd.npz'}", teacher="timm:medfm_resnet10_w16",
+        distill(DistillConfig.from_options(data=f"medmnist:{tmp_path / 'd.npz'}", teacher="timm:medfm_resnet10_w16",
                               out=str(tmp_path / "o2"), batch_size=8, progress=False))
 
 
@@ -132,7 +132,7 @@ def test_teacher_weights_class_mismatch(tmp_path, tiny_run):
     np.savez(tmp_path / "d.npz", train_images=np.zeros((40, 32, 32), np.uint8), train_labels=np.arange(40) % 2,
              test_images=np.zeros((8, 32, 32), np.uint8), test_labels=np.arange(8) % 2)
     with pytest.raises(ModelError, match="4 classes but the data has 2"):
-        distill(DistillConfig(data=f"medmnist:{tmp_path / 'd.npz'}", teacher=TINY_TEACHER,
+        distill(DistillConfig.from_options(data=f"medmnist:{tmp_path / 'd.npz'}", teacher=TINY_TEACHER,
                               teacher_weights=str(tiny_run / "teacher.safetensors"), out=str(tmp_path / "o"),
                               batch_size=8, progress=False))
 

@@ -22,7 +22,7 @@ STUDENT = "smp:Linknet:tu-medfm_resnet10_w16"
 def _cfg(out, **kw):
     base = dict(data=SEG, out=str(out), teacher=TEACHER, teacher_epochs=2, student=STUDENT, epochs=2, batch_size=16,
                 augment=False, progress=False)
-    return DistillConfig(**{**base, **kw})
+    return DistillConfig.from_options(**{**base, **kw})
 
 
 def test_segmentation_run_writes_a_dense_student_scored_by_dice(tmp_path):
@@ -57,7 +57,7 @@ def test_segmentation_run_writes_a_dense_student_scored_by_dice(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert [s["stage"] for s in manifest["stages"]] == ["distill"]
     # The temperature left unset is segmentation's (1), and the manifest records the value used.
-    assert manifest["stages"][0]["config"]["temperature"] == 1.0
+    assert manifest["stages"][0]["config"]["loss"]["temperature"] == 1.0
     assert (tmp_path / "run" / "baseline.safetensors").is_file() and (tmp_path / "run" / "splits.csv").is_file()
 
 
@@ -66,11 +66,11 @@ def test_segmentation_run_writes_a_dense_student_scored_by_dice(tmp_path):
 def test_unset_batch_size_and_temperature_follow_the_task(task, batch, temperature):
     from medfm_compress.compress.distill import resolve_task_defaults
 
-    cfg = resolve_task_defaults(DistillConfig(data=SEG), task)
-    assert (cfg.batch_size, cfg.temperature) == (batch, temperature)
+    cfg = resolve_task_defaults(DistillConfig.from_options(data=SEG), task)
+    assert (cfg.loop.batch_size, cfg.loss.temperature) == (batch, temperature)
     # What the user set is kept, whatever the task.
-    cfg = resolve_task_defaults(DistillConfig(data=SEG, batch_size=8, temperature=2.0), task)
-    assert (cfg.batch_size, cfg.temperature) == (8, 2.0)
+    cfg = resolve_task_defaults(DistillConfig.from_options(data=SEG, batch_size=8, temperature=2.0), task)
+    assert (cfg.loop.batch_size, cfg.loss.temperature) == (8, 2.0)
 
 
 def test_distillation_moves_the_student_towards_the_teacher(tmp_path):

@@ -22,7 +22,7 @@ STUDENT = "monai:UNet?channels=4,8,16&strides=2,2&num_res_units=0"
 def _cfg(out, **kw):
     base = dict(data=VOL, out=str(out), teacher=TEACHER, teacher_epochs=1, student=STUDENT, epochs=1, batch_size=4,
                 progress=False)
-    return DistillConfig(**{**base, **kw})
+    return DistillConfig.from_options(**{**base, **kw})
 
 
 def test_volume_run_scores_whole_cases_and_exports_a_5d_student(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ def run(specs, tmp_path_factory):
     from medfm_compress.compress.distill import DistillConfig, distill
 
     out = tmp_path_factory.mktemp("run")
-    return distill(DistillConfig(data=specs["train"], eval_data=specs["eval"], out=str(out), epochs=1, progress=False,
+    return distill(DistillConfig.from_options(data=specs["train"], eval_data=specs["eval"], out=str(out), epochs=1, progress=False,
                                  **TINY))
 
 
@@ -45,7 +45,8 @@ def test_distill_writes_a_loadable_5d_student(run):
     rec = manifest["stages"][-1]
     assert rec["stage"] == "distill" and set(rec["inputs"]) == {"data", "eval_data"}
     # The defaults of volume crops (30 epochs at lr 2e-3, no augmentation) are the task's, recorded as used.
-    assert rec["config"]["lr"] == 0.002 and rec["config"]["augment"] is False and rec["config"]["epochs"] == 1
+    loop = rec["config"]["loop"]
+    assert loop["lr"] == 0.002 and loop["augment"] is False and loop["epochs"] == 1
     # A packaged foundation encoder is not copied into the run.
     assert not (run.out / "teacher.json").exists() and not (run.out / "teacher.safetensors").exists()
 
@@ -64,7 +65,7 @@ def test_export_quantize_bench_on_5d(run, specs, tmp_path):
     assert dims[1:] == [1, 32, 32, 16] and exp.check["max_abs"] < 1e-4
     assert read_meta(exp.path).preprocess.input_size == (32, 32, 16)
     q = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(exp.path),
             calib_data=specs["train"],
             num_calib=8,
@@ -105,7 +106,7 @@ def test_quantize_gate_refuses_a_bad_int8_embedding(run, specs, tmp_path):
     exp = export_onnx(ExportConfig(source=str(run.out), out=str(tmp_path / "s.onnx"), num_check=2))
     with pytest.raises(MedfmError, match="cosine"):
         quantize(
-            QuantizeConfig(
+            QuantizeConfig.from_options(
                 input=str(exp.path),
                 calib_data=specs["train"],
                 num_calib=4,

@@ -16,7 +16,13 @@ from support.tiny import TINY_DATA as TINY
 from medfm_compress.cli import cli
 from medfm_compress.compress import auto_precision, latency, sensitivity
 from medfm_compress.compress.calibration import build_calibration, stratified_indices, validate_inputs
-from medfm_compress.compress.quantize import QuantizeConfig, available_targets, quantize, register_target
+from medfm_compress.compress.quantize import (
+    OnnxRuntimeConfig,
+    QuantizeConfig,
+    available_targets,
+    quantize,
+    register_target,
+)
 from medfm_compress.data import PreprocessSpec
 from medfm_compress.errors import ConfigError, DataError, GateFailure, ModelError
 from medfm_compress.runtime.onnx_loader import ort_session, read_meta
@@ -36,7 +42,7 @@ def _ops(proto):
 def test_int8_static_is_u8s8_per_channel_qdq(tiny_onnx, tmp_path):
     out = tmp_path / "q.onnx"
     res = quantize(
-        QuantizeConfig(input=str(tiny_onnx), out=str(out), calib_data=TINY, min_agreement=0.9, **FAST)
+        QuantizeConfig.from_options(input=str(tiny_onnx), out=str(out), calib_data=TINY, min_agreement=0.9, **FAST)
     )
     proto = onnx.load(str(out))
     ops = _ops(proto)
@@ -79,11 +85,11 @@ def _max_abs_int8_weight(proto) -> int:
 def test_weights_use_the_7bit_range_unless_asked(tiny_onnx, tmp_path):
     """U8S8 kernels without VNNI saturate 16-bit pair sums of full-range weights: the default stays in -64..64."""
     common = {"input": str(tiny_onnx), "calib_data": TINY, "min_agreement": 0.0, **FAST}
-    res = quantize(QuantizeConfig(out=str(tmp_path / "r.onnx"), **common))
+    res = quantize(QuantizeConfig.from_options(out=str(tmp_path / "r.onnx"), **common))
     assert _max_abs_int8_weight(onnx.load(str(res.path))) <= 64
     q = res.meta.provenance["quantization"]
     assert q["reduce_range"] is True and "7-bit" in q["weights"]
-    full = quantize(QuantizeConfig(out=str(tmp_path / "f.onnx"), reduce_range=False, **common))
+    full = quantize(QuantizeConfig.from_options(out=str(tmp_path / "f.onnx"), reduce_range=False, **common))
     assert _max_abs_int8_weight(onnx.load(str(full.path))) == 127
     assert full.meta.provenance["quantization"]["reduce_range"] is False
     r = CliRunner().invoke(
@@ -104,7 +110,7 @@ def test_gate_holdout_is_the_validation_split(tiny_onnx):
 
 def test_entropy_records_bins(tiny_onnx, tmp_path):
     res = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(tiny_onnx),
             out=str(tmp_path / "e.onnx"),
             calib_data=TINY,
@@ -120,7 +126,7 @@ def test_entropy_records_bins(tiny_onnx, tmp_path):
 def test_histogram_calibration_with_a_partial_last_batch(tiny_onnx, tmp_path):
     # 37 images: two batches of 16 and a remainder of 5, which ORT's histogram collectors cannot stack with them.
     for calibrator in ("percentile", "entropy"):
-        res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / f"{calibrator}.onnx"), calib_data=TINY,
+        res = quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / f"{calibrator}.onnx"), calib_data=TINY,
                                       calibrator=calibrator, num_bins=128, min_agreement=0.0,
                                       **{**FAST, "num_calib": 37}))
         assert res.meta.provenance["quantization"]["calibration"]["num_calibration"] == 37
@@ -128,7 +134,7 @@ def test_histogram_calibration_with_a_partial_last_batch(tiny_onnx, tmp_path):
 
 def test_dynamic_and_fp16(tiny_onnx, tmp_path):
     dyn = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(tiny_onnx),
             out=str(tmp_path / "d.onnx"),
             calib_data=TINY,
@@ -140,7 +146,7 @@ def test_dynamic_and_fp16(tiny_onnx, tmp_path):
     assert dyn.precision == "int8-dynamic" and dyn.meta.precision == "int8-dynamic"
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= set(_ops(onnx.load(str(dyn.path))))
     fp16 = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(tiny_onnx), out=str(tmp_path / "h.onnx"), calib_data=TINY, precision="fp16", **FAST
         )
     )
@@ -148,7 +154,7 @@ def test_dynamic_and_fp16(tiny_onnx, tmp_path):
     assert sess.get_inputs()[0].type == "tensor(float)" and fp16.report["parity"]["cosine"] > 0.999
     assert fp16.size_bytes < 0.6 * fp16.input_size_bytes
     io16 = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(tiny_onnx),
             out=str(tmp_path / "h2.onnx"),
             calib_data=TINY,
@@ -164,7 +170,7 @@ def test_auto_never_slower_than_fp32(tiny_onnx, tmp_path, monkeypatch):
     # Judge the ONNX Runtime candidates here; other engines' auto hooks are their own tests' business.
     monkeypatch.setattr(auto_precision, "AUTO_CANDIDATE_PROVIDERS", [])
     res = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(tiny_onnx),
             out=str(tmp_path / "a.onnx"),
             calib_data=TINY,
@@ -192,7 +198,7 @@ def test_auto_takes_the_most_faithful_of_a_timing_tie(tiny_onnx, tmp_path, monke
         def fake(models, shape, runs=50, dtypes=None, rounds=5, warmup=5):
             return {k: {"fp32": fp32_ms, "int8": 1.0}.get(k, 5.0) for k in models}
 
-        return quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / f"t{fp32_ms}.onnx"), calib_data=TINY,
+        return quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / f"t{fp32_ms}.onnx"), calib_data=TINY,
                                        precision="auto", min_agreement=0.0, **FAST), timer=fake)
 
     res = pick(1.03)
@@ -213,7 +219,7 @@ def test_auto_decides_on_the_interleaved_timing(tiny_onnx, tmp_path, monkeypatch
         return {k: (1.0 if k == "fp32" else 2.0) for k in models}
 
     res = quantize(
-        QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "i.onnx"), calib_data=TINY, precision="auto",
+        QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "i.onnx"), calib_data=TINY, precision="auto",
                        min_agreement=0.0, **FAST),
         timer=fake_interleaved,
     )
@@ -238,7 +244,7 @@ def test_auto_exclude_keeps_worst_nodes_fp32(tiny_onnx, tmp_path, monkeypatch):
         return {k: 10.0 - 0.1 * _ops(m).count("QuantizeLinear") for k, (_engine, m) in models.items()}
 
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
-    cfg = QuantizeConfig(
+    cfg = QuantizeConfig.from_options(
         input=str(tiny_onnx),
         out=str(tmp_path / "x.onnx"),
         calib_data=TINY,
@@ -269,7 +275,7 @@ def test_auto_exclude_refuses_a_model_no_faster_than_fp32(tiny_onnx, tmp_path, m
         return {k: 1.0 if k == "fp32" else 2.0 for k in models}
 
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
-    cfg = QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "x.onnx"), calib_data=TINY,
+    cfg = QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "x.onnx"), calib_data=TINY,
                          min_agreement=0.0, min_cosine=0.99995, auto_exclude=True, search=False, **FAST)
     msg = r"only with \d+ of \d+ nodes in fp32, and that model is not faster than fp32 \(2\.00 vs 1\.00 ms\)"
     with pytest.raises(GateFailure, match=msg):
@@ -315,7 +321,7 @@ def test_gate_failure_writes_nothing(tiny_onnx, tmp_path):
     out = tmp_path / "g.onnx"
     with pytest.raises(GateFailure, match="parity gate.*try --auto-exclude, another --calibrator"):
         quantize(
-            QuantizeConfig(input=str(tiny_onnx), out=str(out), calib_data=TINY, min_cosine=0.9999999, search=False,
+            QuantizeConfig.from_options(input=str(tiny_onnx), out=str(out), calib_data=TINY, min_cosine=0.9999999, search=False,
                            **FAST)
         )
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -323,9 +329,9 @@ def test_gate_failure_writes_nothing(tiny_onnx, tmp_path):
 
 def test_random_calibration_needs_flag_and_is_recorded(tiny_onnx, tmp_path):
     with pytest.raises(ConfigError, match="--calib-data"):
-        quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "r.onnx"), **FAST))
+        quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "r.onnx"), **FAST))
     res = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(tiny_onnx),
             out=str(tmp_path / "r.onnx"),
             allow_random_calibration=True,
@@ -379,18 +385,18 @@ def test_validate_inputs_errors():
 def test_target_registry():
     assert "cpu" in available_targets()
     with pytest.raises(ValueError, match="already registered"):
-        register_target("cpu", precisions=("int8",))(lambda ctx: None)
+        register_target(OnnxRuntimeConfig, precisions=("int8",))(lambda ctx: None)
     with pytest.raises(ConfigError, match="unknown --target"):
-        quantize(QuantizeConfig(input="x.onnx", target="nosuch"))
+        quantize(QuantizeConfig.from_options(input="x.onnx", target="nosuch"))
     with pytest.raises(ConfigError, match="supports --precision"):
-        quantize(QuantizeConfig(input="x.onnx", precision="int4"))
+        quantize(QuantizeConfig.from_options(input="x.onnx", precision="int4"))
 
 
 # ----- run directory ------------------------------------------------------------------------------------------
 
 
 def test_quantize_run_dir_exports_first_and_records_manifest(tiny_run):
-    res = quantize(QuantizeConfig(input=str(tiny_run), calib_data=TINY, min_agreement=0.0, **FAST))
+    res = quantize(QuantizeConfig.from_options(input=str(tiny_run), calib_data=TINY, min_agreement=0.0, **FAST))
     assert res.path == tiny_run / "student.int8.onnx" and (tiny_run / "student.onnx").is_file()
     stages = {s["stage"]: s for s in json.loads((tiny_run / "manifest.json").read_text())["stages"]}
     assert "export" in stages and stages["quantize"]["outputs"]["onnx"]["path"] == "student.int8.onnx"
@@ -609,19 +615,19 @@ def test_cli_gate_failure_exit_3(tiny_onnx, tmp_path):
 
 def test_precision_mismatch_is_model_error(tmp_path, tiny_onnx):
     res = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(tiny_onnx), out=str(tmp_path / "f.onnx"), calib_data=TINY, precision="fp16", **FAST
         )
     )
     with pytest.raises(ModelError, match="already fp16"):
-        quantize(QuantizeConfig(input=str(res.path), out=str(tmp_path / "g.onnx"), calib_data=TINY, **FAST))
+        quantize(QuantizeConfig.from_options(input=str(res.path), out=str(tmp_path / "g.onnx"), calib_data=TINY, **FAST))
 
 
 def test_a_first_shot_int8_model_is_timed_against_fp32(gray_onnx, tiny_data, tmp_path):
     """No search ran (the first model passed the gate), so quantize times it against fp32 itself and says so."""
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
 
-    res = quantize(QuantizeConfig(input=str(gray_onnx), calib_data=tiny_data, target="cpu", min_agreement=0.0,
+    res = quantize(QuantizeConfig.from_options(input=str(gray_onnx), calib_data=tiny_data, target="cpu", min_agreement=0.0,
                                   num_calib=16, num_holdout=16, out=str(tmp_path / "q.onnx"), progress=False))
     s = res.report["speed_vs_fp32"]
     assert s["batch_size"] == 1 and s["ms"] > 0 and s["fp32_ms"] > 0
@@ -635,9 +641,9 @@ def test_the_cli_restates_no_default(monkeypatch):
     from medfm_compress.commands import quantize as command
 
     cfg = config_built(monkeypatch, command, "quantize", ["quantize", "m.onnx", "--quiet"])
-    assert cfg == QuantizeConfig(input="m.onnx", progress=False)
+    assert cfg == QuantizeConfig.from_options(input="m.onnx", progress=False)
     cfg = config_built(monkeypatch, command, "quantize", [
         "quantize", "m.onnx", "--quiet", "--per-tensor", "--calibrator", "minmax", "--min-pearson", "0.95",
         "--exclude", "a,b"])
-    assert cfg == QuantizeConfig(input="m.onnx", progress=False, per_channel=False, calibrator="minmax",
+    assert cfg == QuantizeConfig.from_options(input="m.onnx", progress=False, per_channel=False, calibrator="minmax",
                                  min_pearson=0.95, exclude_nodes=("a", "b"), pinned=("calibrator", "per_channel"))

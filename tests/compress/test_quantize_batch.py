@@ -55,7 +55,7 @@ def test_auto_chooses_per_batch_size_and_writes_the_other_winner(tiny_onnx, tmp_
     timer = (fake_timer(
         {1: {"fp32": 2.0, "int8": 1.0}, 32: {"fp32": 20.0, "int8": 30.0, "int8@streams2": 25.0, "fp16@streams2": 9.0}},
         seen))
-    res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "auto.onnx"), calib_data=TINY,
+    res = quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "auto.onnx"), calib_data=TINY,
                                   precision="auto", batch_sizes=(1, 32), min_agreement=0.0, **FAST), timer=timer)
     # One interleaved loop per batch size; streams only where there is a batch to split.
     assert [b for b, _ in seen] == [1, 32]
@@ -106,7 +106,7 @@ def test_an_ir_winning_batch_32_is_written_beside_the_onnx(tiny_onnx, tmp_path, 
         {1: {"fp32": 2.0, "int8": 1.0}, 32: {"fp32": 20.0, "openvino-int8": 6.0}}))
     src = tmp_path / "student.onnx"
     shutil.copy(tiny_onnx, src)
-    res = quantize(QuantizeConfig(input=str(src), calib_data=TINY, precision="auto", batch_sizes=(1, 32),
+    res = quantize(QuantizeConfig.from_options(input=str(src), calib_data=TINY, precision="auto", batch_sizes=(1, 32),
                                   min_agreement=0.0, **FAST), timer=timer)
     assert res.path == tmp_path / "student.int8.onnx"
     ir = tmp_path / "student.int8.bs32.xml"
@@ -123,7 +123,7 @@ def test_one_model_for_every_batch_size_is_written_once(tiny_onnx, tmp_path, mon
     """int8 wins both batch sizes (as two streams at batch 8): one file; the table says how to run it at each."""
     timer = (fake_timer(
         {1: {"fp32": 2.0, "int8": 1.0}, 8: {"fp32": 10.0, "int8": 8.0, "int8@streams2": 5.0}}))
-    res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "one.onnx"), calib_data=TINY,
+    res = quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "one.onnx"), calib_data=TINY,
                                   precision="auto", batch_sizes=(8, 1, 8), min_agreement=0.0, **FAST), timer=timer)
     assert [p.name for p in tmp_path.iterdir()] == ["one.onnx"]
     # Duplicates go, the order stays: the first batch size given decides the model at --out.
@@ -137,7 +137,7 @@ def test_a_tie_at_a_batch_size_keeps_the_simpler_run(tiny_onnx, tmp_path, monkey
     as one run is no reason to recommend streams."""
     timer = (fake_timer(
         {1: {"int8": 1.0}, 16: {"fp32": 20.0, "int8": 10.3, "int8@streams2": 10.0}}))
-    res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "t.onnx"), calib_data=TINY,
+    res = quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "t.onnx"), calib_data=TINY,
                                   precision="auto", batch_sizes=(1, 16), min_agreement=0.0, **FAST), timer=timer)
     row = res.by_batch[1]
     assert (row["candidate"], row["streams"], row["latency_ms"]) == ("int8", 1, 10.3)
@@ -147,7 +147,7 @@ def test_a_tie_at_a_batch_size_keeps_the_simpler_run(tiny_onnx, tmp_path, monkey
 def test_without_batch_sizes_auto_times_batch_1_only(tiny_onnx, tmp_path, monkeypatch, two_cores):
     seen: list = []
     timer = (fake_timer({1: {"fp32": 1.0}}, seen))
-    res = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "b1.onnx"), calib_data=TINY,
+    res = quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "b1.onnx"), calib_data=TINY,
                                   precision="auto", min_agreement=0.0, **FAST), timer=timer)
     assert [b for b, _ in seen] == [1] and res.by_batch == [] and "auto_by_batch" not in res.report
     assert "by_batch" not in read_meta(res.path).provenance["quantization"]["auto"]
@@ -155,16 +155,15 @@ def test_without_batch_sizes_auto_times_batch_1_only(tiny_onnx, tmp_path, monkey
 
 def test_batch_sizes_config_errors():
     with pytest.raises(ConfigError, match="with precision auto; precision int8 makes one model"):
-        QuantizeConfig(input="m.onnx", batch_sizes=(1, 32))
+        QuantizeConfig.from_options(input="m.onnx", batch_sizes=(1, 32))
     for bad in ((0,), (), (1, -2), (1.5,)):
-        with pytest.raises(ConfigError, match="must be positive integers"):
-            QuantizeConfig(input="m.onnx", precision="auto", batch_sizes=bad)
-    assert QuantizeConfig(input="m.onnx", precision="auto", batch_sizes=(32, 1, 32)).batch_sizes == (32, 1)
+        with pytest.raises(ConfigError, match="must be positive integers|must be an integer, got 1.5"):
+            QuantizeConfig.from_options(input="m.onnx", precision="auto", batch_sizes=bad)
+    assert QuantizeConfig.from_options(input="m.onnx", precision="auto",
+                                       batch_sizes=(32, 1, 32)).backend.batch_sizes == (32, 1)
     # Only the cpu target chooses per batch size; another one refuses the option by name.
-    from medfm_compress.compress.quantize import get_target
-
-    with pytest.raises(ConfigError, match="does not use batch_sizes"):
-        get_target("openvino").refuse_ignored(QuantizeConfig(input="m.onnx", precision="auto", batch_sizes=(1,)))
+    with pytest.raises(ConfigError, match="--target openvino does not use batch_sizes"):
+        QuantizeConfig.from_options(input="m.onnx", target="openvino", precision="auto", batch_sizes=(1,))
 
 
 def test_recipe_variant_batch_sizes():
@@ -185,7 +184,7 @@ def test_pipeline_benches_the_artifact_of_each_batch_size(tiny_onnx, tmp_path, m
     timer = (fake_timer(
         {1: {"fp32": 2.0, "int8": 1.0}, 4: {"fp32": 9.0, "int8@streams2": 3.0}, 32: {"fp16": 5.0}}))
     variant = {"name": "auto", "target": "cpu", "precision": "auto", "batch_sizes": [1, 4, 32]}
-    quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "student.auto.onnx"), calib_data=TINY,
+    quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "student.auto.onnx"), calib_data=TINY,
                             precision="auto", batch_sizes=(1, 4, 32), min_agreement=0.0, **FAST), timer=timer)
     assert _batch_artifacts(tmp_path, variant) == [
         ("student-auto-bs4", f"{tmp_path / 'student.auto.onnx'}?streams=2"),

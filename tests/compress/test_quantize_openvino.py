@@ -28,7 +28,7 @@ def _cfg(fp32, **kw):
 
     base = dict(input=str(fp32), calib_data=DATA, num_calib=32, num_holdout=32, min_agreement=0.5,
                 latency_runs=5, progress=False)
-    return QuantizeConfig(**{**base, **kw})
+    return QuantizeConfig.from_options(**{**base, **kw})
 
 
 @pytest.mark.slow  # runs NNCF

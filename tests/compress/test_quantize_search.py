@@ -98,7 +98,7 @@ def test_nothing_faster_than_fp32_ships_nothing(tiny_onnx, tmp_path, monkeypatch
     """Candidates pass the gate but none beats fp32: refused, one line naming the best one's figures."""
     monkeypatch.setattr(sensitivity, "SENSITIVITY_IMAGES", 8)
     with pytest.raises(GateFailure) as e:
-        quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "n.onnx"), calib_data=TINY,
+        quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "n.onnx"), calib_data=TINY,
                                 pinned=("calibrator",), **GATE, **FAST), timer=_fp32_fastest)
     line = str(e.value)
     assert list(tmp_path.iterdir()) == [] and "\n" not in line
@@ -120,7 +120,7 @@ def test_budget_cuts_a_stage_midway(tiny_onnx, tmp_path, monkeypatch):
     """The budget is checked before each candidate: spent after three, the calibrator stage stops there."""
     monkeypatch.setattr(SearchState, "spent", lambda self: len(self.rows) >= 3)
     with pytest.raises(GateFailure) as e:
-        quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "c.onnx"), calib_data=TINY, **GATE, **FAST))
+        quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "c.onnx"), calib_data=TINY, **GATE, **FAST))
     msg = str(e.value)
     assert "3 candidate(s) tried" in msg and "ran out before: calibrator, weight range, granularity, exclusion" in msg
     assert list(tmp_path.iterdir()) == []
@@ -133,7 +133,7 @@ def test_search_is_deterministic_and_leaves_given_options_alone(tiny_onnx, tmp_p
     r = _cli(tiny_onnx, *CLI_FAST[:-1], "0.9998", "--calibrator", "minmax", "--out", tmp_path / "d1.onnx", "--json")
     assert r.exit_code == 0, r.output
     first = json.loads(r.stdout)["report"]["search"]
-    second = quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "d2.onnx"), calib_data=TINY,
+    second = quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "d2.onnx"), calib_data=TINY,
                                      pinned=("calibrator",), **{**GATE, "min_cosine": 0.9998}, **FAST)).report["search"]
 
     def decisions(rec):
@@ -159,7 +159,7 @@ def test_auto_exclude_pins_the_exclusion_method(tiny_onnx, tmp_path, monkeypatch
 
     monkeypatch.setattr(SearchState, "evaluate", spy)
     with pytest.raises(GateFailure, match="parity gate"):
-        quantize(QuantizeConfig(input=str(tiny_onnx), out=str(tmp_path / "a.onnx"), calib_data=TINY,
+        quantize(QuantizeConfig.from_options(input=str(tiny_onnx), out=str(tmp_path / "a.onnx"), calib_data=TINY,
                                 auto_exclude=True, pinned=("calibrator",), **GATE, **FAST), timer=_fp32_fastest)
     assert seen[0]["exclusion"] == "most-damaging" and "not faster than fp32" in seen[0]["error"]
     assert len(seen) > 1 and {r["exclusion"] for r in seen} <= {None, "most-damaging"}
@@ -168,11 +168,11 @@ def test_auto_exclude_pins_the_exclusion_method(tiny_onnx, tmp_path, monkeypatch
 
 def test_search_options_are_checked():
     with pytest.raises(ConfigError, match="--search-budget has no effect with --no-search"):
-        QuantizeConfig(input="x.onnx", search=False, search_budget=10)
+        QuantizeConfig.from_options(input="x.onnx", search=False, search_budget=10)
     with pytest.raises(ConfigError, match="--search-budget must be > 0"):
-        QuantizeConfig(input="x.onnx", search_budget=0)
+        QuantizeConfig.from_options(input="x.onnx", search_budget=0)
     with pytest.raises(ConfigError, match="does not use search"):
-        quantize(QuantizeConfig(input="x.onnx", target="tensorrt", search=False))
+        quantize(QuantizeConfig.from_options(input="x.onnx", target="tensorrt", search=False))
     r = _cli("x.onnx", "--no-search", "--search-budget", "5")
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "--search-budget" in r.output
 
@@ -270,9 +270,9 @@ def test_openvino_target_searches_nncf_remedies(tmp_path, monkeypatch):
     cfg = dict(input=str(path), calib_data=data, target="openvino", num_calib=32, num_holdout=32, min_agreement=1.0,
                latency_runs=5, progress=False, out=str(out))
     with pytest.raises(GateFailure, match="takes 2.00 ms vs 1.00 ms for fp32 on openvino|no quantized model"):
-        quantize(QuantizeConfig(**cfg), timer=_fp32_fastest)
+        quantize(QuantizeConfig.from_options(**cfg), timer=_fp32_fastest)
     assert list(out.parent.iterdir()) == []
-    res = quantize(QuantizeConfig(**cfg), timer=lambda models, *a, **k: {m: 2.0 if m.startswith("fp32") else 1.0
+    res = quantize(QuantizeConfig.from_options(**cfg), timer=lambda models, *a, **k: {m: 2.0 if m.startswith("fp32") else 1.0
                                                                           for m in models})
     rec = res.meta.provenance["quantization"]["search"]
     assert rec["table"][0]["top1_agreement"] < 1.0 and res.report["parity"]["top1_agreement"] == 1.0

@@ -97,7 +97,7 @@ def test_auto_precision_judges_candidates_by_dice(seg_onnx, tmp_path, monkeypatc
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
 
     monkeypatch.setattr(auto_precision, "AUTO_CANDIDATE_PROVIDERS", [])  # the ONNX Runtime candidates only
-    res = quantize(QuantizeConfig(input=str(seg_onnx), out=str(tmp_path / "a.onnx"), calib_data=SEG, precision="auto",
+    res = quantize(QuantizeConfig.from_options(input=str(seg_onnx), out=str(tmp_path / "a.onnx"), calib_data=SEG, precision="auto",
                                   min_dice=0.9, min_agreement=0.5, num_calib=32, num_holdout=32, latency_runs=5,
                                   progress=False))
     table = {r["precision"]: r for r in res.report["auto_table"]}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 pytest.importorskip(
@@ -41,7 +39,7 @@ def test_run_dir_int8_ptq_builds_an_rtx_engine(tiny_run, tmp_path):
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
 
     res = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(tiny_run),
             out=str(tmp_path / "s.int8.onnx"),
             calib_data=TINY_DATA,
@@ -66,7 +64,7 @@ def test_onnx_file_int8_ptq_via_modelopt_onnx(tiny_run, tmp_path):
 
     fp32 = export_onnx(ExportConfig(source=str(tiny_run), out=str(tmp_path / "s.onnx"), data=TINY_DATA)).path
     res = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(fp32),
             calib_data=TINY_DATA,
             target="tensorrt",
@@ -81,7 +79,7 @@ def test_onnx_file_int8_ptq_via_modelopt_onnx(tiny_run, tmp_path):
     _build(res.path, tmp_path, "int8")
 
     h = quantize(
-        QuantizeConfig(
+        QuantizeConfig.from_options(
             input=str(fp32),
             calib_data=TINY_DATA,
             target="tensorrt",
@@ -97,7 +95,7 @@ def test_onnx_file_int8_ptq_via_modelopt_onnx(tiny_run, tmp_path):
 
     with pytest.raises(ConfigError, match="run directory"):
         quantize(
-            QuantizeConfig(
+            QuantizeConfig.from_options(
                 input=str(fp32),
                 calib_data=TINY_DATA,
                 target="tensorrt",
@@ -118,7 +116,7 @@ def test_qat_distillation_writes_a_buildable_qdq_model(tiny_run, tmp_path):
     # KD alone (ce_weight 0): the one-epoch tiny run's teacher is at chance, so with the default hard-label
     # term the CE gradient dominates and the KD loss stays put (0.0143 -> 0.0143 measured); alone, QAT must
     # bring it down. The QAT settings are the TensorRT target's own config, nested in the quantize config.
-    res = quantize(QuantizeConfig(input=str(tiny_run), out=str(tmp_path / "qat.onnx"), target="tensorrt", calib_data=TINY_DATA,
+    res = quantize(QuantizeConfig.from_options(input=str(tiny_run), out=str(tmp_path / "qat.onnx"), target="tensorrt", calib_data=TINY_DATA,
                                   method="qat", num_calib=64, num_holdout=32, min_agreement=0.0,
                                   qat=QATConfig(epochs=2, batch_size=32, ce_weight=0.0), progress=False))
     qat = read_meta(res.path).provenance["quantization"]["qat"]
@@ -155,7 +153,7 @@ def test_qat_settings_are_refused_by_a_target_without_qat(gray_onnx):
     from medfm_compress.compress.quantize import QATConfig, QuantizeConfig, quantize
 
     with pytest.raises(ConfigError, match="qat"):
-        quantize(QuantizeConfig(input=str(gray_onnx), target="cpu", qat=QATConfig(epochs=2)))
+        quantize(QuantizeConfig.from_options(input=str(gray_onnx), target="cpu", qat=QATConfig(epochs=2)))
 
 
 def test_export_cli_int8_engine_from_run_dir(tiny_run, tmp_path):
@@ -196,7 +194,7 @@ def test_segmentation_student_int8_for_tensorrt_judged_by_dice(seg_run, tmp_path
     from medfm_compress.errors import GateFailure
 
     out = tmp_path / "seg.int8.onnx"
-    cfg = QuantizeConfig(input=str(seg_run), out=str(out), calib_data=TINY_SEG_DATA, target="tensorrt",
+    cfg = QuantizeConfig.from_options(input=str(seg_run), out=str(out), calib_data=TINY_SEG_DATA, target="tensorrt",
                          precision="int8", min_dice=0.5, min_agreement=0.9, num_calib=32, num_holdout=32,
                          progress=False)
     # The tiny student's rare classes cover a few pixels: whether its int8 masks keep them depends on the CPU the
@@ -211,7 +209,7 @@ def test_segmentation_student_int8_for_tensorrt_judged_by_dice(seg_run, tmp_path
         agreement = float(str(e).split("pixel agreement ")[-1].split(",")[0])
         assert (dice < 0.5 or agreement < 0.9) and not out.exists(), str(e)
         # The engine below is still built, from the same model written under a gate it passes.
-        res = quantize(dataclasses.replace(cfg, min_dice=0.0, min_agreement=0.0))
+        res = quantize(cfg.with_gate(min_dice=0.0, min_agreement=0.0))
         assert res.report["parity"]["mean_dice"] == pytest.approx(dice, abs=5e-5)
     assert res.meta.task == "segmentation" and _qdq(res.path) == "int8"
     eng = _build(res.path, tmp_path, "int8")

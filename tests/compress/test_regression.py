@@ -150,6 +150,6 @@ def test_flags_that_do_not_apply_to_regression_are_refused(tmp_path):
     from medfm_compress.compress.distill import DistillConfig, distill
 
     with pytest.raises(ConfigError, match="--temperature does not apply"):
-        distill(DistillConfig(data=TINY_REG_DATA, out=str(tmp_path / "r"), temperature=2.0, teacher_epochs=1,
+        distill(DistillConfig.from_options(data=TINY_REG_DATA, out=str(tmp_path / "r"), temperature=2.0, teacher_epochs=1,
                               progress=False))
     assert not (tmp_path / "r").exists()

@@ -157,7 +157,7 @@ CHILD = textwrap.dedent("""
 
     def run(data, tag):
         q = Path(out) / f"{tag}.int8.onnx"
-        res = quantize(QuantizeConfig(input=onnx_path, out=str(q), calib_data=data, num_calib=400, num_holdout=200,
+        res = quantize(QuantizeConfig.from_options(input=onnx_path, out=str(q), calib_data=data, num_calib=400, num_holdout=200,
                                       min_agreement=0.0, latency_runs=2, progress=False))
         rep = run_bench(BenchConfig(artifacts=(("fp32", onnx_path), ("int8", str(q))), data=data, iterations=3,
                                     warmup=1, n_resamples=20, progress=False))

@@ -141,7 +141,7 @@ def test_resample_to_isotropic(inv3):
     assert abs(float(iso.hu.mean()) - float(vol.hu.mean())) < 30
     # A crop spec's ?spacing= goes through the same resampler as predict (and the C++ runtime): the same voxels.
     task = load_data(f"inv3:{inv3}?crop=16,16,8&sampling=grid&min_fg=0&spacing=0.9,0.9,0.9")
-    box = task.info["boxes"][0]
+    box = task.crops.boxes[0]
     np.testing.assert_array_equal(task.split("test").images[0],
                                   iso.hu[box[0]:box[0] + 16, box[1]:box[1] + 16, box[2]:box[2] + 8])
 
@@ -151,7 +151,7 @@ def test_volume_spec_through_load_data(inv3):
     split = task.split("test")
     assert split.images.shape == (5, 16, 16, 8) and task.task == "embedding"
     assert task.channels == 1 and task.image_size == (16, 16, 8)
-    assert len(task.info["boxes"]) == 5 and task.info["z_range"] == [0, 20]
+    assert len(task.crops.boxes) == 5 and task.crops.z_range == (0, 20)
     grid = load_data(f"inv3:{inv3}?crop=16,16,8&sampling=grid&min_fg=0")
     assert len(grid.split("test")) == 3 * 3 * 5 and list(grid.splits) == ["test"]
     with pytest.raises(DataError, match="unknown option"):

@@ -23,7 +23,7 @@ def test_synthetic3d_task_patches_and_whole_cases(tmp_path, monkeypatch):
     assert train.images.shape == (24, 16, 16, 16) and train.labels.shape == (24, 16, 16, 16)
     assert test.images.shape == (2, 32, 32, 24) and val.images.shape == (1, 32, 32, 24)
     assert list(np.unique(train.groups)) == [f"train_{i:03d}" for i in range(4)]
-    assert task.window == (-160.0, 240.0) and task.info["spacing_mm"] == [5.5, 5.0, 5.0]
+    assert task.window == (-160.0, 240.0) and task.cases.spacing_mm == (5.5, 5.0, 5.0)
     assert case_shapes(task, "test") == [(32, 32, 24)] * 2
     again = load_data(SMALL)
     np.testing.assert_array_equal(again.split("train").images, train.images)  # seeded, cached
@@ -58,12 +58,12 @@ def test_msd_folder_reads_resamples_and_splits(tmp_path, v2):
     task = load_data(f"nifti:{root}?spacing=16,15,15&val=1&test=1&patch=8,8,8&per_case=2")
     assert task.label_names == ["background", "liver", "spleen", "kidney", "lesion"]
     assert len(task.split("train")) == 3 * 2 and len(task.split("val")) == 1 and len(task.split("test")) == 1
-    assert task.info["spacing_mm"] == [16.0, 15.0, 15.0]
+    assert task.cases.spacing_mm == (16.0, 15.0, 15.0)
     # 24x20x16 voxels of 8x7.5x7.5 mm on a 16x15x15 mm grid: half the voxels per axis.
     assert case_shapes(task, "test") == [(12, 10, 8)]
     assert task.split("test").labels.max() <= 4
     default = load_data(f"nifti:{root}?val=1&test=1&patch=8,8,8")
-    assert default.info["spacing_mm"] == [8.0, 7.5, 7.5]  # the cases' median spacing
+    assert default.cases.spacing_mm == (8.0, 7.5, 7.5)  # the cases' median spacing
 
 
 def test_msd_orientation_does_not_change_the_array(tmp_path):

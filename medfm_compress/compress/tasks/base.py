@@ -161,7 +161,7 @@ class DistillTask:
     def check_config(self, cfg, data) -> None:
         """Refuse, in one line, settings that do not apply to this task's data (once it is read)."""
         for field_, flag in (("eval_data", "--eval-data"), ("widths", "--widths"), ("head_hidden", "--head-hidden")):
-            if getattr(cfg, field_) is not None:
+            if cfg.get_option(field_) is not None:
                 raise ConfigError(f"{flag} applies to volume crops distilled from a foundation teacher (astra-ct); "
                                   f"{data.source} is a {data.task} task: it is scored on its own test split")
 
@@ -341,7 +341,7 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
 
     # Teacher outputs are fixed when nothing changes the inputs: compute them once.
     cached_t_logits = cached_t_emb = None
-    if not cfg.augment:
+    if not cfg.loop.augment:
         run.log("teacher outputs cached for the training set (augmentation off, teacher frozen)")
         cached_t_logits, cached_t_emb = teacher.outputs(x_train, student_pre)
 
@@ -363,7 +363,7 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
     def student_step(batch_idx, epoch):
         bi = torch.as_tensor(batch_idx, device=device)
         xb = x_train[bi]
-        if cfg.augment:
+        if cfg.loop.augment:
             xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
             with torch.no_grad():
                 t_logits, t_e = teacher.outputs(xb, student_pre, batch_size=len(xb))
@@ -373,9 +373,9 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
         with autocast(device):
             s_logits, s_proj = net(xb)
         s_logits = s_logits.float()
-        return weighted_terms(cfg, losses, device, {
-            "kd": lambda: dtask.kd_loss(s_logits, dtask.teacher_targets(t_logits, run), cfg.temperature),
-            "feat": lambda: feature_kd_loss(s_proj.float(), t_e, cfg.feat_loss),
+        return weighted_terms(cfg.loss, losses, device, {
+            "kd": lambda: dtask.kd_loss(s_logits, dtask.teacher_targets(t_logits, run), cfg.loss.temperature),
+            "feat": lambda: feature_kd_loss(s_proj.float(), t_e, cfg.loss.feat_loss),
             "ce": lambda: labelled_loss(dtask.hard_loss, s_logits, y_train[bi], labeled_mask[bi]),
         })
 
@@ -387,8 +387,8 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
         return val_metrics_of(val_logits)
 
     spe = run.steps_per_epoch
-    run.log(f"student {arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={spe}")
-    loop = LoopConfig("student", spe, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
+    run.log(f"student {arch}: losses={'+'.join(losses)} epochs={cfg.loop.epochs} steps/epoch={spe}")
+    loop = LoopConfig("student", spe, cfg.loop.epochs, cfg.loop.lr, cfg.loop.weight_decay, cfg.loop.batch_size, cfg.seed, cfg.loop.augment)
     modules = {"student": student} | ({"projector": projector} if projector is not None else {})
     history = run_loop(loop, modules, student_step, np.arange(len(run.train)), run.ckpt_dir / "student.pt",
                        cfg.resume, run.log, val_metrics, cfg.progress)
@@ -412,7 +412,7 @@ def fit_head(dtask: DistillTask, run: DistillRun, student):
     y = run.y_train[torch.as_tensor(labeled, device=device)]
     for p in head.parameters():
         p.requires_grad_(True)
-    bs = min(cfg.batch_size, len(labeled))
+    bs = min(cfg.loop.batch_size, len(labeled))
 
     def step(batch_idx, _epoch):
         bi = torch.as_tensor(batch_idx, device=device)
@@ -420,7 +420,7 @@ def fit_head(dtask: DistillTask, run: DistillRun, student):
         return loss, {"ce": float(loss.detach())}
 
     spe = max(1, len(labeled) // bs)
-    loop = LoopConfig("head", spe, cfg.head_epochs, 1e-2, 1e-4, bs, cfg.seed, False)
+    loop = LoopConfig("head", spe, cfg.loop.head_epochs, 1e-2, 1e-4, bs, cfg.seed, False)
     run.log(f"head: fitting the classifier on frozen embeddings of {len(labeled)} labeled images")
     return run_loop(loop, {"head": head}, step, np.arange(len(labeled)), run.ckpt_dir / "head.pt", cfg.resume,
                     run.log, progress=cfg.progress)

@@ -44,7 +44,6 @@ class EmbeddingDistill(DistillTask):
 
     def check_config(self, cfg, data) -> None:
         """Flags that need labels or a trainable teacher are refused in one line, each by name."""
-        default = type(cfg).__dataclass_fields__
         refused = {
             "losses": ("--loss", "the loss is the embedding distance (--feat-loss cosine|mse)"),
             "temperature": ("--temperature", "there are no logits to soften"),
@@ -54,14 +53,14 @@ class EmbeddingDistill(DistillTask):
             "augment": ("--augment", "crops are taken as the teacher embedded them (its cache is per crop)"),
         }
         for name, (flag, why) in refused.items():
-            value = getattr(cfg, name)
+            value = cfg.get_option(name)
             if name == "losses" and value is not None and set(value) == {"feat"}:
                 continue
             if name == "augment" and not value:
                 continue
-            if value is not None and value != default[name].default:
+            if value is not None and value != type(cfg).option_default(name):
                 raise ConfigError(f"{flag} does not apply to {data.source}: {why}")
-        if cfg.student is not None and (cfg.widths is not None or cfg.head_hidden is not None):
+        if cfg.student.spec is not None and (cfg.student.widths is not None or cfg.student.head_hidden is not None):
             raise ConfigError("--widths and --head-hidden shape the default 3-D student; drop them with --student")
 
     def load_splits(self, cfg, data):
@@ -69,7 +68,7 @@ class EmbeddingDistill(DistillTask):
         from ...data.volume import CROP_SPLIT
 
         eval_task = load_data(cfg.eval_data, seed=cfg.seed) if cfg.eval_data else None
-        if eval_task is not None and not (eval_task.volumes and "boxes" in eval_task.info):
+        if eval_task is not None and eval_task.crops is None:
             raise ConfigError(f"--eval-data {cfg.eval_data} is not a volume crop spec (?crop=X,Y,Z&n=N)")
         test = eval_task.split(CROP_SPLIT) if eval_task is not None else None
         return data.split(CROP_SPLIT), None, test, eval_task
@@ -80,14 +79,14 @@ class EmbeddingDistill(DistillTask):
         from ...runtime.preprocess import PreprocessSpec
 
         return PreprocessSpec(input_size=tuple(int(v) for v in train.images.shape[1:4]), channels=1, mean=(0.0,),
-                              std=(1.0,), window=teacher_window(cfg.teacher))
+                              std=(1.0,), window=teacher_window(cfg.teacher.spec))
 
     def student_kwargs(self, cfg, resolved: ResolvedTeacher) -> dict[str, Any]:
         from ...models.volume import DEFAULT_WIDTHS
 
         kwargs: dict[str, Any] = {"embed_dim": resolved.teacher.encoder.embedding_dim}
-        if cfg.student is None:
-            kwargs |= {"widths": list(cfg.widths or DEFAULT_WIDTHS), "head_hidden": cfg.head_hidden or 512}
+        if cfg.student.spec is None:
+            kwargs |= {"widths": list(cfg.student.widths or DEFAULT_WIDTHS), "head_hidden": cfg.student.head_hidden or 512}
         return kwargs
 
     def hard_loss(self, logits, labels):
@@ -116,20 +115,20 @@ class EmbeddingDistill(DistillTask):
 
         def step(batch_idx, _epoch):
             bi = torch.as_tensor(batch_idx, device=device)
-            loss = feature_kd_loss(net(x_train[bi]).float(), t_train[bi], cfg.feat_loss)
-            return loss, ({"cos": 1.0 - float(loss.detach())} if cfg.feat_loss == "cosine" else
+            loss = feature_kd_loss(net(x_train[bi]).float(), t_train[bi], cfg.loss.feat_loss)
+            return loss, ({"cos": 1.0 - float(loss.detach())} if cfg.loss.feat_loss == "cosine" else
                           {"mse": float(loss.detach())})
 
         def epoch_end(_epoch):
             if t_eval is None:
                 return {}
-            emb = _embed(student, run.x_test, cfg.batch_size)
+            emb = _embed(student, run.x_test, cfg.loop.batch_size)
             return {"eval_cos": round(cosine_similarity(emb, t_eval), 4)}
 
         spe = run.steps_per_epoch
         run.log(f"student {arch}: {sum(p.numel() for p in student.parameters()) / 1e6:.2f} M params, losses=feat "
-                f"({cfg.feat_loss}) epochs={cfg.epochs} steps/epoch={spe}")
-        loop = LoopConfig("student", spe, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed, False)
+                f"({cfg.loss.feat_loss}) epochs={cfg.loop.epochs} steps/epoch={spe}")
+        loop = LoopConfig("student", spe, cfg.loop.epochs, cfg.loop.lr, cfg.loop.weight_decay, cfg.loop.batch_size, cfg.seed, False)
         history = run_loop(loop, {"student": student}, step, np.arange(len(run.train)), run.ckpt_dir / "student.pt",
                            cfg.resume, run.log, epoch_end, cfg.progress)
         student.eval()
@@ -146,27 +145,27 @@ class EmbeddingDistill(DistillTask):
         cfg, teacher, data = run.cfg, resolved.teacher, run.task
         t_train = teacher.embeddings(data)
         n_student = count_params(student.model)
-        train_emb = _embed(student.model, run.x_train, cfg.batch_size)
+        train_emb = _embed(student.model, run.x_train, cfg.loop.batch_size)
         metrics: dict[str, Any] = {
             "task": self.name,
             "teacher": teacher.describe(),
             "student": {"arch": student.arch, "params": n_student, "macs": macs_of(student.model, run.x_train[:1]),
                         **student.model_kwargs},
             "param_ratio": teacher.params / n_student,
-            "train": {"spec": cfg.data, "n": len(run.train), "z_range": data.info.get("z_range"),
+            "train": {"spec": cfg.data, "n": len(run.train), "z_range": list(data.crops.z_range),
                       "cosine": cosine_similarity(train_emb, t_train)},
-            "volume_sha256": data.info.get("volume_sha256"),
+            "volume_sha256": data.crops.volume_sha256,
             "cache": {"dir": str(teacher.cache.directory), "hits": teacher.cache.hits,
                       "computed": teacher.cache.misses},
         }
         if run.eval_task is not None:
             t_eval = teacher.embeddings(run.eval_task)
-            s_eval = _embed(student.model, run.x_test, cfg.batch_size)
+            s_eval = _embed(student.model, run.x_test, cfg.loop.batch_size)
             center = t_train.mean(0)
             metrics["eval"] = {
                 "spec": cfg.eval_data,
                 "n": len(run.test),
-                "z_range": run.eval_task.info.get("z_range"),
+                "z_range": list(run.eval_task.crops.z_range),
                 "cosine": cosine_similarity(s_eval, t_eval),
                 "centered_cosine": centered_cosine_similarity(s_eval, t_eval, t_train),
                 # What predicting the mean training embedding for every crop would score: the floor to beat.

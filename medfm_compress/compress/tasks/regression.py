@@ -49,7 +49,7 @@ class ValueDistill(DistillTask):
         from ...errors import ConfigError
 
         super().check_config(cfg, data)
-        if cfg.temperature is not None:
+        if cfg.loss.temperature is not None:
             raise ConfigError(f"--temperature does not apply to {data.source}: regression KD is a squared error")
 
     # ----- the scale models learn in -----

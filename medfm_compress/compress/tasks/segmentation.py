@@ -262,8 +262,8 @@ class SegmentationDistill(DistillTask):
         from the teacher's maps alone."""
         cfg = run.cfg
         check_dense_model(student, run.x_train[:1], run.task.num_classes, f"student {arch}")
-        losses = tuple(cfg.losses) if cfg.losses is not None else (("kd",) if cfg.labels == "none" else ("kd", "ce"))
-        run.log(f"student {arch}: losses={'+'.join(losses)} epochs={cfg.epochs} steps/epoch={run.steps_per_epoch}"
+        losses = tuple(cfg.loss.losses) if cfg.loss.losses is not None else (("kd",) if cfg.labels == "none" else ("kd", "ce"))
+        run.log(f"student {arch}: losses={'+'.join(losses)} epochs={cfg.loop.epochs} steps/epoch={run.steps_per_epoch}"
                 f" (segmentation, {len(run.labeled)} labelled masks)")
         history = self._distill(run, resolved.teacher, student, losses)
         return TrainedStudent(student, arch, losses, 0, history)
@@ -300,7 +300,7 @@ class SegmentationDistill(DistillTask):
             projector = Projector(s_feat.shape[1], t_feat.shape[1], conv=True).to(device)
 
         cached_maps = None
-        if not cfg.augment and "kd" in losses:
+        if not cfg.loop.augment and "kd" in losses:
             run.log("teacher class maps cached (float16) for the training set (augmentation off, teacher frozen)")
             cached_maps = _teacher_cache(teacher_maps, x_train)
 
@@ -321,7 +321,7 @@ class SegmentationDistill(DistillTask):
         def step(batch_idx, epoch):
             bi = torch.as_tensor(batch_idx, device=device)
             xb, yb = x_train[bi], y_train[bi]
-            if cfg.augment:
+            if cfg.loop.augment:
                 xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
                 yb = augment_masks(yb.cpu(), batch_idx, cfg.seed, epoch).to(device)
             t_out = t_feat = None
@@ -333,12 +333,12 @@ class SegmentationDistill(DistillTask):
             with autocast(device):
                 s_out, s_proj = net(xb)
             s_out = s_out.float()
-            return weighted_terms(cfg, losses, device, {
+            return weighted_terms(cfg.loss, losses, device, {
                 # Soft per-pixel KL, plus Dice + CE against the teacher's label map: averaged over pixels, the KL is
                 # the background's and the organs'; the batch Dice gives each class, a few-pixel lesion included, a
                 # term of its own (with the KL alone the student never drew a lesion its teacher drew at Dice 0.67-0.88).
-                "kd": lambda: self.kd_loss(s_out, t_out, cfg.temperature) + self.hard_loss(s_out, t_out.argmax(1)),
-                "feat": lambda: feature_map_kd_loss(s_proj.float(), t_feat, cfg.feat_loss),
+                "kd": lambda: self.kd_loss(s_out, t_out, cfg.loss.temperature) + self.hard_loss(s_out, t_out.argmax(1)),
+                "feat": lambda: feature_map_kd_loss(s_proj.float(), t_feat, cfg.loss.feat_loss),
                 "ce": lambda: labelled_loss(self.hard_loss, s_out, yb, labeled_mask[bi]),
             })
 
@@ -356,7 +356,7 @@ class SegmentationDistill(DistillTask):
             return {"val_dice": round(mean_dice(dice_per_case(pred, np.asarray(run.val.labels), task.num_classes)), 4)}
 
         spe = run.steps_per_epoch
-        loop = LoopConfig("student", spe, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed, cfg.augment)
+        loop = LoopConfig("student", spe, cfg.loop.epochs, cfg.loop.lr, cfg.loop.weight_decay, cfg.loop.batch_size, cfg.seed, cfg.loop.augment)
         modules = {"student": student} | ({"projector": projector} if projector is not None else {})
         return run_loop(loop, modules, step, np.arange(len(run.train)), run.ckpt_dir / "student.pt", cfg.resume,
                         run.log, val_metrics, cfg.progress)
