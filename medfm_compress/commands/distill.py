@@ -84,12 +84,18 @@ def _task_defaults(key: str) -> str:
 @click.option("--baseline", is_flag=True, default=None,
               help="Also train the student on labels alone with the same budget.")
 @click.option("--augment/--no-augment", default=None,
-              help="Small affine + intensity augmentation (off: teacher outputs are cached)." + _task_defaults("augment"))
+              help="Small affine + intensity augmentation of the training images." + _task_defaults("augment"))
 @click.option("--widths", default=None,
               help="Volume crops: the default 3-D student's stage widths, e.g. 16,32,64,128.")
 @click.option("--head-hidden", default=None, type=int, help="Volume crops: the 3-D student's embedding head width.")
 @click.option("--cache", default=None, type=click.Path(file_okay=False),
-              help="A foundation teacher's embedding cache folder [default: the cache's embeddings/].")
+              help="Where teacher outputs are cached, computed once per training image and view and reused by every "
+              "epoch and run [default: the cache's teacher-outputs/; a foundation encoder's: embeddings/].")
+@click.option("--teacher-views", default=None, type=int,
+              help="With augmentation: augmented views of each training image the teacher answers once; epoch e "
+              "trains on view e mod N [default: one per epoch].")
+@click.option("--teacher-batch-size", default=None, type=int,
+              help="Images per teacher batch when filling the cache [default: 64; a foundation encoder's crops: 1].")
 @click.option("--seed", default=None, type=int, help="Seed of everything random." + _default("seed"))
 @click.option("--resume", is_flag=True, default=None, help="Continue from the run directory's last checkpoint.")
 @click.option("--force", is_flag=True, default=None,

@@ -39,8 +39,13 @@ class TeacherConfig(DictConfig):
         weights_key_map: how the file's keys map onto the model: ``name`` or ``order``.
         epochs: train the teacher from scratch for this many epochs (``--teacher-epochs``).
         adapt: adapt a pretrained teacher to the data's labels first: ``linear`` or ``finetune``.
-        cache: a foundation teacher's embedding cache (default ``<cache>/embeddings``).
-        batch_size: a foundation teacher's batch when filling its cache (``--teacher-batch-size``).
+        cache: where the teacher's outputs are cached: a foundation encoder's per-crop embeddings (default
+            ``<cache>/embeddings``), any other teacher's outputs per training image and view (default
+            ``<cache>/teacher-outputs``, :mod:`medfm_compress.compress.teacher_cache`).
+        batch_size: the teacher's batch when filling its cache (``--teacher-batch-size``; default 64, 1 for a
+            foundation encoder's crops).
+        views: with augmentation, the augmented views of each training image the teacher answers once
+            (``--teacher-views``); epoch ``e`` trains on view ``e % views``. None: one per epoch.
     """
 
     spec: str | None = option(name="teacher")
@@ -50,11 +55,13 @@ class TeacherConfig(DictConfig):
     adapt: Literal["linear", "finetune"] | None = option(name="teacher_adapt")
     cache: str | None = None
     batch_size: int | None = option(name="teacher_batch_size")
+    views: int | None = option(name="teacher_views")
 
     def __post_init__(self):
         from .teachers import teacher_path
 
-        _positive(self, "epochs", "batch_size", flags={"epochs": "teacher-epochs", "batch_size": "teacher-batch-size"})
+        _positive(self, "epochs", "batch_size", "views",
+                  flags={"epochs": "teacher-epochs", "batch_size": "teacher-batch-size", "views": "teacher-views"})
         if self.weights and not self.spec:
             raise ConfigError("--teacher-weights needs --teacher naming its architecture (e.g. timm:vit_small_patch16_224)")
         if self.adapt is not None and self.adapt not in ("linear", "finetune"):
@@ -188,6 +195,9 @@ class DistillConfig(PartedConfig):
             raise ConfigError(f"label-fraction must be in (0, 1], got {self.label_fraction}")
         if self.labels == "none" and self.loss.losses is not None and "ce" in self.loss.losses:
             raise ConfigError("--labels none trains without labels; drop 'ce' from --loss")
+        if self.teacher.views is not None and self.loop.augment is False:
+            raise ConfigError("--teacher-views counts augmented views; with --no-augment the teacher answers each "
+                              "image once: drop one of them")
         if self.teacher.spec is None and not self.data.startswith("synthetic") and self.teacher.epochs is None:
             raise ConfigError(
                 "no --teacher given for real data: pass --teacher ARCH --teacher-weights FILE (add --teacher-adapt "

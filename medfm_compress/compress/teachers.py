@@ -49,10 +49,6 @@ class TeacherSource:
 
     def check(self, cfg) -> None:
         """Refuse, in one line, settings this source cannot honour (before the data is read)."""
-        for field, flag in (("cache", "--cache"), ("teacher_batch_size", "--teacher-batch-size")):
-            if cfg.get_option(field) is not None:
-                raise ConfigError(f"{flag} applies to a foundation teacher's embedding cache (astra-ct); "
-                                  f"--teacher {cfg.teacher.spec or '(default)'} has none")
 
     def check_data(self, cfg, data) -> None:
         """Refuse, in one line, data this source cannot teach on (once it is read)."""
@@ -459,7 +455,9 @@ class FoundationSource(TeacherSource):
             if cfg.get_option(field):
                 raise ConfigError(f"{flag} does not apply to --teacher {cfg.teacher.spec}: a foundation encoder loads its "
                                   "own weights from its package and is used as it is")
-
+        if cfg.teacher.views is not None:
+            raise ConfigError(f"--teacher-views does not apply to --teacher {cfg.teacher.spec}: its crops are embedded "
+                              "as they are, once, in its embedding cache")
 
     def check_data(self, cfg, data) -> None:
         if data.crops is None:

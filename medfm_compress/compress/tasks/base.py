@@ -322,7 +322,8 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
     from ...models.heads import Projector
     from ..losses import feature_kd_loss, labelled_loss, weighted_terms
     from ..taskprep import autocast
-    from ..train import LoopConfig, augment_batch, predict, run_loop
+    from ..teacher_cache import teacher_outputs, training_views, view_inputs
+    from ..train import LoopConfig, predict, run_loop
 
     cfg, task, device, teacher = run.cfg, run.task, run.device, resolved.teacher
     x_train, y_train, student_pre = run.x_train, run.y_train, run.student_pre
@@ -339,11 +340,9 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
     _, t_emb = teacher.outputs(x_train[:2], student_pre)
     projector = Projector(s_emb.shape[1], t_emb.shape[1]).to(device) if "feat" in losses else None
 
-    # Teacher outputs are fixed when nothing changes the inputs: compute them once.
-    cached_t_logits = cached_t_emb = None
-    if not cfg.loop.augment:
-        run.log("teacher outputs cached for the training set (augmentation off, teacher frozen)")
-        cached_t_logits, cached_t_emb = teacher.outputs(x_train, student_pre)
+    # The teacher is paid once: its outputs for every training image and view come from the cache.
+    views = training_views(cfg)
+    t_cache = teacher_outputs(run, teacher, views)
 
     class _Pair(torch.nn.Module):
         def __init__(self, s, p):
@@ -362,14 +361,9 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
 
     def student_step(batch_idx, epoch):
         bi = torch.as_tensor(batch_idx, device=device)
-        xb = x_train[bi]
-        if cfg.loop.augment:
-            xb = augment_batch(xb.cpu(), batch_idx, cfg.seed, epoch).to(device)
-            with torch.no_grad():
-                t_logits, t_e = teacher.outputs(xb, student_pre, batch_size=len(xb))
-        else:
-            t_logits = cached_t_logits[bi] if cached_t_logits is not None else None
-            t_e = cached_t_emb[bi]
+        view = epoch % views
+        xb = view_inputs(x_train[bi], batch_idx, view, cfg.loop.augment, cfg.seed)
+        t_logits, t_e = t_cache.get(view, batch_idx, device)
         with autocast(device):
             s_logits, s_proj = net(xb)
         s_logits = s_logits.float()

@@ -1,0 +1,235 @@
+"""The teacher is paid once: its outputs for every training image and augmented view, memory-mapped on disk.
+
+A distillation runs the frozen teacher on the same inputs again and again: every epoch over the training set, and
+every rerun (another student, another loss, a resumed run). :class:`TeacherOutputCache` computes the teacher's
+logits and pooled embedding once per (image, view) and keeps them in ``.npy`` files opened as memory maps; the
+student trains from them. View ``v`` of image ``i`` is :func:`~medfm_compress.compress.train.augment_batch` with
+``epoch=v`` (its parameters depend on the seed, the view and the image index alone), so epoch ``e`` trains on view
+``e % views`` and the student sees the very inputs the teacher answered; view 0 of a run without augmentation is the
+image itself.
+
+The cache's key covers what the outputs depend on: the teacher's weights and preprocessing, the student-preprocessed
+training tensor (data, split, size, normalisation), the augmentation seed, the view count and the augmentation's
+version. The fill shows progress with an ETA and resumes where it stopped: each block of outputs is flushed before
+its rows are marked done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._cache import cache_dir
+from .._io import atomic_write_json, ensure_dir
+
+__all__ = ["TeacherOutputCache", "teacher_fingerprint", "tensor_fingerprint", "default_cache_dir",
+           "AUGMENT_VERSION"]
+
+# Bumped when augment_batch changes what a view is: older caches then miss instead of serving other inputs.
+AUGMENT_VERSION = 1
+_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    return cache_dir() / "teacher-outputs"
+
+
+def _digest_arrays(arrays) -> str:
+    h = hashlib.sha256()
+    for name, a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def teacher_fingerprint(model) -> str:
+    """sha256 of a torch module's parameters and buffers (names, shapes, dtypes, values)."""
+    import torch
+
+    with torch.no_grad():
+        return _digest_arrays((k, v.detach().float().cpu().numpy() if v.dtype == torch.bfloat16 else v.detach().cpu().numpy())
+                              for k, v in model.state_dict().items())
+
+
+def tensor_fingerprint(x) -> str:
+    """sha256 of a tensor's (or array's) values, dtype and shape."""
+    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    return _digest_arrays([("x", a)])
+
+
+class TeacherOutputCache:
+    """Teacher outputs for ``n`` images x ``views`` in ``directory/<key>/``: ``emb.npy`` ``(views, n, D)``,
+    ``logits.npy`` ``(views, n, C)`` when the teacher has a head, ``done.npy`` ``(views, n)``, ``meta.json``."""
+
+    def __init__(self, directory: str | Path, key: dict[str, Any], n: int, views: int):
+        if n < 1 or views < 1:
+            raise ValueError(f"a teacher output cache needs images and views, got n={n} views={views}")
+        self.key = key
+        self.digest = hashlib.sha256(json.dumps({**key, "format": _FORMAT}, sort_keys=True).encode()).hexdigest()[:32]
+        self.path = Path(directory) / self.digest
+        self.n, self.views = n, views
+        self.emb: np.ndarray | None = None
+        self.logits: np.ndarray | None = None
+        self.done: np.ndarray | None = None
+        self.computed = 0  # outputs computed by this process (the rest were read back)
+
+    # ----- storage -----
+    def _open(self) -> bool:
+        """Open an existing cache; False when there is none (or an unreadable one, which is removed)."""
+        meta = self.path / "meta.json"
+        if not meta.is_file():
+            return False
+        try:
+            info = json.loads(meta.read_text())
+            if info.get("key") != self.key or (info["views"], info["n"]) != (self.views, self.n):
+                raise ValueError("key mismatch")
+            self.emb = np.load(self.path / "emb.npy", mmap_mode="r+")
+            self.logits = np.load(self.path / "logits.npy", mmap_mode="r+") if info["logits_dim"] else None
+            self.done = np.load(self.path / "done.npy", mmap_mode="r+")
+            if self.done.shape != (self.views, self.n) or self.emb.shape[:2] != (self.views, self.n):
+                raise ValueError("shape mismatch")
+            return True
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            shutil.rmtree(self.path, ignore_errors=True)
+            return False
+
+    def _create(self, emb_dim: int, logits_dim: int | None) -> None:
+        """Create the arrays in a temporary folder and move it into place (a crash leaves no half-made cache)."""
+        ensure_dir(self.path.parent)
+        tmp = self.path.parent / f".{self.digest}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        np.lib.format.open_memmap(tmp / "emb.npy", mode="w+", dtype=np.float32, shape=(self.views, self.n, emb_dim)).flush()
+        if logits_dim:
+            np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float32,
+                                      shape=(self.views, self.n, logits_dim)).flush()
+        np.lib.format.open_memmap(tmp / "done.npy", mode="w+", dtype=np.bool_, shape=(self.views, self.n)).flush()
+        atomic_write_json(tmp / "meta.json", {"key": self.key, "views": self.views, "n": self.n, "emb_dim": emb_dim,
+                                              "logits_dim": logits_dim or 0, "format": _FORMAT})
+        try:
+            os.replace(tmp, self.path)
+        except OSError:  # another process made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not self._open():
+            raise OSError(f"could not create the teacher output cache at {self.path}")
+
+    # ----- filling -----
+    def fill(self, compute: Callable[[int, np.ndarray], tuple[Any, Any]], batch_size: int = 64,
+             log: Callable[[str], None] = print, progress: bool = True, what: str = "teacher") -> None:
+        """Compute the outputs not stored yet: ``compute(view, index)`` -> ``(logits or None, embeddings)`` for the
+        images ``index`` of ``view``, ``batch_size`` at a time; progress (rate, ETA) goes to stderr."""
+        from tqdm.auto import tqdm
+
+        if not self._open():
+            logits, emb = compute(0, np.arange(1))
+            self._create(int(np.asarray(_np(emb)).shape[1]), int(_np(logits).shape[1]) if logits is not None else None)
+        todo = int((~self.done).sum())
+        if todo == 0:
+            log(f"{what} outputs: all {self.views} view(s) x {self.n} images read from {self.path}")
+            return
+        stored = self.views * self.n - todo
+        log(f"{what} outputs: computing {todo} of {self.views} view(s) x {self.n} images"
+            + (f" ({stored} already stored)" if stored else "") + f", cached in {self.path}")
+        t0 = time.perf_counter()
+        bar = tqdm(total=todo, desc=f"{what} outputs", unit="img", disable=not progress, leave=False, file=sys.stderr)
+        for view in range(self.views):
+            missing = np.flatnonzero(~self.done[view])
+            for s in range(0, len(missing), batch_size):
+                idx = missing[s : s + batch_size]
+                logits, emb = compute(view, idx)
+                self.emb[view, idx] = _np(emb)
+                if self.logits is not None:
+                    if logits is None:
+                        raise ValueError("the teacher returned no logits for a cache that holds them")
+                    self.logits[view, idx] = _np(logits)
+                self.emb.flush()
+                if self.logits is not None:
+                    self.logits.flush()
+                self.done[view, idx] = True  # marked only once its outputs are on disk
+                self.done.flush()
+                self.computed += len(idx)
+                bar.update(len(idx))
+        bar.close()
+        dt = time.perf_counter() - t0
+        log(f"{what} outputs: {self.computed} computed in {dt:.1f} s ({1000 * dt / max(self.computed, 1):.1f} ms "
+            "per image)")
+
+    # ----- reading -----
+    def get(self, view: int, index, device=None):
+        """``(logits or None, embeddings)`` of ``view`` for the images ``index``, as float32 tensors."""
+        import torch
+
+        idx = np.asarray(index.cpu() if hasattr(index, "cpu") else index)
+        if not self.done[view, idx].all():
+            raise RuntimeError("teacher outputs requested before they were computed")
+        emb = torch.from_numpy(np.ascontiguousarray(self.emb[view, idx])).to(device)
+        logits = (torch.from_numpy(np.ascontiguousarray(self.logits[view, idx])).to(device)
+                  if self.logits is not None else None)
+        return logits, emb
+
+
+def _np(t) -> np.ndarray:
+    if t is None:
+        return None  # type: ignore[return-value]
+    return t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, np.float32)
+
+
+def training_views(cfg) -> int:
+    """Views of each training image the teacher answers: 1 without augmentation; else ``--teacher-views``, by
+    default one per epoch (every epoch its own view, as a teacher run at every step would see)."""
+    if not cfg.loop.augment:
+        return 1
+    return int(cfg.teacher.views or cfg.loop.epochs)
+
+
+def view_inputs(x, index, view: int, augment: bool, seed: int):
+    """The student's (and teacher's) input of view ``view`` for the training images ``x`` (their indices ``index``)."""
+    from .train import augment_batch
+
+    if not augment:
+        return x
+    return augment_batch(x.cpu(), np.asarray(index), seed, view).to(x.device)
+
+
+def teacher_outputs(run, teacher, views: int) -> TeacherOutputCache:
+    """The run's teacher outputs for every training image and view, computed where the cache lacks them (rank 0
+    fills; other ranks wait, then read)."""
+    import torch
+
+    cfg, x = run.cfg, run.x_train
+    key = {"teacher": teacher_fingerprint(teacher.model), "teacher_arch": teacher.card.arch,
+           "teacher_preprocess": teacher.card.preprocess.to_dict(), "inputs": tensor_fingerprint(x),
+           "student_preprocess": run.student_pre.to_dict(), "augment": bool(cfg.loop.augment),
+           "seed": cfg.seed if cfg.loop.augment else None, "augment_version": AUGMENT_VERSION}
+    cache = TeacherOutputCache(cfg.teacher.cache or default_cache_dir(), key, len(x), views)
+    batch = cfg.teacher.batch_size or 64
+
+    def compute(view, idx):
+        bi = torch.as_tensor(idx, device=x.device)
+        xb = view_inputs(x[bi], idx, view, cfg.loop.augment, cfg.seed)
+        return teacher.outputs(xb, run.student_pre, batch_size=len(xb))
+
+    def fill():
+        cache.fill(compute, batch, run.log, cfg.progress and run.rank == 0, what=f"teacher {teacher.card.arch}")
+
+    if run.distributed:
+        import torch.distributed as dist
+
+        if run.rank == 0:
+            fill()
+        dist.barrier()
+        if run.rank != 0:
+            fill()
+    else:
+        fill()
+    return cache

@@ -1,0 +1,102 @@
+"""The teacher is paid once: outputs per training image and view, memory-mapped, resumable, shared between runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+
+from medfm_compress.compress.distill import DistillConfig, distill
+from medfm_compress.compress.teacher_cache import TeacherOutputCache, training_views, view_inputs
+from medfm_compress.errors import ConfigError
+
+
+def _outputs(view, idx):
+    idx = np.asarray(idx)
+    emb = np.stack([np.full(4, 10.0 * view + i, np.float32) for i in idx])
+    return torch.from_numpy(emb[:, :2].copy()), torch.from_numpy(emb)
+
+
+def test_each_output_is_computed_once_and_read_back(tmp_path):
+    calls = []
+
+    def compute(view, idx):
+        calls.append((view, list(idx)))
+        return _outputs(view, idx)
+
+    cache = TeacherOutputCache(tmp_path, {"teacher": "t", "inputs": "x"}, n=10, views=3)
+    cache.fill(compute, batch_size=4, log=lambda s: None, progress=False)
+    # One probe to size the arrays, then each (view, image) once.
+    done = [(v, i) for v, idx in calls[1:] for i in idx]
+    assert sorted(done) == [(v, i) for v in range(3) for i in range(10)] and cache.computed == 30
+    logits, emb = cache.get(2, [7, 1])
+    assert emb[:, 0].tolist() == [27.0, 21.0] and logits.shape == (2, 2)
+    calls.clear()
+    again = TeacherOutputCache(tmp_path, {"teacher": "t", "inputs": "x"}, n=10, views=3)
+    again.fill(compute, batch_size=4, log=lambda s: None, progress=False)
+    assert calls == [] and again.computed == 0
+    assert torch.equal(again.get(2, [7, 1])[1], emb)
+    # Another teacher (or other inputs, views) is another cache.
+    other = TeacherOutputCache(tmp_path, {"teacher": "u", "inputs": "x"}, n=10, views=3)
+    assert other.path != cache.path
+
+
+def test_an_interrupted_fill_resumes_where_it_stopped(tmp_path):
+    seen = []
+
+    def failing(view, idx):
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        seen.append(list(idx))
+        return _outputs(view, idx)
+
+    key = {"teacher": "t"}
+    cache = TeacherOutputCache(tmp_path, key, n=12, views=2)
+    with pytest.raises(KeyboardInterrupt):
+        cache.fill(failing, batch_size=4, log=lambda s: None, progress=False)
+    with pytest.raises(RuntimeError, match="before they were computed"):
+        cache.get(1, [0])
+    rest = []
+
+    def compute(view, idx):
+        rest.append((view, list(idx)))
+        return _outputs(view, idx)
+
+    resumed = TeacherOutputCache(tmp_path, key, n=12, views=2)
+    resumed.fill(compute, batch_size=4, log=lambda s: None, progress=False)
+    # The two blocks written before the interruption (after the sizing probe) are not computed again.
+    assert resumed.computed == 24 - 8 and [v for v, _ in rest] == [0, 1, 1, 1]
+    assert resumed.get(1, [11])[1][0, 0].item() == 21.0
+
+
+def test_views_are_the_student_s_inputs_of_each_epoch():
+    cfg = DistillConfig.from_options(augment=True, epochs=6)
+    assert training_views(cfg) == 6
+    assert training_views(cfg.replace_options(teacher_views=2)) == 2
+    assert training_views(cfg.replace_options(augment=False)) == 1
+    x = torch.rand(5, 1, 16, 16)
+    idx = np.arange(5)
+    # A view is a pure function of (seed, view, image index): the same images in any batch give the same inputs.
+    a = view_inputs(x, idx, 1, True, seed=3)
+    b = view_inputs(x[[4, 2]], idx[[4, 2]], 1, True, seed=3)
+    assert torch.allclose(a[[4, 2]], b, atol=1e-6) and not torch.allclose(a, x)
+    assert view_inputs(x, idx, 1, False, seed=3) is x
+    with pytest.raises(ConfigError, match="--teacher-views counts augmented views"):
+        DistillConfig.from_options(teacher_views=2, augment=False)
+
+
+def test_two_runs_pay_the_teacher_once(tmp_path):
+    base = dict(data=TINY_DATA, teacher=TINY_TEACHER, student=TINY_STUDENT, teacher_epochs=1, epochs=3,
+                batch_size=32, augment=True, teacher_views=2, cache=str(tmp_path / "cache"), progress=False)
+    distill(DistillConfig.from_options(out=str(tmp_path / "a"), **base))
+    log_a = (tmp_path / "a" / "train.log").read_text()
+    assert "computing 384 of 2 view(s) x 192 images" in log_a
+    # Another student, the same teacher and training inputs: every teacher output is read back.
+    distill(DistillConfig.from_options(out=str(tmp_path / "b"), **{**base, "lr": 1e-3}))
+    log_b = (tmp_path / "b" / "train.log").read_text()
+    assert "all 2 view(s) x 192 images read from" in log_b and "computing" not in log_b
+    rec = json.loads((tmp_path / "b" / "manifest.json").read_text())["stages"][-1]
+    assert rec["config"]["teacher"]["views"] == 2
