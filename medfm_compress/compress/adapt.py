@@ -141,12 +141,13 @@ def _classifier_name(model) -> str:
 def file_head_classes(arch: str, weights: str, key_map: str, in_chans: int, img_size: int | None) -> int | None:
     """Classes the weight file's head predicts (None when the file holds no head, e.g. an encoder only)."""
     from ..models.factory import create_model
-    from ..models.weights import read_state_dict
+    from ..models.weights import read_state_dict, timm_layout
 
     probe = create_model(arch, 7, in_chans, img_size)
     head_w = f"{_classifier_name(probe)}.weight"
     sd = read_state_dict(weights)
     if key_map == "name":
+        sd = timm_layout(sd, probe)
         own_names = probe.state_dict()
         if not set(sd) & set(own_names):
             raise ModelError(

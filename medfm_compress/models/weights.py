@@ -26,6 +26,8 @@ def read_state_dict(path: str | Path) -> dict:
     import torch
 
     p = Path(path)
+    if p.is_dir() and (p / "model.safetensors").is_file():  # a Hugging Face model directory
+        p = p / "model.safetensors"
     if not p.is_file():
         raise ModelError(f"weight file {p} does not exist; check the --*-weights path")
     suffix = p.suffix.lower()
@@ -119,6 +121,8 @@ def load_weights(model, path: str | Path, what: str = "model", key_map: str = "n
     own = model.state_dict()
     if key_map == "order":
         sd = map_keys_in_order(sd, own, path, what)
+    else:
+        sd = timm_layout(sd, model, own)
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shapes = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
@@ -139,6 +143,21 @@ def load_weights(model, path: str | Path, what: str = "model", key_map: str = "n
         if v.dtype.is_floating_point != own[k].dtype.is_floating_point and own[k].dtype != torch.bool:
             raise ModelError(f"{path}: tensor {k} has dtype {v.dtype} but the {what} expects {own[k].dtype}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def timm_layout(sd: dict, model, own: dict | None = None) -> dict:
+    """``sd`` in a timm model's names when it comes in another layout a foundation model ships in (OpenAI CLIP,
+    open_clip, DINOv2, Hugging Face transformers) or with another position grid
+    (:func:`medfm_compress.models.layouts.to_timm`); as it is otherwise."""
+    from .layouts import detect_layout, to_timm
+
+    if not type(model).__module__.startswith("timm."):
+        return sd
+    own = model.state_dict() if own is None else own
+    grid_differs = "pos_embed" in sd and "pos_embed" in own and tuple(sd["pos_embed"].shape) != tuple(own["pos_embed"].shape)
+    if detect_layout(sd) == "timm" and not grid_differs:
+        return sd
+    return to_timm(dict(sd), model)
 
 
 def _head(keys: list[str], n: int = 4) -> str:
