@@ -67,6 +67,11 @@ def _cpu_features(info: dict[str, str]) -> list[str]:
     return [f for f in CPU_FEATURES if f in have]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16); elsewhere bf16 is emulated and slow."""
+    return bool({"avx512_bf16", "amx_bf16"} & set(_cpu_features(_cpuinfo())))
+
+
 def _gpu_info() -> tuple[str | None, str | None]:
     smi = shutil.which("nvidia-smi")
     if not smi:

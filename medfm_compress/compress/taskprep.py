@@ -124,13 +124,20 @@ class FrozenTeacher:
         self.card = card
         self.source = source
 
-    def outputs(self, x, student_pre, batch_size=128):
+    def outputs(self, x, student_pre, batch_size=128, precision: str = "fp32"):
+        """``(logits or None, embeddings)`` of the images ``x`` (preprocessed as ``student_pre``), in float32;
+        ``precision="bf16"`` runs the teacher under bf16 autocast (where the hardware has it natively)."""
+        import contextlib
+
         import torch
 
         from ..models.features import FeatureTap
 
+        device = x.device.type
+        cast = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
         logits, embs = [], []
-        with torch.no_grad(), FeatureTap(self.model) as tap:
+        with torch.no_grad(), FeatureTap(self.model) as tap, cast:
             for i in range(0, len(x), batch_size):
                 lo, em = tap.run(adapt_batch(x[i : i + batch_size], student_pre, self.card.preprocess))
                 if lo is not None:

@@ -100,3 +100,35 @@ def test_two_runs_pay_the_teacher_once(tmp_path):
     assert "all 2 view(s) x 192 images read from" in log_b and "computing" not in log_b
     rec = json.loads((tmp_path / "b" / "manifest.json").read_text())["stages"][-1]
     assert rec["config"]["teacher"]["views"] == 2
+
+
+class _FakeTeacher:
+    """bf16 answers faster; ``drift`` says how far its outputs move from fp32's."""
+
+    def __init__(self, drift):
+        self.drift = drift
+
+    def outputs(self, x, student_pre, batch_size=128, precision="fp32"):
+        import time as _time
+
+        _time.sleep(0.002 * len(x) * (1.0 if precision == "fp32" else 0.25))
+        emb = x.flatten(1)[:, :8] + 1.0
+        if precision == "bf16":
+            emb = emb + self.drift * torch.randn_like(emb)
+        return emb[:, :3], emb
+
+
+def test_the_fill_takes_bf16_only_where_it_stays_faithful(monkeypatch):
+    from medfm_compress import _env
+    from medfm_compress.compress.teacher_cache import MIN_FILL_COSINE, choose_precision
+
+    probe = torch.rand(8, 1, 4, 4)
+    monkeypatch.setattr(_env, "cpu_has_native_bf16", lambda: False)
+    assert choose_precision(_FakeTeacher(0.0), probe, None, log=lambda s: None) == {"precision": "fp32"}
+    monkeypatch.setattr(_env, "cpu_has_native_bf16", lambda: True)
+    lines = []
+    faithful = choose_precision(_FakeTeacher(1e-4), probe, None, log=lines.append)
+    assert faithful["precision"] == "bf16" and faithful["min_cosine"] >= MIN_FILL_COSINE
+    assert faithful["ms_per_image"] < faithful["fp32_ms_per_image"] and "filling in bf16" in lines[0]
+    drifting = choose_precision(_FakeTeacher(1.0), probe, None, log=lambda s: None)
+    assert drifting["precision"] == "fp32"
