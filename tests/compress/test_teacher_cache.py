@@ -127,8 +127,33 @@ def test_the_fill_takes_bf16_only_where_it_stays_faithful(monkeypatch):
     assert choose_precision(_FakeTeacher(0.0), probe, None, log=lambda s: None) == {"precision": "fp32"}
     monkeypatch.setattr(_env, "cpu_has_native_bf16", lambda: True)
     lines = []
-    faithful = choose_precision(_FakeTeacher(1e-4), probe, None, log=lines.append)
+    faithful = choose_precision(_FakeTeacher(1e-4), probe, None, log=lines.append, openvino=False)
     assert faithful["precision"] == "bf16" and faithful["min_cosine"] >= MIN_FILL_COSINE
     assert faithful["ms_per_image"] < faithful["fp32_ms_per_image"] and "filling in bf16" in lines[0]
-    drifting = choose_precision(_FakeTeacher(1.0), probe, None, log=lambda s: None)
+    drifting = choose_precision(_FakeTeacher(1.0), probe, None, log=lambda s: None, openvino=False)
     assert drifting["precision"] == "fp32"
+
+
+def test_the_openvino_engine_answers_as_the_torch_teacher():
+    from medfm_compress import _env
+
+    pytest.importorskip("openvino")
+    if not _env.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX): the OpenVINO bf16 engine is not a candidate")
+    from medfm_compress.compress.taskprep import FrozenTeacher
+    from medfm_compress.compress.teacher_cache import _OpenVINOTeacher
+    from medfm_compress.models.card import ModelCard
+    from medfm_compress.models.factory import create_model
+    from medfm_compress.runtime.preprocess import PreprocessSpec
+
+    torch.manual_seed(0)
+    pre = PreprocessSpec(input_size=(32, 32), channels=1, mean=(0.5,), std=(0.25,))
+    model = create_model(TINY_TEACHER, 4, 1, 32).eval()
+    teacher = FrozenTeacher(model, ModelCard(arch=TINY_TEACHER, num_classes=4, in_chans=1, task="multiclass",
+                                             label_names=["a", "b", "c", "d"], preprocess=pre), "test")
+    x = torch.randn(6, 1, 32, 32)
+    ref_logits, ref_emb = teacher.outputs(x, pre)
+    logits, emb = _OpenVINOTeacher(teacher, x[:1]).outputs(x, pre, batch_size=4)
+    cos = torch.nn.functional.cosine_similarity
+    assert logits.shape == ref_logits.shape and emb.shape == ref_emb.shape
+    assert cos(logits, ref_logits).min() > 0.99 and cos(emb, ref_emb).min() > 0.99
