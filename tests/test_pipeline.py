@@ -262,6 +262,23 @@ def test_adapt_and_distill_recipe_on_small_data(tmp_path):
 
 
 @pytest.mark.slow
+def test_vit_foundation_recipe_on_small_data(tmp_path):
+    """The recipe's chain (pretrained weights adapted inline, teacher outputs cached for two views) with a tiny
+    teacher in its place; the CLIP tower's own loading is covered in tests/models."""
+    from medfm_compress.models import create_model, save_state_dict
+
+    save_state_dict(create_model(TINY_TEACHER, 10, 1), tmp_path / "t.safetensors")
+    raw = _shrink(yaml.safe_load((RECIPES / "vit-foundation.yaml").read_text()), tmp_path / "run", TINY_DATA,
+                  tmp_path / "t.safetensors")
+    raw["distill"].update(epochs=3, augment=True, cache=str(tmp_path / "cache"))
+    assert raw["distill"]["teacher_views"] == 2 and raw["distill"]["teacher_adapt"] == "linear"
+    res = run_pipeline(resolve_recipe(raw), progress=False)
+    assert "bench" in res.ran and res.report is not None
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "of 2 view(s) x 192 images" in log
+
+
+@pytest.mark.slow
 def test_demo_command_ends_with_the_gain_and_the_cost(tmp_path, monkeypatch):
     """`demo` through the CLI on a shrunk copy of its recipe: the report and the console state what distillation
     bought at the demo's label fraction and what the shipped INT8 student costs against the teacher."""
