@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["config_to_dict", "config_from_dict", "option_value", "DictConfig", "PartedConfig"]
+__all__ = ["config_to_dict", "config_from_dict", "option_value", "DictConfig", "PartedConfig", "require_positive"]
 
 T = TypeVar("T")
 
@@ -28,6 +28,15 @@ def option_value(text: str) -> Any:
         except ValueError:
             pass
     return text
+
+
+def require_positive(cfg: Any, *names: str, flags: dict[str, str] | None = None) -> None:
+    """A one-line error for the first of ``cfg``'s fields ``names`` set below 1 (None means "the default"); it
+    names the field's flag: ``--num-calib``, or ``flags[name]`` where a part's field has another one."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{(flags or {}).get(name, name.replace('_', '-'))} must be >= 1, got {value}")
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -13,19 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..config import DictConfig, PartedConfig, option
+from ..config import DictConfig, PartedConfig, option, require_positive
 from ..errors import ConfigError
 
 __all__ = ["DistillConfig", "TeacherConfig", "StudentConfig", "LossConfig", "DistillLoopConfig"]
 
 CONFIG_VERSION = 1
-
-
-def _positive(cfg: Any, *names: str, flags: dict[str, str] | None = None) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"{(flags or {}).get(name, name.replace('_', '-'))} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)
@@ -60,7 +53,7 @@ class TeacherConfig(DictConfig):
     def __post_init__(self):
         from .teachers import teacher_path
 
-        _positive(self, "epochs", "batch_size", "views",
+        require_positive(self, "epochs", "batch_size", "views",
                   flags={"epochs": "teacher-epochs", "batch_size": "teacher-batch-size", "views": "teacher-views"})
         if self.weights and not self.spec:
             raise ConfigError("--teacher-weights needs --teacher naming its architecture (e.g. timm:vit_small_patch16_224)")
@@ -91,7 +84,7 @@ class StudentConfig(DictConfig):
     head_hidden: int | None = None
 
     def __post_init__(self):
-        _positive(self, "head_hidden")
+        require_positive(self, "head_hidden")
         if self.widths is not None and (len(self.widths) < 2 or min(self.widths) < 1):
             raise ConfigError(f"widths needs at least two positive channel counts, got {self.widths}")
         if self.weights and not self.spec:
@@ -146,7 +139,7 @@ class DistillLoopConfig(DictConfig):
     head_epochs: int = 30
 
     def __post_init__(self):
-        _positive(self, "epochs", "batch_size", "head_epochs")
+        require_positive(self, "epochs", "batch_size", "head_epochs")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .._registry import Registry
-from ..config import DictConfig, PartedConfig, unknown_key
+from ..config import DictConfig, PartedConfig, require_positive, unknown_key
 from ..errors import ConfigError
 from ..models.card import MODEL_ROLES
 
@@ -54,13 +54,6 @@ VOLUME_NUM_HOLDOUT = 64
 SEARCH_OPTIONS = ("calibrator", "percentile", "per_channel", "reduce_range", "auto_exclude")
 
 
-def _at_least_one(cfg: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-
-
 @dataclass(frozen=True)
 class CalibrationConfig(DictConfig):
     """Where the calibration images come from.
@@ -76,7 +69,7 @@ class CalibrationConfig(DictConfig):
     allow_random_calibration: bool = False
 
     def __post_init__(self):
-        _at_least_one(self, "num_calib")
+        require_positive(self, "num_calib")
 
 
 @dataclass(frozen=True)
@@ -101,7 +94,7 @@ class GateConfig(DictConfig):
     min_pearson: float = 0.99
 
     def __post_init__(self):
-        _at_least_one(self, "num_holdout")
+        require_positive(self, "num_holdout")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ConfigError(f"--min-agreement must be in [0, 1], got {self.min_agreement}")
         if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
@@ -125,7 +118,7 @@ class BackendConfig(DictConfig):
     latency_runs: int = 50
 
     def __post_init__(self):
-        _at_least_one(self, "latency_runs")
+        require_positive(self, "latency_runs")
 
 
 @dataclass(frozen=True)
@@ -237,7 +230,7 @@ class OnnxRuntimeConfig(Int8SearchConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _at_least_one(self, "num_bins")
+        require_positive(self, "num_bins")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"--percentile must be in (50, 100], got {self.percentile}")
         if self.batch_sizes is not None:

@@ -41,6 +41,11 @@ def detect_layout(keys) -> str:
     return "timm"
 
 
+def _layers(sd: dict[str, Any], pattern: str) -> list[int]:
+    """The block indices ``pattern``'s group matches in ``sd``'s keys, in order."""
+    return sorted({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+
+
 def hf_clip_to_openai(sd: dict[str, Any]) -> dict[str, Any]:
     """A Hugging Face CLIP vision tower (``vision_model.*``, optional ``visual_projection.weight``) in OpenAI CLIP's
     layout (``visual.*``; q, k and v concatenated into ``in_proj``; the projection as ``visual.proj`` [width, dim])."""
@@ -54,8 +59,7 @@ def hf_clip_to_openai(sd: dict[str, Any]) -> dict[str, Any]:
     for ours, theirs in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
         for t in ("weight", "bias"):
             out[f"visual.{ours}.{t}"] = sd[f"{p}{theirs}.{t}"]
-    layers = sorted({int(m.group(1)) for k in sd if (m := re.match(rf"{p}encoder\.layers\.(\d+)\.", k))})
-    for i in layers:
+    for i in _layers(sd, rf"{p}encoder\.layers\.(\d+)\."):
         src, dst = f"{p}encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
         for t in ("weight", "bias"):
             out[f"{dst}ln_1.{t}"] = sd[f"{src}layer_norm1.{t}"]
@@ -83,8 +87,7 @@ def hf_dinov2_to_original(sd: dict[str, Any]) -> dict[str, Any]:
         "norm.weight": sd["layernorm.weight"],
         "norm.bias": sd["layernorm.bias"],
     }
-    layers = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layer\.(\d+)\.", k))})
-    for i in layers:
+    for i in _layers(sd, r"encoder\.layer\.(\d+)\."):
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
         for t in ("weight", "bias"):
             out[f"{dst}norm1.{t}"] = sd[f"{src}norm1.{t}"]

@@ -70,7 +70,7 @@ def test_each_part_checks_its_own_options_and_the_config_what_spans_them():
         DistillConfig.from_options(teacher_weights="w.safetensors")
     with pytest.raises(ConfigError, match="--student-weights needs --student"):
         DistillConfig.from_options(student_weights="w.safetensors")
-    with pytest.raises(ConfigError, match="teacher-epochs must be >= 1"):
+    with pytest.raises(ConfigError, match="--teacher-epochs must be >= 1"):
         DistillConfig.from_options(teacher_epochs=0)
     with pytest.raises(ConfigError, match="unknown loss"):
         DistillConfig.from_options(losses=("kl",))
