@@ -59,6 +59,10 @@ class AdaptConfig(DictConfig):
     method: Literal["linear", "finetune"] = "linear"
     label_fraction: float = 1.0
     input_size: int | None = None
+    # The teacher's own normalisation (its pretraining's), one value or one per input channel; default: timm's
+    # pretrained_cfg for the architecture when weights are given, else the data's statistics.
+    teacher_mean: tuple[float, ...] | None = None
+    teacher_std: tuple[float, ...] | None = None
     finetune_blocks: int | None = None
     epochs: int | None = None
     lr: float | None = None
@@ -100,6 +104,7 @@ class AdaptConfig(DictConfig):
             raise ConfigError("--finetune-blocks applies to --method finetune only")
         if self.weights_key_map != "name" and not self.teacher_weights:
             raise ConfigError("--weights-key-map needs --teacher-weights")
+        check_normalisation(self.teacher_mean, self.teacher_std)
 
     @property
     def resolved_epochs(self) -> int:
@@ -231,11 +236,32 @@ def _new_head(model, num_classes: int, cfg: AdaptConfig) -> None:
     model.reset_classifier(num_classes)
 
 
-def teacher_preprocess(model, task, in_chans: int, img: int, data_pre, pretrained: bool):
-    """The teacher's input spec: the pretraining's mean/std (timm's pretrained_cfg) when weights were given and
-    their channels match, else the data's own statistics."""
+def check_normalisation(mean, std) -> None:
+    """One-line errors for a teacher mean/std given alone, empty, or with a std that is not positive."""
+    if (mean is None) != (std is None):
+        raise ConfigError("--teacher-mean and --teacher-std go together: give both (one value, or one per channel)")
+    if mean is not None:
+        if not mean or len(mean) != len(std):
+            raise ConfigError(f"--teacher-mean {list(mean)} and --teacher-std {list(std)} need the same number of "
+                              "values (one, or one per channel)")
+        if min(std) <= 0:
+            raise ConfigError(f"--teacher-std must be > 0, got {list(std)}")
+
+
+def teacher_preprocess(model, task, in_chans: int, img: int, data_pre, pretrained: bool,
+                       mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+    """The teacher's input spec: ``mean``/``std`` when given (one value, or one per channel), else the
+    pretraining's (timm's pretrained_cfg) when weights were given and their channels match, else the data's own
+    statistics."""
     from ..runtime.preprocess import PreprocessSpec
 
+    if mean is not None and std is not None:
+        if len(mean) not in (1, in_chans):
+            raise ConfigError(f"--teacher-mean/--teacher-std give {len(mean)} values; the teacher takes {in_chans} "
+                              "channel(s): give one value or one per channel")
+        mean, std = (tuple(mean) * in_chans, tuple(std) * in_chans) if len(mean) == 1 else (mean, std)
+        return PreprocessSpec(input_size=(img, img), channels=in_chans, mean=tuple(float(v) for v in mean),
+                              std=tuple(float(v) for v in std), window=task.window)
     pcfg = getattr(model, "pretrained_cfg", None) or {}
     mean, std = pcfg.get("mean"), pcfg.get("std")
     if not (pretrained and mean and std and len(mean) == in_chans and len(std) == in_chans):
@@ -374,7 +400,8 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
         f" (fraction {cfg.label_fraction}); val {len(val) if val is not None else 0}, test {len(test)}")
     model, in_chans, img = build_pretrained(cfg, task, log)
     data_pre = data_preprocess(task, train.images)
-    pre = teacher_preprocess(model, task, in_chans, img, data_pre, pretrained=bool(cfg.teacher_weights))
+    pre = teacher_preprocess(model, task, in_chans, img, data_pre, pretrained=bool(cfg.teacher_weights),
+                             mean=cfg.teacher_mean, std=cfg.teacher_std)
     head_name = _classifier_name(model)
     head = classifier_of(model)
     weights_sha = sha256_file(cfg.teacher_weights) if cfg.teacher_weights else None

@@ -37,6 +37,9 @@ class TeacherConfig(DictConfig):
             ``<cache>/teacher-outputs``, :mod:`medfm_compress.compress.teacher_cache`).
         batch_size: the teacher's batch when filling its cache (``--teacher-batch-size``; default 64, 1 for a
             foundation encoder's crops).
+        mean, std: the teacher's own normalisation (``--teacher-mean``/``--teacher-std``; one value or one per
+            channel) for a teacher built from an architecture and weights (``--teacher-weights``, ``--teacher-adapt``,
+            ``python:``); default: its pretraining's from timm, else the data's. Recorded in the teacher's card.
         views: with augmentation, the augmented views of each training image the teacher answers once
             (``--teacher-views``); epoch ``e`` trains on view ``e % views``. None: one per epoch.
     """
@@ -49,6 +52,8 @@ class TeacherConfig(DictConfig):
     cache: str | None = None
     batch_size: int | None = option(name="teacher_batch_size")
     views: int | None = option(name="teacher_views")
+    mean: tuple[float, ...] | None = option(name="teacher_mean")
+    std: tuple[float, ...] | None = option(name="teacher_std")
 
     def __post_init__(self):
         from .teachers import teacher_path
@@ -65,6 +70,9 @@ class TeacherConfig(DictConfig):
             raise ConfigError("--teacher-adapt needs --teacher ARCH (with --teacher-weights for a pretrained model)")
         if self.weights_key_map != "name" and not self.weights:
             raise ConfigError("--weights-key-map applies to --teacher-weights; give the weight file")
+        from .adapt import check_normalisation
+
+        check_normalisation(self.mean, self.std)
 
 
 @dataclass(frozen=True)

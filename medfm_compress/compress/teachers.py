@@ -43,12 +43,19 @@ class TeacherSource:
     serve before any data is read; ``resolve`` gives the run's teacher."""
 
     name: ClassVar[str] = ""
+    # Whether the teacher is built here from an architecture, so that its normalisation can be given
+    # (--teacher-mean/--teacher-std); a teacher on disk carries its own in its card.
+    takes_normalisation: ClassVar[bool] = False
 
     def matches(self, cfg) -> bool:
         raise NotImplementedError
 
     def check(self, cfg) -> None:
         """Refuse, in one line, settings this source cannot honour (before the data is read)."""
+        if cfg.teacher.mean is not None and not self.takes_normalisation:
+            raise ConfigError(f"--teacher-mean/--teacher-std apply to a teacher built from an architecture and weights "
+                              f"(--teacher-weights, --teacher-adapt, python:); the {self.name} teacher "
+                              f"{cfg.teacher.spec or '(default)'} carries its own normalisation")
 
     def check_data(self, cfg, data) -> None:
         """Refuse, in one line, data this source cannot teach on (once it is read)."""
@@ -165,10 +172,11 @@ def _from_arch(run: DistillRun, arch: str, weights: str | None = None):
         in_ch = first_conv_in_chans(weights) or task.channels
         head = file_head_classes(arch, weights, cfg.teacher.weights_key_map, in_ch, size) or head
     model = create_model(arch, head, in_ch, size)
-    if in_ch != task.channels:
+    if in_ch != task.channels or cfg.teacher.mean is not None:
         from .adapt import teacher_preprocess
 
-        pre = teacher_preprocess(model, task, in_ch, size, run.student_pre, pretrained=True)
+        pre = teacher_preprocess(model, task, in_ch, size, run.student_pre, pretrained=True, mean=cfg.teacher.mean,
+                                 std=cfg.teacher.std)
     tcard = ModelCard(arch=arch, num_classes=head, in_chans=in_ch,
                       img_size=size if "img_size" in accepted_keywords(model) else None, task=task.task,
                       label_names=task.label_names if head == task.num_classes else [], preprocess=pre,
@@ -229,6 +237,7 @@ class AdaptedSource(_ModelSource):
     weights' hash, the data digest and the adapt config."""
 
     name: ClassVar[str] = "adapted"
+    takes_normalisation: ClassVar[bool] = True
 
     def matches(self, cfg) -> bool:
         return bool(cfg.teacher.adapt)
@@ -241,7 +250,7 @@ class AdaptedSource(_ModelSource):
         acfg = AdaptConfig(teacher=cfg.teacher.spec, data=cfg.data, out=str(run.out), teacher_weights=cfg.teacher.weights,
                            weights_key_map=cfg.teacher.weights_key_map, method=cfg.teacher.adapt,
                            label_fraction=cfg.label_fraction, seed=cfg.seed, device=cfg.device,
-                           progress=cfg.progress)
+                           teacher_mean=cfg.teacher.mean, teacher_std=cfg.teacher.std, progress=cfg.progress)
         blob = json.dumps({
             "weights": sha256_file(cfg.teacher.weights) if cfg.teacher.weights else None,
             "data": data_digest(run.task, cfg.data, cfg.seed)["sha256"],
@@ -305,6 +314,7 @@ class WeightsSource(_ModelSource):
     order``) for another implementation's names; a card beside the file describes its labels and preprocessing."""
 
     name: ClassVar[str] = "weights"
+    takes_normalisation: ClassVar[bool] = True
 
     def matches(self, cfg) -> bool:
         return bool(cfg.teacher.weights)
@@ -327,6 +337,7 @@ class FactorySource(_ModelSource):
     """``--teacher python:pkg.module:factory``: the factory builds the model with its weights."""
 
     name: ClassVar[str] = "factory"
+    takes_normalisation: ClassVar[bool] = True
 
     def matches(self, cfg) -> bool:
         return bool(cfg.teacher.spec) and cfg.teacher.spec.startswith("python:")
@@ -450,6 +461,7 @@ class FoundationSource(TeacherSource):
         return is_teacher_spec(cfg.teacher.spec or "")
 
     def check(self, cfg) -> None:
+        super().check(cfg)
         for field, flag in (("teacher_weights", "--teacher-weights"), ("teacher_adapt", "--teacher-adapt"),
                             ("teacher_epochs", "--teacher-epochs")):
             if cfg.get_option(field):

@@ -82,3 +82,35 @@ def test_each_part_checks_its_own_options_and_the_config_what_spans_them():
         DistillConfig.from_options(data="folder:/tmp/x")
     with pytest.raises(ConfigError, match="unknown key 'teacher_weight' in distill config; did you mean 'teacher_weights'"):
         DistillConfig.from_options(teacher_weight="w")
+
+
+def test_a_teacher_s_own_normalisation_is_checked_and_recorded(tmp_path):
+    from support.tiny import TINY_DATA, TINY_STUDENT, TINY_TEACHER
+
+    from medfm_compress.compress.adapt import AdaptConfig, teacher_preprocess
+    from medfm_compress.compress.distill import distill
+    from medfm_compress.data import load_data
+    from medfm_compress.models import create_model, save_state_dict
+    from medfm_compress.models.card import ModelCard
+
+    with pytest.raises(ConfigError, match="--teacher-mean and --teacher-std go together"):
+        DistillConfig.from_options(teacher="timm:resnet18", teacher_mean=(0.5,))
+    with pytest.raises(ConfigError, match="--teacher-std must be > 0"):
+        AdaptConfig(teacher="timm:resnet18", teacher_mean=(0.5,), teacher_std=(0.0,))
+    task = load_data(TINY_DATA)
+    model = create_model(TINY_TEACHER, 4, 3)
+    pre = teacher_preprocess(model, task, 3, 32, None, pretrained=True, mean=(0.4,), std=(0.2,))
+    assert pre.mean == (0.4, 0.4, 0.4) and pre.std == (0.2, 0.2, 0.2) and pre.channels == 3
+    with pytest.raises(ConfigError, match="give one value or one per channel"):
+        teacher_preprocess(model, task, 3, 32, None, pretrained=True, mean=(0.4, 0.5), std=(0.2, 0.2))
+    # Adapted inline from a weight file: the teacher's card records the normalisation it was run with.
+    save_state_dict(create_model(TINY_TEACHER, 10, 1), tmp_path / "t.safetensors")
+    base = dict(data=TINY_DATA, teacher=TINY_TEACHER, teacher_weights=str(tmp_path / "t.safetensors"),
+                teacher_adapt="linear", student=TINY_STUDENT, epochs=1, batch_size=32, progress=False)
+    distill(DistillConfig.from_options(out=str(tmp_path / "run"), teacher_mean=(0.3,), teacher_std=(0.7,), **base))
+    card = ModelCard.load(tmp_path / "run" / "teacher.json")
+    assert card.preprocess.mean == (0.3,) and card.preprocess.std == (0.7,)
+    # A teacher on disk carries its own: refused in one line.
+    with pytest.raises(ConfigError, match="the run teacher .* carries its own normalisation"):
+        distill(DistillConfig.from_options(data=TINY_DATA, out=str(tmp_path / "r2"), teacher=str(tmp_path / "run" / "teacher"),
+                                           teacher_mean=(0.3,), teacher_std=(0.7,), progress=False))
