@@ -156,7 +156,7 @@ def main() -> None:
     center = t_train.mean(0)
     crops = eval_task.split("test").images
     held_out: dict[str, dict] = {}
-    z_starts = [b[2] for b in eval_task.info["boxes"]]
+    z_starts = [b[2] for b in eval_task.crops.boxes]
     for name, file in (("student-fp32", exp.path), ("student-int8", q.path)):
         with Engine.load(file, threads=args.threads) as eng:
             s = np.concatenate([eng.run(eng.preprocess(crops[i : i + 8])) for i in range(0, len(crops), 8)])

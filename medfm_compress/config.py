@@ -74,18 +74,28 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") 
     return _build(cls, data, where)
 
 
-def _build(cls: type[T], data: dict[str, Any], where: str) -> T:
+def _build(cls: type[T], data: dict[str, Any], where: str, names: dict[str, str] | None = None) -> T:
+    """``cls(**data)`` with each value checked against its type hint; an error names the key as the user wrote it
+    (``names``: field -> its flat option, for a part whose fields have options of other names)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
             raise unknown_key(key, list(fields), where)
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        label = (names or {}).get(key, key)
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{label}" if where else label)
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _plain(value: Any) -> Any:
+    """A default as :func:`config_to_dict` writes it (tuples as lists, configs as mappings)."""
+    if isinstance(value, tuple):
+        return list(value)
+    return config_to_dict(value) if dataclasses.is_dataclass(value) else value
 
 
 def unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
@@ -161,6 +171,8 @@ class PartedConfig(DictConfig):
     @classmethod
     def option_type(cls, name: str) -> Any:
         """The type hint of flat option ``name`` (a ``Literal``'s values are its choices on the command line)."""
+        if name in cls.SELECTORS:
+            return str
         for f in cls._top_fields():
             if f.name == name:
                 return typing.get_type_hints(cls)[name]
@@ -200,12 +212,14 @@ class PartedConfig(DictConfig):
             else:
                 raise cls.unknown_option(key, options, where)
         for name, part in parts.items():
+            names = {f.name: option_name(f) for f in dataclasses.fields(part)}
             if name in whole:
                 if given[name]:
-                    raise ConfigError(f"{where}: {', '.join(given[name])} given beside a whole {name}; give one")
+                    flat = ", ".join(names.get(k, k) for k in given[name])
+                    raise ConfigError(f"{where + ': ' if where else ''}{flat} given beside a whole {name}; give one")
                 kwargs[name] = whole[name]
             else:
-                kwargs[name] = _build(part, given[name], where)
+                kwargs[name] = _build(part, given[name], where, names)
         return _build(cls, kwargs, where)
 
     def selector_values(self) -> dict[str, Any]:
@@ -240,8 +254,12 @@ class PartedConfig(DictConfig):
         raise KeyError(f"{type(self).__name__} has no option {name!r}")
 
     def replace_options(self, **options: Any):
-        """This config with some flat options changed (checked as :meth:`from_options` checks them)."""
-        return type(self).from_options(self.__class__.__name__, **{**self.to_options(), **options})
+        """This config with some flat options changed (checked as :meth:`from_options` checks them). Options left
+        at their default are not carried over, so a changed selector (another ``target``) gets its own defaults."""
+        cls = type(self)
+        kept = {k: v for k, v in self.to_options().items()
+                if k in cls.SELECTORS or v != _plain(cls.option_default(k))}
+        return cls.from_options(cls.__name__, **{**kept, **options})
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.selector_values(), **config_to_dict(self)}

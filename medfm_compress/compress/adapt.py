@@ -404,7 +404,9 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
                              mean=cfg.teacher_mean, std=cfg.teacher_std)
     head_name = _classifier_name(model)
     head = classifier_of(model)
-    weights_sha = sha256_file(cfg.teacher_weights) if cfg.teacher_weights else None
+    from ..models.weights import weights_file
+
+    weights_sha = sha256_file(weights_file(cfg.teacher_weights)) if cfg.teacher_weights else None
     xs = {"train": _preprocessed(pre, train.subset(labeled).images), "test": _preprocessed(pre, test.images)}
     if val is not None:
         xs["val"] = _preprocessed(pre, val.images)

@@ -4,10 +4,17 @@
 flags) or a run directory (exported first), builds a calibration set, hands both to the backend registered
 for ``cfg.target`` and writes the backend's model atomically with updated ``medfm.*`` metadata.
 
-Backends register themselves with :func:`register_target`; the modules of :data:`TARGET_MODULES` are imported on
-first use, so a new target is a module plus its name in that list::
+A backend is a config class registered under its ``--target`` name
+(:func:`~medfm_compress.compress.quantize_config.backend_config`) and a handler registered for that class with
+:func:`register_target`; the handler is found by the type of ``cfg.backend``. The modules of :data:`TARGET_MODULES`
+are imported on first use, so a new target is a module plus its name in that list::
 
-    @register_target("mytarget", precisions=("int8",), methods=("ptq",), options=("calibrator",))
+    @backend_config("mytarget")
+    @dataclass(frozen=True)
+    class MyTargetConfig(BackendConfig):
+        calibrator: str = "minmax"
+
+    @register_target(MyTargetConfig, precisions=("int8",), methods=("ptq",))
     def quantize_mytarget(ctx: QuantizeContext) -> QuantizedModel: ...
 """
 

@@ -365,11 +365,14 @@ class QuantizeConfig(PartedConfig):
     def part_classes(cls, options: dict[str, Any]) -> dict[str, type]:
         target = options.get("target")
         backend = options.get("backend")
-        if target is None and isinstance(backend, BackendConfig):
+        if target is not None and not isinstance(target, str):
+            raise ConfigError(f"target must be a string, got {target!r}")
+        if isinstance(backend, BackendConfig):
             cls_ = type(backend)
+            if target is not None and backend_config_class(target) is not cls_:
+                raise ConfigError(f"--target {target} takes a {backend_config_class(target).__name__}, not the "
+                                  f"{cls_.__name__} given as backend (--target {cls_.target}'s)")
         else:
-            if target is not None and not isinstance(target, str):
-                raise ConfigError(f"target must be a string, got {target!r}")
             cls_ = backend_config_class(target or cls.SELECTORS["target"])
         return {"calibration": CalibrationConfig, "gate": GateConfig, "backend": cls_}
 

@@ -244,6 +244,7 @@ class AdaptedSource(_ModelSource):
 
     def _adapted(self, run: DistillRun) -> tuple[Path, Path]:
         from ..data.digest import data_digest
+        from ..models.weights import weights_file
         from .adapt import AdaptConfig, adapt_teacher
 
         cfg = run.cfg
@@ -252,7 +253,7 @@ class AdaptedSource(_ModelSource):
                            label_fraction=cfg.label_fraction, seed=cfg.seed, device=cfg.device,
                            teacher_mean=cfg.teacher.mean, teacher_std=cfg.teacher.std, progress=cfg.progress)
         blob = json.dumps({
-            "weights": sha256_file(cfg.teacher.weights) if cfg.teacher.weights else None,
+            "weights": sha256_file(weights_file(cfg.teacher.weights)) if cfg.teacher.weights else None,
             "data": data_digest(run.task, cfg.data, cfg.seed)["sha256"],
             "config": {k: v for k, v in acfg.to_dict().items() if k not in ("out", "progress", "device", "data")},
             "tool": "adapt-1",

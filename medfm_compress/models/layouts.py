@@ -151,17 +151,20 @@ def onnx_state_dict(path: str | Path, strip_prefix: str = "", unnamed: bool = Fa
         if node.op_type not in ("MatMul", "MatMulInteger") or len(node.input) < 2 or node.input[1] not in inits:
             continue
         w_name = node.input[1]
-        module = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")
+        base = w_name[: -len("_quantized")] if w_name.endswith("_quantized") else w_name
         w = numpy_helper.to_array(inits[w_name])
         if node.op_type == "MatMulInteger":
-            base = w_name[: -len("_quantized")] if w_name.endswith("_quantized") else w_name
             zp, scale = inits.get(base + "_zero_point"), inits.get(base + "_scale")
             if scale is None:
                 raise ModelError(f"{path}: int8 weight {w_name} has no {base}_scale to dequantize it with")
             zp_a = numpy_helper.to_array(zp) if zp is not None else np.zeros(w.shape[1], np.int8)
             w = _dequantize(w, zp_a.reshape(1, -1), numpy_helper.to_array(scale).reshape(1, -1))
             used |= {base + "_zero_point", base + "_scale"}
-        out[f"{module}.weight"] = torch.from_numpy(np.ascontiguousarray(w.T.astype(np.float32)))
+        if base.startswith("onnx::") or "." not in base:  # a generated name: the node's module, nn.Linear's layout
+            module = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".")
+            out[f"{module}.weight"] = torch.from_numpy(np.ascontiguousarray(w.T.astype(np.float32)))
+        else:  # a named weight (OpenAI CLIP's visual.proj, used as x @ proj) keeps its name and layout
+            out[base] = torch.from_numpy(np.ascontiguousarray(w.astype(np.float32)))
         used.add(w_name)
     reader = {}
     for node in model.graph.node:

@@ -21,13 +21,17 @@ KEY_MAPS = ("name", "order")
 _TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 
 
+def weights_file(path: str | Path) -> Path:
+    """The file holding the weights: ``path``, or a Hugging Face model directory's ``model.safetensors``."""
+    p = Path(path)
+    return p / "model.safetensors" if p.is_dir() and (p / "model.safetensors").is_file() else p
+
+
 def read_state_dict(path: str | Path) -> dict:
     """Read a flat ``name -> tensor`` mapping from a weight file, never executing code from it."""
     import torch
 
-    p = Path(path)
-    if p.is_dir() and (p / "model.safetensors").is_file():  # a Hugging Face model directory
-        p = p / "model.safetensors"
+    p = weights_file(path)
     if not p.is_file():
         raise ModelError(f"weight file {p} does not exist; check the --*-weights path")
     suffix = p.suffix.lower()

@@ -114,3 +114,28 @@ def test_a_teacher_s_own_normalisation_is_checked_and_recorded(tmp_path):
     with pytest.raises(ConfigError, match="the run teacher .* carries its own normalisation"):
         distill(DistillConfig.from_options(data=TINY_DATA, out=str(tmp_path / "r2"), teacher=str(tmp_path / "run" / "teacher"),
                                            teacher_mean=(0.3,), teacher_std=(0.7,), progress=False))
+
+
+def test_flat_errors_name_the_option_and_a_changed_target_gets_its_own_defaults():
+    from medfm_compress.compress.quantize_config import NNCFConfig, OnnxRuntimeConfig, QuantizeConfig
+
+    with pytest.raises(ConfigError, match=r"^distill config\.teacher_epochs must be an integer"):
+        DistillConfig.from_options(teacher_epochs="x")
+    with pytest.raises(ConfigError, match=r"^teacher_epochs must be an integer"):
+        DistillConfig.from_options("", teacher_epochs="x")
+    cfg = QuantizeConfig.from_options(input="m.onnx", calibrator="percentile", min_agreement=0.95)
+    moved = cfg.replace_options(target="openvino")
+    assert moved.backend == NNCFConfig(calibrator="percentile") and moved.gate.min_agreement == 0.95
+    with pytest.raises(ConfigError, match="--target openvino takes a NNCFConfig, not the OnnxRuntimeConfig"):
+        QuantizeConfig.from_options(input="m.onnx", target="openvino", backend=OnnxRuntimeConfig())
+
+
+def test_segmentation_refuses_the_teacher_output_cache_options(tmp_path):
+    from support.tiny import TINY_SEG_DATA, TINY_SEG_STUDENT, TINY_SEG_TEACHER
+
+    from medfm_compress.compress.distill import distill
+
+    with pytest.raises(ConfigError, match="--teacher-views applies to the teacher-output cache"):
+        distill(DistillConfig.from_options(data=TINY_SEG_DATA, teacher=TINY_SEG_TEACHER, teacher_epochs=1,
+                                           student=TINY_SEG_STUDENT, teacher_views=2, out=str(tmp_path / "r"),
+                                           progress=False))

@@ -157,3 +157,13 @@ def test_the_openvino_engine_answers_as_the_torch_teacher():
     cos = torch.nn.functional.cosine_similarity
     assert logits.shape == ref_logits.shape and emb.shape == ref_emb.shape
     assert cos(logits, ref_logits).min() > 0.99 and cos(emb, ref_emb).min() > 0.99
+
+
+def test_one_output_per_image_is_judged_by_its_relative_error():
+    from medfm_compress.compress.teacher_cache import MIN_FILL_COSINE, _fidelity
+
+    ref = torch.tensor([[10.0], [20.0], [30.0]])
+    # A cosine of single values is only their sign: a 10% error must still fail.
+    assert _fidelity(ref * 1.1, ref) < MIN_FILL_COSINE
+    assert _fidelity(ref + 1e-3, ref) > MIN_FILL_COSINE
+    assert _fidelity(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])) == pytest.approx(0.0)

@@ -34,7 +34,7 @@ def test_dinov2_from_its_onnx_matches_the_onnx_backbone_at_224(fetched):
 
     root, onnx_path, _ = fetched
     weights = fetch_example("dinov2-vits14", root / "w", onnx_path=onnx_path)
-    card = json.loads((root / "w" / "dinov2-vits14.json").read_text())
+    card = json.loads((root / "w" / "dinov2-vits14.example.json").read_text())
     assert card["params"] == 22_056_192 and card["input_size"] == 518 and card["arch"] == "vit_small_patch14_dinov2"
     # The teacher at 224 px (its 37x37 grid resampled) against the shipped graph's backbone output at 224.
     model = create_model("timm:vit_small_patch14_dinov2", 0, 3, 224).eval()
@@ -53,7 +53,7 @@ def test_dinov2_from_its_onnx_matches_the_onnx_backbone_at_224(fetched):
 def test_clip_vit_b16_dequantized_loads_whole_with_its_projection(fetched):
     root, _, onnx_path = fetched
     weights = fetch_example("clip-vit-b16", root / "w", onnx_path=onnx_path)
-    card = json.loads((root / "w" / "clip-vit-b16.json").read_text())
+    card = json.loads((root / "w" / "clip-vit-b16.example.json").read_text())
     assert card["params"] == 86_193_152 and card["embedding_dim"] == 512
     model = create_model("timm:vit_base_patch16_clip_quickgelu_224", 512, 3, 224).eval()
     load_weights(model, weights, what="teacher")  # strict: every tensor of the tower and the projection

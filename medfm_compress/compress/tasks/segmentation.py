@@ -208,6 +208,16 @@ class SegmentationDistill(DistillTask):
     def default_teacher(self, volumes: bool) -> str:
         return DEFAULT_SEG3D_TEACHER if volumes else DEFAULT_SEG_TEACHER
 
+    def check_config(self, cfg, data) -> None:
+        """Dense teacher outputs (a map per image) are computed in the training loop, not kept in the teacher-output
+        cache: the cache's options are refused by name."""
+        super().check_config(cfg, data)
+        for name, flag in (("teacher_views", "--teacher-views"), ("cache", "--cache"),
+                           ("teacher_batch_size", "--teacher-batch-size")):
+            if cfg.get_option(name) is not None:
+                raise ConfigError(f"{flag} applies to the teacher-output cache of classification, regression and "
+                                  f"embedding runs; a segmentation teacher's maps are computed in the training loop")
+
     def default_student(self, volumes: bool) -> str:
         return DEFAULT_SEG3D_STUDENT if volumes else DEFAULT_SEG_STUDENT
 
