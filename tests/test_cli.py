@@ -86,3 +86,10 @@ def test_distill_and_adapt_restate_no_default(monkeypatch):
                                                      "--no-augment", "--label-fraction", "0.5"])
     assert cfg == AdaptConfig(teacher="timm:resnet18", progress=False, method="finetune", augment=False,
                               label_fraction=0.5)
+    # A teacher's own normalisation: comma-separated floats, the same flags on both commands.
+    norm = ["--teacher-mean", "0.48,0.46,0.41", "--teacher-std", "0.27,0.26,0.28"]
+    cfg = config_built(monkeypatch, adapt, "adapt", ["adapt", "--teacher", "timm:resnet18", "--quiet", *norm])
+    assert cfg.teacher_mean == (0.48, 0.46, 0.41) and cfg.teacher_std == (0.27, 0.26, 0.28)
+    cfg = config_built(monkeypatch, distill, "distill", ["distill", "--quiet", "--teacher", "timm:resnet18",
+                                                         "--teacher-weights", "w.safetensors", *norm])
+    assert cfg.teacher.mean == (0.48, 0.46, 0.41) and cfg.teacher.std == (0.27, 0.26, 0.28)

@@ -31,6 +31,24 @@ def foreign_model_options(fn):
     return fn
 
 
+def teacher_normalisation_options(fn):
+    """``--teacher-mean`` / ``--teacher-std`` (adapt and distill): a teacher's own normalisation, parsed into
+    tuples of floats under the same names."""
+    for option in reversed((
+        click.option("--teacher-mean", default=None, metavar="M[,M,M]", callback=_floats,
+                     help="The teacher's own normalisation mean, one value or one per channel, for a teacher built "
+                     "from an architecture and weights (default: its pretraining's from timm, else the data's)."),
+        click.option("--teacher-std", default=None, metavar="S[,S,S]", callback=_floats,
+                     help="The teacher's normalisation std (with --teacher-mean)."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+def _floats(_ctx, _param, value):
+    return csv_option(value, float)
+
+
 def field_default(config: type, name: str) -> str:
     """``" [default: X]"`` for help text, from a config dataclass's own default of ``name`` (defaults live once, in
     the config); empty where the field defaults to None (the library then decides)."""

@@ -7,7 +7,7 @@ import json
 import click
 
 from ..compress.adapt import METHODS, AdaptConfig
-from ._common import csv_option, field_default, given_options
+from ._common import field_default, given_options, teacher_normalisation_options
 
 
 def _default(name: str) -> str:
@@ -31,11 +31,7 @@ def _default(name: str) -> str:
 @click.option("--label-fraction", default=None, type=float,
               help="Fraction of the training labels used (stratified, seeded)." + _default("label_fraction"))
 @click.option("--input-size", default=None, type=int, help="Teacher input size in pixels (default: the data's).")
-@click.option("--teacher-mean", default=None, metavar="M[,M,M]",
-              help="The teacher's own normalisation mean, one value or one per channel (default: its pretraining's "
-              "from timm for the architecture when weights are given, else the data's).")
-@click.option("--teacher-std", default=None, metavar="S[,S,S]", help="The teacher's normalisation std (with "
-              "--teacher-mean).")
+@teacher_normalisation_options
 @click.option("--finetune-blocks", default=None, type=int,
               help="finetune: train only the last N blocks/stages of the encoder (default: all layers).")
 @click.option("--epochs", default=None, type=int, help="Maximum epochs (default 100 linear, 10 finetune); "
@@ -55,7 +51,7 @@ def _default(name: str) -> str:
               + _default("out"))
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON on stdout.")
-def command(quiet, as_json, teacher_mean, teacher_std, **options):
+def command(quiet, as_json, **options):
     """Adapt a pretrained foundation model to your labels: a linear probe or fine-tuning.
 
     Writes OUT/teacher.safetensors + OUT/teacher.json, which `distill --teacher OUT/teacher` takes, and
@@ -63,9 +59,7 @@ def command(quiet, as_json, teacher_mean, teacher_std, **options):
     """
     from ..compress.adapt import adapt
 
-    given = given_options(options) | {k: v for k, v in (("teacher_mean", csv_option(teacher_mean, float)),
-                                                         ("teacher_std", csv_option(teacher_std, float))) if v}
-    cfg = AdaptConfig(**given, progress=not quiet)
+    cfg = AdaptConfig(**given_options(options), progress=not quiet)
     result = adapt(cfg)
     m = result.metrics
     if as_json:

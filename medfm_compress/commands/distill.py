@@ -16,7 +16,7 @@ from ..compress.distill import DistillConfig
 from ..compress.losses import LOSS_NAMES
 from ..compress.tasks import distill_task, distill_task_names
 from ..errors import ConfigError
-from ._common import csv_option, field_default, given_options
+from ._common import csv_option, field_default, given_options, teacher_normalisation_options
 
 
 def _default(name: str) -> str:
@@ -91,11 +91,7 @@ def _task_defaults(key: str) -> str:
 @click.option("--cache", default=None, type=click.Path(file_okay=False),
               help="Where teacher outputs are cached, computed once per training image and view and reused by every "
               "epoch and run [default: the cache's teacher-outputs/; a foundation encoder's: embeddings/].")
-@click.option("--teacher-mean", default=None, metavar="M[,M,M]",
-              help="The teacher's own normalisation mean, one value or one per channel, for a teacher built from an "
-              "architecture and weights (default: its pretraining's from timm, else the data's).")
-@click.option("--teacher-std", default=None, metavar="S[,S,S]", help="The teacher's normalisation std (with "
-              "--teacher-mean).")
+@teacher_normalisation_options
 @click.option("--teacher-views", default=None, type=int,
               help="With augmentation: augmented views of each training image the teacher answers once; epoch e "
               "trains on view e mod N [default: one per epoch].")
@@ -109,7 +105,7 @@ def _task_defaults(key: str) -> str:
               + _default("device"))
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON on stdout.")
-def command(losses, widths, teacher_mean, teacher_std, quiet, as_json, **options):
+def command(losses, widths, quiet, as_json, **options):
     """Distill a teacher into a small task-specific student.
 
     With no --data, --teacher and --student it runs on the embedded synthetic radiograph task; volume crops with a
@@ -118,9 +114,6 @@ def command(losses, widths, teacher_mean, teacher_std, quiet, as_json, **options
     from ..compress.distill import distill as run
 
     given = given_options(options)
-    for name, value in (("teacher_mean", teacher_mean), ("teacher_std", teacher_std)):
-        if value is not None:
-            given[name] = csv_option(value, float)
     if losses is not None:
         given["losses"] = csv_option(losses)
     if widths is not None:
