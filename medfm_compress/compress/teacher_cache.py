@@ -136,7 +136,7 @@ class TeacherOutputCache:
         images ``index`` of ``view``, ``batch_size`` at a time; progress (rate, ETA) goes to stderr."""
         from tqdm.auto import tqdm
 
-        if not self._open():
+        if self.done is None and not self._open():
             logits, emb = compute(0, np.arange(1))
             self._create(int(np.asarray(_np(emb)).shape[1]), int(_np(logits).shape[1]) if logits is not None else None)
         todo = int((~self.done).sum())
@@ -229,6 +229,7 @@ def teacher_outputs(run, teacher, views: int) -> TeacherOutputCache:
 
     def fill():
         if not cache._open() or not cache.done.all():  # chosen (and timed) only when there is something to compute
+            # (the arrays opened here are the ones fill() then uses)
             precision.update(choose_precision(teacher, x[: min(len(x), 16)], run.student_pre, run.log))
         cache.engine = {k: v for k, v in precision.items() if k != "runner"}
         cache.fill(compute, batch, run.log, cfg.progress and run.rank == 0,

@@ -143,7 +143,12 @@ def onnx_state_dict(path: str | Path, strip_prefix: str = "", unnamed: bool = Fa
     import torch
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    if not Path(path).is_file():
+        raise ModelError(f"{path} does not exist; give the ONNX model's path")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a file that is not an ONNX model
+        raise ModelError(f"{path} is not a readable ONNX model ({type(e).__name__}); give the package's .onnx") from None
     inits = {i.name: i for i in model.graph.initializer}
     out: dict[str, Any] = {}
     used = set()

@@ -162,3 +162,11 @@ def test_onnx_weights_come_back_named_by_their_nodes_and_dequantized(tmp_path):
     step = w.abs().amax(1, keepdim=True) / 127
     assert torch.all((sdq["layer.q_proj.weight"] - w).abs() <= step * 0.51 + 1e-7)
     assert np.isfinite(sdq["layer.fc2.weight"].numpy()).all()
+
+
+def test_a_file_that_is_not_an_onnx_model_is_one_line(tmp_path):
+    (tmp_path / "bad.onnx").write_text("not a model")
+    with pytest.raises(ModelError, match="is not a readable ONNX model"):
+        onnx_state_dict(tmp_path / "bad.onnx")
+    with pytest.raises(ModelError, match="does not exist"):
+        onnx_state_dict(tmp_path / "none.onnx")
