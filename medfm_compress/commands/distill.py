@@ -47,8 +47,9 @@ def _task_defaults(key: str) -> str:
               + _default("data"))
 @click.option("--teacher", default=None, help="Teacher: an architecture (timm:NAME, python:pkg.module:factory), a "
               "trained model on disk (a run directory's teacher, e.g. the DIR/teacher that adapt --out DIR writes), "
-              "or a foundation encoder (astra-ct, astra-ct-tiny: volume crops). Default on synthetic data: the task's "
-              "default architecture, trained on the full labels and cached.")
+              "a foundation encoder (astra-ct, astra-ct-tiny: volume crops), or a model held only as an engine (FILE.onnx, "
+              "OpenVINO FILE.xml: run forward only). Default on synthetic data: the task's default architecture, trained "
+              "on the full labels and cached.")
 @click.option("--eval-data", default=None,
               help="Data without a test split of its own (volume crops): held-out data scored after every epoch.")
 @click.option("--teacher-weights", default=None, type=click.Path(dir_okay=False),
@@ -92,6 +93,13 @@ def _task_defaults(key: str) -> str:
               help="Where teacher outputs are cached, computed once per training image and view and reused by every "
               "epoch and run [default: the cache's teacher-outputs/; a foundation encoder's: embeddings/].")
 @teacher_normalisation_options
+@click.option("--teacher-embedding", default=None,
+              help="A teacher held as an engine: the tensor to distil as its embedding, by name (an output or an "
+              "intermediate tensor); tokens (N,T,D) pooled by NAME:cls (default) or NAME:mean [default: the input of its "
+              "classifier, or its single output].")
+@click.option("--teacher-logits", default=None,
+              help="A teacher held as an engine: the tensor holding its logits, by name [default: the first output of a "
+              "model exported by medfm-compress; none for another].")
 @click.option("--teacher-views", default=None, type=int,
               help="With augmentation: augmented views of each training image the teacher answers once; epoch e "
               "trains on view e mod N [default: one per epoch].")

@@ -29,7 +29,7 @@ from .taskprep import (
     select_device,
 )
 from .tasks import DistillRun, DistillTask, ResolvedTeacher, TrainedStudent, distill_task, distill_task_names
-from .teachers import teacher_path, teacher_source, train_supervised
+from .teachers import names_architecture, teacher_source, train_supervised
 
 __all__ = [
     "DistillConfig",
@@ -55,11 +55,10 @@ def _check_model_kinds(cfg: DistillConfig, task, dtask: DistillTask) -> None:
     """A network unfit for the data (a classifier for label maps, a 2-D network for volumes...) is refused in one
     line, before anything trains."""
     from ..models.factory import check_model_spec, parse_model_spec
-    from ..models.foundation import is_teacher_spec
 
     for role, spec in (("teacher", cfg.teacher.spec or dtask.default_teacher(task.volumes)),
                        ("student", cfg.student.spec or dtask.default_student(task.volumes))):
-        if teacher_path(spec) is not None or is_teacher_spec(spec):  # a model on disk, a foundation encoder
+        if not names_architecture(spec):  # a model on disk, a foundation encoder, an engine
             continue
         check_model_spec(spec)
         dtask.check_model_kind(role, spec, parse_model_spec(spec)[0], task, task.volumes)
@@ -88,11 +87,10 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
 
     # A mistyped architecture is refused before anything is read or trained (the default teacher takes minutes);
     # whether it suits the task, and whether the teacher's source can serve the run, once the data is read.
-    from ..models.foundation import is_teacher_spec
     from .train import dist_info
 
     for spec in (cfg.teacher.spec, cfg.student.spec):
-        if spec and teacher_path(spec) is None and not is_teacher_spec(spec):
+        if spec and names_architecture(spec):
             check_model_spec(spec)
     device = select_device(cfg.device)
     distributed = _init_distributed(device)

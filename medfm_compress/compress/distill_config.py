@@ -42,6 +42,9 @@ class TeacherConfig(DictConfig):
             ``python:``); default: its pretraining's from timm, else the data's. Recorded in the teacher's card.
         views: with augmentation, the augmented views of each training image the teacher answers once
             (``--teacher-views``); epoch ``e`` trains on view ``e % views``. None: one per epoch.
+        embedding, logits: for a teacher held as an engine (``--teacher model.onnx`` or an OpenVINO ``.xml``), the
+            tensors to distil by name (``--teacher-embedding NAME[:cls|:mean]``, ``--teacher-logits NAME``), see
+            :mod:`medfm_compress.models.engine_teacher`.
     """
 
     spec: str | None = option(name="teacher")
@@ -54,8 +57,11 @@ class TeacherConfig(DictConfig):
     views: int | None = option(name="teacher_views")
     mean: tuple[float, ...] | None = option(name="teacher_mean")
     std: tuple[float, ...] | None = option(name="teacher_std")
+    embedding: str | None = option(name="teacher_embedding")
+    logits: str | None = option(name="teacher_logits")
 
     def __post_init__(self):
+        from ..models.engine_teacher import is_engine_spec
         from .teachers import teacher_path
 
         require_positive(self, "epochs", "batch_size", "views",
@@ -68,6 +74,9 @@ class TeacherConfig(DictConfig):
             raise ConfigError("--teacher-adapt adapts pretrained weights; --teacher-epochs trains from scratch: pick one")
         if self.adapt and (self.spec is None or teacher_path(self.spec) is not None):
             raise ConfigError("--teacher-adapt needs --teacher ARCH (with --teacher-weights for a pretrained model)")
+        if (self.embedding or self.logits) and not is_engine_spec(self.spec):
+            raise ConfigError("--teacher-embedding/--teacher-logits name tensors of a teacher held as an engine; give "
+                              "--teacher model.onnx (or an OpenVINO .xml)")
         if self.weights_key_map != "name" and not self.weights:
             raise ConfigError("--weights-key-map applies to --teacher-weights; give the weight file")
         from .adapt import check_normalisation

@@ -213,7 +213,8 @@ def teacher_outputs(run, teacher, views: int) -> TeacherOutputCache:
     import torch
 
     cfg, x = run.cfg, run.x_train
-    key = {"teacher": teacher_fingerprint(teacher.model), "teacher_arch": teacher.card.arch,
+    key = {"teacher": getattr(teacher.model, "fingerprint", None) or teacher_fingerprint(teacher.model),
+           "teacher_arch": teacher.card.arch,
            "teacher_preprocess": teacher.card.preprocess.to_dict(), "inputs": tensor_fingerprint(x),
            "student_preprocess": run.student_pre.to_dict(), "augment": bool(cfg.loop.augment),
            "seed": cfg.seed if cfg.loop.augment else None, "augment_version": AUGMENT_VERSION}
@@ -254,35 +255,17 @@ class _OpenVINOTeacher:
     eager fp32, its outputs within cosine 0.9999 of fp32's)."""
 
     def __init__(self, teacher, example):
-        import io
-        import warnings
-
-        import onnx
-        import torch
-
         from ..export.openvino import onnx_to_ov
-        from ..models.features import FeatureTap
         from ..runtime.openvino_loader import compile_ov
 
-        class _Both(torch.nn.Module):
-            def __init__(self, model):
-                super().__init__()
-                self.model = model
-
-            def forward(self, x):
-                with FeatureTap(self.model) as tap:
-                    logits, emb = tap.run(x)
-                return (emb,) if logits is None else (logits, emb)
-
-        buf = io.BytesIO()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_Both(teacher.model).eval(), (example,), buf, input_names=["x"],
-                              dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
-        self.teacher = teacher
         what = f"teacher {teacher.card.arch}"
-        self.compiled = compile_ov(onnx_to_ov(onnx.load_from_string(buf.getvalue()), source=what),
-                                   inference_precision="bf16", source=what)
+        engine = teacher.model if getattr(teacher.model, "is_engine", False) else None
+        if engine is not None:  # a teacher held as an engine: its own graph, cut down to the tensors used
+            ov_model = engine.openvino_model(onnx_to_ov)
+        else:
+            ov_model = onnx_to_ov(_torch_graph(teacher.model, example), source=what)
+        self.teacher, self.engine = teacher, engine
+        self.compiled = compile_ov(ov_model, inference_precision="bf16", source=what)
 
     def outputs(self, x, student_pre, batch_size=128, precision: str = "openvino-bf16"):
         import torch
@@ -292,11 +275,46 @@ class _OpenVINOTeacher:
         logits, embs = [], []
         for i in range(0, len(x), batch_size):
             xb = adapt_batch(x[i : i + batch_size], student_pre, self.teacher.card.preprocess)
-            out = [torch.from_numpy(np.asarray(v, np.float32)) for v in self.compiled(xb.detach().cpu().numpy()).values()]
+            xn = xb.detach().cpu().numpy()
+            if self.engine is not None:
+                from ..models.engine_teacher import run_by_name
+
+                lo, em = self.engine.split(run_by_name(self.compiled, xn, self.engine.wanted))
+                out = [torch.from_numpy(a) for a in (lo, em) if a is not None]
+            else:
+                out = [torch.from_numpy(np.asarray(v, np.float32)) for v in self.compiled(xn).values()]
             if len(out) == 2:
                 logits.append(out[0])
             embs.append(out[-1])
         return (torch.cat(logits) if logits else None), torch.cat(embs)
+
+
+def _torch_graph(model, example):
+    """The torch teacher exported to ONNX with its logits (where it has a head) and embedding as outputs."""
+    import io
+    import warnings
+
+    import onnx
+    import torch
+
+    from ..models.features import FeatureTap
+
+    class _Both(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            with FeatureTap(self.model) as tap:
+                logits, emb = tap.run(x)
+            return (emb,) if logits is None else (logits, emb)
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Both(model).eval(), (example,), buf, input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
 
 
 def _openvino_runner(teacher, probe, student_pre, log):
@@ -337,8 +355,10 @@ def choose_precision(teacher, probe, student_pre, log: Callable[[str], None] = p
     from .._env import cpu_has_native_bf16
 
     candidates: dict[str, Any] = {"fp32": teacher}
+    engine = getattr(teacher.model, "is_engine", False)  # a teacher held as an engine: no torch autocast
     if probe.device.type == "cuda" or cpu_has_native_bf16():
-        candidates["bf16"] = teacher
+        if not engine:
+            candidates["bf16"] = teacher
         if probe.device.type == "cpu" and openvino:
             runner = _openvino_runner(teacher, probe, student_pre, log)
             if runner is not None:

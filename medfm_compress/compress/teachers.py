@@ -3,6 +3,7 @@
 - ``foundation``: a foundation encoder shipped in a package (``astra-ct``), paid once per crop through the on-disk
   :class:`~medfm_compress.compress.embedding_cache.EmbeddingCache`;
 - ``adapted``: a pretrained encoder adapted to the data's labels first (``--teacher-adapt linear|finetune``), cached;
+- ``engine``: a teacher held only as an engine (``--teacher model.onnx`` or an OpenVINO ``.xml``), forward only;
 - ``run``: a trained model on disk (a run directory's teacher, a card, a ``.safetensors`` file with its card);
 - ``weights``: an architecture and a weight file in its own layout (``--teacher-weights``, keys by name or order);
 - ``factory``: a ``python:`` factory that loads its own weights;
@@ -31,7 +32,7 @@ from .taskprep import FrozenTeacher, accepted_keywords, adapt_batch, autocast
 from .tasks import DistillRun, ResolvedTeacher, distill_task
 
 __all__ = ["TeacherSource", "FoundationTeacher", "register_teacher_source", "teacher_source", "teacher_sources",
-           "teacher_path", "train_supervised", "TEACHER_EPOCHS", "TEACHER_LR"]
+           "teacher_path", "names_architecture", "train_supervised", "TEACHER_EPOCHS", "TEACHER_LR"]
 
 TEACHER_EPOCHS = 4
 TEACHER_LR = 2e-3
@@ -111,6 +112,15 @@ def teacher_path(spec: str | None) -> tuple[Path, Path] | None:
     if p.is_dir() or p.suffix in (".json", ".safetensors") or (p.parent / f"{p.name}.json").is_file():
         return resolve_model_files(p, "teacher")
     return None
+
+
+def names_architecture(spec: str) -> bool:
+    """Whether a model spec names an architecture (``timm:resnet18``) rather than a model on disk, a foundation
+    encoder or an engine file."""
+    from ..models.engine_teacher import is_engine_spec
+    from ..models.foundation import is_teacher_spec
+
+    return teacher_path(spec) is None and not is_teacher_spec(spec) and not is_engine_spec(spec)
 
 
 def train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs: int, lr: float, ckpt: Path):
@@ -220,7 +230,7 @@ class _ModelSource(TeacherSource):
         from ..models.factory import check_model_spec
 
         super().check(cfg)
-        if cfg.teacher.spec and teacher_path(cfg.teacher.spec) is None:
+        if cfg.teacher.spec and names_architecture(cfg.teacher.spec):
             check_model_spec(cfg.teacher.spec)
 
     def check_data(self, cfg, data) -> None:
@@ -288,6 +298,76 @@ class AdaptedSource(_ModelSource):
         source = (f"adapted ({run.cfg.teacher.adapt}) from {run.cfg.teacher.weights or run.cfg.teacher.spec}, cached at "
                   f"{Path(weights).parent}")
         return _resolved(run, model, tcard, pre, arch, Path(weights), source)
+
+
+class EngineSource(_ModelSource):
+    """``--teacher model.onnx`` (ONNX Runtime) or ``model.xml`` (OpenVINO IR): a teacher held only as an engine, run
+    forward only through :class:`~medfm_compress.models.engine_teacher.EngineModule`, for logit and embedding KD.
+    A graph exported by ``medfm-compress`` carries its preprocessing and labels; any other takes the input's fixed
+    size and channels and needs ``--teacher-mean/--teacher-std``."""
+
+    name: ClassVar[str] = "engine"
+    takes_normalisation: ClassVar[bool] = True
+
+    def matches(self, cfg) -> bool:
+        from ..models.engine_teacher import is_engine_spec
+
+        return is_engine_spec(cfg.teacher.spec)
+
+    def check(self, cfg) -> None:
+        TeacherSource.check(self, cfg)
+        for field, flag in (("teacher_weights", "--teacher-weights"), ("teacher_adapt", "--teacher-adapt"),
+                            ("teacher_epochs", "--teacher-epochs")):
+            if cfg.get_option(field):
+                raise ConfigError(f"{flag} does not apply to --teacher {cfg.teacher.spec}: a teacher held as an engine "
+                                  "runs forward only, as it is (adapt the model before exporting it)")
+        if not Path(cfg.teacher.spec).is_file():
+            raise ConfigError(f"--teacher {cfg.teacher.spec} does not exist; give an .onnx file or an OpenVINO .xml")
+
+    def check_data(self, cfg, data) -> None:
+        if data.volumes or distill_task(data).runtime.dense or not distill_task(data).runtime.has_labels:
+            raise ConfigError(f"--teacher {cfg.teacher.spec}: a teacher held as an engine teaches per-image tasks "
+                              f"(logit and embedding KD); {data.source} is a {data.task} task")
+
+    def writes_artifact(self) -> bool:
+        return False  # the run records the engine's path and hash; it is not copied into every run
+
+    def resolve(self, run: DistillRun) -> ResolvedTeacher:
+        from ..models.card import ModelCard
+        from ..models.engine_teacher import EngineModule
+        from ..runtime.metadata import decode_metadata
+        from .adapt import teacher_preprocess
+
+        cfg, task, spec = run.cfg, run.task, run.cfg.teacher.spec
+        run.log(f"teacher: loading the engine {spec}")
+        model = EngineModule(spec, embedding=cfg.teacher.embedding, logits=cfg.teacher.logits)
+        channels, height, width = model.input_shape
+        labels: list[str] = []
+        if model.ours and cfg.teacher.mean is None:
+            meta = decode_metadata(model.graph.props, spec)
+            pre, labels = meta.preprocess, list(meta.label_names or [])
+            if model.num_classes and labels and labels != list(task.label_names):
+                raise ModelError(f"the teacher's classes {labels} are not the data's {task.label_names}; distil its "
+                                 "embedding instead (--teacher-embedding NAME --loss feat,ce)")
+        elif cfg.teacher.mean is None:
+            raise ConfigError(f"{spec} carries no preprocessing; give the normalisation it was trained with: "
+                              "--teacher-mean and --teacher-std (ImageNet's: 0.485,0.456,0.406 and 0.229,0.224,0.225)")
+        else:
+            if height != width:
+                raise ConfigError(f"{spec} takes {height}x{width} inputs; teachers take square inputs")
+            pre = teacher_preprocess(model, task, channels, height, run.student_pre, pretrained=False,
+                                     mean=cfg.teacher.mean, std=cfg.teacher.std)
+        if model.num_classes and not labels:
+            run.log(f"teacher: its logits ({model.num_classes}) are taken in the data's class order "
+                    f"({', '.join(task.label_names)})")
+        what = model.describe()
+        tcard = ModelCard(arch=f"engine:{Path(spec).name}", num_classes=model.num_classes, in_chans=channels,
+                          task=task.task, label_names=labels or (task.label_names if model.num_classes else []),
+                          preprocess=pre, role="teacher", num_params=model.num_params,
+                          embedding_dim=model.embedding_dim, provenance={"engine": what})
+        run.log(f"teacher: {what['engine']} engine, {model.num_params / 1e6:.1f} M weights, embedding "
+                f"{what['embedding']} ({model.embedding_dim})" + (f", logits {what['logits']}" if what["logits"] else ""))
+        return _resolved(run, model, tcard, pre, tcard.arch, Path(spec), f"engine {spec} ({what['engine']})")
 
 
 class RunDirSource(_ModelSource):
@@ -488,7 +568,7 @@ class FoundationSource(TeacherSource):
         return ResolvedTeacher(teacher, cfg.teacher.spec, run.student_pre, None, {}, None)
 
 
-for _source in (FoundationSource(), AdaptedSource(), RunDirSource(), WeightsSource(), FactorySource(),
+for _source in (FoundationSource(), EngineSource(), AdaptedSource(), RunDirSource(), WeightsSource(), FactorySource(),
                 ScratchSource()):
     register_teacher_source(_source)
 del _source

@@ -148,7 +148,9 @@ def _build_python(name: str, num_classes: int, in_chans: int, img_size: int | No
 
 
 def count_params(model) -> int:
-    """Number of parameters."""
+    """Number of parameters (an engine-held teacher's: the weights of its graph)."""
+    if getattr(model, "is_engine", False):
+        return int(model.num_params)
     return int(sum(p.numel() for p in model.parameters()))
 
 

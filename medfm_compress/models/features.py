@@ -47,14 +47,20 @@ class FeatureTap(ModuleTap):
 
     def run(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Return ``(logits, embedding)``; logits is None for a head-less encoder."""
+        both = getattr(self.model, "logits_and_embedding", None)
+        if both is not None:  # a teacher held as an engine gives both itself
+            return both(x)
         out = first_output(self.model(x))
         if self.head is None:
             return None, torch.flatten(out, 1)
         return out, self.embedding
 
 
-def macs_of(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass (convolutions and linear layers), counted by hooks."""
+def macs_of(model: nn.Module, example: torch.Tensor) -> int | None:
+    """Multiply-accumulates of one forward pass (convolutions and linear layers), counted by hooks; None for a
+    teacher held as an engine (its layers are not torch modules)."""
+    if getattr(model, "is_engine", False):
+        return None
     total = 0
 
     def conv_hook(m, _inp, out):
