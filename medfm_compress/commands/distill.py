@@ -56,10 +56,14 @@ def _task_defaults(key: str) -> str:
               help="Teacher weights (.safetensors, or .pt/.pth loaded with weights_only).")
 @click.option("--student", default=None, help="Student model spec." + _task_defaults("student"))
 @click.option("--student-weights", default=None, type=click.Path(dir_okay=False), help="Initial student weights.")
+@click.option("--student-input-size", default=None, type=int,
+              help="The student's input side in pixels, where it differs from the data's: the teacher still sees the "
+              "data at its own size (e.g. a 224 px teacher, a 128 px student). Per-image tasks.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory to write." + _default("out"))
 @click.option("--loss", "losses", default=None,
-              help=f"Comma-separated losses ({', '.join(LOSS_NAMES)}): kd (logit KD), feat (embedding KD), ce (hard "
-              "labels). Default kd,ce; feat with --labels none or volume crops.")
+              help=f"Comma-separated losses ({', '.join(LOSS_NAMES)}): kd (logit KD), feat (embedding KD), patch (the "
+              "teacher's patch-token map onto the student's last stage: ViT to CNN), ce (hard labels). Default kd,ce; "
+              "feat,ce for a head-less teacher; feat with --labels none or volume crops.")
 @click.option("--temperature", default=None, type=float, help="KD temperature." + _task_defaults("temperature"))
 @click.option("--feat-loss", type=click.Choice(_choices("feat_loss")), default=None,
               help="Embedding distance." + _default("feat_loss"))

@@ -33,11 +33,12 @@ from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
 from ..runtime.tasks import get_task
 from .artifacts import RunResult, TrainLog, record_run, write_model
+from .probe import BestState, fit_linear_head
 from .tasks import adaptable_task_names
 from .tasks.classification import summary_warnings
 
 __all__ = ["AdaptConfig", "AdaptResult", "AdaptedTeacher", "adapt", "adapt_teacher", "METHODS", "summary_warnings",
-           "file_head_classes"]
+           "file_head_classes", "fit_linear_head"]
 
 METHODS = ("linear", "finetune")
 CONFIG_VERSION = 1
@@ -324,34 +325,6 @@ def _scored(logits: np.ndarray, labels: np.ndarray, task: str, seed: int) -> dic
     return out
 
 
-class _BestState:
-    """Keeps the state with the best validation score and says when to stop.
-
-    The score is (macro AUC, -cross-entropy): AUC first, and where it saturates (a small val split reaches 1.0
-    early, long before the head is calibrated) the lower validation loss decides; ties keep the earlier epoch.
-    """
-
-    def __init__(self, module, patience: int):
-        self.module, self.patience = module, patience
-        self.best: tuple[float, float] = (-np.inf, -np.inf)
-        self.best_epoch = 0
-        self.state = None
-
-    def update(self, epoch: int, auc: float, loss: float) -> None:
-        auc = round(float(auc), 6)
-        better = auc > self.best[0] or (auc == self.best[0] and -loss > self.best[1] + 1e-6)
-        if better:
-            self.best, self.best_epoch = (auc, -float(loss)), epoch
-            self.state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-
-    def stop(self, history) -> bool:
-        return len(history) - self.best_epoch >= self.patience
-
-    def restore(self) -> None:
-        if self.state is not None:
-            self.module.load_state_dict(self.state)
-
-
 def _finetune_params(model, blocks: int | None, head_name: str):
     """Encoder parameters to train: all, or from the first parameter of the N-th last block on."""
     names = [n for n, _ in model.named_parameters() if not n.startswith(head_name + ".")]
@@ -426,37 +399,16 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
             p.requires_grad_(False)
         key = _feature_key(cfg, weights_sha, pre, _labeled_digest(task, labeled))
         feats = _features(model, xs, key, log, device)
-        f_train = torch.from_numpy(feats["train"]).to(device)
-        f_val = torch.from_numpy(feats["val"]).to(device) if "val" in feats else None
-        for p in head.parameters():
-            p.requires_grad_(True)
-        best = _BestState(head, patience)
-
-        def step(batch_idx, _epoch):
-            bi = torch.as_tensor(batch_idx, device=device)
-            loss = hard_loss(head(f_train[bi]).float(), y_t[bi])
-            return loss, {"ce": float(loss.detach())}
-
-        def epoch_end(epoch):
-            if f_val is None:
-                return {}
-            with torch.no_grad():
-                logits = head(f_val).float()
-                loss = float(hard_loss(logits, y_val))
-            auc = get_task(task.task).macro_auc(logits.cpu().numpy(), val.labels)
-            best.update(epoch, auc, loss)
-            return {"val_auc": round(float(auc), 4), "val_loss": round(loss, 4)}
-
-        loop = LoopConfig("head", spe, epochs, lr, 1e-4, bs, cfg.seed, False)
-        result = run_loop(loop, {"head": head}, step, np.arange(len(labeled)), ckpt_dir / "adapt-head.pt", False, log,
-                          epoch_end, cfg.progress, stop_after=best.stop if f_val is not None else None)
-        best.restore()
+        result = fit_linear_head(head, feats["train"], y_lab, feats.get("val"),
+                                 np.asarray(val.labels) if val is not None else None, dtask, task.task, device,
+                                 ckpt_dir / "adapt-head.pt", log, cfg.progress, epochs=epochs, lr=lr,
+                                 patience=patience, batch_size=cfg.batch_size, seed=cfg.seed)
     else:
         trainable = set(_finetune_params(model, cfg.finetune_blocks, head_name))
         for n, p in model.named_parameters():
             p.requires_grad_(n in trainable or n.startswith(head_name + "."))
         x_train = xs["train"].to(device)
-        best = _BestState(model, patience)
+        best = BestState(model, patience)
 
         class _Encoder(torch.nn.Module):  # the encoder's parameters as one group (lower learning rate)
             def __init__(self, m):
@@ -504,7 +456,8 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
         "labeled_images": int(len(labeled)),
         "label_fraction": cfg.label_fraction,
         "params": count_params(model),
-        "best_epoch": int(best.best_epoch + 1) if best.state is not None else None,
+        "best_epoch": result["best_epoch"] if cfg.method == "linear" else (
+            int(best.best_epoch + 1) if best.state is not None else None),
         "history": result["history"],
     }
     for name, split in (("val", val), ("test", test)):

@@ -135,7 +135,18 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     if rank == 0:
         data_digest(task, cfg.data, cfg.seed)  # hashed now, as read; write_run records it with splits.csv
 
-    student_pre = dtask.student_preprocess(cfg, task, train)
+    student_pre = native_pre = dtask.student_preprocess(cfg, task, train)
+    native_x = None
+    if cfg.student.input_size and (cfg.student.input_size,) * 2 != tuple(student_pre.input_size):
+        if task.volumes or dtask.runtime.dense:
+            raise ConfigError(f"--student-input-size applies to per-image tasks; {task.source} is a "
+                              f"{'volume' if task.volumes else task.task} task: resize its data instead (?size=N)")
+        student_pre = dataclasses.replace(native_pre, input_size=(cfg.student.input_size,) * 2)
+        # The teacher sees the data at its own size; the student at its own, made from the same images.
+        native_x = {name: torch.from_numpy(native_pre(s.images)).to(device)
+                    for name, s in (("train", train), ("val", val), ("test", test)) if s is not None}
+        log(f"student input: {cfg.student.input_size}x{cfg.student.input_size} (the data and the teacher's input are "
+            f"made from {native_pre.input_size[0]}x{native_pre.input_size[1]})")
     # Volumes: val and test hold whole cases, segmented by sliding windows of the training patch's size.
     whole = student_pre.whole_volumes if task.whole_cases else student_pre
     labeled = (labeled_subset(np.asarray(train.labels), task.task, cfg.label_fraction, cfg.seed,
@@ -153,6 +164,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
         y_train=torch.from_numpy(np.asarray(y_train)).to(device=device, dtype=getattr(torch, dtask.label_dtype)),
         label_state=label_state,
         labeled=labeled, steps_per_epoch=len(train) // (cfg.loop.batch_size * world), eval_task=eval_task,
+        native_pre=native_pre if native_x is not None else None, native_x=native_x,
     )
 
 

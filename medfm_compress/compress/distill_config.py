@@ -93,15 +93,18 @@ class StudentConfig(DictConfig):
         weights: weights to start from (``--student-weights``).
         widths: the 3-D embedding student of volume crops (default student only): its stage widths.
         head_hidden: that student's embedding head's hidden width.
+        input_size: the side of the square input the student sees (``--student-input-size``), where it differs from
+            the data's: the teacher still sees the data at its own size (a 224 px teacher, a student at 128 px).
     """
 
     spec: str | None = option(name="student")
     weights: str | None = option(name="student_weights")
     widths: tuple[int, ...] | None = None
     head_hidden: int | None = None
+    input_size: int | None = option(name="student_input_size")
 
     def __post_init__(self):
-        require_positive(self, "head_hidden")
+        require_positive(self, "head_hidden", "input_size", flags={"input_size": "student-input-size"})
         if self.widths is not None and (len(self.widths) < 2 or min(self.widths) < 1):
             raise ConfigError(f"widths needs at least two positive channel counts, got {self.widths}")
         if self.weights and not self.spec:
@@ -113,16 +116,19 @@ class LossConfig(DictConfig):
     """What the student learns from.
 
     Attributes:
-        losses: the loss terms (``kd``, ``ce``, ``feat``...; None: ``kd`` + ``ce``, or ``feat`` without labels).
+        losses: the loss terms (``kd``: logits, ``feat``: the pooled embedding, ``patch``: the teacher's patch-token
+            (or last feature) map onto the student's last stage, ``ce``: labels; None: ``kd`` + ``ce``, ``feat`` +
+            ``ce`` for a head-less teacher, or ``feat`` without labels).
         temperature: the KD temperature (None: the data's task's default).
-        kd_weight, feat_weight, ce_weight: the weight of each term.
-        feat_loss: the feature term's distance: ``cosine`` or ``mse``.
+        kd_weight, feat_weight, patch_weight, ce_weight: the weight of each term.
+        feat_loss: the feature terms' distance: ``cosine`` or ``mse``.
     """
 
     losses: tuple[str, ...] | None = None
     temperature: float | None = None
     kd_weight: float = 1.0
     feat_weight: float = 1.0
+    patch_weight: float = 1.0
     ce_weight: float = 1.0
     feat_loss: Literal["cosine", "mse"] = "cosine"
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 __all__ = ["feature_kd_loss", "feature_map_kd_loss", "dice_ce", "labelled_loss", "weighted_terms", "LOSS_NAMES"]
 
-LOSS_NAMES = ("kd", "feat", "ce")
+LOSS_NAMES = ("kd", "feat", "patch", "ce")
 
 
 def feature_kd_loss(projected: torch.Tensor, teacher_embedding: torch.Tensor, kind: str) -> torch.Tensor:
@@ -62,7 +62,7 @@ def labelled_loss(loss, logits: torch.Tensor, labels: torch.Tensor, labelled: to
 
 def weighted_terms(cfg, losses: tuple[str, ...], device, terms) -> tuple[torch.Tensor, dict[str, float]]:
     """One step's loss: each of ``losses`` computed by its callable in ``terms`` and weighted by the loss config's
-    ``<name>_weight``, summed in the order kd, feat, ce; and each term's value, for the log."""
+    ``<name>_weight``, summed in the order kd, feat, patch, ce; and each term's value, for the log."""
     total = torch.zeros((), device=device)
     shown = {}
     for name in LOSS_NAMES:

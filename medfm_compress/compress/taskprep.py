@@ -124,26 +124,38 @@ class FrozenTeacher:
         self.card = card
         self.source = source
 
-    def outputs(self, x, student_pre, batch_size=128, precision: str = "fp32"):
+    def outputs(self, x, student_pre, batch_size=128, precision: str = "fp32", patch: bool = False):
         """``(logits or None, embeddings)`` of the images ``x`` (preprocessed as ``student_pre``), in float32;
-        ``precision="bf16"`` runs the teacher under bf16 autocast (where the hardware has it natively)."""
+        ``precision="bf16"`` runs the teacher under bf16 autocast (where the hardware has it natively). ``patch``:
+        also its last feature map (a ViT's patch tokens as a grid), average-pooled to
+        :data:`~medfm_compress.models.features.PATCH_GRID`, as a third element."""
         import contextlib
 
         import torch
+        import torch.nn.functional as F
 
-        from ..models.features import FeatureTap
+        from ..models.features import PATCH_GRID, FeatureTap, MapTap, tokens_to_map
 
         device = x.device.type
         cast = (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
-        logits, embs = [], []
-        with torch.no_grad(), FeatureTap(self.model) as tap, cast:
+        engine = getattr(self.model, "is_engine", False)
+        mtap = MapTap(self.model) if patch and not engine else contextlib.nullcontext()
+        if patch and not engine and mtap.module is None:
+            raise ModelError(f"teacher {self.card.arch} has no last feature map to distil ('patch'): a timm CNN's "
+                             "global pooling or a ViT's final norm")
+        logits, embs, maps = [], [], []
+        with torch.no_grad(), FeatureTap(self.model) as tap, mtap, cast:
             for i in range(0, len(x), batch_size):
                 lo, em = tap.run(adapt_batch(x[i : i + batch_size], student_pre, self.card.preprocess))
                 if lo is not None:
                     logits.append(lo.float())
                 embs.append(em.float())
-        return (torch.cat(logits) if logits else None), torch.cat(embs)
+                if patch:
+                    m = tokens_to_map(self.model.last_embedding_tensor()) if engine else mtap.map
+                    maps.append(F.adaptive_avg_pool2d(m.float(), PATCH_GRID))
+        out = (torch.cat(logits) if logits else None), torch.cat(embs)
+        return (*out, torch.cat(maps)) if patch else out
 
 
 def autocast(device):

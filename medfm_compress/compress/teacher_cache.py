@@ -72,7 +72,8 @@ def tensor_fingerprint(x) -> str:
 
 class TeacherOutputCache:
     """Teacher outputs for ``n`` images x ``views`` in ``directory/<key>/``: ``emb.npy`` ``(views, n, D)``,
-    ``logits.npy`` ``(views, n, C)`` when the teacher has a head, ``done.npy`` ``(views, n)``, ``meta.json``."""
+    ``logits.npy`` ``(views, n, C)`` when the teacher has a head, ``patch.npy`` ``(views, n, D', g, g)`` (float16)
+    when its patch-token map is kept, ``done.npy`` ``(views, n)``, ``meta.json``."""
 
     def __init__(self, directory: str | Path, key: dict[str, Any], n: int, views: int):
         if n < 1 or views < 1:
@@ -85,6 +86,7 @@ class TeacherOutputCache:
         self.n, self.views = n, views
         self.emb: np.ndarray | None = None
         self.logits: np.ndarray | None = None
+        self.patch: np.ndarray | None = None
         self.done: np.ndarray | None = None
         self.computed = 0  # outputs computed by this process (the rest were read back)
         self.engine: dict[str, Any] = {}  # how the outputs were computed (recorded in meta.json when created)
@@ -101,6 +103,7 @@ class TeacherOutputCache:
                 raise ValueError("key mismatch")
             self.emb = np.load(self.path / "emb.npy", mmap_mode="r+")
             self.logits = np.load(self.path / "logits.npy", mmap_mode="r+") if info["logits_dim"] else None
+            self.patch = np.load(self.path / "patch.npy", mmap_mode="r+") if info.get("patch_shape") else None
             self.done = np.load(self.path / "done.npy", mmap_mode="r+")
             if self.done.shape != (self.views, self.n) or self.emb.shape[:2] != (self.views, self.n):
                 raise ValueError("shape mismatch")
@@ -109,7 +112,7 @@ class TeacherOutputCache:
             shutil.rmtree(self.path, ignore_errors=True)
             return False
 
-    def _create(self, emb_dim: int, logits_dim: int | None) -> None:
+    def _create(self, emb_dim: int, logits_dim: int | None, patch_shape: tuple[int, ...] | None = None) -> None:
         """Create the arrays in a temporary folder and move it into place (a crash leaves no half-made cache)."""
         ensure_dir(self.path.parent)
         tmp = self.path.parent / f".{self.digest}.{os.getpid()}.tmp"
@@ -119,9 +122,13 @@ class TeacherOutputCache:
         if logits_dim:
             np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np.float32,
                                       shape=(self.views, self.n, logits_dim)).flush()
+        if patch_shape:
+            np.lib.format.open_memmap(tmp / "patch.npy", mode="w+", dtype=np.float16,
+                                      shape=(self.views, self.n, *patch_shape)).flush()
         np.lib.format.open_memmap(tmp / "done.npy", mode="w+", dtype=np.bool_, shape=(self.views, self.n)).flush()
         atomic_write_json(tmp / "meta.json", {"key": self.key, "views": self.views, "n": self.n, "emb_dim": emb_dim,
-                                              "logits_dim": logits_dim or 0, "format": _FORMAT, "engine": self.engine})
+                                              "logits_dim": logits_dim or 0, "format": _FORMAT, "engine": self.engine,
+                                              "patch_shape": list(patch_shape) if patch_shape else None})
         try:
             os.replace(tmp, self.path)
         except OSError:  # another process made it first
@@ -130,15 +137,17 @@ class TeacherOutputCache:
             raise OSError(f"could not create the teacher output cache at {self.path}")
 
     # ----- filling -----
-    def fill(self, compute: Callable[[int, np.ndarray], tuple[Any, Any]], batch_size: int = 64,
+    def fill(self, compute: Callable[[int, np.ndarray], tuple[Any, ...]], batch_size: int = 64,
              log: Callable[[str], None] = print, progress: bool = True, what: str = "teacher") -> None:
-        """Compute the outputs not stored yet: ``compute(view, index)`` -> ``(logits or None, embeddings)`` for the
-        images ``index`` of ``view``, ``batch_size`` at a time; progress (rate, ETA) goes to stderr."""
+        """Compute the outputs not stored yet: ``compute(view, index)`` -> ``(logits or None, embeddings)`` (and, for
+        a cache of patch maps, the maps third) for the images ``index`` of ``view``, ``batch_size`` at a time;
+        progress (rate, ETA) goes to stderr."""
         from tqdm.auto import tqdm
 
         if self.done is None and not self._open():
-            logits, emb = compute(0, np.arange(1))
-            self._create(int(np.asarray(_np(emb)).shape[1]), int(_np(logits).shape[1]) if logits is not None else None)
+            logits, emb, *maps = compute(0, np.arange(1))
+            self._create(int(np.asarray(_np(emb)).shape[1]), int(_np(logits).shape[1]) if logits is not None else None,
+                         tuple(_np(maps[0]).shape[1:]) if maps else None)
         todo = int((~self.done).sum())
         if todo == 0:
             log(f"{what} outputs: all {self.views} view(s) x {self.n} images read from {self.path}")
@@ -152,8 +161,11 @@ class TeacherOutputCache:
             missing = np.flatnonzero(~self.done[view])
             for s in range(0, len(missing), batch_size):
                 idx = missing[s : s + batch_size]
-                logits, emb = compute(view, idx)
+                logits, emb, *maps = compute(view, idx)
                 self.emb[view, idx] = _np(emb)
+                if self.patch is not None:
+                    self.patch[view, idx] = _np(maps[0]).astype(np.float16)
+                    self.patch.flush()
                 if self.logits is not None:
                     if logits is None:
                         raise ValueError("the teacher returned no logits for a cache that holds them")
@@ -183,6 +195,15 @@ class TeacherOutputCache:
                   if self.logits is not None else None)
         return logits, emb
 
+    def get_patch(self, view: int, index, device=None):
+        """The patch maps of ``view`` for the images ``index``, as a float32 tensor."""
+        import torch
+
+        idx = np.asarray(index.cpu() if hasattr(index, "cpu") else index)
+        if self.patch is None:
+            raise RuntimeError("this teacher output cache holds no patch maps")
+        return torch.from_numpy(np.ascontiguousarray(self.patch[view, idx], dtype=np.float32)).to(device)
+
 
 def _np(t) -> np.ndarray:
     if t is None:
@@ -207,17 +228,22 @@ def view_inputs(x, index, view: int, augment: bool, seed: int):
     return augment_batch(x.cpu(), np.asarray(index), seed, view).to(x.device)
 
 
-def teacher_outputs(run, teacher, views: int) -> TeacherOutputCache:
+def teacher_outputs(run, teacher, views: int, patch: bool = False) -> TeacherOutputCache:
     """The run's teacher outputs for every training image and view, computed where the cache lacks them (rank 0
-    fills; other ranks wait, then read)."""
+    fills; other ranks wait, then read); ``patch``: its patch-token maps too."""
     import torch
 
-    cfg, x = run.cfg, run.x_train
+    cfg = run.cfg
+    x, src = run.teacher_inputs("train")
     key = {"teacher": getattr(teacher.model, "fingerprint", None) or teacher_fingerprint(teacher.model),
            "teacher_arch": teacher.card.arch,
            "teacher_preprocess": teacher.card.preprocess.to_dict(), "inputs": tensor_fingerprint(x),
-           "student_preprocess": run.student_pre.to_dict(), "augment": bool(cfg.loop.augment),
+           "student_preprocess": src.to_dict(), "augment": bool(cfg.loop.augment),
            "seed": cfg.seed if cfg.loop.augment else None, "augment_version": AUGMENT_VERSION}
+    if patch:
+        from ..models.features import PATCH_GRID
+
+        key["patch_grid"] = PATCH_GRID
     cache = TeacherOutputCache(cfg.teacher.cache or default_cache_dir(), key, len(x), views)
     batch = cfg.teacher.batch_size or 64
     precision: dict[str, Any] = {"precision": "fp32"}
@@ -226,12 +252,15 @@ def teacher_outputs(run, teacher, views: int) -> TeacherOutputCache:
         bi = torch.as_tensor(idx, device=x.device)
         xb = view_inputs(x[bi], idx, view, cfg.loop.augment, cfg.seed)
         runner = precision.get("runner", teacher)
-        return runner.outputs(xb, run.student_pre, batch_size=len(xb), precision=precision["precision"])
+        if patch:
+            return runner.outputs(xb, src, batch_size=len(xb), precision=precision["precision"], patch=True)
+        return runner.outputs(xb, src, batch_size=len(xb), precision=precision["precision"])
 
     def fill():
         if not cache._open() or not cache.done.all():  # chosen (and timed) only when there is something to compute
             # (the arrays opened here are the ones fill() then uses)
-            precision.update(choose_precision(teacher, x[: min(len(x), 16)], run.student_pre, run.log))
+            # (OpenVINO's graph gives logits and embedding only: a fill of patch maps stays in torch)
+            precision.update(choose_precision(teacher, x[: min(len(x), 16)], src, run.log, openvino=not patch))
         cache.engine = {k: v for k, v in precision.items() if k != "runner"}
         cache.fill(compute, batch, run.log, cfg.progress and run.rank == 0,
                    what=f"teacher {teacher.card.arch} ({precision['precision']})")
@@ -355,7 +384,7 @@ def choose_precision(teacher, probe, student_pre, log: Callable[[str], None] = p
     from .._env import cpu_has_native_bf16
 
     candidates: dict[str, Any] = {"fp32": teacher}
-    engine = getattr(teacher.model, "is_engine", False)  # a teacher held as an engine: no torch autocast
+    engine = getattr(getattr(teacher, "model", None), "is_engine", False)  # an engine-held teacher: no torch autocast
     if probe.device.type == "cuda" or cpu_has_native_bf16():
         if not engine:
             candidates["bf16"] = teacher

@@ -172,8 +172,8 @@ def _from_arch(run: DistillRun, arch: str, weights: str | None = None):
     from ..models.factory import create_model
 
     cfg, task, dtask = run.cfg, run.task, run.dtask
-    pre = run.student_pre
-    head, in_ch, size = task.num_classes, task.channels, run.student_pre.input_size[0]
+    pre = run.teacher_inputs("train")[1]  # the data's own preprocessing, at its own size
+    head, in_ch, size = task.num_classes, task.channels, pre.input_size[0]
     if weights and cfg.labels == "none" and dtask.label_free_embeddings:
         # Only its features are distilled, from the data re-expressed in its preprocessing.
         from ..models.weights import first_conv_in_chans
@@ -185,7 +185,8 @@ def _from_arch(run: DistillRun, arch: str, weights: str | None = None):
     if in_ch != task.channels or cfg.teacher.mean is not None:
         from .adapt import teacher_preprocess
 
-        pre = teacher_preprocess(model, task, in_ch, size, run.student_pre, pretrained=True, mean=cfg.teacher.mean,
+        pre = teacher_preprocess(model, task, in_ch, size, run.teacher_inputs("train")[1], pretrained=True,
+                                 mean=cfg.teacher.mean,
                                  std=cfg.teacher.std)
     tcard = ModelCard(arch=arch, num_classes=head, in_chans=in_ch,
                       img_size=size if "img_size" in accepted_keywords(model) else None, task=task.task,
@@ -197,7 +198,8 @@ def _from_arch(run: DistillRun, arch: str, weights: str | None = None):
 def _checked(run: DistillRun, model, pre, arch: str) -> None:
     """A network whose outputs the task cannot use is refused before it trains or loads (on a training input: a
     volume's test cases are whole scans, windowed later; its patches are what the network takes)."""
-    run.dtask.check_network(model.to(run.device), adapt_batch(run.x_train[:1], run.student_pre, pre),
+    x, src = run.teacher_inputs("train")
+    run.dtask.check_network(model.to(run.device), adapt_batch(x[:1], src, pre),
                             run.task.num_classes, f"teacher {arch}")
 
 
@@ -355,7 +357,7 @@ class EngineSource(_ModelSource):
         else:
             if height != width:
                 raise ConfigError(f"{spec} takes {height}x{width} inputs; teachers take square inputs")
-            pre = teacher_preprocess(model, task, channels, height, run.student_pre, pretrained=False,
+            pre = teacher_preprocess(model, task, channels, height, run.teacher_inputs("train")[1], pretrained=False,
                                      mean=cfg.teacher.mean, std=cfg.teacher.std)
         if model.num_classes and not labels:
             run.log(f"teacher: its logits ({model.num_classes}) are taken in the data's class order "
@@ -469,6 +471,10 @@ class ScratchSource(_ModelSource):
         from ..models.weights import load_weights
 
         cfg, task, log = run.cfg, run.task, run.log
+        if run.native_x is not None:
+            raise ConfigError("--student-input-size distils a teacher that sees the data at its own size; a teacher "
+                              "trained from scratch here would learn at the student's: give a trained teacher "
+                              "(--teacher DIR/teacher, --teacher-weights, FILE.onnx)")
         arch = cfg.teacher.spec or run.dtask.default_teacher(task.volumes)
         model, tcard, pre = _from_arch(run, arch)
         _checked(run, model, pre, arch)

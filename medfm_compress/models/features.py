@@ -12,7 +12,10 @@ from torch import nn
 
 from .taps import ModuleTap, first_output
 
-__all__ = ["FeatureTap", "classifier_of", "macs_of"]
+__all__ = ["FeatureTap", "MapTap", "classifier_of", "macs_of", "tokens_to_map", "PATCH_GRID"]
+
+# The side of the grid a teacher's patch-token map is pooled to before it is cached (7: a 224 px CNN's last stage).
+PATCH_GRID = 7
 
 
 def classifier_of(model: nn.Module) -> nn.Module | None:
@@ -54,6 +57,52 @@ class FeatureTap(ModuleTap):
         if self.head is None:
             return None, torch.flatten(out, 1)
         return out, self.embedding
+
+
+def tokens_to_map(t: torch.Tensor, prefix: int | None = None) -> torch.Tensor:
+    """A ViT's tokens ``(N, T, D)`` as a map ``(N, D, g, g)``: the ``prefix`` leading tokens (class, registers; by
+    default whatever is left over above the largest square) dropped, the rest laid out row by row. A map ``(N, C,
+    H, W)`` is returned as it is."""
+    if t.dim() == 4:
+        return t
+    if t.dim() != 3:
+        raise ValueError(f"a patch-token map needs (N, T, D) tokens or an (N, C, H, W) map, got {tuple(t.shape)}")
+    n, count, d = t.shape
+    if prefix is None:
+        g = int(count**0.5)
+        prefix = count - g * g
+    g = int(round((count - prefix) ** 0.5))
+    if g * g != count - prefix:
+        raise ValueError(f"{count - prefix} patch tokens do not make a square grid")
+    return t[:, prefix:].transpose(1, 2).reshape(n, d, g, g)
+
+
+class MapTap(ModuleTap):
+    """Context that records a model's last feature map while it runs: the input of a CNN's global pooling (timm's
+    ``global_pool``, ``head.global_pool``), or a ViT's final tokens (the output of its ``norm``) as a grid
+    (:func:`tokens_to_map`). ``module`` is None where the model has neither."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        pool = getattr(model, "global_pool", None)
+        head = getattr(model, "head", None)
+        if not isinstance(pool, nn.Module) and isinstance(getattr(head, "global_pool", None), nn.Module):
+            pool = head.global_pool
+        if isinstance(pool, nn.Module):
+            super().__init__(pool, pre=True)
+            self.prefix = None
+        elif hasattr(model, "patch_embed") and isinstance(getattr(model, "norm", None), nn.Module):
+            super().__init__(model.norm, pre=False)
+            self.prefix = int(getattr(model, "num_prefix_tokens", 1))
+        else:
+            super().__init__(None, pre=True)
+
+    @property
+    def map(self) -> torch.Tensor | None:
+        if self.seen is None:
+            return None
+        seen = self.seen[0] if self.pre else self.seen
+        return tokens_to_map(seen, self.prefix)
 
 
 def macs_of(model: nn.Module, example: torch.Tensor) -> int | None:

@@ -50,6 +50,29 @@ def test_dinov2_from_its_onnx_matches_the_onnx_backbone_at_224(fetched):
     assert np.abs(got - ref).max() < 1e-4
 
 
+def test_dinov2_onnx_as_an_engine_teacher_is_its_backbone_alone(fetched):
+    from medfm_compress.models.engine_teacher import EngineModule
+
+    root, onnx_path, _ = fetched
+    weights = fetch_example("dinov2-vits14", root / "w", onnx_path=onnx_path)
+    eng = EngineModule(onnx_path, embedding=EXAMPLES["dinov2-vits14"].engine_embedding)
+    # Cut down to the backbone: the saliency decoder is neither run nor counted.
+    assert eng.num_params == 22_056_192 and eng.input_shape == (3, 224, 224) and eng.embedding_dim == 384
+    model = create_model("timm:vit_small_patch14_dinov2", 0, 3, 224).eval()
+    load_weights(model, weights, what="teacher")
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32))
+    with torch.no_grad():
+        cls = model.forward_features(x)[:, 0]
+    assert torch.allclose(eng.logits_and_embedding(x)[1], cls, atol=1e-4)
+
+
+def test_the_int8_clip_onnx_is_not_offered_as_an_engine(tmp_path):
+    from medfm_compress.models.examples import fetch_engine
+
+    with pytest.raises(MedfmError, match="quantized on the fly"):
+        fetch_engine("clip-vit-b16", tmp_path)
+
+
 def test_clip_vit_b16_dequantized_loads_whole_with_its_projection(fetched):
     root, _, onnx_path = fetched
     weights = fetch_example("clip-vit-b16", root / "w", onnx_path=onnx_path)

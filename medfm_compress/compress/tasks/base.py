@@ -80,6 +80,16 @@ class DistillRun:
     steps_per_epoch: int
     eval_task: Any = None  # held-out data from --eval-data (data without a test split of its own)
     label_state: Any = None  # what DistillTask.prepare_labels did to the training labels
+    # --student-input-size: the splits at the data's own size, and their preprocessing, for the teacher
+    native_pre: Any = None
+    native_x: dict[str, Any] | None = None
+
+    def teacher_inputs(self, split: str):
+        """``(tensor, preprocessing)`` of a split as the teacher's inputs are made from: the data at its own size
+        (the student's tensors when the student sees the data at that size too)."""
+        if self.native_x is None:
+            return getattr(self, f"x_{split}"), self.student_pre
+        return self.native_x[split], self.native_pre
 
     def labelled_mask(self):
         """A bool tensor on the run's device: which training cases' labels may be used."""
@@ -310,53 +320,78 @@ def distill_task(task) -> DistillTask:
     return found
 
 
+def run_losses(cfg, has_logits: bool) -> tuple[str, ...]:
+    """The loss terms of a run whose teacher has logits (or not): ``--loss`` as given; by default ``kd`` + ``ce``, and
+    for a head-less teacher (an encoder) its embedding and the labels (``feat`` + ``ce``; ``feat`` alone without
+    labels)."""
+    if cfg.loss.losses is not None or has_logits:
+        return cfg.resolved_losses()
+    return ("feat",) if cfg.labels == "none" else ("feat", "ce")
+
+
 def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeacher, student, arch: str,
                    val_metrics_of: Callable[[np.ndarray], dict[str, float]]) -> TrainedStudent:
     """Distill the teacher into a student with a head (outputs per image): the task's KD on the teacher's outputs
-    (``kd``), embedding KD through a projector (``feat``), the task's label loss on the labelled subset (``ce``); then,
+    (``kd``), embedding KD through a projector (``feat``), the teacher's patch-token map (a ViT's tokens as a grid,
+    pooled to 7x7; a CNN's last map) through a 1x1 projection onto the student's last stage (``patch``, compared
+    position by position at the student's grid), the task's label loss on the labelled subset (``ce``); then,
     label-free, fit its head on the labelled subset's frozen embeddings (:func:`fit_head`). ``val_metrics_of(outputs)``
     scores the validation split after each epoch (the student's outputs as trained)."""
     import torch
 
-    from ...models.features import FeatureTap
+    from ...models.features import FeatureTap, MapTap
     from ...models.heads import Projector
-    from ..losses import feature_kd_loss, labelled_loss, weighted_terms
-    from ..taskprep import autocast
+    from ..losses import feature_kd_loss, feature_map_kd_loss, labelled_loss, weighted_terms
+    from ..taskprep import autocast, classifier_present
     from ..teacher_cache import teacher_outputs, training_views, view_inputs
     from ..train import LoopConfig, predict, run_loop
 
     cfg, task, device, teacher = run.cfg, run.task, run.device, resolved.teacher
-    x_train, y_train, student_pre = run.x_train, run.y_train, run.student_pre
-    losses = cfg.resolved_losses()
-    if cfg.labels == "none" and set(losses) != {"feat"}:
-        raise ConfigError("--labels none distills embeddings only; use --loss feat (or leave --loss unset)")
-    if "kd" in losses and resolved.test_logits is None:
-        raise ConfigError("the teacher has no classifier head, so logit KD ('kd') is impossible; use --loss feat")
+    x_train, y_train = run.x_train, run.y_train
+    has_logits = classifier_present(teacher.model)
+    losses = run_losses(cfg, has_logits)
+    if cfg.labels == "none" and (not set(losses) <= {"feat", "patch"} or "feat" not in losses):
+        raise ConfigError("--labels none distills embeddings only; use --loss feat or feat,patch (or leave --loss unset)")
+    if "kd" in losses and (resolved.test_logits is None or not has_logits):
+        raise ConfigError("the teacher has no classifier head, so logit KD ('kd') is impossible; use --loss feat,ce")
     if "kd" in losses and not dtask.teacher_outputs_match(teacher.card, task):
         raise ConfigError(f"teacher predicts {teacher.card.num_classes} outputs, data has {task.num_classes}")
-    with torch.no_grad(), FeatureTap(student) as tap:
+    patch = "patch" in losses
+    if patch and MapTap(student).module is None:
+        raise ConfigError(f"--loss patch needs a student whose last feature map is pooled by a global_pool (a timm CNN); "
+                          f"{arch} has none")
+    with torch.no_grad(), FeatureTap(student) as tap, MapTap(student) as mtap:
         student.eval()
         _, s_emb = tap.run(x_train[:2])
-    _, t_emb = teacher.outputs(x_train[:2], student_pre)
-    projector = Projector(s_emb.shape[1], t_emb.shape[1]).to(device) if "feat" in losses else None
+        s_map = mtap.map
+    t_probe = teacher.outputs(run.teacher_inputs("train")[0][:2], run.teacher_inputs("train")[1], patch=patch)
+    projector = Projector(s_emb.shape[1], t_probe[1].shape[1]).to(device) if "feat" in losses else None
+    map_projector = torch.nn.Conv2d(s_map.shape[1], t_probe[2].shape[1], 1).to(device) if patch else None
 
     # The teacher is paid once: its outputs for every training image and view come from the cache.
     views = training_views(cfg)
-    t_cache = teacher_outputs(run, teacher, views)
+    t_cache = teacher_outputs(run, teacher, views, patch=patch)
 
     class _Pair(torch.nn.Module):
-        def __init__(self, s, p):
+        def __init__(self, s, p, mp):
             super().__init__()
             self.student = s
             self.projector = p
+            self.map_projector = mp
             self._tap = FeatureTap(s)
+            self._map = MapTap(s) if mp is not None else None
 
         def forward(self, x):
-            with self._tap:
+            if self._map is None:
+                with self._tap:
+                    logits, emb = self._tap.run(x)
+                return logits, (self.projector(emb) if self.projector is not None else emb), None
+            with self._tap, self._map:
                 logits, emb = self._tap.run(x)
-            return logits, (self.projector(emb) if self.projector is not None else emb)
+                smap = self._map.map
+            return logits, (self.projector(emb) if self.projector is not None else emb), self.map_projector(smap)
 
-    net = run.wrap(_Pair(student, projector))
+    net = run.wrap(_Pair(student, projector, map_projector))
     labeled_mask = run.labelled_mask()
 
     def student_step(batch_idx, epoch):
@@ -365,11 +400,13 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
         xb = view_inputs(x_train[bi], batch_idx, view, cfg.loop.augment, cfg.seed)
         t_logits, t_e = t_cache.get(view, batch_idx, device)
         with autocast(device):
-            s_logits, s_proj = net(xb)
+            s_logits, s_proj, s_pmap = net(xb)
         s_logits = s_logits.float()
         return weighted_terms(cfg.loss, losses, device, {
             "kd": lambda: dtask.kd_loss(s_logits, dtask.teacher_targets(t_logits, run), cfg.loss.temperature),
             "feat": lambda: feature_kd_loss(s_proj.float(), t_e, cfg.loss.feat_loss),
+            "patch": lambda: feature_map_kd_loss(s_pmap.float(), t_cache.get_patch(view, batch_idx, device),
+                                                 cfg.loss.feat_loss),
             "ce": lambda: labelled_loss(dtask.hard_loss, s_logits, y_train[bi], labeled_mask[bi]),
         })
 
@@ -383,7 +420,8 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
     spe = run.steps_per_epoch
     run.log(f"student {arch}: losses={'+'.join(losses)} epochs={cfg.loop.epochs} steps/epoch={spe}")
     loop = LoopConfig("student", spe, cfg.loop.epochs, cfg.loop.lr, cfg.loop.weight_decay, cfg.loop.batch_size, cfg.seed, cfg.loop.augment)
-    modules = {"student": student} | ({"projector": projector} if projector is not None else {})
+    modules = ({"student": student} | ({"projector": projector} if projector is not None else {})
+               | ({"map_projector": map_projector} if map_projector is not None else {}))
     history = run_loop(loop, modules, student_step, np.arange(len(run.train)), run.ckpt_dir / "student.pt",
                        cfg.resume, run.log, val_metrics, cfg.progress)
     if cfg.labels == "none":

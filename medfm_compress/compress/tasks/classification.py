@@ -95,16 +95,52 @@ class ClassifierDistill(DistillTask):
 
     # ----- training -----
     def teacher_metrics(self, run, teacher, teacher_pre):
+        """The teacher's test metrics and logits: its own head's where it predicts the data's classes; for a
+        head-less teacher (an encoder held as an engine), a linear probe's fitted on its embeddings of the labelled
+        training images (what the student's labels are), early-stopped on val: the teacher a student is measured
+        against. Label-free runs score no teacher."""
         from ..taskprep import adapt_batch, classifier_present, evaluate_model
 
         task = run.task
-        if not classifier_present(teacher.model) or not (self.multilabel or teacher.card.num_classes ==
-                                                          task.num_classes):
+        if not classifier_present(teacher.model):
+            return self._probe_metrics(run, teacher) if run.cfg.labels != "none" else ({}, None)
+        if not (self.multilabel or teacher.card.num_classes == task.num_classes):
             return {}, None
-        metrics, logits, _ = evaluate_model(teacher.model, adapt_batch(run.x_test, run.student_pre, teacher_pre),
+        metrics, logits, _ = evaluate_model(teacher.model, adapt_batch(*run.teacher_inputs("test"), teacher_pre),
                                             run.test.labels, task.task)
         run.log(f"teacher test: accuracy={metrics['accuracy']:.4f} macro_auc={metrics['macro_auc']:.4f}")
         return metrics, logits
+
+    def _probe_metrics(self, run, teacher):
+        import torch
+
+        from ..probe import fit_linear_head
+        from ..teacher_cache import teacher_outputs, training_views
+        from .base import run_losses
+
+        task, cfg = run.task, run.cfg
+        run.log(f"teacher: head-less; fitting a linear probe on its embeddings of the {len(run.labeled)} labelled "
+                "training images to score it")
+        # The training embeddings are the cache's first view, the one the student trains on first: the teacher
+        # pays for them once (the probe fits on that view, augmented as the student's inputs are).
+        cache = teacher_outputs(run, teacher, training_views(cfg), patch="patch" in run_losses(cfg, False))
+        feats = {"train": cache.get(0, run.labeled)[1]}
+        for name in ("val", "test"):
+            if getattr(run, f"x_{name}") is not None:
+                feats[name] = teacher.outputs(*run.teacher_inputs(name), batch_size=cfg.teacher.batch_size or 64)[1]
+        torch.manual_seed(cfg.seed)
+        head = torch.nn.Linear(feats["train"].shape[1], task.num_classes)
+        fit_linear_head(head, feats["train"].cpu().numpy(), np.asarray(run.train.labels)[run.labeled],
+                        feats["val"].cpu().numpy() if "val" in feats else None,
+                        np.asarray(run.val.labels) if "val" in feats else None, self, task.task, run.device,
+                        run.ckpt_dir / "teacher-probe.pt", run.log, cfg.progress and run.rank == 0, seed=cfg.seed)
+        with torch.no_grad():
+            logits = {k: head(v.to(run.device)).float().cpu().numpy() for k, v in feats.items() if k != "train"}
+        metrics = {**self.runtime.task_metrics(logits["test"], run.test.labels), "probe": "linear"}
+        if "val" in logits:
+            metrics["val"] = self.runtime.task_metrics(logits["val"], run.val.labels)
+        run.log(f"teacher test (linear probe): accuracy={metrics['accuracy']:.4f} macro_auc={metrics['macro_auc']:.4f}")
+        return metrics, logits["test"]
 
     def train_student(self, run: DistillRun, resolved: ResolvedTeacher, student, arch: str) -> TrainedStudent:
         """Logit KD / embedding KD / cross-entropy (:func:`~.base.distill_logits`), validation macro AUC."""
@@ -132,8 +168,9 @@ class ClassifierDistill(DistillTask):
             "teacher": {
                 **resolved.test_metrics,
                 "params": count_params(teacher.model),
-                "macs": macs_of(teacher.model, adapt_batch(example, run.student_pre, resolved.preprocess)),
-                "arch": resolved.arch,
+                "macs": macs_of(teacher.model, adapt_batch(run.teacher_inputs("test")[0][:1], run.teacher_inputs("test")[1],
+                                                           resolved.preprocess)),
+                "arch": resolved.arch + (" + linear probe" if resolved.test_metrics.get("probe") else ""),
                 "source": teacher.source,
             },
         }
@@ -142,8 +179,8 @@ class ClassifierDistill(DistillTask):
             metrics["student_teacher_agreement"] = self.runtime.agreement(s_logits, resolved.test_logits)
             metrics["auc_retention"] = s_metrics["macro_auc"] / t_auc if t_auc else None
         metrics["param_ratio"] = metrics["teacher"]["params"] / metrics["student"]["params"]
-        if run.x_val is not None and resolved.test_logits is not None:
-            t_val, _, _ = evaluate_model(teacher.model, adapt_batch(run.x_val, run.student_pre, resolved.preprocess),
+        if run.x_val is not None and resolved.test_logits is not None and "val" not in metrics["teacher"]:
+            t_val, _, _ = evaluate_model(teacher.model, adapt_batch(*run.teacher_inputs("val"), resolved.preprocess),
                                          run.val.labels, task.task)
             metrics["teacher"]["val"] = t_val
         if baseline is not None:

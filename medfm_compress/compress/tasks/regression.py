@@ -110,7 +110,7 @@ class ValueDistill(DistillTask):
 
         if not classifier_present(teacher.model) or teacher.card.num_classes != run.task.num_classes:
             return {}, None
-        outputs, _ = predict(teacher.model, adapt_batch(run.x_test, run.student_pre, teacher_pre))
+        outputs, _ = predict(teacher.model, adapt_batch(*run.teacher_inputs("test"), teacher_pre))
         metrics = self.runtime.scores(outputs, run.test.labels)
         run.log(f"teacher test: MAE={metrics['mae']:.4g} RMSE={metrics['rmse']:.4g} r={metrics['pearson_r']:.4f}")
         return metrics, outputs
@@ -143,7 +143,8 @@ class ValueDistill(DistillTask):
                         "macs": macs_of(student.model, example), "arch": student.arch},
             "teacher": {**resolved.test_metrics, "params": count_params(teacher.model), "arch": resolved.arch,
                         "source": teacher.source,
-                        "macs": macs_of(teacher.model, adapt_batch(example, run.student_pre, resolved.preprocess))},
+                        "macs": macs_of(teacher.model, adapt_batch(run.teacher_inputs("test")[0][:1],
+                                                                   run.teacher_inputs("test")[1], resolved.preprocess))},
         }
         if resolved.test_logits is not None:
             metrics["student_teacher_agreement"] = self.runtime.parity_metrics(resolved.test_logits, s_out)["pearson_r"]

@@ -217,6 +217,9 @@ class SegmentationDistill(DistillTask):
             if cfg.get_option(name) is not None:
                 raise ConfigError(f"{flag} applies to the teacher-output cache of classification, regression and "
                                   f"embedding runs; a segmentation teacher's maps are computed in the training loop")
+        if "patch" in (cfg.loss.losses or ()):
+            raise ConfigError("--loss patch distils a teacher's patch-token map into a classifier's last stage; a "
+                              "segmentation run's feature-map KD is 'feat' (the encoders' deepest stages)")
 
     def default_student(self, volumes: bool) -> str:
         return DEFAULT_SEG3D_STUDENT if volumes else DEFAULT_SEG_STUDENT
