@@ -263,7 +263,9 @@ def write_run(run: DistillRun, resolved: ResolvedTeacher, student: TrainedStuden
         bcard = dataclasses.replace(scard, role="baseline", provenance={**provenance, "losses": ["ce"],
                                     "labeled_images": int(len(run.labeled))})
         artifacts["baseline_weights"], artifacts["baseline_card"] = write_model(baseline, bcard, out, "baseline")
+    engine = getattr(teacher.model, "is_engine", False)  # an engine teacher is not copied: its file is hashed here
     inputs = ({"data": cfg.data} | ({"teacher_weights": cfg.teacher.weights} if cfg.teacher.weights else {})
+              | ({"teacher_engine": cfg.teacher.spec} if engine else {})
               | ({"eval_data": cfg.eval_data} if cfg.eval_data else {}))
     record_run(run.manifest, "distill", {**cfg.to_dict(), "resolved_losses": list(student.losses)}, inputs, task,
                cfg.seed, artifacts, metrics)

@@ -102,6 +102,9 @@ def test_an_engine_teacher_distils_a_student(foreign_onnx, tmp_path):
     assert not (tmp_path / "b" / "teacher.safetensors").exists()
     rec = json.loads((tmp_path / "b" / "manifest.json").read_text())["stages"][-1]
     assert rec["config"]["teacher"]["embedding"] == name and rec["config"]["resolved_losses"] == ["feat", "ce"]
+    from medfm_compress._io import sha256_file
+
+    assert rec["inputs"]["teacher_engine"]["sha256"] == sha256_file(foreign_onnx)
     with pytest.raises(ConfigError, match="no classifier head, so logit KD"):
         distill(DistillConfig.from_options(out=str(tmp_path / "c"), teacher_embedding=name, teacher_mean=MEAN,
                                            teacher_std=STD, **{**base, "losses": ("kd", "ce")}))
