@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,10 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _foundation import cli, work_and_slices  # noqa: E402
+
 from medfm_compress._env import fingerprint  # noqa: E402
 from medfm_compress._io import atomic_write_json  # noqa: E402
-
-CLI = [sys.executable, "-m", "medfm_compress"]
 
 
 def engines(onnx_path: Path, embedding: str, data: str, mean, std) -> dict:
@@ -77,18 +76,11 @@ def main() -> int:
     ap.add_argument("--work", default="runs/bench-engine-teacher")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "engine_teacher.json"))
-    a = ap.parse_args()
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    from medfm_compress.data.examples import head_ct_slices
+    a, work, data = work_and_slices(ap)
     from medfm_compress.models.examples import fetch_engine
 
     onnx_path = fetch_engine("dinov2-vits14", work / "weights")
     info = json.loads((work / "weights" / "dinov2-vits14.engine.json").read_text())
-    slices = work / "headct"
-    if not (slices / "labels.csv").is_file():
-        head_ct_slices(slices, copies=2)
-    data = f"folder:{slices}?size=224"
     result: dict = {"fingerprint": fingerprint(), "teacher": {"onnx": onnx_path.name, "source": info["source"],
                                                               "embedding": info["embedding"]}}
     result["engines"] = engines(onnx_path, info["embedding"], data, info["mean"], info["std"])
@@ -96,15 +88,11 @@ def main() -> int:
             "--teacher-mean", ",".join(map(str, info["mean"])), "--teacher-std", ",".join(map(str, info["std"])),
             "--teacher-views", "2", "--epochs", str(a.epochs), "--baseline", "--quiet", "--json",
             "--cache", str(work / "cache"), "--out", str(work / "student")]
-    print(f"== distill: {' '.join(args)}", flush=True)
-    t0 = time.perf_counter()
-    res = subprocess.run(CLI + args, capture_output=True, text=True)
-    if res.returncode != 0:
-        sys.exit(f"distill failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    m = json.loads(res.stdout)
+    out, wall = cli(args, "distill")
+    m = json.loads(out)
     pick = ("accuracy", "macro_auc", "macro_auc_ci", "params", "arch")
     result["distill"] = {
-        "epochs": a.epochs, "wall_s": round(time.perf_counter() - t0, 1), "test_size": m["test_size"],
+        "epochs": a.epochs, "wall_s": round(wall, 1), "test_size": m["test_size"],
         **{role: {k: m[role].get(k) for k in pick} for role in ("teacher", "student", "baseline")},
         "student_teacher_agreement": m.get("student_teacher_agreement"), "auc_retention": m.get("auc_retention"),
         "distill_gain_auc": m.get("distill_gain_auc"), "distill_gain_auc_ci": m.get("distill_gain_auc_ci"),

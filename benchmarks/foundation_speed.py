@@ -16,30 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _foundation import cli as run  # noqa: E402
+from _foundation import work_and_slices  # noqa: E402
+
 from medfm_compress._env import fingerprint  # noqa: E402
 from medfm_compress._io import atomic_write_json  # noqa: E402
 
-CLI = [sys.executable, "-m", "medfm_compress"]
 ARCH = "timm:vit_base_patch16_clip_quickgelu_224"
-
-
-def run(args: list[str], what: str, ok=(0,)) -> tuple[str, float]:
-    print(f"== {what}: {' '.join(args)}", flush=True)
-    t0 = time.perf_counter()
-    res = subprocess.run(CLI + args, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if res.returncode not in ok:
-        sys.exit(f"{what} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    print(f"   {dt:.1f} s", flush=True)
-    return res.stdout, dt
 
 
 def main() -> int:
@@ -48,17 +37,10 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "foundation_speed.json"))
-    a = ap.parse_args()
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    from medfm_compress.data.examples import head_ct_slices
+    a, work, data = work_and_slices(ap)
     from medfm_compress.models.examples import fetch_example
 
     weights = fetch_example("clip-vit-b16", work / "weights")
-    slices = work / "headct"
-    if not (slices / "labels.csv").is_file():
-        head_ct_slices(slices, copies=2)
-    data = f"folder:{slices}?size=224"
     teacher, student = work / "teacher", work / "student"
     seconds: dict[str, float] = {}
     if not (teacher / "teacher.json").is_file():

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,21 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _foundation import cli as run  # noqa: E402
+from _foundation import work_and_slices  # noqa: E402
+
 from medfm_compress._env import fingerprint  # noqa: E402
 from medfm_compress._io import atomic_write_json  # noqa: E402
 
-CLI = [sys.executable, "-m", "medfm_compress"]
 ARCH = "timm:vit_base_patch16_clip_quickgelu_224"
-
-
-def run(args: list[str], what: str) -> tuple[str, float]:
-    print(f"== {what}: {' '.join(args)}", flush=True)
-    t0 = time.perf_counter()
-    res = subprocess.run(CLI + args, capture_output=True, text=True)
-    dt = time.perf_counter() - t0
-    if res.returncode != 0:
-        sys.exit(f"{what} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return res.stdout, dt
 
 
 def engines(teacher_dir: Path, data: str) -> dict:
@@ -92,17 +83,10 @@ def main() -> int:
     ap.add_argument("--work", default="runs/bench-foundation")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "foundation_teacher.json"))
-    a = ap.parse_args()
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    from medfm_compress.data.examples import head_ct_slices
+    a, work, data = work_and_slices(ap)
     from medfm_compress.models.examples import fetch_example
 
     weights = fetch_example("clip-vit-b16", work / "weights")
-    slices = work / "headct"
-    if not (slices / "labels.csv").is_file():
-        head_ct_slices(slices, copies=2)
-    data = f"folder:{slices}?size=224"
     adapt_dir = work / "adapt"
     if not (adapt_dir / "teacher.json").is_file():
         run(["adapt", "--teacher", ARCH, "--teacher-weights", str(weights), "--data", data, "--method", "linear",
