@@ -10,6 +10,7 @@ judges the student against the teacher: the upper 95% CI bound of its macro-AUC 
 test slices) and its speed-up at batch 1.
 
     python benchmarks/foundation_speed.py [--work DIR] [--epochs 40] [--out benchmarks/results/foundation_speed.json]
+    python benchmarks/foundation_speed.py --student-input-size 128 --out benchmarks/results/foundation_speed_s128.json
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ def main() -> int:
     ap.add_argument("--work", default="runs/bench-foundation-speed")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--iterations", type=int, default=40)
+    ap.add_argument("--student-input-size", type=int, default=None,
+                    help="distil into a student that sees N px (the teacher still sees 224)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "foundation_speed.json"))
     a, work, data = work_and_slices(ap)
     from medfm_compress.models.examples import fetch_example
 
     weights = fetch_example("clip-vit-b16", work / "weights")
-    teacher, student = work / "teacher", work / "student"
+    size = a.student_input_size
+    teacher, student = work / "teacher", work / (f"student-{size}px" if size else "student")
     seconds: dict[str, float] = {}
     if not (teacher / "teacher.json").is_file():
         _, seconds["adapt"] = run(["adapt", "--teacher", ARCH, "--teacher-weights", str(weights), "--data", data,
@@ -49,7 +53,8 @@ def main() -> int:
     if not (student / "student.json").is_file():
         _, seconds["distill"] = run(["distill", "--data", data, "--teacher", str(teacher / "teacher"), "--teacher-views",
                                      "2", "--epochs", str(a.epochs), "--cache", str(work / "cache"), "--out",
-                                     str(student), "--quiet"], f"distill ({a.epochs} epochs)")
+                                     str(student), "--quiet", *(["--student-input-size", str(size)] if size else [])],
+                                    f"distill ({a.epochs} epochs)")
     s_onnx, s_int8 = student / "student.onnx", student / "student.int8.onnx"
     if not s_int8.is_file():
         run(["export", str(student), "--out", str(s_onnx)], "export the student")
@@ -70,6 +75,7 @@ def main() -> int:
     p50 = {n: e["latency"]["1"]["engine"]["p50_ms"] for n, e in arts.items() if "engine" in e["latency"].get("1", {})}
     result = {
         "fingerprint": fingerprint(), "data": "head-CT slices, 224 px", "epochs": a.epochs,
+        "student_input_size": size or 224,
         "p50_ms_batch1": {n: round(v, 3) for n, v in p50.items()},
         "student_int8_vs_teacher_eager": round(p50["teacher"] / p50["student_int8"], 1),
         "student_int8_vs_teacher_auto": round(p50["teacher_auto"] / p50["student_int8"], 1),
