@@ -138,9 +138,9 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     student_pre = native_pre = dtask.student_preprocess(cfg, task, train)
     native_x = None
     if cfg.student.input_size and (cfg.student.input_size,) * 2 != tuple(student_pre.input_size):
-        if task.volumes or dtask.runtime.dense:
-            raise ConfigError(f"--student-input-size applies to per-image tasks; {task.source} is a "
-                              f"{'volume' if task.volumes else task.task} task: resize its data instead (?size=N)")
+        if not dtask.per_image_images:
+            raise ConfigError(f"--student-input-size applies to per-image tasks on 2-D images; {task.source} is a "
+                              f"{task.task} task: resize its data instead (?size=N)")
         student_pre = dataclasses.replace(native_pre, input_size=(cfg.student.input_size,) * 2)
         # The teacher sees the data at its own size; the student at its own, made from the same images.
         native_x = {name: torch.from_numpy(native_pre(s.images)).to(device)

@@ -47,6 +47,9 @@ class TeacherSource:
     # Whether the teacher is built here from an architecture, so that its normalisation can be given
     # (--teacher-mean/--teacher-std); a teacher on disk carries its own in its card.
     takes_normalisation: ClassVar[bool] = False
+    # Why the teacher is used as it is, where it is: its weights are not given, adapted or trained (those flags are
+    # refused with this reason).
+    used_as_is: ClassVar[str] = ""
 
     def matches(self, cfg) -> bool:
         raise NotImplementedError
@@ -57,6 +60,11 @@ class TeacherSource:
             raise ConfigError(f"--teacher-mean/--teacher-std apply to a teacher built from an architecture and weights "
                               f"(--teacher-weights, --teacher-adapt, python:); the {self.name} teacher "
                               f"{cfg.teacher.spec or '(default)'} carries its own normalisation")
+        if self.used_as_is:
+            for field, flag in (("teacher_weights", "--teacher-weights"), ("teacher_adapt", "--teacher-adapt"),
+                                ("teacher_epochs", "--teacher-epochs")):
+                if cfg.get_option(field):
+                    raise ConfigError(f"{flag} does not apply to --teacher {cfg.teacher.spec}: {self.used_as_is}")
 
     def check_data(self, cfg, data) -> None:
         """Refuse, in one line, data this source cannot teach on (once it is read)."""
@@ -316,18 +324,16 @@ class EngineSource(_ModelSource):
 
         return is_engine_spec(cfg.teacher.spec)
 
+    used_as_is: ClassVar[str] = "a teacher held as an engine runs forward only, as it is (adapt the model before " \
+        "exporting it)"
+
     def check(self, cfg) -> None:
         TeacherSource.check(self, cfg)
-        for field, flag in (("teacher_weights", "--teacher-weights"), ("teacher_adapt", "--teacher-adapt"),
-                            ("teacher_epochs", "--teacher-epochs")):
-            if cfg.get_option(field):
-                raise ConfigError(f"{flag} does not apply to --teacher {cfg.teacher.spec}: a teacher held as an engine "
-                                  "runs forward only, as it is (adapt the model before exporting it)")
         if not Path(cfg.teacher.spec).is_file():
             raise ConfigError(f"--teacher {cfg.teacher.spec} does not exist; give an .onnx file or an OpenVINO .xml")
 
     def check_data(self, cfg, data) -> None:
-        if data.volumes or distill_task(data).runtime.dense or not distill_task(data).runtime.has_labels:
+        if not distill_task(data).per_image_images:
             raise ConfigError(f"--teacher {cfg.teacher.spec}: a teacher held as an engine teaches per-image tasks "
                               f"(logit and embedding KD); {data.source} is a {data.task} task")
 
@@ -547,13 +553,10 @@ class FoundationSource(TeacherSource):
 
         return is_teacher_spec(cfg.teacher.spec or "")
 
+    used_as_is: ClassVar[str] = "a foundation encoder loads its own weights from its package and is used as it is"
+
     def check(self, cfg) -> None:
         super().check(cfg)
-        for field, flag in (("teacher_weights", "--teacher-weights"), ("teacher_adapt", "--teacher-adapt"),
-                            ("teacher_epochs", "--teacher-epochs")):
-            if cfg.get_option(field):
-                raise ConfigError(f"{flag} does not apply to --teacher {cfg.teacher.spec}: a foundation encoder loads its "
-                                  "own weights from its package and is used as it is")
         if cfg.teacher.views is not None:
             raise ConfigError(f"--teacher-views does not apply to --teacher {cfg.teacher.spec}: its crops are embedded "
                               "as they are, once, in its embedding cache")

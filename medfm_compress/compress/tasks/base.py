@@ -141,12 +141,15 @@ class DistillTask:
         label_free_embeddings: label-free distillation (``--labels none``) distills embeddings, so a teacher from a
             weight file keeps its own head and input channels (only its features are used).
         adaptable: ``adapt`` can fit a pretrained encoder to this task (a linear probe or fine-tuned head).
+        per_image_images: one labelled output per 2-D image: a teacher held as an engine teaches it, and a student
+            may see the images at another size than the teacher (``--student-input-size``).
     """
 
     teacher_tool: ClassVar[str] = ""
     label_dtype: ClassVar[str] = "int64"
     label_free_embeddings: ClassVar[bool] = False
     adaptable: ClassVar[bool] = False
+    per_image_images: ClassVar[bool] = False
 
     def __init__(self, runtime: Task | str):
         self.runtime = get_task(runtime)
@@ -364,7 +367,8 @@ def distill_logits(dtask: DistillTask, run: DistillRun, resolved: ResolvedTeache
         student.eval()
         _, s_emb = tap.run(x_train[:2])
         s_map = mtap.map
-    t_probe = teacher.outputs(run.teacher_inputs("train")[0][:2], run.teacher_inputs("train")[1], patch=patch)
+    t_x, t_src = run.teacher_inputs("train")
+    t_probe = teacher.outputs(t_x[:2], t_src, patch=patch)
     projector = Projector(s_emb.shape[1], t_probe[1].shape[1]).to(device) if "feat" in losses else None
     map_projector = torch.nn.Conv2d(s_map.shape[1], t_probe[2].shape[1], 1).to(device) if patch else None
 

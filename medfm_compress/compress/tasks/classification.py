@@ -31,6 +31,7 @@ class ClassifierDistill(DistillTask):
     teacher_tool: ClassVar[str] = "teacher-ce-1"
     gain_words: ClassVar[str] = "distilled - baseline macro AUC"
     label_free_embeddings: ClassVar[bool] = True
+    per_image_images: ClassVar[bool] = True
     adaptable: ClassVar[bool] = True
 
     @property
@@ -160,6 +161,7 @@ class ClassifierDistill(DistillTask):
         task, teacher = run.task, resolved.teacher
         s_metrics, s_logits, _ = evaluate_model(student.model, run.x_test, run.test.labels, task.task)
         example = run.x_test[:1]
+        t_test, t_src = run.teacher_inputs("test")
         metrics: dict[str, Any] = {
             "task": task.task,
             "test_size": len(run.test),
@@ -168,8 +170,7 @@ class ClassifierDistill(DistillTask):
             "teacher": {
                 **resolved.test_metrics,
                 "params": count_params(teacher.model),
-                "macs": macs_of(teacher.model, adapt_batch(run.teacher_inputs("test")[0][:1], run.teacher_inputs("test")[1],
-                                                           resolved.preprocess)),
+                "macs": macs_of(teacher.model, adapt_batch(t_test[:1], t_src, resolved.preprocess)),
                 "arch": resolved.arch + (" + linear probe" if resolved.test_metrics.get("probe") else ""),
                 "source": teacher.source,
             },

@@ -27,6 +27,7 @@ class ValueDistill(DistillTask):
     teacher_tool: ClassVar[str] = "teacher-mse-standardised-1"
     label_dtype: ClassVar[str] = "float32"
     label_free_embeddings: ClassVar[bool] = True
+    per_image_images: ClassVar[bool] = True
 
     def defaults(self, volumes: bool) -> dict[str, Any]:
         # No temperature: the KD term is a squared error, nothing is softened.
@@ -135,6 +136,7 @@ class ValueDistill(DistillTask):
         task, teacher, labels = run.task, resolved.teacher, run.test.labels
         s_out, _ = predict(student.model, run.x_test)
         example = run.x_test[:1]
+        t_test, t_src = run.teacher_inputs("test")
         metrics: dict[str, Any] = {
             "task": self.name,
             "test_size": len(run.test),
@@ -143,8 +145,7 @@ class ValueDistill(DistillTask):
                         "macs": macs_of(student.model, example), "arch": student.arch},
             "teacher": {**resolved.test_metrics, "params": count_params(teacher.model), "arch": resolved.arch,
                         "source": teacher.source,
-                        "macs": macs_of(teacher.model, adapt_batch(run.teacher_inputs("test")[0][:1],
-                                                                   run.teacher_inputs("test")[1], resolved.preprocess))},
+                        "macs": macs_of(teacher.model, adapt_batch(t_test[:1], t_src, resolved.preprocess))},
         }
         if resolved.test_logits is not None:
             metrics["student_teacher_agreement"] = self.runtime.parity_metrics(resolved.test_logits, s_out)["pearson_r"]
