@@ -27,7 +27,11 @@ __all__ = [
     "nanmean_rows",
     "none_if_nan",
     "paired_bootstrap",
+    "wilson_interval",
+    "wilson_cases_needed",
 ]
+
+Z95 = 1.959963984540054  # the two-sided 95% normal quantile
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -59,6 +63,27 @@ def binary_auc(scores: np.ndarray, positives: np.ndarray) -> float:
     ranks[order] = np.repeat(avg, ends - starts)
     u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a proportion of ``k`` successes in ``n`` trials: what ``k/n``
+    can show about the true rate. Unlike the normal approximation it stays inside [0, 1] and is honest at 0 and n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def wilson_cases_needed(threshold: float, z: float = Z95) -> int:
+    """The fewest trials whose Wilson lower bound can reach ``threshold`` at all (every trial a success:
+    ``n / (n + z^2) >= threshold``)."""
+    if threshold <= 0:
+        return 1
+    if threshold >= 1:
+        raise ValueError("no finite sample shows a rate of 1")
+    return int(np.ceil(z * z * threshold / (1 - threshold) - 1e-9))
 
 
 def top1_agreement(logits_a: np.ndarray, logits_b: np.ndarray) -> float:

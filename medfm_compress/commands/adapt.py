@@ -36,6 +36,8 @@ def _default(name: str) -> str:
               help="finetune: train only the last N blocks/stages of the encoder (default: all layers).")
 @click.option("--epochs", default=None, type=int, help="Maximum epochs (default 100 linear, 10 finetune); "
               "training stops early when val AUC stops improving.")
+@click.option("--steps", default=None, type=int, help="finetune: the budget in optimizer steps instead of epochs "
+              "(rounded up to whole epochs; early stopping still applies).")
 @click.option("--patience", default=None, type=int, help="Epochs without a val AUC gain before stopping "
               "(default 10 linear, 3 finetune).")
 @click.option("--lr", default=None, type=float, help="Head learning rate (default 1e-2 linear, 1e-3 finetune).")

@@ -72,10 +72,21 @@ def _task_defaults(key: str) -> str:
               + _default("labels"))
 @click.option("--label-fraction", default=None, type=float,
               help="Fraction of training labels used (stratified, seeded)." + _default("label_fraction"))
-@click.option("--epochs", default=None, type=int, help="Student epochs." + _task_defaults("epochs"))
+@click.option("--epochs", default=None, type=int,
+              help="Student epochs (the baseline's too)." + _task_defaults("epochs") + " Left unset with --steps "
+              "unset, a data set smaller than the embedded default gets as many optimizer steps as it does.")
+@click.option("--steps", default=None, type=int,
+              help="The student's budget in optimizer steps instead of epochs (rounded up to whole epochs; the "
+              "plan line says what runs).")
 @click.option("--teacher-epochs", default=None, type=int,
-              help="Train the teacher from scratch on this data's full training labels for N epochs (when you have "
-              "no pretrained teacher; any data spec; cached). Default 4 for the embedded synthetic task.")
+              help="Train the teacher from scratch on this data's full training labels for at most N epochs (when "
+              "you have no pretrained teacher; any data spec; cached); with a validation split it stops early and "
+              "keeps its best state. Default 4 for the embedded synthetic task, and at least the steps they give it.")
+@click.option("--teacher-steps", default=None, type=int,
+              help="As --teacher-epochs, in optimizer steps.")
+@click.option("--teacher-patience", default=None, type=int,
+              help="A teacher trained from scratch stops after this many steps without a better validation score "
+              "[default: a third of its budget].")
 @click.option("--teacher-adapt", type=click.Choice(["linear", "finetune"]), default=None,
               help="Adapt a pretrained --teacher/--teacher-weights to this data's labelled subset first (linear probe "
               "or fine-tune, as `medfm-compress adapt`), cached by weights hash, data digest and config.")
@@ -106,7 +117,7 @@ def _task_defaults(key: str) -> str:
               "model exported by medfm-compress; none for another].")
 @click.option("--teacher-views", default=None, type=int,
               help="With augmentation: augmented views of each training image the teacher answers once; epoch e "
-              "trains on view e mod N [default: one per epoch].")
+              "trains on view e mod N [default: one per epoch, at most 12].")
 @click.option("--teacher-batch-size", default=None, type=int,
               help="Images per teacher batch when filling the cache [default: 64; a foundation encoder's crops: 1].")
 @click.option("--seed", default=None, type=int, help="Seed of everything random." + _default("seed"))

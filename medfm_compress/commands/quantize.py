@@ -138,6 +138,8 @@ def command(input_path, per_tensor, full_range_weights, exclude, mean, std, batc
         from ..compress.quantize import parity_text
 
         click.echo(f"held-out parity vs fp32: {parity_text(p)}, SQNR {p['sqnr_db']:.1f} dB")
+    for w in res.report.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
     if "auto_table" in res.report:
         for r in res.report["auto_table"]:
             state = (f"{r['latency_ms']:8.3f} ms  agreement {r['top1_agreement']:.4f}  "

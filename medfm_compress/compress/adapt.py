@@ -33,6 +33,7 @@ from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
 from ..runtime.tasks import get_task
 from .artifacts import RunResult, TrainLog, record_run, write_model
+from .budget import plan_budget
 from .probe import BestState, fit_linear_head
 from .tasks import adaptable_task_names
 from .tasks.classification import summary_warnings
@@ -66,6 +67,8 @@ class AdaptConfig(DictConfig):
     teacher_std: tuple[float, ...] | None = None
     finetune_blocks: int | None = None
     epochs: int | None = None
+    # --method finetune: the budget in optimizer steps instead of epochs (rounded up to whole epochs).
+    steps: int | None = None
     lr: float | None = None
     encoder_lr_scale: float = 0.1
     patience: int | None = None
@@ -91,7 +94,12 @@ class AdaptConfig(DictConfig):
             raise ConfigError(f"unknown --weights-key-map {self.weights_key_map!r}; choose from {', '.join(KEY_MAPS)}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ConfigError(f"label-fraction must be in (0, 1], got {self.label_fraction}")
-        for name in ("epochs", "patience", "finetune_blocks", "input_size"):
+        if self.steps is not None and self.method != "finetune":
+            raise ConfigError("--steps sets a fine-tune's budget (--method finetune); a linear probe runs --epochs "
+                              "over cached features")
+        if self.steps is not None and self.epochs is not None:
+            raise ConfigError("--epochs and --steps both set the budget; give one")
+        for name in ("epochs", "steps", "patience", "finetune_blocks", "input_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {v}")
@@ -438,7 +446,9 @@ def adapt_teacher(cfg: AdaptConfig, task, log, device, work_dir: str | Path) -> 
         n_enc = sum(p.numel() for p in encoder.parameters())
         log(f"fine-tune: {n_enc / 1e6:.2f}M encoder parameters at {cfg.encoder_lr_scale} x lr"
             f"{'' if cfg.finetune_blocks is None else f' (last {cfg.finetune_blocks} blocks)'}, new head at lr {lr}")
-        loop = LoopConfig("finetune", spe, epochs, lr, 0.02, bs, cfg.seed, cfg.augment)
+        budget = plan_budget(spe, epochs=cfg.epochs, steps=cfg.steps, default_epochs=epochs, default_steps=None)
+        log(f"fine-tune budget: at most {budget.plan(len(labeled), bs)}")
+        loop = LoopConfig("finetune", spe, budget.epochs, lr, 0.02, bs, cfg.seed, cfg.augment)
         result = run_loop(loop, {"head": head, "encoder": encoder}, step, np.arange(len(labeled)),
                           ckpt_dir / "adapt-finetune.pt", False, log, epoch_end, cfg.progress,
                           lr_scales={"encoder": cfg.encoder_lr_scale},

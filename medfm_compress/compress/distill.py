@@ -22,13 +22,22 @@ from ..errors import ConfigError
 from ..layout import RunLayout
 from ..manifest import Manifest, check_inputs
 from .artifacts import RunResult, TrainLog, link_or_copy, record_run, write_model
+from .budget import plan_budget
 from .distill_config import DistillConfig, DistillLoopConfig, LossConfig, StudentConfig, TeacherConfig
 from .taskprep import (
     accepted_keywords,
     labeled_subset,
     select_device,
 )
-from .tasks import DistillRun, DistillTask, ResolvedTeacher, TrainedStudent, distill_task, distill_task_names
+from .tasks import (
+    DistillRun,
+    DistillTask,
+    ResolvedTeacher,
+    TrainedStudent,
+    distill_task,
+    distill_task_names,
+    weak_teacher_warnings,
+)
 from .teachers import names_architecture, teacher_source, train_supervised
 
 __all__ = [
@@ -121,6 +130,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
     source = teacher_source(cfg)
     source.check(cfg)
     source.check_data(cfg, task)
+    asked_epochs = cfg.loop.epochs
     cfg = resolve_task_defaults(cfg, dtask, task.volumes)
     train, val, test, eval_task = dtask.load_splits(cfg, task)
     if len(train) < cfg.loop.batch_size * world:
@@ -128,6 +138,11 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
             f"the train split has {len(train)} images, fewer than one batch ({cfg.loop.batch_size} x {world} ranks); "
             "lower --batch-size"
         )
+    steps_per_epoch = len(train) // (cfg.loop.batch_size * world)
+    default_epochs = dtask.defaults(task.volumes)["epochs"]
+    budget = plan_budget(steps_per_epoch, epochs=asked_epochs, steps=cfg.loop.steps, default_epochs=default_epochs,
+                         default_steps=dtask.default_steps(default_epochs, task.volumes))
+    cfg = cfg.replace_options(epochs=budget.epochs, steps=None)  # the manifest records the epochs run
     log(f"data {task.source}: task={task.task} classes={task.num_classes} channels={task.channels} "
         f"size={task.image_size} train/val/test={len(train)}/{len(val) if val else 0}/{len(test) if test else 0}")
     for line in split_summary(task):
@@ -153,6 +168,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
                               groups=train.groups if task.whole_cases else None)
                if dtask.runtime.has_labels else np.arange(len(train)))
     log(f"labels: {cfg.labels}; labeled subset {len(labeled)}/{len(train)} (fraction {cfg.label_fraction})")
+    log(f"student budget: {budget.plan(len(train), cfg.loop.batch_size * world)}")
     y_train, label_state = dtask.prepare_labels(np.asarray(train.labels))
     return DistillRun(
         cfg=cfg, device=device, distributed=distributed, rank=rank, world=world, out=out, log=log,
@@ -163,7 +179,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
         x_test=torch.from_numpy(whole(test.images)).to(device) if test is not None else None,
         y_train=torch.from_numpy(np.asarray(y_train)).to(device=device, dtype=getattr(torch, dtask.label_dtype)),
         label_state=label_state,
-        labeled=labeled, steps_per_epoch=len(train) // (cfg.loop.batch_size * world), eval_task=eval_task,
+        labeled=labeled, steps_per_epoch=steps_per_epoch, eval_task=eval_task, budgets={"student": budget},
         native_pre=native_pre if native_x is not None else None, native_x=native_x,
     )
 
@@ -173,7 +189,8 @@ def resolve_task_defaults(cfg: DistillConfig, task, volumes: bool = False) -> Di
     from its :meth:`~medfm_compress.compress.tasks.DistillTask.defaults` (batch size, KD temperature; ``volumes``:
     3-D data); the manifest records the values used."""
     defaults = distill_task(task).defaults(volumes)
-    unset = {k: v for k, v in defaults.items() if cfg.get_option(k) is None}
+    unset = {k: v for k, v in defaults.items() if cfg.get_option(k) is None
+             and not (k == "epochs" and cfg.loop.steps is not None)}  # a step budget is planned once the data is read
     return cfg.replace_options(**unset) if unset else cfg
 
 
@@ -290,6 +307,8 @@ def distill(cfg: DistillConfig) -> DistillResult:
         baseline = train_baseline(run, student.arch) if cfg.baseline else None
         _barrier(run)
         metrics = run.dtask.run_metrics(run, resolved, student, baseline, time.time() - t_start)
+        metrics["budget"] = {role: b.to_dict() for role, b in run.budgets.items()}
+        metrics["warnings"] = [*metrics.get("warnings", []), *weak_teacher_warnings(run.dtask, metrics, run)]
         artifacts = write_run(run, resolved, student, baseline, metrics) if run.rank == 0 else {}
     if run.distributed:
         import torch.distributed as dist

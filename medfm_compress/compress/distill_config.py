@@ -30,7 +30,11 @@ class TeacherConfig(DictConfig):
             (``astra-ct``), or None: the data's task's default, trained from scratch (``--teacher``).
         weights: a weight file for ``spec`` (``--teacher-weights``).
         weights_key_map: how the file's keys map onto the model: ``name`` or ``order``.
-        epochs: train the teacher from scratch for this many epochs (``--teacher-epochs``).
+        epochs, steps: train the teacher from scratch for at most this many epochs (``--teacher-epochs``) or optimizer
+            steps (``--teacher-steps``), stopping early on its validation score; default: 4 epochs, and at least
+            the steps they give the embedded default (:mod:`medfm_compress.compress.budget`).
+        patience: a teacher trained from scratch stops after this many optimizer steps without a better validation
+            score (``--teacher-patience``; default a third of its budget), and keeps its best state.
         adapt: adapt a pretrained teacher to the data's labels first: ``linear`` or ``finetune``.
         cache: where the teacher's outputs are cached: a foundation encoder's per-crop embeddings (default
             ``<cache>/embeddings``), any other teacher's outputs per training image and view (default
@@ -41,7 +45,7 @@ class TeacherConfig(DictConfig):
             channel) for a teacher built from an architecture and weights (``--teacher-weights``, ``--teacher-adapt``,
             ``python:``); default: its pretraining's from timm, else the data's. Recorded in the teacher's card.
         views: with augmentation, the augmented views of each training image the teacher answers once
-            (``--teacher-views``); epoch ``e`` trains on view ``e % views``. None: one per epoch.
+            (``--teacher-views``); epoch ``e`` trains on view ``e % views``. None: one per epoch, at most 12.
         embedding, logits: for a teacher held as an engine (``--teacher model.onnx`` or an OpenVINO ``.xml``), the
             tensors to distil by name (``--teacher-embedding NAME[:cls|:mean]``, ``--teacher-logits NAME``), see
             :mod:`medfm_compress.models.engine_teacher`.
@@ -51,6 +55,8 @@ class TeacherConfig(DictConfig):
     weights: str | None = option(name="teacher_weights")
     weights_key_map: Literal["name", "order"] = "name"
     epochs: int | None = option(name="teacher_epochs")
+    steps: int | None = option(name="teacher_steps")
+    patience: int | None = option(name="teacher_patience")
     adapt: Literal["linear", "finetune"] | None = option(name="teacher_adapt")
     cache: str | None = None
     batch_size: int | None = option(name="teacher_batch_size")
@@ -64,14 +70,19 @@ class TeacherConfig(DictConfig):
         from ..models.engine_teacher import is_engine_spec
         from .teachers import teacher_path
 
-        require_positive(self, "epochs", "batch_size", "views",
-                  flags={"epochs": "teacher-epochs", "batch_size": "teacher-batch-size", "views": "teacher-views"})
+        require_positive(self, "epochs", "steps", "patience", "batch_size", "views",
+                         flags={"epochs": "teacher-epochs", "steps": "teacher-steps", "patience": "teacher-patience",
+                                "batch_size": "teacher-batch-size", "views": "teacher-views"})
+        if self.epochs is not None and self.steps is not None:
+            raise ConfigError("--teacher-epochs and --teacher-steps both set the teacher's budget; give one")
         if self.weights and not self.spec:
             raise ConfigError("--teacher-weights needs --teacher naming its architecture (e.g. timm:vit_small_patch16_224)")
         if self.adapt is not None and self.adapt not in ("linear", "finetune"):
             raise ConfigError(f"unknown --teacher-adapt {self.adapt!r}; choose linear or finetune")
-        if self.adapt and self.epochs is not None:
-            raise ConfigError("--teacher-adapt adapts pretrained weights; --teacher-epochs trains from scratch: pick one")
+        if self.adapt and self.from_scratch:
+            raise ConfigError("--teacher-adapt adapts pretrained weights; --teacher-epochs/--teacher-steps train from "
+                              "scratch: pick one")
+
         if self.adapt and (self.spec is None or teacher_path(self.spec) is not None):
             raise ConfigError("--teacher-adapt needs --teacher ARCH (with --teacher-weights for a pretrained model)")
         if (self.embedding or self.logits) and not is_engine_spec(self.spec):
@@ -82,6 +93,11 @@ class TeacherConfig(DictConfig):
         from .adapt import check_normalisation
 
         check_normalisation(self.mean, self.std)
+
+    @property
+    def from_scratch(self) -> bool:
+        """Whether a budget to train the teacher from scratch was given."""
+        return self.epochs is not None or self.steps is not None
 
 
 @dataclass(frozen=True)
@@ -148,13 +164,17 @@ class DistillLoopConfig(DictConfig):
     """The student's training loop (:func:`medfm_compress.compress.train.run_loop`); None: the data's task's default.
 
     Attributes:
-        epochs, batch_size, lr, weight_decay: the optimizer's budget and settings (AdamW, cosine schedule).
+        epochs, steps: the budget, in epochs (``--epochs``) or optimizer steps (``--steps``, rounded up to whole
+            epochs); None for both: the task's default epochs, and at least the steps they give the embedded
+            default (:func:`medfm_compress.compress.budget.plan_budget`). The baseline gets the same.
+        batch_size, lr, weight_decay: the optimizer's settings (AdamW, cosine schedule).
         augment: augment the training images (and label maps with them).
         head_epochs: without labels (``labels: none``), the epochs fitting the student's classifier on its frozen
             embeddings of the labeled subset afterwards.
     """
 
     epochs: int | None = None
+    steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float = 0.02
@@ -162,7 +182,9 @@ class DistillLoopConfig(DictConfig):
     head_epochs: int = 30
 
     def __post_init__(self):
-        require_positive(self, "epochs", "batch_size", "head_epochs")
+        require_positive(self, "epochs", "steps", "batch_size", "head_epochs")
+        if self.epochs is not None and self.steps is not None:
+            raise ConfigError("--epochs and --steps both set the budget; give one")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
 
@@ -214,11 +236,15 @@ class DistillConfig(PartedConfig):
         if self.teacher.views is not None and self.loop.augment is False:
             raise ConfigError("--teacher-views counts augmented views; with --no-augment the teacher answers each "
                               "image once: drop one of them")
-        if self.teacher.spec is None and not self.data.startswith("synthetic") and self.teacher.epochs is None:
+        if self.teacher.patience is not None and (self.teacher.adapt or self.teacher.weights or not (
+                self.teacher.from_scratch or (self.data.startswith("synthetic") and self.teacher.spec is None))):
+            raise ConfigError("--teacher-patience stops a teacher trained from scratch; give --teacher-steps or "
+                              "--teacher-epochs with it")
+        if self.teacher.spec is None and not self.data.startswith("synthetic") and not self.teacher.from_scratch:
             raise ConfigError(
                 "no --teacher given for real data: pass --teacher ARCH --teacher-weights FILE (add --teacher-adapt "
                 "linear|finetune when it predicts another label set), a run directory's teacher (adapt --out DIR: "
-                "--teacher DIR/teacher), or --teacher-epochs N to train one from scratch on these labels"
+                "--teacher DIR/teacher), or --teacher-steps N (--teacher-epochs N) to train one from scratch on these labels"
             )
 
     @classmethod

@@ -371,6 +371,9 @@ def quantize(cfg: QuantizeConfig, timer: Callable[..., dict[str, float]] | None 
         )
         qm = target.fn(ctx)
         _speed_check(ctx, qm)
+        confidence = gate_confidence(qm.report.get("parity") or {}, cfg, task)  # the command prints them
+        if confidence:
+            qm.report["warnings"] = [*qm.report.get("warnings", []), *confidence]
 
         source_sha = sha256_file(fp32_path)
 
@@ -537,19 +540,62 @@ def parity_text(p: dict[str, Any]) -> str:
     """A parity record's figures in words (mean Dice first for segmentation)."""
     if p.get("pearson_r") is not None:
         return f"Pearson r {p['pearson_r']:.5f}, mean absolute difference {p['mae']:.4g}, cosine {p['cosine']:.5f}"
-    dice = f"mean Dice {p['mean_dice']:.4f}, pixel agreement" if p.get("mean_dice") is not None else "top-1 agreement"
-    return f"{dice} {p['top1_agreement']:.4f}, cosine {p['cosine']:.5f}"
+    def ci(key):
+        c = p.get(f"{key}_ci")
+        return f" [95% CI {c[0]:.4f}, {c[1]:.4f}]" if c else ""
+
+    dice = (f"mean Dice {p['mean_dice']:.4f}{ci('mean_dice')}, pixel agreement" if p.get("mean_dice") is not None
+            else "top-1 agreement")
+    cases = f" ({p['cases']} cases)" if p.get("cases") else ""
+    return f"{dice} {p['top1_agreement']:.4f}{ci('top1_agreement')}, cosine {p['cosine']:.5f}{cases}"
 
 
 def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, float]:
-    """Parity of a quantized model's logits against fp32 on the same inputs (the comparator's figures)."""
-    from ..metrics import top1_agreement
+    """Parity of a quantized model's logits against fp32 on the same inputs (the comparator's figures), with the
+    number of held-out cases and the 95% interval of the figure the task's gate judges: Wilson for a classifier's
+    top-1 agreement, a bootstrap over cases for a segmentation model's mean Dice."""
+    from ..metrics import top1_agreement, wilson_interval
 
-    p = get_task(task).parity_metrics(ref, got)
+    t = get_task(task)
+    p = t.parity_metrics(ref, got)
     if p["top1_agreement"] is None:
         # No classes (an embedding): the argmax agreement is reported and ranked on, never gated (min_agreement 0).
         p["top1_agreement"] = top1_agreement(ref, got)
+    ref, got = np.asarray(ref), np.asarray(got)
+    p["cases"] = n = int(len(ref))
+    if "mean_dice" in t.gate_metrics and p.get("mean_dice") is not None:
+        from ..segmetrics import pooled_dice_interval
+
+        p["mean_dice_ci"] = list(pooled_dice_interval(got.argmax(1), ref.argmax(1), ref.shape[1]))
+    elif "top1_agreement" in t.gate_metrics and ref.ndim == 2 and n:
+        k = p["top1_agreement"] * n
+        if abs(k - round(k)) < 1e-6:  # a share of whole cases (a multi-label agreement per label is not)
+            p["top1_agreement_ci"] = list(wilson_interval(round(k), n))
     return p
+
+
+def gate_confidence(parity: dict[str, Any], cfg: QuantizeConfig, task) -> list[str]:
+    """``warning:`` lines for a gate passed on a point value whose 95% interval reaches below the threshold: how many
+    held-out cases judged it, the interval, and (agreement) how many cases could show the threshold at all."""
+    from ..metrics import wilson_cases_needed
+
+    task = get_task(task)
+    out = []
+    n = parity.get("cases")
+    for metric, option in (("top1_agreement", "min_agreement"), ("mean_dice", "min_dice")):
+        ci, threshold, value = parity.get(f"{metric}_ci"), getattr(cfg.gate, option), parity.get(metric)
+        if ci is None or value is None or not threshold or value < threshold or ci[0] >= threshold:
+            continue
+        words = task.agreement_words if metric == "top1_agreement" else "mean Dice vs fp32's masks"
+        need = ""
+        if metric == "top1_agreement" and threshold < 1:
+            m = wilson_cases_needed(threshold)
+            need = (f"; {n} cases cannot show {threshold} at all (it takes {m} that all agree)" if n < m else
+                    f"; {m} cases that all agree are the fewest that could")
+        out.append(f"the gate passed on its point value: {n} held-out cases show {words} {value:.4f}, 95% CI "
+                   f"[{ci[0]:.4f}, {ci[1]:.4f}], whose lower bound is under the gate's {threshold}{need}; judge on more "
+                   "held-out images (--num-holdout, a larger --calib-data)")
+    return out
 
 
 def parity_columns(parity: dict[str, Any]) -> dict[str, float]:

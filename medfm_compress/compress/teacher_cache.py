@@ -211,12 +211,18 @@ def _np(t) -> np.ndarray:
     return t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, np.float32)
 
 
+# The most views a teacher answers by default: a small data set trained for many short epochs (a step budget)
+# cycles through these instead of paying the teacher again every epoch.
+DEFAULT_MAX_VIEWS = 12
+
+
 def training_views(cfg) -> int:
     """Views of each training image the teacher answers: 1 without augmentation; else ``--teacher-views``, by
-    default one per epoch (every epoch its own view, as a teacher run at every step would see)."""
+    default one per epoch (every epoch its own view, as a teacher run at every step would see), at most
+    :data:`DEFAULT_MAX_VIEWS`."""
     if not cfg.loop.augment:
         return 1
-    return int(cfg.teacher.views or cfg.loop.epochs)
+    return int(cfg.teacher.views or min(cfg.loop.epochs, DEFAULT_MAX_VIEWS))
 
 
 def view_inputs(x, index, view: int, augment: bool, seed: int):

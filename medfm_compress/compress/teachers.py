@@ -28,6 +28,7 @@ from .._registry import Registry
 from ..errors import ConfigError, ModelError
 from ..layout import RunLayout
 from .artifacts import write_model
+from .budget import BestOnVal, plan_budget
 from .taskprep import FrozenTeacher, accepted_keywords, adapt_batch, autocast
 from .tasks import DistillRun, ResolvedTeacher, distill_task
 
@@ -36,7 +37,7 @@ __all__ = ["TeacherSource", "FoundationTeacher", "register_teacher_source", "tea
 
 TEACHER_EPOCHS = 4
 TEACHER_LR = 2e-3
-_TEACHER_KEY_VERSION = 1  # part of a scratch teacher's cache key
+_TEACHER_KEY_VERSION = 2  # part of a scratch teacher's cache key
 
 
 class TeacherSource:
@@ -62,7 +63,7 @@ class TeacherSource:
                               f"{cfg.teacher.spec or '(default)'} carries its own normalisation")
         if self.used_as_is:
             for field, flag in (("teacher_weights", "--teacher-weights"), ("teacher_adapt", "--teacher-adapt"),
-                                ("teacher_epochs", "--teacher-epochs")):
+                                ("teacher_epochs", "--teacher-epochs"), ("teacher_steps", "--teacher-steps")):
                 if cfg.get_option(field):
                     raise ConfigError(f"{flag} does not apply to --teacher {cfg.teacher.spec}: {self.used_as_is}")
 
@@ -100,7 +101,7 @@ def teacher_source(cfg) -> TeacherSource:
             return source
     raise ModelError(
         f"teacher {cfg.teacher.spec} has no weights; pass --teacher-weights FILE (.safetensors or .pt), or "
-        "--teacher-epochs N to train it from scratch on these labels"
+        "--teacher-steps N (or --teacher-epochs N) to train it from scratch on these labels"
     )
 
 
@@ -131,9 +132,11 @@ def names_architecture(spec: str) -> bool:
     return teacher_path(spec) is None and not is_teacher_spec(spec) and not is_engine_spec(spec)
 
 
-def train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs: int, lr: float, ckpt: Path):
+def train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs: int, lr: float, ckpt: Path,
+                     best: BestOnVal | None = None):
     """Label-only training on ``idx`` of the training set with the task's loss (a teacher from scratch, the
-    baseline)."""
+    baseline); with ``best``, scored on the validation split after every epoch, stopped early and left in its best
+    state."""
     import torch
 
     from .train import LoopConfig, augment_batch, run_loop
@@ -153,7 +156,13 @@ def train_supervised(run: DistillRun, name: str, model, idx: np.ndarray, epochs:
         return loss, {"loss": float(loss.detach())}
 
     loop = LoopConfig(name, run.steps_per_epoch, epochs, lr, cfg.loop.weight_decay, cfg.loop.batch_size, cfg.seed, cfg.loop.augment)
-    return run_loop(loop, {"model": model}, step, idx, ckpt, cfg.resume, run.log, progress=cfg.progress)
+    result = run_loop(loop, {"model": model}, step, idx, ckpt, cfg.resume, run.log, progress=cfg.progress,
+                      epoch_end=best.epoch_end if best else None, stop_after=best.stop_after if best else None)
+    if best is not None:
+        result["best"] = kept = best.restore()
+        if kept:
+            run.log(f"[{name}] kept epoch {kept['best_epoch']} of {len(result['history'])} ({best.key} {best.best})")
+    return result
 
 
 def _from_card(run: DistillRun, card_path: Path, arch: str):
@@ -440,17 +449,19 @@ class FactorySource(_ModelSource):
 
 class ScratchSource(_ModelSource):
     """The architecture (default: the task's) trained on the data's full labels, cached by a hash of the data, the
-    architecture and the training settings: the embedded synthetic default's teacher, or ``--teacher-epochs N``."""
+    architecture and the training settings: the embedded synthetic default's teacher, or ``--teacher-steps N`` /
+    ``--teacher-epochs N`` (a ceiling: with a validation split it stops early and keeps its best state)."""
 
     name: ClassVar[str] = "scratch"
 
     def matches(self, cfg) -> bool:
-        return cfg.data.startswith("synthetic") or cfg.teacher.epochs is not None
+        return cfg.data.startswith("synthetic") or cfg.teacher.from_scratch
 
     @staticmethod
-    def cache_key(cfg, task, arch: str, epochs: int, data_digest: str) -> str:
+    def cache_key(cfg, task, arch: str, budget, patience: int | None, data_digest: str) -> str:
         blob = json.dumps({
-            "data": data_digest, "arch": arch, "epochs": epochs, "seed": cfg.seed, "batch_size": cfg.loop.batch_size,
+            "data": data_digest, "arch": arch, "epochs": budget.epochs, "steps": budget.steps, "patience": patience,
+            "seed": cfg.seed, "batch_size": cfg.loop.batch_size,
             "augment": cfg.loop.augment, "labels": task.label_names, "v": _TEACHER_KEY_VERSION,
             # How the task trains a teacher from scratch (its loss): a change there is a new teacher.
             "tool": distill_task(task).teacher_tool,
@@ -484,26 +495,44 @@ class ScratchSource(_ModelSource):
         arch = cfg.teacher.spec or run.dtask.default_teacher(task.volumes)
         model, tcard, pre = _from_arch(run, arch)
         _checked(run, model, pre, arch)
-        epochs = cfg.teacher.epochs or TEACHER_EPOCHS
-        key = self.cache_key(cfg, task, arch, epochs, self.data_digest(cfg, task))
+        budget = plan_budget(run.steps_per_epoch, epochs=cfg.teacher.epochs, steps=cfg.teacher.steps,
+                             default_epochs=TEACHER_EPOCHS,
+                             default_steps=run.dtask.default_steps(TEACHER_EPOCHS, task.volumes),
+                             flags=("--teacher-epochs", "--teacher-steps"))
+        patience = cfg.teacher.patience or max(1, budget.steps // 3)
+        early = run.x_val is not None and bool(run.dtask.val_key)
+        run.budgets["teacher"] = budget
+        epochs = budget.epochs
+        key = self.cache_key(cfg, task, arch, budget, patience if early else None, self.data_digest(cfg, task))
         tdir = cache_dir() / "teachers" / key
         tw = RunLayout(tdir).weights("teacher")
         if tw.exists():
             load_weights(model, tw, what=f"cached teacher {arch}")
+            card = RunLayout(tdir).card("teacher")
+            kept = (json.loads(card.read_text()).get("provenance") or {}) if card.is_file() else {}
+            run.teacher_val = {k: v for k, v in kept.items() if k == "best_epoch" or k.startswith("val_")} or None
             log(f"teacher: no --teacher-weights; using the default teacher {arch} trained on the full labels, "
                 f"cached at {tdir}")
         else:
             if run.rank == 0:
-                log(f"teacher: no --teacher-weights; training {arch} on the full labels of {task.source} "
-                    f"({epochs} epochs), cached by config hash at {tdir}")
+                log(f"teacher: no --teacher-weights; training {arch} on the full labels of {task.source}, cached by "
+                    f"config hash at {tdir}")
+                log(f"teacher budget: at most {budget.plan(len(run.train), cfg.loop.batch_size * run.world)}"
+                    + (f"; stops after {patience} steps without a better {run.dtask.val_key} and keeps its best state"
+                       if early else "; no validation split: no early stop"))
             ensure_dir(tdir)
-            train_supervised(run, "teacher", model, np.arange(len(run.train)), epochs, TEACHER_LR,
-                             tdir / "teacher-checkpoint.pt")
+            best = (BestOnVal(model, lambda m: run.dtask.val_scores(run, m), run.dtask.val_key,
+                              run.dtask.val_higher_is_better, patience, run.steps_per_epoch, tdir / "teacher-best.pt")
+                    if early else None)
+            trained = train_supervised(run, "teacher", model, np.arange(len(run.train)), epochs, TEACHER_LR,
+                                       tdir / "teacher-checkpoint.pt", best=best)
+            run.teacher_val = trained.get("best") or None
             run.dtask.finish_model(model, run)
             model = model.to(run.device)
             if run.rank == 0:
                 tcard.num_params = count_params(model)
-                tcard.provenance = {"trained_on": task.source, "epochs": epochs, "cache_key": key}
+                tcard.provenance = {"trained_on": task.source, "budget": budget.to_dict(), "cache_key": key,
+                                    "epochs_run": len(trained["history"]), **trained.get("best", {})}
                 write_model(model, tcard, tdir, "teacher")
                 (tdir / "teacher-checkpoint.pt").unlink(missing_ok=True)
             _barrier(run)

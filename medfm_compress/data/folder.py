@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..runtime.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_file, read_image_file
+from ..runtime.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, read_dicom_file, read_image_file, to_channels
 from ..runtime.tasks import get_task
 from .dataset import SPLITS, Split, TaskData, infer_task, label_strata, validate_split, validate_values
 from .lazy import LazyImages, memory_budget_bytes, take
@@ -190,35 +190,51 @@ def _load_images(
     if stream is None:
         stream = first.nbytes * len(paths) > memory_budget_bytes()
     if not stream:
-        return _stack([first] + [reader(p) for p in paths[1:]], source)
+        return stack_images([first] + [reader(p) for p in paths[1:]], source, [str(p) for p in paths])
 
     def read(idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), *first.shape), dtype=first.dtype)
         for j, i in enumerate(idx):
             im = reader(paths[i])
             if im.shape != first.shape or im.dtype != first.dtype:
-                raise DataError(
-                    f"{paths[i]} is {'x'.join(map(str, im.shape))} {im.dtype} but {Path(paths[0]).name} is "
-                    f"{'x'.join(map(str, first.shape))} {first.dtype}; add ?size=N to the spec to resize, "
-                    "or convert the images to one bit depth"
-                )
+                raise DataError(_mismatch(source, str(paths[i]), im, str(paths[0]), first, 1))
             out[j] = im
         return out
 
     return LazyImages(len(paths), first.shape, first.dtype, read, source, finite_checked=finite_checked)
 
 
-def _stack(images: list[np.ndarray], source: str) -> np.ndarray:
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise DataError(
-            f"{source}: images have different sizes {sorted(shapes)[:3]}...; add ?size=N to the spec to resize them"
-        )
-    dtypes = {im.dtype for im in images}
-    if len(dtypes) > 1:
-        raise DataError(
-            f"{source}: images mix bit depths {sorted(str(d) for d in dtypes)}; convert them to one"
-        )
+def _describe(im: np.ndarray) -> str:
+    kind = "colour" if im.ndim == 3 else "grey"
+    return f"a {im.shape[1]}x{im.shape[0]} {kind} {im.dtype} image"
+
+
+def _mismatch(source: str, odd: str, odd_im: np.ndarray, usual: str, usual_im: np.ndarray, n_odd: int) -> str:
+    """The one line that names the file breaking a set (the first of ``n_odd`` unlike the rest) and the fix that
+    applies: converting channels (``?channels=``), resizing (``?size=``), or removing it."""
+    others = f" ({n_odd - 1} more like it)" if n_odd > 1 else ""
+    head = f"{source}: {odd} is {_describe(odd_im)}{others}, but {Path(usual).name} (and the rest) is {_describe(usual_im)}"
+    if odd_im.ndim != usual_im.ndim:
+        fix = ("add ?channels=1 to convert colour images to their luminance (0.299 R + 0.587 G + 0.114 B)"
+               if usual_im.ndim == 2 else "add ?channels=3 to repeat grey images into three channels")
+        return f"{head}; {fix}, or remove the file"
+    if odd_im.shape[:2] != usual_im.shape[:2]:
+        return f"{head}; add ?size=N to the spec to resize every image, or remove the file"
+    return f"{head}; convert the images to one bit depth, or remove the file"
+
+
+def stack_images(images: list[np.ndarray], source: str, paths: list[str]) -> np.ndarray:
+    """``images`` as one array; a set that mixes shapes or bit depths is refused naming the first file unlike the
+    most common kind, with the fix that applies."""
+    kinds = [(im.shape, str(im.dtype)) for im in images]
+    counts: dict[tuple, int] = {}
+    for k in kinds:
+        counts[k] = counts.get(k, 0) + 1
+    if len(counts) > 1:
+        usual = max(counts, key=lambda k: counts[k])
+        odd = [i for i, k in enumerate(kinds) if k != usual]
+        ref = kinds.index(usual)
+        raise DataError(_mismatch(source, paths[odd[0]], images[odd[0]], paths[ref], images[ref], len(odd)))
     return np.stack(images)
 
 
@@ -300,6 +316,13 @@ def _continuous(col: _Collected) -> bool:
     return col.task is not None and get_task(col.task).continuous
 
 
+def _with_channels(reader, channels: int | None):
+    """``reader`` whose images are converted to ``channels`` channels (None: as read)."""
+    if channels is None:
+        return reader
+    return lambda p: to_channels(reader(p), channels)
+
+
 def _task_from(col: _Collected, source: str, seed: int, labeled: bool, root: Path) -> TaskData:
     info = {"root": os.path.realpath(root)}
     if not labeled:
@@ -326,14 +349,17 @@ def read_folder(
     seed: int = 0,
     require_labels: bool = True,
     stream: bool | None = None,
+    channels: int | None = None,
 ) -> TaskData:
-    """Read ``folder:DIR`` (images + labels.csv); ``stream`` True/False forces lazy/in-memory (None: by size)."""
+    """Read ``folder:DIR`` (images + labels.csv); ``stream`` True/False forces lazy/in-memory (None: by size);
+    ``channels`` 1 or 3 converts every image to that many (:func:`~medfm_compress.runtime.images.to_channels`)."""
     root = Path(root)
     source = f"folder:{root}"
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; folder: expects a directory of images with labels.csv")
     rows = _read_labels_csv(root, source, require_labels)
-    col = _collect(root, source, rows, lambda p: read_image_file(p, size), IMAGE_SUFFIXES, stream, True)
+    col = _collect(root, source, rows, _with_channels(lambda p: read_image_file(p, size), channels), IMAGE_SUFFIXES,
+                   stream, True)
     return _task_from(col, source, seed, rows is not None, root)
 
 
@@ -344,8 +370,10 @@ def read_dicom_folder(
     require_labels: bool = True,
     window: tuple[float, float] | None = None,
     stream: bool | None = None,
+    channels: int | None = None,
 ) -> TaskData:
-    """Read ``dicom:DIR`` (DICOM files + labels.csv) with modality LUT and windowing applied.
+    """Read ``dicom:DIR`` (DICOM files + labels.csv) with modality LUT and windowing applied; ``channels`` as for
+    :func:`read_folder`.
 
     ``stream`` True/False forces lazy/in-memory reading (None: by decoded size).
     """
@@ -360,7 +388,7 @@ def read_dicom_folder(
         root,
         source,
         rows,
-        lambda p: read_dicom_file(p, size, window),
+        _with_channels(lambda p: read_dicom_file(p, size, window), channels),
         DICOM_SUFFIXES | {".dcm"},
         stream,
         True,

@@ -33,9 +33,10 @@ from ..runtime.images import (
     read_mask_file,
     resize_image,
     resize_mask,
+    to_channels,
 )
 from .dataset import SPLITS, TaskData, case_strata, validate_masks
-from .folder import draw_group_splits, refuse_straddling
+from .folder import draw_group_splits, refuse_straddling, stack_images
 
 __all__ = ["read_mask_folder", "is_mask_folder"]
 
@@ -89,9 +90,12 @@ def _pairs(root: Path) -> list[tuple[str, Path, Path]]:
     return out
 
 
-def _read_pair(img_path: Path, mask_path: Path, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_pair(img_path: Path, mask_path: Path, size: int | None,
+               channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     mask = read_mask_file(mask_path)
     image = read_image_file(img_path, None)
+    if channels is not None:
+        image = to_channels(image, channels)
     if image.shape[:2] != mask.shape:
         raise DataError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {img_path.name} is "
                         f"{image.shape[1]}x{image.shape[0]}; a mask must have its image's size")
@@ -126,23 +130,19 @@ def _split_rows(root: Path, rels: list[str]) -> tuple[list[str] | None, list[str
     return splits, groups
 
 
-def read_mask_folder(root: str | Path, size: int | None = None, seed: int = 0) -> TaskData:
-    """Read a segmentation folder (see the module docstring) into a ``segmentation`` task."""
+def read_mask_folder(root: str | Path, size: int | None = None, seed: int = 0, channels: int | None = None) -> TaskData:
+    """Read a segmentation folder (see the module docstring) into a ``segmentation`` task; ``channels`` 1 or 3
+    converts every image to that many (:func:`~medfm_compress.runtime.images.to_channels`)."""
     root = Path(root)
     source = f"folder:{root}"
     names = _class_names(root)
     pairs = _pairs(root)
     images, masks = [], []
     for _, img, mask in pairs:
-        im, m = _read_pair(img, mask, size)
+        im, m = _read_pair(img, mask, size, channels)
         images.append(im)
         masks.append(m)
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        raise DataError(f"{source}: images have different sizes {sorted(shapes)[:3]}; add ?size=N to the spec to "
-                        "resize images and masks together")
-    if len({im.dtype for im in images}) > 1:
-        raise DataError(f"{source}: images mix bit depths; convert them to one")
+    stacked = stack_images(images, source, [str(img) for _, img, _ in pairs])  # names the file unlike the rest
     rels = np.array([rel for rel, _, _ in pairs], dtype=object)
     mask_files = [m.relative_to(root).as_posix() for _, _, m in pairs]
     stack = np.stack(masks)
@@ -152,7 +152,7 @@ def read_mask_folder(root: str | Path, size: int | None = None, seed: int = 0) -
         else:
             top = int(stack.max())
             names = ["background"] + [f"class_{k}" for k in range(1, max(top, 1) + 1)]
-    imgs = np.stack(images)
+    imgs = stacked
     # Checked whole first, so that a bad mask is named by its file whatever split it would land in.
     checked = validate_masks("all", imgs, stack, names, source, files=np.array(mask_files, dtype=object))
     split_col, group_col = _split_rows(root, list(rels))

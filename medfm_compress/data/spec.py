@@ -3,7 +3,9 @@
 Kinds: ``medmnist:FILE.npz`` (``*_masks`` label maps instead of ``*_labels``: segmentation), ``folder:DIR``
 (``images/`` + ``masks/``: segmentation), ``dicom:DIR`` and ``synthetic`` (the embedded default;
 ``synthetic?seed=1&n_train=500`` changes its size and seed, ``synthetic?task=segmentation`` draws label maps,
-``synthetic?task=regression`` the lesion's area in percent of the image as a continuous target);
+``synthetic?task=regression`` the lesion's area in percent of the image as a continuous target); image folders take
+``?size=N`` (resize) and ``?channels=1|3`` (colour images to their luminance, or grey ones repeated into three
+channels, where a folder mixes them);
 volumetric segmentation from ``synthetic3d`` (CT-like phantoms, the embedded 3-D default) and ``nifti:DIR`` (the MSD /
 nnU-Net layout), see :mod:`medfm_compress.data.volume_seg`; volume crops from ``nifti:FILE``, ``dicom-series:DIR``
 and ``inv3:FILE.inv3`` (see :func:`medfm_compress.data.volume.volume_task`).
@@ -27,8 +29,8 @@ DEFAULT_DATA_SPEC = "synthetic"
 
 _OPTIONS = {
     "medmnist": {"stream"},
-    "folder": {"size", "seed", "stream"},
-    "dicom": {"size", "seed", "window", "stream"},
+    "folder": {"size", "seed", "stream", "channels"},
+    "dicom": {"size", "seed", "window", "stream", "channels"},
     "synthetic": {"seed", "size", "n_train", "n_val", "n_test", "task"},
     "synthetic3d": SYNTHETIC3D_OPTIONS,
     # nifti:FILE takes the crop options, nifti:DIR (a segmentation data set) MSD_OPTIONS: checked when read.
@@ -146,6 +148,10 @@ def _load(spec: str, require_labels: bool, seed: int) -> TaskData:
         _only(opts, _CROP_OPTIONS, spec, f"{kind}:FILE (volume crops)")
         return volume_task(kind, path, opts, spec, seed=seed)
     size = _int_opt(opts, "size", spec)
+    channels = _int_opt(opts, "channels", spec)
+    if channels not in (None, 1, 3):
+        raise DataError(f"option channels={channels} in {spec!r} must be 1 (colour images to their luminance) or 3 "
+                        "(grey images repeated into three channels)")
     split_seed = _int_opt(opts, "seed", spec)
     split_seed = seed if split_seed is None else split_seed
     if kind == "folder":
@@ -156,9 +162,10 @@ def _load(spec: str, require_labels: bool, seed: int) -> TaskData:
             if "stream" in opts:
                 raise DataError(f"option stream in {spec!r}: a segmentation folder (images/ + masks/) is read into "
                                 "memory; drop the option")
-            return read_mask_folder(Path(path), size=size, seed=split_seed)
+            return read_mask_folder(Path(path), size=size, seed=split_seed, channels=channels)
 
-        return read_folder(Path(path), size=size, seed=split_seed, require_labels=require_labels, stream=stream)
+        return read_folder(Path(path), size=size, seed=split_seed, require_labels=require_labels, stream=stream,
+                           channels=channels)
     from .folder import read_dicom_folder
 
     window = None
@@ -169,5 +176,6 @@ def _load(spec: str, require_labels: bool, seed: int) -> TaskData:
             raise DataError(f"window={opts['window']!r} in {spec!r} must be LOW,HIGH (e.g. -1000,400)") from None
         window = (lo, hi)
     return read_dicom_folder(
-        Path(path), size=size or 224, seed=split_seed, require_labels=require_labels, window=window, stream=stream
+        Path(path), size=size or 224, seed=split_seed, require_labels=require_labels, window=window, stream=stream,
+        channels=channels,
     )

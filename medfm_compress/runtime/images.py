@@ -31,6 +31,8 @@ __all__ = [
     "read_mask_file",
     "resize_image",
     "resize_mask",
+    "to_channels",
+    "LUMA_WEIGHTS",
 ]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -66,6 +68,23 @@ def read_image_file(path: Path, size: int | None) -> np.ndarray:
         arr = np.clip(arr, 0, 65535).astype(np.uint16)
     if size is not None and arr.shape[:2] != (size, size):
         arr = _resize_raw(arr, size)
+    return arr
+
+
+# ITU-R BT.601 luma: how a colour image becomes one grey channel (what Pillow's convert("L") uses).
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """An ``(H,W)`` or ``(H,W,3)`` image with ``channels`` channels: colour to grey by its luminance
+    (:data:`LUMA_WEIGHTS`), grey to colour by repeating it; the dtype is kept (integers rounded)."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if channels == 1 and arr.ndim == 3:
+        grey = arr[..., :3].astype(np.float64) @ np.asarray(LUMA_WEIGHTS)
+        return (np.rint(grey) if arr.dtype.kind in "ui" else grey).astype(arr.dtype)
+    if channels == 3 and arr.ndim == 2:
+        return np.repeat(arr[..., None], 3, axis=2)
     return arr
 
 

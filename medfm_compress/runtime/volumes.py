@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import BackendMissingError, DataError
 
-__all__ = ["Volume", "VOLUME_KINDS", "read_nifti", "read_dicom_series", "read_inv3", "read_volume",
+__all__ = ["Volume", "VOLUME_KINDS", "read_nifti", "read_dicom_series", "read_inv3", "read_inv3_masks", "read_volume",
            "resample_volume", "resample_labels", "resample_to_spacing", "grid_shape", "LPS"]
 
 VOLUME_KINDS = ("nifti", "dicom-series", "inv3")
@@ -254,6 +254,38 @@ def read_inv3(path: str | Path) -> Volume:
     vol = np.transpose(arr, (2, 1, 0)).astype(np.float32)
     info = {"format": "inv3", "name": main.get("name"), "modality": main.get("modality")}
     return Volume(_check_volume(vol, str(p)), spacing, f"inv3:{p}", info)  # type: ignore[arg-type]
+
+
+def read_inv3_masks(path: str | Path, shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """The masks an InVesalius 3 project holds (``mask_N.plist`` + ``mask_N.dat``), by name, as bool ``(X, Y, Z)``
+    arrays on the grid of its volume (``shape``, as :func:`read_inv3` returns it).
+
+    InVesalius stores a mask as uint8 with one extra leading voxel on every axis (its edit bookkeeping), 255 inside;
+    that border is dropped. A mask whose plist names no name is ``mask_N``.
+    """
+    p = Path(path)
+    x, y, z = shape
+    out: dict[str, np.ndarray] = {}
+    try:
+        with tarfile.open(str(p), "r:gz") as tar:
+            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            for name in sorted(n for n in members if n.startswith("mask_") and n.endswith(".dat")):
+                raw = tar.extractfile(members[name]).read()
+                if len(raw) != (z + 1) * (y + 1) * (x + 1):
+                    raise DataError(f"{p}: {name} holds {len(raw)} bytes, not a mask of the volume's {x}x{y}x{z} "
+                                    "grid plus InVesalius' border")
+                arr = np.frombuffer(raw, dtype=np.uint8).reshape(z + 1, y + 1, x + 1)[1:, 1:, 1:]
+                stem = name[: -len(".dat")]
+                label = stem
+                if f"{stem}.plist" in members:
+                    meta = plistlib.loads(tar.extractfile(members[f"{stem}.plist"]).read())
+                    label = str(meta.get("name") or stem)
+                out[label if label not in out else stem] = np.transpose(arr > 127, (2, 1, 0))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{p} is not a readable .inv3 archive ({type(e).__name__}: {e})") from None
+    except plistlib.InvalidFileException as e:
+        raise DataError(f"{p}: a mask's plist is not a valid plist ({e})") from None
+    return out
 
 
 def read_volume(kind: str, path: str | Path) -> Volume:

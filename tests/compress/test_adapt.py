@@ -205,3 +205,16 @@ def test_adapt_cli_errors(tmp_path):
                             str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "y")])
     assert r.exit_code == 1 and "does not exist" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "y").exists() or sorted(p.name for p in (tmp_path / "y").iterdir()) == ["train.error.log"]
+
+
+def test_finetune_takes_a_budget_in_steps(tmp_path, tiny_run):
+    w = tiny_run / "teacher.safetensors"
+    res = adapt(_adapt_cfg(tmp_path / "st", TINY_DATA, w, method="finetune", finetune_blocks=1, epochs=None, steps=7,
+                           augment=False, batch_size=64))
+    assert len(res.metrics["history"]) <= 3  # 192 images at batch 64: 3 steps per epoch, 7 steps -> 3 epochs
+    log = (tmp_path / "st" / "train.log").read_text()
+    assert "fine-tune budget: at most 192 training images, batch 64: 3 epochs of 3 steps = 9 steps (--steps 7)" in log
+    with pytest.raises(ConfigError, match="--steps sets a fine-tune's budget"):
+        _adapt_cfg(tmp_path / "l", TINY_DATA, w, epochs=None, steps=7)
+    with pytest.raises(ConfigError, match="give one"):
+        _adapt_cfg(tmp_path / "b", TINY_DATA, w, method="finetune", steps=7)

@@ -190,3 +190,23 @@ def test_embedding_cache_hits_misses_and_keys(inv3, tmp_path):
     cache.path(key).write_bytes(b"garbage")
     fixed = cache.embeddings(vol, boxes[:1], teacher, progress=False)
     np.testing.assert_allclose(fixed[0], first[0], rtol=1e-4, atol=1e-5)
+
+
+def test_head_ct_masks_writes_a_segmentation_folder_from_an_inv3s_masks(tmp_path):
+    from medfm_compress.data.examples import MASK_CLASSES, main
+
+    hu = head_like((9, 24, 20), seed=3)
+    bone, head = hu >= 226, hu >= -142
+    src = write_inv3(tmp_path / "h.inv3", hu, masks={"Bone": bone, "Head": head})
+    assert main(["head-ct-masks", str(tmp_path / "seg"), "--volume", str(src)]) == 0
+    data = load_data(f"folder:{tmp_path / 'seg'}")
+    assert data.task == "segmentation" and list(data.label_names) == list(MASK_CLASSES)
+    files = np.concatenate([s.files for s in data.splits.values()])
+    labels = np.concatenate([s.labels for s in data.splits.values()])
+    z = int(files[0].split("slice")[1][:3])
+    expect = np.where(bone[z], 2, np.where(head[z], 1, 0))
+    assert labels[0].shape == (24, 20) and np.array_equal(labels[0], expect)
+    # Four adjacent slices share a group: none straddles two splits.
+    groups = {s: {g for g in split.groups} for s, split in data.splits.items()}
+    assert all(not (groups[a] & groups[b]) for a in groups for b in groups if a < b)
+    assert main(["head-ct-masks", str(tmp_path / "bad"), "--volume", str(write_inv3(tmp_path / "n.inv3", hu))]) == 1

@@ -23,9 +23,12 @@ def head_like(shape_zyx=(40, 48, 48), seed: int = 0) -> np.ndarray:
 
 
 def write_inv3(
-    path: Path, matrix_zyx: np.ndarray, spacing_xyz=(0.9, 0.9, 1.5), folder: str = "tmpabc"
+    path: Path, matrix_zyx: np.ndarray, spacing_xyz=(0.9, 0.9, 1.5), folder: str = "tmpabc",
+    masks: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """An InVesalius 3 project: gzip tar with ``folder/main.plist`` and the raw ``folder/matrix.dat``."""
+    """An InVesalius 3 project: gzip tar with ``folder/main.plist`` and the raw ``folder/matrix.dat``; ``masks``
+    (name: bool ``(Z, Y, X)``) as InVesalius writes them: ``mask_N.plist`` + uint8 0/255 ``mask_N.dat`` with one
+    extra leading voxel on every axis."""
     main = {
         "format_version": 1,
         "modality": "CT",
@@ -37,6 +40,11 @@ def write_inv3(
         f"{folder}/main.plist": plistlib.dumps(main),
         f"{folder}/matrix.dat": matrix_zyx.astype("<" + matrix_zyx.dtype.str[1:]).tobytes(),
     }
+    for k, (name, mask) in enumerate((masks or {}).items()):
+        padded = np.zeros(tuple(n + 1 for n in mask.shape), dtype=np.uint8)
+        padded[1:, 1:, 1:] = np.where(mask, 255, 0)
+        members[f"{folder}/mask_{k}.plist"] = plistlib.dumps({"name": name, "index": k})
+        members[f"{folder}/mask_{k}.dat"] = padded.tobytes()
     with tarfile.open(path, "w:gz") as tar:
         for name, blob in members.items():
             info = tarfile.TarInfo(name)

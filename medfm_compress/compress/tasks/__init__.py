@@ -13,6 +13,7 @@ from .base import (
     distill_task,
     distill_task_names,
     register_distill_task,
+    weak_teacher_warnings,
 )
 from .classification import ClassifierDistill
 from .embedding import EmbeddingDistill
@@ -20,7 +21,8 @@ from .regression import ValueDistill
 from .segmentation import SegmentationDistill
 
 __all__ = ["DistillTask", "DistillRun", "ResolvedTeacher", "TrainedStudent", "THRESHOLDS", "distill_task",
-           "distill_task_names", "adaptable_task_names", "register_distill_task"]
+           "distill_task_names", "adaptable_task_names", "register_distill_task",
+           "weak_teacher_warnings"]
 
 for _task in (ClassifierDistill("multiclass"), ClassifierDistill("binary"), ClassifierDistill("multilabel"),
               SegmentationDistill("segmentation"), EmbeddingDistill("embedding"), ValueDistill("regression")):

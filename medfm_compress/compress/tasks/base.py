@@ -34,6 +34,7 @@ __all__ = [
     "distill_task_names",
     "adaptable_task_names",
     "small_test_warning",
+    "weak_teacher_warnings",
     "distill_logits",
     "fit_head",
 ]
@@ -50,6 +51,10 @@ THRESHOLDS = {
     "min_test_cases": 100,
     # A class shown by fewer test cases than this has a noisy score.
     "min_class_cases": 10,
+    # A segmentation teacher whose validation mean Dice is below this draws poor masks to learn from.
+    "weak_teacher_dice": 0.7,
+    # A student whose test score beats its teacher's by more than this (AUC or Dice points) says the teacher is weak.
+    "student_beats_teacher": 0.03,
 }
 
 
@@ -83,6 +88,10 @@ class DistillRun:
     # --student-input-size: the splits at the data's own size, and their preprocessing, for the teacher
     native_pre: Any = None
     native_x: dict[str, Any] | None = None
+    # The budgets planned (:class:`~medfm_compress.compress.budget.Budget`): the student's (the baseline's too), and
+    # a teacher trained from scratch's; metrics.json records them.
+    budgets: dict[str, Any] = field(default_factory=dict)
+    teacher_val: dict[str, Any] | None = None  # a teacher trained from scratch: its best validation figures
 
     def teacher_inputs(self, split: str):
         """``(tensor, preprocessing)`` of a split as the teacher's inputs are made from: the data at its own size
@@ -158,11 +167,26 @@ class DistillTask:
     def name(self) -> str:
         return self.runtime.name
 
+    # The validation figure :meth:`val_scores` judges a model by (early stopping, best state), and its direction.
+    val_key: ClassVar[str] = ""
+    val_higher_is_better: ClassVar[bool] = True
+
     # ----- defaults -----
     def defaults(self, volumes: bool) -> dict[str, Any]:
         """Settings left unset (None) in a ``DistillConfig`` that depend on the task: epochs, learning rate,
         augmentation, batch size, KD temperature."""
         return {"epochs": 6, "lr": 3e-3, "augment": True}
+
+    def default_steps(self, epochs: int, volumes: bool) -> int | None:
+        """The optimizer steps ``epochs`` epochs give this task's embedded default (its training images at the
+        task's default batch): the least budget a data set gets by default, so a small folder is not trained with
+        a fraction of the steps the defaults were tuned with. None: the budget stays in epochs (volumes, crops)."""
+        from ...data.synthetic import SyntheticConfig
+
+        batch = self.defaults(volumes).get("batch_size")
+        if volumes or not batch:
+            return None
+        return epochs * max(1, SyntheticConfig().n_train // batch)
 
     def default_teacher(self, volumes: bool) -> str:
         raise NotImplementedError
@@ -233,6 +257,10 @@ class DistillTask:
         return card.num_classes == data.num_classes
 
     # ----- training and scoring -----
+    def val_scores(self, run: DistillRun, model) -> dict[str, float]:
+        """A model's figures on the validation split (``{val_key: value}``), as it trains (inputs ``run.x_val``)."""
+        raise NotImplementedError
+
     def teacher_metrics(self, run: DistillRun, teacher, teacher_pre) -> tuple[dict[str, float], np.ndarray | None]:
         """The teacher's test metrics and outputs, where the task scores them before training (else ``({}, None)``)."""
         return {}, None
@@ -296,6 +324,37 @@ def small_test_warning(test) -> list[str]:
 
 
 _DISTILL_TASKS: Registry[DistillTask] = Registry("distill task")
+
+
+def weak_teacher_warnings(dtask: DistillTask, metrics: dict[str, Any], run: DistillRun) -> list[str]:
+    """A teacher weaker than it should be, for every task: its validation score is low (a segmentation teacher's mean
+    Dice), or its own student beats it on the test split by a wide margin (:data:`THRESHOLDS`). The cause named is the
+    likeliest: a teacher trained from scratch had too few steps (its budget is said), any other is weak on this
+    data."""
+    key, higher = dtask.runtime.headline_metric, dtask.runtime.higher_is_better
+    t, s = metrics.get("teacher") or {}, metrics.get("student") or {}
+    budget, best = run.budgets.get("teacher"), run.teacher_val
+    if budget is not None:
+        cause = (f"it was trained from scratch for {budget.steps} steps ({budget.reason}): give it more "
+                 "(--teacher-steps N) or a pretrained teacher (--teacher ARCH --teacher-weights FILE)")
+    else:
+        cause = ("give a stronger teacher, or adapt it to these labels first (--teacher-adapt finetune)"
+                 if dtask.adaptable else "give a stronger teacher")
+    out = []
+    val_dice = (best or {}).get("val_dice", (t.get("val") or {}).get("mean_dice"))
+    if val_dice is not None and val_dice < THRESHOLDS["weak_teacher_dice"]:
+        out.append(f"the teacher's validation mean Dice is {val_dice:.3f} (< {THRESHOLDS['weak_teacher_dice']}): its "
+                   f"masks are poor to learn from; {cause}")
+    if key and t.get(key) is not None and s.get(key) is not None:
+        margin = (s[key] - t[key]) if higher else (t[key] - s[key])
+        if higher and margin > THRESHOLDS["student_beats_teacher"]:
+            out.append(f"the student beats its teacher on the test split by {margin:.3f} {dtask.runtime.shown.headline} "
+                       f"({s[key]:.3f} vs {t[key]:.3f}): the teacher is weak and retention against it means little; "
+                       f"{cause}")
+        elif not higher and t[key] > 0 and margin / t[key] > 2 * THRESHOLDS["student_beats_teacher"]:
+            out.append(f"the student's {dtask.runtime.shown.headline} is {margin / t[key]:.0%} below its teacher's "
+                       f"({s[key]:.4g} vs {t[key]:.4g}): the teacher is weak; {cause}")
+    return out
 
 
 def register_distill_task(task: DistillTask) -> DistillTask:

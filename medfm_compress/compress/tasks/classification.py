@@ -146,10 +146,17 @@ class ClassifierDistill(DistillTask):
     def train_student(self, run: DistillRun, resolved: ResolvedTeacher, student, arch: str) -> TrainedStudent:
         """Logit KD / embedding KD / cross-entropy (:func:`~.base.distill_logits`), validation macro AUC."""
 
-        def val_auc(val_logits):
-            return {"val_auc": round(self.runtime.macro_auc(val_logits, run.val.labels), 4)}
+        return distill_logits(self, run, resolved, student, arch, lambda logits: self._val_from(run, logits))
 
-        return distill_logits(self, run, resolved, student, arch, val_auc)
+    val_key: ClassVar[str] = "val_auc"
+
+    def _val_from(self, run, val_logits) -> dict[str, float]:
+        return {"val_auc": round(self.runtime.macro_auc(val_logits, run.val.labels), 4)}
+
+    def val_scores(self, run, model) -> dict[str, float]:
+        from ..train import predict
+
+        return self._val_from(run, predict(model, run.x_val)[0])
 
     # ----- scoring -----
     def run_metrics(self, run, resolved, student, baseline, seconds) -> dict[str, Any]:

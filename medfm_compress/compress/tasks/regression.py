@@ -119,10 +119,18 @@ class ValueDistill(DistillTask):
     def train_student(self, run: DistillRun, resolved: ResolvedTeacher, student, arch: str) -> TrainedStudent:
         """MSE KD / embedding KD / MSE on the labelled values (:func:`~.base.distill_logits`), validation MAE."""
 
-        def val_mae(outputs):
-            return {"val_mae": round(self.runtime.scores(self._to_units(outputs, run), run.val.labels)["mae"], 4)}
+        return distill_logits(self, run, resolved, student, arch, lambda outputs: self._val_from(run, outputs))
 
-        return distill_logits(self, run, resolved, student, arch, val_mae)
+    val_key: ClassVar[str] = "val_mae"
+    val_higher_is_better: ClassVar[bool] = False
+
+    def _val_from(self, run, outputs) -> dict[str, float]:
+        return {"val_mae": round(self.runtime.scores(self._to_units(outputs, run), run.val.labels)["mae"], 4)}
+
+    def val_scores(self, run, model) -> dict[str, float]:
+        from ..train import predict
+
+        return self._val_from(run, predict(model, run.x_val)[0])
 
     def run_metrics(self, run, resolved, student, baseline, seconds) -> dict[str, Any]:
         """Student, teacher and baseline MAE / RMSE / Pearson r on the test split, student-teacher Pearson r, the

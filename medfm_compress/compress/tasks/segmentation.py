@@ -291,7 +291,7 @@ class SegmentationDistill(DistillTask):
         from ..taskprep import adapt_batch, autocast
         from ..train import LoopConfig, augment_batch, augment_masks, run_loop
 
-        cfg, device, task = run.cfg, run.device, run.task
+        cfg, device = run.cfg, run.device
         x_train, y_train, pre = run.x_train, run.y_train, run.student_pre
         if "feat" in losses and (getattr(student, "encoder", None) is None
                                  or getattr(teacher.model, "encoder", None) is None):
@@ -356,23 +356,27 @@ class SegmentationDistill(DistillTask):
             })
 
         def val_metrics(_epoch):
-            if run.x_val is None:
-                return {}
-            from ...segmetrics import dice_per_case, mean_dice
-
-            vol = volume_scoring(run, "val")
-            if vol is not None:
-                m, _ = _case_scores(predict_masks(student, run.x_val, roi=vol["roi"], shapes=vol["shapes"]),
-                                    np.asarray(run.val.labels), vol["shapes"], task.label_names, None, hd95=False)
-                return {"val_dice": round(m["mean_dice"], 4)}
-            pred = predict_masks(student, run.x_val)
-            return {"val_dice": round(mean_dice(dice_per_case(pred, np.asarray(run.val.labels), task.num_classes)), 4)}
+            return {} if run.x_val is None else self.val_scores(run, student)
 
         spe = run.steps_per_epoch
         loop = LoopConfig("student", spe, cfg.loop.epochs, cfg.loop.lr, cfg.loop.weight_decay, cfg.loop.batch_size, cfg.seed, cfg.loop.augment)
         modules = {"student": student} | ({"projector": projector} if projector is not None else {})
         return run_loop(loop, modules, step, np.arange(len(run.train)), run.ckpt_dir / "student.pt", cfg.resume,
                         run.log, val_metrics, cfg.progress)
+
+    val_key: ClassVar[str] = "val_dice"
+
+    def val_scores(self, run, model) -> dict[str, float]:
+        """Mean Dice on the validation split (whole volumes by sliding windows)."""
+        from ...segmetrics import dice_per_case, mean_dice
+
+        vol = volume_scoring(run, "val")
+        if vol is not None:
+            m, _ = _case_scores(predict_masks(model, run.x_val, roi=vol["roi"], shapes=vol["shapes"]),
+                                np.asarray(run.val.labels), vol["shapes"], run.task.label_names, None, hd95=False)
+            return {"val_dice": round(m["mean_dice"], 4)}
+        pred = predict_masks(model, run.x_val)
+        return {"val_dice": round(mean_dice(dice_per_case(pred, np.asarray(run.val.labels), run.task.num_classes)), 4)}
 
     def run_metrics(self, run: DistillRun, resolved: ResolvedTeacher, trained: TrainedStudent, baseline,
                     seconds: float) -> dict[str, Any]:

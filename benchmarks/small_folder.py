@@ -1,0 +1,131 @@
+"""A user's own small segmentation folder, trained with the default budget: the real head CT's 108 axial slices and
+the two masks its author drew in InVesalius (bone; head, so soft tissue = head minus bone), side by side with the
+epoch flags a new user would have passed before budgets were counted in steps.
+
+    python benchmarks/small_folder.py [--work runs/small-folder] [--size 128] [--variants defaults,epochs]
+
+Variants (each a run directory under ``--work``, reused when finished):
+  defaults  ``distill --data folder:DIR[?size=N] --teacher-steps 600`` and nothing else: the default teacher
+            (``smp:FPN:tu-resnet34``, trained from scratch, 600 steps at most: the default teacher budget, stopping
+            early on validation Dice), the default student with the default budget (as many steps as the embedded
+            default gets);
+  epochs    ``--teacher-epochs 6 --epochs 8``: the flags tuned for 2,400 images, on 76.
+
+Every run's student is exported and quantized to INT8 for the CPU (calibrated on the folder); teacher, fp32 and INT8
+student masks are scored against the author's masks at the slices' own 256x256 (a run at ``?size=N`` has its masks
+brought back to 256 by nearest neighbour, as ``predict`` writes them) on the test slices.
+
+Writes benchmarks/results/small_folder[_sN].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from medfm_compress._env import fingerprint  # noqa: E402
+from medfm_compress._io import atomic_write_json  # noqa: E402
+
+CLI = [sys.executable, "-m", "medfm_compress"]
+VARIANTS = {"defaults": ["--teacher-steps", "600"], "epochs": ["--teacher-epochs", "6", "--epochs", "8"]}
+
+
+def sh(args: list[str], what: str) -> float:
+    print(f"== {what}", flush=True)
+    t0 = time.time()
+    p = subprocess.run(CLI + args, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if p.returncode != 0:
+        sys.exit(f"error: {what} failed: {(p.stderr or p.stdout).strip().splitlines()[-3:]}")
+    return time.time() - t0
+
+
+def dice_at_native(pred_masks: list[np.ndarray], ref: np.ndarray, classes: int) -> dict:
+    """Mean Dice (and per class) of label maps brought to the reference's size, against the reference."""
+    from medfm_compress.runtime.images import resize_mask
+    from medfm_compress.segmetrics import dice_per_case, mean_dice
+
+    pred = np.stack([resize_mask(p.astype(np.uint8), ref.shape[1:]) for p in pred_masks])
+    per = dice_per_case(pred, ref, classes)
+    return {"mean_dice": round(float(mean_dice(per)), 4),
+            "dice": [round(float(np.nanmean(per[:, k])), 4) for k in range(1, classes)]}
+
+
+def score_run(run: Path, data_spec: str, native_spec: str) -> dict:
+    import torch
+
+    from medfm_compress.data import load_data
+    from medfm_compress.models.card import load_model
+    from medfm_compress.runtime import Engine
+
+    test = load_data(data_spec).split("test")
+    ref = np.asarray(load_data(native_spec).split("test").labels)
+    classes = int(ref.max()) + 1
+    teacher, card = load_model(run, "teacher")
+    with torch.no_grad():
+        x = torch.from_numpy(card.preprocess(test.images))
+        t_pred = [teacher(x[i:i + 8]).argmax(1).numpy() for i in range(0, len(x), 8)]
+    out = {"test_slices": len(test), "teacher": dice_at_native(list(np.concatenate(t_pred)), ref, classes)}
+    for name in ("student.onnx", "student.int8.onnx"):
+        with Engine.load(str(run / name)) as eng:
+            pred = np.concatenate([eng.run(eng.preprocess(test.images[i:i + 8])).argmax(1)
+                                   for i in range(0, len(test), 8)])
+        out["fp32" if name == "student.onnx" else "int8"] = dice_at_native(list(pred), ref, classes)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", default=str(REPO / "runs" / "small-folder"))
+    ap.add_argument("--size", type=int, default=None, help="train at ?size=N (default: the slices' own 256)")
+    ap.add_argument("--variants", default="defaults,epochs")
+    args = ap.parse_args()
+    work = Path(args.work)
+    folder = work / "headct-masks"
+    if not (folder / "labels.csv").is_file():
+        from medfm_compress.data.examples import head_ct_masks
+
+        head_ct_masks(folder)
+    native = f"folder:{folder}"
+    data = native + (f"?size={args.size}" if args.size else "")
+    tag = f"s{args.size}" if args.size else "native"
+    record: dict = {"data": data, "fingerprint": fingerprint(), "variants": {}}
+    for variant in args.variants.split(","):
+        run = work / f"{variant}-{tag}"
+        seconds = {}
+        if not (run / "metrics.json").is_file():
+            seconds["distill"] = round(sh(["distill", "--data", data, *VARIANTS[variant], "--quiet", "--out",
+                                           str(run)], f"distill {variant} at {tag}"), 1)
+        if not (run / "student.int8.onnx").is_file():
+            seconds["export"] = round(sh(["export", str(run), "--out", str(run / "student.onnx")], "export"), 1)
+            seconds["quantize"] = round(sh(["quantize", str(run / "student.onnx"), "--calib-data", data,
+                                            "--target", "cpu", "--out", str(run / "student.int8.onnx")],
+                                           "quantize"), 1)
+        m = json.loads((run / "metrics.json").read_text())
+        scores = score_run(run, data, native)
+        record["variants"][variant] = {
+            "flags": VARIANTS[variant], "seconds": seconds, "budget": m.get("budget"),
+            "metrics_teacher_mean_dice": m["teacher"]["mean_dice"], "metrics_student_mean_dice": m["student"]["mean_dice"],
+            "warnings": m.get("warnings", []), "at_256": scores,
+            "teacher": m["teacher"]["arch"], "student": m["student"]["arch"],
+        }
+        s = scores
+        print(f"{variant:9s} {tag}: teacher {s['teacher']['mean_dice']:.3f} {s['teacher']['dice']}  student fp32 "
+              f"{s['fp32']['mean_dice']:.3f}  INT8 {s['int8']['mean_dice']:.3f} {s['int8']['dice']} (mean Dice at "
+              f"256, {s['test_slices']} test slices); distill {seconds.get('distill', '-')} s")
+    out = REPO / "benchmarks" / "results" / f"small_folder{'' if tag == 'native' else '_' + tag}.json"
+    atomic_write_json(out, record)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
