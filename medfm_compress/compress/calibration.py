@@ -236,6 +236,7 @@ def build_calibration(
         raise DataError(f"{spec} holds no images to calibrate with")
     cal_split = nonempty[0]
     pool = task.splits[cal_split]
+    info: dict[str, Any] = {}
     cal_idx = stratified_indices(pool.labels, n, seed, task.task)
     # The gate is a selection step (auto-exclude, --precision auto pick by it): judge it on the validation split
     # when there is one, so the test split stays unseen for the figures reported on it.
@@ -251,22 +252,32 @@ def build_calibration(
             hold_idx = stratified_indices(hs.labels, n_holdout, seed + 1, task.task)
             hold_raw = take(hs.images, hold_idx)
     else:
+        # One split: held-out images come from sources calibration did not use (a group, e.g. the crops of one
+        # photograph, a DICOM's patient, counts as one source; an image without a group is its own).
         everything = np.arange(len(pool))
-        rest = np.setdiff1d(everything, cal_idx)
+        groups = np.asarray(pool.groups if getattr(pool, "groups", None) is not None else everything, dtype=object)
+        rest = everything[~np.isin(groups, groups[cal_idx])]
         if not len(rest):
-            # Calibration would take every image of a single split: hold out a quarter (at least one) first, so
-            # the gate never judges a model on the images it was calibrated on.
-            if len(pool) < 2:
-                raise DataError(f"{spec} holds {len(pool)} image: calibration and held-out images need at least 2")
-            kept = stratified_indices(pool.labels, max(1, min(n_holdout, len(pool) // 4)), seed + 1, task.task)
-            rest = kept
-            others = np.setdiff1d(everything, kept)
+            # Calibration would touch every source of a single split: hold out whole sources, a quarter of the
+            # images (at least one source) first, so the gate never judges a model on what it was calibrated on.
+            if len(set(groups.tolist())) < 2:
+                raise DataError(f"{spec} holds {len(pool)} image(s) from one source: calibration and held-out images "
+                                "need at least two sources (images, or groups in labels.csv)")
+            want = max(1, min(n_holdout, len(pool) // 4))
+            seeds = stratified_indices(pool.labels, want, seed + 1, task.task)
+            held = np.isin(groups, groups[seeds])
+            if held.all():  # the drawn images span every source: keep the first one's out
+                held = groups == groups[seeds[0]]
+            rest, others = everything[held], everything[~held]
             cal_idx = others[stratified_indices(pool.labels[others], n, seed, task.task)]
+            rest = rest[~np.isin(groups[rest], groups[cal_idx])]
         hold_idx = rest[stratified_indices(pool.labels[rest], n_holdout, seed + 1, task.task)]
         hold_raw = take(pool.images, hold_idx)
+        if len(set(groups.tolist())) < len(groups):
+            info["holdout_sources"] = int(len(set(groups[hold_idx].tolist())))
     cal_raw = take(pool.images, cal_idx)
     images = preprocess_checked(cal_raw, pre, shape, spec)
-    info = {"calibration_split": cal_split, "holdout_split": hold_split or f"{cal_split} (rest)"}
+    info.update({"calibration_split": cal_split, "holdout_split": hold_split or f"{cal_split} (rest)"})
     hold_raw, repeated = _drop_repeats(cal_raw, hold_raw)
     if repeated:
         info["holdout_repeats_dropped"] = repeated

@@ -55,6 +55,8 @@ def _read_labels_csv(root: Path, source: str, require: bool):
     if not rows:
         raise DataError(f"{csv_path} has no rows; add one row per image")
     cols = set(rows[0])
+    if not require and {"file", "group"} <= cols and not ({"label", "labels", "value"} & cols):
+        return rows  # unlabelled images that say which share a source (calibration): groups only
     if "file" not in cols or not ({"label", "labels", "value"} & cols):
         raise DataError(
             f"{csv_path} needs columns 'file' and 'label' (or 'labels' for multi-label, 'value' for a continuous "
@@ -92,7 +94,9 @@ def _collect(
     ``group_of(path)`` gives an image's group when labels.csv has no ``group`` column (DICOM: the patient), or
     None; an image without a group is a group of its own.
     """
-    if rows is None:
+    if rows is None or not ({"label", "labels", "value"} & set(rows[0])):
+        # Unlabelled: every image under the folder; its group from labels.csv's group column (file,group), else
+        # group_of (a DICOM's patient), else its own.
         found = sorted(
             p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and p.name != "labels.csv"
         )
@@ -101,8 +105,12 @@ def _collect(
                 f"{root} contains no images ({', '.join(sorted(s or '(no suffix)' for s in suffixes))})"
             )
         files = np.array([p.relative_to(root).as_posix() for p in found], dtype=object)
+        listed = {(r.get("file") or "").strip(): (r.get("group") or "").strip() for r in rows or []}
+        groups = np.array([listed.get(f) or (group_of(p) if group_of and not rows else None) or f
+                           for f, p in zip(files, found, strict=True)], dtype=object)
         images = _load_images([str(p) for p in found], reader, source, stream, finite_checked)
-        return _Collected(images, np.zeros(len(found), dtype=np.int64), ["unlabeled"], "multiclass", files)
+        return _Collected(images, np.zeros(len(found), dtype=np.int64), ["unlabeled"], "multiclass", files,
+                          groups=groups, group_col=rows is not None)
     multilabel = "labels" in rows[0] and "label" not in rows[0]
     continuous = "value" in rows[0] and not ({"label", "labels"} & set(rows[0]))
     group_col = "group" in rows[0]
@@ -327,6 +335,7 @@ def _task_from(col: _Collected, source: str, seed: int, labeled: bool, root: Pat
     info = {"root": os.path.realpath(root)}
     if not labeled:
         split = Split(col.images, col.labels, col.files)
+        split.groups = col.groups
         return TaskData(
             source=source, task="multiclass", label_names=col.names, splits={"train": split}, info=info
         )
@@ -360,7 +369,11 @@ def read_folder(
     rows = _read_labels_csv(root, source, require_labels)
     col = _collect(root, source, rows, _with_channels(lambda p: read_image_file(p, size), channels), IMAGE_SUFFIXES,
                    stream, True)
-    return _task_from(col, source, seed, rows is not None, root)
+    return _task_from(col, source, seed, _labelled(rows), root)
+
+
+def _labelled(rows) -> bool:
+    return rows is not None and bool({"label", "labels", "value"} & set(rows[0]))
 
 
 def read_dicom_folder(
@@ -394,4 +407,4 @@ def read_dicom_folder(
         True,
         group_of=dicom_group,
     )
-    return _task_from(col, source, seed, rows is not None, root)
+    return _task_from(col, source, seed, _labelled(rows), root)

@@ -371,6 +371,34 @@ def test_calibration_from_unlabeled_folder_has_disjoint_holdout(tmp_path):
     assert not any(h.tobytes() in flat for h in cal.holdout)
 
 
+def test_held_out_images_never_share_a_source_with_calibration_images(tmp_path):
+    """Crops of one photograph are one source when labels.csv says so (file,group): calibration and the gate's
+    held-out images come from different photographs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["file,group"]
+    for photo in range(6):
+        base = rng.integers(0, 255, (40, 40), dtype=np.uint8)
+        for k, (y, x) in enumerate(((0, 0), (0, 8), (8, 0), (8, 8))):
+            Image.fromarray(base[y:y + 32, x:x + 32]).save(tmp_path / f"p{photo}_{k}.png")
+            rows.append(f"p{photo}_{k}.png,photo{photo}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    pre = PreprocessSpec((32, 32), 1, (0.5,), (0.25,))
+    cal = build_calibration(f"folder:{tmp_path}", pre, (1, 32, 32), n=16, n_holdout=8)
+    photos = {}
+    for name, arr in (("cal", cal.images), ("hold", cal.holdout)):
+        photos[name] = set()
+        for a in arr:
+            for photo in range(6):
+                for k in range(4):
+                    im = np.asarray(Image.open(tmp_path / f"p{photo}_{k}.png"))
+                    if np.allclose(pre(im[None])[0], a):
+                        photos[name].add(photo)
+    assert photos["cal"] and photos["hold"] and not photos["cal"] & photos["hold"]
+    assert cal.info["holdout_sources"] == len(photos["hold"])
+
+
 def test_validate_inputs_errors():
     x = np.zeros((2, 1, 8, 8), np.float32)
     with pytest.raises(DataError, match="channel"):
