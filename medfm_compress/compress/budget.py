@@ -13,13 +13,14 @@ the loop to stop once ``patience`` steps have passed without a better score.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_path
+from .._io import atomic_path, atomic_write_json
 from ..errors import ConfigError
 
 __all__ = ["Budget", "plan_budget", "BestOnVal"]
@@ -76,11 +77,18 @@ class BestOnVal:
     """
 
     def __init__(self, model, score: Callable[[Any], dict[str, float]], key: str, higher_is_better: bool,
-                 patience_steps: int, steps_per_epoch: int, path: Path):
+                 patience_steps: int, steps_per_epoch: int, path: Path, resume: bool = False):
         self.model, self.score, self.key, self.higher = model, score, key, higher_is_better
         self.patience_steps, self.steps_per_epoch, self.path = patience_steps, steps_per_epoch, Path(path)
         self.best: float | None = None
         self.best_epoch: int | None = None
+        self._record = self.path.with_name(self.path.name + ".json")
+        if resume and self.path.is_file() and self._record.is_file():  # a resumed run keeps the best so far
+            kept = json.loads(self._record.read_text())
+            self.best, self.best_epoch = kept["best"], kept["best_epoch"]
+        else:
+            self.path.unlink(missing_ok=True)
+            self._record.unlink(missing_ok=True)
 
     def epoch_end(self, epoch: int) -> dict[str, float]:
         import torch
@@ -92,6 +100,7 @@ class BestOnVal:
             self.best, self.best_epoch = value, epoch + 1
             with atomic_path(self.path, suffix=".pt") as tmp:
                 torch.save(self.model.state_dict(), tmp)
+            atomic_write_json(self._record, {"best": value, "best_epoch": self.best_epoch})
         return figures
 
     def stop_after(self, history: list[dict[str, float]]) -> bool:
@@ -107,4 +116,5 @@ class BestOnVal:
             return {}
         self.model.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
         self.path.unlink(missing_ok=True)
+        self._record.unlink(missing_ok=True)
         return {"best_epoch": self.best_epoch, self.key: self.best}

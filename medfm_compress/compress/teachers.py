@@ -521,8 +521,10 @@ class ScratchSource(_ModelSource):
                     + (f"; stops after {patience} steps without a better {run.dtask.val_key} and keeps its best state"
                        if early else "; no validation split: no early stop"))
             ensure_dir(tdir)
+            # Each rank keeps its own copy of the best state (the ranks' models are the same under DDP).
             best = (BestOnVal(model, lambda m: run.dtask.val_scores(run, m), run.dtask.val_key,
-                              run.dtask.val_higher_is_better, patience, run.steps_per_epoch, tdir / "teacher-best.pt")
+                              run.dtask.val_higher_is_better, patience, run.steps_per_epoch,
+                              tdir / f"teacher-best.rank{run.rank}.pt", resume=cfg.resume)
                     if early else None)
             trained = train_supervised(run, "teacher", model, np.arange(len(run.train)), epochs, TEACHER_LR,
                                        tdir / "teacher-checkpoint.pt", best=best)

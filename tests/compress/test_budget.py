@@ -105,3 +105,14 @@ def test_a_teacher_its_student_beats_is_flagged_with_the_steps_it_had(tmp_path):
     weak = [w for w in m["warnings"] if "teacher" in w and "--teacher-steps" in w]
     assert m["student"]["mean_dice"] > m["teacher"]["mean_dice"] + 0.03
     assert weak and "trained from scratch for 6 steps" in weak[0]
+
+
+def test_best_on_val_resumed_keeps_the_best_so_far(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    first = BestOnVal(model, lambda m: {"val_dice": 0.8}, "val_dice", True, 6, 3, tmp_path / "b.pt")
+    first.epoch_end(0)
+    resumed = BestOnVal(model, lambda m: {"val_dice": 0.5}, "val_dice", True, 6, 3, tmp_path / "b.pt", resume=True)
+    resumed.epoch_end(1)  # worse: the kept state stays epoch 1's
+    assert resumed.restore() == {"best_epoch": 1, "val_dice": 0.8}
+    fresh = BestOnVal(model, lambda m: {"val_dice": 0.5}, "val_dice", True, 6, 3, tmp_path / "b.pt")
+    assert fresh.best is None and not (tmp_path / "b.pt").exists()
