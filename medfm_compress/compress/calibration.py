@@ -65,16 +65,19 @@ class CalibrationReader:
     """
 
     def __init__(self, name: str, images: np.ndarray | LazyImages, batch: int = 16, start: int = 0,
-                 stop: int | None = None):
+                 stop: int | None = None, on_batch=None):
         self.name, self.images, self.batch = name, images, batch
         self.start, self.stop = start, len(images) if stop is None else min(stop, len(images))
         self.i = start
+        self.on_batch = on_batch  # called with each batch's image count (a progress bar)
 
     def get_next(self):
         if self.i >= self.stop:
             return None
         b = self.images[self.i : min(self.i + self.batch, self.stop)]
         self.i += self.batch
+        if self.on_batch is not None:
+            self.on_batch(len(b))
         return {self.name: np.ascontiguousarray(b, dtype=np.float32)}
 
     def get_first(self):

@@ -88,6 +88,7 @@ class StaticQuantizer:
         num_bins: int = 2048,
         percentile: float = 99.999,
         reduce_range: bool = True,
+        progress: bool = False,
     ):
         from onnxruntime.quantization import CalibrationMethod
 
@@ -107,6 +108,7 @@ class StaticQuantizer:
         # One cache per calibration setting: quantizers of several settings (the recovery search) share a workdir.
         setting = {"minmax": "", "percentile": f"-p{percentile:g}-b{num_bins}", "entropy": f"-b{num_bins}"}
         self.cache = self.workdir / f"calib-{calibrator}{setting[calibrator]}.json"
+        self.progress = progress
         self._calibrate(calib_images)
 
     def with_weights(self, per_channel: bool, reduce_range: bool) -> StaticQuantizer:
@@ -118,6 +120,7 @@ class StaticQuantizer:
     def _calibrate(self, x: np.ndarray) -> None:
         import onnx
         from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+        from tqdm.auto import tqdm
 
         inferred = preprocessed(self.fp32_path, self.workdir)
         model = onnx.load(str(inferred))
@@ -138,8 +141,11 @@ class StaticQuantizer:
             # A streamed set goes in chunks so ORT never holds more than one chunk's activations; an in-memory
             # set goes in one pass as before (histogram calibrators re-bin across passes).
             chunk = STREAM_CHUNK_IMAGES if is_lazy(x) else max(len(x), 1)
-            # ORT's histogram calibrators print their progress to stdout, which must stay clean for --json.
-            with contextlib.redirect_stdout(io.StringIO()):
+            # ORT's histogram calibrators print their progress to stdout, which must stay clean for --json; ours
+            # goes to stderr (a large model takes minutes to calibrate).
+            bar = tqdm(total=len(x), desc=f"calibrating ({self.calibrator})", unit="img", leave=False,
+                       disable=not self.progress, dynamic_ncols=True)
+            with bar, contextlib.redirect_stdout(io.StringIO()):
                 for start in range(0, len(x), chunk):
                     end = min(len(x), start + chunk)
                     # ORT's histogram collectors stack the batches of one pass into one array, so a pass must
@@ -147,7 +153,7 @@ class StaticQuantizer:
                     full = start + (end - start) // CALIB_BATCH * CALIB_BATCH
                     for a, b in ((start, full), (full, end)):
                         if b > a:
-                            cal.collect_data(CalibrationReader(name, x, CALIB_BATCH, a, b))
+                            cal.collect_data(CalibrationReader(name, x, CALIB_BATCH, a, b, on_batch=bar.update))
                 save_tensors_data(cal.compute_data(), self.cache)
         except Exception as e:  # ORT raises its own types for ops it cannot run
             raise ModelError(
@@ -209,7 +215,7 @@ def static_int8(ctx: QuantizeContext, ref: np.ndarray, sq: StaticQuantizer | Non
     if sq is None:
         cfg = ctx.cfg
         sq = StaticQuantizer(ctx.fp32_path, ctx.calib.images, ctx.workdir, cfg.backend.calibrator, cfg.backend.per_channel,
-                             cfg.backend.num_bins, cfg.backend.percentile, cfg.backend.reduce_range)
+                             cfg.backend.num_bins, cfg.backend.percentile, cfg.backend.reduce_range, cfg.progress)
     cfg = ctx.cfg
     exclude = list(cfg.backend.exclude_nodes or [])
     proto = sq.quantize(exclude=exclude)

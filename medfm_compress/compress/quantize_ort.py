@@ -74,7 +74,7 @@ def quantize_cpu(ctx: QuantizeContext) -> QuantizedModel:
     ref = run_onnx(ctx.fp32_proto, ctx.calib.holdout)
     if precision == "int8":
         sq = StaticQuantizer(ctx.fp32_path, ctx.calib.images, ctx.workdir, cfg.backend.calibrator, cfg.backend.per_channel,
-                             cfg.backend.num_bins, cfg.backend.percentile, cfg.backend.reduce_range)
+                             cfg.backend.num_bins, cfg.backend.percentile, cfg.backend.reduce_range, cfg.progress)
         try:
             qm = static_int8(ctx, ref, sq)
         except GateFailure as e:  # --auto-exclude could not reach the gate, or only with a model slower than fp32
@@ -142,7 +142,7 @@ def _quantizer(state: SearchState, s: dict[str, Any]) -> StaticQuantizer:
     if key not in quantizers:
         percentile = ctx.cfg.backend.percentile if s["percentile"] is None else s["percentile"]
         quantizers[key] = StaticQuantizer(ctx.fp32_path, ctx.calib.images, ctx.workdir, s["calibrator"], True,
-                                          ctx.cfg.backend.num_bins, percentile, True)
+                                          ctx.cfg.backend.num_bins, percentile, True, ctx.cfg.progress)
     return quantizers[key].with_weights(s["per_channel"], s["reduce_range"])
 
 

@@ -675,3 +675,13 @@ def test_the_cli_restates_no_default(monkeypatch):
         "--exclude", "a,b"])
     assert cfg == QuantizeConfig.from_options(input="m.onnx", progress=False, per_channel=False, calibrator="minmax",
                                  min_pearson=0.95, exclude_nodes=("a", "b"), pinned=("calibrator", "per_channel"))
+
+
+def test_calibration_reader_reports_each_batch_for_a_progress_bar():
+    from medfm_compress.compress.calibration import CalibrationReader
+
+    seen = []
+    reader = CalibrationReader("input", np.zeros((10, 1, 4, 4), np.float32), batch=4, on_batch=seen.append)
+    while reader.get_next() is not None:
+        pass
+    assert seen == [4, 4, 2]
