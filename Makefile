@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medfm-installed
-EXTRAS ?= all,dev,bench-real
+EXTRAS ?= all,dev,bench-real,docs
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint clean cpp
+.PHONY: venv demo test docs lint clean cpp
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/medfm-compress demo
 
-# The whole suite, minute-scale (slow) tests included; a plain `pytest` skips those for a quick loop.
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or docstring. Offline.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The docs build, then the whole suite, minute-scale (slow) tests included; a plain `pytest` skips those for a quick loop.
 test: venv
+	$(MAKE) docs
 	$(BIN)/python -m pytest --run-slow $(PYTEST_ARGS)
 
 # The C++ runtime (csrc/): library medfm_runtime + CLI build/cpp/medfm-run; `make test` builds and tests it too.
@@ -32,4 +37,4 @@ lint: venv
 	$(BIN)/ruff format --check medfm_compress tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info
