@@ -40,10 +40,13 @@ CLI = [sys.executable, "-m", "medfm_compress"]
 VARIANTS = {"defaults": ["--teacher-steps", "600"], "epochs": ["--teacher-epochs", "6", "--epochs", "8"]}
 
 
-def sh(args: list[str], what: str) -> float:
+def sh(args: list[str], what: str, refusal_ok: bool = False) -> float | str:
+    """Run a command; its wall seconds, or (``refusal_ok``) the last line of a gate's refusal (exit 3)."""
     print(f"== {what}", flush=True)
     t0 = time.time()
     p = subprocess.run(CLI + args, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if p.returncode == 3 and refusal_ok:
+        return (p.stderr or p.stdout).strip().splitlines()[-1]
     if p.returncode != 0:
         sys.exit(f"error: {what} failed: {(p.stderr or p.stdout).strip().splitlines()[-3:]}")
     return time.time() - t0
@@ -57,7 +60,7 @@ def dice_at_native(pred_masks: list[np.ndarray], ref: np.ndarray, classes: int) 
     pred = np.stack([resize_mask(p.astype(np.uint8), ref.shape[1:]) for p in pred_masks])
     per = dice_per_case(pred, ref, classes)
     return {"mean_dice": round(float(mean_dice(per)), 4),
-            "dice": [round(float(np.nanmean(per[:, k])), 4) for k in range(1, classes)]}
+            "dice": [round(float(np.nanmean(per[:, k - 1])), 4) for k in range(1, classes)]}
 
 
 def score_run(run: Path, data_spec: str, native_spec: str) -> dict:
@@ -76,6 +79,9 @@ def score_run(run: Path, data_spec: str, native_spec: str) -> dict:
         t_pred = [teacher(x[i:i + 8]).argmax(1).numpy() for i in range(0, len(x), 8)]
     out = {"test_slices": len(test), "teacher": dice_at_native(list(np.concatenate(t_pred)), ref, classes)}
     for name in ("student.onnx", "student.int8.onnx"):
+        if not (run / name).is_file():
+            out["int8"] = None  # quantize refused: no INT8 model passed the gate and beat fp32
+            continue
         with Engine.load(str(run / name)) as eng:
             pred = np.concatenate([eng.run(eng.preprocess(test.images[i:i + 8])).argmax(1)
                                    for i in range(0, len(test), 8)])
@@ -105,23 +111,29 @@ def main() -> None:
         if not (run / "metrics.json").is_file():
             seconds["distill"] = round(sh(["distill", "--data", data, *VARIANTS[variant], "--quiet", "--out",
                                            str(run)], f"distill {variant} at {tag}"), 1)
-        if not (run / "student.int8.onnx").is_file():
+        refused = None
+        if not (run / "student.onnx").is_file():
             seconds["export"] = round(sh(["export", str(run), "--out", str(run / "student.onnx")], "export"), 1)
-            seconds["quantize"] = round(sh(["quantize", str(run / "student.onnx"), "--calib-data", data,
-                                            "--target", "cpu", "--out", str(run / "student.int8.onnx")],
-                                           "quantize"), 1)
+        if not (run / "student.int8.onnx").is_file():
+            q = sh(["quantize", str(run / "student.onnx"), "--calib-data", data, "--target", "cpu", "--out",
+                    str(run / "student.int8.onnx")], "quantize", refusal_ok=True)
+            refused = q if isinstance(q, str) else None
+            if not refused:
+                seconds["quantize"] = round(q, 1)
         m = json.loads((run / "metrics.json").read_text())
         scores = score_run(run, data, native)
         record["variants"][variant] = {
             "flags": VARIANTS[variant], "seconds": seconds, "budget": m.get("budget"),
             "metrics_teacher_mean_dice": m["teacher"]["mean_dice"], "metrics_student_mean_dice": m["student"]["mean_dice"],
-            "warnings": m.get("warnings", []), "at_256": scores,
+            "warnings": m.get("warnings", []), "at_256": scores, "distill_seconds_metrics": m.get("seconds"),
+            "quantize_refused": refused,
             "teacher": m["teacher"]["arch"], "student": m["student"]["arch"],
         }
         s = scores
+        int8 = f"{s['int8']['mean_dice']:.3f} {s['int8']['dice']}" if s["int8"] else f"refused ({refused})"
         print(f"{variant:9s} {tag}: teacher {s['teacher']['mean_dice']:.3f} {s['teacher']['dice']}  student fp32 "
-              f"{s['fp32']['mean_dice']:.3f}  INT8 {s['int8']['mean_dice']:.3f} {s['int8']['dice']} (mean Dice at "
-              f"256, {s['test_slices']} test slices); distill {seconds.get('distill', '-')} s")
+              f"{s['fp32']['mean_dice']:.3f}  INT8 {int8} (mean Dice at the slices' own 256, {s['test_slices']} test "
+              f"slices); distill {m.get('seconds')} s")
     out = REPO / "benchmarks" / "results" / f"small_folder{'' if tag == 'native' else '_' + tag}.json"
     atomic_write_json(out, record)
     print(f"wrote {out}")

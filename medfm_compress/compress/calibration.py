@@ -267,10 +267,14 @@ def build_calibration(
                 raise DataError(f"{spec} holds {len(pool)} image(s) from one source: calibration and held-out images "
                                 "need at least two sources (images, or groups in labels.csv)")
             want = max(1, min(n_holdout, len(pool) // 4))
-            seeds = stratified_indices(pool.labels, want, seed + 1, task.task)
-            held = np.isin(groups, groups[seeds])
-            if held.all():  # the drawn images span every source: keep the first one's out
-                held = groups == groups[seeds[0]]
+            if len(set(groups.tolist())) == len(groups):  # every image its own source: stratified by label
+                held = np.isin(everything, stratified_indices(pool.labels, want, seed + 1, task.task))
+            else:  # whole sources, in a seeded order, until they hold the images wanted (one stays for calibration)
+                sources = sorted(set(groups.tolist()))
+                order = np.random.default_rng(seed + 1).permutation(len(sources))[: len(sources) - 1]
+                counts = np.array([np.count_nonzero(groups == sources[i]) for i in order])
+                take_n = int(np.searchsorted(np.cumsum(counts), want)) + 1
+                held = np.isin(groups, [sources[i] for i in order[:take_n]])
             rest, others = everything[held], everything[~held]
             cal_idx = others[stratified_indices(pool.labels[others], n, seed, task.task)]
             rest = rest[~np.isin(groups[rest], groups[cal_idx])]
