@@ -30,6 +30,7 @@ from .quantize import (
     QuantizedModel,
     check_gate,
     parity_report,
+    parity_text,
     register_target,
 )
 from .quantize_config import ModelOptConfig
@@ -305,8 +306,9 @@ def quantize_tensorrt(ctx: QuantizeContext) -> QuantizedModel:
     if ref is not None:
         report["parity"] = parity_report(ref, run_onnx(proto, ctx.calib.holdout), ctx.meta.task)
         ctx.log(
-            "parity vs fp32 on held-out images: "
-            + ", ".join(f"{k} {v:.4g}" for k, v in report["parity"].items())
+            f"parity vs fp32 on held-out images: {parity_text(report['parity'])}, "
+            + ", ".join(f"{k} {v:.4g}" for k, v in report["parity"].items()
+                        if isinstance(v, float) and k not in ("top1_agreement", "cosine", "mean_dice"))
         )
         check_gate(report["parity"], ctx, f"{cfg.precision} model")
     report["engine_hint"] = f"medfm-compress export OUT.onnx --format tensorrt --precision {cfg.precision}"
