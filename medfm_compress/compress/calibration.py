@@ -259,13 +259,15 @@ def build_calibration(
         # photograph, a DICOM's patient, counts as one source; an image without a group is its own).
         everything = np.arange(len(pool))
         groups = np.asarray(pool.groups if getattr(pool, "groups", None) is not None else everything, dtype=object)
+        if len(set(groups.tolist())) < 2:  # one source (the crops of one volume): images are all there is to split
+            info["holdout_shares_source"] = True
+            groups = np.asarray(everything, dtype=object)
         rest = everything[~np.isin(groups, groups[cal_idx])]
         if not len(rest):
             # Calibration would touch every source of a single split: hold out whole sources, a quarter of the
             # images (at least one source) first, so the gate never judges a model on what it was calibrated on.
-            if len(set(groups.tolist())) < 2:
-                raise DataError(f"{spec} holds {len(pool)} image(s) from one source: calibration and held-out images "
-                                "need at least two sources (images, or groups in labels.csv)")
+            if len(pool) < 2:
+                raise DataError(f"{spec} holds {len(pool)} image: calibration and held-out images need at least 2")
             want = max(1, min(n_holdout, len(pool) // 4))
             if len(set(groups.tolist())) == len(groups):  # every image its own source: stratified by label
                 held = np.isin(everything, stratified_indices(pool.labels, want, seed + 1, task.task))
