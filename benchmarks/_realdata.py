@@ -88,7 +88,6 @@ def mobilenet_v2_imagenet():
 def photo_views(out: Path, crops_per_photo: int = 6, size: int = 224, seed: int = 0, groups: bool = True) -> Path:
     """Unlabelled random crops of every bundled photo in one folder (a calibration set as a user would have one);
     with ``groups``, a ``labels.csv`` (``file,group``) says which crops share a photograph."""
-    from PIL import Image
 
     out = Path(out)
     if any(out.glob("*.png")):
@@ -98,13 +97,9 @@ def photo_views(out: Path, crops_per_photo: int = 6, size: int = 224, seed: int 
     rows = []
     for name in CALIBRATION_PHOTOS + HELDOUT_PHOTOS:
         img = _photo(name)
-        h, w = img.shape[:2]
         for k in range(crops_per_photo):
-            scale = rng.uniform(0.25, 1.0)
-            ch, cw = max(16, int(h * np.sqrt(scale))), max(16, int(w * np.sqrt(scale)))
-            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
             fname = f"{Path(name).stem}_{k:02d}.png"
-            Image.fromarray(img[y : y + ch, x : x + cw]).resize((size, size), Image.BILINEAR).save(out / fname)
+            _random_crop(img, rng, size).save(out / fname)
             rows.append((fname, Path(name).stem))
     if groups:
         with open(out / "labels.csv", "w", newline="") as fh:
@@ -112,6 +107,17 @@ def photo_views(out: Path, crops_per_photo: int = 6, size: int = 224, seed: int 
             w.writerow(["file", "group"])
             w.writerows(rows)
     return out
+
+
+def _random_crop(img: np.ndarray, rng, size: int):
+    """A random crop of a quarter to all of ``img``'s area, resized to ``size`` (a PIL image)."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    scale = rng.uniform(0.25, 1.0)
+    ch, cw = max(16, int(h * np.sqrt(scale))), max(16, int(w * np.sqrt(scale)))
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return Image.fromarray(img[y : y + ch, x : x + cw]).resize((size, size), Image.BILINEAR)
 
 
 def _photo(name: str) -> np.ndarray:
@@ -135,12 +141,8 @@ def photo_folder(out: Path, crops_per_photo: int = 24, size: int = 224, seed: in
     for split, names in (("train", CALIBRATION_PHOTOS), ("test", HELDOUT_PHOTOS)):
         for name in names:
             img = _photo(name)
-            h, w = img.shape[:2]
             for k in range(crops_per_photo):
-                scale = rng.uniform(0.25, 1.0)
-                ch, cw = max(16, int(h * np.sqrt(scale))), max(16, int(w * np.sqrt(scale)))
-                y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-                crop = Image.fromarray(img[y : y + ch, x : x + cw]).resize((size, size), Image.BILINEAR)
+                crop = _random_crop(img, rng, size)
                 if rng.random() < 0.5:
                     crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
                 fname = f"{Path(name).stem}_{k:02d}.png"
