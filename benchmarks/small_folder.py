@@ -2,11 +2,15 @@
 the two masks its author drew in InVesalius (bone; head, so soft tissue = head minus bone), side by side with the
 epoch flags a new user would have passed before budgets were counted in steps.
 
-    python benchmarks/small_folder.py [--work runs/small-folder] [--size 128] [--variants defaults,epochs]
+    python benchmarks/small_folder.py [--work runs/small-folder] [--size 128 | --patch 128,128] [--variants defaults,epochs]
+
+Data: the slices resized (``--size N``: ``?size=N``), or at their own 256x256 with training patches (``--patch H,W``:
+``?patch=H,W``, scored on whole slices by sliding windows).
 
 Variants (each a run directory under ``--work``, reused when finished):
-  defaults  ``distill --data folder:DIR[?size=N] --teacher-steps 600`` and nothing else: the default teacher
-            (``smp:FPN:tu-resnet34``, trained from scratch, 600 steps at most: the default teacher budget, stopping
+  defaults  ``distill --data folder:DIR[?size=N|?patch=H,W] --teacher-steps 600`` and nothing else (real data needs
+            the teacher named: here the default one, ``smp:FPN:tu-resnet34``, trained from scratch, 600 steps at
+            most, the budget the synthetic default's teacher gets, stopping
             early on validation Dice), the default student with the default budget (as many steps as the embedded
             default gets);
   epochs    ``--teacher-epochs 6 --epochs 8``: the flags tuned for 2,400 images, on 76.
@@ -15,7 +19,7 @@ Every run's student is exported and quantized to INT8 for the CPU (calibrated on
 student masks are scored against the author's masks at the slices' own 256x256 (a run at ``?size=N`` has its masks
 brought back to 256 by nearest neighbour, as ``predict`` writes them) on the test slices.
 
-Writes benchmarks/results/small_folder[_sN].json.
+Writes benchmarks/results/small_folder[_sN|_pN].json.
 """
 
 from __future__ import annotations
@@ -66,25 +70,37 @@ def dice_at_native(pred_masks: list[np.ndarray], ref: np.ndarray, classes: int) 
 def score_run(run: Path, data_spec: str, native_spec: str) -> dict:
     import torch
 
+    from medfm_compress.bench.parity import predict_whole_logits
+    from medfm_compress.compress.tasks.segmentation import predict_masks
     from medfm_compress.data import load_data
+    from medfm_compress.data.patches import case_shapes
     from medfm_compress.models.card import load_model
     from medfm_compress.runtime import Engine
 
-    test = load_data(data_spec).split("test")
+    task = load_data(data_spec)
+    test = task.split("test")
     ref = np.asarray(load_data(native_spec).split("test").labels)
     classes = int(ref.max()) + 1
     teacher, card = load_model(run, "teacher")
-    with torch.no_grad():
-        x = torch.from_numpy(card.preprocess(test.images))
-        t_pred = [teacher(x[i:i + 8]).argmax(1).numpy() for i in range(0, len(x), 8)]
-    out = {"test_slices": len(test), "teacher": dice_at_native(list(np.concatenate(t_pred)), ref, classes)}
+    if task.whole_cases:  # patches: whole slices by sliding windows, as predict runs the model
+        shapes = case_shapes(task, "test")
+        x = torch.from_numpy(card.preprocess.whole(test.images))
+        t_pred = predict_masks(teacher, x, roi=tuple(card.preprocess.input_size), shapes=shapes)
+    else:
+        with torch.no_grad():
+            x = torch.from_numpy(card.preprocess(test.images))
+            t_pred = list(np.concatenate([teacher(x[i:i + 8]).argmax(1).numpy() for i in range(0, len(x), 8)]))
+    out = {"test_slices": len(test), "teacher": dice_at_native(t_pred, ref, classes)}
     for name in ("student.onnx", "student.int8.onnx"):
         if not (run / name).is_file():
             out["int8"] = None  # quantize refused: no INT8 model passed the gate and beat fp32
             continue
         with Engine.load(str(run / name)) as eng:
-            pred = np.concatenate([eng.run(eng.preprocess(test.images[i:i + 8])).argmax(1)
-                                   for i in range(0, len(test), 8)])
+            if task.whole_cases:
+                pred = predict_whole_logits(eng, test.images, shapes).argmax(1)
+            else:
+                pred = np.concatenate([eng.run(eng.preprocess(test.images[i:i + 8])).argmax(1)
+                                       for i in range(0, len(test), 8)])
         out["fp32" if name == "student.onnx" else "int8"] = dice_at_native(list(pred), ref, classes)
     return out
 
@@ -93,6 +109,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default=str(REPO / "runs" / "small-folder"))
     ap.add_argument("--size", type=int, default=None, help="train at ?size=N (default: the slices' own 256)")
+    ap.add_argument("--patch", default=None, help="train on patches H,W of the slices at their own 256 (?patch=H,W)")
     ap.add_argument("--variants", default="defaults,epochs")
     args = ap.parse_args()
     work = Path(args.work)
@@ -102,8 +119,10 @@ def main() -> None:
 
         head_ct_masks(folder)
     native = f"folder:{folder}"
-    data = native + (f"?size={args.size}" if args.size else "")
-    tag = f"s{args.size}" if args.size else "native"
+    if args.size and args.patch:
+        sys.exit("error: --size resizes the slices, --patch trains at their own size: give one")
+    data = native + (f"?size={args.size}" if args.size else f"?patch={args.patch}" if args.patch else "")
+    tag = f"s{args.size}" if args.size else f"p{args.patch.split(',')[0]}" if args.patch else "native"
     record: dict = {"data": data, "fingerprint": fingerprint(), "variants": {}}
     for variant in args.variants.split(","):
         run = work / f"{variant}-{tag}"

@@ -237,6 +237,11 @@ ModelMeta parse_metadata(const std::map<std::string, std::string>& props, const 
         throw Error("medfm.spacing: expected 'SX,SY,SZ' on a volume model (input X,Y,Z)");
       }
     }
+    auto tiles = props.find("medfm.tiles");
+    if (tiles != props.end() && trim(tiles->second) == "1") {
+      throw Error(source + " is a 2-D model trained on patches (medfm.tiles): it segments whole images by sliding "
+                  "windows, which this runtime runs for volumes only; segment its images with medfm-compress predict");
+    }
     meta.preprocess.channels = parse_int(require(props, "medfm.channels", source), "medfm.channels");
     meta.preprocess.mean = parse_floats(require(props, "medfm.mean", source), "medfm.mean");
     meta.preprocess.std = parse_floats(require(props, "medfm.std", source), "medfm.std");

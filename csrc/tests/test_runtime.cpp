@@ -124,6 +124,9 @@ void test_metadata() {
     p.erase("medfm.input_size");
     CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "missing key medfm.input_size");
     p = good_props();
+    p["medfm.tiles"] = "1";
+    CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "segment its images with medfm-compress predict");
+    p = good_props();
     p["medfm.mean"] = "0.5,abc,0.5";
     CHECK_ERROR(medfm::parse_metadata(p, "x.onnx"), "'abc' is not a finite number");
     p = good_props();

@@ -188,6 +188,22 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="bench", unit="step", disable=not enabled, leave=False)
 
 
+def _check_windowed(name: str, pre, data, spec: str) -> None:
+    """Refuse, in one line, a segmentation artifact that would not segment the data's cases the way predict does:
+    a 2-D model on volumes (or the reverse), a model trained on patches on data of whole images resized (or the
+    reverse)."""
+    if data.volumes != pre.is_volume:
+        raise DataError(f"artifact '{name}' takes {'volumes' if pre.is_volume else '2-D images'}, but {spec} holds "
+                        f"{'volumes' if data.volumes else '2-D images'}: bench it on data of its kind")
+    if not data.volumes and data.whole_cases != pre.tiles:
+        size = "x".join(str(v) for v in pre.input_size)
+        raise DataError(
+            f"artifact '{name}' was trained on {size} patches at the images' own resolution, but {spec} resizes whole "
+            f"images: add ?patch={size.replace('x', ',')} to the data spec" if pre.tiles else
+            f"artifact '{name}' takes images resized to {size}, but {spec} holds whole images for a model trained on "
+            f"patches: drop ?patch= from the data spec")
+
+
 def _latency_inputs(engine, images: np.ndarray, batch: int) -> np.ndarray:
     """A preprocessed batch of real cases (repeated when the split is smaller than the batch)."""
     idx = np.arange(batch) % len(images)
@@ -221,7 +237,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         evaluate,
         parity,
         predict_logits,
-        predict_volume_logits,
+        predict_whole_logits,
         reference_thresholds,
     )
     from .report import SCHEMA_VERSION, write_reports
@@ -237,12 +253,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             judges = models_where(lambda t, g=gate: t.drop_gate == g)
             raise UsageError(f"--{gate.replace('_', '-')} judges {judges}, but {cfg.data} is a {task.name} task"
                              + (f": use --{task.drop_gate.replace('_', '-')} POINTS" if task.drop_gate else ""))
-    volume = task.dense and task_data.volumes
-    if volume:  # whole cases, scored as predict segments them (sliding windows); HD95 in mm
-        from ..data.volume_seg import case_shapes
+    whole = task.dense and task_data.whole_cases
+    spacing = None
+    if whole:  # whole cases, scored as predict segments them (sliding windows); HD95 in mm for volumes
+        from ..data.patches import case_shapes
 
         shapes = case_shapes(task_data, cfg.split)
-        spacing = task_data.spacing_mm or (1.0, 1.0, 1.0)
+        if task_data.volumes:
+            spacing = task_data.spacing_mm or (1.0, 1.0, 1.0)
     ref_name = cfg.reference_name
     order = [(n, p) for n, p in cfg.artifacts if n == ref_name] + [(n, p) for n, p in cfg.artifacts if n != ref_name]
     # Cheap checks first, so a bad invocation fails before any progress output or model loading.
@@ -274,11 +292,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                                                       threads=cfg.threads, **options))
                 engines[name] = eng
                 check_data_matches(name, eng, task_data.task, task_data.num_classes, task_data.channels)
-                if volume:
-                    if not eng.meta.preprocess.is_volume:
-                        raise DataError(f"artifact '{name}' takes 2-D images, but {cfg.data} holds volumes: bench it "
-                                        "on 2-D data, or give a 3-D model")
-                    logits = predict_volume_logits(eng, split.images, shapes, cfg.sw_batch_size, cfg.sw_overlap)
+                if task.dense:
+                    _check_windowed(name, eng.meta.preprocess, task_data, cfg.data)
+                if whole:
+                    logits = predict_whole_logits(eng, split.images, shapes, cfg.sw_batch_size, cfg.sw_overlap)
                 else:
                     logits = predict_logits(eng, split.images, cfg.eval_batch_size)
                 bar.update(1)
@@ -286,7 +303,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                     ref_logits = logits
                     thresholds = reference_thresholds(logits, split.labels, task_data.task)
                 metrics = evaluate(logits, split.labels, task_data.task, task_data.label_names, thresholds,
-                                   spacing=spacing if volume else None)
+                                   spacing=spacing)
                 par = parity(ref_logits, logits, split.labels, task_data.task, thresholds, cfg.n_resamples, cfg.seed)
                 for m, d in par["deltas"].items():
                     if m in metrics:
@@ -328,10 +345,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             # Phase 3: end-to-end per case (batch 1), artifact by artifact.
             for name, eng in engines.items():
                 bar.set_postfix_str(f"{name} end-to-end")
-                if volume:
+                if whole and task_data.volumes:
                     by_name[name]["end_to_end"] = measure_volume_end_to_end(
                         eng, split.images, shapes, spacing, cfg.sw_batch_size, cfg.sw_overlap,
                         runs=max(3, min(cfg.iterations, 8)))
+                elif whole:  # 2-D images by sliding windows, each at its own size
+                    by_name[name]["end_to_end"] = measure_end_to_end(eng, split.images, lat_cfg, shapes,
+                                                                     cfg.sw_batch_size, cfg.sw_overlap)
                 elif eng.batch_range[0] == 1:
                     by_name[name]["end_to_end"] = measure_end_to_end(eng, split.images, lat_cfg)
                 bar.update(1)
@@ -347,8 +367,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "config": cfg.to_dict() | {"artifacts": [list(a) for a in cfg.artifacts]},
         "data": {"spec": cfg.data, "split": cfg.split, "n": len(split), "task": task_data.task,
                  "label_names": list(task_data.label_names),
-                 **({"volumes": True, "spacing_mm": list(spacing), "case_shapes": [list(v) for v in shapes]}
-                    if volume else {})},
+                 **({"volumes": True, "spacing_mm": list(spacing)} if whole and task_data.volumes else {}),
+                 **({"case_shapes": [list(v) for v in shapes]} if whole else {})},
         "reference": ref_name,
         "artifacts": entries,
         "gates": gates,

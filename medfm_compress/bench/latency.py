@@ -139,12 +139,16 @@ def measure_engines(items: dict, cfg: LatencyConfig | None = None, rounds: int =
     return out
 
 
-def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None = None) -> dict:
+def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None = None, shapes=None,
+                       sw_batch_size: int = 4, overlap: float = 0.25) -> dict:
     """Per-case latency of raw image -> preprocessing -> engine -> probabilities + argmax (batch 1); for
-    segmentation the label map resized (nearest) back to the raw image's size.
+    segmentation the label map resized (nearest) back to the raw image's size. A 2-D segmentation model trained on
+    patches (``medfm.tiles``) segments each whole image by sliding windows instead (``sw_batch_size`` windows per
+    engine call, ``overlap``), each image cropped to its true size from ``shapes``.
 
     Cycles through ``raw_images`` so that preprocessing sees real, varying cases.
     """
+    from ..runtime.sliding_window import class_argmax, whole_logits
     from ..runtime.tasks import get_task
 
     cfg = cfg or LatencyConfig()
@@ -152,12 +156,16 @@ def measure_end_to_end(engine, raw_images: np.ndarray, cfg: LatencyConfig | None
         raise ConfigError("end-to-end latency needs at least one raw image")
     task = get_task(engine.meta.task)
     pre = engine.meta.preprocess
-    cases = [raw_images[i : i + 1] for i in range(min(len(raw_images), 64))]
+    n = min(len(raw_images), 64)
+    cases = [raw_images[i : i + 1] if shapes is None else np.asarray(raw_images[i])[None, :shapes[i][0], :shapes[i][1]]
+             for i in range(n)]
     state = {"i": 0}
 
     def one_case():
         img = cases[state["i"] % len(cases)]
         state["i"] += 1
+        if pre.tiles:
+            return class_argmax(whole_logits(engine, img[0], overlap, sw_batch_size, normalize=False))
         return task.case_result(engine.run(pre(img)), img.shape[1:3])
 
     def synced():

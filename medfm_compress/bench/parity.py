@@ -12,7 +12,7 @@ from ..data.lazy import iter_batches
 from ..errors import DataError
 from ..runtime.tasks import get_task
 
-__all__ = ["predict_logits", "predict_volume_logits", "check_data_matches", "evaluate", "parity"]
+__all__ = ["predict_logits", "predict_whole_logits", "check_data_matches", "evaluate", "parity"]
 
 
 def check_data_matches(name: str, engine, task: str, num_classes: int, channels: int) -> None:
@@ -47,19 +47,19 @@ def predict_logits(engine, images: np.ndarray, batch_size: int = 32) -> np.ndarr
     return np.concatenate(out)
 
 
-def predict_volume_logits(engine, volumes: np.ndarray, shapes, sw_batch_size: int = 4, overlap: float = 0.25,
-                          progress=None) -> np.ndarray:
-    """Class maps ``(N, K, X, Y, Z)`` of whole raw volumes by sliding windows (each case cropped to its true size
-    from ``shapes``, segmented, and put back on the padded grid, whose padding is background), the way predict
-    segments a volume."""
-    from ..runtime.sliding_window import volume_logits
+def predict_whole_logits(engine, cases: np.ndarray, shapes, sw_batch_size: int = 4, overlap: float = 0.25,
+                         progress=None) -> np.ndarray:
+    """Class maps ``(N, K, *spatial)`` of whole raw cases (volumes; images for a 2-D model trained on patches) by
+    sliding windows (each case cropped to its true size from ``shapes``, segmented, and put back on the padded grid,
+    whose padding is background), the way predict segments a case."""
+    from ..runtime.sliding_window import whole_logits
 
     out = None
     for i, shape in enumerate(shapes):
-        case = np.asarray(volumes[i])[tuple(slice(0, n) for n in shape)]
-        logits = volume_logits(engine, case, overlap=overlap, sw_batch_size=sw_batch_size)
+        case = np.asarray(cases[i])[tuple(slice(0, n) for n in shape)]
+        logits = whole_logits(engine, case, overlap=overlap, sw_batch_size=sw_batch_size)
         if out is None:
-            out = np.zeros((len(shapes), logits.shape[0], *np.asarray(volumes[0]).shape), np.float32)
+            out = np.zeros((len(shapes), logits.shape[0], *np.asarray(cases[0]).shape[:len(shape)]), np.float32)
             out[:, 0] = 1e4  # padding: background
         out[(i, slice(None), *(slice(0, n) for n in shape))] = logits
         if progress is not None:

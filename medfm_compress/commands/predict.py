@@ -39,9 +39,10 @@ from ._common import csv_option, foreign_model_options
     help="Threads reading and preprocessing files ahead of the model (0: none).",
 )
 @click.option("--overlap", "sw_overlap", default=0.25, show_default=True, type=click.FloatRange(0.0, 0.95),
-              help="3-D models: overlap of neighbouring sliding windows (fraction of a window).")
+              help="3-D models and 2-D ones trained on patches: overlap of neighbouring sliding windows (fraction of "
+                   "a window).")
 @click.option("--sw-batch-size", default=4, show_default=True, type=click.IntRange(min=1),
-              help="3-D models: sliding windows per engine call.")
+              help="3-D models and 2-D ones trained on patches: sliding windows per engine call.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(
@@ -72,7 +73,9 @@ def command(
 
     A 3-D segmentation model takes volumes: nifti:FILE, dicom-series:DIR, inv3:FILE, nifti:DIR (a data set's
     imagesTs/) or .nii/.nii.gz/.inv3 paths; each is resampled to the model's voxel spacing, segmented by sliding
-    windows and written as DIR/masks/NAME.nii.gz on the input's grid (a DICOM series also as NAME.seg.dcm).
+    windows and written as DIR/masks/NAME.nii.gz on the input's grid (a DICOM series also as NAME.seg.dcm). A 2-D
+    segmentation model trained on patches (distilled on folder:DIR?patch=H,W) segments each whole image at its own
+    resolution by sliding windows.
     """
     from ..data.cases import input_cases
     from ..runtime.predict import PredictConfig, predict

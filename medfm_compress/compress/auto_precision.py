@@ -74,11 +74,12 @@ def select_precision(ctx: QuantizeContext, ref: np.ndarray) -> QuantizedModel:
     """Build fp32, int8 static, int8 dynamic and fp16; keep the fastest that passes the gate (fp32 always does) at
     each of ``cfg.backend.batch_sizes`` (default batch 1)."""
     cfg = ctx.cfg
-    # A volume model runs in a sliding window, its windows batched (runtime.sliding_window.segment_volume's default of
-    # 4 per call): it is timed at that batch unless told otherwise, so the pick is by sliding-window throughput.
+    # A volume model (or a 2-D one trained on patches) runs in a sliding window, its windows batched
+    # (runtime.sliding_window.segment_volume's default of 4 per call): it is timed at that batch unless told otherwise,
+    # so the pick is by sliding-window throughput.
     task = get_task(ctx.meta.task)
-    volume = task.dense and ctx.meta.preprocess.is_volume
-    batch_sizes = tuple(cfg.backend.batch_sizes or ((VOLUME_SW_BATCH,) if volume else (1,)))
+    windowed = task.dense and ctx.meta.preprocess.windowed
+    batch_sizes = tuple(cfg.backend.batch_sizes or ((VOLUME_SW_BATCH,) if windowed else (1,)))
     shape = (batch_sizes[0], *ctx.input_shape)
     # Each candidate's own timing when built (the table's build_latency_ms); the decision times them all again in one
     # interleaved loop through the context's timer.

@@ -248,7 +248,7 @@ def build_calibration(
         hs = task.splits[hold_split]
         if task.whole_cases:
             # Whole held-out cases: the model runs on windows of the training patch, so the gate does too.
-            from ..data.volume_seg import holdout_patches
+            from ..data.patches import holdout_patches
 
             hold_raw = holdout_patches(task, hold_split, n_holdout, seed + 1)
         else:

@@ -163,7 +163,7 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
         log(f"student input: {cfg.student.input_size}x{cfg.student.input_size} (the data and the teacher's input are "
             f"made from {native_pre.input_size[0]}x{native_pre.input_size[1]})")
     # Volumes: val and test hold whole cases, segmented by sliding windows of the training patch's size.
-    whole = student_pre.whole_volumes if task.whole_cases else student_pre
+    whole = student_pre.whole if task.whole_cases else student_pre
     labeled = (labeled_subset(np.asarray(train.labels), task.task, cfg.label_fraction, cfg.seed,
                               groups=train.groups if task.whole_cases else None)
                if dtask.runtime.has_labels else np.arange(len(train)))

@@ -82,7 +82,9 @@ def data_preprocess(task, train_images: np.ndarray, input_size=None):
     mean = tuple(float(v) for v in unit.mean(axis=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in unit.std(axis=(0, 2, 3)))
     size = tuple(input_size) if input_size else task.image_size
-    return PreprocessSpec(input_size=size, channels=task.channels, mean=mean, std=std, window=task.window)
+    # 2-D segmentation on patches (?patch=H,W): whole images are run by sliding windows of the patch's size.
+    return PreprocessSpec(input_size=size, channels=task.channels, mean=mean, std=std, window=task.window,
+                          tiles=task.whole_cases)
 
 
 def adapt_batch(x, src, dst):

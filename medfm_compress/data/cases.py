@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..runtime.predict import Case, Cases, chain_cases, file_cases
+from .patches import case_shapes
 from .spec import DATA_KINDS, load_data, parse_data_spec
 
 __all__ = ["spec_cases", "input_cases", "is_data_spec"]
@@ -47,10 +48,15 @@ def spec_cases(spec: str) -> Cases:
     n = int(images.shape[0])
     if n < 1:
         raise DataError(f"the {split_name} split of {spec} is empty")
+    # Whole cases (segmentation on patches) are padded to the largest: each is given at its own size.
+    shapes = case_shapes(task, split_name) if task.whole_cases and split_name != "train" else None
+
+    def load(i: int):
+        return images[i] if shapes is None else images[i][tuple(slice(0, k) for k in shapes[i])]
 
     def items() -> Iterator[Case]:
         for i in range(n):
-            yield Case(f"{spec}#{i}", lambda i=i: images[i])
+            yield Case(f"{spec}#{i}", lambda i=i: load(i))
 
     which = "its test split" if split_name == "test" else f"all its images ({split_name!r}, the only split)"
     return Cases(n, items(), (f"{spec}: {n} images, {which}",))

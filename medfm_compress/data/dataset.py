@@ -11,7 +11,7 @@ from ..errors import DataError
 from ..runtime.tasks import get_task, task_names
 from .lazy import LazyImages, is_lazy, iter_batches, take
 
-__all__ = ["Split", "TaskData", "VolumeCrops", "VolumeCases", "TASKS", "SPLITS", "class_presence", "validate_masks", "require_task",
+__all__ = ["Split", "TaskData", "VolumeCrops", "WholeCases", "TASKS", "SPLITS", "class_presence", "validate_masks", "require_task",
            "case_strata", "label_strata", "validate_values"]
 
 # The tasks a data set can be: the runtime's registered ones ("embedding": unlabeled volume crops for label-free
@@ -87,14 +87,15 @@ class VolumeCrops:
 
 
 @dataclass(frozen=True)
-class VolumeCases:
-    """3-D segmentation (:mod:`medfm_compress.data.volume_seg`): train holds patches sampled from whole cases
-    (``patches_per_case`` of ``patch`` voxels, ``fg_fraction`` of them centred on foreground), val and test whole
-    cases padded to the largest, each one's true ``(X, Y, Z)`` in ``case_shapes[split]``; every case resampled to
-    ``spacing_mm``."""
+class WholeCases:
+    """Segmentation at the images' own resolution (:mod:`medfm_compress.data.patches`): train holds patches sampled
+    from whole cases (``patches_per_case`` of ``patch`` pixels or voxels, ``fg_fraction`` of them centred on
+    foreground), val and test whole cases padded to the largest, each one's true size in ``case_shapes[split]``.
+    Volumes (a 3-D ``patch``) are resampled to ``spacing_mm``; 2-D images (``?patch=H,W`` on a segmentation folder)
+    have none."""
 
-    spacing_mm: tuple[float, float, float]
-    patch: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float] | None
+    patch: tuple[int, ...]
     patches_per_case: int
     fg_fraction: float
     case_shapes: dict[str, tuple[tuple[int, int, int], ...]]
@@ -112,7 +113,7 @@ class TaskData:
     window: tuple[float, float] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     crops: VolumeCrops | None = None
-    cases: VolumeCases | None = None
+    cases: WholeCases | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -123,7 +124,7 @@ class TaskData:
     @property
     def volumes(self) -> bool:
         """3-D images: volume crops, or the patches and whole cases of 3-D segmentation."""
-        return self.crops is not None or self.cases is not None
+        return self.crops is not None or (self.cases is not None and len(self.cases.patch) == 3)
 
     @property
     def num_classes(self) -> int:
@@ -131,8 +132,8 @@ class TaskData:
 
     @property
     def whole_cases(self) -> bool:
-        """True when val and test hold whole volumes (3-D segmentation: training patches, scored case by case),
-        each padded to the largest with its true size in ``cases.case_shapes``."""
+        """True when val and test hold whole cases (segmentation on training patches, scored case by case by sliding
+        windows), each padded to the largest with its true size in ``cases.case_shapes``."""
         return self.cases is not None
 
     @property
@@ -150,7 +151,9 @@ class TaskData:
 
     @property
     def image_size(self) -> tuple[int, ...]:
-        """(H, W), or (X, Y, Z) for volume crops."""
+        """(H, W), or (X, Y, Z) for volume crops; the training patch's size for segmentation on patches."""
+        if self.cases is not None:
+            return tuple(int(v) for v in self.cases.patch)
         if self.volumes:
             return tuple(int(v) for v in self.any_split().images.shape[1:4])
         imgs = self.any_split().images

@@ -68,13 +68,18 @@ def split_labels(task: TaskData, name: str) -> list[str]:
 
 
 def _file_hashes(task: TaskData, split: Split) -> list[str]:
+    """The SHA-256 of each image's file; a training patch (``FILE@Y,X``, segmentation on patches) is its file's."""
     root = Path(task.info["root"])
-    out = []
+    out: list[str] = []
+    seen: dict[str, str] = {}
     for rel in split.files:
+        name = str(rel).rsplit("@", 1)[0] if task.whole_cases else str(rel)
         try:
-            out.append(sha256_file(root / rel))
+            if name not in seen:
+                seen[name] = sha256_file(root / name)
         except OSError as e:
-            raise DataError(f"{root / rel} cannot be read to hash it ({e.strerror or e}); check the folder") from None
+            raise DataError(f"{root / name} cannot be read to hash it ({e.strerror or e}); check the folder") from None
+        out.append(seen[name])
     return out
 
 

@@ -231,10 +231,11 @@ def _mismatch(source: str, odd: str, odd_im: np.ndarray, usual: str, usual_im: n
     return f"{head}; convert the images to one bit depth, or remove the file"
 
 
-def stack_images(images: list[np.ndarray], source: str, paths: list[str]) -> np.ndarray:
+def stack_images(images: list[np.ndarray], source: str, paths: list[str], sizes_may_differ: bool = False) -> np.ndarray:
     """``images`` as one array; a set that mixes shapes or bit depths is refused naming the first file unlike the
-    most common kind, with the fix that applies."""
-    kinds = [(im.shape, str(im.dtype)) for im in images]
+    most common kind, with the fix that applies. ``sizes_may_differ``: only channels and bit depths must agree, and
+    smaller images are padded with 0 at their bottom and right to the largest."""
+    kinds = [((im.ndim, *im.shape[2:]) if sizes_may_differ else im.shape, str(im.dtype)) for im in images]
     counts: dict[tuple, int] = {}
     for k in kinds:
         counts[k] = counts.get(k, 0) + 1
@@ -243,6 +244,10 @@ def stack_images(images: list[np.ndarray], source: str, paths: list[str]) -> np.
         odd = [i for i, k in enumerate(kinds) if k != usual]
         ref = kinds.index(usual)
         raise DataError(_mismatch(source, paths[odd[0]], images[odd[0]], paths[ref], images[ref], len(odd)))
+    if sizes_may_differ:
+        from .patches import pad_stack
+
+        return pad_stack(images, 0)
     return np.stack(images)
 
 

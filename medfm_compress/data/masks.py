@@ -37,6 +37,7 @@ from ..runtime.images import (
 )
 from .dataset import SPLITS, TaskData, case_strata, validate_masks
 from .folder import draw_group_splits, refuse_straddling, stack_images
+from .patches import LabelledCase, pad_stack, patch_task
 
 __all__ = ["read_mask_folder", "is_mask_folder"]
 
@@ -130,11 +131,14 @@ def _split_rows(root: Path, rels: list[str]) -> tuple[list[str] | None, list[str
     return splits, groups
 
 
-def read_mask_folder(root: str | Path, size: int | None = None, seed: int = 0, channels: int | None = None) -> TaskData:
+def read_mask_folder(root: str | Path, size: int | None = None, seed: int = 0, channels: int | None = None,
+                     sampling: dict | None = None, source: str | None = None) -> TaskData:
     """Read a segmentation folder (see the module docstring) into a ``segmentation`` task; ``channels`` 1 or 3
-    converts every image to that many (:func:`~medfm_compress.runtime.images.to_channels`)."""
+    converts every image to that many (:func:`~medfm_compress.runtime.images.to_channels`). ``sampling``
+    (:func:`~medfm_compress.data.patches.parse_sampling`, from ``?patch=H,W``): training patches and whole held-out
+    images at the images' own resolution, whose sizes may then differ."""
     root = Path(root)
-    source = f"folder:{root}"
+    source = source or f"folder:{root}"
     names = _class_names(root)
     pairs = _pairs(root)
     images, masks = [], []
@@ -142,10 +146,11 @@ def read_mask_folder(root: str | Path, size: int | None = None, seed: int = 0, c
         im, m = _read_pair(img, mask, size, channels)
         images.append(im)
         masks.append(m)
-    stacked = stack_images(images, source, [str(img) for _, img, _ in pairs])  # names the file unlike the rest
+    # Names the file unlike the rest; on patches sizes may differ (padded here to check and stratify, not to train).
+    stacked = stack_images(images, source, [str(img) for _, img, _ in pairs], sizes_may_differ=sampling is not None)
     rels = np.array([rel for rel, _, _ in pairs], dtype=object)
     mask_files = [m.relative_to(root).as_posix() for _, _, m in pairs]
-    stack = np.stack(masks)
+    stack = pad_stack(masks, 0) if sampling is not None else np.stack(masks)
     if names is None:
         if stack.dtype.kind not in "ui" and stack.dtype != bool:
             names = ["background", "class_1"]  # validate_masks refuses the float masks below
@@ -168,10 +173,14 @@ def read_mask_folder(root: str | Path, size: int | None = None, seed: int = 0, c
     else:
         # Stratum: the rarest class an image shows (lesions are rarer than organs), so each split gets its share.
         idx = draw_group_splits(case_strata(checked.labels, len(names)), groups, seed)
+    info = {"root": os.path.realpath(root), "masks": "masks/"}
+    if sampling is not None:
+        cases = {s: [LabelledCase(str(rels[k]), images[k], masks[k].astype(np.uint8), None, str(groups[k]))
+                     for k in i] for s, i in idx.items()}
+        return patch_task(source, list(names), cases, None, sampling, info)
     splits = {}
     for s, i in idx.items():
         split = checked.subset(i)
         split.files, split.groups = rels[i], groups[i]
         splits[s] = split
-    return TaskData(source=source, task="segmentation", label_names=list(names), splits=splits,
-                    info={"root": os.path.realpath(root), "masks": "masks/"})
+    return TaskData(source=source, task="segmentation", label_names=list(names), splits=splits, info=info)

@@ -26,10 +26,13 @@ __all__ = ["DATA_KINDS", "DEFAULT_DATA_SPEC", "parse_data_spec", "load_data", "a
 DATA_KINDS = ("medmnist", "folder", "dicom", "synthetic", "synthetic3d", "nifti", "dicom-series", "inv3")
 _CROP_OPTIONS = {"crop", "n", "sampling", "z", "min_fg", "seed", "spacing"}
 DEFAULT_DATA_SPEC = "synthetic"
+# 2-D patches (?patch=H,W on a segmentation folder): per image, a third of them centred on a foreground class.
+FOLDER_PATCHES_PER_IMAGE = 16
+FOLDER_PATCH_FG = 0.33
 
 _OPTIONS = {
     "medmnist": {"stream"},
-    "folder": {"size", "seed", "stream", "channels"},
+    "folder": {"size", "seed", "stream", "channels", "patch", "per_case", "fg"},
     "dicom": {"size", "seed", "window", "stream", "channels"},
     "synthetic": {"seed", "size", "n_train", "n_val", "n_test", "task"},
     "synthetic3d": SYNTHETIC3D_OPTIONS,
@@ -114,6 +117,19 @@ def load_data(spec: str, *, require_labels: bool = True, seed: int = 0) -> TaskD
     return task
 
 
+def _patch_sampling(opts: dict[str, str], spec: str, seed: int) -> dict | None:
+    """A segmentation folder's ``?patch=H,W`` (with ``per_case``, ``fg``): training patches at the images' own
+    resolution (:mod:`.patches`); None without ``patch``."""
+    from .patches import parse_sampling
+
+    if "patch" not in opts:
+        extra = sorted(set(opts) & {"per_case", "fg"})
+        if extra:
+            raise DataError(f"option {extra[0]} in {spec!r} applies to patches: add ?patch=H,W (e.g. patch=128,128)")
+        return None
+    return parse_sampling(opts, spec, seed, (0, 0), FOLDER_PATCHES_PER_IMAGE, FOLDER_PATCH_FG)
+
+
 def _load(spec: str, require_labels: bool, seed: int) -> TaskData:
     kind, path, opts = parse_data_spec(spec)
     stream = _stream_opt(opts, spec)
@@ -162,7 +178,12 @@ def _load(spec: str, require_labels: bool, seed: int) -> TaskData:
             if "stream" in opts:
                 raise DataError(f"option stream in {spec!r}: a segmentation folder (images/ + masks/) is read into "
                                 "memory; drop the option")
-            return read_mask_folder(Path(path), size=size, seed=split_seed, channels=channels)
+            return read_mask_folder(Path(path), size=size, seed=split_seed, channels=channels,
+                                    sampling=_patch_sampling(opts, spec, split_seed))
+        tiled = sorted(set(opts) & {"patch", "per_case", "fg"})
+        if tiled:
+            raise DataError(f"option {tiled[0]} in {spec!r} cuts segmentation patches; {path} is not a segmentation "
+                            "folder (images/ + masks/): drop the option")
 
         return read_folder(Path(path), size=size, seed=split_seed, require_labels=require_labels, stream=stream,
                            channels=channels)

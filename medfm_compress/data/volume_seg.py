@@ -1,15 +1,9 @@
 """Volumetric segmentation data: the ``synthetic3d`` phantoms and ``nifti:DIR`` folders in the Medical Segmentation
 Decathlon / nnU-Net layout, as :class:`~medfm_compress.data.dataset.TaskData` of task ``segmentation``.
 
-The task's splits hold different things, as a volume network is trained and run:
-
-- ``train``: **patches** ``(N, X, Y, Z)`` with their label maps, drawn per case from a seed: ``per_case`` patches of
-  ``patch`` voxels, a fraction ``fg`` of them centred on a voxel of a foreground class (the class drawn uniformly
-  from those the case shows, so a small lesion gets as many patches as the liver), the rest anywhere (nnU-Net's
-  oversampling). A case smaller than a patch is padded (air, background). ``groups`` names each patch's case.
-- ``val`` and ``test``: whole **cases** ``(N, X, Y, Z)``, scored by sliding-window inference. Cases of different sizes
-  are padded (air, background) to the largest; ``cases.case_shapes[split]`` keeps each one's true size, and
-  scores are taken on it.
+The task's splits hold training patches ``(N, X, Y, Z)`` (``?patch=X,Y,Z``, ``?per_case=N``, ``?fg=F``: foreground
+oversampling, seeded) and whole held-out cases, as :mod:`medfm_compress.data.patches` draws and stacks them (air and
+background pad a case smaller than a patch).
 
 Every volume is in LPS voxel order (:mod:`medfm_compress.runtime.volumes`) on one voxel spacing
 (``cases.spacing_mm``, recorded in the model card so that predict resamples a new scan to it), in Hounsfield units
@@ -25,7 +19,6 @@ train / val / test (``?val=N&test=N``, default a tenth and a fifth). ``imagesTs/
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +26,17 @@ import numpy as np
 
 from ..errors import DataError
 from ..runtime.volumes import Volume, grid_shape, read_nifti, resample_labels, resample_volume
+from .patches import (
+    PATCH_OPTIONS,
+    LabelledCase,
+    case_shapes,
+    holdout_patches,
+    parse_sampling,
+    patch_task,
+    sample_patches,
+)
+from .patches import floats_option as _floats
+from .patches import ints_option as _ints
 
 __all__ = ["VOLUME_SEG_WINDOW", "DEFAULT_PATCH", "LabelledCase", "sample_patches", "synthetic3d_task",
            "msd_task", "is_msd_folder", "case_shapes", "holdout_patches", "SYNTHETIC3D_OPTIONS", "MSD_OPTIONS"]
@@ -42,156 +46,18 @@ VOLUME_SEG_WINDOW = (-160.0, 240.0)
 DEFAULT_PATCH = (48, 48, 32)
 DEFAULT_PER_CASE = 8
 DEFAULT_FG = 0.33
-AIR_HU = -1024.0
-SEG3D_OPTIONS = {"patch", "per_case", "fg", "window", "seed"}
+SEG3D_OPTIONS = PATCH_OPTIONS | {"window"}
 SYNTHETIC3D_OPTIONS = SEG3D_OPTIONS | {"n_train", "n_val", "n_test", "shape"}
 MSD_OPTIONS = SEG3D_OPTIONS | {"spacing", "val", "test"}
 
 
-@dataclass
-class LabelledCase:
-    """One volume and its label map on one grid, ``(X, Y, Z)`` in LPS order."""
-
-    name: str
-    image: np.ndarray
-    labels: np.ndarray
-    spacing: tuple[float, float, float]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Options
-
-
-def _ints(text: str, key: str, spec: str, n: int) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise DataError(f"{key}={text!r} in {spec!r} must be {n} integers separated by commas") from None
-    if len(vals) != n or min(vals) < 1:
-        raise DataError(f"{key}={text!r} in {spec!r} must be {n} positive integers separated by commas")
-    return vals
-
-
-def _floats(text: str, key: str, spec: str, n: int) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise DataError(f"{key}={text!r} in {spec!r} must be {n} numbers separated by commas") from None
-    if len(vals) != n or not all(np.isfinite(vals)):
-        raise DataError(f"{key}={text!r} in {spec!r} must be {n} numbers separated by commas")
-    return vals
-
-
 def _sampling(opts: dict[str, str], spec: str, seed: int) -> dict[str, Any]:
     """Patch size, patches per case, foreground fraction, window and seed from the spec's options."""
-    patch = _ints(opts["patch"], "patch", spec, 3) if "patch" in opts else DEFAULT_PATCH
-    per_case = _ints(opts["per_case"], "per_case", spec, 1)[0] if "per_case" in opts else DEFAULT_PER_CASE
-    fg = _floats(opts["fg"], "fg", spec, 1)[0] if "fg" in opts else DEFAULT_FG
-    if not 0.0 <= fg <= 1.0:
-        raise DataError(f"fg={opts['fg']!r} in {spec!r} is the fraction of foreground-centred patches, in [0, 1]")
+    sampling = parse_sampling(opts, spec, seed, DEFAULT_PATCH, DEFAULT_PER_CASE, DEFAULT_FG)
     window = _floats(opts["window"], "window", spec, 2) if "window" in opts else VOLUME_SEG_WINDOW
     if not window[1] > window[0]:
         raise DataError(f"window={opts['window']!r} in {spec!r} must be LOW,HIGH with HIGH > LOW (HU)")
-    try:
-        patch_seed = int(opts.get("seed", seed))
-    except ValueError:
-        raise DataError(f"seed={opts['seed']!r} in {spec!r} must be an integer") from None
-    return {"patch": patch, "per_case": per_case, "fg": fg, "window": window, "seed": patch_seed}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Patches and stacking
-
-
-def _pad_to(arr: np.ndarray, shape, value) -> np.ndarray:
-    pad = [(0, max(0, s - n)) for n, s in zip(arr.shape, shape, strict=True)]
-    return np.pad(arr, pad, constant_values=value) if any(p[1] for p in pad) else arr
-
-
-def sample_patches(cases: list[LabelledCase], patch, per_case: int, fg: float, seed: int,
-                   num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(images, labels, files, groups)`` of ``per_case`` patches per case (see the module docstring)."""
-    patch = tuple(int(p) for p in patch)
-    images, labels, files, groups = [], [], [], []
-    for c, case in enumerate(cases):
-        rng = np.random.default_rng([seed, 5, c])
-        shape = tuple(max(n, p) for n, p in zip(case.image.shape, patch, strict=True))
-        img = _pad_to(case.image, shape, AIR_HU if np.issubdtype(case.image.dtype, np.floating) else -1024)
-        lab = _pad_to(case.labels, shape, 0)
-        present = [k for k in range(1, num_classes) if (lab == k).any()]
-        n_fg = int(round(per_case * fg)) if present else 0
-        for i in range(per_case):
-            if i < n_fg:
-                k = present[int(rng.integers(len(present)))]
-                where = np.flatnonzero(lab.reshape(-1) == k)
-                centre = np.unravel_index(int(where[int(rng.integers(len(where)))]), shape)
-                start = [int(np.clip(ci - p // 2, 0, n - p)) for ci, p, n in zip(centre, patch, shape, strict=True)]
-            else:
-                start = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, shape, strict=True)]
-            box = tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True))
-            images.append(img[box])
-            labels.append(lab[box])
-            files.append(f"{case.name}@{','.join(map(str, start))}")
-            groups.append(case.name)
-    return (np.stack(images), np.stack(labels).astype(np.uint8), np.array(files, dtype=object),
-            np.array(groups, dtype=object))
-
-
-def _stack_cases(cases: list[LabelledCase]) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-    shape = tuple(max(c.image.shape[a] for c in cases) for a in range(3))
-    fill = AIR_HU if np.issubdtype(cases[0].image.dtype, np.floating) else -1024
-    images = np.stack([_pad_to(c.image, shape, fill) for c in cases])
-    labels = np.stack([_pad_to(c.labels, shape, 0) for c in cases]).astype(np.uint8)
-    return images, labels, [list(c.image.shape) for c in cases]
-
-
-def case_shapes(task, split: str) -> list[tuple[int, int, int]]:
-    """The true ``(X, Y, Z)`` of each case of a whole-case split (before padding to the largest)."""
-    shapes = task.cases.case_shapes.get(split) if task.cases is not None else None
-    n = len(task.split(split))
-    if shapes is None:
-        return [tuple(int(v) for v in task.split(split).images.shape[1:4])] * n
-    return [tuple(int(v) for v in s) for s in shapes]
-
-
-def holdout_patches(task, split: str, n: int, seed: int) -> np.ndarray:
-    """``n`` patches (training size, foreground-oversampled as training is) cut from the whole cases of ``split``:
-    held-out model inputs for checks that run the model window by window (quantization's calibration gate)."""
-    s = task.split(split)
-    shapes = case_shapes(task, split)
-    cases = [LabelledCase(str(name), s.images[i][tuple(slice(0, k) for k in shapes[i])],
-                          s.labels[i][tuple(slice(0, k) for k in shapes[i])], task.cases.spacing_mm)
-             for i, name in enumerate(s.file_names(split))]
-    per_case = max(1, -(-int(n) // len(cases)))
-    images, _, _, _ = sample_patches(cases, task.cases.patch, per_case, task.cases.fg_fraction, seed, task.num_classes)
-    return images[np.random.default_rng([seed, 11]).permutation(len(images))[:n]]
-
-
-def _task(source: str, label_names: list[str], splits_cases: dict[str, list[LabelledCase]], spacing,
-          sampling: dict[str, Any], extra: dict[str, Any]):
-    from .dataset import Split, TaskData, VolumeCases, validate_masks
-
-    splits: dict[str, Split] = {}
-    shapes: dict[str, list[list[int]]] = {}
-    num_classes = len(label_names)
-    for name, cases in splits_cases.items():
-        if not cases:
-            continue
-        if name == "train":
-            imgs, labs, files, groups = sample_patches(cases, sampling["patch"], sampling["per_case"],
-                                                       sampling["fg"], sampling["seed"], num_classes)
-        else:
-            imgs, labs, shapes[name] = _stack_cases(cases)
-            files = groups = np.array([c.name for c in cases], dtype=object)
-        split = validate_masks(name, imgs, labs, label_names, source, files, volume=True)
-        splits[name] = Split(split.images, split.labels, files, groups)
-    cases_info = VolumeCases(
-        spacing_mm=tuple(float(s) for s in spacing), patch=tuple(sampling["patch"]),
-        patches_per_case=sampling["per_case"], fg_fraction=float(sampling["fg"]),
-        case_shapes={k: tuple(tuple(int(v) for v in shape) for shape in v) for k, v in shapes.items()},
-    )
-    return TaskData(source=source, task="segmentation", label_names=list(label_names), splits=splits,
-                    window=tuple(sampling["window"]), info=dict(extra), cases=cases_info)
+    return {**sampling, "window": window}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,7 +88,8 @@ def synthetic3d_task(opts: dict[str, str], spec: str, cache: Path, seed: int = 0
                 for i, (img, lab) in enumerate(zip(arrays[f"{split}_images"], arrays[f"{split}_masks"], strict=True))]
         for split in ("train", "val", "test")
     }
-    return _task(spec, names, splits_cases, spacing, sampling, {"generator": "synthetic3d", "shape": list(cfg.shape)})
+    return patch_task(spec, names, splits_cases, spacing, sampling,
+                      {"generator": "synthetic3d", "shape": list(cfg.shape)}, window=sampling["window"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -341,4 +208,5 @@ def msd_task(root: str | Path, opts: dict[str, str], spec: str, seed: int = 0):
     splits_cases = {s: [cases[i] for i in sorted(idx)] for s, idx in (("train", parts["train"]),
                                                                         ("val", parts["val"]),
                                                                         ("test", parts["test"]))}
-    return _task(spec, label_names, splits_cases, spacing, sampling, {"cases": n, "dataset": meta.get("name")})
+    return patch_task(spec, label_names, splits_cases, spacing, sampling, {"cases": n, "dataset": meta.get("name")},
+                      window=sampling["window"])

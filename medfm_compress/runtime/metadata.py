@@ -19,6 +19,8 @@ medfm.mean             comma-separated floats, one per channel (applied after sc
 medfm.std              comma-separated floats, one per channel
 medfm.window           ``LOW,HIGH`` intensity window applied to raw values, or empty
 medfm.spacing          volumes only, optional: ``SX,SY,SZ`` voxel spacing (mm) the model was trained at
+medfm.tiles            2-D segmentation only, optional: ``1`` when the model was trained on patches at the images'
+                       own resolution (whole images are run by sliding windows of ``input_size``, never resized)
 medfm.arch             model spec the weights belong to (e.g. ``timm:resnet18``)
 medfm.precision        ``fp32`` | ``fp16`` | ``int8`` | ...
 medfm.provenance       JSON object: source file hashes, tool version, calibration info, ...
@@ -98,6 +100,7 @@ def encode_metadata(meta: ModelMeta) -> dict[str, str]:
         "medfm.std": _floats(pre.std),
         "medfm.window": _floats(pre.window) if pre.window else "",
         **({"medfm.spacing": _floats(pre.spacing)} if pre.spacing else {}),
+        **({"medfm.tiles": "1"} if pre.tiles else {}),
         "medfm.arch": meta.arch,
         "medfm.precision": meta.precision,
         "medfm.provenance": json.dumps(meta.provenance, sort_keys=True, default=str),
@@ -128,7 +131,7 @@ def decode_metadata(props: dict[str, str], source: str = "model") -> ModelMeta:
         )
         pre = PreprocessSpec(
             input_size=size, channels=int(props["medfm.channels"]), mean=mean, std=std, window=window,
-            spacing=spacing,
+            spacing=spacing, tiles=props.get("medfm.tiles", "") == "1",
         )
         task = get_task(props["medfm.task"], source).name
         return ModelMeta(

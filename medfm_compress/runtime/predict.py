@@ -18,7 +18,9 @@ Outputs, in ``cfg.out``:
   the counts.
 * ``embeddings.npy`` (embedding models): float32, one row per predicted case.
 * ``masks/`` (segmentation models): one PNG label map per case (8-bit, pixel value = class index, 0 = background)
-  at the input image's own size (the model's map resized with nearest-neighbour); the CSV then has ``file``,
+  at the input image's own size (the model's map resized with nearest-neighbour; a model trained on patches,
+  ``medfm.tiles``, runs on the whole image at its own resolution by sliding windows of its input size, as 3-D
+  models do, and its map needs no resizing); the CSV then has ``file``,
   ``mask`` (its path under the output folder) and per class its area in pixels (``area_<label>``), and ``error``.
 
 Every output is written to a temporary file in ``cfg.out`` and renamed when the run succeeds: a failure leaves
@@ -48,6 +50,7 @@ from .._io import atomic_path, ensure_dir
 from ..errors import ConfigError, DataError, MedfmError, ModelError, first_line
 from .images import find_image_files, read_any
 from .predict_result import CSV_NAME, EMBEDDINGS_NAME, JSON_NAME, MASKS_DIR, PredictResult
+from .sliding_window import windows_logits
 from .tasks import get_task
 
 __all__ = [
@@ -135,8 +138,8 @@ class PredictConfig:
             its labels are then ``class_0..class_{N-1}`` and its task multi-class.
         workers: threads that read and preprocess cases ahead of the engine (at most two batches ahead; 0: in the
             calling thread). Data-spec cases are always read in the calling thread.
-        sw_overlap, sw_batch_size: a 3-D model's sliding window: the overlap of neighbouring windows (fraction of
-            the window) and the windows per engine call.
+        sw_overlap, sw_batch_size: the sliding window of a 3-D model or a 2-D one trained on patches: the overlap
+            of neighbouring windows (fraction of the window) and the windows per engine call.
         progress: a progress bar on stderr.
     """
 
@@ -361,6 +364,12 @@ def predict(cfg: PredictConfig, cases: Cases | Callable[[Any], Cases] | None = N
                             bar.update(1)
                             continue
                         x, hw = prepared
+                        if pre.tiles:  # a model trained on patches: the whole image, by sliding windows
+                            logits = windows_logits(engine, x[None], cfg.sw_overlap, cfg.sw_batch_size,
+                                                    normalize=False)
+                            outputs.writer.add_batch([case.name], logits, [hw])
+                            bar.update(1)
+                            continue
                         buf[len(names)] = x
                         names.append(case.name)
                         sizes.append(hw)
@@ -446,6 +455,7 @@ def _prepare(case: Case, pre) -> tuple[np.ndarray, tuple[int, int]]:
     it."""
     raw = np.asarray(case.load())  # readers name the file in their errors
     try:
-        return pre(raw[None])[0], (int(raw.shape[0]), int(raw.shape[1]) if raw.ndim > 1 else 1)
+        x = pre.whole(raw[None]) if pre.tiles else pre(raw[None])
+        return x[0], (int(raw.shape[0]), int(raw.shape[1]) if raw.ndim > 1 else 1)
     except DataError as e:
         raise DataError(f"{case.name}: {e}") from None

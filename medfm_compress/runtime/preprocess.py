@@ -37,6 +37,9 @@ class PreprocessSpec:
             float images are taken as already in [0, 1].
         spacing: for a volume model, the voxel spacing (mm, x/y/z) it was trained at: a volume on another grid is
             resampled to it before inference and its mask back to the volume's grid (None: taken as given).
+        tiles: for a 2-D segmentation model, True when it was trained on patches of ``input_size`` cut at the
+            images' own resolution: a whole image is segmented by sliding windows of that size, never resized
+            (3-D segmentation models always work so).
     """
 
     input_size: tuple[int, int]
@@ -45,6 +48,7 @@ class PreprocessSpec:
     std: tuple[float, ...]
     window: tuple[float, float] | None = None
     spacing: tuple[float, float, float] | None = None
+    tiles: bool = False
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -64,6 +68,9 @@ class PreprocessSpec:
         if self.spacing is not None and (len(self.input_size) != 3 or len(self.spacing) != 3
                                          or not all(np.isfinite(v) and v > 0 for v in self.spacing)):
             raise DataError(f"spacing is three positive sizes in mm for a volume model, got {self.spacing}")
+        if self.tiles and len(self.input_size) != 2:
+            raise DataError(f"tiles marks a 2-D model trained on patches; input_size {self.input_size} is 3-D (volume "
+                            "models are always run by sliding windows)")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,6 +79,8 @@ class PreprocessSpec:
         d["std"] = list(self.std)
         d["window"] = list(self.window) if self.window is not None else None
         d["spacing"] = list(self.spacing) if self.spacing is not None else None
+        if not self.tiles:  # written only where set: models trained on whole images keep their cards as they were
+            del d["tiles"]
         return d
 
     @classmethod
@@ -84,6 +93,7 @@ class PreprocessSpec:
                 std=tuple(float(v) for v in d["std"]),
                 window=tuple(float(v) for v in d["window"]) if d.get("window") is not None else None,
                 spacing=tuple(float(v) for v in d["spacing"]) if d.get("spacing") is not None else None,
+                tiles=bool(d.get("tiles", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"invalid preprocessing spec {d!r}: {e}") from None
@@ -102,17 +112,30 @@ class PreprocessSpec:
             return self._volume(images)
         x = raw_to_unit(images, self.window)
         x = to_nchw(x, self.channels)
-        x = resize_batch(x, self.input_size)
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return self._normalize(resize_batch(x, self.input_size))
+
+    def _normalize(self, x: np.ndarray) -> np.ndarray:
+        """``(x - mean) / std`` per channel of an ``(N, C, ...)`` batch in [0, 1], as float32."""
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(shape)
+        std = np.asarray(self.std, dtype=np.float32).reshape(shape)
         return ((x - mean) / std).astype(np.float32, copy=False)
 
-    def whole_volumes(self, volumes: np.ndarray) -> np.ndarray:
-        """Raw volumes ``(N, X, Y, Z)`` of any size to ``(N, 1, X, Y, Z)`` float32, windowed and normalised but not
-        resized: the input of a sliding window whose windows have :attr:`input_size`."""
-        if not self.is_volume:
-            raise DataError(f"whole volumes need a volume spec (input X,Y,Z); this one is {self.input_size}")
-        return self._volume(volumes, resize=False)
+    @property
+    def windowed(self) -> bool:
+        """True when a dense model of this spec segments whole images or volumes by sliding windows of
+        :attr:`input_size` (3-D models, and 2-D models trained on patches: :attr:`tiles`)."""
+        return self.is_volume or self.tiles
+
+    def whole(self, images: np.ndarray) -> np.ndarray:
+        """Raw volumes ``(N, X, Y, Z)`` or images ``(N, H, W[, C])`` of any size to ``(N, C, ...)`` float32, windowed and
+        normalised but not resized: the input of a sliding window whose windows have :attr:`input_size`."""
+        if self.is_volume:
+            return self._volume(images, resize=False)
+        if not self.tiles:
+            raise DataError(f"whole images go to a model trained on patches (tiles); this one takes images resized "
+                            f"to {self.input_size[0]}x{self.input_size[1]}")
+        return self._normalize(to_nchw(raw_to_unit(images, self.window), self.channels))
 
     def _volume(self, volumes: np.ndarray, resize: bool = True) -> np.ndarray:
         x = np.asarray(volumes)
@@ -125,9 +148,7 @@ class PreprocessSpec:
         x = raw_to_unit(x, self.window)[:, None]
         if resize and tuple(x.shape[2:]) != tuple(self.input_size):
             x = resize_volume_batch(x, tuple(self.input_size))
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1, 1)
-        return ((x - mean) / std).astype(np.float32, copy=False)
+        return self._normalize(x)
 
 
 def raw_to_unit(images: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:

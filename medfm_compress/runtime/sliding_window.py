@@ -15,7 +15,8 @@ full install and in the C++ runtime is the same mask.
 The model's output must have the window's spatial size (one map per class); MONAI's zoomed outputs are not
 supported. ``tests/runtime/test_sliding_window.py`` checks the result against ``monai.inferers``.
 
-:func:`segment_volume` runs a 3-D segmentation engine over a whole raw volume this way (its preprocessing, windows
+:func:`whole_logits` runs a segmentation engine over one whole raw case this way (a volume for a 3-D model, an image for
+a 2-D model trained on patches); :func:`segment_volume` runs a 3-D segmentation engine over a whole raw volume this way (its preprocessing, windows
 of its input size) and returns the label map (``tests/runtime/test_segment_volume.py``: >= 99.9% of voxels equal to
 MONAI's on the same network).
 """
@@ -30,7 +31,7 @@ import numpy as np
 from ..errors import ConfigError, ModelError
 from .tasks import get_task
 
-__all__ = ["BLEND_MODES", "window_starts", "importance_map", "sliding_window", "volume_logits", "segment_volume",
+__all__ = ["BLEND_MODES", "window_starts", "importance_map", "sliding_window", "whole_logits", "windows_logits", "segment_volume",
            "class_argmax"]
 
 BLEND_MODES = ("gaussian", "constant")
@@ -118,29 +119,43 @@ def sliding_window(inputs: np.ndarray, roi: Sequence[int], run: Callable[[np.nda
     return np.ascontiguousarray(out[(slice(None), slice(None), *crop)])
 
 
-def volume_logits(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_size: int = 4, mode: str = "gaussian",
-                  progress: Callable[[int, int], None] | None = None, normalize: bool = True) -> np.ndarray:
-    """The blended class maps ``(K, X, Y, Z)`` float32 of a raw volume (HU, ``(X, Y, Z)``) by a 3-D segmentation
-    ``engine`` (:class:`~medfm_compress.runtime.Engine`): the model's preprocessing (HU window to [0, 1], mean/std) on
-    the whole volume, windows of the model's input size (``medfm.input_size``, the training patch), Gaussian
-    blending. A volume smaller than a window is padded with what air (the window's low end) becomes."""
+def whole_logits(engine, case: np.ndarray, overlap: float = 0.25, sw_batch_size: int = 4, mode: str = "gaussian",
+                 progress: Callable[[int, int], None] | None = None, normalize: bool = True) -> np.ndarray:
+    """The blended class maps ``(K, *spatial)`` float32 of one raw case by a segmentation ``engine``
+    (:class:`~medfm_compress.runtime.Engine`) that runs by sliding windows: a volume (HU, ``(X, Y, Z)``) for a 3-D
+    model, an image (``(H, W)`` or ``(H, W, C)``) for a 2-D model trained on patches (``medfm.tiles``). The model's
+    preprocessing (intensity window to [0, 1], mean/std) on the whole case, never resized, windows of the model's
+    input size (the training patch), Gaussian blending. A case smaller than a window is padded with what 0 (air's
+    low end of a window; black in an image) becomes in the first channel."""
     meta = engine.meta
     pre = meta.preprocess
     if not get_task(meta.task).dense:
-        raise ModelError(f"{engine.path.name} is a {meta.task} model; a volume's label map needs a segmentation "
-                         "model")
-    if not pre.is_volume:
-        raise ModelError(f"{engine.path.name} takes 2-D images ({pre.input_size[0]}x{pre.input_size[1]}); a volume "
-                         "needs a 3-D segmentation model (input X,Y,Z)")
-    volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise ModelError(f"a volume is (X, Y, Z), got shape {volume.shape}")
-    if np.issubdtype(volume.dtype, np.floating) and not np.isfinite(volume).all():
+        raise ModelError(f"{engine.path.name} is a {meta.task} model; a label map needs a segmentation model")
+    case = np.asarray(case)
+    if pre.is_volume:
+        if case.ndim != 3:
+            raise ModelError(f"a volume is (X, Y, Z), got shape {case.shape}")
+    elif not pre.tiles:
+        raise ModelError(f"{engine.path.name} takes 2-D images resized to {pre.input_size[0]}x{pre.input_size[1]}; "
+                         "sliding windows need a 3-D segmentation model or a 2-D one trained on patches (?patch=H,W)")
+    elif case.ndim not in (2, 3) or (case.ndim == 3 and case.shape[-1] not in (1, 3, 4)):
+        raise ModelError(f"an image is (H, W) or (H, W, C), got shape {case.shape}")
+    if np.issubdtype(case.dtype, np.floating) and not np.isfinite(case).all():
         from ..errors import DataError
 
-        raise DataError(f"the volume has {int((~np.isfinite(volume)).sum())} NaN or infinite voxels; clean it first")
+        what = "volume has" if pre.is_volume else "image has"
+        unit = "voxels" if pre.is_volume else "pixels"
+        raise DataError(f"the {what} {int((~np.isfinite(case)).sum())} NaN or infinite {unit}; clean it first")
+    return windows_logits(engine, pre.whole(case[None]), overlap, sw_batch_size, mode, progress, normalize)[0]
+
+
+def windows_logits(engine, x: np.ndarray, overlap: float = 0.25, sw_batch_size: int = 4, mode: str = "gaussian",
+                   progress: Callable[[int, int], None] | None = None, normalize: bool = True) -> np.ndarray:
+    """The blended class maps ``(N, K, *spatial)`` of whole cases ``x`` already preprocessed (``(N, C, *spatial)``,
+    :meth:`~medfm_compress.runtime.preprocess.PreprocessSpec.whole`) by windows of ``engine``'s input size; an
+    engine built for one batch size gets its last, short batch padded to it."""
+    pre = engine.meta.preprocess
     mean, std = float(pre.mean[0]), float(pre.std[0])
-    x = pre.whole_volumes(volume[None])
     run = engine.run
     fixed, (_, most) = engine.fixed_batch, engine.batch_range
     if fixed is not None:  # an engine built for one batch size: the last, short batch is padded to it
@@ -153,14 +168,18 @@ def volume_logits(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_si
     elif most is not None:
         sw_batch_size = min(sw_batch_size, most)
     return sliding_window(x, pre.input_size, run, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode,
-                          cval=(0.0 - mean) / std, progress=progress, normalize=normalize)[0]
+                          cval=(0.0 - mean) / std, progress=progress, normalize=normalize)
 
 
 def segment_volume(engine, volume: np.ndarray, overlap: float = 0.25, sw_batch_size: int = 4, mode: str = "gaussian",
                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """The ``(X, Y, Z)`` uint8 label map of a raw volume: the argmax of :func:`volume_logits` (its blended sums,
+    """The ``(X, Y, Z)`` uint8 label map of a raw volume: the argmax of :func:`whole_logits` (its blended sums,
     left undivided: the division by the per-voxel weight does not move the argmax)."""
-    return class_argmax(volume_logits(engine, volume, overlap, sw_batch_size, mode, progress, normalize=False))
+    if not engine.meta.preprocess.is_volume:
+        pre = engine.meta.preprocess
+        raise ModelError(f"{engine.path.name} takes 2-D images ({pre.input_size[0]}x{pre.input_size[1]}); a volume "
+                         "needs a 3-D segmentation model (input X,Y,Z)")
+    return class_argmax(whole_logits(engine, volume, overlap, sw_batch_size, mode, progress, normalize=False))
 
 
 def class_argmax(maps: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ def test_volume_run_scores_whole_cases_and_exports_a_5d_student(tmp_path, monkey
     model = card.build()
     load_weights(model, tmp_path / "run" / "student.safetensors")
     task = load_data(VOL)
-    x = torch.from_numpy(pre.whole_volumes(task.split("test").images))
+    x = torch.from_numpy(pre.whole(task.split("test").images))
     pred = predict_masks(model, x, roi=pre.input_size, shapes=[(32, 32, 24)] * 2)
     assert pred[0].shape == (32, 32, 24)
     per_case = np.concatenate([dice_per_case(p[None], r[None], 5) for p, r in zip(pred, task.split("test").labels,

@@ -15,6 +15,7 @@ when its data holds label maps.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,7 +26,7 @@ from .base import THRESHOLDS, DistillRun, DistillTask, ResolvedTeacher, TrainedS
 
 __all__ = ["SegmentationDistill", "DEFAULT_SEG_TEACHER", "DEFAULT_SEG_STUDENT", "DEFAULT_SEG3D_TEACHER",
            "DEFAULT_SEG3D_STUDENT", "SW_OVERLAP", "SW_BATCH_SIZE", "DenseTap", "check_dense_model", "predict_masks",
-           "evaluate_dense", "volume_scoring"]
+           "evaluate_dense", "whole_scoring"]
 
 # 23.1 M parameters vs 0.78 M: 30x (FPN on ResNet-50 has 26.1 M but trains 2.7x slower on a 2-core CPU).
 DEFAULT_SEG_TEACHER = "smp:FPN:tu-resnet34"
@@ -87,7 +88,7 @@ def predict_masks(model, x, batch_size: int = 64, logits: bool = False, roi=None
     """Argmax label maps ``(N, H, W)`` uint8 of ``model`` on ``x`` (eval mode, batched); with ``logits`` also the
     class maps as float16 (a whole training set's teacher maps fit in memory so).
 
-    ``roi`` (volumes): ``x`` holds whole cases ``(N, 1, X, Y, Z)``, segmented by sliding windows of ``roi`` voxels
+    ``roi`` (runs on patches): ``x`` holds whole cases ``(N, C, *spatial)``, segmented by sliding windows of ``roi``
     (:func:`medfm_compress.runtime.sliding_window.sliding_window`, Gaussian blending), and ``shapes`` their true
     sizes: a list of ``(X, Y, Z)`` label maps is returned, each cropped to its case."""
     import torch
@@ -124,8 +125,8 @@ def predict_masks(model, x, batch_size: int = 64, logits: bool = False, roi=None
 
 def _case_scores(pred: list, ref: np.ndarray, shapes, label_names: list[str], spacing, hd95: bool):
     """Dice per class and mean (over cases, as :func:`~medfm_compress.segmetrics.dice_summary`), voxel accuracy, HD95
-    (mm) and per-case Dice of volume predictions (each of its case's size) against references padded to the
-    largest case."""
+    (mm given the ``spacing``, else pixels) and per-case Dice of whole-case predictions (each of its case's size)
+    against references padded to the largest case."""
     from ...segmetrics import class_dice, dice_per_case, hd95_per_case, mean_dice
 
     k = len(label_names)
@@ -142,13 +143,15 @@ def _case_scores(pred: list, ref: np.ndarray, shapes, label_names: list[str], sp
         hd = np.concatenate([hd95_per_case(p[None], r[None], k, spacing=spacing) for p, r in zip(pred, refs,
                                                                                                   strict=True)])
         metrics["hd95"] = float(np.nanmean(hd)) if np.isfinite(hd).any() else None
-        metrics["hd95_unit"] = "mm"
+        if spacing is not None:
+            metrics["hd95_unit"] = "mm"
     return metrics, per_case
 
 
 def evaluate_dense(model, x, ref_masks, label_names: list[str], hd95: bool = True, volume=None):
-    """``(metrics, predicted masks, per-case Dice)`` of ``model`` on ``x`` against ``ref_masks``. ``volume``: a dict
-    with the sliding window's ``roi``, the cases' true ``shapes`` and the voxel ``spacing`` (HD95 in mm)."""
+    """``(metrics, predicted masks, per-case Dice)`` of ``model`` on ``x`` against ``ref_masks``. ``volume`` (whole
+    cases, :func:`whole_scoring`): a dict with the sliding window's ``roi``, the cases' true ``shapes`` and the
+    ``spacing`` (HD95 in mm; None: pixels)."""
     from ...segmetrics import dice_per_case, dice_summary, hd95_per_case
 
     ref = np.asarray(ref_masks)
@@ -164,15 +167,16 @@ def evaluate_dense(model, x, ref_masks, label_names: list[str], hd95: bool = Tru
     return metrics, pred, dice_per_case(pred, ref, len(label_names))
 
 
-def volume_scoring(run, split: str) -> dict[str, Any] | None:
-    """How a volume run's whole cases of ``split`` are scored (sliding-window ``roi`` = the training patch, the
-    cases' true ``shapes``, the voxel ``spacing``); None for 2-D images."""
-    if not run.student_pre.is_volume:
+def whole_scoring(run, split: str) -> dict[str, Any] | None:
+    """How a run on patches scores the whole cases of ``split`` (volumes, and 2-D images given ``?patch=``):
+    sliding-window ``roi`` = the training patch, the cases' true ``shapes``, the ``spacing`` HD95 is measured in (mm
+    for volumes; None, pixels, for images); None for a run trained on whole images."""
+    if not run.task.whole_cases:
         return None
-    from ...data.volume_seg import case_shapes
+    from ...data.patches import case_shapes
 
-    return {"roi": tuple(run.student_pre.input_size), "shapes": case_shapes(run.task, split),
-            "spacing": run.task.spacing_mm or (1.0, 1.0, 1.0)}
+    spacing = (run.task.spacing_mm or (1.0, 1.0, 1.0)) if run.task.volumes else None
+    return {"roi": tuple(run.student_pre.input_size), "shapes": case_shapes(run.task, split), "spacing": spacing}
 
 
 def _teacher_cache(teacher_maps, x, batch_size: int = 64):
@@ -370,7 +374,7 @@ class SegmentationDistill(DistillTask):
         """Mean Dice on the validation split (whole volumes by sliding windows)."""
         from ...segmetrics import dice_per_case, mean_dice
 
-        vol = volume_scoring(run, "val")
+        vol = whole_scoring(run, "val")
         if vol is not None:
             m, _ = _case_scores(predict_masks(model, run.x_val, roi=vol["roi"], shapes=vol["shapes"]),
                                 np.asarray(run.val.labels), vol["shapes"], run.task.label_names, None, hd95=False)
@@ -392,10 +396,14 @@ class SegmentationDistill(DistillTask):
         student, student_arch, history = trained.model, trained.arch, trained.history
         task, names = run.task, run.task.label_names
         ref = np.asarray(run.test.labels)
-        vol = volume_scoring(run, "test")
-        example = run.x_test[:1] if vol is None else run.x_train[:1]  # volumes: the cost of one window
+        vol = whole_scoring(run, "test")
+        example = run.x_test[:1] if vol is None else run.x_train[:1]  # on patches: the cost of one window
         s_m, s_pred, s_dice = evaluate_dense(student, run.x_test, ref, names, volume=vol)
-        t_x = adapt_batch(run.x_test, run.student_pre, teacher_pre)
+        # Whole cases stay whole for the teacher (its windows are the student's); only its normalisation differs.
+        t_pre = teacher_pre
+        if vol is not None and teacher_pre != run.student_pre:
+            t_pre = dataclasses.replace(teacher_pre, input_size=tuple(run.x_test.shape[2:]))
+        t_x = adapt_batch(run.x_test, run.student_pre, t_pre)
         t_m, t_pred, _ = evaluate_dense(teacher.model, t_x, ref, names, volume=vol)
         metrics: dict[str, Any] = {
             "task": self.name,
