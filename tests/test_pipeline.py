@@ -31,7 +31,7 @@ def _tiny_recipe(out, **over):
         "distill": {"teacher": TINY_TEACHER, "student": TINY_STUDENT, "teacher_epochs": 1, "epochs": 1,
                     "batch_size": 32, "baseline": True, "augment": False},
         "export": {"num_check": 8},
-        "quantize": [{"name": "int8", "target": "cpu", "precision": "int8", "num_calib": 32, "num_holdout": 32,
+        "quantize": [{"name": "int8", "target": "cpu", "precision": "int8", "num_calib": 32, "num_holdout": 32, "allow_small_holdout": True,
                       "min_agreement": 0.0}],
         "tensorrt": [{"name": "trt-fp32", "source": "fp32", "precision": "fp32", "batch_sizes": [1, 4]}],
         "bench": {"reference": "teacher", **FAST_BENCH, "max_size_mb": 100.0},
@@ -186,7 +186,7 @@ def _shrink(raw, out, data, teacher_weights):
     raw["bench"].update(FAST_BENCH)
     raw["bench"].pop("min_speedup", None)
     for q in raw.get("quantize", []):
-        q.update(num_calib=16, num_holdout=16, min_agreement=0.0)
+        q.update(num_calib=16, num_holdout=16, allow_small_holdout=True, min_agreement=0.0)
         if q["precision"] == "auto":
             q.update(latency_runs=3)
     return raw
@@ -292,7 +292,7 @@ def test_demo_command_ends_with_the_gain_and_the_cost(tmp_path, monkeypatch):
     raw["distill"].update(teacher=TINY_TEACHER, teacher_epochs=1, student=TINY_STUDENT, epochs=1, batch_size=8)
     raw["bench"].update(FAST_BENCH, min_speedup=0.0, max_auc_drop=100.0)
     for q in raw["quantize"]:
-        q.update(num_calib=16, num_holdout=16, min_agreement=0.0)
+        q.update(num_calib=16, num_holdout=16, allow_small_holdout=True, min_agreement=0.0)
     monkeypatch.setattr(pipeline, "demo_recipe", lambda task: raw)
     r = CliRunner().invoke(cli, ["demo", "--quiet", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
@@ -327,7 +327,7 @@ def test_segmentation_demo_runs_the_chain_and_ends_with_dice(tmp_path, monkeypat
                           batch_size=16, baseline=True)
     raw["bench"].update(FAST_BENCH, min_speedup=0.0, max_dice_drop=100.0)
     for q in raw["quantize"]:
-        q.update(num_calib=16, num_holdout=16, min_agreement=0.0, min_dice=0.0)
+        q.update(num_calib=16, num_holdout=16, allow_small_holdout=True, min_agreement=0.0, min_dice=0.0)
     monkeypatch.setattr(pipeline, "demo_recipe", lambda task: raw)
     r = CliRunner().invoke(cli, ["demo", "--task", "segmentation", "--quiet", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
@@ -363,7 +363,7 @@ def test_segmentation_3d_demo_runs_the_chain_on_volumes(tmp_path, monkeypatch):
                           teacher_epochs=1, epochs=1)
     raw["bench"].update(FAST_BENCH, min_speedup=0.0, max_dice_drop=100.0)
     for q in raw["quantize"]:
-        q.update(num_calib=8, num_holdout=8, min_agreement=0.0, min_dice=0.0)
+        q.update(num_calib=8, num_holdout=8, allow_small_holdout=True, min_agreement=0.0, min_dice=0.0)
     monkeypatch.setattr(pipeline, "demo_recipe", lambda task: raw)
     # format: any writes the winner as .onnx or .xml; files of either kind left by an earlier run must not survive
     # beside it (they would be taken for the variant's model).

@@ -134,9 +134,9 @@ def test_recipe_runs_openvino_and_tensorrt_variants(tmp_path):
                     "teacher_epochs": 1, "epochs": 1, "batch_size": 32, "augment": False},
         "export": {"num_check": 8},
         "quantize": [
-            {"name": "ov", "target": "openvino", "precision": "int8", "num_calib": 32, "num_holdout": 32,
+            {"name": "ov", "target": "openvino", "precision": "int8", "num_calib": 32, "num_holdout": 32, "allow_small_holdout": True,
              "min_agreement": 0.0},
-            {"name": "trt8", "target": "tensorrt", "precision": "int8", "num_calib": 32, "num_holdout": 32,
+            {"name": "trt8", "target": "tensorrt", "precision": "int8", "num_calib": 32, "num_holdout": 32, "allow_small_holdout": True,
              "min_agreement": 0.0},
         ],
         "bench": {"reference": "teacher", "iterations": 5, "warmup": 1, "n_resamples": 100},

@@ -39,13 +39,16 @@ FORMATS = ("onnx", "tensorrt", "openvino")
               help="Data spec for the onnx self-check or tensorrt int8 calibration (default: the data the model "
                    "was trained on).")
 @click.option("--num-check", default=None, type=int, help="onnx: real images used by the self-check [default: 64].")
+@click.option("--allow-small-holdout", is_flag=True, default=None,
+              help="tensorrt int8/fp8 from a run directory: judge the quantization gate by point values where the "
+                   "held-out set is too small to show it by its 95% lower bound (see quantize).")
 @click.option("--dynamo", is_flag=True, default=None,
               help="onnx: use torch's dynamo exporter instead of the (faster) classic one.")
 @click.option("--no-simplify", is_flag=True, help="onnx: skip the onnxslim graph clean-up.")
 @click.option("--force", is_flag=True, help="Use weights whose hash differs from the run manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def command(source, out, model_name, fmt, precision, batch_sizes, flavour, targets, workspace_mb, timing_cache,
-            opset, atol, data, num_check, dynamo, no_simplify, force, as_json):
+            opset, atol, data, num_check, allow_small_holdout, dynamo, no_simplify, force, as_json):
     """Export a trained model (run directory, .json card, .safetensors or .onnx) to ONNX, OpenVINO IR or a
     TensorRT engine.
 
@@ -64,7 +67,7 @@ def command(source, out, model_name, fmt, precision, batch_sizes, flavour, targe
         precision=precision, batch_sizes=sizes, flavour=flavour,
         targets=csv_option(targets), workspace_mb=workspace_mb, timing_cache=timing_cache,
         opset=opset, atol=atol, data=data, num_check=num_check, dynamo=dynamo or None,
-        simplify=False if no_simplify else None,
+        simplify=False if no_simplify else None, allow_small_holdout=allow_small_holdout,
     )
     res = export_artifact(fmt, request)
     if as_json:

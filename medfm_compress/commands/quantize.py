@@ -53,8 +53,11 @@ def _default(name: str) -> str:
 @click.option("--auto-exclude", is_flag=True, default=None,
               help="Keep the most damaging nodes in fp32 until the gate holds.")
 @click.option("--exclude", default=None, help="Comma-separated node names to keep in fp32.")
-@click.option("--min-agreement", default=None, type=float, help="Gate: top-1 agreement with fp32 on held-out data."
-              + _default("min_agreement"))
+@click.option("--min-agreement", default=None, type=float, help="Gate: top-1 agreement with fp32 on held-out data, "
+              "judged by its 95% lower bound (Wilson)." + _default("min_agreement"))
+@click.option("--allow-small-holdout", is_flag=True, default=None,
+              help="Judge the gate by point values when the held-out set is too small for its 95% lower bound to "
+              "reach --min-agreement at all (refused otherwise, with the number of images it takes).")
 @click.option("--min-cosine", default=None, type=float, help="Gate: mean logit cosine with fp32 (an embedding model's "
               "gate, 0.99 when not given).")
 @click.option("--min-dice", default=None, type=float,

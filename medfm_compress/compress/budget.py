@@ -38,9 +38,10 @@ class Budget:
     def steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
-    def plan(self, images: int, batch: int) -> str:
-        """``"72 training images, batch 16: 38 epochs of 4 steps = 152 steps (--steps 150)"``."""
-        return (f"{images} training images, batch {batch}: {self.epochs} epochs of {self.steps_per_epoch} steps = "
+    def plan(self, images: int, batch: int, what: str = "training images") -> str:
+        """``"72 training images, batch 16: 38 epochs of 4 steps = 152 steps (--steps 150)"``; ``what`` names the
+        training set's items (``"training patches"`` where they are cut from whole cases)."""
+        return (f"{images} {what}, batch {batch}: {self.epochs} epochs of {self.steps_per_epoch} steps = "
                 f"{self.steps} steps ({self.reason})")
 
     def to_dict(self) -> dict[str, Any]:

@@ -168,7 +168,8 @@ def prepare_run(cfg: DistillConfig) -> DistillRun:
                               groups=train.groups if task.whole_cases else None)
                if dtask.runtime.has_labels else np.arange(len(train)))
     log(f"labels: {cfg.labels}; labeled subset {len(labeled)}/{len(train)} (fraction {cfg.label_fraction})")
-    log(f"student budget: {budget.plan(len(train), cfg.loop.batch_size * world)}")
+    items = "training patches" if task.whole_cases else "training images"
+    log(f"student budget: {budget.plan(len(train), cfg.loop.batch_size * world, items)}")
     y_train, label_state = dtask.prepare_labels(np.asarray(train.labels))
     return DistillRun(
         cfg=cfg, device=device, distributed=distributed, rank=rank, world=world, out=out, log=log,

@@ -351,6 +351,7 @@ def quantize(cfg: QuantizeConfig, timer: Callable[..., dict[str, float]] | None 
         log(
             f"calibration: {len(calib.images)} images, held-out: {len(calib.holdout)} images ({calib.source})"
         )
+        check_holdout_size(len(calib.holdout), cfg, task)
         ctx = QuantizeContext(
             cfg=cfg,
             fp32_path=fp32_path,
@@ -497,7 +498,11 @@ def gate_text(cfg: QuantizeConfig, task) -> str:
     task = get_task(task)
     words = {"mean_dice": "mean Dice vs fp32's masks", "pearson_r": "Pearson r vs fp32's outputs",
              "top1_agreement": task.agreement_words, "cosine": "cosine"}
-    parts = [f"{words[m]} >= {getattr(cfg.gate, GATE_OPTIONS[m])}" for m in task.gate_metrics if m != "cosine"]
+    # The figures judged by the lower bound of their 95% interval (where a parity record carries one).
+    bounded = set() if cfg.gate.allow_small_holdout else {"mean_dice"} | (
+        {"top1_agreement"} if agreement_over_cases(task) else set())
+    parts = [f"{words[m]}{' (95% lower bound)' if m in bounded else ''} >= {getattr(cfg.gate, GATE_OPTIONS[m])}"
+             for m in task.gate_metrics if m != "cosine"]
     if cfg.gate.min_cosine is not None:
         parts.append(f"cosine >= {cfg.gate.min_cosine}")
     return ", ".join(parts)
@@ -567,7 +572,7 @@ def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, floa
         from ..segmetrics import pooled_dice_interval
 
         p["mean_dice_ci"] = list(pooled_dice_interval(got.argmax(1), ref.argmax(1), ref.shape[1]))
-    elif "top1_agreement" in t.gate_metrics and ref.ndim == 2 and n:
+    elif agreement_over_cases(t) and ref.ndim == 2 and n:
         k = p["top1_agreement"] * n
         if abs(k - round(k)) < 1e-6:  # a share of whole cases (a multi-label agreement per label is not)
             p["top1_agreement_ci"] = list(wilson_interval(round(k), n))
@@ -575,12 +580,15 @@ def parity_report(ref: np.ndarray, got: np.ndarray, task: str) -> dict[str, floa
 
 
 def gate_confidence(parity: dict[str, Any], cfg: QuantizeConfig, task) -> list[str]:
-    """``warning:`` lines for a gate passed on a point value whose 95% interval reaches below the threshold: how many
-    held-out cases judged it, the interval, and (agreement) how many cases could show the threshold at all."""
+    """``warning:`` lines for a gate passed on a point value (``--allow-small-holdout``) whose 95% interval reaches
+    below the threshold: how many held-out cases judged it, the interval, and (agreement) how many cases could show
+    the threshold at all."""
     from ..metrics import wilson_cases_needed
 
     task = get_task(task)
     out = []
+    if not cfg.gate.allow_small_holdout:
+        return out  # the gate judged the lower bounds themselves
     n = parity.get("cases")
     for metric, option in (("top1_agreement", "min_agreement"), ("mean_dice", "min_dice")):
         ci, threshold, value = parity.get(f"{metric}_ci"), getattr(cfg.gate, option), parity.get(metric)
@@ -592,9 +600,9 @@ def gate_confidence(parity: dict[str, Any], cfg: QuantizeConfig, task) -> list[s
             m = wilson_cases_needed(threshold)
             need = (f"; {n} cases cannot show {threshold} at all (it takes {m} that all agree)" if n < m else
                     f"; {m} cases that all agree are the fewest that could")
-        out.append(f"the gate passed on its point value: {n} held-out cases show {words} {value:.4f}, 95% CI "
-                   f"[{ci[0]:.4f}, {ci[1]:.4f}], whose lower bound is under the gate's {threshold}{need}; judge on more "
-                   "held-out images (--num-holdout, a larger --calib-data)")
+        out.append(f"the gate passed on its point value (--allow-small-holdout): {n} held-out cases show {words} "
+                   f"{value:.4f}, 95% CI [{ci[0]:.4f}, {ci[1]:.4f}], whose lower bound is under the gate's "
+                   f"{threshold}{need}; judge on more held-out images (--num-holdout, a larger --calib-data)")
     return out
 
 
@@ -629,11 +637,46 @@ def fidelity_key(row: dict[str, Any]) -> tuple[float, float, float]:
     return row.get("mean_dice", row.get("pearson_r", 1.0)), row["top1_agreement"], row["cosine"]
 
 
+def agreement_over_cases(task) -> bool:
+    """True when a task's top-1 agreement is a share of whole held-out cases (a single-label classifier), judged by
+    its Wilson lower bound; pixels (segmentation) and labels (multi-label) are not independent cases."""
+    task = get_task(task)
+    return task.gate_metrics == ("top1_agreement",) and task.name != "multilabel"
+
+
+def gate_value(parity: dict[str, Any], metric: str, cfg: QuantizeConfig) -> float | None:
+    """The figure the gate judges for ``metric``: the lower bound of its 95% interval where the parity record has one
+    (a classifier's top-1 agreement, a segmentation model's mean Dice), the point value otherwise or with
+    ``--allow-small-holdout``."""
+    ci = parity.get(f"{metric}_ci")
+    if ci is not None and not cfg.gate.allow_small_holdout:
+        return ci[0]
+    return parity.get(metric)
+
+
 def gate_passes(parity: dict[str, float], cfg: QuantizeConfig) -> bool:
     """The parity gate: every figure of ``parity`` that a gate option sets a threshold for (top-1 or pixel agreement,
-    mean Dice vs fp32's masks, Pearson r vs fp32's outputs, cosine when set) on held-out data; a NaN fails."""
+    mean Dice vs fp32's masks, Pearson r vs fp32's outputs, cosine when set) on held-out data, by the lower bound of
+    its 95% interval where it has one (:func:`gate_value`); a NaN fails."""
     for metric, option in GATE_OPTIONS.items():
-        threshold, value = getattr(cfg.gate, option), parity.get(metric)
+        threshold, value = getattr(cfg.gate, option), gate_value(parity, metric, cfg)
         if threshold is not None and value is not None and not value >= threshold:
             return False
     return True
+
+
+def check_holdout_size(n: int, cfg: QuantizeConfig, task) -> None:
+    """Refuse, in one line, a held-out set too small for the 95% lower bound of a classifier's top-1 agreement to
+    reach ``--min-agreement`` even if every image agreed: it says how many images it takes, unless
+    ``--allow-small-holdout``."""
+    from ..metrics import wilson_cases_needed
+
+    threshold = cfg.gate.min_agreement
+    if cfg.gate.allow_small_holdout or not threshold or threshold >= 1 or not agreement_over_cases(task):
+        return
+    need = wilson_cases_needed(threshold)
+    if n < need:
+        raise ConfigError(
+            f"{n} held-out images cannot show top-1 agreement >= {threshold} (the gate judges its 95% lower bound; it "
+            f"takes at least {need} images that all agree): give more held-out images (--num-holdout, a larger "
+            f"--calib-data), lower --min-agreement, or pass --allow-small-holdout to judge the point value")

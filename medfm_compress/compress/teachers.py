@@ -517,7 +517,8 @@ class ScratchSource(_ModelSource):
             if run.rank == 0:
                 log(f"teacher: no --teacher-weights; training {arch} on the full labels of {task.source}, cached by "
                     f"config hash at {tdir}")
-                log(f"teacher budget: at most {budget.plan(len(run.train), cfg.loop.batch_size * run.world)}"
+                items = "training patches" if task.whole_cases else "training images"
+                log(f"teacher budget: at most {budget.plan(len(run.train), cfg.loop.batch_size * run.world, items)}"
                     + (f"; stops after {patience} steps without a better {run.dtask.val_key} and keeps its best state"
                        if early else "; no validation split: no early stop"))
             ensure_dir(tdir)

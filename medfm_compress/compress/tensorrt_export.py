@@ -31,6 +31,7 @@ def export_tensorrt(
     calib_data: str | None = None,
     force: bool = False,
     progress: bool = True,
+    allow_small_holdout: bool = False,
 ) -> EngineResult:
     """Engine from an ONNX file, or from a run directory (exported to ONNX first; for int8/fp8 quantized with
     the ``tensorrt`` target, i.e. ModelOpt symmetric QDQ) -- the engine input is always our ONNX."""
@@ -58,6 +59,7 @@ def export_tensorrt(
                     model=model,
                     force=force,
                     progress=progress,
+                    allow_small_holdout=allow_small_holdout,
                 )
             )
         else:
@@ -87,10 +89,11 @@ def export_tensorrt(
 
 
 @register_format("tensorrt", options=("precision", "batch_sizes", "flavour", "targets", "workspace_mb",
-                                      "timing_cache", "data"),
+                                      "timing_cache", "data", "allow_small_holdout"),
                  description="TensorRT / TensorRT-RTX engine (+ sidecar .json)")
 def _tensorrt_format(req: ExportRequest) -> ExportOutcome:
-    opts = req.options("precision", "batch_sizes", "flavour", "workspace_mb", "timing_cache", "targets")
+    opts = req.options("precision", "batch_sizes", "flavour", "workspace_mb", "timing_cache", "targets",
+                       "allow_small_holdout")
     res = export_tensorrt(req.source, out=req.out, model=req.model, calib_data=req.data, force=req.force,
                           progress=req.progress, **opts)
     return ExportOutcome(

@@ -54,6 +54,8 @@ class ExportRequest:
         precision, batch_sizes, flavour, targets, workspace_mb, timing_cache: engine build options (tensorrt).
         opset, atol, num_check, dynamo, simplify: ONNX export options.
         data: data spec of the real images used by the self-check (onnx) or calibration (tensorrt int8/fp8).
+        allow_small_holdout: tensorrt int8/fp8 from a run directory: the quantization gate judges point values
+            where the held-out set is too small to show its threshold by the 95% lower bound.
     """
 
     source: str
@@ -73,6 +75,7 @@ class ExportRequest:
     num_check: int | None = None
     dynamo: bool | None = None
     simplify: bool | None = None
+    allow_small_holdout: bool | None = None
 
     # Always honoured: every format reads these.
     COMMON = ("source", "out", "model", "force", "progress")

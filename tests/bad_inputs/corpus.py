@@ -460,7 +460,7 @@ def _onnx(path: Path, with_meta: bool = True, in_chans: int = 1, size: int = 32)
         onnx.save(proto, str(path))
 
 
-_Q = ["--calib-data", TINY, "--target", "cpu", "--precision", "int8", "--num-calib", "16", "--num-holdout", "16",
+_Q = ["--calib-data", TINY, "--target", "cpu", "--precision", "int8", "--num-calib", "16", "--num-holdout", "16", "--allow-small-holdout",
       "--out", "{d}/out/q.onnx"]
 
 simple("export_source_missing", ["export", "{d}/nothing", "--out", "{d}/out/m.onnx"], "does not exist")

@@ -69,7 +69,7 @@ def test_export_quantize_bench_on_5d(run, specs, tmp_path):
             input=str(exp.path),
             calib_data=specs["train"],
             num_calib=8,
-            num_holdout=8,
+            num_holdout=8, allow_small_holdout=True,
             latency_runs=2,
             progress=False,
         )
@@ -110,7 +110,7 @@ def test_quantize_gate_refuses_a_bad_int8_embedding(run, specs, tmp_path):
                 input=str(exp.path),
                 calib_data=specs["train"],
                 num_calib=4,
-                num_holdout=4,
+                num_holdout=4, allow_small_holdout=True,
                 min_cosine=1.0,
                 search=False,
                 latency_runs=1,

@@ -123,7 +123,7 @@ def test_recipe_runs_the_volume_chain_and_caches(specs, tmp_path):
                 "target": "cpu",
                 "precision": "int8",
                 "num_calib": 8,
-                "num_holdout": 4,
+                "num_holdout": 4, "allow_small_holdout": True,
                 "latency_runs": 1,
             }
         ],

@@ -27,7 +27,7 @@ from medfm_compress.data import PreprocessSpec
 from medfm_compress.errors import ConfigError, DataError, GateFailure, ModelError
 from medfm_compress.runtime.onnx_loader import ort_session, read_meta
 
-FAST = {"num_calib": 32, "num_holdout": 32, "latency_runs": 5, "progress": False}
+FAST = {"num_calib": 32, "num_holdout": 32, "allow_small_holdout": True, "latency_runs": 5, "progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_weights_use_the_7bit_range_unless_asked(tiny_onnx, tmp_path):
     assert full.meta.provenance["quantization"]["reduce_range"] is False
     r = CliRunner().invoke(
         cli,
-        ["quantize", str(tiny_onnx), "--calib-data", TINY, "--num-calib", "32", "--num-holdout", "32",
+        ["quantize", str(tiny_onnx), "--calib-data", TINY, "--num-calib", "32", "--num-holdout", "32", "--allow-small-holdout",
          "--min-agreement", "0", "--full-range-weights", "--out", str(tmp_path / "c.onnx"), "--quiet"],
     )
     assert r.exit_code == 0, r.output
@@ -633,6 +633,7 @@ def test_cli_gate_failure_exit_3(tiny_onnx, tmp_path):
             "16",
             "--num-holdout",
             "16",
+            "--allow-small-holdout",
             "--no-search",
             "--quiet",
         ]
@@ -656,7 +657,7 @@ def test_a_first_shot_int8_model_is_timed_against_fp32(gray_onnx, tiny_data, tmp
     from medfm_compress.compress.quantize import QuantizeConfig, quantize
 
     res = quantize(QuantizeConfig.from_options(input=str(gray_onnx), calib_data=tiny_data, target="cpu", min_agreement=0.0,
-                                  num_calib=16, num_holdout=16, out=str(tmp_path / "q.onnx"), progress=False))
+                                  num_calib=16, num_holdout=16, allow_small_holdout=True, out=str(tmp_path / "q.onnx"), progress=False))
     s = res.report["speed_vs_fp32"]
     assert s["batch_size"] == 1 and s["ms"] > 0 and s["fp32_ms"] > 0
     assert s["speedup"] == pytest.approx(s["fp32_ms"] / s["ms"])
@@ -685,3 +686,13 @@ def test_calibration_reader_reports_each_batch_for_a_progress_bar():
     while reader.get_next() is not None:
         pass
     assert seen == [4, 4, 2]
+
+
+def test_a_holdout_too_small_for_the_gate_is_refused_before_quantizing(tiny_onnx, tmp_path):
+    out = tmp_path / "q.onnx"
+    r = CliRunner().invoke(cli, ["quantize", str(tiny_onnx), "--calib-data", TINY, "--num-calib", "32",
+                                 "--num-holdout", "32", "--no-search", "--quiet", "--out", str(out)])
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert "32 held-out images cannot show top-1 agreement >= 0.98" in r.output
+    assert "it takes at least 189 images that all agree" in r.output and "--allow-small-holdout" in r.output
+    assert not out.exists()

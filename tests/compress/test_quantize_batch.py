@@ -20,7 +20,7 @@ from medfm_compress.errors import ConfigError
 from medfm_compress.runtime import Engine
 from medfm_compress.runtime.onnx_loader import BatchStreams, read_meta, run_onnx
 
-FAST = {"num_calib": 32, "num_holdout": 32, "latency_runs": 5, "progress": False}
+FAST = {"num_calib": 32, "num_holdout": 32, "allow_small_holdout": True, "latency_runs": 5, "progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_cli_batch_sizes(tiny_onnx, tmp_path, monkeypatch, two_cores):
         {1: {"fp32": 2.0, "int8": 1.0}, 32: {"fp32": 20.0, "int8@streams2": 8.0}}))
     out = tmp_path / "c.onnx"
     common = ["quantize", str(tiny_onnx), "--out", str(out), "--calib-data", TINY, "--min-agreement", "0",
-              "--num-calib", "32", "--num-holdout", "32", "--quiet"]
+              "--num-calib", "32", "--num-holdout", "32", "--allow-small-holdout", "--quiet"]
     args = [*common, "--precision", "auto"]
     r = CliRunner().invoke(cli, [*args, "--batch-sizes", "1,32"])
     assert r.exit_code == 0, r.output

@@ -26,7 +26,7 @@ def fp32(tmp_path_factory):
 def _cfg(fp32, **kw):
     from medfm_compress.compress.quantize import QuantizeConfig
 
-    base = dict(input=str(fp32), calib_data=DATA, num_calib=32, num_holdout=32, min_agreement=0.5,
+    base = dict(input=str(fp32), calib_data=DATA, num_calib=32, num_holdout=32, allow_small_holdout=True, min_agreement=0.5,
                 latency_runs=5, progress=False)
     return QuantizeConfig.from_options(**{**base, **kw})
 
@@ -146,7 +146,8 @@ def test_accuracy_control_from_the_cli(tied, tmp_path):
 
     out = tmp_path / "cli.xml"
     r = CliRunner().invoke(cli, ["quantize", str(tied), "--calib-data", DATA, "--num-calib", "32", "--num-holdout",
-                                 "32", "--target", "openvino", "--min-agreement", "1.0", "--auto-exclude",
+                                 "32", "--allow-small-holdout", "--target", "openvino", "--min-agreement", "1.0",
+                                 "--auto-exclude",
                                  "--out", str(out)])
     assert r.exit_code == 0, r.output
     kept = re.search(r"auto-exclude kept (\d+) node\(s\) in fp32", r.output)
@@ -176,7 +177,7 @@ def test_cpu_auto_considers_openvino(fp32, tmp_path):
 
     out = tmp_path / "auto.xml"
     r = CliRunner().invoke(cli, ["quantize", str(fp32), "--target", "cpu", "--precision", "auto", "--calib-data",
-                                 DATA, "--num-calib", "32", "--num-holdout", "32", "--min-agreement", "0.5",
+                                 DATA, "--num-calib", "32", "--num-holdout", "32", "--allow-small-holdout", "--min-agreement", "0.5",
                                  "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)["report"]
@@ -193,14 +194,14 @@ def test_cpu_auto_considers_openvino(fp32, tmp_path):
     # --out .onnx: OpenVINO is skipped with a row saying why, and the artifact is ONNX.
     res_onnx = tmp_path / "auto.onnx"
     r = CliRunner().invoke(cli, ["quantize", str(fp32), "--precision", "auto", "--calib-data", DATA, "--num-calib",
-                                 "32", "--num-holdout", "32", "--min-agreement", "0.5", "--out", str(res_onnx)])
+                                 "32", "--num-holdout", "32", "--allow-small-holdout", "--min-agreement", "0.5", "--out", str(res_onnx)])
     assert r.exit_code == 0, r.output
     assert "skipped: --out names an .onnx" in r.output and res_onnx.is_file()
     # A stem (neither .onnx nor .xml): both engines compete and the winner's suffix completes the name.
     stem = tmp_path / "stem" / "student.auto"
     stem.parent.mkdir()
     r = CliRunner().invoke(cli, ["quantize", str(fp32), "--precision", "auto", "--calib-data", DATA, "--num-calib",
-                                 "32", "--num-holdout", "32", "--min-agreement", "0.5", "--out", str(stem), "--json"])
+                                 "32", "--num-holdout", "32", "--allow-small-holdout", "--min-agreement", "0.5", "--out", str(stem), "--json"])
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
     rep = got["report"]

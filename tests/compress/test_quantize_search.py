@@ -29,8 +29,8 @@ from medfm_compress.runtime.onnx_loader import read_meta, run_onnx
 from medfm_compress.runtime.tasks import get_task
 
 GATE = {"min_agreement": 0.0, "min_cosine": 0.99995}
-FAST = {"num_calib": 32, "num_holdout": 32, "num_bins": 128, "latency_runs": 5, "progress": False}
-CLI_FAST = ["--calib-data", TINY, "--num-calib", "32", "--num-holdout", "32", "--num-bins", "128",
+FAST = {"num_calib": 32, "num_holdout": 32, "allow_small_holdout": True, "num_bins": 128, "latency_runs": 5, "progress": False}
+CLI_FAST = ["--calib-data", TINY, "--num-calib", "32", "--num-holdout", "32", "--allow-small-holdout", "--num-bins", "128",
             "--min-agreement", "0", "--min-cosine", "0.99995"]
 
 
@@ -267,7 +267,7 @@ def test_openvino_target_searches_nncf_remedies(tmp_path, monkeypatch):
     helper_onnx(path, tied=True, tie_offset=float(np.median(logits[:, 0] - logits[:, 1])))
     out = tmp_path / "o" / "t.xml"
     out.parent.mkdir()
-    cfg = dict(input=str(path), calib_data=data, target="openvino", num_calib=32, num_holdout=32, min_agreement=1.0,
+    cfg = dict(input=str(path), calib_data=data, target="openvino", num_calib=32, num_holdout=32, allow_small_holdout=True, min_agreement=1.0,
                latency_runs=5, progress=False, out=str(out))
     with pytest.raises(GateFailure, match="takes 2.00 ms vs 1.00 ms for fp32 on openvino|no quantized model"):
         quantize(QuantizeConfig.from_options(**cfg), timer=_fp32_fastest)

@@ -56,7 +56,7 @@ def test_int8_segmentation_model_is_judged_by_its_dice(seg_onnx, tmp_path, targe
     # Dice named and nothing written.
     r = CliRunner().invoke(cli, ["quantize", str(seg_onnx), "--calib-data", SEG, "--target", target, "--no-search",
                                  "--min-dice", "0.5", "--min-agreement", "0.9", "--num-calib", "32",
-                                 "--num-holdout", "32", "--out", str(out)])
+                                 "--num-holdout", "32", "--allow-small-holdout", "--out", str(out)])
     assert "segmentation model: parity gate is mean Dice vs fp32's masks >= 0.5, pixel agreement >= 0.9" in r.output
     if r.exit_code == 0:
         line = next(ln for ln in r.output.splitlines() if ln.startswith("held-out parity vs fp32"))
@@ -73,7 +73,7 @@ def test_int8_segmentation_model_is_judged_by_its_dice(seg_onnx, tmp_path, targe
 def test_a_missed_dice_gate_names_the_dice_and_writes_nothing(seg_onnx, tmp_path):
     out = tmp_path / "m.onnx"
     r = CliRunner().invoke(cli, ["quantize", str(seg_onnx), "--calib-data", SEG, "--target", "cpu", "--no-search",
-                                 "--num-calib", "32", "--num-holdout", "32", "--min-dice", "1.0",
+                                 "--num-calib", "32", "--num-holdout", "32", "--allow-small-holdout", "--min-dice", "1.0",
                                  "--min-agreement", "1.0", "--out", str(out)])
     assert r.exit_code == 3, r.output
     err = r.output.strip().splitlines()[-1]
@@ -98,7 +98,7 @@ def test_auto_precision_judges_candidates_by_dice(seg_onnx, tmp_path, monkeypatc
 
     monkeypatch.setattr(auto_precision, "AUTO_CANDIDATE_PROVIDERS", [])  # the ONNX Runtime candidates only
     res = quantize(QuantizeConfig.from_options(input=str(seg_onnx), out=str(tmp_path / "a.onnx"), calib_data=SEG, precision="auto",
-                                  min_dice=0.9, min_agreement=0.5, num_calib=32, num_holdout=32, latency_runs=5,
+                                  min_dice=0.9, min_agreement=0.5, num_calib=32, num_holdout=32, allow_small_holdout=True, latency_runs=5,
                                   progress=False))
     table = {r["precision"]: r for r in res.report["auto_table"]}
     assert table["fp32"]["mean_dice"] == 1.0

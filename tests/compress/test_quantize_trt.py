@@ -46,7 +46,7 @@ def test_run_dir_int8_ptq_builds_an_rtx_engine(tiny_run, tmp_path):
             target="tensorrt",
             precision="int8",
             num_calib=64,
-            num_holdout=64,
+            num_holdout=64, allow_small_holdout=True,
             progress=False,
         )
     )
@@ -70,7 +70,7 @@ def test_onnx_file_int8_ptq_via_modelopt_onnx(tiny_run, tmp_path):
             target="tensorrt",
             precision="int8",
             num_calib=32,
-            num_holdout=32,
+            num_holdout=32, allow_small_holdout=True,
             progress=False,
         )
     )
@@ -85,7 +85,7 @@ def test_onnx_file_int8_ptq_via_modelopt_onnx(tiny_run, tmp_path):
             target="tensorrt",
             precision="fp16",
             num_calib=8,
-            num_holdout=32,
+            num_holdout=32, allow_small_holdout=True,
             progress=False,
         )
     )
@@ -101,7 +101,7 @@ def test_onnx_file_int8_ptq_via_modelopt_onnx(tiny_run, tmp_path):
                 target="tensorrt",
                 method="qat",
                 num_calib=8,
-                num_holdout=8,
+                num_holdout=8, allow_small_holdout=True,
                 progress=False,
             )
         )
@@ -117,7 +117,7 @@ def test_qat_distillation_writes_a_buildable_qdq_model(tiny_run, tmp_path):
     # term the CE gradient dominates and the KD loss stays put (0.0143 -> 0.0143 measured); alone, QAT must
     # bring it down. The QAT settings are the TensorRT target's own config, nested in the quantize config.
     res = quantize(QuantizeConfig.from_options(input=str(tiny_run), out=str(tmp_path / "qat.onnx"), target="tensorrt", calib_data=TINY_DATA,
-                                  method="qat", num_calib=64, num_holdout=32, min_agreement=0.0,
+                                  method="qat", num_calib=64, num_holdout=32, allow_small_holdout=True, min_agreement=0.0,
                                   qat=QATConfig(epochs=2, batch_size=32, ce_weight=0.0), progress=False))
     qat = read_meta(res.path).provenance["quantization"]["qat"]
     kd = [h["kd"] for h in qat["history"]]
@@ -174,6 +174,7 @@ def test_export_cli_int8_engine_from_run_dir(tiny_run, tmp_path):
             "int8",
             "--batch-sizes",
             "1,4,16",
+            "--allow-small-holdout",
             "--out",
             str(out),
         ],
@@ -195,7 +196,7 @@ def test_segmentation_student_int8_for_tensorrt_judged_by_dice(seg_run, tmp_path
 
     out = tmp_path / "seg.int8.onnx"
     cfg = QuantizeConfig.from_options(input=str(seg_run), out=str(out), calib_data=TINY_SEG_DATA, target="tensorrt",
-                         precision="int8", min_dice=0.5, min_agreement=0.9, num_calib=32, num_holdout=32,
+                         precision="int8", min_dice=0.5, min_agreement=0.9, num_calib=32, num_holdout=32, allow_small_holdout=True,
                          progress=False)
     # The tiny student's rare classes cover a few pixels: whether its int8 masks keep them depends on the CPU the
     # run trains on (AMX: mean Dice 0.489). Whichever model training gives, the gate judges it by the Dice it

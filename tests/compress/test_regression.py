@@ -42,7 +42,7 @@ def test_distill_writes_a_model_in_the_targets_units(reg_run):
 def test_quantize_is_gated_on_the_pearson_r_with_fp32(reg_run, tmp_path):
     out = tmp_path / "s.int8.onnx"
     r = CliRunner().invoke(cli, ["quantize", str(reg_run / "student.onnx"), "--calib-data", TINY_REG_DATA, "--target",
-                                 "cpu", "--no-search", "--num-calib", "32", "--num-holdout", "32", "--out", str(out)])
+                                 "cpu", "--no-search", "--num-calib", "32", "--num-holdout", "32", "--allow-small-holdout", "--out", str(out)])
     assert "regression model: parity gate is Pearson r vs fp32's outputs >= 0.99" in r.output
     # Written with its figures on the held-out images, or refused naming them.
     line = next(ln for ln in r.output.splitlines() if ln.startswith(("held-out parity vs fp32", "error:")))
@@ -51,7 +51,7 @@ def test_quantize_is_gated_on_the_pearson_r_with_fp32(reg_run, tmp_path):
         r.output
     strict = CliRunner().invoke(cli, ["quantize", str(reg_run / "student.onnx"), "--calib-data", TINY_REG_DATA,
                                       "--target", "cpu", "--no-search", "--min-pearson", "1.0", "--num-calib", "32",
-                                      "--num-holdout", "32", "--out", str(tmp_path / "strict.onnx")])
+                                      "--num-holdout", "32", "--allow-small-holdout", "--out", str(tmp_path / "strict.onnx")])
     assert strict.exit_code == 3 and "--min-pearson" in strict.output.strip().splitlines()[-1]
     assert not (tmp_path / "strict.onnx").exists()
     dice = CliRunner().invoke(cli, ["quantize", str(reg_run / "student.onnx"), "--calib-data", TINY_REG_DATA,
