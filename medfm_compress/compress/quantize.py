@@ -672,8 +672,12 @@ def check_holdout_size(n: int, cfg: QuantizeConfig, task) -> None:
     from ..metrics import wilson_cases_needed
 
     threshold = cfg.gate.min_agreement
-    if cfg.gate.allow_small_holdout or not threshold or threshold >= 1 or not agreement_over_cases(task):
+    if cfg.gate.allow_small_holdout or not threshold or not agreement_over_cases(task):
         return
+    if threshold >= 1:
+        raise ConfigError(f"--min-agreement {threshold} cannot be shown by the 95% lower bound the gate judges on any "
+                          "number of held-out images: give a value below 1, or pass --allow-small-holdout to require "
+                          "every held-out image to agree")
     need = wilson_cases_needed(threshold)
     if n < need:
         raise ConfigError(

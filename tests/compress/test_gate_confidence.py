@@ -72,6 +72,8 @@ def test_the_gate_judges_the_lower_bound_and_refuses_a_holdout_too_small_to_show
     check_holdout_size(26, _cfg(min_agreement=0.95), "segmentation")  # pixels are not independent cases
     check_holdout_size(26, _cfg(min_agreement=0.95), "multilabel")
     check_holdout_size(26, _cfg(min_agreement=0.0), "multiclass")
+    with pytest.raises(ConfigError, match="cannot be shown by the 95% lower bound .* on any number"):
+        check_holdout_size(10_000, _cfg(min_agreement=1.0), "multiclass")
 
 
 def test_a_segmentation_parity_carries_a_bootstrap_interval_of_its_dice():
