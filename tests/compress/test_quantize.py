@@ -693,6 +693,6 @@ def test_a_holdout_too_small_for_the_gate_is_refused_before_quantizing(tiny_onnx
     r = CliRunner().invoke(cli, ["quantize", str(tiny_onnx), "--calib-data", TINY, "--num-calib", "32",
                                  "--num-holdout", "32", "--no-search", "--quiet", "--out", str(out)])
     assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
-    assert "32 held-out images cannot show top-1 agreement >= 0.98" in r.output
-    assert "it takes at least 189 images that all agree" in r.output and "--allow-small-holdout" in r.output
+    assert "32 held-out images cannot show top-1 agreement >= 0.975" in r.output
+    assert "it takes at least 150 images that all agree" in r.output and "--allow-small-holdout" in r.output
     assert not out.exists()
