@@ -640,8 +640,7 @@ def fidelity_key(row: dict[str, Any]) -> tuple[float, float, float]:
 def agreement_over_cases(task) -> bool:
     """True when a task's top-1 agreement is a share of whole held-out cases (a single-label classifier), judged by
     its Wilson lower bound; pixels (segmentation) and labels (multi-label) are not independent cases."""
-    task = get_task(task)
-    return task.gate_metrics == ("top1_agreement",) and task.name != "multilabel"
+    return get_task(task).agreement_per_case
 
 
 def gate_value(parity: dict[str, Any], metric: str, cfg: QuantizeConfig) -> float | None:

@@ -69,6 +69,8 @@ class Task:
         gate_metrics: the parity metrics (keys of :meth:`parity_metrics`) an output-agreement gate judges, the most
             telling first.
         agreement_words: what :meth:`agreement` is called in a gate's description.
+        agreement_per_case: the top-1 agreement is a share of whole cases (a single-label classifier), so a gate
+            judges it by its Wilson lower bound; pixels and labels are not independent cases.
         headline_metric: the task metric (a key of :meth:`evaluate`) a report leads with and a drop gate judges.
         higher_is_better: whether a higher headline metric is better (AUC, Dice) or worse (an error).
         drop_gate: bench's non-inferiority gate on that metric (a ``BenchConfig`` field), None where there is none:
@@ -88,6 +90,7 @@ class Task:
     has_labels: ClassVar[bool] = True
     gate_metrics: ClassVar[tuple[str, ...]] = ("top1_agreement",)
     agreement_words: ClassVar[str] = "top-1 agreement"
+    agreement_per_case: ClassVar[bool] = False
     headline_metric: ClassVar[str | None] = None
     higher_is_better: ClassVar[bool] = True
     drop_gate: ClassVar[str | None] = None

@@ -188,6 +188,7 @@ class MultiClass(Classification):
     """One of K classes per case."""
 
     name: ClassVar[str] = "multiclass"
+    agreement_per_case: ClassVar[bool] = True
 
     def decisions(self, logits, thresholds):
         """The argmax: the operating point of a multi-class classifier."""
@@ -202,6 +203,7 @@ class Binary(Classification):
     """Two classes, class 1 the positive one: one operating point on its probability."""
 
     name: ClassVar[str] = "binary"
+    agreement_per_case: ClassVar[bool] = True
 
     def positive_scores(self, logits):
         return self.probabilities(logits)[:, 1:2]
