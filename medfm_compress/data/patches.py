@@ -67,11 +67,12 @@ def floats_option(text: str, key: str, spec: str, n: int) -> tuple[float, ...]:
     return vals
 
 
-def parse_sampling(opts: dict[str, str], spec: str, seed: int, default_patch: tuple[int, ...], default_per_case: int,
-                   default_fg: float) -> dict[str, Any]:
-    """Patch size (as many axes as ``default_patch``), patches per case, foreground fraction and seed from the spec's
-    options."""
-    dims = len(default_patch)
+def parse_sampling(opts: dict[str, str], spec: str, seed: int, dims: int, default_per_case: int, default_fg: float,
+                   default_patch: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Patch size (``dims`` axes; ``default_patch`` where the spec gives none, else ``patch`` is required), patches
+    per case, foreground fraction and seed from the spec's options."""
+    if "patch" not in opts and default_patch is None:
+        raise DataError(f"{spec!r} needs ?patch= ({dims} sizes separated by commas)")
     patch = ints_option(opts["patch"], "patch", spec, dims) if "patch" in opts else tuple(default_patch)
     per_case = ints_option(opts["per_case"], "per_case", spec, 1)[0] if "per_case" in opts else default_per_case
     fg = floats_option(opts["fg"], "fg", spec, 1)[0] if "fg" in opts else default_fg

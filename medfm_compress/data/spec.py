@@ -127,7 +127,7 @@ def _patch_sampling(opts: dict[str, str], spec: str, seed: int) -> dict | None:
         if extra:
             raise DataError(f"option {extra[0]} in {spec!r} applies to patches: add ?patch=H,W (e.g. patch=128,128)")
         return None
-    return parse_sampling(opts, spec, seed, (0, 0), FOLDER_PATCHES_PER_IMAGE, FOLDER_PATCH_FG)
+    return parse_sampling(opts, spec, seed, 2, FOLDER_PATCHES_PER_IMAGE, FOLDER_PATCH_FG)
 
 
 def _load(spec: str, require_labels: bool, seed: int) -> TaskData:

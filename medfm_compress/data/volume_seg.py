@@ -53,7 +53,7 @@ MSD_OPTIONS = SEG3D_OPTIONS | {"spacing", "val", "test"}
 
 def _sampling(opts: dict[str, str], spec: str, seed: int) -> dict[str, Any]:
     """Patch size, patches per case, foreground fraction, window and seed from the spec's options."""
-    sampling = parse_sampling(opts, spec, seed, DEFAULT_PATCH, DEFAULT_PER_CASE, DEFAULT_FG)
+    sampling = parse_sampling(opts, spec, seed, 3, DEFAULT_PER_CASE, DEFAULT_FG, DEFAULT_PATCH)
     window = _floats(opts["window"], "window", spec, 2) if "window" in opts else VOLUME_SEG_WINDOW
     if not window[1] > window[0]:
         raise DataError(f"window={opts['window']!r} in {spec!r} must be LOW,HIGH with HIGH > LOW (HU)")
